@@ -1,0 +1,3 @@
+fn main() {
+    println!("sidegate {}", env!("CARGO_PKG_VERSION"));
+}
