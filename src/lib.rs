@@ -1,4 +1,9 @@
 //! sidegate: a Consul service-mesh sidecar and mesh gateway for small ARM hosts.
 
+pub mod cli;
+pub mod config;
+pub mod log;
 pub mod mesh;
+pub mod metrics;
+pub mod proxy;
 pub mod sni;

@@ -1,3 +1,108 @@
-fn main() {
-    println!("sidegate {}", env!("CARGO_PKG_VERSION"));
+//! `sidegate`: arguments → configuration → run, with sysexits-style exit codes.
+
+use std::process::ExitCode;
+
+use sidegate::cli::{self, Command};
+use sidegate::config::{self, LoadError};
+use sidegate::mesh::{explain::explain, plan};
+
+const EX_USAGE: u8 = 64;
+const EX_NOINPUT: u8 = 66;
+const EX_OSERR: u8 = 71;
+const EX_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    sidegate::log::init_from_env();
+    let command = match cli::parse(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sidegate: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!(
+                "sidegate {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                env!("SIDEGATE_TARGET")
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Check { config, json } => {
+            load(&config).map_or_else(|code| code, |c| check(&c, json))
+        }
+        Command::Explain { config, sni } => {
+            load(&config).map_or_else(|code| code, |c| explain_sni(&c, &sni))
+        }
+        Command::Run { config } => load(&config).map_or_else(|code| code, run),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprintln!("sidegate: {e}");
+        ExitCode::from(match e {
+            LoadError::Read { .. } => EX_NOINPUT,
+            LoadError::Invalid { .. } => EX_CONFIG,
+        })
+    })
+}
+
+fn check(config: &config::Config, json: bool) -> ExitCode {
+    let plan = plan(&config.snapshot);
+    if json {
+        match serde_json::to_string_pretty(&plan) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("sidegate: cannot render the plan: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", sidegate::mesh::plan::describe(&plan));
+    }
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
+    let plan = plan(&config.snapshot);
+    let Some(gw) = plan.gateway.as_ref() else {
+        eprintln!("no route: this configuration has no [gateway] section");
+        return ExitCode::FAILURE;
+    };
+    match explain(gw, &config.snapshot.here, sni) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            println!("{why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: config::Config) -> ExitCode {
+    let plan = plan(&config.snapshot);
+    for w in &plan.warnings {
+        sidegate::warn!("{w}");
+    }
+    match sidegate::proxy::start(plan) {
+        Ok(running) => {
+            running.wait();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            sidegate::error!("{e}");
+            ExitCode::from(EX_OSERR)
+        }
+    }
 }

@@ -2,8 +2,14 @@
 //! the data path serves (`Plan`).
 
 pub mod endpoint;
+pub mod endpoints;
+pub mod explain;
 pub mod names;
 pub mod place;
+pub mod plan;
+pub mod routes;
+pub mod snapshot;
 
 pub use endpoint::Endpoint;
 pub use place::Place;
+pub use plan::{plan, Plan};

@@ -1,0 +1,6 @@
+// Records the target triple for `sidegate --version`: on a fleet of mixed boards the first
+// question about a binary is which one it is.
+fn main() {
+    let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".into());
+    println!("cargo:rustc-env=SIDEGATE_TARGET={target}");
+}

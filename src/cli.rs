@@ -1,0 +1,110 @@
+//! Command-line arguments. Four commands and a handful of flags do not need a parser crate.
+
+use std::path::PathBuf;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run { config: PathBuf },
+    Check { config: PathBuf, json: bool },
+    Explain { config: PathBuf, sni: String },
+    Version,
+    Help,
+}
+
+pub const USAGE: &str = "\
+usage: sidegate run --config FILE              run every configured role
+       sidegate check --config FILE [--json]   validate and print the resolved plan
+       sidegate explain --config FILE --sni NAME
+                                               which gateway route NAME takes, and why
+       sidegate --version
+
+exit codes: 0 ok; 1 explain found no route; 64 bad usage; 66 config file unreadable;
+            71 a listener could not be bound; 78 invalid configuration
+environment: SIDEGATE_LOG=error|warn|info|debug";
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut args = args.into_iter();
+    let Some(cmd) = args.next() else {
+        return Ok(Command::Help);
+    };
+    let mut config = None;
+    let mut json = false;
+    let mut sni = None;
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or(format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "--config" | "-c" => config = Some(PathBuf::from(value("--config")?)),
+            "--sni" => sni = Some(value("--sni")?),
+            "--json" if inline.is_none() => json = true,
+            _ => return Err(format!("unknown argument {arg:?}")),
+        }
+    }
+    let need_config = |c: Option<PathBuf>| c.ok_or_else(|| format!("{cmd} needs --config FILE"));
+    match cmd.as_str() {
+        "run" if !json && sni.is_none() => Ok(Command::Run {
+            config: need_config(config)?,
+        }),
+        "check" if sni.is_none() => Ok(Command::Check {
+            config: need_config(config)?,
+            json,
+        }),
+        "explain" if !json => Ok(Command::Explain {
+            config: need_config(config)?,
+            sni: sni.ok_or("explain needs --sni NAME")?,
+        }),
+        "--version" | "-V" | "version" => Ok(Command::Version),
+        "--help" | "-h" | "help" => Ok(Command::Help),
+        "run" | "check" | "explain" => Err(format!("{cmd} does not take that flag")),
+        other => Err(format!("unknown command {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Command, String> {
+        parse(s.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(
+            p("run --config a.toml"),
+            Ok(Command::Run {
+                config: "a.toml".into()
+            })
+        );
+        assert_eq!(
+            p("check --config=a.toml --json"),
+            Ok(Command::Check {
+                config: "a.toml".into(),
+                json: true
+            })
+        );
+        assert_eq!(
+            p("explain -c a.toml --sni x.y"),
+            Ok(Command::Explain {
+                config: "a.toml".into(),
+                sni: "x.y".into()
+            })
+        );
+        assert_eq!(p("--version"), Ok(Command::Version));
+        assert_eq!(p(""), Ok(Command::Help));
+        assert!(p("run").is_err());
+        assert!(p("run --config").is_err());
+        assert!(p("run --config a --json").is_err());
+        assert!(p("explain --config a").is_err());
+        assert!(p("serve --config a").is_err());
+        assert!(p("check --config a --verbose").is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! The configuration file: TOML in, a validated `Config` (or every problem in it) out.
+//!
+//! Contract: `CONFIG.md` in the shared docs. Key names are Consul's own.
+
+mod fields;
+mod sections;
+
+use std::fmt;
+use std::path::Path;
+
+pub use fields::ConfigError;
+use fields::{Errors, Fields};
+
+use crate::mesh::snapshot::{Catalog, Snapshot};
+
+/// A validated configuration: the file-source mesh state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub snapshot: Snapshot,
+}
+
+/// Everything wrong with a file, or why it could not be read at all.
+#[derive(Debug)]
+pub enum LoadError {
+    Read {
+        path: String,
+        error: std::io::Error,
+    },
+    Invalid {
+        path: String,
+        errors: Vec<ConfigError>,
+    },
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Read { path, error } => write!(f, "cannot read {path}: {error}"),
+            LoadError::Invalid { path, errors } => {
+                let n = errors.len();
+                write!(f, "{path}: {n} error{}", if n == 1 { "" } else { "s" })?;
+                for e in errors {
+                    write!(f, "\n  {e}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
+        path: shown.clone(),
+        error,
+    })?;
+    parse(&text).map_err(|errors| LoadError::Invalid {
+        path: shown,
+        errors,
+    })
+}
+
+/// Validates configuration text, returning every problem found.
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        vec![ConfigError {
+            path: String::new(),
+            message: format!("not valid TOML: {}", e.to_string().trim_end()),
+        }]
+    })?;
+    let errs = Errors::default();
+    let root = Fields::root(&table, &errs);
+    let here = sections::here(&root);
+    let gateway = root.table("gateway").and_then(|g| sections::gateway(&g));
+    if !table.contains_key("gateway") {
+        root.error_here("nothing to run: add a [gateway] section (see config/gateway.toml)");
+    }
+    let catalog = match root.table("catalog") {
+        Some(c) => {
+            let services = sections::services(&c, here.as_ref());
+            let gateways = sections::gateways(&c, here.as_ref());
+            c.finish();
+            Catalog { services, gateways }
+        }
+        None => Catalog::default(),
+    };
+    root.finish();
+    match here {
+        Some(here) if errs.is_empty() => Ok(Config {
+            snapshot: Snapshot {
+                here,
+                gateway,
+                catalog,
+            },
+        }),
+        _ => Err(errs.into_vec()),
+    }
+}

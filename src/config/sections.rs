@@ -1,0 +1,248 @@
+//! The file's sections, read into the mesh's `Snapshot` types with Consul's defaults.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use super::fields::Fields;
+use crate::mesh::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
+use crate::mesh::snapshot::{CatalogGateways, CatalogService, GatewaySettings, Here};
+use crate::mesh::{Endpoint, Place};
+
+/// `[mesh]`. Required for the file source, so a missing section still yields its errors.
+pub fn here(root: &Fields<'_>) -> Option<Here> {
+    let Some(mesh) = root.table("mesh") else {
+        root.error(
+            "mesh",
+            "is required: say where this host sits (datacenter, trust_domain)",
+        );
+        return None;
+    };
+    let datacenter = mesh
+        .required_str("datacenter")
+        .filter(|v| name_ok(&mesh, "datacenter", v));
+    let partition = name_or(&mesh, "partition", DEFAULT_PARTITION);
+    let namespace = name_or(&mesh, "namespace", DEFAULT_NAMESPACE);
+    let trust_domain = mesh.required_str("trust_domain").filter(|td| {
+        let ok = is_trust_domain(td);
+        if !ok {
+            mesh.error(
+                "trust_domain",
+                format!(
+                    "{td:?} is not a trust domain (expected `<cluster-id>.consul`, lower case)"
+                ),
+            );
+        }
+        ok
+    });
+    mesh.finish();
+    Some(Here {
+        place: Place::new(datacenter?, &partition?),
+        namespace: namespace?,
+        trust_domain: trust_domain?.to_owned(),
+    })
+}
+
+/// `[gateway]`.
+pub fn gateway(section: &Fields<'_>) -> Option<GatewaySettings> {
+    let listen = match section.str_list("listen") {
+        None => {
+            section.error(
+                "listen",
+                "is required: the addresses to accept mesh TLS on, e.g. [\"0.0.0.0:8443\"]",
+            );
+            None
+        }
+        Some(list) if list.is_empty() => {
+            section.error("listen", "is empty: give at least one address");
+            None
+        }
+        Some(list) => listen_addrs(section, &list),
+    };
+    let connect_timeout = section.millis(
+        "connect_timeout_ms",
+        GatewaySettings::DEFAULT_CONNECT_TIMEOUT_MS,
+    );
+    let handshake_timeout = section.millis(
+        "handshake_timeout_ms",
+        GatewaySettings::DEFAULT_HANDSHAKE_TIMEOUT_MS,
+    );
+    let idle_timeout = section.millis("idle_timeout_ms", GatewaySettings::DEFAULT_IDLE_TIMEOUT_MS);
+    let max_connections = section
+        .int("max_connections", 1, 1_000_000)
+        .map_or(GatewaySettings::DEFAULT_MAX_CONNECTIONS, |n| {
+            n.unsigned_abs() as usize
+        });
+    let max_client_hello_bytes = section
+        .int("max_client_hello_bytes", 1_024, 1_048_576)
+        .map_or(GatewaySettings::DEFAULT_MAX_CLIENT_HELLO_BYTES, |n| {
+            n.unsigned_abs() as usize
+        });
+    section.finish();
+    Some(GatewaySettings {
+        listen: listen?,
+        connect_timeout,
+        handshake_timeout,
+        idle_timeout,
+        max_connections,
+        max_client_hello_bytes,
+    })
+}
+
+fn listen_addrs(section: &Fields<'_>, list: &[(String, &str)]) -> Option<Vec<SocketAddr>> {
+    let mut out = Vec::with_capacity(list.len());
+    let mut ok = true;
+    for (path, s) in list {
+        match s.parse::<SocketAddr>() {
+            Ok(a) if out.contains(&a) => {
+                section.error_at(path, format!("{s:?} is listed twice"));
+                ok = false;
+            }
+            Ok(a) => out.push(a),
+            Err(_) => {
+                section.error_at(
+                    path,
+                    format!("{s:?} is not an IP address with a port, e.g. 0.0.0.0:8443"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+/// `[[catalog.services]]`, defaults from `[mesh]`.
+pub fn services(catalog: &Fields<'_>, here: Option<&Here>) -> Vec<CatalogService> {
+    let mut out: Vec<CatalogService> = Vec::new();
+    let mut seen = HashSet::new();
+    for svc in catalog.tables("services") {
+        let name = svc
+            .required_str("name")
+            .filter(|v| name_ok(&svc, "name", v));
+        let namespace = name_or(
+            &svc,
+            "namespace",
+            here.map_or(DEFAULT_NAMESPACE, |h| &h.namespace),
+        );
+        let place = place_of(&svc, here);
+        let instances = endpoints(&svc, "instances", true);
+        svc.finish();
+        if let (Some(name), Some(namespace), Some(place), Some(instances)) =
+            (name, namespace, place, instances)
+        {
+            if !seen.insert((name.to_owned(), namespace.clone(), place.clone())) {
+                svc.error_here(format!(
+                    "service {name:?} in namespace {namespace} ({place}) is listed twice"
+                ));
+                continue;
+            }
+            out.push(CatalogService {
+                name: name.to_owned(),
+                namespace,
+                place,
+                instances,
+            });
+        }
+    }
+    out
+}
+
+/// `[[catalog.gateways]]`: at most one entry per (datacenter, partition).
+pub fn gateways(catalog: &Fields<'_>, here: Option<&Here>) -> Vec<CatalogGateways> {
+    let mut out: Vec<CatalogGateways> = Vec::new();
+    for gw in catalog.tables("gateways") {
+        let place = place_of(&gw, here);
+        let lan = endpoints(&gw, "lan", false);
+        let wan = endpoints(&gw, "wan", false);
+        if matches!((&lan, &wan), (Some(l), Some(w)) if l.is_empty() && w.is_empty()) {
+            gw.error_here("has neither `lan` nor `wan` addresses");
+        }
+        gw.finish();
+        if let (Some(place), Some(lan), Some(wan)) = (place, lan, wan) {
+            if out.iter().any(|g| g.place == place) {
+                gw.error_here(format!(
+                    "gateways of {place} are listed twice; put all addresses in one entry"
+                ));
+                continue;
+            }
+            out.push(CatalogGateways { place, lan, wan });
+        }
+    }
+    out
+}
+
+fn place_of(t: &Fields<'_>, here: Option<&Here>) -> Option<Place> {
+    let dc = match (t.str("datacenter"), here) {
+        (Some(dc), _) => name_ok(t, "datacenter", dc).then(|| dc.to_owned()),
+        (None, Some(h)) => Some(h.place.datacenter.clone()),
+        (None, None) => None,
+    };
+    let partition = name_or(
+        t,
+        "partition",
+        here.map_or(DEFAULT_PARTITION, |h| &h.place.partition),
+    );
+    Some(Place::new(&dc?, &partition?))
+}
+
+/// A list of `host:port` endpoints; every bad element is reported.
+fn endpoints(t: &Fields<'_>, key: &'static str, required: bool) -> Option<Vec<Endpoint>> {
+    let Some(list) = t.str_list(key) else {
+        if required {
+            t.error(
+                key,
+                "is required: the addresses of the service's instances (host:port)",
+            );
+            return None;
+        }
+        return Some(Vec::new());
+    };
+    let mut out = Vec::with_capacity(list.len());
+    let mut ok = true;
+    for (path, s) in list {
+        match s.parse::<Endpoint>() {
+            Ok(e) => out.push(e),
+            Err(err) => {
+                t.error_at(&path, format!("{s:?} {err}"));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+/// An optional Consul name, defaulted. `None` only when the value present is invalid.
+fn name_or(t: &Fields<'_>, key: &'static str, default: &str) -> Option<String> {
+    match t.str(key) {
+        Some(v) => name_ok(t, key, v).then(|| v.to_owned()),
+        None => Some(default.to_owned()),
+    }
+}
+
+/// Datacenter, partition, namespace and service names become single SNI labels, so they
+/// must be one DNS-safe label: no dots, nothing a TLS client would refuse to send.
+fn name_ok(t: &Fields<'_>, key: &str, v: &str) -> bool {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !v.starts_with('-');
+    if !ok {
+        t.error(
+            key,
+            format!("{v:?} is not a valid name (1 to 63 letters, digits, '-' or '_'; it becomes one SNI label)"),
+        );
+    }
+    ok
+}
+
+/// `<cluster-id>.consul` as Consul writes it: lower case, dot-separated DNS labels.
+fn is_trust_domain(td: &str) -> bool {
+    td.len() <= 253
+        && td.contains('.')
+        && td.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}

@@ -1,0 +1,129 @@
+//! The endpoints of one route with the memory of recent failures, so that a dead instance is
+//! skipped for a while instead of costing every new connection a connect timeout.
+//!
+//! Lives in the plan (built once, shared by every connection that takes this plan), so the
+//! marks are atomics and nothing is allocated per connection.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Serialize, Serializer};
+
+use super::Endpoint;
+
+/// How long an endpoint that just failed is passed over while others remain.
+pub const FAILURE_HOLD: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct EndpointSet {
+    endpoints: Vec<Endpoint>,
+    /// Milliseconds since `epoch` at the last failure, plus one (0 = never failed).
+    failed_at: Box<[AtomicU64]>,
+    next: AtomicUsize,
+    epoch: Instant,
+}
+
+impl EndpointSet {
+    pub fn new(endpoints: Vec<Endpoint>) -> Self {
+        let failed_at = endpoints.iter().map(|_| AtomicU64::new(0)).collect();
+        EndpointSet {
+            endpoints,
+            failed_at,
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// The order to try endpoints in for one connection: round-robin start, recently failed
+    /// ones moved to the back (still tried, so a route never refuses while any might work).
+    /// Yields `(index, endpoint, skipped)` where `skipped` says it was held back.
+    pub fn attempt_order(&self) -> impl Iterator<Item = (usize, &Endpoint, bool)> + '_ {
+        let n = self.endpoints.len();
+        let start = if n == 0 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        };
+        let now = self.now_ms();
+        let held = move |i: usize| {
+            let at = self.failed_at[i].load(Ordering::Relaxed);
+            at != 0 && now.saturating_sub(at - 1) < FAILURE_HOLD.as_millis() as u64
+        };
+        let rotated = move || (0..n).map(move |k| (start + k) % n);
+        let fresh = rotated().filter(move |&i| !held(i)).map(|i| (i, false));
+        let stale = rotated().filter(move |&i| held(i)).map(|i| (i, true));
+        fresh
+            .chain(stale)
+            .map(move |(i, skipped)| (i, &self.endpoints[i], skipped))
+    }
+
+    pub fn mark_failed(&self, index: usize) {
+        if let Some(slot) = self.failed_at.get(index) {
+            slot.store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn mark_ok(&self, index: usize) {
+        if let Some(slot) = self.failed_at.get(index) {
+            slot.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Serialize for EndpointSet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.endpoints.serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: u16) -> EndpointSet {
+        EndpointSet::new(
+            (1..=n)
+                .map(|p| Endpoint::Addr(([127, 0, 0, 1], p).into()))
+                .collect(),
+        )
+    }
+
+    fn order(s: &EndpointSet) -> Vec<(usize, bool)> {
+        s.attempt_order()
+            .map(|(i, _, skipped)| (i, skipped))
+            .collect()
+    }
+
+    #[test]
+    fn rotates_and_moves_failed_to_the_back() {
+        let s = set(3);
+        assert_eq!(order(&s), [(0, false), (1, false), (2, false)]);
+        assert_eq!(order(&s), [(1, false), (2, false), (0, false)]);
+        s.mark_failed(2);
+        assert_eq!(order(&s), [(0, false), (1, false), (2, true)]);
+        s.mark_ok(2);
+        assert_eq!(order(&s), [(0, false), (1, false), (2, false)]);
+    }
+
+    #[test]
+    fn all_failed_still_tried() {
+        let s = set(2);
+        s.mark_failed(0);
+        s.mark_failed(1);
+        assert_eq!(order(&s).len(), 2);
+        assert!(order(&s).iter().all(|(_, skipped)| *skipped));
+        assert_eq!(set(0).attempt_order().count(), 0);
+    }
+}

@@ -1,0 +1,190 @@
+//! The gateway's route table: SNI → endpoints, matched the way Consul's Envoy gateway does.
+//!
+//! Order (CONFIG.md, consul-mesh.md §5.1): the exact SNI of a service in the gateway's own
+//! (datacenter, partition), also with one leading subset label; then the longest
+//! `*.<GatewaySNI>` suffix of another place. Case-insensitive, and a lookup allocates nothing.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::endpoints::EndpointSet;
+use crate::sni::{ServerName, MAX_NAME};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    /// A service of this gateway's own place: its instances, LAN addresses.
+    Service,
+    /// Another place: its gateways, WAN addresses.
+    Gateway,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Route {
+    /// As CONFIG.md shows it: the exact name, or `*.<suffix>`.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub kind: RouteKind,
+    /// For people: what the route leads to.
+    pub target: String,
+    pub endpoints: EndpointSet,
+}
+
+/// How a name matched, for `explain` and debug logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatchKind {
+    Exact,
+    Subset,
+    Wildcard,
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    exact: HashMap<String, usize>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<String, usize>,
+}
+
+impl RouteTable {
+    /// Adds a service route for an exact (lower-case) SNI.
+    pub fn add_exact(&mut self, sni: String, target: String, endpoints: EndpointSet) {
+        self.exact.insert(sni.clone(), self.routes.len());
+        self.routes.push(Route {
+            pattern: sni,
+            kind: RouteKind::Service,
+            target,
+            endpoints,
+        });
+    }
+
+    /// Adds a gateway route for every name ending in `.<suffix>`.
+    pub fn add_wildcard(&mut self, suffix: String, target: String, endpoints: EndpointSet) {
+        let pattern = format!("*.{suffix}");
+        self.wildcard.insert(suffix, self.routes.len());
+        self.routes.push(Route {
+            pattern,
+            kind: RouteKind::Gateway,
+            target,
+            endpoints,
+        });
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    pub fn lookup(&self, sni: &str) -> Option<(&Route, MatchKind)> {
+        let name = lowercase(sni)?;
+        let name = name.as_str();
+        if let Some(&i) = self.exact.get(name) {
+            return Some((&self.routes[i], MatchKind::Exact));
+        }
+        // `<subset>.<service sni>`: Consul builds one cluster per resolver subset, all on the
+        // same instances; the destination sidecar, not the gateway, knows the subsets.
+        if let Some(&i) = name
+            .split_once('.')
+            .and_then(|(_, rest)| self.exact.get(rest))
+        {
+            return Some((&self.routes[i], MatchKind::Subset));
+        }
+        // The first dot from the left leaves the longest suffix, so the most specific
+        // wildcard wins, as in Envoy's server-name matching.
+        name.match_indices('.')
+            .filter(|&(at, _)| at > 0)
+            .find_map(|(at, _)| self.wildcard.get(&name[at + 1..]))
+            .map(|&i| (&self.routes[i], MatchKind::Wildcard))
+    }
+}
+
+fn lowercase(sni: &str) -> Option<ServerName> {
+    if sni.len() > MAX_NAME {
+        return None;
+    }
+    let mut out = ServerName::new();
+    for c in sni.chars() {
+        out.push(c.to_ascii_lowercase()).ok()?;
+    }
+    Some(out)
+}
+
+impl Serialize for RouteTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.routes.serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::Endpoint;
+
+    fn eps(port: u16) -> EndpointSet {
+        EndpointSet::new(vec![Endpoint::Addr(([127, 0, 0, 1], port).into())])
+    }
+
+    fn table() -> RouteTable {
+        let mut t = RouteTable::default();
+        t.add_exact(
+            "db.default.dc1.internal.td.consul".into(),
+            "db".into(),
+            eps(1),
+        );
+        t.add_exact(
+            "api.default.dc1.internal.td.consul".into(),
+            "api".into(),
+            eps(2),
+        );
+        t.add_wildcard("dc2.internal.td.consul".into(), "dc2".into(), eps(3));
+        t.add_wildcard(
+            "ap1.dc2.internal-v1.td.consul".into(),
+            "dc2/ap1".into(),
+            eps(4),
+        );
+        t
+    }
+
+    #[test]
+    fn matches_in_order() {
+        let t = table();
+        let cases: &[(&str, Option<(&str, MatchKind)>)] = &[
+            (
+                "db.default.dc1.internal.td.consul",
+                Some(("db", MatchKind::Exact)),
+            ),
+            (
+                "DB.Default.DC1.internal.TD.consul",
+                Some(("db", MatchKind::Exact)),
+            ),
+            (
+                "v2.db.default.dc1.internal.td.consul",
+                Some(("db", MatchKind::Subset)),
+            ),
+            ("x.v2.db.default.dc1.internal.td.consul", None),
+            (
+                "web.default.dc2.internal.td.consul",
+                Some(("dc2", MatchKind::Wildcard)),
+            ),
+            (
+                "v1.web.default.dc2.internal.td.consul",
+                Some(("dc2", MatchKind::Wildcard)),
+            ),
+            (
+                "web.default.ap1.dc2.internal-v1.td.consul",
+                Some(("dc2/ap1", MatchKind::Wildcard)),
+            ),
+            ("dc2.internal.td.consul", None),
+            (".dc2.internal.td.consul", None),
+            ("web.default.dc1.internal.td.consul", None),
+            ("web.default.dc3.internal.td.consul", None),
+            ("db.default.dc1.internal.other.consul", None),
+            ("", None),
+        ];
+        for (sni, want) in cases {
+            let got = t.lookup(sni).map(|(r, k)| (r.target.as_str(), k));
+            assert_eq!(got, *want, "{sni}");
+        }
+        assert!(t.lookup(&"a".repeat(254)).is_none());
+    }
+}

@@ -1,0 +1,92 @@
+//! Counters as fixed atomics: counting never allocates or locks on the data path.
+//! Rendering in Prometheus text format comes with the admin endpoint.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a gateway connection ended before it was relayed, or that it was routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HelloOutcome {
+    Routed,
+    UnknownSni,
+    NoSni,
+    NotTls,
+    TooLarge,
+    Timeout,
+    /// The client closed before its hello was complete.
+    Closed,
+}
+
+impl HelloOutcome {
+    pub const ALL: [HelloOutcome; 7] = [
+        HelloOutcome::Routed,
+        HelloOutcome::UnknownSni,
+        HelloOutcome::NoSni,
+        HelloOutcome::NotTls,
+        HelloOutcome::TooLarge,
+        HelloOutcome::Timeout,
+        HelloOutcome::Closed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HelloOutcome::Routed => "routed",
+            HelloOutcome::UnknownSni => "unknown_sni",
+            HelloOutcome::NoSni => "no_sni",
+            HelloOutcome::NotTls => "not_tls",
+            HelloOutcome::TooLarge => "too_large",
+            HelloOutcome::Timeout => "timeout",
+            HelloOutcome::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct GatewayMetrics {
+    pub accepted: Counter,
+    pub active: Counter,
+    /// Refused because `max_connections` were open.
+    pub refused_limit: Counter,
+    pub hello: [Counter; HelloOutcome::ALL.len()],
+    /// One failed attempt to connect to one endpoint.
+    pub connect_failures: Counter,
+    /// Endpoints passed over because they failed recently.
+    pub endpoints_skipped: Counter,
+    /// Routed connections closed because no endpoint could be reached.
+    pub no_endpoint: Counter,
+    pub bytes_from_client: Counter,
+    pub bytes_to_client: Counter,
+    pub idle_timeouts: Counter,
+    pub accept_errors: Counter,
+}
+
+impl GatewayMetrics {
+    pub fn hello(&self, outcome: HelloOutcome) -> &Counter {
+        &self.hello[outcome as usize]
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub gateway: GatewayMetrics,
+}

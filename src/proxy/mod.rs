@@ -1,0 +1,141 @@
+//! The data path: listeners and the per-connection pipelines, on one event loop thread.
+
+mod buffers;
+mod dial;
+mod gateway;
+mod listener;
+mod relay;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use smol::channel::{self, Sender};
+use smol::{Async, LocalExecutor};
+
+use crate::mesh::Plan;
+use crate::metrics::Metrics;
+
+/// A running sidegate: where it listens and how to stop it. Tests start one on port 0.
+pub struct Running {
+    pub gateway_addrs: Vec<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot listen on {}: {}", self.addr, self.error)?;
+        if self.error.kind() == io::ErrorKind::PermissionDenied && self.addr.port() < 1024 {
+            write!(f, " (ports below 1024 need CAP_NET_BIND_SERVICE)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for BindError {}
+
+/// Binds every listener of the plan, then serves it on a new thread. Binding happens here,
+/// before anything is served, so a taken port is an error to the caller, not a log line.
+pub fn start(plan: Plan) -> Result<Running, BindError> {
+    raise_fd_limit();
+    let mut gateway_listeners = Vec::new();
+    for &addr in plan.gateway.iter().flat_map(|g| &g.settings.listen) {
+        let bound = TcpListener::bind(addr)
+            .and_then(Async::new)
+            .map_err(|error| BindError { addr, error })?;
+        gateway_listeners.push(bound);
+    }
+    let gateway_addrs = gateway_listeners
+        .iter()
+        .map(|l| l.get_ref().local_addr())
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|error| BindError {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            error,
+        })?;
+    for addr in &gateway_addrs {
+        crate::info!("gateway listening on {addr}");
+    }
+    let metrics = Arc::new(Metrics::default());
+    let (stop, stopped) = channel::bounded::<()>(1);
+    let plan = Arc::new(plan);
+    let thread_metrics = metrics.clone();
+    let thread = std::thread::Builder::new()
+        .name("sidegate-loop".into())
+        .spawn(move || {
+            let ex = Rc::new(LocalExecutor::new());
+            for l in gateway_listeners {
+                ex.spawn(listener::gateway_accept_loop(
+                    l,
+                    ex.clone(),
+                    plan.clone(),
+                    thread_metrics.clone(),
+                ))
+                .detach();
+            }
+            // Ends when every `stop` sender is gone; dropping the executor closes everything.
+            smol::block_on(ex.run(async { while stopped.recv().await.is_ok() {} }));
+        })
+        .map_err(|error| BindError {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            error,
+        })?;
+    Ok(Running {
+        gateway_addrs,
+        metrics,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+impl Running {
+    /// Stops serving and closes every connection.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    /// Blocks until the event loop ends.
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A gateway holding a thousand connections needs two thousand descriptors; the usual soft
+/// limit is 1024 while the hard limit is far higher. Go and systemd raise it the same way.
+fn raise_fd_limit() {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised) {
+            crate::warn!("cannot raise the open-file limit: {e}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Moving bytes both ways between two sockets until both sides are done.
+//!
+//! Half-close is kept: when one side stops sending, the other side's write half is shut and
+//! the opposite direction carries on (a client may send a request, shut its write side and
+//! still read the whole answer). A connection with no traffic either way for `idle` is closed.
+
+use std::cell::Cell;
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use smol::io::AsyncWriteExt;
+use smol::{future, Async, Timer};
+
+use super::buffers::Buf;
+use crate::metrics::Counter;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Both sides closed their sending halves.
+    Done,
+    Idle,
+}
+
+/// What one relayed connection did, for its debug log line.
+#[derive(Debug)]
+pub struct Relayed {
+    pub end: RelayEnd,
+    pub a_to_b: u64,
+    pub b_to_a: u64,
+}
+
+/// Per-connection state the two directions share.
+struct Flow {
+    last: Cell<Instant>,
+    a_to_b: Cell<u64>,
+    b_to_a: Cell<u64>,
+}
+
+/// Relays until both directions end, one fails, or the pair is idle for `idle`. Bytes are
+/// added to the shared counters as they move, so a failed relay is still counted.
+pub async fn relay(
+    a: &Async<TcpStream>,
+    b: &Async<TcpStream>,
+    idle: Duration,
+    a_to_b: &Counter,
+    b_to_a: &Counter,
+) -> io::Result<Relayed> {
+    let flow = Flow {
+        last: Cell::new(Instant::now()),
+        a_to_b: Cell::new(0),
+        b_to_a: Cell::new(0),
+    };
+    let both = future::try_zip(
+        pump(a, b, a_to_b, &flow.a_to_b, &flow.last),
+        pump(b, a, b_to_a, &flow.b_to_a, &flow.last),
+    );
+    let watchdog = async {
+        loop {
+            let deadline = flow.last.get() + idle;
+            if Instant::now() >= deadline {
+                return Ok(RelayEnd::Idle);
+            }
+            Timer::at(deadline).await;
+        }
+    };
+    let end = future::or(async { both.await.map(|_| RelayEnd::Done) }, watchdog).await?;
+    Ok(Relayed {
+        end,
+        a_to_b: flow.a_to_b.get(),
+        b_to_a: flow.b_to_a.get(),
+    })
+}
+
+/// One direction. Waits for readability without holding a buffer, so an idle connection
+/// costs no buffer memory; takes a pooled buffer only to move bytes that are there.
+async fn pump(
+    from: &Async<TcpStream>,
+    to: &Async<TcpStream>,
+    total: &Counter,
+    mine: &Cell<u64>,
+    last: &Cell<Instant>,
+) -> io::Result<()> {
+    loop {
+        from.readable().await?;
+        let mut buf = Buf::take();
+        let n = match from.get_ref().read(buf.as_mut()) {
+            Ok(0) => {
+                // The peer has finished sending: pass the half-close on. The other side may
+                // already be gone; that is not an error for this direction.
+                let _ = to.get_ref().shutdown(Shutdown::Write);
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        let mut writer = to;
+        writer.write_all(&buf.as_mut()[..n]).await?;
+        total.add(n as u64);
+        mine.set(mine.get() + n as u64);
+        last.set(Instant::now());
+    }
+}
