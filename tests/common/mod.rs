@@ -1,0 +1,194 @@
+//! Real parts for integration tests: a CA, TLS backends that each hold only their own name's
+//! certificate (so a mis-routed connection fails its handshake), TLS clients, and sidegate
+//! itself started in-process on port 0.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+
+pub const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
+
+/// Every socket operation in tests is bounded in time.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub struct Pki {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Pki { issuer }
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A server config holding a certificate for exactly these names.
+    pub fn server_config(&self, names: &[String]) -> Arc<ServerConfig> {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names.to_vec()).unwrap().signed_by(&key, &self.issuer).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let cfg = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        Arc::new(cfg)
+    }
+
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(self.issuer.der().to_vec())).unwrap();
+        let cfg = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(cfg)
+    }
+}
+
+/// A TLS server for one name. Per connection: echoes every byte until the client finishes
+/// sending, then says `served-by:<name>` and closes. Runs until the test process ends.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    pub fn start(pki: &Pki, name: &str) -> Backend {
+        Self::start_with(pki, name, &[])
+    }
+
+    /// A backend whose certificate also names `aliases`.
+    pub fn start_with(pki: &Pki, name: &str, aliases: &[String]) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut names = vec![name.to_owned()];
+        names.extend_from_slice(aliases);
+        let cfg = pki.server_config(&names);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (count, owned_name) = (accepted.clone(), name.to_owned());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let (cfg, name) = (cfg.clone(), owned_name.clone());
+                std::thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn(move || {
+                        let _ = serve_echo(stream, cfg, &name);
+                    })
+                    .unwrap();
+            }
+        });
+        Backend { addr, name: name.to_owned(), accepted }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+fn serve_echo(stream: TcpStream, cfg: Arc<ServerConfig>, name: &str) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
+    let mut tls = StreamOwned::new(conn, stream);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => tls.write_all(&buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+    }
+    tls.write_all(format!("served-by:{name}\n").as_bytes())?;
+    tls.conn.send_close_notify();
+    tls.flush()?;
+    let _ = tls.sock.shutdown(Shutdown::Write);
+    Ok(())
+}
+
+pub type Client = StreamOwned<ClientConnection, TcpStream>;
+
+/// Connects through `addr` with SNI `sni` (an IP address as `sni` sends none) and completes
+/// the handshake, verifying the server's certificate against the test CA for that name.
+pub fn tls_connect(addr: SocketAddr, sni: &str, cfg: &Arc<ClientConfig>) -> io::Result<Client> {
+    let sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    sock.set_read_timeout(Some(IO_TIMEOUT))?;
+    sock.set_write_timeout(Some(IO_TIMEOUT))?;
+    let name = ServerName::try_from(sni.to_owned()).map_err(io::Error::other)?;
+    let conn = ClientConnection::new(cfg.clone(), name).map_err(io::Error::other)?;
+    let mut tls = StreamOwned::new(conn, sock);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// Sends `msg`, reads the echo, then finishes sending (close_notify and a TCP half-close)
+/// and reads the backend's sign-off. Returns the backend's name.
+pub fn echo_and_finish(mut tls: Client, msg: &[u8]) -> io::Result<String> {
+    tls.write_all(msg)?;
+    let mut echoed = vec![0u8; msg.len()];
+    tls.read_exact(&mut echoed)?;
+    if echoed != msg {
+        return Err(io::Error::other("echo differs"));
+    }
+    tls.conn.send_close_notify();
+    tls.flush()?;
+    tls.sock.shutdown(Shutdown::Write)?;
+    let mut rest = String::new();
+    match tls.read_to_string(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(e),
+    }
+    rest.trim_end()
+        .strip_prefix("served-by:")
+        .map(str::to_owned)
+        .ok_or_else(|| io::Error::other(format!("no sign-off, got {rest:?}")))
+}
+
+pub fn service_sni(service: &str, dc: &str) -> String {
+    format!("{service}.default.{dc}.internal.{TD}")
+}
+
+/// Starts sidegate in-process from configuration text.
+pub fn start(toml: &str) -> sidegate::proxy::Running {
+    let config = sidegate::config::parse(toml).unwrap_or_else(|e| panic!("config: {e:?}"));
+    sidegate::proxy::start(sidegate::mesh::plan(&config.snapshot)).unwrap()
+}
+
+/// A port on which nothing listens (bound, then released).
+pub fn dead_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// Polls `cond` until it holds or a deadline passes; for counters updated by the gateway
+/// thread after the client already saw the close.
+pub fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,222 @@
+//! The gateway end to end on loopback: real TLS clients, real TLS backends holding only their
+//! own name's certificate, sidegate in between reading only the ClientHello.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use sidegate::metrics::HelloOutcome;
+
+/// dc1's gateway (the one under test) and, behind it, dc2's gateway and a partition's gateway,
+/// each a sidegate too: a cross-place connection passes two gateways still encrypted.
+struct Mesh {
+    pki: Pki,
+    db: Backend,
+    web2: Backend,
+    billing: Backend,
+    gw1: sidegate::proxy::Running,
+    _gw2: sidegate::proxy::Running,
+    _gw_ap1: sidegate::proxy::Running,
+}
+
+fn gateway_toml(dc: &str, partition: &str, services: &[(&str, Vec<SocketAddr>)], gateways: &str, extra: &str) -> String {
+    let mut t = format!(
+        "[mesh]\ndatacenter = \"{dc}\"\npartition = \"{partition}\"\ntrust_domain = \"{TD}\"\n\
+         [gateway]\nlisten = [\"127.0.0.1:0\"]\nconnect_timeout_ms = 2000\n{extra}\n{gateways}\n"
+    );
+    for (name, addrs) in services {
+        let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        t += &format!("[[catalog.services]]\nname = \"{name}\"\ninstances = [{}]\n", list.join(", "));
+    }
+    t
+}
+
+fn mesh(extra: &str) -> Mesh {
+    let pki = Pki::new();
+    // The subset name is the same service's; its sidecar's certificate covers both.
+    let db = Backend::start_with(&pki, &service_sni("db", "dc1"), &[format!("v2.{}", service_sni("db", "dc1"))]);
+    let web2 = Backend::start(&pki, &service_sni("web", "dc2"));
+    let billing = Backend::start(&pki, &format!("billing.default.ap1.dc1.internal-v1.{TD}"));
+    let gw2 = start(&gateway_toml("dc2", "default", &[("web", vec![web2.addr])], "", ""));
+    let gw_ap1 = start(&gateway_toml("dc1", "ap1", &[("billing", vec![billing.addr])], "", ""));
+    let gateways = format!(
+        "[[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"{}\"]\n\
+         [[catalog.gateways]]\npartition = \"ap1\"\nlan = [\"{}\"]\nwan = [\"{}\"]\n",
+        gw2.gateway_addrs[0],
+        dead_addr(),
+        gw_ap1.gateway_addrs[0]
+    );
+    let gw1 = start(&gateway_toml("dc1", "default", &[("db", vec![db.addr])], &gateways, extra));
+    Mesh { pki, db, web2, billing, gw1, _gw2: gw2, _gw_ap1: gw_ap1 }
+}
+
+impl Mesh {
+    fn addr(&self) -> SocketAddr {
+        self.gw1.gateway_addrs[0]
+    }
+
+    fn through(&self, sni: &str) -> std::io::Result<String> {
+        let tls = tls_connect(self.addr(), sni, &self.pki.client_config())?;
+        echo_and_finish(tls, b"hello through the mesh")
+    }
+
+    fn count(&self, outcome: HelloOutcome) -> u64 {
+        self.gw1.metrics.gateway.hello(outcome).get()
+    }
+
+    /// The gateway still routes after whatever the test just did to it.
+    fn still_serving(&self) {
+        assert_eq!(self.through(&service_sni("db", "dc1")).unwrap(), self.db.name);
+    }
+}
+
+#[test]
+fn routes_every_kind_to_the_right_backend() {
+    let m = mesh("");
+    let cases = [
+        (service_sni("db", "dc1"), &m.db),
+        (service_sni("DB", "DC1").to_uppercase(), &m.db),
+        (format!("v2.{}", service_sni("db", "dc1")), &m.db),
+        (service_sni("web", "dc2"), &m.web2),
+        (format!("billing.default.ap1.dc1.internal-v1.{TD}"), &m.billing),
+    ];
+    for (sni, backend) in cases {
+        assert_eq!(m.through(&sni).unwrap_or_else(|e| panic!("{sni}: {e}")), backend.name, "{sni}");
+    }
+    assert_eq!(m.count(HelloOutcome::Routed), 5);
+    assert_eq!(m.db.accepted(), 3);
+    assert_eq!(m.web2.accepted(), 1);
+    assert_eq!(m.billing.accepted(), 1);
+}
+
+#[test]
+fn refuses_and_counts_each_reason_and_keeps_serving() {
+    let m = mesh("handshake_timeout_ms = 300\nmax_client_hello_bytes = 1024");
+
+    // Unknown SNI: a service of our own place that is not in the catalog, and a place with
+    // no gateways.
+    for sni in [service_sni("nope", "dc1"), service_sni("web", "dc3"), "example.com".to_owned()] {
+        assert!(m.through(&sni).is_err(), "{sni} must not be routed");
+    }
+    eventually("unknown_sni = 3", || m.count(HelloOutcome::UnknownSni) == 3);
+    m.still_serving();
+
+    // No SNI: rustls sends none for an IP address.
+    assert!(m.through("127.0.0.1").is_err());
+    eventually("no_sni = 1", || m.count(HelloOutcome::NoSni) == 1);
+
+    // Not TLS.
+    let mut s = raw(m.addr());
+    s.write_all(b"GET / HTTP/1.1\r\nHost: db\r\n\r\n").unwrap();
+    assert_closed(&mut s);
+    eventually("not_tls = 1", || m.count(HelloOutcome::NotTls) == 1);
+
+    // Too large: a handshake record declaring more than the 1024-byte limit.
+    let mut s = raw(m.addr());
+    s.write_all(&[0x16, 0x03, 0x01, 0x10, 0x00, 0x01, 0x00, 0x0f, 0xfc]).unwrap();
+    s.write_all(&[0u8; 1100]).ok();
+    assert_closed(&mut s);
+    eventually("too_large = 1", || m.count(HelloOutcome::TooLarge) == 1);
+
+    // Timeout: half a record header, then silence.
+    let mut s = raw(m.addr());
+    s.write_all(&[0x16, 0x03]).unwrap();
+    let t = std::time::Instant::now();
+    assert_closed(&mut s);
+    assert!(t.elapsed() >= Duration::from_millis(250), "closed before the handshake timeout");
+    eventually("timeout = 1", || m.count(HelloOutcome::Timeout) == 1);
+
+    m.still_serving();
+    assert_eq!(m.count(HelloOutcome::Routed), 2);
+    assert_eq!(m.gw1.metrics.gateway.active.get(), 0);
+}
+
+#[test]
+fn fails_over_past_a_dead_instance_and_then_skips_it() {
+    let pki = Pki::new();
+    let db = Backend::start(&pki, &service_sni("db", "dc1"));
+    let toml = format!(
+        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n[gateway]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[catalog.services]]\nname = \"db\"\ninstances = [\"{}\", \"{}\"]\n",
+        dead_addr(),
+        db.addr
+    );
+    let gw = start(&toml);
+    let cfg = pki.client_config();
+    for _ in 0..6 {
+        let tls = tls_connect(gw.gateway_addrs[0], &service_sni("db", "dc1"), &cfg).unwrap();
+        assert_eq!(echo_and_finish(tls, b"x").unwrap(), db.name);
+    }
+    // The dead instance cost one failed attempt; afterwards it is held back behind the live one.
+    assert_eq!(gw.metrics.gateway.connect_failures.get(), 1);
+    assert_eq!(db.accepted(), 6);
+}
+
+#[test]
+fn every_endpoint_down_is_a_counted_refusal() {
+    let pki = Pki::new();
+    let toml = format!(
+        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n[gateway]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[catalog.services]]\nname = \"db\"\ninstances = [\"{}\", \"{}\"]\n",
+        dead_addr(),
+        dead_addr()
+    );
+    let gw = start(&toml);
+    assert!(tls_connect(gw.gateway_addrs[0], &service_sni("db", "dc1"), &pki.client_config()).is_err());
+    eventually("no_endpoint = 1", || gw.metrics.gateway.no_endpoint.get() == 1);
+    assert_eq!(gw.metrics.gateway.connect_failures.get(), 2);
+}
+
+#[test]
+fn holds_a_thousand_concurrent_connections() {
+    let m = mesh("");
+    let cfg = m.pki.client_config();
+    let sni = service_sni("db", "dc1");
+    let clients: Vec<Client> = (0..1000).map(|i| tls_connect(m.addr(), &sni, &cfg).unwrap_or_else(|e| panic!("#{i}: {e}"))).collect();
+    eventually("1000 active", || m.gw1.metrics.gateway.active.get() == 1000);
+    for (i, tls) in clients.into_iter().enumerate() {
+        let msg = format!("connection {i}");
+        assert_eq!(echo_and_finish(tls, msg.as_bytes()).unwrap(), m.db.name);
+    }
+    eventually("all closed", || m.gw1.metrics.gateway.active.get() == 0);
+    assert_eq!(m.count(HelloOutcome::Routed), 1000);
+}
+
+#[test]
+fn refuses_connections_over_the_limit_without_disturbing_others() {
+    let m = mesh("max_connections = 3");
+    let cfg = m.pki.client_config();
+    let sni = service_sni("db", "dc1");
+    let held: Vec<Client> = (0..3).map(|_| tls_connect(m.addr(), &sni, &cfg).unwrap()).collect();
+    eventually("3 active", || m.gw1.metrics.gateway.active.get() == 3);
+    assert!(tls_connect(m.addr(), &sni, &cfg).is_err());
+    assert_eq!(m.gw1.metrics.gateway.refused_limit.get(), 1);
+    for tls in held {
+        assert_eq!(echo_and_finish(tls, b"still here").unwrap(), m.db.name);
+    }
+    eventually("0 active", || m.gw1.metrics.gateway.active.get() == 0);
+    m.still_serving();
+}
+
+fn raw(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// The gateway closed the connection: a read ends (EOF or reset) without any data.
+fn assert_closed(s: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("got {n} bytes from a refused connection"),
+        Err(e) => assert!(
+            matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe),
+            "expected a close, got {e}"
+        ),
+    }
+}
