@@ -86,6 +86,10 @@ fn incomplete(buf: &[u8], limit: usize) -> Stop {
 /// Walks the records in `buf` until the ClientHello is complete. `Err` carries the verdict
 /// when it is not (yet) there.
 pub(super) fn find(buf: &[u8], limit: usize) -> Result<Found<'_>, Stop> {
+    // Bytes past the budget can never be part of an acceptable hello, so never look at
+    // them: the verdict then depends only on the first `limit` bytes, and once given it
+    // stays the same however much more the client sends.
+    let buf = buf.get(..limit).unwrap_or(buf);
     let mut pos = 0usize; // start of the current record; always <= buf.len()
     let mut headers = 0usize; // record headers seen
     let mut before = 0usize; // handshake bytes in the (complete) records before `pos`
