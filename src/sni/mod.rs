@@ -6,6 +6,8 @@
 
 mod hello;
 mod records;
+#[cfg(test)]
+mod tests;
 
 /// The longest DNS name, and so the longest SNI we route on.
 pub const MAX_NAME: usize = 253;
