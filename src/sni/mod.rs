@@ -2,7 +2,7 @@
 //!
 //! Pure: bytes in, verdict out. The input is whatever a stranger sent us, so nothing here
 //! indexes unchecked, unwraps or overflows, and a verdict is reached as early as the bytes
-//! allow. [`records`] finds the hello in the record layer; [`hello`] reads the name.
+//! allow. `records` finds the hello in the record layer; `hello` reads the name.
 
 mod hello;
 mod records;
