@@ -13,6 +13,9 @@ use super::Endpoint;
 
 /// How long an endpoint that just failed is passed over while others remain.
 pub const FAILURE_HOLD: Duration = Duration::from_secs(10);
+/// Failure memory covers the first 256 endpoints of a route; later ones are tried in turn
+/// without it. A fixed bitmap keeps ordering free of allocation.
+const HELD_WORDS: usize = 4;
 
 #[derive(Debug)]
 pub struct EndpointSet {
@@ -44,25 +47,24 @@ impl EndpointSet {
 
     /// The order to try endpoints in for one connection: round-robin start, recently failed
     /// ones moved to the back (still tried, so a route never refuses while any might work).
-    /// Yields `(index, endpoint, skipped)` where `skipped` says it was held back.
+    /// Yields `(index, endpoint, held_back)`. Which endpoints are held back is decided once,
+    /// up front, so a failure during this connection's attempts does not reorder them.
     pub fn attempt_order(&self) -> impl Iterator<Item = (usize, &Endpoint, bool)> + '_ {
         let n = self.endpoints.len();
-        let start = if n == 0 {
-            0
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % n
-        };
+        let start = if n == 0 { 0 } else { self.next.fetch_add(1, Ordering::Relaxed) % n };
         let now = self.now_ms();
-        let held = move |i: usize| {
+        let mut held = [0u64; HELD_WORDS];
+        for i in 0..n.min(HELD_WORDS * 64) {
             let at = self.failed_at[i].load(Ordering::Relaxed);
-            at != 0 && now.saturating_sub(at - 1) < FAILURE_HOLD.as_millis() as u64
-        };
+            if at != 0 && now.saturating_sub(at - 1) < FAILURE_HOLD.as_millis() as u64 {
+                held[i / 64] |= 1 << (i % 64);
+            }
+        }
+        let is_held = move |i: usize| held.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0);
         let rotated = move || (0..n).map(move |k| (start + k) % n);
-        let fresh = rotated().filter(move |&i| !held(i)).map(|i| (i, false));
-        let stale = rotated().filter(move |&i| held(i)).map(|i| (i, true));
-        fresh
-            .chain(stale)
-            .map(move |(i, skipped)| (i, &self.endpoints[i], skipped))
+        let fresh = rotated().filter(move |&i| !is_held(i)).map(|i| (i, false));
+        let stale = rotated().filter(move |&i| is_held(i)).map(|i| (i, true));
+        fresh.chain(stale).map(move |(i, held_back)| (i, &self.endpoints[i], held_back))
     }
 
     pub fn mark_failed(&self, index: usize) {
@@ -115,6 +117,19 @@ mod tests {
         assert_eq!(order(&s), [(0, false), (1, false), (2, true)]);
         s.mark_ok(2);
         assert_eq!(order(&s), [(0, false), (1, false), (2, false)]);
+    }
+
+    #[test]
+    fn failures_during_a_pass_do_not_repeat_endpoints() {
+        let s = set(3);
+        let tried: Vec<usize> = s
+            .attempt_order()
+            .map(|(i, _, _)| {
+                s.mark_failed(i);
+                i
+            })
+            .collect();
+        assert_eq!(tried, [0, 1, 2]);
     }
 
     #[test]

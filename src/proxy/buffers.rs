@@ -63,7 +63,7 @@ impl HelloBuf {
     /// Free space to read into; empty once `limit` bytes are held.
     pub fn spare(&mut self, limit: usize) -> &mut [u8] {
         if self.len == self.bytes.len() && self.len < limit {
-            let grown = (self.bytes.len() * 2).clamp(Self::FIRST, limit);
+            let grown = (self.bytes.len() * 2).max(Self::FIRST).min(limit);
             self.bytes.resize(grown, 0);
         }
         &mut self.bytes[self.len..]
