@@ -551,6 +551,17 @@ mod tests {
     }
 
     #[test]
+    fn can_sign_only_from_a_signing_id_and_never_a_client_agent() {
+        let signer = SpiffeId::signing_for_cluster("ABC");
+        let agent = SpiffeId::parse("spiffe://abc.consul/agent/client/dc/dc1/id/n1").unwrap();
+        let web = SpiffeId::parse("spiffe://ABC.consul/ns/default/dc/dc1/svc/web").unwrap();
+        assert!(!signer.can_sign(&agent));
+        assert!(signer.can_sign(&web));
+        assert!(!web.can_sign(&web));
+        assert!(signer.can_sign(&SpiffeId::parse("spiffe://abc.CONSUL").unwrap()));
+    }
+
+    #[test]
     fn pseudo_random_input_never_panics() {
         // A tiny LCG over pieces that exercise every branch; no rand dependency needed.
         let pieces = [
