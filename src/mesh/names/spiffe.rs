@@ -46,7 +46,7 @@ pub enum SpiffeId {
     Signing { cluster_id: String, domain: String },
 }
 
-/// Why a URI is not a Consul SPIFFE ID. Values are clipped (see [`clip`]) because these end up
+/// Why a URI is not a Consul SPIFFE ID. Values are clipped to 64 bytes because these end up
 /// in the log line of a refused connection and the input is whatever the peer put in its cert.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpiffeError {
