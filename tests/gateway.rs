@@ -23,14 +23,23 @@ struct Mesh {
     _gw_ap1: sidegate::proxy::Running,
 }
 
-fn gateway_toml(dc: &str, partition: &str, services: &[(&str, Vec<SocketAddr>)], gateways: &str, extra: &str) -> String {
+fn gateway_toml(
+    dc: &str,
+    partition: &str,
+    services: &[(&str, Vec<SocketAddr>)],
+    gateways: &str,
+    extra: &str,
+) -> String {
     let mut t = format!(
         "[mesh]\ndatacenter = \"{dc}\"\npartition = \"{partition}\"\ntrust_domain = \"{TD}\"\n\
          [gateway]\nlisten = [\"127.0.0.1:0\"]\nconnect_timeout_ms = 2000\n{extra}\n{gateways}\n"
     );
     for (name, addrs) in services {
         let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
-        t += &format!("[[catalog.services]]\nname = \"{name}\"\ninstances = [{}]\n", list.join(", "));
+        t += &format!(
+            "[[catalog.services]]\nname = \"{name}\"\ninstances = [{}]\n",
+            list.join(", ")
+        );
     }
     t
 }
@@ -38,11 +47,27 @@ fn gateway_toml(dc: &str, partition: &str, services: &[(&str, Vec<SocketAddr>)],
 fn mesh(extra: &str) -> Mesh {
     let pki = Pki::new();
     // The subset name is the same service's; its sidecar's certificate covers both.
-    let db = Backend::start_with(&pki, &service_sni("db", "dc1"), &[format!("v2.{}", service_sni("db", "dc1"))]);
+    let db = Backend::start_with(
+        &pki,
+        &service_sni("db", "dc1"),
+        &[format!("v2.{}", service_sni("db", "dc1"))],
+    );
     let web2 = Backend::start(&pki, &service_sni("web", "dc2"));
     let billing = Backend::start(&pki, &format!("billing.default.ap1.dc1.internal-v1.{TD}"));
-    let gw2 = start(&gateway_toml("dc2", "default", &[("web", vec![web2.addr])], "", ""));
-    let gw_ap1 = start(&gateway_toml("dc1", "ap1", &[("billing", vec![billing.addr])], "", ""));
+    let gw2 = start(&gateway_toml(
+        "dc2",
+        "default",
+        &[("web", vec![web2.addr])],
+        "",
+        "",
+    ));
+    let gw_ap1 = start(&gateway_toml(
+        "dc1",
+        "ap1",
+        &[("billing", vec![billing.addr])],
+        "",
+        "",
+    ));
     let gateways = format!(
         "[[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"{}\"]\n\
          [[catalog.gateways]]\npartition = \"ap1\"\nlan = [\"{}\"]\nwan = [\"{}\"]\n",
@@ -50,8 +75,22 @@ fn mesh(extra: &str) -> Mesh {
         dead_addr(),
         gw_ap1.gateway_addrs[0]
     );
-    let gw1 = start(&gateway_toml("dc1", "default", &[("db", vec![db.addr])], &gateways, extra));
-    Mesh { pki, db, web2, billing, gw1, _gw2: gw2, _gw_ap1: gw_ap1 }
+    let gw1 = start(&gateway_toml(
+        "dc1",
+        "default",
+        &[("db", vec![db.addr])],
+        &gateways,
+        extra,
+    ));
+    Mesh {
+        pki,
+        db,
+        web2,
+        billing,
+        gw1,
+        _gw2: gw2,
+        _gw_ap1: gw_ap1,
+    }
 }
 
 impl Mesh {
@@ -70,7 +109,10 @@ impl Mesh {
 
     /// The gateway still routes after whatever the test just did to it.
     fn still_serving(&self) {
-        assert_eq!(self.through(&service_sni("db", "dc1")).unwrap(), self.db.name);
+        assert_eq!(
+            self.through(&service_sni("db", "dc1")).unwrap(),
+            self.db.name
+        );
     }
 }
 
@@ -82,10 +124,17 @@ fn routes_every_kind_to_the_right_backend() {
         (service_sni("DB", "DC1").to_uppercase(), &m.db),
         (format!("v2.{}", service_sni("db", "dc1")), &m.db),
         (service_sni("web", "dc2"), &m.web2),
-        (format!("billing.default.ap1.dc1.internal-v1.{TD}"), &m.billing),
+        (
+            format!("billing.default.ap1.dc1.internal-v1.{TD}"),
+            &m.billing,
+        ),
     ];
     for (sni, backend) in cases {
-        assert_eq!(m.through(&sni).unwrap_or_else(|e| panic!("{sni}: {e}")), backend.name, "{sni}");
+        assert_eq!(
+            m.through(&sni).unwrap_or_else(|e| panic!("{sni}: {e}")),
+            backend.name,
+            "{sni}"
+        );
     }
     assert_eq!(m.count(HelloOutcome::Routed), 5);
     assert_eq!(m.db.accepted(), 3);
@@ -99,7 +148,11 @@ fn refuses_and_counts_each_reason_and_keeps_serving() {
 
     // Unknown SNI: a service of our own place that is not in the catalog, and a place with
     // no gateways.
-    for sni in [service_sni("nope", "dc1"), service_sni("web", "dc3"), "example.com".to_owned()] {
+    for sni in [
+        service_sni("nope", "dc1"),
+        service_sni("web", "dc3"),
+        "example.com".to_owned(),
+    ] {
         assert!(m.through(&sni).is_err(), "{sni} must not be routed");
     }
     eventually("unknown_sni = 3", || m.count(HelloOutcome::UnknownSni) == 3);
@@ -117,7 +170,8 @@ fn refuses_and_counts_each_reason_and_keeps_serving() {
 
     // Too large: a handshake record declaring more than the 1024-byte limit.
     let mut s = raw(m.addr());
-    s.write_all(&[0x16, 0x03, 0x01, 0x10, 0x00, 0x01, 0x00, 0x0f, 0xfc]).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x10, 0x00, 0x01, 0x00, 0x0f, 0xfc])
+        .unwrap();
     s.write_all(&[0u8; 1100]).ok();
     assert_closed(&mut s);
     eventually("too_large = 1", || m.count(HelloOutcome::TooLarge) == 1);
@@ -127,12 +181,17 @@ fn refuses_and_counts_each_reason_and_keeps_serving() {
     s.write_all(&[0x16, 0x03]).unwrap();
     let t = std::time::Instant::now();
     assert_closed(&mut s);
-    assert!(t.elapsed() >= Duration::from_millis(250), "closed before the handshake timeout");
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "closed before the handshake timeout"
+    );
     eventually("timeout = 1", || m.count(HelloOutcome::Timeout) == 1);
 
     m.still_serving();
     assert_eq!(m.count(HelloOutcome::Routed), 2);
-    eventually("no connection left open", || m.gw1.metrics.gateway.active.get() == 0);
+    eventually("no connection left open", || {
+        m.gw1.metrics.gateway.active.get() == 0
+    });
 }
 
 #[test]
@@ -166,8 +225,15 @@ fn every_endpoint_down_is_a_counted_refusal() {
         dead_addr()
     );
     let gw = start(&toml);
-    assert!(tls_connect(gw.gateway_addrs[0], &service_sni("db", "dc1"), &pki.client_config()).is_err());
-    eventually("no_endpoint = 1", || gw.metrics.gateway.no_endpoint.get() == 1);
+    assert!(tls_connect(
+        gw.gateway_addrs[0],
+        &service_sni("db", "dc1"),
+        &pki.client_config()
+    )
+    .is_err());
+    eventually("no_endpoint = 1", || {
+        gw.metrics.gateway.no_endpoint.get() == 1
+    });
     assert_eq!(gw.metrics.gateway.connect_failures.get(), 2);
 }
 
@@ -176,7 +242,9 @@ fn holds_a_thousand_concurrent_connections() {
     let m = mesh("");
     let cfg = m.pki.client_config();
     let sni = service_sni("db", "dc1");
-    let clients: Vec<Client> = (0..1000).map(|i| tls_connect(m.addr(), &sni, &cfg).unwrap_or_else(|e| panic!("#{i}: {e}"))).collect();
+    let clients: Vec<Client> = (0..1000)
+        .map(|i| tls_connect(m.addr(), &sni, &cfg).unwrap_or_else(|e| panic!("#{i}: {e}")))
+        .collect();
     eventually("1000 active", || m.gw1.metrics.gateway.active.get() == 1000);
     for (i, tls) in clients.into_iter().enumerate() {
         let msg = format!("connection {i}");
@@ -191,7 +259,9 @@ fn refuses_connections_over_the_limit_without_disturbing_others() {
     let m = mesh("max_connections = 3");
     let cfg = m.pki.client_config();
     let sni = service_sni("db", "dc1");
-    let held: Vec<Client> = (0..3).map(|_| tls_connect(m.addr(), &sni, &cfg).unwrap()).collect();
+    let held: Vec<Client> = (0..3)
+        .map(|_| tls_connect(m.addr(), &sni, &cfg).unwrap())
+        .collect();
     eventually("3 active", || m.gw1.metrics.gateway.active.get() == 3);
     assert!(tls_connect(m.addr(), &sni, &cfg).is_err());
     assert_eq!(m.gw1.metrics.gateway.refused_limit.get(), 1);
@@ -215,7 +285,10 @@ fn assert_closed(s: &mut TcpStream) {
         Ok(0) => {}
         Ok(n) => panic!("got {n} bytes from a refused connection"),
         Err(e) => assert!(
-            matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe),
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
             "expected a close, got {e}"
         ),
     }

@@ -51,7 +51,11 @@ impl EndpointSet {
     /// up front, so a failure during this connection's attempts does not reorder them.
     pub fn attempt_order(&self) -> impl Iterator<Item = (usize, &Endpoint, bool)> + '_ {
         let n = self.endpoints.len();
-        let start = if n == 0 { 0 } else { self.next.fetch_add(1, Ordering::Relaxed) % n };
+        let start = if n == 0 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        };
         let now = self.now_ms();
         let mut held = [0u64; HELD_WORDS];
         for i in 0..n.min(HELD_WORDS * 64) {
@@ -64,7 +68,9 @@ impl EndpointSet {
         let rotated = move || (0..n).map(move |k| (start + k) % n);
         let fresh = rotated().filter(move |&i| !is_held(i)).map(|i| (i, false));
         let stale = rotated().filter(move |&i| is_held(i)).map(|i| (i, true));
-        fresh.chain(stale).map(move |(i, held_back)| (i, &self.endpoints[i], held_back))
+        fresh
+            .chain(stale)
+            .map(move |(i, held_back)| (i, &self.endpoints[i], held_back))
     }
 
     pub fn mark_failed(&self, index: usize) {

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+use rustls::{
+    ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned,
+};
 
 pub const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 
@@ -30,6 +32,12 @@ impl Pki {
     pub fn new() -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct subjects: OpenSSL takes a leaf whose subject equals its issuer for
+        // self-signed, and rcgen gives both the same default name.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "sidegate test CA");
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         Pki { issuer }
     }
@@ -41,7 +49,12 @@ impl Pki {
     /// A server config holding a certificate for exactly these names.
     pub fn server_config(&self, names: &[String]) -> Arc<ServerConfig> {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names.to_vec()).unwrap().signed_by(&key, &self.issuer).unwrap();
+        let mut params = CertificateParams::new(names.to_vec()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].as_str());
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let cfg = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -54,7 +67,9 @@ impl Pki {
 
     pub fn client_config(&self) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
-        roots.add(CertificateDer::from(self.issuer.der().to_vec())).unwrap();
+        roots
+            .add(CertificateDer::from(self.issuer.der().to_vec()))
+            .unwrap();
         let cfg = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -99,7 +114,11 @@ impl Backend {
                     .unwrap();
             }
         });
-        Backend { addr, name: name.to_owned(), accepted }
+        Backend {
+            addr,
+            name: name.to_owned(),
+            accepted,
+        }
     }
 
     pub fn accepted(&self) -> usize {
@@ -112,10 +131,26 @@ fn serve_echo(stream: TcpStream, cfg: Arc<ServerConfig>, name: &str) -> io::Resu
     let conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
     let mut tls = StreamOwned::new(conn, stream);
     let mut buf = vec![0u8; 64 * 1024];
+    let mut first = true;
     loop {
         match tls.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => tls.write_all(&buf[..n])?,
+            // curl: answer one HTTP request with our name, so it can be checked.
+            Ok(n) if first && buf[..n].starts_with(b"GET ") => {
+                let body = format!("served-by:{name}\n");
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                tls.write_all(format!("{head}{body}").as_bytes())?;
+                tls.conn.send_close_notify();
+                tls.flush()?;
+                return Ok(());
+            }
+            Ok(n) => {
+                first = false;
+                tls.write_all(&buf[..n])?;
+            }
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(e),
         }
@@ -172,6 +207,47 @@ pub fn service_sni(service: &str, dc: &str) -> String {
     format!("{service}.default.{dc}.internal.{TD}")
 }
 
+/// A `sidegate run` child process, killed when dropped.
+pub struct Child {
+    pub child: std::process::Child,
+    pub gateway_addrs: Vec<SocketAddr>,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the real binary on a config file and waits until it says every gateway listener is
+/// bound (it logs `gateway listening on ADDR` once per listener).
+pub fn run_binary(config: &std::path::Path, listeners: usize) -> Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidegate"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("gateway listening on ").nth(1) {
+                let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+            }
+        }
+    });
+    let gateway_addrs = (0..listeners)
+        .map(|_| rx.recv_timeout(IO_TIMEOUT).expect("sidegate did not start"))
+        .collect();
+    Child {
+        child,
+        gateway_addrs,
+    }
+}
+
 /// Starts sidegate in-process from configuration text.
 pub fn start(toml: &str) -> sidegate::proxy::Running {
     let config = sidegate::config::parse(toml).unwrap_or_else(|e| panic!("config: {e:?}"));
@@ -180,7 +256,10 @@ pub fn start(toml: &str) -> sidegate::proxy::Running {
 
 /// A port on which nothing listens (bound, then released).
 pub fn dead_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// Polls `cond` until it holds or a deadline passes; for counters updated by the gateway
@@ -188,7 +267,10 @@ pub fn dead_addr() -> SocketAddr {
 pub fn eventually(what: &str, cond: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + IO_TIMEOUT;
     while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -1,0 +1,250 @@
+//! The command line as an operator meets it: examples load, `check` prints the plan, bad
+//! files get every error with its key path and exit 78, `explain` says why.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
+
+fn sidegate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sidegate"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn every_example_config_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let examples: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    assert!(
+        !examples.is_empty(),
+        "no example configs found in {}",
+        dir.display()
+    );
+    for path in examples {
+        let config = sidegate::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let plan = sidegate::mesh::plan(&config.snapshot);
+        assert!(
+            plan.warnings.is_empty(),
+            "{}: {:?}",
+            path.display(),
+            plan.warnings
+        );
+    }
+}
+
+#[test]
+fn check_json_shows_every_route_with_endpoints() {
+    let out = sidegate(&["check", "--config", &example("gateway.toml"), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["upstreams"], serde_json::json!([]));
+    assert_eq!(
+        plan["gateway"]["listen"],
+        serde_json::json!(["127.0.0.1:8443"])
+    );
+    let routes: Vec<(String, String, Vec<String>)> = plan["gateway"]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let eps = r["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e.as_str().unwrap().to_owned())
+                .collect();
+            (
+                r["match"].as_str().unwrap().to_owned(),
+                r["kind"].as_str().unwrap().to_owned(),
+                eps,
+            )
+        })
+        .collect();
+    let expected = [
+        (
+            format!("db.default.dc1.internal.{TD}"),
+            "service",
+            vec!["127.0.0.1:21000", "127.0.0.1:21001"],
+        ),
+        (
+            format!("web.default.dc1.internal.{TD}"),
+            "service",
+            vec!["127.0.0.1:21002"],
+        ),
+        (
+            format!("*.dc2.internal.{TD}"),
+            "gateway",
+            vec!["127.0.0.1:28443"],
+        ),
+        (
+            format!("*.ap1.dc1.internal-v1.{TD}"),
+            "gateway",
+            vec!["127.0.0.1:18444"],
+        ),
+    ];
+    assert_eq!(routes.len(), expected.len(), "{routes:?}");
+    for (m, kind, eps) in expected {
+        let found = routes
+            .iter()
+            .find(|r| r.0 == m)
+            .unwrap_or_else(|| panic!("no route {m}"));
+        assert_eq!(
+            (
+                found.1.as_str(),
+                found.2.iter().map(String::as_str).collect::<Vec<_>>()
+            ),
+            (kind, eps),
+            "{m}"
+        );
+    }
+}
+
+#[test]
+fn invalid_file_lists_every_error_and_exits_78() {
+    let dir = std::env::temp_dir().join(format!("sidegate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"td.consul\"\n[gateway]\nlisten = [\"0.0.0.0:8443\"]\n\
+         handshake_timeout_ms = -5\n[[catalog.services]]\nname = \"db\"\ninstances = [\"10.0.0.1:1\"]\n\
+         [[catalog.services]]\nname = \"api\"\ninstances = [\"10.0.0.5\"]\nport = 3\n",
+    )
+    .unwrap();
+    let out = sidegate(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "gateway.handshake_timeout_ms: -5 is out of range",
+        "catalog.services[1].instances[0]: \"10.0.0.5\" has no port",
+        "catalog.services[1].port: unknown key",
+        "3 errors",
+    ] {
+        assert!(stderr.contains(line), "missing {line:?} in:\n{stderr}");
+    }
+    assert_eq!(
+        sidegate(&["check", "--config", "/nonexistent.toml"])
+            .status
+            .code(),
+        Some(66)
+    );
+    assert_eq!(sidegate(&["check"]).status.code(), Some(64));
+}
+
+/// Each mistake is reported at its key path; the table is the contract for messages.
+#[test]
+fn config_errors_name_their_key_path() {
+    let mesh = format!("[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n");
+    let gw = "[gateway]\nlisten = [\"127.0.0.1:0\"]\n";
+    let cases: &[(String, &str)] = &[
+        (String::new(), "mesh: is required"),
+        (format!("{gw}[mesh]\ntrust_domain = \"{TD}\"\n"), "mesh.datacenter: is required"),
+        (format!("{gw}[mesh]\ndatacenter = \"dc1\"\n"), "mesh.trust_domain: is required"),
+        (format!("{gw}[mesh]\ndatacenter = \"d.c\"\ntrust_domain = \"{TD}\"\n"), "mesh.datacenter: \"d.c\" is not a valid name"),
+        (format!("{mesh}"), "nothing to run"),
+        (format!("{mesh}[gateway]\nlisten = []\n"), "gateway.listen: is empty"),
+        (format!("{mesh}[gateway]\nlisten = [\"8443\"]\n"), "gateway.listen[0]: \"8443\" is not an IP address with a port"),
+        (format!("{mesh}[gateway]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n"), "gateway.listen[1]: \"127.0.0.1:1\" is listed twice"),
+        (format!("{mesh}{gw}connect_timeout_ms = \"5s\"\n"), "gateway.connect_timeout_ms: expected a whole number, found string"),
+        (format!("{mesh}{gw}max_connections = 0\n"), "gateway.max_connections: 0 is out of range"),
+        (format!("{mesh}{gw}lisen = 1\n"), "gateway.lisen: unknown key (did you mean `listen`?)"),
+        (format!("{mesh}{gw}[[catalog.services]]\ninstances = []\n"), "catalog.services[0].name: is required"),
+        (format!("{mesh}{gw}[[catalog.services]]\nname = \"db\"\n"), "catalog.services[0].instances: is required"),
+        (format!("{mesh}{gw}[[catalog.services]]\nname = \"db\"\ninstances = [\"h:0\"]\n"), "catalog.services[0].instances[0]: \"h:0\" has a port that is not"),
+        (
+            format!("{mesh}{gw}[[catalog.services]]\nname = \"db\"\ninstances = []\n[[catalog.services]]\nname = \"db\"\ninstances = []\n"),
+            "catalog.services[1]: service \"db\" in namespace default (datacenter dc1 partition default) is listed twice",
+        ),
+        (format!("{mesh}{gw}[[catalog.gateways]]\ndatacenter = \"dc2\"\n"), "catalog.gateways[0]: has neither `lan` nor `wan` addresses"),
+        (
+            format!("{mesh}{gw}[[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"a:1\"]\n[[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"b:1\"]\n"),
+            "catalog.gateways[1]: gateways of datacenter dc2 partition default are listed twice",
+        ),
+        (format!("{mesh}{gw}[catalog]\nservice = []\n"), "catalog.service: unknown key (did you mean `services`?)"),
+        (format!("{mesh}{gw}[sidecars]\n"), "sidecars: unknown key"),
+        ("[mesh\n".to_owned(), "not valid TOML"),
+    ];
+    for (text, want) in cases {
+        let errors = sidegate::config::parse(text).expect_err(want);
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            shown.iter().any(|e| e.contains(want)),
+            "want {want:?}, got {shown:#?}"
+        );
+    }
+}
+
+#[test]
+fn explain_says_which_route_and_why() {
+    let cfg = example("gateway.toml");
+    let routed = sidegate(&[
+        "explain",
+        "--config",
+        &cfg,
+        "--sni",
+        &format!("V2.DB.default.dc1.internal.{TD}"),
+    ]);
+    assert_eq!(routed.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&routed.stdout);
+    assert!(
+        text.contains("subset label") && text.contains("127.0.0.1:21000, 127.0.0.1:21001"),
+        "{text}"
+    );
+
+    let wild = sidegate(&[
+        "explain",
+        "--config",
+        &cfg,
+        "--sni",
+        &format!("api.default.dc2.internal.{TD}"),
+    ]);
+    assert_eq!(wild.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&wild.stdout).contains(&format!("*.dc2.internal.{TD}")));
+
+    for (sni, why) in [
+        (
+            format!("nope.default.dc1.internal.{TD}"),
+            "no such service is in the catalog",
+        ),
+        (format!("api.default.dc9.internal.{TD}"), "datacenter dc9"),
+        (
+            "db.default.dc1.internal.other.consul".to_owned(),
+            "does not end in this mesh's trust domain",
+        ),
+    ] {
+        let out = sidegate(&["explain", "--config", &cfg, "--sni", &sni]);
+        assert_eq!(out.status.code(), Some(1), "{sni}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains(why), "{sni}");
+    }
+}
+
+#[test]
+fn version_names_the_target() {
+    let out = sidegate(&["--version"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.starts_with(&format!("sidegate {} (", env!("CARGO_PKG_VERSION")))
+            && text.contains("linux"),
+        "{text}"
+    );
+}
