@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run): installs whatever the tests need on a fresh Debian
+# machine, then runs formatting, lints and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests call: real TLS clients for the end-to-end tests.
+need=()
+for tool in openssl curl; do
+    command -v "$tool" >/dev/null || need+=("$tool")
+done
+if ((${#need[@]})); then
+    echo "tests/run.sh: installing ${need[*]}"
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+fi
+
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked
