@@ -12,6 +12,8 @@ use super::buffers::HelloBuf;
 use super::dial;
 use super::relay::{relay, RelayEnd, Relayed};
 use crate::mesh::plan::GatewayPlan;
+use crate::mesh::routes::Route;
+use crate::mesh::Endpoint;
 use crate::metrics::{GatewayMetrics, HelloOutcome};
 use crate::sni::{self, Hello, ServerName};
 
@@ -23,10 +25,57 @@ pub async fn serve(
 ) {
     let started = Instant::now();
     let _ = client.get_ref().set_nodelay(true);
+    // Classifying and dialing are brief; boxing them keeps their state out of the future that
+    // a held connection keeps for its whole life.
+    let Some(opened) = Box::pin(open(&client, peer, gw, m)).await else {
+        return;
+    };
+    let result = forward(
+        &client,
+        &opened.backend,
+        opened.hello,
+        gw.settings.idle_timeout,
+        m,
+    )
+    .await;
+    let (route, endpoint, sni) = (
+        &opened.route.target,
+        opened.endpoint,
+        opened.sni.as_deref().unwrap_or("?"),
+    );
+    match result {
+        Ok(r) => crate::debug!(
+            "gateway {peer}: {sni:?} to {route} via {endpoint}: {:?} after {:?}, {} bytes up, {} down",
+            r.end,
+            started.elapsed(),
+            r.a_to_b,
+            r.b_to_a
+        ),
+        Err(e) => crate::debug!("gateway {peer}: {sni:?} to {route} via {endpoint}: {e} after {:?}", started.elapsed()),
+    }
+}
+
+/// A routed connection with its backend connected, ready to relay.
+struct Opened<'a> {
+    backend: Async<TcpStream>,
+    route: &'a Route,
+    endpoint: &'a Endpoint,
+    hello: HelloBuf,
+    /// The client's SNI, kept only when debug logging will print it.
+    sni: Option<Box<str>>,
+}
+
+/// Classify, route, connect; every refusal is counted and logged here.
+async fn open<'a>(
+    client: &Async<TcpStream>,
+    peer: SocketAddr,
+    gw: &'a GatewayPlan,
+    m: &GatewayMetrics,
+) -> Option<Opened<'a>> {
     let settings = &gw.settings;
     let mut hello = HelloBuf::default();
     let name = match classify(
-        &client,
+        client,
         &mut hello,
         settings.max_client_hello_bytes,
         settings.handshake_timeout,
@@ -41,13 +90,13 @@ pub async fn serve(
                 outcome.label(),
                 hello.filled().len()
             );
-            return;
+            return None;
         }
     };
     let Some((route, how)) = gw.routes.lookup(&name) else {
         m.hello(HelloOutcome::UnknownSni).inc();
         crate::debug!("gateway {peer}: closed, unknown_sni {name:?}");
-        return;
+        return None;
     };
     m.hello(HelloOutcome::Routed).inc();
     let Some((backend, endpoint)) =
@@ -55,23 +104,19 @@ pub async fn serve(
     else {
         m.no_endpoint.inc();
         crate::debug!(
-            "gateway {peer}: closed, no endpoint of {} answered for {name:?}",
+            "gateway {peer}: closed, no endpoint of {} answered for {name:?} ({how:?})",
             route.target
         );
-        return;
+        return None;
     };
-    let result = forward(&client, &backend, hello, settings.idle_timeout, m).await;
-    match result {
-        Ok(r) => crate::debug!(
-            "gateway {peer}: {name:?} ({how:?}) to {} via {endpoint}: {:?} after {:?}, {} bytes up, {} down",
-            route.target,
-            r.end,
-            started.elapsed(),
-            r.a_to_b,
-            r.b_to_a
-        ),
-        Err(e) => crate::debug!("gateway {peer}: {name:?} to {} via {endpoint}: {e} after {:?}", route.target, started.elapsed()),
-    }
+    let sni = crate::log::enabled(crate::log::Level::Debug).then(|| name.as_str().into());
+    Some(Opened {
+        backend,
+        route,
+        endpoint,
+        hello,
+        sni,
+    })
 }
 
 /// Reads until the ClientHello names a server, or says why it never will.
@@ -132,4 +177,45 @@ async fn forward(
         m.idle_timeouts.inc();
     }
     Ok(relayed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::snapshot::{Catalog, GatewaySettings, Here, Snapshot};
+    use crate::mesh::Place;
+
+    /// The connection future is what every held connection costs on the heap (besides its
+    /// sockets' reactor entries): keep large buffers out of it.
+    #[test]
+    fn connection_future_stays_small() {
+        let settings = GatewaySettings {
+            listen: vec![],
+            connect_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            max_client_hello_bytes: 4096,
+        };
+        let snapshot = Snapshot {
+            here: Here {
+                place: Place::new("dc1", ""),
+                namespace: "default".into(),
+                trust_domain: "td.consul".into(),
+            },
+            gateway: Some(settings),
+            catalog: Catalog::default(),
+        };
+        let plan = crate::mesh::plan(&snapshot);
+        let Some(gw) = plan.gateway.as_ref() else {
+            panic!("no gateway plan")
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let stream = Async::new(client).unwrap();
+        let metrics = GatewayMetrics::default();
+        let fut = serve(stream, "127.0.0.1:1".parse().unwrap(), gw, &metrics);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1280, "connection future is {size} bytes");
+    }
 }
