@@ -160,7 +160,7 @@ fn config_errors_name_their_key_path() {
         (format!("{gw}[mesh]\ntrust_domain = \"{TD}\"\n"), "mesh.datacenter: is required"),
         (format!("{gw}[mesh]\ndatacenter = \"dc1\"\n"), "mesh.trust_domain: is required"),
         (format!("{gw}[mesh]\ndatacenter = \"d.c\"\ntrust_domain = \"{TD}\"\n"), "mesh.datacenter: \"d.c\" is not a valid name"),
-        (format!("{mesh}"), "nothing to run"),
+        (mesh.clone(), "nothing to run"),
         (format!("{mesh}[gateway]\nlisten = []\n"), "gateway.listen: is empty"),
         (format!("{mesh}[gateway]\nlisten = [\"8443\"]\n"), "gateway.listen[0]: \"8443\" is not an IP address with a port"),
         (format!("{mesh}[gateway]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n"), "gateway.listen[1]: \"127.0.0.1:1\" is listed twice"),
