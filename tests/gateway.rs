@@ -23,40 +23,15 @@ struct Mesh {
     _gw_ap1: sidegate::proxy::Running,
 }
 
-fn gateway_toml(
-    dc: &str,
-    partition: &str,
-    services: &[(&str, Vec<SocketAddr>)],
-    gateways: &str,
-    extra: &str,
-) -> String {
-    let mut t = format!(
-        "[mesh]\ndatacenter = \"{dc}\"\npartition = \"{partition}\"\ntrust_domain = \"{TD}\"\n\
-         [gateway]\nlisten = [\"127.0.0.1:0\"]\nconnect_timeout_ms = 2000\n{extra}\n{gateways}\n"
-    );
-    for (name, addrs) in services {
-        let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
-        t += &format!(
-            "[[catalog.services]]\nname = \"{name}\"\ninstances = [{}]\n",
-            list.join(", ")
-        );
-    }
-    t
-}
-
 fn mesh(extra: &str) -> Mesh {
     let pki = Pki::new();
-    // The subset name is the same service's; its sidecar's certificate covers both.
-    let db = Backend::start_with(
-        &pki,
-        &service_sni("db", "dc1"),
-        &[format!("v2.{}", service_sni("db", "dc1"))],
-    );
+    let db = Backend::db_with_subset(&pki);
     let web2 = Backend::start(&pki, &service_sni("web", "dc2"));
     let billing = Backend::start(&pki, &format!("billing.default.ap1.dc1.internal-v1.{TD}"));
     let gw2 = start(&gateway_toml(
         "dc2",
         "default",
+        LOOPBACK,
         &[("web", vec![web2.addr])],
         "",
         "",
@@ -64,6 +39,7 @@ fn mesh(extra: &str) -> Mesh {
     let gw_ap1 = start(&gateway_toml(
         "dc1",
         "ap1",
+        LOOPBACK,
         &[("billing", vec![billing.addr])],
         "",
         "",
@@ -78,6 +54,7 @@ fn mesh(extra: &str) -> Mesh {
     let gw1 = start(&gateway_toml(
         "dc1",
         "default",
+        LOOPBACK,
         &[("db", vec![db.addr])],
         &gateways,
         extra,

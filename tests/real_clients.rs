@@ -18,31 +18,33 @@ struct Setup {
 
 fn setup(tag: &str) -> Setup {
     let pki = Pki::new();
-    let db = Backend::start_with(
-        &pki,
-        &service_sni("db", "dc1"),
-        &[format!("v2.{}", service_sni("db", "dc1"))],
-    );
+    let db = Backend::db_with_subset(&pki);
     let web2 = Backend::start(&pki, &service_sni("web", "dc2"));
-    let gw2 = start(&format!(
-        "[mesh]\ndatacenter = \"dc2\"\ntrust_domain = \"{TD}\"\n[gateway]\nlisten = [\"127.0.0.1:0\"]\n\
-         [[catalog.services]]\nname = \"web\"\ninstances = [\"{}\"]\n",
-        web2.addr
+    let gw2 = start(&gateway_toml(
+        "dc2",
+        "default",
+        LOOPBACK,
+        &[("web", vec![web2.addr])],
+        "",
+        "",
     ));
     let dir = std::env::temp_dir().join(format!("sidegate-real-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("ca.pem"), pki.ca_pem()).unwrap();
     let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n[gateway]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\n\
-             [[catalog.services]]\nname = \"db\"\ninstances = [\"{}\"]\n\
-             [[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"{}\"]\n",
-            db.addr, gw2.gateway_addrs[0]
-        ),
-    )
-    .unwrap();
+    let gateways = format!(
+        "[[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"{}\"]\n",
+        gw2.gateway_addrs[0]
+    );
+    let toml = gateway_toml(
+        "dc1",
+        "default",
+        "\"127.0.0.1:0\", \"[::1]:0\"",
+        &[("db", vec![db.addr])],
+        &gateways,
+        "",
+    );
+    std::fs::write(&config, toml).unwrap();
     let gw = run_binary(&config, 2);
     Setup {
         dir,

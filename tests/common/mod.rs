@@ -121,6 +121,13 @@ impl Backend {
         }
     }
 
+    /// `db` of dc1 whose certificate also covers its `v2` subset name, as a sidecar serving
+    /// subsets would hold.
+    pub fn db_with_subset(pki: &Pki) -> Backend {
+        let name = service_sni("db", "dc1");
+        Self::start_with(pki, &name, &[format!("v2.{name}")])
+    }
+
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
@@ -246,6 +253,33 @@ pub fn run_binary(config: &std::path::Path, listeners: usize) -> Child {
         child,
         gateway_addrs,
     }
+}
+
+/// One listener on a loopback port chosen by the kernel.
+pub const LOOPBACK: &str = "\"127.0.0.1:0\"";
+
+/// A gateway configuration for (dc, partition) with its own services, extra `[gateway]` keys
+/// and `[[catalog.gateways]]` entries of other places.
+pub fn gateway_toml(
+    dc: &str,
+    partition: &str,
+    listen: &str,
+    services: &[(&str, Vec<SocketAddr>)],
+    gateways: &str,
+    extra: &str,
+) -> String {
+    let mut t = format!(
+        "[mesh]\ndatacenter = \"{dc}\"\npartition = \"{partition}\"\ntrust_domain = \"{TD}\"\n\
+         [gateway]\nlisten = [{listen}]\nconnect_timeout_ms = 2000\n{extra}\n{gateways}\n"
+    );
+    for (name, addrs) in services {
+        let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        t += &format!(
+            "[[catalog.services]]\nname = \"{name}\"\ninstances = [{}]\n",
+            list.join(", ")
+        );
+    }
+    t
 }
 
 /// Starts sidegate in-process from configuration text.
