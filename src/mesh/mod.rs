@@ -4,6 +4,7 @@
 pub mod endpoint;
 pub mod endpoints;
 pub mod explain;
+pub mod mode;
 pub mod names;
 pub mod place;
 pub mod plan;
