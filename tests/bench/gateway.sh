@@ -14,7 +14,8 @@
 #
 # Environment: ROUNDS (3), BULK_MB (256 MiB per connection and direction), BULK_CONNS (4),
 # RATE_SECONDS (5), RATE_PARALLEL (8), HOLD_COUNT (1000), PROXY_THREADS (1),
-# PROXIES ("direct sidegate haproxy sniproxy nginx"), BASE_PORT (19400).
+# PROXIES ("direct sidegate haproxy sniproxy nginx"), BASE_PORT (19400);
+# REPORT_FROM=FILE re-renders the table from a saved gateway-raw.tsv without measuring.
 # Output: a Markdown table on stdout and in target/bench/gateway.md (raw samples beside it).
 set -euo pipefail
 
@@ -98,7 +99,7 @@ chmod 755 "$TMP" # sniproxy drops to nobody after start
 PIDS=()
 cleanup() {
     local rc=$?
-    exec 5>&- 2>/dev/null || true
+    exec 5>&- || true
     for pid in "${PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
@@ -398,6 +399,11 @@ run_one() {
 
 # ------------------------------------------------------------------ run
 
+if [[ -n ${REPORT_FROM:-} ]]; then
+    # Re-render the table from a earlier run's raw samples (target/bench/gateway-raw.tsv).
+    cp "$REPORT_FROM" "$RAW.in"
+    mv "$RAW.in" "$RAW"
+else
 write_configs
 "$LOADGEN" backend --listen "$BACKEND" --name "$SNI" --cert-dir "$CERTS" 2>"$TMP/backend.log" &
 BACKEND_PID=$!
@@ -411,6 +417,7 @@ for round in $(seq "$ROUNDS"); do
         run_one "$name" "$round"
     done
 done
+fi
 
 # ------------------------------------------------------------------ report
 
@@ -438,7 +445,8 @@ d_p99=$(median direct p99_ms)
         idle=$(median "$name" idle_rss_kib)
         per=$(median "$name" per_conn_kib)
         cpu=$(median "$name" cpu_s_per_gb)
-        idle_mib=$([[ -n $idle ]] && awk -v k="$idle" 'BEGIN {print k / 1024}')
+        idle_mib=
+        [[ -n $idle ]] && idle_mib=$(awk -v k="$idle" 'BEGIN {print k / 1024}')
         if [[ $name == direct ]]; then
             echo "| direct (reference) | $(fmt "$bulk" 0) | $(fmt "$cps" 0) | $(fmt "$p50" 3) | $(fmt "$p99" 3) | — | — | — |"
         else
