@@ -30,12 +30,14 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
-    Issuer, KeyPair,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, Issuer,
+    KeyPair,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+use rustls::{
+    ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned,
+};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -84,15 +86,22 @@ impl Opts {
         Opts(v)
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
     }
     fn req(&self, k: &str) -> Res<&str> {
-        self.get(k).ok_or_else(|| format!("--{k} is required").into())
+        self.get(k)
+            .ok_or_else(|| format!("--{k} is required").into())
     }
     fn num<T: std::str::FromStr>(&self, k: &str, default: T) -> Res<T> {
         match self.get(k) {
             None => Ok(default),
-            Some(s) => s.parse().map_err(|_| format!("--{k}: bad number {s:?}").into()),
+            Some(s) => s
+                .parse()
+                .map_err(|_| format!("--{k}: bad number {s:?}").into()),
         }
     }
     fn cert_dir(&self) -> PathBuf {
@@ -105,7 +114,13 @@ fn raise_nofile() {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let l = getrlimit(Resource::Nofile);
     if l.current < l.maximum {
-        let _ = setrlimit(Resource::Nofile, Rlimit { current: l.maximum, maximum: l.maximum });
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: l.maximum,
+                maximum: l.maximum,
+            },
+        );
     }
 }
 
@@ -182,9 +197,11 @@ fn backend(o: &Opts) -> Res<()> {
         let Ok(stream) = stream else { continue };
         let cfg = cfg.clone();
         // A thread per connection: simple, and identical for every proxy measured.
-        let spawned = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || {
-            let _ = serve(stream, cfg);
-        });
+        let spawned = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let _ = serve(stream, cfg);
+            });
         if spawned.is_err() {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -285,7 +302,11 @@ impl Target {
             .next()
             .ok_or("--connect: no address")?;
         let sni = ServerName::try_from(o.req("sni")?.to_owned())?;
-        Ok(Target { addr, sni, cfg: client_config(&o.cert_dir())? })
+        Ok(Target {
+            addr,
+            sni,
+            cfg: client_config(&o.cert_dir())?,
+        })
     }
 
     /// TCP connect + full handshake.
@@ -294,7 +315,8 @@ impl Target {
         sock.set_nodelay(true)?;
         sock.set_read_timeout(Some(IO_TIMEOUT))?;
         sock.set_write_timeout(Some(IO_TIMEOUT))?;
-        let conn = ClientConnection::new(self.cfg.clone(), self.sni.clone()).map_err(io::Error::other)?;
+        let conn =
+            ClientConnection::new(self.cfg.clone(), self.sni.clone()).map_err(io::Error::other)?;
         let mut tls = StreamOwned::new(conn, sock);
         while tls.conn.is_handshaking() {
             tls.conn.complete_io(&mut tls.sock)?;
@@ -490,7 +512,10 @@ fn hold(o: &Opts) -> Res<()> {
             let mut held = Vec::with_capacity(mine);
             let mut errors = 0usize;
             for _ in 0..mine {
-                match t.connect().and_then(|mut tls| echo(&mut tls, &msg).map(|()| tls)) {
+                match t
+                    .connect()
+                    .and_then(|mut tls| echo(&mut tls, &msg).map(|()| tls))
+                {
                     Ok(tls) => held.push(tls),
                     Err(e) => {
                         errors += 1;
