@@ -26,16 +26,8 @@ struct Mesh {
 fn mesh(extra: &str) -> Mesh {
     let pki = Pki::new();
     let db = Backend::db_with_subset(&pki);
-    let web2 = Backend::start(&pki, &service_sni("web", "dc2"));
+    let (web2, gw2) = dc2_gateway_with_web(&pki);
     let billing = Backend::start(&pki, &format!("billing.default.ap1.dc1.internal-v1.{TD}"));
-    let gw2 = start(&gateway_toml(
-        "dc2",
-        "default",
-        LOOPBACK,
-        &[("web", vec![web2.addr])],
-        "",
-        "",
-    ));
     let gw_ap1 = start(&gateway_toml(
         "dc1",
         "ap1",

@@ -133,6 +133,18 @@ struct ServiceRow {
     expected: String,
 }
 
+/// ServiceSNI over a row's fields: the ServiceSNI and TargetSNI tables share this shape.
+fn sni_of(row: &ServiceRow) -> String {
+    service_sni(
+        &row.service,
+        &row.subset,
+        &row.namespace,
+        &row.partition,
+        &row.datacenter,
+        &row.trust_domain,
+    )
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpstreamRow {
@@ -272,14 +284,7 @@ fn sni_vectors() {
     assert!(file.meta.contains_key("consul_commit"));
 
     for row in &file.service_sni {
-        let got = service_sni(
-            &row.service,
-            &row.subset,
-            &row.namespace,
-            &row.partition,
-            &row.datacenter,
-            &row.trust_domain,
-        );
+        let got = sni_of(row);
         r.row("service_sni", &row.comment, &[("sni", &got, &row.expected)]);
     }
 
@@ -358,14 +363,7 @@ fn sni_vectors() {
     }
 
     for row in &file.target_sni {
-        let got = service_sni(
-            &row.service,
-            &row.subset,
-            &row.namespace,
-            &row.partition,
-            &row.datacenter,
-            &row.trust_domain,
-        );
+        let got = sni_of(row);
         r.row("target_sni", &row.comment, &[("sni", &got, &row.expected)]);
     }
 

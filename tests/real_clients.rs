@@ -19,15 +19,7 @@ struct Setup {
 fn setup(tag: &str) -> Setup {
     let pki = Pki::new();
     let db = Backend::db_with_subset(&pki);
-    let web2 = Backend::start(&pki, &service_sni("web", "dc2"));
-    let gw2 = start(&gateway_toml(
-        "dc2",
-        "default",
-        LOOPBACK,
-        &[("web", vec![web2.addr])],
-        "",
-        "",
-    ));
+    let (web2, gw2) = dc2_gateway_with_web(&pki);
     let dir = std::env::temp_dir().join(format!("sidegate-real-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("ca.pem"), pki.ca_pem()).unwrap();

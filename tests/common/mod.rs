@@ -282,6 +282,21 @@ pub fn gateway_toml(
     t
 }
 
+/// Datacenter dc2's gateway (a sidegate) in front of dc2's `web`: the far end of a
+/// cross-datacenter route.
+pub fn dc2_gateway_with_web(pki: &Pki) -> (Backend, sidegate::proxy::Running) {
+    let web = Backend::start(pki, &service_sni("web", "dc2"));
+    let gw = start(&gateway_toml(
+        "dc2",
+        "default",
+        LOOPBACK,
+        &[("web", vec![web.addr])],
+        "",
+        "",
+    ));
+    (web, gw)
+}
+
 /// Starts sidegate in-process from configuration text.
 pub fn start(toml: &str) -> sidegate::proxy::Running {
     let config = sidegate::config::parse(toml).unwrap_or_else(|e| panic!("config: {e:?}"));
