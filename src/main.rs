@@ -8,6 +8,7 @@ use sidegate::mesh::{explain::explain, plan};
 
 const EX_USAGE: u8 = 64;
 const EX_NOINPUT: u8 = 66;
+const EX_UNAVAILABLE: u8 = 69;
 const EX_OSERR: u8 = 71;
 const EX_CONFIG: u8 = 78;
 
@@ -91,6 +92,14 @@ fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
 }
 
 fn run(config: config::Config) -> ExitCode {
+    if config.snapshot.sidecar.is_some() {
+        // Serving only part of a file would look like it works while upstreams stay dark.
+        sidegate::error!(
+            "this build cannot run the [sidecar] role yet (its plan is shown by `sidegate check`); \
+             remove [sidecar] to run the gateway"
+        );
+        return ExitCode::from(EX_UNAVAILABLE);
+    }
     let plan = plan(&config.snapshot);
     for w in &plan.warnings {
         sidegate::warn!("{w}");

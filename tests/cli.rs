@@ -181,6 +181,29 @@ fn config_errors_name_their_key_path() {
         ),
         (format!("{mesh}{gw}[catalog]\nservice = []\n"), "catalog.service: unknown key (did you mean `services`?)"),
         (format!("{mesh}{gw}[sidecars]\n"), "sidecars: unknown key"),
+        (format!("{mesh}[sidecar]\n"), "sidecar.service: is required"),
+        (
+            format!("{mesh}[sidecar]\nservice = \"web\"\nmesh_gateway = {{ mode = \"near\" }}\n"),
+            "sidecar.mesh_gateway.mode: \"near\" is not \"none\", \"local\" or \"remote\"",
+        ),
+        (format!("{mesh}[sidecar]\nservice = \"web\"\n[[sidecar.upstreams]]\nlocal_bind_port = 1\n"), "sidecar.upstreams[0].destination_name: is required"),
+        (format!("{mesh}[sidecar]\nservice = \"web\"\n[[sidecar.upstreams]]\ndestination_name = \"db\"\n"), "sidecar.upstreams[0]: needs local_bind_port"),
+        (
+            format!("{mesh}[sidecar]\nservice = \"web\"\n[[sidecar.upstreams]]\ndestination_name = \"db\"\nlocal_bind_port = 1\nlocal_bind_socket_path = \"/s\"\n"),
+            "sidecar.upstreams[0]: sets both local_bind_port and local_bind_socket_path",
+        ),
+        (
+            format!("{mesh}[sidecar]\nservice = \"web\"\n[[sidecar.upstreams]]\ndestination_name = \"db\"\nlocal_bind_socket_path = \"/s\"\nlocal_bind_socket_mode = \"0999\"\n"),
+            "sidecar.upstreams[0].local_bind_socket_mode: \"0999\" is not an octal file mode",
+        ),
+        (
+            format!("{mesh}[sidecar]\nservice = \"web\"\n[[sidecar.upstreams]]\ndestination_name = \"db\"\nlocal_bind_port = 9\n[[sidecar.upstreams]]\ndestination_name = \"api\"\nlocal_bind_port = 9\n"),
+            "sidecar.upstreams[1]: binds 127.0.0.1:9 like upstreams[0]",
+        ),
+        (format!("{mesh}[sidecar]\nservice = \"web\"\n[sidecar.intentions]\ndefault = \"maybe\"\n"), "sidecar.intentions.default: \"maybe\" is not \"allow\" or \"deny\""),
+        (format!("{mesh}[sidecar]\nservice = \"web\"\n[[sidecar.intentions.rules]]\nsource = \"api\"\n"), "sidecar.intentions.rules[0].action: is required"),
+        (format!("{mesh}{gw}[config_entries.service_defaults.web]\nmesh_gatway = {{}}\n"), "config_entries.service_defaults.web.mesh_gatway: unknown key (did you mean `mesh_gateway`?)"),
+        (format!("{mesh}{gw}[config_entries]\nproxy_defaults = {{ mesh_gateway = {{ mode = 1 }} }}\n"), "config_entries.proxy_defaults.mesh_gateway.mode: expected a string"),
         ("[mesh\n".to_owned(), "not valid TOML"),
     ];
     for (text, want) in cases {
@@ -247,4 +270,168 @@ fn version_names_the_target() {
             && text.contains("linux"),
         "{text}"
     );
+}
+
+/// `check --json` shows Consul's answer for each upstream: the mode, the level that decided
+/// it, the final target's SNI and SPIFFE ID in every mode, and the dial list for the mode.
+#[test]
+fn check_json_resolves_upstreams() {
+    let dir = std::env::temp_dir().join(format!("sidegate-cli-sidecar-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sidecar.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[mesh]
+datacenter = "dc1"
+trust_domain = "{TD}"
+
+[sidecar]
+service = "web"
+mesh_gateway = {{ mode = "local" }}
+
+[[sidecar.upstreams]]
+destination_name = "db"
+datacenter = "dc2"
+local_bind_port = 9191
+mesh_gateway = {{ mode = "remote" }}
+
+[[sidecar.upstreams]]
+destination_name = "api"
+datacenter = "dc2"
+local_bind_port = 9192
+
+[[sidecar.upstreams]]
+destination_name = "cache"
+datacenter = "dc2"
+local_bind_port = 9193
+
+[[sidecar.upstreams]]
+destination_name = "db"
+local_bind_port = 9194
+
+[[sidecar.upstreams]]
+destination_name = "billing"
+destination_partition = "part2"
+local_bind_socket_path = "/run/sidegate/billing.sock"
+mesh_gateway = {{ mode = "remote" }}
+
+[config_entries.service_defaults.web]
+upstream_config = {{ overrides = [ {{ name = "api", mesh_gateway = {{ mode = "none" }} }} ] }}
+
+[[catalog.services]]
+name = "db"
+instances = ["10.0.0.5:21000"]
+
+[[catalog.services]]
+name = "api"
+datacenter = "dc2"
+instances = ["10.2.0.5:21000"]
+
+[[catalog.gateways]]
+lan = ["10.0.0.2:8443"]
+wan = ["198.51.100.1:8443"]
+
+[[catalog.gateways]]
+datacenter = "dc2"
+wan = ["203.0.113.10:8443"]
+
+[[catalog.gateways]]
+partition = "part2"
+wan = ["10.0.9.9:8443"]
+"#
+        ),
+    )
+    .unwrap();
+    let out = sidegate(&["check", "--config", path.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "warnings: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ups = plan["upstreams"].as_array().unwrap();
+    let expected = [
+        (
+            "db",
+            "dc2",
+            "default",
+            "127.0.0.1:9191",
+            "remote",
+            "upstream",
+            "203.0.113.10:8443",
+        ),
+        (
+            "api",
+            "dc2",
+            "default",
+            "127.0.0.1:9192",
+            "none",
+            "upstream_config_override",
+            "10.2.0.5:21000",
+        ),
+        (
+            "cache",
+            "dc2",
+            "default",
+            "127.0.0.1:9193",
+            "local",
+            "proxy",
+            "10.0.0.2:8443",
+        ),
+        // Same place: the mode is reported but instances are dialled directly.
+        (
+            "db",
+            "dc1",
+            "default",
+            "127.0.0.1:9194",
+            "local",
+            "proxy",
+            "10.0.0.5:21000",
+        ),
+        (
+            "billing",
+            "dc1",
+            "part2",
+            "unix:/run/sidegate/billing.sock",
+            "remote",
+            "upstream",
+            "10.0.9.9:8443",
+        ),
+    ];
+    assert_eq!(ups.len(), expected.len());
+    for (u, (name, dc, partition, bind, mode, source, dial)) in ups.iter().zip(expected) {
+        let what = format!("{name} in {dc}/{partition}");
+        assert_eq!(u["destination_name"], name, "{what}");
+        assert_eq!(u["datacenter"], dc, "{what}");
+        assert_eq!(u["destination_partition"], partition, "{what}");
+        assert_eq!(u["bind"], bind, "{what}");
+        assert_eq!(u["mode"], mode, "{what}");
+        assert_eq!(u["mode_source"], source, "{what}");
+        assert_eq!(u["dial"], serde_json::json!([dial]), "{what}");
+        let (sni, spiffe) = if partition == "default" {
+            (
+                format!("{name}.default.{dc}.internal.{TD}"),
+                format!("spiffe://{TD}/ns/default/dc/{dc}/svc/{name}"),
+            )
+        } else {
+            (
+                format!("{name}.default.{partition}.{dc}.internal-v1.{TD}"),
+                format!("spiffe://{TD}/ap/{partition}/ns/default/dc/{dc}/svc/{name}"),
+            )
+        };
+        assert_eq!(u["sni"], sni.as_str(), "{what}");
+        assert_eq!(u["spiffe_id"], spiffe.as_str(), "{what}");
+    }
+
+    // The role has no data path yet: `run` says so instead of silently serving part of it.
+    let run = sidegate(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("cannot run the [sidecar] role yet"));
 }

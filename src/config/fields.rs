@@ -179,6 +179,20 @@ impl<'a> Fields<'a> {
         out
     }
 
+    /// Every entry of a table keyed by user-chosen names (`service_defaults.<name>`), each
+    /// of which must itself be a table.
+    pub fn each_table(&self) -> Vec<(String, Fields<'a>)> {
+        let mut out = Vec::new();
+        for (key, value) in self.table {
+            self.used.borrow_mut().push(key);
+            match value.as_table() {
+                Some(t) => out.push((key.clone(), self.child(self.path_of(key), t))),
+                None => self.error(key, format!("expected a table, found {}", value.type_str())),
+            }
+        }
+        out
+    }
+
     fn child(&self, path: String, table: &'a Table) -> Fields<'a> {
         Fields {
             path,

@@ -4,6 +4,7 @@
 
 mod fields;
 mod sections;
+mod sidecar;
 
 use std::fmt;
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::path::Path;
 pub use fields::ConfigError;
 use fields::{Errors, Fields};
 
+use crate::mesh::config_entries::ConfigEntries;
 use crate::mesh::snapshot::{Catalog, Snapshot};
 
 /// A validated configuration: the file-source mesh state.
@@ -75,8 +77,16 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let root = Fields::root(&table, &errs);
     let here = sections::here(&root);
     let gateway = root.table("gateway").and_then(|g| sections::gateway(&g));
-    if !table.contains_key("gateway") {
-        root.error_here("nothing to run: add a [gateway] section (see config/gateway.toml)");
+    let sidecar = root
+        .table("sidecar")
+        .and_then(|s| sidecar::sidecar(&s, here.as_ref()));
+    let config_entries = root
+        .table("config_entries")
+        .map_or(Some(ConfigEntries::default()), |c| {
+            sidecar::config_entries(&c)
+        });
+    if !table.contains_key("gateway") && !table.contains_key("sidecar") {
+        root.error_here("nothing to run: add a [gateway] or [sidecar] section (see config/)");
     }
     let catalog = match root.table("catalog") {
         Some(c) => {
@@ -93,6 +103,8 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             snapshot: Snapshot {
                 here,
                 gateway,
+                sidecar,
+                config_entries: config_entries.unwrap_or_default(),
                 catalog,
             },
         }),

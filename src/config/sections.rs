@@ -210,8 +210,15 @@ fn endpoints(t: &Fields<'_>, key: &'static str, required: bool) -> Option<Vec<En
     ok.then_some(out)
 }
 
+/// One `host:port` value at `key`, reported there when invalid.
+pub(super) fn endpoint_value(t: &Fields<'_>, key: &str, s: &str) -> Option<Endpoint> {
+    s.parse::<Endpoint>()
+        .map_err(|err| t.error(key, format!("{s:?} {err}")))
+        .ok()
+}
+
 /// An optional Consul name, defaulted. `None` only when the value present is invalid.
-fn name_or(t: &Fields<'_>, key: &'static str, default: &str) -> Option<String> {
+pub(super) fn name_or(t: &Fields<'_>, key: &'static str, default: &str) -> Option<String> {
     match t.str(key) {
         Some(v) => name_ok(t, key, v).then(|| v.to_owned()),
         None => Some(default.to_owned()),
@@ -220,7 +227,7 @@ fn name_or(t: &Fields<'_>, key: &'static str, default: &str) -> Option<String> {
 
 /// Datacenter, partition, namespace and service names become single SNI labels, so they
 /// must be one DNS-safe label: no dots, nothing a TLS client would refuse to send.
-fn name_ok(t: &Fields<'_>, key: &str, v: &str) -> bool {
+pub(super) fn name_ok(t: &Fields<'_>, key: &str, v: &str) -> bool {
     let ok = !v.is_empty()
         && v.len() <= 63
         && v.bytes()

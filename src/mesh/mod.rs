@@ -1,6 +1,7 @@
 //! The mesh domain: places, endpoints, Consul names, the desired state (`Snapshot`) and what
 //! the data path serves (`Plan`).
 
+pub mod config_entries;
 pub mod endpoint;
 pub mod endpoints;
 pub mod explain;
@@ -9,6 +10,7 @@ pub mod names;
 pub mod place;
 pub mod plan;
 pub mod routes;
+pub mod sidecar;
 pub mod snapshot;
 
 pub use endpoint::Endpoint;

@@ -6,14 +6,17 @@
 use serde::Serialize;
 
 use super::endpoints::EndpointSet;
-use super::names::{gateway_sni, service_sni};
+use super::mode::{via, Mode, ModeSource, Via};
+use super::names::{gateway_sni, service_sni, SpiffeId};
 use super::routes::RouteTable;
+use super::sidecar::SidecarSpec;
 use super::snapshot::{GatewaySettings, Snapshot};
+use super::Place;
 
 #[derive(Debug, Serialize)]
 pub struct Plan {
-    /// Filled by the sidecar role; always present so the JSON shape is stable.
-    pub upstreams: Vec<()>,
+    /// The sidecar's upstreams; empty without a sidecar, so the JSON shape is stable.
+    pub upstreams: Vec<UpstreamPlan>,
     pub gateway: Option<GatewayPlan>,
     /// Things that are valid but probably not what the operator meant.
     pub warnings: Vec<String>,
@@ -26,17 +29,90 @@ pub struct GatewayPlan {
     pub routes: RouteTable,
 }
 
+/// One upstream as the data path dials it and `check --json` shows it (CONFIG.md).
+#[derive(Debug, Serialize)]
+pub struct UpstreamPlan {
+    pub destination_name: String,
+    pub destination_namespace: String,
+    pub destination_partition: String,
+    pub datacenter: String,
+    pub bind: String,
+    pub mode: Mode,
+    pub mode_source: ModeSource,
+    /// Always the final target's, whatever the mode.
+    pub sni: String,
+    /// The identity the server must prove, exactly.
+    pub spiffe_id: String,
+    pub dial: EndpointSet,
+    #[serde(flatten)]
+    pub via: Via,
+}
+
 pub fn plan(snapshot: &Snapshot) -> Plan {
     let mut warnings = Vec::new();
     let gateway = snapshot.gateway.as_ref().map(|settings| GatewayPlan {
         settings: settings.clone(),
         routes: gateway_routes(snapshot, &mut warnings),
     });
+    let upstreams = snapshot
+        .sidecar
+        .iter()
+        .flat_map(|sc| upstreams(snapshot, sc, &mut warnings))
+        .collect();
     Plan {
-        upstreams: Vec::new(),
+        upstreams,
         gateway,
         warnings,
     }
+}
+
+fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) -> Vec<UpstreamPlan> {
+    let td = &s.here.trust_domain;
+    let mut out = Vec::with_capacity(sidecar.upstreams.len());
+    for u in &sidecar.upstreams {
+        let (mode, mode_source) = s.config_entries.mode_levels(sidecar, u).resolve();
+        let via = via(&s.here.place, &u.place, mode);
+        let name = &u.destination_name;
+        let (dc, partition, ns) = (
+            &u.place.datacenter,
+            &u.place.partition,
+            &u.destination_namespace,
+        );
+        let gateways_of = |p: &Place| s.catalog.gateways.iter().find(|g| g.place == *p);
+        let dial = match &via {
+            Via::Instances => s
+                .catalog
+                .services
+                .iter()
+                .find(|c| c.name == *name && c.namespace == *ns && c.place == u.place)
+                .map(|c| c.instances.clone()),
+            Via::LocalGateways(p) => gateways_of(p).map(|g| g.lan.clone()),
+            Via::RemoteGateways(p) => gateways_of(p).map(|g| g.wan.clone()),
+        }
+        .unwrap_or_default();
+        if dial.is_empty() {
+            let add = match &via {
+                Via::Instances => "its instances as a [[catalog.services]] entry".to_owned(),
+                Via::LocalGateways(p) => format!("`lan` addresses for the gateways of {p}"),
+                Via::RemoteGateways(p) => format!("`wan` addresses for the gateways of {p}"),
+            };
+            warnings.push(format!("upstream {name} ({}, mode {mode:?} from {mode_source:?}) has nothing to dial: add {add}", u.place));
+        }
+        out.push(UpstreamPlan {
+            destination_name: name.clone(),
+            destination_namespace: ns.clone(),
+            destination_partition: partition.clone(),
+            datacenter: dc.clone(),
+            bind: u.bind.to_string(),
+            mode,
+            mode_source,
+            sni: service_sni(name, "", ns, partition, dc, td),
+            spiffe_id: SpiffeId::service(td, partition, ns, dc, name).to_string(),
+            dial: EndpointSet::new(dial),
+            via,
+        });
+    }
+    out
 }
 
 fn gateway_routes(s: &Snapshot, warnings: &mut Vec<String>) -> RouteTable {

@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::config_entries::ConfigEntries;
+use super::sidecar::SidecarSpec;
 use super::{Endpoint, Place};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Snapshot {
     pub here: Here,
     pub gateway: Option<GatewaySettings>,
+    pub sidecar: Option<SidecarSpec>,
+    pub config_entries: ConfigEntries,
     pub catalog: Catalog,
 }
 

@@ -204,6 +204,8 @@ mod tests {
                 trust_domain: "td.consul".into(),
             },
             gateway: Some(settings),
+            sidecar: None,
+            config_entries: Default::default(),
             catalog: Catalog::default(),
         };
         let plan = crate::mesh::plan(&snapshot);

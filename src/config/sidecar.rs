@@ -1,0 +1,314 @@
+//! `[sidecar]`, `[[sidecar.upstreams]]`, `[sidecar.intentions]` and `[config_entries]`, with
+//! Consul's names and defaults (CONFIG.md, consul-mesh.md §3).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use super::fields::Fields;
+use super::sections::{endpoint_value, name_ok, name_or};
+use crate::mesh::config_entries::{ConfigEntries, ServiceDefaults, UpstreamOverride};
+use crate::mesh::mode::Mode;
+use crate::mesh::sidecar::{Action, Bind, IntentionRule, Intentions, SidecarSpec, UpstreamSpec};
+use crate::mesh::snapshot::Here;
+use crate::mesh::Place;
+
+pub fn sidecar(t: &Fields<'_>, here: Option<&Here>) -> Option<SidecarSpec> {
+    let service = t
+        .required_str("service")
+        .filter(|v| name_ok(t, "service", v));
+    let public_listener = t.str("public_listener").and_then(|s| {
+        let parsed = s.parse::<SocketAddr>().ok();
+        if parsed.is_none() {
+            t.error(
+                "public_listener",
+                format!("{s:?} is not an IP address with a port, e.g. 0.0.0.0:21000"),
+            );
+        }
+        parsed
+    });
+    let local_service_address = endpoint_value(
+        t,
+        "local_service_address",
+        t.str("local_service_address")
+            .unwrap_or(SidecarSpec::DEFAULT_LOCAL_SERVICE_ADDRESS),
+    );
+    let local_connect_timeout = t.millis(
+        "local_connect_timeout_ms",
+        SidecarSpec::DEFAULT_LOCAL_CONNECT_TIMEOUT_MS,
+    );
+    let mesh_gateway = mode(t);
+    let intentions = match t.table("intentions") {
+        Some(i) => intentions(&i, here),
+        None => Some(Intentions {
+            default: Action::Allow,
+            rules: Vec::new(),
+        }),
+    };
+    let upstreams: Vec<Option<UpstreamSpec>> = t
+        .tables("upstreams")
+        .iter()
+        .map(|u| upstream(u, here))
+        .collect();
+    t.finish();
+    let upstreams: Option<Vec<UpstreamSpec>> = upstreams.into_iter().collect();
+    Some(SidecarSpec {
+        service: service?.to_owned(),
+        public_listener,
+        local_service_address: local_service_address?,
+        local_connect_timeout,
+        mesh_gateway: mesh_gateway?,
+        intentions: intentions?,
+        upstreams: distinct_binds(t, upstreams?)?,
+    })
+}
+
+fn upstream(u: &Fields<'_>, here: Option<&Here>) -> Option<UpstreamSpec> {
+    let name = u
+        .required_str("destination_name")
+        .filter(|v| name_ok(u, "destination_name", v));
+    let namespace = name_or(
+        u,
+        "destination_namespace",
+        here.map_or("default", |h| &h.namespace),
+    );
+    let partition = name_or(
+        u,
+        "destination_partition",
+        here.map_or("default", |h| &h.place.partition),
+    );
+    let datacenter = name_or(u, "datacenter", here.map_or("", |h| &h.place.datacenter));
+    let bind = bind(u);
+    let connect_timeout = u.millis(
+        "connect_timeout_ms",
+        UpstreamSpec::DEFAULT_CONNECT_TIMEOUT_MS,
+    );
+    let mesh_gateway = mode(u);
+    u.finish();
+    Some(UpstreamSpec {
+        destination_name: name?.to_owned(),
+        destination_namespace: namespace?,
+        place: Place::new(&datacenter?, &partition?),
+        bind: bind?,
+        connect_timeout,
+        mesh_gateway: mesh_gateway?,
+    })
+}
+
+/// `local_bind_port` (+ `local_bind_address`, default 127.0.0.1) or `local_bind_socket_path`
+/// (+ `local_bind_socket_mode`, an octal string as in Consul): exactly one of the two.
+fn bind(u: &Fields<'_>) -> Option<Bind> {
+    let port = u.int("local_bind_port", 1, 65_535);
+    let address = u.str("local_bind_address");
+    let path = u.str("local_bind_socket_path");
+    let mode = u.str("local_bind_socket_mode");
+    match (port, path) {
+        (Some(port), None) => {
+            let ip = address.unwrap_or("127.0.0.1");
+            let Ok(ip) = ip.parse::<IpAddr>() else {
+                u.error("local_bind_address", format!("{ip:?} is not an IP address"));
+                return None;
+            };
+            if mode.is_some() {
+                u.error(
+                    "local_bind_socket_mode",
+                    "applies only with local_bind_socket_path",
+                );
+            }
+            Some(Bind::Tcp(SocketAddr::new(ip, u16::try_from(port).ok()?)))
+        }
+        (None, Some(path)) if !path.is_empty() => {
+            if address.is_some() {
+                u.error("local_bind_address", "applies only with local_bind_port");
+            }
+            let mode = match mode.map(|m| u32::from_str_radix(m, 8).ok().filter(|m| *m <= 0o777)) {
+                None => None,
+                Some(Some(m)) => Some(m),
+                Some(None) => {
+                    u.error(
+                        "local_bind_socket_mode",
+                        format!(
+                            "{:?} is not an octal file mode like \"0600\"",
+                            mode.unwrap_or_default()
+                        ),
+                    );
+                    return None;
+                }
+            };
+            Some(Bind::Unix {
+                path: PathBuf::from(path),
+                mode,
+            })
+        }
+        (Some(_), Some(_)) => {
+            u.error_here("sets both local_bind_port and local_bind_socket_path; choose one");
+            None
+        }
+        _ => {
+            u.error_here("needs local_bind_port (or local_bind_socket_path)");
+            None
+        }
+    }
+}
+
+/// Two upstreams on one address would fail at bind time; say so at check time instead.
+fn distinct_binds(t: &Fields<'_>, upstreams: Vec<UpstreamSpec>) -> Option<Vec<UpstreamSpec>> {
+    let mut ok = true;
+    for (i, u) in upstreams.iter().enumerate() {
+        if let Some(j) = upstreams[..i].iter().position(|e| e.bind == u.bind) {
+            t.error(
+                &format!("upstreams[{i}]"),
+                format!("binds {} like upstreams[{j}]", u.bind),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(upstreams)
+}
+
+fn intentions(t: &Fields<'_>, here: Option<&Here>) -> Option<Intentions> {
+    let default = action(t, "default").unwrap_or(Some(Action::Allow));
+    let rules: Vec<Option<IntentionRule>> = t
+        .tables("rules")
+        .iter()
+        .map(|r| {
+            let source = r
+                .required_str("source")
+                .filter(|v| *v == "*" || name_ok(r, "source", v));
+            let ns = name_or(
+                r,
+                "source_namespace",
+                here.map_or("default", |h| &h.namespace),
+            );
+            let partition = name_or(
+                r,
+                "source_partition",
+                here.map_or("default", |h| &h.place.partition),
+            );
+            let act = action(r, "action").or_else(|| {
+                r.error("action", "is required: \"allow\" or \"deny\"");
+                None
+            });
+            r.finish();
+            Some(IntentionRule {
+                source: source?.to_owned(),
+                source_namespace: ns?,
+                source_partition: partition?,
+                action: act??,
+            })
+        })
+        .collect();
+    t.finish();
+    Some(Intentions {
+        default: default?,
+        rules: rules.into_iter().collect::<Option<_>>()?,
+    })
+}
+
+/// `None`: absent; `Some(None)`: present but invalid (already reported).
+fn action(t: &Fields<'_>, key: &'static str) -> Option<Option<Action>> {
+    let v = t.str(key)?;
+    Some(match v {
+        "allow" => Some(Action::Allow),
+        "deny" => Some(Action::Deny),
+        _ => {
+            t.error(key, format!("{v:?} is not \"allow\" or \"deny\""));
+            None
+        }
+    })
+}
+
+/// `mesh_gateway = { mode = "..." }`. Outer `None`: invalid (reported); inner `None`: unset
+/// or `""`, which in Consul means "inherit".
+fn mode(t: &Fields<'_>) -> Option<Option<Mode>> {
+    let Some(mg) = t.table("mesh_gateway") else {
+        return Some(None);
+    };
+    let parsed = match mg.str("mode") {
+        None | Some("") => Some(None),
+        Some("none") => Some(Some(Mode::None)),
+        Some("local") => Some(Some(Mode::Local)),
+        Some("remote") => Some(Some(Mode::Remote)),
+        Some(other) => {
+            mg.error(
+                "mode",
+                format!("{other:?} is not \"none\", \"local\" or \"remote\""),
+            );
+            None
+        }
+    };
+    mg.finish();
+    parsed
+}
+
+/// `[config_entries]`: `proxy_defaults` and `service_defaults.<name>`.
+pub fn config_entries(t: &Fields<'_>) -> Option<ConfigEntries> {
+    let proxy_defaults = match t.table("proxy_defaults") {
+        Some(p) => {
+            let m = mode(&p);
+            p.finish();
+            m
+        }
+        None => Some(None),
+    };
+    let mut service_defaults = BTreeMap::new();
+    let mut ok = true;
+    if let Some(all) = t.table("service_defaults") {
+        for (name, sd) in all.each_table() {
+            match service_defaults_entry(&sd) {
+                Some(entry) if name_ok(&all, &name, &name) => {
+                    service_defaults.insert(name, entry);
+                }
+                _ => ok = false,
+            }
+        }
+    }
+    t.finish();
+    ok.then_some(())?;
+    Some(ConfigEntries {
+        proxy_defaults: proxy_defaults?,
+        service_defaults,
+    })
+}
+
+fn service_defaults_entry(sd: &Fields<'_>) -> Option<ServiceDefaults> {
+    let mesh_gateway = mode(sd);
+    let (defaults, overrides) = match sd.table("upstream_config") {
+        Some(uc) => {
+            let defaults = match uc.table("defaults") {
+                Some(d) => {
+                    let m = mode(&d);
+                    d.finish();
+                    m
+                }
+                None => Some(None),
+            };
+            let overrides: Vec<Option<UpstreamOverride>> = uc
+                .tables("overrides")
+                .iter()
+                .map(|o| {
+                    let name = o.required_str("name").filter(|v| name_ok(o, "name", v));
+                    let namespace = o.str("namespace").unwrap_or_default().to_owned();
+                    let partition = o.str("partition").unwrap_or_default().to_owned();
+                    let m = mode(o);
+                    o.finish();
+                    Some(UpstreamOverride {
+                        name: name?.to_owned(),
+                        namespace,
+                        partition,
+                        mesh_gateway: m?,
+                    })
+                })
+                .collect();
+            uc.finish();
+            (defaults, overrides.into_iter().collect::<Option<Vec<_>>>())
+        }
+        None => (Some(None), Some(Vec::new())),
+    };
+    sd.finish();
+    Some(ServiceDefaults {
+        mesh_gateway: mesh_gateway?,
+        upstream_defaults: defaults?,
+        upstream_overrides: overrides?,
+    })
+}
