@@ -7,3 +7,4 @@ pub mod mesh;
 pub mod metrics;
 pub mod proxy;
 pub mod sni;
+pub mod tls;

@@ -54,6 +54,16 @@ fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
     })
 }
 
+/// Problems that do not stop the program but that an operator should act on.
+fn warnings(config: &config::Config, plan: &sidegate::mesh::Plan) -> Vec<String> {
+    let expiring = config
+        .snapshot
+        .identity
+        .as_ref()
+        .and_then(|id| id.expiry_warning(std::time::SystemTime::now()));
+    plan.warnings.iter().cloned().chain(expiring).collect()
+}
+
 fn check(config: &config::Config, json: bool) -> ExitCode {
     let plan = plan(&config.snapshot);
     if json {
@@ -67,7 +77,7 @@ fn check(config: &config::Config, json: bool) -> ExitCode {
     } else {
         print!("{}", sidegate::mesh::plan::describe(&plan));
     }
-    for w in &plan.warnings {
+    for w in warnings(config, &plan) {
         eprintln!("warning: {w}");
     }
     ExitCode::SUCCESS
@@ -101,7 +111,7 @@ fn run(config: config::Config) -> ExitCode {
         return ExitCode::from(EX_UNAVAILABLE);
     }
     let plan = plan(&config.snapshot);
-    for w in &plan.warnings {
+    for w in warnings(&config, &plan) {
         sidegate::warn!("{w}");
     }
     match sidegate::proxy::start(plan) {

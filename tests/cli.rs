@@ -14,6 +14,10 @@ fn sidegate(args: &[&str]) -> Output {
         .unwrap()
 }
 
+fn fixtures() -> String {
+    format!("{}/tests/fixtures/tls", env!("CARGO_MANIFEST_DIR"))
+}
+
 fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("config")
@@ -204,6 +208,27 @@ fn config_errors_name_their_key_path() {
         (format!("{mesh}[sidecar]\nservice = \"web\"\n[[sidecar.intentions.rules]]\nsource = \"api\"\n"), "sidecar.intentions.rules[0].action: is required"),
         (format!("{mesh}{gw}[config_entries.service_defaults.web]\nmesh_gatway = {{}}\n"), "config_entries.service_defaults.web.mesh_gatway: unknown key (did you mean `mesh_gateway`?)"),
         (format!("{mesh}{gw}[config_entries]\nproxy_defaults = {{ mesh_gateway = {{ mode = 1 }} }}\n"), "config_entries.proxy_defaults.mesh_gateway.mode: expected a string"),
+        (format!("{mesh}[sidecar]\nservice = \"web\"\n"), "tls: is required with [sidecar]"),
+        (
+            format!("{mesh}{gw}[tls]\ncert_file = \"/nonexistent.pem\"\nkey_file = \"{fx}/web-key-sec1.pem\"\nca_file = \"{fx}/ca.pem\"\n", fx = fixtures()),
+            "tls.cert_file: cannot read /nonexistent.pem",
+        ),
+        (
+            format!("{mesh}{gw}[tls]\ncert_file = \"{fx}/web.pem\"\nkey_file = \"{fx}/db-key-pkcs1.pem\"\nca_file = \"{fx}/ca.pem\"\n", fx = fixtures()),
+            "db-key-pkcs1.pem\" does not match the certificate's public key",
+        ),
+        (
+            format!("{mesh}{gw}[tls]\ncert_file = \"{fx}/nospiffe.pem\"\nkey_file = \"{fx}/nospiffe-key.pem\"\nca_file = \"{fx}/ca.pem\"\n", fx = fixtures()),
+            "nospiffe.pem\" leaf has no spiffe:// URI SAN",
+        ),
+        (
+            format!("{mesh}[tls]\ncert_file = \"{fx}/web.pem\"\nkey_file = \"{fx}/web-key-sec1.pem\"\nca_file = \"{fx}/ca.pem\"\n[sidecar]\nservice = \"api\"\n", fx = fixtures()),
+            "tls.cert_file: leaf is spiffe://11111111-2222-3333-4444-555555555555.consul/ns/default/dc/dc1/svc/web but [sidecar] service is \"api\"",
+        ),
+        (
+            format!("[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"other.consul\"\n[tls]\ncert_file = \"{fx}/web.pem\"\nkey_file = \"{fx}/web-key-sec1.pem\"\nca_file = \"{fx}/ca.pem\"\n[sidecar]\nservice = \"web\"\n", fx = fixtures()),
+            "but [mesh] trust_domain is other.consul",
+        ),
         ("[mesh\n".to_owned(), "not valid TOML"),
     ];
     for (text, want) in cases {
@@ -287,6 +312,11 @@ fn check_json_resolves_upstreams() {
 datacenter = "dc1"
 trust_domain = "{TD}"
 
+[tls]
+cert_file = "{fx}/web.pem"
+key_file = "{fx}/web-key-sec1.pem"
+ca_file = "{fx}/ca.pem"
+
 [sidecar]
 service = "web"
 mesh_gateway = {{ mode = "local" }}
@@ -340,7 +370,8 @@ wan = ["203.0.113.10:8443"]
 [[catalog.gateways]]
 partition = "part2"
 wan = ["10.0.9.9:8443"]
-"#
+"#,
+            fx = fixtures()
         ),
     )
     .unwrap();

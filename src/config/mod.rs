@@ -5,6 +5,7 @@
 mod fields;
 mod sections;
 mod sidecar;
+mod tls;
 
 use std::fmt;
 use std::path::Path;
@@ -52,21 +53,27 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
-/// Reads and validates a configuration file.
+/// Reads and validates a configuration file. Files it names are relative to its directory.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
         path: shown.clone(),
         error,
     })?;
-    parse(&text).map_err(|errors| LoadError::Invalid {
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse_in(&text, base).map_err(|errors| LoadError::Invalid {
         path: shown,
         errors,
     })
 }
 
-/// Validates configuration text, returning every problem found.
+/// Validates configuration text, returning every problem found; files it names are relative
+/// to the current directory.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    parse_in(text, Path::new("."))
+}
+
+fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         vec![ConfigError {
             path: String::new(),
@@ -85,6 +92,13 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         .map_or(Some(ConfigEntries::default()), |c| {
             sidecar::config_entries(&c)
         });
+    let identity = root.table("tls").and_then(|t| tls::identity(&t, base));
+    if table.contains_key("sidecar") && !table.contains_key("tls") {
+        root.error("tls", "is required with [sidecar]: cert_file, key_file and ca_file of this service's identity");
+    }
+    if let (Some(id), Some(here), Some(sc)) = (&identity, &here, &sidecar) {
+        identity_fits(&root, id, here, &sc.service);
+    }
     if !table.contains_key("gateway") && !table.contains_key("sidecar") {
         root.error_here("nothing to run: add a [gateway] or [sidecar] section (see config/)");
     }
@@ -102,6 +116,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         Some(here) if errs.is_empty() => Ok(Config {
             snapshot: Snapshot {
                 here,
+                identity,
                 gateway,
                 sidecar,
                 config_entries: config_entries.unwrap_or_default(),
@@ -109,5 +124,40 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             },
         }),
         _ => Err(errs.into_vec()),
+    }
+}
+
+/// The leaf must be this sidecar's service in this mesh: Consul issues a sidecar the
+/// destination service's identity, and peers check it exactly.
+fn identity_fits(
+    root: &Fields<'_>,
+    id: &crate::tls::Identity,
+    here: &crate::mesh::snapshot::Here,
+    service: &str,
+) {
+    if let crate::mesh::names::SpiffeId::Service {
+        trust_domain,
+        service: svc,
+        ..
+    } = &id.spiffe_id
+    {
+        if !trust_domain.eq_ignore_ascii_case(&here.trust_domain) {
+            root.error(
+                "tls.cert_file",
+                format!(
+                    "leaf is {} but [mesh] trust_domain is {}",
+                    id.spiffe_id, here.trust_domain
+                ),
+            );
+        }
+        if svc != service {
+            root.error(
+                "tls.cert_file",
+                format!(
+                    "leaf is {} but [sidecar] service is {service:?}",
+                    id.spiffe_id
+                ),
+            );
+        }
     }
 }

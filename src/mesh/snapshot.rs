@@ -4,6 +4,7 @@
 //! and the data path never know where the state came from.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -11,10 +12,13 @@ use serde::Serialize;
 use super::config_entries::ConfigEntries;
 use super::sidecar::SidecarSpec;
 use super::{Endpoint, Place};
+use crate::tls::Identity;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Snapshot {
     pub here: Here,
+    /// This host's leaf, key and roots (the sidecar's identity).
+    pub identity: Option<Arc<Identity>>,
     pub gateway: Option<GatewaySettings>,
     pub sidecar: Option<SidecarSpec>,
     pub config_entries: ConfigEntries,

@@ -203,6 +203,7 @@ mod tests {
                 namespace: "default".into(),
                 trust_domain: "td.consul".into(),
             },
+            identity: None,
             gateway: Some(settings),
             sidecar: None,
             config_entries: Default::default(),
