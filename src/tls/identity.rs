@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::mesh::names::{SpiffeError, SpiffeId};
@@ -139,24 +138,10 @@ fn read_leaf(leaf: &CertificateDer<'_>) -> Result<(SpiffeId, SystemTime), Identi
     if not_after <= now {
         return Err(IdentityError::Expired { not_after });
     }
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| IdentityError::BadLeaf(e.to_string()))?;
-    let uri = san
-        .iter()
-        .flat_map(|ext| ext.value.general_names.iter())
-        .find_map(|name| match name {
-            GeneralName::URI(uri)
-                if uri
-                    .get(..9)
-                    .is_some_and(|s| s.eq_ignore_ascii_case("spiffe://")) =>
-            {
-                Some(*uri)
-            }
-            _ => None,
-        })
+    let uri = super::san::spiffe_uri_of(&cert)
+        .map_err(IdentityError::BadLeaf)?
         .ok_or(IdentityError::NoSpiffe)?;
-    let id = SpiffeId::parse(uri).map_err(IdentityError::BadSpiffe)?;
+    let id = SpiffeId::parse(&uri).map_err(IdentityError::BadSpiffe)?;
     if !matches!(id, SpiffeId::Service { .. }) {
         return Err(IdentityError::NotAService(id.to_string()));
     }
