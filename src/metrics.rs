@@ -61,6 +61,15 @@ impl Counter {
     }
 }
 
+/// Dialing a route's or an upstream's endpoints.
+#[derive(Debug, Default)]
+pub struct DialMetrics {
+    /// One failed attempt to connect to one endpoint.
+    pub connect_failures: Counter,
+    /// Endpoints passed over because they failed recently.
+    pub endpoints_skipped: Counter,
+}
+
 #[derive(Debug, Default)]
 pub struct GatewayMetrics {
     pub accepted: Counter,
@@ -68,10 +77,7 @@ pub struct GatewayMetrics {
     /// Refused because `max_connections` were open.
     pub refused_limit: Counter,
     pub hello: [Counter; HelloOutcome::ALL.len()],
-    /// One failed attempt to connect to one endpoint.
-    pub connect_failures: Counter,
-    /// Endpoints passed over because they failed recently.
-    pub endpoints_skipped: Counter,
+    pub dial: DialMetrics,
     /// Routed connections closed because no endpoint could be reached.
     pub no_endpoint: Counter,
     pub bytes_from_client: Counter,

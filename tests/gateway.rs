@@ -180,7 +180,7 @@ fn fails_over_past_a_dead_instance_and_then_skips_it() {
         assert_eq!(echo_and_finish(tls, b"x").unwrap(), db.name);
     }
     // The dead instance cost one failed attempt; afterwards it is held back behind the live one.
-    assert_eq!(gw.metrics.gateway.connect_failures.get(), 1);
+    assert_eq!(gw.metrics.gateway.dial.connect_failures.get(), 1);
     assert_eq!(db.accepted(), 6);
 }
 
@@ -203,7 +203,7 @@ fn every_endpoint_down_is_a_counted_refusal() {
     eventually("no_endpoint = 1", || {
         gw.metrics.gateway.no_endpoint.get() == 1
     });
-    assert_eq!(gw.metrics.gateway.connect_failures.get(), 2);
+    assert_eq!(gw.metrics.gateway.dial.connect_failures.get(), 2);
 }
 
 #[test]

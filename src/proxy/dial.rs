@@ -9,13 +9,13 @@ use smol::{future, Async, Timer};
 
 use crate::mesh::endpoints::EndpointSet;
 use crate::mesh::Endpoint;
-use crate::metrics::GatewayMetrics;
+use crate::metrics::DialMetrics;
 
 /// Connects to the first endpoint that answers, or `None` when none did.
 pub async fn connect_any<'a>(
     set: &'a EndpointSet,
     timeout: Duration,
-    metrics: &GatewayMetrics,
+    metrics: &DialMetrics,
 ) -> Option<(Async<TcpStream>, &'a Endpoint)> {
     for (index, endpoint, held_back) in set.attempt_order() {
         if held_back {

@@ -100,7 +100,7 @@ async fn open<'a>(
     };
     m.hello(HelloOutcome::Routed).inc();
     let Some((backend, endpoint)) =
-        dial::connect_any(&route.endpoints, settings.connect_timeout, m).await
+        dial::connect_any(&route.endpoints, settings.connect_timeout, &m.dial).await
     else {
         m.no_endpoint.inc();
         crate::debug!(
