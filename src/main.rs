@@ -102,11 +102,16 @@ fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
 }
 
 fn run(config: config::Config) -> ExitCode {
-    if config.snapshot.sidecar.is_some() {
-        // Serving only part of a file would look like it works while upstreams stay dark.
+    if config
+        .snapshot
+        .sidecar
+        .as_ref()
+        .is_some_and(|s| s.public_listener.is_some())
+    {
+        // Serving only part of a file would look like it works while callers stay dark.
         sidegate::error!(
-            "this build cannot run the [sidecar] role yet (its plan is shown by `sidegate check`); \
-             remove [sidecar] to run the gateway"
+            "this build cannot run the sidecar's public_listener (inbound mTLS) yet; \
+             remove public_listener to run the upstream listeners and the gateway"
         );
         return ExitCode::from(EX_UNAVAILABLE);
     }

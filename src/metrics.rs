@@ -92,7 +92,23 @@ impl GatewayMetrics {
     }
 }
 
+/// The sidecar's upstream listeners, all upstreams together.
+#[derive(Debug, Default)]
+pub struct UpstreamMetrics {
+    pub accepted: Counter,
+    pub active: Counter,
+    pub dial: DialMetrics,
+    /// Closed because no endpoint answered.
+    pub no_endpoint: Counter,
+    /// The mTLS handshake with the upstream failed (including a wrong server identity).
+    pub handshake_failures: Counter,
+    pub bytes_to_upstream: Counter,
+    pub bytes_from_upstream: Counter,
+    pub accept_errors: Counter,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub gateway: GatewayMetrics,
+    pub upstream: UpstreamMetrics,
 }

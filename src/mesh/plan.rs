@@ -9,9 +9,14 @@ use super::endpoints::EndpointSet;
 use super::mode::{via, Mode, ModeSource, Via};
 use super::names::{gateway_sni, service_sni, SpiffeId};
 use super::routes::RouteTable;
-use super::sidecar::SidecarSpec;
+use super::sidecar::{Bind, SidecarSpec};
 use super::snapshot::{GatewaySettings, Snapshot};
 use super::Place;
+use crate::tls::configs::client_config;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Serialize)]
 pub struct Plan {
@@ -46,6 +51,17 @@ pub struct UpstreamPlan {
     pub dial: EndpointSet,
     #[serde(flatten)]
     pub via: Via,
+    /// Where the local app connects.
+    #[serde(skip)]
+    pub listen: Bind,
+    #[serde(skip)]
+    pub connect_timeout: Duration,
+    /// The SNI as rustls takes it, built once.
+    #[serde(skip)]
+    pub server_name: Option<ServerName<'static>>,
+    /// mTLS to this upstream: our leaf, and exactly `spiffe_id` required of the server.
+    #[serde(skip)]
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 pub fn plan(snapshot: &Snapshot) -> Plan {
@@ -98,6 +114,20 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
             };
             warnings.push(format!("upstream {name} ({}, mode {mode:?} from {mode_source:?}) has nothing to dial: add {add}", u.place));
         }
+        let sni = service_sni(name, "", ns, partition, dc, td);
+        let spiffe_id = SpiffeId::service(td, partition, ns, dc, name);
+        let tls = s
+            .identity
+            .as_ref()
+            .and_then(|id| match client_config(id, &spiffe_id) {
+                Ok(cfg) => Some(cfg),
+                Err(e) => {
+                    warnings.push(format!(
+                        "upstream {name}: cannot build its TLS configuration: {e}"
+                    ));
+                    None
+                }
+            });
         out.push(UpstreamPlan {
             destination_name: name.clone(),
             destination_namespace: ns.clone(),
@@ -106,10 +136,14 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
             bind: u.bind.to_string(),
             mode,
             mode_source,
-            sni: service_sni(name, "", ns, partition, dc, td),
-            spiffe_id: SpiffeId::service(td, partition, ns, dc, name).to_string(),
+            sni: sni.clone(),
+            spiffe_id: spiffe_id.to_string(),
             dial: EndpointSet::new(dial),
             via,
+            listen: u.bind.clone(),
+            connect_timeout: u.connect_timeout,
+            server_name: ServerName::try_from(sni).ok(),
+            tls,
         });
     }
     out

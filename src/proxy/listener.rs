@@ -2,14 +2,15 @@
 //! then one task per connection on the event loop.
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use smol::{Async, LocalExecutor, Timer};
 
-use super::gateway;
+use super::{gateway, upstream};
 use crate::mesh::Plan;
 use crate::metrics::{Counter, Metrics};
 
@@ -47,11 +48,11 @@ pub async fn gateway_accept_loop(
             drop(stream);
             continue;
         }
-        let active = Active::new(metrics.clone());
+        let active = Active::new(metrics.clone(), |m| &m.gateway.active);
         let plan = plan.clone();
         ex.spawn(async move {
             if let Some(gw) = plan.gateway.as_ref() {
-                gateway::serve(stream, peer, gw, &active.0.gateway).await;
+                gateway::serve(stream, peer, gw, &active.metrics.gateway).await;
             }
         })
         .detach();
@@ -75,18 +76,71 @@ async fn accept_failed(e: &io::Error, errors: &Counter, local: Option<std::net::
     }
 }
 
-/// Counts a gateway connection as active for as long as its task lives.
-struct Active(Arc<Metrics>);
+/// Counts a connection as active (in the counter `which` picks) for as long as it lives.
+struct Active {
+    metrics: Arc<Metrics>,
+    which: fn(&Metrics) -> &Counter,
+}
 
 impl Active {
-    fn new(metrics: Arc<Metrics>) -> Self {
-        metrics.gateway.active.inc();
-        Active(metrics)
+    fn new(metrics: Arc<Metrics>, which: fn(&Metrics) -> &Counter) -> Self {
+        which(&metrics).inc();
+        Active { metrics, which }
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.gateway.active.dec();
+        (self.which)(&self.metrics).dec();
     }
+}
+
+/// Where a local app connects to an upstream.
+pub enum LocalListener {
+    Tcp(Async<TcpListener>),
+    Unix(Async<UnixListener>),
+}
+
+pub async fn upstream_accept_loop(
+    listener: LocalListener,
+    ex: Rc<LocalExecutor<'static>>,
+    plan: Arc<Plan>,
+    index: usize,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let accepted = match &listener {
+            LocalListener::Tcp(l) => l.accept().await.map(|(s, _)| Local::Tcp(s)),
+            LocalListener::Unix(l) => l.accept().await.map(|(s, _)| Local::Unix(s)),
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                accept_failed(&e, &metrics.upstream.accept_errors, None).await;
+                continue;
+            }
+        };
+        metrics.upstream.accepted.inc();
+        let active = Active::new(metrics.clone(), |m| &m.upstream.active);
+        let plan = plan.clone();
+        ex.spawn(async move {
+            let Some(up) = plan.upstreams.get(index) else {
+                return;
+            };
+            let m = &active.metrics.upstream;
+            match stream {
+                Local::Tcp(s) => {
+                    let _ = s.get_ref().set_nodelay(true);
+                    upstream::serve(s, up, m).await;
+                }
+                Local::Unix(s) => upstream::serve(s, up, m).await,
+            }
+        })
+        .detach();
+    }
+}
+
+enum Local {
+    Tcp(Async<TcpStream>),
+    Unix(Async<UnixStream>),
 }

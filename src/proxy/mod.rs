@@ -5,6 +5,8 @@ mod dial;
 mod gateway;
 mod listener;
 mod relay;
+mod tls_relay;
+mod upstream;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -15,12 +17,16 @@ use std::thread::JoinHandle;
 use smol::channel::{self, Sender};
 use smol::{Async, LocalExecutor};
 
+use crate::mesh::sidecar::Bind;
 use crate::mesh::Plan;
 use crate::metrics::Metrics;
+use std::os::unix::net::UnixListener;
 
 /// A running sidegate: where it listens and how to stop it. Tests start one on port 0.
 pub struct Running {
     pub gateway_addrs: Vec<SocketAddr>,
+    /// TCP upstream listeners, in plan order (Unix ones are at their paths).
+    pub upstream_addrs: Vec<SocketAddr>,
     pub metrics: Arc<Metrics>,
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -66,6 +72,28 @@ pub fn start(plan: Plan) -> Result<Running, BindError> {
     for addr in &gateway_addrs {
         crate::info!("gateway listening on {addr}");
     }
+    let mut upstream_listeners = Vec::new();
+    let mut upstream_addrs = Vec::new();
+    for (index, up) in plan.upstreams.iter().enumerate() {
+        let listener = bind_local(&up.listen).map_err(|error| BindError {
+            addr: bind_addr(&up.listen),
+            error,
+        })?;
+        if let listener::LocalListener::Tcp(l) = &listener {
+            upstream_addrs.push(l.get_ref().local_addr().map_err(|error| BindError {
+                addr: bind_addr(&up.listen),
+                error,
+            })?);
+        }
+        crate::info!(
+            "upstream {} listening on {} ({:?}, mode {:?})",
+            up.destination_name,
+            up.listen,
+            up.via,
+            up.mode
+        );
+        upstream_listeners.push((index, listener));
+    }
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = channel::bounded::<()>(1);
     let plan = Arc::new(plan);
@@ -83,6 +111,16 @@ pub fn start(plan: Plan) -> Result<Running, BindError> {
                 ))
                 .detach();
             }
+            for (index, l) in upstream_listeners {
+                let accept = listener::upstream_accept_loop(
+                    l,
+                    ex.clone(),
+                    plan.clone(),
+                    index,
+                    thread_metrics.clone(),
+                );
+                ex.spawn(accept).detach();
+            }
             // Ends when every `stop` sender is gone; dropping the executor closes everything.
             smol::block_on(ex.run(async { while stopped.recv().await.is_ok() {} }));
         })
@@ -92,6 +130,7 @@ pub fn start(plan: Plan) -> Result<Running, BindError> {
         })?;
     Ok(Running {
         gateway_addrs,
+        upstream_addrs,
         metrics,
         stop: Some(stop),
         thread: Some(thread),
@@ -122,6 +161,35 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Binds an upstream's local listener. A Unix socket left by an earlier run is replaced (any
+/// other file at that path is an error), then given its configured mode.
+fn bind_local(bind: &Bind) -> io::Result<listener::LocalListener> {
+    match bind {
+        Bind::Tcp(addr) => Ok(listener::LocalListener::Tcp(Async::new(
+            TcpListener::bind(addr)?,
+        )?)),
+        Bind::Unix { path, mode } => {
+            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                std::fs::remove_file(path)?;
+            }
+            let l = UnixListener::bind(path)?;
+            if let Some(mode) = mode {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))?;
+            }
+            Ok(listener::LocalListener::Unix(Async::new(l)?))
+        }
+    }
+}
+
+/// The address a bind error is reported for (a Unix socket has none).
+fn bind_addr(bind: &Bind) -> SocketAddr {
+    match bind {
+        Bind::Tcp(a) => *a,
+        Bind::Unix { .. } => SocketAddr::from(([0, 0, 0, 0], 0)),
     }
 }
 

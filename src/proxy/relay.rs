@@ -34,10 +34,11 @@ pub struct Relayed {
 }
 
 /// Per-connection state the two directions share.
-struct Flow {
-    last: Cell<Instant>,
-    a_to_b: Cell<u64>,
-    b_to_a: Cell<u64>,
+pub(super) struct Flow {
+    pub(super) last: Cell<Instant>,
+    pub(super) a_to_b: Cell<u64>,
+    pub(super) b_to_a: Cell<u64>,
+    idled: Cell<bool>,
 }
 
 /// Relays until both directions end, one fails, or the pair is idle for `idle`. Bytes are
@@ -49,30 +50,51 @@ pub async fn relay(
     a_to_b: &Counter,
     b_to_a: &Counter,
 ) -> io::Result<Relayed> {
-    let flow = Flow {
-        last: Cell::new(Instant::now()),
-        a_to_b: Cell::new(0),
-        b_to_a: Cell::new(0),
-    };
+    let flow = Flow::new();
     let both = future::try_zip(
         pump(a, b, a_to_b, &flow.a_to_b, &flow.last),
         pump(b, a, b_to_a, &flow.b_to_a, &flow.last),
     );
-    let watchdog = async {
+    future::or(both, flow.watchdog(idle)).await?;
+    Ok(flow.relayed())
+}
+
+impl Flow {
+    pub(super) fn new() -> Self {
+        Flow {
+            last: Cell::new(Instant::now()),
+            a_to_b: Cell::new(0),
+            b_to_a: Cell::new(0),
+            idled: Cell::new(false),
+        }
+    }
+
+    /// Ends when nothing has moved either way for `idle`. It has the two directions' output
+    /// type so the three race with `future::or` directly: wrapping the directions in another
+    /// future would lay them out twice in every connection's state.
+    pub(super) async fn watchdog(&self, idle: Duration) -> io::Result<((), ())> {
         loop {
-            let deadline = flow.last.get() + idle;
+            let deadline = self.last.get() + idle;
             if Instant::now() >= deadline {
-                return Ok(RelayEnd::Idle);
+                self.idled.set(true);
+                return Ok(((), ()));
             }
             Timer::at(deadline).await;
         }
-    };
-    let end = future::or(async { both.await.map(|_| RelayEnd::Done) }, watchdog).await?;
-    Ok(Relayed {
-        end,
-        a_to_b: flow.a_to_b.get(),
-        b_to_a: flow.b_to_a.get(),
-    })
+    }
+
+    pub(super) fn relayed(&self) -> Relayed {
+        let end = if self.idled.get() {
+            RelayEnd::Idle
+        } else {
+            RelayEnd::Done
+        };
+        Relayed {
+            end,
+            a_to_b: self.a_to_b.get(),
+            b_to_a: self.b_to_a.get(),
+        }
+    }
 }
 
 /// One direction. Waits for readability without holding a buffer, so an idle connection

@@ -94,11 +94,15 @@ impl Backend {
 
     /// A backend whose certificate also names `aliases`.
     pub fn start_with(pki: &Pki, name: &str, aliases: &[String]) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let mut names = vec![name.to_owned()];
         names.extend_from_slice(aliases);
-        let cfg = pki.server_config(&names);
+        Self::serve(pki.server_config(&names), name)
+    }
+
+    /// A backend with a given TLS configuration (e.g. a mesh leaf requiring client certificates).
+    pub fn serve(cfg: Arc<ServerConfig>, name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let (count, owned_name) = (accepted.clone(), name.to_owned());
         std::thread::spawn(move || {

@@ -1,0 +1,91 @@
+//! One upstream connection: a local app's plaintext, mTLS to the target with its SNI and
+//! exact identity, through whichever endpoints the mode chose.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::Instant;
+
+use futures_rustls::TlsConnector;
+use smol::io::{AsyncRead, AsyncWrite};
+use smol::{future, Async, Timer};
+
+use super::dial;
+use super::tls_relay::relay_tls;
+use crate::mesh::plan::UpstreamPlan;
+use crate::metrics::UpstreamMetrics;
+
+/// How long a plaintext-to-mTLS pair may stay silent both ways; Envoy's tcp_proxy default.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+pub async fn serve<L>(local: Async<L>, up: &UpstreamPlan, m: &UpstreamMetrics)
+where
+    for<'a> &'a L: Read,
+    for<'a> &'a Async<L>: AsyncRead + AsyncWrite,
+{
+    let started = Instant::now();
+    let Some(tls) = Box::pin(open(up, m)).await else {
+        return;
+    };
+    match relay_tls(
+        &local,
+        tls,
+        IDLE,
+        &m.bytes_to_upstream,
+        &m.bytes_from_upstream,
+    )
+    .await
+    {
+        Ok(r) => crate::debug!(
+            "upstream {}: {:?} after {:?}, {} bytes up, {} down",
+            up.destination_name,
+            r.end,
+            started.elapsed(),
+            r.a_to_b,
+            r.b_to_a
+        ),
+        Err(e) => crate::debug!(
+            "upstream {}: {e} after {:?}",
+            up.destination_name,
+            started.elapsed()
+        ),
+    }
+}
+
+/// Connects and completes the mTLS handshake; every failure is counted and logged here.
+async fn open(
+    up: &UpstreamPlan,
+    m: &UpstreamMetrics,
+) -> Option<futures_rustls::client::TlsStream<Async<TcpStream>>> {
+    let (Some(cfg), Some(name)) = (up.tls.clone(), up.server_name.clone()) else {
+        return None;
+    };
+    let Some((tcp, endpoint)) = dial::connect_any(&up.dial, up.connect_timeout, &m.dial).await
+    else {
+        m.no_endpoint.inc();
+        crate::debug!(
+            "upstream {}: no endpoint answered ({:?})",
+            up.destination_name,
+            up.via
+        );
+        return None;
+    };
+    let handshake = TlsConnector::from(cfg).connect(name, tcp);
+    let timed_out = async {
+        Timer::after(up.connect_timeout).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        ))
+    };
+    match future::or(handshake, timed_out).await {
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            m.handshake_failures.inc();
+            crate::warn!(
+                "upstream {}: mTLS to {endpoint} failed: {e}",
+                up.destination_name
+            );
+            None
+        }
+    }
+}
