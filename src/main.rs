@@ -8,7 +8,6 @@ use sidegate::mesh::{explain::explain, plan};
 
 const EX_USAGE: u8 = 64;
 const EX_NOINPUT: u8 = 66;
-const EX_UNAVAILABLE: u8 = 69;
 const EX_OSERR: u8 = 71;
 const EX_CONFIG: u8 = 78;
 
@@ -102,19 +101,6 @@ fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
 }
 
 fn run(config: config::Config) -> ExitCode {
-    if config
-        .snapshot
-        .sidecar
-        .as_ref()
-        .is_some_and(|s| s.public_listener.is_some())
-    {
-        // Serving only part of a file would look like it works while callers stay dark.
-        sidegate::error!(
-            "this build cannot run the sidecar's public_listener (inbound mTLS) yet; \
-             remove public_listener to run the upstream listeners and the gateway"
-        );
-        return ExitCode::from(EX_UNAVAILABLE);
-    }
     let plan = plan(&config.snapshot);
     for w in warnings(&config, &plan) {
         sidegate::warn!("{w}");

@@ -3,6 +3,36 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The counters every accepting listener keeps, whatever its role.
+pub struct ListenerCounters<'a> {
+    pub accepted: &'a Counter,
+    pub active: &'a Counter,
+    pub refused_limit: &'a Counter,
+    pub accept_errors: &'a Counter,
+}
+
+impl Metrics {
+    pub fn gateway_listener(&self) -> ListenerCounters<'_> {
+        let g = &self.gateway;
+        ListenerCounters {
+            accepted: &g.accepted,
+            active: &g.active,
+            refused_limit: &g.refused_limit,
+            accept_errors: &g.accept_errors,
+        }
+    }
+
+    pub fn inbound_listener(&self) -> ListenerCounters<'_> {
+        let i = &self.inbound;
+        ListenerCounters {
+            accepted: &i.accepted,
+            active: &i.active,
+            refused_limit: &i.refused_limit,
+            accept_errors: &i.accept_errors,
+        }
+    }
+}
+
 /// Why a gateway connection ended before it was relayed, or that it was routed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HelloOutcome {
@@ -107,8 +137,27 @@ pub struct UpstreamMetrics {
     pub accept_errors: Counter,
 }
 
+/// The sidecar's inbound (public) listener.
+#[derive(Debug, Default)]
+pub struct InboundMetrics {
+    pub accepted: Counter,
+    pub active: Counter,
+    /// Refused because the connection limit was reached.
+    pub refused_limit: Counter,
+    /// The caller's mTLS handshake failed (no or untrusted client certificate, timeout).
+    pub handshake_failures: Counter,
+    /// Refused by intentions.
+    pub denied: Counter,
+    /// The local app did not accept the connection.
+    pub local_connect_failures: Counter,
+    pub bytes_from_mesh: Counter,
+    pub bytes_to_mesh: Counter,
+    pub accept_errors: Counter,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub gateway: GatewayMetrics,
     pub upstream: UpstreamMetrics,
+    pub inbound: InboundMetrics,
 }

@@ -460,22 +460,4 @@ wan = ["10.0.9.9:8443"]
         assert_eq!(u["sni"], sni.as_str(), "{what}");
         assert_eq!(u["spiffe_id"], spiffe.as_str(), "{what}");
     }
-
-    // The inbound listener has no data path yet: `run` says so instead of silently serving
-    // only the rest of the file.
-    let text = std::fs::read_to_string(&path).unwrap();
-    let inbound = dir.join("inbound.toml");
-    std::fs::write(
-        &inbound,
-        text.replace(
-            "service = \"web\"\n",
-            "service = \"web\"\npublic_listener = \"127.0.0.1:0\"\n",
-        ),
-    )
-    .unwrap();
-    let run = sidegate(&["run", "--config", inbound.to_str().unwrap()]);
-    assert_eq!(run.status.code(), Some(69));
-    assert!(
-        String::from_utf8_lossy(&run.stderr).contains("cannot run the sidecar's public_listener")
-    );
 }

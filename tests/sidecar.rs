@@ -69,13 +69,31 @@ instances = ["{instance}"]
     ))
 }
 
-/// Sends `payload`, finishes sending, and returns everything the far side answered.
-fn exchange<S: Read + Write>(mut s: S, payload: &[u8], shut: impl FnOnce(&S)) -> Vec<u8> {
-    s.write_all(payload).unwrap();
-    shut(&s);
+/// Sends `payload` from another thread while reading (an echo path would otherwise fill every
+/// buffer and stall), finishes sending, and returns everything the far side answered.
+fn exchange<S: Read + Write + Send + 'static>(
+    mut reader: S,
+    mut writer: S,
+    payload: &[u8],
+    shut: fn(&S),
+) -> Vec<u8> {
+    let payload = payload.to_vec();
+    let sending = std::thread::spawn(move || {
+        writer.write_all(&payload).unwrap();
+        shut(&writer);
+    });
     let mut got = Vec::new();
-    s.read_to_end(&mut got).unwrap();
+    reader.read_to_end(&mut got).unwrap();
+    sending.join().unwrap();
     got
+}
+
+fn shut_tcp(s: &TcpStream) {
+    s.shutdown(Shutdown::Write).unwrap();
+}
+
+fn shut_unix(s: &UnixStream) {
+    s.shutdown(Shutdown::Write).unwrap();
 }
 
 fn expected(payload: &[u8]) -> Vec<u8> {
@@ -94,7 +112,7 @@ fn local_app_reaches_the_target_over_mtls() {
     let payload: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
     let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let got = exchange(tcp, &payload, |s| s.shutdown(Shutdown::Write).unwrap());
+    let got = exchange(tcp.try_clone().unwrap(), tcp, &payload, shut_tcp);
     assert!(got == expected(&payload), "got {} bytes back", got.len());
 
     // Unix socket, with the configured mode.
@@ -106,9 +124,7 @@ fn local_app_reaches_the_target_over_mtls() {
     let unix = UnixStream::connect(&socket).unwrap();
     unix.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     assert_eq!(
-        exchange(unix, b"over a socket", |s| s
-            .shutdown(Shutdown::Write)
-            .unwrap()),
+        exchange(unix.try_clone().unwrap(), unix, b"over a socket", shut_unix),
         expected(b"over a socket")
     );
 
@@ -141,5 +157,109 @@ fn an_impostor_with_a_valid_certificate_is_refused() {
     }
     eventually("handshake failure counted", || {
         web.metrics.upstream.handshake_failures.get() == 1
+    });
+}
+
+/// A plain TCP app: echoes until its client finishes, then signs off with its name.
+fn app(name: &'static str) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.write_all(format!("app:{name}\n").as_bytes());
+            });
+        }
+    });
+    addr
+}
+
+/// db's sidecar: inbound mTLS on a loopback port, to db's app, with these intentions.
+fn db_inbound(intentions: &str) -> sidegate::proxy::Running {
+    let app = app("db");
+    start(&format!(
+        r#"
+[mesh]
+datacenter = "dc1"
+partition = "part2"
+trust_domain = "{TD}"
+[tls]
+cert_file = "{}"
+key_file = "{}"
+ca_file = "{}"
+[sidecar]
+service = "db"
+public_listener = "127.0.0.1:0"
+local_service_address = "{app}"
+{intentions}
+"#,
+        fixture("db.pem"),
+        fixture("db-key-pkcs1.pem"),
+        fixture("ca.pem"),
+    ))
+}
+
+#[test]
+fn app_to_app_through_upstream_and_inbound_listeners() {
+    let db = db_inbound("");
+    let port = dead_addr().port();
+    let socket = std::env::temp_dir().join(format!("sidegate-e2e-{}.sock", std::process::id()));
+    let web = web_sidecar(db.inbound_addr.unwrap(), port, &socket);
+    let payload: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let got = exchange(tcp.try_clone().unwrap(), tcp, &payload, shut_tcp);
+    assert!(
+        got == [&payload[..], b"app:db\n"].concat(),
+        "got {} bytes back",
+        got.len()
+    );
+    assert_eq!(db.metrics.inbound.denied.get(), 0);
+    eventually("inbound bytes counted", || {
+        db.metrics.inbound.bytes_from_mesh.get() == payload.len() as u64
+    });
+    assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
+}
+
+#[test]
+fn callers_denied_by_intentions_or_without_a_certificate_are_refused() {
+    let db = db_inbound("[sidecar.intentions]\ndefault = \"allow\"\n[[sidecar.intentions.rules]]\nsource = \"web\"\nsource_partition = \"default\"\naction = \"deny\"\n");
+    let port = dead_addr().port();
+    let socket = std::env::temp_dir().join(format!("sidegate-deny-{}.sock", std::process::id()));
+    let _web = web_sidecar(db.inbound_addr.unwrap(), port, &socket);
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let _ = tcp.write_all(b"let me in");
+    let _ = tcp.shutdown(Shutdown::Write);
+    let mut got = Vec::new();
+    let _ = tcp.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "a denied caller must get nothing from the app"
+    );
+    eventually("denial counted", || db.metrics.inbound.denied.get() == 1);
+
+    // No client certificate at all: the handshake fails and is counted.
+    let pki = Pki::new();
+    assert!(tls_connect(
+        db.inbound_addr.unwrap(),
+        "db.default.part2.dc1.internal-v1.x",
+        &pki.client_config()
+    )
+    .is_err());
+    eventually("handshake failure counted", || {
+        db.metrics.inbound.handshake_failures.get() == 1
     });
 }

@@ -9,12 +9,16 @@ use super::endpoints::EndpointSet;
 use super::mode::{via, Mode, ModeSource, Via};
 use super::names::{gateway_sni, service_sni, SpiffeId};
 use super::routes::RouteTable;
+use super::sidecar::Intentions;
 use super::sidecar::{Bind, SidecarSpec};
 use super::snapshot::{GatewaySettings, Snapshot};
+use super::Endpoint;
 use super::Place;
-use crate::tls::configs::client_config;
+use crate::tls::configs::{client_config, server_config};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
+use rustls::ServerConfig;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +26,8 @@ use std::time::Duration;
 pub struct Plan {
     /// The sidecar's upstreams; empty without a sidecar, so the JSON shape is stable.
     pub upstreams: Vec<UpstreamPlan>,
+    /// The sidecar's public listener, when it has one and an identity to serve it with.
+    pub inbound: Option<InboundPlan>,
     pub gateway: Option<GatewayPlan>,
     /// Things that are valid but probably not what the operator meant.
     pub warnings: Vec<String>,
@@ -32,6 +38,20 @@ pub struct GatewayPlan {
     #[serde(flatten)]
     pub settings: GatewaySettings,
     pub routes: RouteTable,
+}
+
+/// The inbound (public) listener: mTLS from the mesh, authorized, to the local app.
+#[derive(Debug, Serialize)]
+pub struct InboundPlan {
+    pub listen: SocketAddr,
+    pub local_service_address: Endpoint,
+    pub intentions: Intentions,
+    #[serde(skip)]
+    pub local_connect_timeout: Duration,
+    #[serde(skip)]
+    pub trust_domain: String,
+    #[serde(skip)]
+    pub tls: Arc<ServerConfig>,
 }
 
 /// One upstream as the data path dials it and `check --json` shows it (CONFIG.md).
@@ -70,6 +90,10 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         settings: settings.clone(),
         routes: gateway_routes(snapshot, &mut warnings),
     });
+    let inbound = snapshot
+        .sidecar
+        .as_ref()
+        .and_then(|sc| inbound(snapshot, sc, &mut warnings));
     let upstreams = snapshot
         .sidecar
         .iter()
@@ -77,9 +101,32 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         .collect();
     Plan {
         upstreams,
+        inbound,
         gateway,
         warnings,
     }
+}
+
+fn inbound(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) -> Option<InboundPlan> {
+    let listen = sidecar.public_listener?;
+    let tls = match s.identity.as_ref().map(|id| server_config(id)) {
+        Some(Ok(tls)) => tls,
+        Some(Err(e)) => {
+            warnings.push(format!(
+                "public_listener: cannot build its TLS configuration: {e}"
+            ));
+            return None;
+        }
+        None => return None,
+    };
+    Some(InboundPlan {
+        listen,
+        local_service_address: sidecar.local_service_address.clone(),
+        intentions: sidecar.intentions.clone(),
+        local_connect_timeout: sidecar.local_connect_timeout,
+        trust_domain: s.here.trust_domain.clone(),
+        tls,
+    })
 }
 
 fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) -> Vec<UpstreamPlan> {

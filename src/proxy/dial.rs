@@ -36,7 +36,7 @@ pub async fn connect_any<'a>(
     None
 }
 
-async fn connect_one(endpoint: &Endpoint, timeout: Duration) -> io::Result<Async<TcpStream>> {
+pub async fn connect_one(endpoint: &Endpoint, timeout: Duration) -> io::Result<Async<TcpStream>> {
     let attempt = async {
         let addr: SocketAddr = match endpoint {
             Endpoint::Addr(a) => *a,

@@ -10,50 +10,55 @@ use std::time::Duration;
 
 use smol::{Async, LocalExecutor, Timer};
 
-use super::{gateway, upstream};
+use super::upstream;
 use crate::mesh::Plan;
-use crate::metrics::{Counter, Metrics};
+use crate::metrics::{Counter, ListenerCounters, Metrics};
+use std::future::Future;
+use std::net::SocketAddr;
 
 /// How long accepting pauses when the process is out of file descriptors: long enough for
 /// connections to finish, short enough that nobody notices.
 const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 
-pub async fn gateway_accept_loop(
+/// Accepts TCP connections for one role: the connection limit first (refuse, never queue),
+/// then one task per connection running `serve`, counted as active while it lives.
+pub async fn tcp_accept_loop<F, Fut>(
     listener: Async<TcpListener>,
     ex: Rc<LocalExecutor<'static>>,
-    plan: Arc<Plan>,
     metrics: Arc<Metrics>,
-) {
+    counters: fn(&Metrics) -> ListenerCounters<'_>,
+    limit: usize,
+    serve: F,
+) where
+    F: Fn(Async<TcpStream>, SocketAddr, Arc<Metrics>) -> Fut,
+    Fut: Future<Output = ()> + 'static,
+{
     let local = listener.get_ref().local_addr().ok();
     loop {
+        let c = counters(&metrics);
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                accept_failed(&e, &metrics.gateway.accept_errors, local).await;
+                accept_failed(&e, c.accept_errors, local).await;
                 continue;
             }
         };
-        let m = &metrics.gateway;
-        m.accepted.inc();
-        let Some(gw) = plan.gateway.as_ref() else {
-            return;
-        };
-        if m.active.get() >= gw.settings.max_connections as u64 {
+        c.accepted.inc();
+        if c.active.get() >= limit as u64 {
             // Refuse rather than queue: a queue here would be unbounded memory and latency.
-            m.refused_limit.inc();
+            c.refused_limit.inc();
             crate::debug!(
-                "gateway {peer}: refused, {} connections open",
-                m.active.get()
+                "{local:?} {peer}: refused, {} connections open",
+                c.active.get()
             );
             drop(stream);
             continue;
         }
-        let active = Active::new(metrics.clone(), |m| &m.gateway.active);
-        let plan = plan.clone();
+        let active = Active::new(metrics.clone(), move |m| counters(m).active);
+        let task = serve(stream, peer, metrics.clone());
         ex.spawn(async move {
-            if let Some(gw) = plan.gateway.as_ref() {
-                gateway::serve(stream, peer, gw, &active.metrics.gateway).await;
-            }
+            let _active = active;
+            task.await;
         })
         .detach();
     }
@@ -77,19 +82,19 @@ async fn accept_failed(e: &io::Error, errors: &Counter, local: Option<std::net::
 }
 
 /// Counts a connection as active (in the counter `which` picks) for as long as it lives.
-struct Active {
+struct Active<W: Fn(&Metrics) -> &Counter> {
     metrics: Arc<Metrics>,
-    which: fn(&Metrics) -> &Counter,
+    which: W,
 }
 
-impl Active {
-    fn new(metrics: Arc<Metrics>, which: fn(&Metrics) -> &Counter) -> Self {
+impl<W: Fn(&Metrics) -> &Counter> Active<W> {
+    fn new(metrics: Arc<Metrics>, which: W) -> Self {
         which(&metrics).inc();
         Active { metrics, which }
     }
 }
 
-impl Drop for Active {
+impl<W: Fn(&Metrics) -> &Counter> Drop for Active<W> {
     fn drop(&mut self) {
         (self.which)(&self.metrics).dec();
     }

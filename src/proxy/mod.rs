@@ -3,6 +3,7 @@
 mod buffers;
 mod dial;
 mod gateway;
+mod inbound;
 mod listener;
 mod relay;
 mod tls_relay;
@@ -22,11 +23,15 @@ use crate::mesh::Plan;
 use crate::metrics::Metrics;
 use std::os::unix::net::UnixListener;
 
+/// Inbound connections held at once; more are refused at accept.
+const INBOUND_LIMIT: usize = 4096;
+
 /// A running sidegate: where it listens and how to stop it. Tests start one on port 0.
 pub struct Running {
     pub gateway_addrs: Vec<SocketAddr>,
     /// TCP upstream listeners, in plan order (Unix ones are at their paths).
     pub upstream_addrs: Vec<SocketAddr>,
+    pub inbound_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -72,6 +77,28 @@ pub fn start(plan: Plan) -> Result<Running, BindError> {
     for addr in &gateway_addrs {
         crate::info!("gateway listening on {addr}");
     }
+    let inbound_listener = match &plan.inbound {
+        Some(inb) => {
+            let l = TcpListener::bind(inb.listen)
+                .and_then(Async::new)
+                .map_err(|error| BindError {
+                    addr: inb.listen,
+                    error,
+                })?;
+            let addr = l.get_ref().local_addr().map_err(|error| BindError {
+                addr: inb.listen,
+                error,
+            })?;
+            crate::info!(
+                "inbound listening on {addr} for {}",
+                inb.local_service_address
+            );
+            Some((l, addr))
+        }
+        None => None,
+    };
+    let inbound_addr = inbound_listener.as_ref().map(|(_, a)| *a);
+    let inbound_listener = inbound_listener.map(|(l, _)| l);
     let mut upstream_listeners = Vec::new();
     let mut upstream_addrs = Vec::new();
     for (index, up) in plan.upstreams.iter().enumerate() {
@@ -102,12 +129,49 @@ pub fn start(plan: Plan) -> Result<Running, BindError> {
         .name("sidegate-loop".into())
         .spawn(move || {
             let ex = Rc::new(LocalExecutor::new());
+            let gateway_limit = plan
+                .gateway
+                .as_ref()
+                .map_or(0, |g| g.settings.max_connections);
             for l in gateway_listeners {
-                ex.spawn(listener::gateway_accept_loop(
+                let plan = plan.clone();
+                let serve = move |stream, peer, metrics: Arc<Metrics>| {
+                    let plan = plan.clone();
+                    async move {
+                        if let Some(gw) = plan.gateway.as_ref() {
+                            gateway::serve(stream, peer, gw, &metrics.gateway).await;
+                        }
+                    }
+                };
+                let m = thread_metrics.clone();
+                ex.spawn(listener::tcp_accept_loop(
                     l,
                     ex.clone(),
-                    plan.clone(),
-                    thread_metrics.clone(),
+                    m,
+                    Metrics::gateway_listener,
+                    gateway_limit,
+                    serve,
+                ))
+                .detach();
+            }
+            if let Some(l) = inbound_listener {
+                let plan = plan.clone();
+                let serve = move |stream, peer, metrics: Arc<Metrics>| {
+                    let plan = plan.clone();
+                    async move {
+                        if let Some(inb) = plan.inbound.as_ref() {
+                            inbound::serve(stream, peer, inb, &metrics.inbound).await;
+                        }
+                    }
+                };
+                let m = thread_metrics.clone();
+                ex.spawn(listener::tcp_accept_loop(
+                    l,
+                    ex.clone(),
+                    m,
+                    Metrics::inbound_listener,
+                    INBOUND_LIMIT,
+                    serve,
                 ))
                 .detach();
             }
@@ -131,6 +195,7 @@ pub fn start(plan: Plan) -> Result<Running, BindError> {
     Ok(Running {
         gateway_addrs,
         upstream_addrs,
+        inbound_addr,
         metrics,
         stop: Some(stop),
         thread: Some(thread),

@@ -19,6 +19,7 @@ const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub async fn serve<L>(local: Async<L>, up: &UpstreamPlan, m: &UpstreamMetrics)
 where
+    L: super::tls_relay::ShutdownWrite,
     for<'a> &'a L: Read,
     for<'a> &'a Async<L>: AsyncRead + AsyncWrite,
 {

@@ -1,0 +1,80 @@
+//! One inbound connection: terminate mTLS from the mesh, authorize the caller's SPIFFE ID,
+//! hand plain TCP to the local app.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use futures_rustls::TlsAcceptor;
+use smol::{future, Async, Timer};
+
+use super::tls_relay::relay_tls;
+use crate::mesh::plan::InboundPlan;
+use crate::mesh::sidecar::Action;
+use crate::mesh::Endpoint;
+use crate::metrics::InboundMetrics;
+use crate::tls::configs::caller;
+
+/// Time a caller has to complete its handshake; Consul's proxies use 10 s.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Envoy's tcp_proxy default idle timeout.
+const IDLE: Duration = Duration::from_secs(3600);
+
+pub async fn serve(
+    mesh: Async<TcpStream>,
+    peer: SocketAddr,
+    inb: &InboundPlan,
+    m: &InboundMetrics,
+) {
+    let started = Instant::now();
+    let _ = mesh.get_ref().set_nodelay(true);
+    let accept = TlsAcceptor::from(inb.tls.clone()).accept(mesh);
+    let timed_out = async {
+        Timer::after(HANDSHAKE_TIMEOUT).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "handshake timed out",
+        ))
+    };
+    let tls = match future::or(accept, timed_out).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            m.handshake_failures.inc();
+            crate::debug!("inbound {peer}: handshake failed: {e}");
+            return;
+        }
+    };
+    let Some(id) = caller(tls.get_ref().1) else {
+        m.denied.inc();
+        crate::info!("inbound {peer}: denied, client certificate has no SPIFFE service ID");
+        return;
+    };
+    let (action, why) = inb.intentions.authorize(&id, &inb.trust_domain);
+    if action == Action::Deny {
+        m.denied.inc();
+        crate::info!("inbound {peer}: denied {id} ({why})");
+        return;
+    }
+    let Some(app) = connect_local(&inb.local_service_address, inb.local_connect_timeout).await
+    else {
+        m.local_connect_failures.inc();
+        crate::warn!(
+            "inbound {peer}: local app at {} did not accept",
+            inb.local_service_address
+        );
+        return;
+    };
+    match relay_tls(&app, tls, IDLE, &m.bytes_to_mesh, &m.bytes_from_mesh).await {
+        Ok(r) => crate::debug!(
+            "inbound {peer}: {id} ({why}): {:?} after {:?}, {} bytes in, {} out",
+            r.end,
+            started.elapsed(),
+            r.b_to_a,
+            r.a_to_b
+        ),
+        Err(e) => crate::debug!("inbound {peer}: {id}: {e} after {:?}", started.elapsed()),
+    }
+}
+
+async fn connect_local(app: &Endpoint, timeout: Duration) -> Option<Async<TcpStream>> {
+    super::dial::connect_one(app, timeout).await.ok()
+}
