@@ -263,3 +263,106 @@ fn callers_denied_by_intentions_or_without_a_certificate_are_refused() {
         db.metrics.inbound.handshake_failures.get() == 1
     });
 }
+
+/// Two places, every hop a sidegate: web in dc1/default, db in dc1/part2 behind its own
+/// gateway. `local` goes web → dc1/default's gateway (LAN) → part2's gateway (WAN) → db;
+/// `remote` goes web → part2's gateway (WAN) → db. The SNI and the identity checked are db's
+/// in both: the gateways never decrypt.
+#[test]
+fn local_and_remote_modes_cross_partitions_through_gateways() {
+    let db = db_inbound("");
+    let db_in = db.inbound_addr.unwrap();
+    let part2_gw = start(&format!(
+        "[mesh]\ndatacenter = \"dc1\"\npartition = \"part2\"\ntrust_domain = \"{TD}\"\n[gateway]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[catalog.services]]\nname = \"db\"\ninstances = [\"{db_in}\"]\n"
+    ));
+    let part2_wan = part2_gw.gateway_addrs[0];
+    let local_gw = start(&format!(
+        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n[gateway]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[catalog.gateways]]\npartition = \"part2\"\nwan = [\"{part2_wan}\"]\n"
+    ));
+    let local_lan = local_gw.gateway_addrs[0];
+    let (local_port, remote_port) = (dead_addr().port(), dead_addr().port());
+    let web = start(&format!(
+        r#"
+[mesh]
+datacenter = "dc1"
+trust_domain = "{TD}"
+[tls]
+cert_file = "{}"
+key_file = "{}"
+ca_file = "{}"
+[sidecar]
+service = "web"
+[[sidecar.upstreams]]
+destination_name = "db"
+destination_partition = "part2"
+local_bind_port = {local_port}
+mesh_gateway = {{ mode = "local" }}
+[[sidecar.upstreams]]
+destination_name = "db"
+destination_partition = "part2"
+local_bind_port = {remote_port}
+mesh_gateway = {{ mode = "remote" }}
+[[catalog.gateways]]
+lan = ["{local_lan}"]
+[[catalog.gateways]]
+partition = "part2"
+wan = ["{part2_wan}"]
+"#,
+        fixture("web.pem"),
+        fixture("web-key-sec1.pem"),
+        fixture("ca.pem"),
+    ));
+
+    // local mode: 100 MB each way, intact, with half-close at the end.
+    let payload: Vec<u8> = (0..100_000_000u32).map(|i| (i % 241) as u8).collect();
+    let tcp = TcpStream::connect(("127.0.0.1", local_port)).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT * 6)).unwrap();
+    let got = exchange(tcp.try_clone().unwrap(), tcp, &payload, shut_tcp);
+    assert!(
+        got.len() == payload.len() + 7 && got[..payload.len()] == payload[..],
+        "got {} bytes",
+        got.len()
+    );
+    assert_eq!(&got[payload.len()..], b"app:db\n");
+    assert_eq!(
+        local_gw
+            .metrics
+            .gateway
+            .hello(sidegate::metrics::HelloOutcome::Routed)
+            .get(),
+        1
+    );
+    assert_eq!(
+        part2_gw
+            .metrics
+            .gateway
+            .hello(sidegate::metrics::HelloOutcome::Routed)
+            .get(),
+        1
+    );
+
+    // remote mode: straight to part2's gateway; the local gateway is not used.
+    let tcp = TcpStream::connect(("127.0.0.1", remote_port)).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let got = exchange(tcp.try_clone().unwrap(), tcp, b"remote", shut_tcp);
+    assert_eq!(got, b"remoteapp:db\n");
+    assert_eq!(
+        local_gw
+            .metrics
+            .gateway
+            .hello(sidegate::metrics::HelloOutcome::Routed)
+            .get(),
+        1
+    );
+    assert_eq!(
+        part2_gw
+            .metrics
+            .gateway
+            .hello(sidegate::metrics::HelloOutcome::Routed)
+            .get(),
+        2
+    );
+    assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
+}
