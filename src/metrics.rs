@@ -22,6 +22,16 @@ impl Metrics {
         }
     }
 
+    pub fn upstream_listener(&self) -> ListenerCounters<'_> {
+        let u = &self.upstream;
+        ListenerCounters {
+            accepted: &u.accepted,
+            active: &u.active,
+            refused_limit: &u.refused_limit,
+            accept_errors: &u.accept_errors,
+        }
+    }
+
     pub fn inbound_listener(&self) -> ListenerCounters<'_> {
         let i = &self.inbound;
         ListenerCounters {
@@ -135,6 +145,8 @@ pub struct UpstreamMetrics {
     pub bytes_to_upstream: Counter,
     pub bytes_from_upstream: Counter,
     pub accept_errors: Counter,
+    /// Refused because the connection limit was reached (no limit is configured yet).
+    pub refused_limit: Counter,
 }
 
 /// The sidecar's inbound (public) listener.

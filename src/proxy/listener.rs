@@ -30,7 +30,7 @@ pub async fn tcp_accept_loop<F, Fut>(
     limit: usize,
     serve: F,
 ) where
-    F: Fn(Async<TcpStream>, SocketAddr, Arc<Metrics>) -> Fut,
+    F: Fn(Async<TcpStream>, SocketAddr, Active) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
     let local = listener.get_ref().local_addr().ok();
@@ -54,13 +54,10 @@ pub async fn tcp_accept_loop<F, Fut>(
             drop(stream);
             continue;
         }
-        let active = Active::new(metrics.clone(), move |m| counters(m).active);
-        let task = serve(stream, peer, metrics.clone());
-        ex.spawn(async move {
-            let _active = active;
-            task.await;
-        })
-        .detach();
+        // The guard travels inside the connection's own future: wrapping that future in
+        // another one to hold the guard would lay it out twice per connection.
+        let active = Active::new(metrics.clone(), counters);
+        ex.spawn(serve(stream, peer, active)).detach();
     }
 }
 
@@ -81,22 +78,23 @@ async fn accept_failed(e: &io::Error, errors: &Counter, local: Option<std::net::
     }
 }
 
-/// Counts a connection as active (in the counter `which` picks) for as long as it lives.
-struct Active<W: Fn(&Metrics) -> &Counter> {
-    metrics: Arc<Metrics>,
-    which: W,
+/// Counts a connection as active (in its role's counters) for as long as it is held, and
+/// gives the connection its metrics.
+pub struct Active {
+    pub metrics: Arc<Metrics>,
+    counters: fn(&Metrics) -> ListenerCounters<'_>,
 }
 
-impl<W: Fn(&Metrics) -> &Counter> Active<W> {
-    fn new(metrics: Arc<Metrics>, which: W) -> Self {
-        which(&metrics).inc();
-        Active { metrics, which }
+impl Active {
+    fn new(metrics: Arc<Metrics>, counters: fn(&Metrics) -> ListenerCounters<'_>) -> Self {
+        counters(&metrics).active.inc();
+        Active { metrics, counters }
     }
 }
 
-impl<W: Fn(&Metrics) -> &Counter> Drop for Active<W> {
+impl Drop for Active {
     fn drop(&mut self) {
-        (self.which)(&self.metrics).dec();
+        (self.counters)(&self.metrics).active.dec();
     }
 }
 
@@ -126,7 +124,7 @@ pub async fn upstream_accept_loop(
             }
         };
         metrics.upstream.accepted.inc();
-        let active = Active::new(metrics.clone(), |m| &m.upstream.active);
+        let active = Active::new(metrics.clone(), Metrics::upstream_listener);
         let plan = plan.clone();
         ex.spawn(async move {
             let Some(up) = plan.upstreams.get(index) else {

@@ -135,11 +135,11 @@ pub fn start(plan: Plan) -> Result<Running, BindError> {
                 .map_or(0, |g| g.settings.max_connections);
             for l in gateway_listeners {
                 let plan = plan.clone();
-                let serve = move |stream, peer, metrics: Arc<Metrics>| {
+                let serve = move |stream, peer, active: listener::Active| {
                     let plan = plan.clone();
                     async move {
                         if let Some(gw) = plan.gateway.as_ref() {
-                            gateway::serve(stream, peer, gw, &metrics.gateway).await;
+                            gateway::serve(stream, peer, gw, &active.metrics.gateway).await;
                         }
                     }
                 };
@@ -156,11 +156,11 @@ pub fn start(plan: Plan) -> Result<Running, BindError> {
             }
             if let Some(l) = inbound_listener {
                 let plan = plan.clone();
-                let serve = move |stream, peer, metrics: Arc<Metrics>| {
+                let serve = move |stream, peer, active: listener::Active| {
                     let plan = plan.clone();
                     async move {
                         if let Some(inb) = plan.inbound.as_ref() {
-                            inbound::serve(stream, peer, inb, &metrics.inbound).await;
+                            inbound::serve(stream, peer, inb, &active.metrics.inbound).await;
                         }
                     }
                 };
