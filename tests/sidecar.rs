@@ -21,6 +21,16 @@ fn identity(cert: &str, key: &str) -> Identity {
     Identity::from_pem(&read(cert), &read(key), &read("ca.pem")).unwrap()
 }
 
+/// web's sidecar in dc1/default: where it sits and its identity.
+fn web_header() -> String {
+    format!(
+        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n[sidecar]\nservice = \"web\"",
+        fixture("web.pem"),
+        fixture("web-key-sec1.pem"),
+        fixture("ca.pem")
+    )
+}
+
 /// `db` in partition part2 of dc1, serving its real mesh leaf and requiring client certificates.
 fn db_sidecar() -> Backend {
     Backend::serve(
@@ -36,16 +46,7 @@ fn web_sidecar(
     socket: &std::path::Path,
 ) -> sidegate::proxy::Running {
     start(&format!(
-        r#"
-[mesh]
-datacenter = "dc1"
-trust_domain = "{TD}"
-[tls]
-cert_file = "{}"
-key_file = "{}"
-ca_file = "{}"
-[sidecar]
-service = "web"
+        r#"{}
 [[sidecar.upstreams]]
 destination_name = "db"
 destination_partition = "part2"
@@ -62,9 +63,7 @@ name = "db"
 partition = "part2"
 instances = ["{instance}"]
 "#,
-        fixture("web.pem"),
-        fixture("web-key-sec1.pem"),
-        fixture("ca.pem"),
+        web_header(),
         socket.display()
     ))
 }
@@ -284,16 +283,7 @@ fn local_and_remote_modes_cross_partitions_through_gateways() {
     let local_lan = local_gw.gateway_addrs[0];
     let (local_port, remote_port) = (dead_addr().port(), dead_addr().port());
     let web = start(&format!(
-        r#"
-[mesh]
-datacenter = "dc1"
-trust_domain = "{TD}"
-[tls]
-cert_file = "{}"
-key_file = "{}"
-ca_file = "{}"
-[sidecar]
-service = "web"
+        r#"{}
 [[sidecar.upstreams]]
 destination_name = "db"
 destination_partition = "part2"
@@ -310,9 +300,7 @@ lan = ["{local_lan}"]
 partition = "part2"
 wan = ["{part2_wan}"]
 "#,
-        fixture("web.pem"),
-        fixture("web-key-sec1.pem"),
-        fixture("ca.pem"),
+        web_header(),
     ));
 
     // local mode: 100 MB each way, intact, with half-close at the end.

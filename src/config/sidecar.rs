@@ -67,16 +67,8 @@ fn upstream(u: &Fields<'_>, here: Option<&Here>) -> Option<UpstreamSpec> {
     let name = u
         .required_str("destination_name")
         .filter(|v| name_ok(u, "destination_name", v));
-    let namespace = name_or(
-        u,
-        "destination_namespace",
-        here.map_or("default", |h| &h.namespace),
-    );
-    let partition = name_or(
-        u,
-        "destination_partition",
-        here.map_or("default", |h| &h.place.partition),
-    );
+    let (namespace, partition) =
+        ns_and_partition(u, "destination_namespace", "destination_partition", here);
     let datacenter = name_or(u, "datacenter", here.map_or("", |h| &h.place.datacenter));
     let bind = bind(u);
     let connect_timeout = u.millis(
@@ -93,6 +85,23 @@ fn upstream(u: &Fields<'_>, here: Option<&Here>) -> Option<UpstreamSpec> {
         connect_timeout,
         mesh_gateway: mesh_gateway?,
     })
+}
+
+/// A namespace and a partition, each defaulting to this host's as Consul does for names
+/// given without them.
+fn ns_and_partition(
+    t: &Fields<'_>,
+    ns_key: &'static str,
+    partition_key: &'static str,
+    here: Option<&Here>,
+) -> (Option<String>, Option<String>) {
+    let ns = name_or(t, ns_key, here.map_or("default", |h| &h.namespace));
+    let partition = name_or(
+        t,
+        partition_key,
+        here.map_or("default", |h| &h.place.partition),
+    );
+    (ns, partition)
 }
 
 /// `local_bind_port` (+ `local_bind_address`, default 127.0.0.1) or `local_bind_socket_path`
@@ -175,16 +184,7 @@ fn intentions(t: &Fields<'_>, here: Option<&Here>) -> Option<Intentions> {
             let source = r
                 .required_str("source")
                 .filter(|v| *v == "*" || name_ok(r, "source", v));
-            let ns = name_or(
-                r,
-                "source_namespace",
-                here.map_or("default", |h| &h.namespace),
-            );
-            let partition = name_or(
-                r,
-                "source_partition",
-                here.map_or("default", |h| &h.place.partition),
-            );
+            let (ns, partition) = ns_and_partition(r, "source_namespace", "source_partition", here);
             let act = action(r, "action").or_else(|| {
                 r.error("action", "is required: \"allow\" or \"deny\"");
                 None
