@@ -21,6 +21,14 @@ fn identity(cert: &str, key: &str) -> Identity {
     Identity::from_pem(&read(cert), &read(key), &read("ca.pem")).unwrap()
 }
 
+/// Connections a gateway has routed.
+fn routed(gw: &sidegate::proxy::Running) -> u64 {
+    gw.metrics
+        .gateway
+        .hello(sidegate::metrics::HelloOutcome::Routed)
+        .get()
+}
+
 /// web's sidecar in dc1/default: where it sits and its identity.
 fn web_header() -> String {
     format!(
@@ -314,43 +322,15 @@ wan = ["{part2_wan}"]
         got.len()
     );
     assert_eq!(&got[payload.len()..], b"app:db\n");
-    assert_eq!(
-        local_gw
-            .metrics
-            .gateway
-            .hello(sidegate::metrics::HelloOutcome::Routed)
-            .get(),
-        1
-    );
-    assert_eq!(
-        part2_gw
-            .metrics
-            .gateway
-            .hello(sidegate::metrics::HelloOutcome::Routed)
-            .get(),
-        1
-    );
+    assert_eq!(routed(&local_gw), 1);
+    assert_eq!(routed(&part2_gw), 1);
 
     // remote mode: straight to part2's gateway; the local gateway is not used.
     let tcp = TcpStream::connect(("127.0.0.1", remote_port)).unwrap();
     tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let got = exchange(tcp.try_clone().unwrap(), tcp, b"remote", shut_tcp);
     assert_eq!(got, b"remoteapp:db\n");
-    assert_eq!(
-        local_gw
-            .metrics
-            .gateway
-            .hello(sidegate::metrics::HelloOutcome::Routed)
-            .get(),
-        1
-    );
-    assert_eq!(
-        part2_gw
-            .metrics
-            .gateway
-            .hello(sidegate::metrics::HelloOutcome::Routed)
-            .get(),
-        2
-    );
+    assert_eq!(routed(&local_gw), 1);
+    assert_eq!(routed(&part2_gw), 2);
     assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
 }

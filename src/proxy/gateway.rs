@@ -11,11 +11,22 @@ use smol::{future, Async, Timer};
 use super::buffers::HelloBuf;
 use super::dial;
 use super::relay::{relay, RelayEnd, Relayed};
+use std::sync::Arc;
+
+use super::listener::Active;
 use crate::mesh::plan::GatewayPlan;
 use crate::mesh::routes::Route;
 use crate::mesh::Endpoint;
+use crate::mesh::Plan;
 use crate::metrics::{GatewayMetrics, HelloOutcome};
 use crate::sni::{self, Hello, ServerName};
+
+/// The gateway listener's entry: the plan the connection was accepted under, kept to its end.
+pub async fn accept(plan: Arc<Plan>, client: Async<TcpStream>, peer: SocketAddr, active: Active) {
+    if let Some(role) = plan.gateway.as_ref() {
+        serve(client, peer, role, &active.metrics.gateway).await;
+    }
+}
 
 pub async fn serve(
     client: Async<TcpStream>,

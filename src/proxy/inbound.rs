@@ -8,9 +8,13 @@ use futures_rustls::TlsAcceptor;
 use smol::{future, Async, Timer};
 
 use super::tls_relay::relay_tls;
+use std::sync::Arc;
+
+use super::listener::Active;
 use crate::mesh::plan::InboundPlan;
 use crate::mesh::sidecar::Action;
 use crate::mesh::Endpoint;
+use crate::mesh::Plan;
 use crate::metrics::InboundMetrics;
 use crate::tls::configs::caller;
 
@@ -18,6 +22,13 @@ use crate::tls::configs::caller;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Envoy's tcp_proxy default idle timeout.
 const IDLE: Duration = Duration::from_secs(3600);
+
+/// The inbound listener's entry: the plan the connection was accepted under, kept to its end.
+pub async fn accept(plan: Arc<Plan>, mesh: Async<TcpStream>, peer: SocketAddr, active: Active) {
+    if let Some(role) = plan.inbound.as_ref() {
+        serve(mesh, peer, role, &active.metrics.inbound).await;
+    }
+}
 
 pub async fn serve(
     mesh: Async<TcpStream>,

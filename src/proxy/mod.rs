@@ -135,35 +135,22 @@ pub fn start(plan: Plan) -> Result<Running, BindError> {
                 .map_or(0, |g| g.settings.max_connections);
             for l in gateway_listeners {
                 let plan = plan.clone();
-                let serve = move |stream, peer, active: listener::Active| {
-                    let plan = plan.clone();
-                    async move {
-                        if let Some(gw) = plan.gateway.as_ref() {
-                            gateway::serve(stream, peer, gw, &active.metrics.gateway).await;
-                        }
-                    }
-                };
+                let serve = move |s, peer, active| gateway::accept(plan.clone(), s, peer, active);
                 let m = thread_metrics.clone();
+                let limit = gateway_limit;
                 ex.spawn(listener::tcp_accept_loop(
                     l,
                     ex.clone(),
                     m,
                     Metrics::gateway_listener,
-                    gateway_limit,
+                    limit,
                     serve,
                 ))
                 .detach();
             }
             if let Some(l) = inbound_listener {
                 let plan = plan.clone();
-                let serve = move |stream, peer, active: listener::Active| {
-                    let plan = plan.clone();
-                    async move {
-                        if let Some(inb) = plan.inbound.as_ref() {
-                            inbound::serve(stream, peer, inb, &active.metrics.inbound).await;
-                        }
-                    }
-                };
+                let serve = move |s, peer, active| inbound::accept(plan.clone(), s, peer, active);
                 let m = thread_metrics.clone();
                 ex.spawn(listener::tcp_accept_loop(
                     l,
