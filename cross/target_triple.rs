@@ -3,4 +3,7 @@
 fn main() {
     let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".into());
     println!("cargo:rustc-env=SIDEGATE_TARGET={target}");
+    // Only this file matters (TARGET is fixed per build); without the line cargo reruns the
+    // script, and recompiles the crate, whenever any file of the package changes.
+    println!("cargo:rerun-if-changed=cross/target_triple.rs");
 }
