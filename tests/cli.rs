@@ -2,16 +2,15 @@
 //! files get every error with its key path and exit 78, `explain` says why.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 
 fn sidegate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sidegate"))
-        .args(args)
-        .output()
-        .unwrap()
+    common::sidegate_command().args(args).output().unwrap()
 }
 
 fn fixtures() -> String {

@@ -231,11 +231,43 @@ impl Drop for Child {
     }
 }
 
+/// The `sidegate` binary as a command. When the tests run under emulation (cross/test.sh), the
+/// binary is built for another architecture that the kernel cannot exec without binfmt_misc
+/// (absent in containers and CI), so it is started through the runner cargo itself uses for
+/// this target: `CARGO_TARGET_<TRIPLE>_RUNNER`, inherited from the environment.
+pub fn sidegate_command() -> std::process::Command {
+    command_for(std::path::Path::new(env!("CARGO_BIN_EXE_sidegate")))
+}
+
+/// A command running `bin`, a program built for the tests' target, through that target's
+/// runner when one is set.
+pub fn command_for(bin: &std::path::Path) -> std::process::Command {
+    let runner = runner().unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let Some(program) = words.next() else {
+        return std::process::Command::new(bin);
+    };
+    let mut command = std::process::Command::new(program);
+    command.args(words).arg(bin);
+    command
+}
+
+/// The runner (emulator) of the tests' target, when they run under one.
+pub fn runner() -> Option<String> {
+    let var = format!(
+        "CARGO_TARGET_{}_RUNNER",
+        env!("SIDEGATE_TARGET")
+            .replace(['-', '.'], "_")
+            .to_uppercase()
+    );
+    std::env::var(var).ok().filter(|r| !r.trim().is_empty())
+}
+
 /// Runs the real binary on a config file and waits until it says every gateway listener is
 /// bound (it logs `gateway listening on ADDR` once per listener).
 pub fn run_binary(config: &std::path::Path, listeners: usize) -> Child {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidegate"))
+    let mut child = sidegate_command()
         .args(["run", "--config"])
         .arg(config)
         .stderr(std::process::Stdio::piped())

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite for other architectures, run under qemu-user:
+#
+#   cross/test.sh [TRIPLE...]     default: aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf
+#
+# Unit and integration tests run as ARM programs on emulated board CPUs (cortex-a53,
+# cortex-a7); the end-to-end tests start the ARM `sidegate` binary through the same runner
+# (tests/common: sidegate_command) and call the host's openssl and curl as they do natively.
+# Built with the `emulated` profile (Cargo.toml): optimized, debug assertions and overflow
+# checks kept. Then the memory budget tests measure the target's release binary (cross/build.sh) under the
+# emulator and report its share (tests/budgets.rs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source cross/targets.sh
+
+targets=("$@")
+((${#targets[@]})) || targets=(aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf)
+
+cross/build.sh "${targets[@]}"
+for target in "${targets[@]}"; do
+    (
+        cross_env "$target"
+        test=("${CARGO[@]}" test --locked --profile emulated --target "$target"
+            ${ZFLAGS[@]+"${ZFLAGS[@]}"})
+        start=$SECONDS
+        "${test[@]}" --no-run
+        built=$SECONDS
+        "${test[@]}"
+        SIDEGATE_BUDGET_BINARY="$(cross_binary "$target")" \
+            "${test[@]}" --test budgets -- --ignored --nocapture
+        echo "cross: $target tests built in $((built - start)) s, ran in $((SECONDS - built)) s" >&2
+    )
+done
