@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The amd64 package as an operator meets it, installed by dpkg into a scratch root (never this
+# machine's own): files, modes and owners, the conffile, the shipped configuration valid, and the
+# maintainer scripts on install, reinstall, remove and purge. dpkg runs the scripts outside a
+# chroot with DPKG_ROOT set (--force-script-chrootless), as image builders do; a systemctl that
+# fails the test if called proves they leave the host's systemd alone there.
+#
+#   tests/deb.sh [PACKAGE.deb]     default: $CARGO_TARGET_DIR/deb/sidegate_<version>_amd64.deb
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)"
+deb="${1:-${CARGO_TARGET_DIR:-target}/deb/sidegate_${version}_amd64.deb}"
+[ -f "$deb" ] || { echo "deb: $deb missing (cross/deb.sh builds it)" >&2; exit 1; }
+
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+root="$scratch/root"
+mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates" "$root/var/log" "$scratch/bin"
+touch "$root/var/lib/dpkg/status"
+printf '#!/bin/sh\necho "systemctl $*" >>"%s/systemctl.calls"\nexit 1\n' "$scratch" >"$scratch/bin/systemctl"
+chmod +x "$scratch/bin/systemctl"
+
+fakeroot=()
+if [ "$(id -u)" -ne 0 ]; then
+    # dpkg sets owners and modes; as a user it needs fakeroot to pretend.
+    command -v fakeroot >/dev/null || (source cross/targets.sh && cross_apt fakeroot)
+    fakeroot=(fakeroot)
+fi
+dpkg_in_root() {
+    PATH="$scratch/bin:$PATH" "${fakeroot[@]}" dpkg --root="$root" --log="$root/var/log/dpkg.log" \
+        --force-script-chrootless --force-not-root "$@"
+}
+fails=0
+check() { # description, command...
+    local what="$1"
+    shift
+    if "$@"; then echo "deb: ok: $what"; else echo "deb: FAILED: $what" >&2; fails=1; fi
+}
+not() { ! "$@"; }
+mode_owner() { [ "$(stat -c '%a %U:%G' "$root/$1")" = "$2" ]; }
+status() { dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${db:Status-Abbrev}' sidegate 2>/dev/null; }
+
+echo "deb: installing $deb into $root"
+dpkg_in_root -i "$deb" >"$scratch/install.out"
+owner="root:root"
+[ "$(id -u)" -eq 0 ] || owner="$(id -un):$(id -gn)" # fakeroot's files end up ours
+check "installed" [ "$(status)" = "ii " ]
+check "/usr/bin/sidegate 0755" mode_owner usr/bin/sidegate "755 $owner"
+check "unit 0644" mode_owner usr/lib/systemd/system/sidegate.service "644 $owner"
+check "config 0644" mode_owner etc/sidegate/sidegate.toml "644 $owner"
+check "state dir 0750" mode_owner var/lib/sidegate "750 $owner"
+check "binary is the static x86_64 musl build" \
+    grep -q x86_64-unknown-linux-musl <("$root/usr/bin/sidegate" --version)
+valid() { "$root/usr/bin/sidegate" check --config "$1" >/dev/null; }
+check "shipped configuration is valid" valid "$root/etc/sidegate/sidegate.toml"
+check "unit runs the binary on the shipped configuration" grep -qx \
+    'ExecStart=/usr/bin/sidegate run --config /etc/sidegate/sidegate.toml' \
+    "$root/usr/lib/systemd/system/sidegate.service"
+check "config is a conffile" grep -q /etc/sidegate/sidegate.toml \
+    <(dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Conffiles}' sidegate)
+check "no dependencies (static binary)" [ -z "$(dpkg-deb -f "$deb" Depends Pre-Depends)" ]
+check "postinst tells what to do on first install" grep -q "systemctl enable --now" "$scratch/install.out"
+
+# An operator's edits and state survive a reinstall (postinst configure with the old version).
+echo "# edited" >>"$root/etc/sidegate/sidegate.toml"
+mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+ln -s /usr/lib/systemd/system/sidegate.service "$root/etc/systemd/system/multi-user.target.wants/"
+echo state >"$root/var/lib/sidegate/last-known-good.json"
+dpkg_in_root --force-confold -i "$deb" >"$scratch/reinstall.out"
+check "reinstalled" [ "$(status)" = "ii " ]
+check "reinstall keeps the edited conffile" grep -qx "# edited" "$root/etc/sidegate/sidegate.toml"
+check "reinstall prints no first-install note" not grep -q "systemctl enable" "$scratch/reinstall.out"
+
+dpkg_in_root -r sidegate >/dev/null
+check "removed" [ "$(status)" = "rc " ]
+check "remove takes the binary" [ ! -e "$root/usr/bin/sidegate" ]
+check "remove takes the unit" [ ! -e "$root/usr/lib/systemd/system/sidegate.service" ]
+check "remove keeps the configuration" [ -f "$root/etc/sidegate/sidegate.toml" ]
+check "remove keeps the state" [ -f "$root/var/lib/sidegate/last-known-good.json" ]
+
+dpkg_in_root -P sidegate >/dev/null
+check "purged" [ -z "$(status)" ]
+check "purge takes the configuration" [ ! -e "$root/etc/sidegate/sidegate.toml" ]
+check "purge takes the state" [ ! -e "$root/var/lib/sidegate" ]
+check "purge takes the enablement link" \
+    [ ! -L "$root/etc/systemd/system/multi-user.target.wants/sidegate.service" ]
+
+check "maintainer scripts never called systemctl in another root" [ ! -e "$scratch/systemctl.calls" ]
+for script in cross/deb/postinst cross/deb/prerm cross/deb/postrm; do
+    check "$script is POSIX sh" sh -n "$script"
+done
+exit $fails
