@@ -1,7 +1,8 @@
 //! Logging to stderr, shaped for journald when systemd runs us and for people otherwise.
 //!
-//! Under systemd (`JOURNAL_STREAM` set) each line starts with a `<N>` syslog priority and has
-//! no timestamp (the journal adds its own); elsewhere lines carry a UTC timestamp and level.
+//! Under systemd (stderr is the stream `JOURNAL_STREAM` names) each line starts with a `<N>`
+//! syslog priority and has no timestamp (the journal adds its own); elsewhere lines carry an
+//! RFC 3339 UTC timestamp and the level.
 
 use std::fmt;
 use std::io::Write;
@@ -49,20 +50,55 @@ impl Level {
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 static JOURNAL: AtomicBool = AtomicBool::new(false);
+/// `SIDEGATE_LOG` set a level, which the configuration file then does not override.
+static FROM_ENV: AtomicBool = AtomicBool::new(false);
 
 /// Reads `SIDEGATE_LOG` (error, warn, info, debug) and `JOURNAL_STREAM`.
 pub fn init_from_env() {
-    if let Some(level) = std::env::var("SIDEGATE_LOG")
-        .ok()
-        .as_deref()
-        .and_then(Level::parse)
-    {
-        set_level(level);
+    JOURNAL.store(stderr_is_journal(), Ordering::Relaxed);
+    if let Ok(value) = std::env::var("SIDEGATE_LOG") {
+        match Level::parse(&value) {
+            Some(level) => {
+                set_level(level);
+                FROM_ENV.store(true, Ordering::Relaxed);
+            }
+            None => crate::warn!(
+                "SIDEGATE_LOG={value:?} is not one of error, warn, info, debug; ignoring it"
+            ),
+        }
     }
-    JOURNAL.store(
-        std::env::var_os("JOURNAL_STREAM").is_some(),
-        Ordering::Relaxed,
-    );
+}
+
+/// Applies the configuration file's `[log] level` (info when absent), unless `SIDEGATE_LOG`
+/// chose one: the environment is how an operator turns on debug for one run without editing
+/// the file.
+pub fn configure(level: Option<Level>) {
+    if !FROM_ENV.load(Ordering::Relaxed) {
+        set_level(level.unwrap_or(Level::Info));
+    }
+}
+
+/// systemd sets `JOURNAL_STREAM=<dev>:<inode>` for the stream it connected to stdout/stderr.
+/// It is inherited by anything we might be started from, so the prefixes are used only when
+/// stderr is still that very stream (sd_journal_stream_fd(3) recommends the same check).
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata());
+    match (stderr, dev.parse::<u64>(), ino.parse::<u64>()) {
+        (Ok(meta), Ok(dev), Ok(ino)) => meta.dev() == dev && meta.ino() == ino,
+        _ => false,
+    }
 }
 
 pub fn set_level(level: Level) {

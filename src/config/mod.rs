@@ -3,6 +3,7 @@
 //! Contract: `CONFIG.md` in the shared docs. Key names are Consul's own.
 
 mod fields;
+mod operations;
 mod sections;
 mod sidecar;
 mod tls;
@@ -12,6 +13,7 @@ use std::path::Path;
 
 pub use fields::ConfigError;
 use fields::{Errors, Fields};
+pub use operations::Operations;
 
 use crate::mesh::config_entries::ConfigEntries;
 use crate::mesh::snapshot::{Catalog, Snapshot};
@@ -20,6 +22,8 @@ use crate::mesh::snapshot::{Catalog, Snapshot};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub snapshot: Snapshot,
+    /// `[admin]`, `[shutdown]`, `[log]`.
+    pub operations: Operations,
 }
 
 /// Everything wrong with a file, or why it could not be read at all.
@@ -92,6 +96,7 @@ fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
         .map_or(Some(ConfigEntries::default()), |c| {
             sidecar::config_entries(&c)
         });
+    let operations = operations::operations(&root);
     let identity = root.table("tls").and_then(|t| tls::identity(&t, base));
     if table.contains_key("sidecar") && !table.contains_key("tls") {
         root.error("tls", "is required with [sidecar]: cert_file, key_file and ca_file of this service's identity");
@@ -112,8 +117,8 @@ fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
         None => Catalog::default(),
     };
     root.finish();
-    match here {
-        Some(here) if errs.is_empty() => Ok(Config {
+    match (here, operations) {
+        (Some(here), Some(operations)) if errs.is_empty() => Ok(Config {
             snapshot: Snapshot {
                 here,
                 identity,
@@ -122,6 +127,7 @@ fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
                 config_entries: config_entries.unwrap_or_default(),
                 catalog,
             },
+            operations,
         }),
         _ => Err(errs.into_vec()),
     }

@@ -82,6 +82,9 @@ pub struct UpstreamPlan {
     /// mTLS to this upstream: our leaf, and exactly `spiffe_id` required of the server.
     #[serde(skip)]
     pub tls: Option<Arc<ClientConfig>>,
+    /// This upstream's connections and bytes; `Metrics::adopt` shares them across reloads.
+    #[serde(skip)]
+    pub stats: Arc<crate::metrics::ConnStats>,
 }
 
 pub fn plan(snapshot: &Snapshot) -> Plan {
@@ -191,6 +194,7 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
             connect_timeout: u.connect_timeout,
             server_name: ServerName::try_from(sni).ok(),
             tls,
+            stats: Arc::default(),
         });
     }
     out
