@@ -10,16 +10,6 @@ use std::os::unix::net::UnixStream;
 
 use common::*;
 use sidegate::tls::configs::server_config;
-use sidegate::tls::Identity;
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn identity(cert: &str, key: &str) -> Identity {
-    let read = |n: &str| std::fs::read(fixture(n)).unwrap();
-    Identity::from_pem(&read(cert), &read(key), &read("ca.pem")).unwrap()
-}
 
 /// Connections a gateway has routed.
 fn routed(gw: &sidegate::proxy::Running) -> u64 {
@@ -165,32 +155,6 @@ fn an_impostor_with_a_valid_certificate_is_refused() {
     eventually("handshake failure counted", || {
         web.metrics.upstream.handshake_failures.get() == 1
     });
-}
-
-/// A plain TCP app: echoes until its client finishes, then signs off with its name.
-fn app(name: &'static str) -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.write_all(format!("app:{name}\n").as_bytes());
-            });
-        }
-    });
-    addr
 }
 
 /// db's sidecar: inbound mTLS on a loopback port, to db's app, with these intentions.
