@@ -46,6 +46,7 @@ pub struct InboundPlan {
     pub listen: SocketAddr,
     pub local_service_address: Endpoint,
     pub intentions: Intentions,
+    pub max_connections: usize,
     #[serde(skip)]
     pub local_connect_timeout: Duration,
     #[serde(skip)]
@@ -71,6 +72,7 @@ pub struct UpstreamPlan {
     pub dial: EndpointSet,
     #[serde(flatten)]
     pub via: Via,
+    pub max_connections: usize,
     /// Where the local app connects.
     #[serde(skip)]
     pub listen: Bind,
@@ -123,6 +125,7 @@ fn inbound(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) -> O
         listen,
         local_service_address: sidecar.local_service_address.clone(),
         intentions: sidecar.intentions.clone(),
+        max_connections: sidecar.max_connections,
         local_connect_timeout: sidecar.local_connect_timeout,
         trust_domain: s.here.trust_domain.clone(),
         tls,
@@ -187,6 +190,7 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
             spiffe_id: spiffe_id.to_string(),
             dial: EndpointSet::new(dial),
             via,
+            max_connections: u.max_connections,
             listen: u.bind.clone(),
             connect_timeout: u.connect_timeout,
             server_name: ServerName::try_from(sni).ok(),
