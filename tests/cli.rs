@@ -560,3 +560,20 @@ fn example_sidecar_resolves_its_upstreams() {
     );
     assert!(plan["gateway"].is_null());
 }
+
+/// Plain `check` of a sidecar shows what it would serve: each upstream listener with its
+/// mode and where it dials, and the inbound listener.
+#[test]
+fn check_text_lists_the_sidecar_listeners() {
+    let out = sidegate(&["check", "--config", &example("sidecar.toml")]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        format!("upstream 127.0.0.1:9191 -> db.default.dc1.internal.{TD} mode local (proxy_defaults) dial 127.0.0.1:21000, 127.0.0.1:21001"),
+        format!("upstream 127.0.0.1:9192 -> api.default.dc2.internal.{TD} mode local (proxy_defaults) dial 127.0.0.1:8443"),
+        format!("upstream unix:/tmp/sidegate-web-search.sock -> search.default.dc2.internal.{TD} mode none (upstream_config_override) dial 127.0.0.1:22000"),
+        "inbound listen 127.0.0.1:21002 -> 127.0.0.1:8080, intentions: default deny, 2 rules".to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+    }
+}
