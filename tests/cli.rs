@@ -2,10 +2,12 @@
 //! files get every error with its key path and exit 78, `explain` says why.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::sidecars::check_json_clean;
+use common::TD;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 
 fn sidegate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sidegate"))
@@ -441,27 +443,6 @@ type Upstream<'a> = (
     &'a str,
     Vec<&'a str>,
 );
-
-/// `check --json` of `path`, run from `cwd`: it must succeed without a warning.
-fn check_json_clean(path: &Path, cwd: &Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sidegate"))
-        .args(["check", "--json", "--config"])
-        .arg(path)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "warnings: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn assert_upstreams(plan: &serde_json::Value, expected: &[Upstream]) {
     let ups = plan["upstreams"].as_array().unwrap();

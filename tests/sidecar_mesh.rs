@@ -10,7 +10,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::apps::{answer_after_eof, app, echo_intact, half_close_exchange};
-use common::sidecars::{routed, Service, API, DB, WEB};
+use common::sidecars::{check_json_clean, routed, Service, API, DB, WEB};
 use common::*;
 use sidegate::proxy::Running;
 
@@ -269,22 +269,7 @@ fn check_json_dials_the_mesh_that_was_started() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("web.toml");
     std::fs::write(&path, &mesh.web_toml).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidegate"))
-        .args(["check", "--json", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = check_json_clean(&path, &dir);
     let ups = plan["upstreams"].as_array().unwrap();
     let (api_in, db_in) = (
         mesh.api.inbound_addr.unwrap(),

@@ -96,3 +96,24 @@ pub fn routed(gw: &Running) -> u64 {
         .hello(sidegate::metrics::HelloOutcome::Routed)
         .get()
 }
+
+/// `check --json` of `path`, run from `cwd`: it must succeed without a warning.
+pub fn check_json_clean(path: &std::path::Path, cwd: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidegate"))
+        .args(["check", "--json", "--config"])
+        .arg(path)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "warnings: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
