@@ -85,7 +85,13 @@ impl Mesh {
         );
         for target in [API, DB] {
             for mode in MODES {
-                let port = dead_addr().port();
+                // Six free ports, distinct (two upstreams on one port is a config error).
+                let port = loop {
+                    let p = dead_addr().port();
+                    if ports.iter().all(|(_, _, q)| *q != p) {
+                        break p;
+                    }
+                };
                 let place = if target.dc == WEB.dc {
                     format!("destination_partition = \"{}\"", target.partition)
                 } else {
