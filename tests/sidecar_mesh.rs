@@ -10,7 +10,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::apps::{answer_after_eof, app, echo_intact, half_close_exchange};
-use common::sidecars::{check_json_clean, routed, Service, API, DB, WEB};
+use common::sidecars::{check_json_clean, routed, start_on_free_ports, Service, API, DB, WEB};
 use common::*;
 use sidegate::proxy::Running;
 
@@ -69,49 +69,36 @@ impl Mesh {
             "",
         ));
         let dc1_lan = gw_dc1.gateway_addrs[0];
-        let mut ports = Vec::new();
-        let mut web_toml = format!(
-            // Modes come from three levels: the upstream's own, the proxy's (api's `local`),
-            // and web's service-defaults override for db (db's `remote`).
-            "{}\nmesh_gateway = {{ mode = \"local\" }}\n\
-             [config_entries.service_defaults.web]\n\
-             upstream_config = {{ overrides = [ {{ name = \"db\", mesh_gateway = {{ mode = \"remote\" }} }} ] }}\n\
-             [[catalog.services]]\nname = \"api\"\ndatacenter = \"dc2\"\ninstances = [\"{api_in}\"]\n\
-             [[catalog.services]]\nname = \"db\"\npartition = \"part2\"\ninstances = [\"{db_in}\"]\n\
-             [[catalog.gateways]]\nlan = [\"{dc1_lan}\"]\nwan = [\"{nowhere}\"]\n\
-             [[catalog.gateways]]\ndatacenter = \"dc2\"\nlan = [\"{nowhere}\"]\nwan = [\"{dc2_wan}\"]\n\
-             [[catalog.gateways]]\npartition = \"part2\"\nlan = [\"{nowhere}\"]\nwan = [\"{part2_wan}\"]\n",
-            WEB.header()
-        );
-        for target in [API, DB] {
-            for mode in MODES {
-                // Six free ports, distinct (two upstreams on one port is a config error).
-                let port = loop {
-                    let p = dead_addr().port();
-                    if ports.iter().all(|(_, _, q)| *q != p) {
-                        break p;
-                    }
-                };
-                let place = if target.dc == WEB.dc {
-                    format!("destination_partition = \"{}\"", target.partition)
-                } else {
-                    format!("datacenter = \"{}\"", target.dc)
-                };
-                let inherited =
-                    (target == API && mode == "local") || (target == DB && mode == "remote");
-                let own_mode = if inherited {
-                    String::new()
-                } else {
-                    format!("mesh_gateway = {{ mode = \"{mode}\" }}")
-                };
-                web_toml += &format!(
-                    "[[sidecar.upstreams]]\ndestination_name = \"{}\"\n{place}\nlocal_bind_port = {port}\n{own_mode}\n",
-                    target.name
-                );
-                ports.push((target.name, mode, port));
+        let (web, web_toml, ports) = start_on_free_ports(|| {
+            let mut ports = Vec::new();
+            let mut web_toml = format!(
+                // Modes come from three levels: the upstream's own, the proxy's (api's
+                // `local`), and web's service-defaults override for db (db's `remote`).
+                "{}\nmesh_gateway = {{ mode = \"local\" }}\n\
+                 [config_entries.service_defaults.web]\n\
+                 upstream_config = {{ overrides = [ {{ name = \"db\", mesh_gateway = {{ mode = \"remote\" }} }} ] }}\n\
+                 [[catalog.services]]\nname = \"api\"\ndatacenter = \"dc2\"\ninstances = [\"{api_in}\"]\n\
+                 [[catalog.services]]\nname = \"db\"\npartition = \"part2\"\ninstances = [\"{db_in}\"]\n\
+                 [[catalog.gateways]]\nlan = [\"{dc1_lan}\"]\nwan = [\"{nowhere}\"]\n\
+                 [[catalog.gateways]]\ndatacenter = \"dc2\"\nlan = [\"{nowhere}\"]\nwan = [\"{dc2_wan}\"]\n\
+                 [[catalog.gateways]]\npartition = \"part2\"\nlan = [\"{nowhere}\"]\nwan = [\"{part2_wan}\"]\n",
+                WEB.header()
+            );
+            for target in [API, DB] {
+                for mode in MODES {
+                    // Six free ports, distinct (two upstreams on one port is a config error).
+                    let port = loop {
+                        let p = dead_addr().port();
+                        if ports.iter().all(|(_, _, q)| *q != p) {
+                            break p;
+                        }
+                    };
+                    web_toml += &upstream_toml(target, mode, port);
+                    ports.push((target.name, mode, port));
+                }
             }
-        }
-        let web = start(&web_toml);
+            (web_toml, ports)
+        });
         Mesh {
             web_toml,
             ports,
@@ -193,6 +180,26 @@ impl Mesh {
         }
         assert_eq!(self.seen(), want, "route of {} in mode {mode}", target.name);
     }
+}
+
+/// One of web's upstreams: to `target` on `port`, in `mode` set on the upstream itself, except
+/// api's `local` (from the proxy level) and db's `remote` (from web's service-defaults).
+fn upstream_toml(target: Service, mode: &str, port: u16) -> String {
+    let place = if target.dc == WEB.dc {
+        format!("destination_partition = \"{}\"", target.partition)
+    } else {
+        format!("datacenter = \"{}\"", target.dc)
+    };
+    let inherited = (target == API && mode == "local") || (target == DB && mode == "remote");
+    let own_mode = if inherited {
+        String::new()
+    } else {
+        format!("mesh_gateway = {{ mode = \"{mode}\" }}")
+    };
+    format!(
+        "[[sidecar.upstreams]]\ndestination_name = \"{}\"\n{place}\nlocal_bind_port = {port}\n{own_mode}\n",
+        target.name
+    )
 }
 
 /// The gateway of `svc`'s place, in front of its one instance.

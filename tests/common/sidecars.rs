@@ -117,3 +117,21 @@ pub fn check_json_clean(path: &std::path::Path, cwd: &std::path::Path) -> serde_
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Starts sidegate from a configuration naming fixed local ports (`local_bind_port` cannot
+/// be 0): `config` gives a text with ports it just found free, and extra data for the test.
+/// A free port can still be taken before sidegate binds it (as the local end of any test's
+/// outgoing connection), so on "address in use" the text is made again with other ports.
+pub fn start_on_free_ports<T>(config: impl Fn() -> (String, T)) -> (Running, String, T) {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let (toml, extra) = config();
+        let parsed = sidegate::config::parse(&toml).unwrap_or_else(|e| panic!("config: {e:?}"));
+        match sidegate::proxy::start(sidegate::mesh::plan(&parsed.snapshot)) {
+            Ok(running) => return (running, toml, extra),
+            Err(e) if e.error.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("no free local ports in {ATTEMPTS} attempts")
+}
