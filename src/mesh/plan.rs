@@ -260,26 +260,58 @@ fn gateway_routes(s: &Snapshot, warnings: &mut Vec<String>) -> RouteTable {
 pub fn describe(plan: &Plan) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    for u in &plan.upstreams {
+        let _ = writeln!(
+            out,
+            "upstream {} -> {} mode {} ({}) dial {}",
+            u.bind,
+            u.sni,
+            label(&u.mode),
+            label(&u.mode_source),
+            list(&u.dial)
+        );
+    }
+    if let Some(inb) = &plan.inbound {
+        let _ = writeln!(
+            out,
+            "inbound listen {} -> {}, intentions: default {}, {} rules",
+            inb.listen,
+            inb.local_service_address,
+            label(&inb.intentions.default),
+            inb.intentions.rules.len()
+        );
+    }
     if let Some(gw) = &plan.gateway {
         for addr in &gw.settings.listen {
             let _ = writeln!(out, "gateway listen {addr}");
         }
         for r in gw.routes.routes() {
-            let eps: Vec<String> = r
-                .endpoints
-                .as_slice()
-                .iter()
-                .map(ToString::to_string)
-                .collect();
             let _ = writeln!(
                 out,
                 "  {:<60} {:?} -> {} ({})",
                 r.pattern,
                 r.kind,
-                eps.join(", "),
+                list(&r.endpoints),
                 r.target
             );
         }
     }
     out
+}
+
+fn list(endpoints: &EndpointSet) -> String {
+    let eps: Vec<String> = endpoints
+        .as_slice()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    eps.join(", ")
+}
+
+/// A value's name as `check --json` spells it, so text and JSON say the same.
+fn label<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
 }
