@@ -192,7 +192,7 @@ pub struct Metrics {
     pub routes: Family<ConnStats>,
     /// Per sidecar upstream: `upstream` (destination name) and `bind`.
     pub upstreams: Family<ConnStats>,
-    pub reloads: Reloads,
+    pub reloads: ReloadMetrics,
     pub consul: ConsulMetrics,
 }
 
@@ -205,7 +205,7 @@ impl Default for Metrics {
             listeners: Family::new(&["role", "listener"]),
             routes: Family::new(&["route"]),
             upstreams: Family::new(&["upstream", "bind"]),
-            reloads: Reloads::default(),
+            reloads: ReloadMetrics::default(),
             consul: ConsulMetrics::default(),
         }
     }
@@ -234,9 +234,9 @@ impl Metrics {
     }
 }
 
-/// `SIGHUP` reloads.
+/// Swaps of the running plan (SIGHUP, new Consul state).
 #[derive(Debug, Default)]
-pub struct Reloads {
+pub struct ReloadMetrics {
     pub ok: Counter,
     /// The file was unreadable or invalid, or a new listener could not be bound; the running
     /// configuration was kept.

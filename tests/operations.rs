@@ -9,6 +9,8 @@ mod ops;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::apps::app;
+use common::sidecars::{fixture, Service, DB, WEB};
 use common::*;
 use ops::*;
 use rustix::process::Signal;
@@ -31,10 +33,7 @@ impl World {
     fn new(name: &str) -> World {
         let pki = Pki::new();
         let api = Backend::start(&pki, &service_sni("api", "dc1"));
-        let db = Backend::serve(
-            server_config(&identity("db.pem", "db-key-pkcs1.pem")).unwrap(),
-            "db",
-        );
+        let db = Backend::serve(server_config(&DB.identity()).unwrap(), "db");
         World {
             scratch: Scratch::new(name),
             pki,
@@ -113,12 +112,12 @@ listen = "127.0.0.1:0"
 /// A mesh caller of web's inbound listener: db's leaf as client certificate, web's identity
 /// required of the server.
 fn mesh_caller(inbound: SocketAddr) -> std::io::Result<Live> {
-    caller_as(inbound, "db.pem", "db-key-pkcs1.pem")
+    caller_as(inbound, DB)
 }
 
-fn caller_as(inbound: SocketAddr, cert: &str, key: &str) -> std::io::Result<Live> {
+fn caller_as(inbound: SocketAddr, caller: Service) -> std::io::Result<Live> {
     let web = SpiffeId::service(TD, "default", "default", "dc1", "web");
-    let cfg = client_config(&identity(cert, key), &web).unwrap();
+    let cfg = client_config(&caller.identity(), &web).unwrap();
     tls_connect(inbound, &format!("web.default.dc1.internal.{TD}"), &cfg).map(Live::Tls)
 }
 
@@ -457,7 +456,7 @@ fn metrics_count_exactly_the_traffic_sent() {
     assert_eq!(up.finish().unwrap(), "served-by:db\n");
     // Inbound: one allowed caller (web), one denied by intentions (db), one without a
     // certificate.
-    let mut caller = caller_as(addrs.inbound, "web.pem", "web-key-pkcs8.pem").unwrap();
+    let mut caller = caller_as(addrs.inbound, WEB).unwrap();
     caller.round(&[9u8; 3000]).unwrap();
     assert_eq!(caller.finish().unwrap(), "app:web\n");
     let denied = mesh_caller(addrs.inbound).unwrap();

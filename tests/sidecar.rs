@@ -8,33 +8,14 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 
+use common::apps::{app, exchange, shut_tcp, shut_unix};
+use common::sidecars::{routed, DB, WEB};
 use common::*;
 use sidegate::tls::configs::server_config;
 
-/// Connections a gateway has routed.
-fn routed(gw: &sidegate::proxy::Running) -> u64 {
-    gw.metrics
-        .gateway
-        .hello(sidegate::metrics::HelloOutcome::Routed)
-        .get()
-}
-
-/// web's sidecar in dc1/default: where it sits and its identity.
-fn web_header() -> String {
-    format!(
-        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n[sidecar]\nservice = \"web\"",
-        fixture("web.pem"),
-        fixture("web-key-sec1.pem"),
-        fixture("ca.pem")
-    )
-}
-
 /// `db` in partition part2 of dc1, serving its real mesh leaf and requiring client certificates.
 fn db_sidecar() -> Backend {
-    Backend::serve(
-        server_config(&identity("db.pem", "db-key-pkcs1.pem")).unwrap(),
-        "db",
-    )
+    Backend::serve(server_config(&DB.identity()).unwrap(), "db")
 }
 
 /// The web sidecar's config: one TCP and one Unix upstream to `db`, dialled at `instance`.
@@ -61,36 +42,9 @@ name = "db"
 partition = "part2"
 instances = ["{instance}"]
 "#,
-        web_header(),
+        WEB.header(),
         socket.display()
     ))
-}
-
-/// Sends `payload` from another thread while reading (an echo path would otherwise fill every
-/// buffer and stall), finishes sending, and returns everything the far side answered.
-fn exchange<S: Read + Write + Send + 'static>(
-    mut reader: S,
-    mut writer: S,
-    payload: &[u8],
-    shut: fn(&S),
-) -> Vec<u8> {
-    let payload = payload.to_vec();
-    let sending = std::thread::spawn(move || {
-        writer.write_all(&payload).unwrap();
-        shut(&writer);
-    });
-    let mut got = Vec::new();
-    reader.read_to_end(&mut got).unwrap();
-    sending.join().unwrap();
-    got
-}
-
-fn shut_tcp(s: &TcpStream) {
-    s.shutdown(Shutdown::Write).unwrap();
-}
-
-fn shut_unix(s: &UnixStream) {
-    s.shutdown(Shutdown::Write).unwrap();
 }
 
 fn expected(payload: &[u8]) -> Vec<u8> {
@@ -135,10 +89,7 @@ fn local_app_reaches_the_target_over_mtls() {
 #[test]
 fn an_impostor_with_a_valid_certificate_is_refused() {
     // The endpoint serves web's (valid, same CA) leaf where db is expected.
-    let impostor = Backend::serve(
-        server_config(&identity("web.pem", "web-key-sec1.pem")).unwrap(),
-        "web",
-    );
+    let impostor = Backend::serve(server_config(&WEB.identity()).unwrap(), "web");
     let port = dead_addr().port();
     let socket = std::env::temp_dir().join(format!("sidegate-imp-{}.sock", std::process::id()));
     let web = web_sidecar(impostor.addr, port, &socket);
@@ -159,27 +110,7 @@ fn an_impostor_with_a_valid_certificate_is_refused() {
 
 /// db's sidecar: inbound mTLS on a loopback port, to db's app, with these intentions.
 fn db_inbound(intentions: &str) -> sidegate::proxy::Running {
-    let app = app("db");
-    start(&format!(
-        r#"
-[mesh]
-datacenter = "dc1"
-partition = "part2"
-trust_domain = "{TD}"
-[tls]
-cert_file = "{}"
-key_file = "{}"
-ca_file = "{}"
-[sidecar]
-service = "db"
-public_listener = "127.0.0.1:0"
-local_service_address = "{app}"
-{intentions}
-"#,
-        fixture("db.pem"),
-        fixture("db-key-pkcs1.pem"),
-        fixture("ca.pem"),
-    ))
+    DB.inbound(app("db"), intentions)
 }
 
 #[test]
@@ -272,7 +203,7 @@ lan = ["{local_lan}"]
 partition = "part2"
 wan = ["{part2_wan}"]
 "#,
-        web_header(),
+        WEB.header(),
     ));
 
     // local mode: 100 MB each way, intact, with half-close at the end.

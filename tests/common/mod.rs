@@ -3,6 +3,9 @@
 //! itself started in-process on port 0.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod apps;
+pub mod sidecars;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -327,41 +330,3 @@ pub fn eventually(what: &str, cond: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
-
-/// A file of the identity fixtures (tests/fixtures/tls).
-pub fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A fixture leaf and key with the fixture CA as roots.
-pub fn identity(cert: &str, key: &str) -> sidegate::tls::Identity {
-    let read = |n: &str| std::fs::read(fixture(n)).unwrap();
-    sidegate::tls::Identity::from_pem(&read(cert), &read(key), &read("ca.pem")).unwrap()
-}
-
-/// A plain TCP app: echoes until its client finishes, then signs off with its name.
-pub fn app(name: &'static str) -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.write_all(format!("app:{name}\n").as_bytes());
-            });
-        }
-    });
-    addr
-}
-
