@@ -9,5 +9,6 @@ pub mod mesh;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod signals;
 pub mod sni;
 pub mod tls;

@@ -110,13 +110,83 @@ pub fn enabled(level: Level) -> bool {
 }
 
 pub fn write(level: Level, args: fmt::Arguments<'_>) {
-    let mut err = std::io::stderr().lock();
-    // A closed stderr must not take the proxy down; the line is simply lost.
-    let _ = if JOURNAL.load(Ordering::Relaxed) {
-        writeln!(err, "<{}>{args}", level.syslog_priority())
+    let head = if JOURNAL.load(Ordering::Relaxed) {
+        Head::Journal(level.syslog_priority())
     } else {
-        writeln!(err, "{} {:5} {args}", Utc(SystemTime::now()), level.name())
+        Head::Human(Utc(SystemTime::now()), level.name())
     };
+    let mut out = Lines {
+        out: std::io::stderr().lock(),
+        buf: [0; LINE_BUF],
+        len: 0,
+        head,
+        fresh: true,
+    };
+    // A closed stderr must not take the proxy down; the line is simply lost.
+    let _ = fmt::Write::write_fmt(&mut out, format_args!("{args}\n"));
+    out.flush();
+}
+
+/// Most lines fit: one write(2) per line, without allocating.
+const LINE_BUF: usize = 512;
+
+/// What starts every line of a message.
+enum Head {
+    Journal(u8),
+    Human(Utc, &'static str),
+}
+
+/// Writes a message through a stack buffer, starting each of its lines with the head, so a
+/// multi-line message (a reload's list of errors) keeps its priority on every line in the
+/// journal.
+struct Lines<W: Write> {
+    out: W,
+    buf: [u8; LINE_BUF],
+    len: usize,
+    head: Head,
+    fresh: bool,
+}
+
+impl<W: Write> Lines<W> {
+    fn put(&mut self, bytes: &[u8]) {
+        if self.len + bytes.len() > LINE_BUF {
+            self.flush();
+        }
+        if bytes.len() > LINE_BUF {
+            let _ = self.out.write_all(bytes);
+        } else {
+            self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
+
+    fn flush(&mut self) {
+        let _ = self.out.write_all(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl<W: Write> fmt::Write for Lines<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for piece in s.split_inclusive('\n') {
+            if self.fresh {
+                self.fresh = false;
+                match &self.head {
+                    Head::Journal(p) => {
+                        let p = *p;
+                        write!(self, "<{p}>")?;
+                    }
+                    Head::Human(at, name) => {
+                        let (at, name) = (Utc(at.0), *name);
+                        write!(self, "{at} {name:5} ")?;
+                    }
+                }
+            }
+            self.put(piece.as_bytes());
+            self.fresh = piece.ends_with('\n');
+        }
+        Ok(())
+    }
 }
 
 #[macro_export]
@@ -185,6 +255,38 @@ mod tests {
         assert_eq!(Utc(t).to_string(), "2026-11-26T10:00:00.123Z");
         assert_eq!(Utc(UNIX_EPOCH).to_string(), "1970-01-01T00:00:00.000Z");
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn every_line_of_a_message_gets_the_head() {
+        let lines = |head: Head, args: fmt::Arguments<'_>| {
+            let mut out = Lines {
+                out: Vec::new(),
+                buf: [0; LINE_BUF],
+                len: 0,
+                head,
+                fresh: true,
+            };
+            fmt::Write::write_fmt(&mut out, args).unwrap();
+            out.flush();
+            String::from_utf8(out.out).unwrap()
+        };
+        assert_eq!(
+            lines(
+                Head::Journal(3),
+                format_args!("a: 2 errors\n  x: bad\n  y: worse\n")
+            ),
+            "<3>a: 2 errors\n<3>  x: bad\n<3>  y: worse\n"
+        );
+        let long = "z".repeat(LINE_BUF * 2);
+        assert_eq!(
+            lines(
+                Head::Human(Utc(UNIX_EPOCH), "WARN"),
+                format_args!("{long}\nend\n")
+            ),
+            format!("1970-01-01T00:00:00.000Z WARN  {long}\n1970-01-01T00:00:00.000Z WARN  end\n"),
+            "a line longer than the buffer"
+        );
     }
 
     #[test]

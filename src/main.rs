@@ -1,11 +1,13 @@
 //! `sidegate`: arguments → configuration → run, with sysexits-style exit codes.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use sidegate::cli::{self, Command};
 use sidegate::config::{self, LoadError};
 use sidegate::lifecycle::{self, Lifecycle};
 use sidegate::mesh::{explain::explain, plan};
+use sidegate::notify::Notifier;
 
 const EX_USAGE: u8 = 64;
 const EX_NOINPUT: u8 = 66;
@@ -40,19 +42,21 @@ fn main() -> ExitCode {
         Command::Explain { config, sni } => {
             load(&config).map_or_else(|code| code, |c| explain_sni(&c, &sni))
         }
-        Command::Run { config: path } => {
-            load(&path).map_or_else(|code| code, |config| run(path, &config))
-        }
+        Command::Run { config: path } => run(path),
     }
 }
 
 fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
     config::load(path).map_err(|e| {
         eprintln!("sidegate: {e}");
-        ExitCode::from(match e {
-            LoadError::Read { .. } => EX_NOINPUT,
-            LoadError::Invalid { .. } => EX_CONFIG,
-        })
+        load_failed(&e)
+    })
+}
+
+fn load_failed(e: &LoadError) -> ExitCode {
+    ExitCode::from(match e {
+        LoadError::Read { .. } => EX_NOINPUT,
+        LoadError::Invalid { .. } => EX_CONFIG,
     })
 }
 
@@ -103,21 +107,37 @@ fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
     }
 }
 
-fn run(path: std::path::PathBuf, config: &config::Config) -> ExitCode {
+/// Serves until SIGTERM/SIGINT, then drains and exits 0. Its errors go to the log (the
+/// journal under systemd), with the unit's status line saying why.
+fn run(path: std::path::PathBuf) -> ExitCode {
+    let notifier = Arc::new(Notifier::from_env());
+    let (events, received) = lifecycle::channel();
+    // Signals first: a SIGHUP during start-up waits for us instead of killing the process.
+    if let Err(e) = sidegate::signals::forward(events.clone()) {
+        sidegate::error!("cannot handle signals: {e}");
+        return ExitCode::from(EX_OSERR);
+    }
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            sidegate::error!("{e}");
+            notifier.status(&format!("not started: {path:?} is unreadable or invalid"));
+            return load_failed(&e);
+        }
+    };
     let plan = plan(&config.snapshot);
-    for w in warnings(config, &plan) {
+    for w in warnings(&config, &plan) {
         sidegate::warn!("{w}");
     }
-    let lifecycle = match Lifecycle::start(path, plan) {
+    let lifecycle = match Lifecycle::start(path, plan, config.operations, notifier.clone()) {
         Ok(l) => l,
         Err(e) => {
             sidegate::error!("{e}");
+            notifier.status(&format!("not started: {e}"));
             return ExitCode::from(EX_OSERR);
         }
     };
-    let (events, received) = lifecycle::channel();
-    // Signal handling and Consul watches send on clones of `events`; this one keeps the
-    // channel open while neither exists.
+    // Consul watches send on clones of `events`; this one keeps the channel open meanwhile.
     let _events = events;
     lifecycle.serve(&received);
     ExitCode::SUCCESS

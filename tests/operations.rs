@@ -86,7 +86,7 @@ listen = "127.0.0.1:0"
             api = self.api.addr,
             db = self.db.addr,
         );
-        let path = self.scratch.path("sidegate.toml");
+        let path = self.config();
         // Written whole and renamed, as an operator's editor or config management would.
         let tmp = self.scratch.path("sidegate.toml.new");
         std::fs::write(&tmp, text).unwrap();
@@ -94,18 +94,25 @@ listen = "127.0.0.1:0"
         path
     }
 
+    fn config(&self) -> std::path::PathBuf {
+        self.scratch.path("sidegate.toml")
+    }
+
     fn upstream(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.upstream_port))
     }
 
     /// A TLS client through the gateway to `api`.
-    fn via_gateway(&self, gateway: SocketAddr) -> std::io::Result<Live> {
+    fn gateway_client(&self, gateway: SocketAddr) -> std::io::Result<Client> {
         tls_connect(
             gateway,
             &service_sni("api", "dc1"),
             &self.pki.client_config(),
         )
-        .map(Live::Tls)
+    }
+
+    fn via_gateway(&self, gateway: SocketAddr) -> std::io::Result<Live> {
+        self.gateway_client(gateway).map(Live::tls)
     }
 }
 
@@ -118,7 +125,7 @@ fn mesh_caller(inbound: SocketAddr) -> std::io::Result<Live> {
 fn caller_as(inbound: SocketAddr, caller: Service) -> std::io::Result<Live> {
     let web = SpiffeId::service(TD, "default", "default", "dc1", "web");
     let cfg = client_config(&caller.identity(), &web).unwrap();
-    tls_connect(inbound, &format!("web.default.dc1.internal.{TD}"), &cfg).map(Live::Tls)
+    tls_connect(inbound, &format!("web.default.dc1.internal.{TD}"), &cfg).map(Live::tls)
 }
 
 /// Where the running process listens, read from its log lines.
@@ -152,22 +159,43 @@ fn start_notified(
     (sg, addrs, ready)
 }
 
+/// A world, its configuration (one gateway listener, `extra` sections) and sidegate serving
+/// it with `env` added, started (READY=1 seen).
+fn serving_with(
+    name: &str,
+    extra: &str,
+    env: &[(&str, String)],
+) -> (World, Notify, Sidegate, Addrs, String) {
+    let world = World::new(name);
+    let config = world.write(&["127.0.0.1:0"], extra);
+    let mut notify = Notify::bind(&world.scratch);
+    let (sg, addrs, ready) = start_notified(&config, &mut notify, 1, env);
+    (world, notify, sg, addrs, ready)
+}
+
+fn serving(name: &str, extra: &str) -> (World, Notify, Sidegate, Addrs) {
+    let (world, notify, sg, addrs, _) = serving_with(name, extra, &[]);
+    (world, notify, sg, addrs)
+}
+
+/// SIGTERM with nothing open: a prompt exit with status 0.
+fn stop_cleanly(mut sg: Sidegate) {
+    sg.signal(Signal::TERM);
+    assert_eq!(sg.wait_exit(IO_TIMEOUT).code(), Some(0));
+}
+
 #[test]
 fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
-    let world = World::new("notify");
-    let config = world.write(&["127.0.0.1:0"], "");
-    let mut notify = Notify::bind(&world.scratch);
     // 200 ms: keep-alives every 100 ms.
-    let (mut sg, addrs, ready) = start_notified(
-        &config,
-        &mut notify,
-        1,
-        &[("WATCHDOG_USEC", "200000".into())],
-    );
+    let (_world, mut notify, mut sg, addrs, ready) =
+        serving_with("notify", "", &[("WATCHDOG_USEC", "200000".into())]);
     // READY=1 only once everything is bound: the admin endpoint and each listener answer now.
     assert_eq!(get(addrs.admin, "/ready").0, 200);
     assert!(ready.contains("STATUS="), "{ready}");
-    let status = ready.lines().find_map(|l| l.strip_prefix("STATUS=")).unwrap();
+    let status = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS="))
+        .unwrap();
     assert!(
         status.contains("gateway") && status.contains("inbound") && status.contains("upstream"),
         "STATUS should say what runs: {status}"
@@ -186,14 +214,21 @@ fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
         .unwrap();
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     let now_usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000;
-    assert!(usec <= now_usec && now_usec - usec < 10_000_000, "{usec} vs {now_usec}");
+    assert!(
+        usec <= now_usec && now_usec - usec < 10_000_000,
+        "{usec} vs {now_usec}"
+    );
     notify.expect_line("READY=1");
 
     sg.signal(Signal::TERM);
     notify.expect_line("STOPPING=1");
     assert!(sg.wait_exit(IO_TIMEOUT).success());
     // A watchdog-enabled run kept pinging until it stopped, and never before READY=1.
-    let first_ready = notify.seen.iter().position(|m| m.contains("READY=1")).unwrap();
+    let first_ready = notify
+        .seen
+        .iter()
+        .position(|m| m.contains("READY=1"))
+        .unwrap();
     assert!(notify.seen[..first_ready]
         .iter()
         .all(|m| !m.contains("WATCHDOG=1")));
@@ -201,23 +236,17 @@ fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
 
 #[test]
 fn watchdog_for_another_process_is_ignored() {
-    let world = World::new("watchdog-pid");
-    let config = world.write(&["127.0.0.1:0"], "");
-    let mut notify = Notify::bind(&world.scratch);
-    let (mut sg, _addrs, _) = start_notified(
-        &config,
-        &mut notify,
-        1,
-        &[
-            ("WATCHDOG_USEC", "100000".into()),
-            ("WATCHDOG_PID", "1".into()),
-        ],
-    );
-    // Shut down after a few keep-alive periods; none may have been sent.
+    let env = [
+        ("WATCHDOG_USEC", "100000".into()),
+        ("WATCHDOG_PID", "1".into()),
+    ];
+    let (_world, mut notify, mut sg, _, _) = serving_with("watchdog-pid", "", &env);
+    // Six keep-alive periods (50 ms each) pass without one: the variable was not for us.
+    let seen = notify.collect_for(Duration::from_millis(300));
+    assert!(seen.iter().all(|m| !m.contains("WATCHDOG=1")), "{seen:?}");
     sg.signal(Signal::TERM);
     notify.expect_line("STOPPING=1");
     assert!(sg.wait_exit(IO_TIMEOUT).success());
-    assert!(notify.seen.iter().all(|m| !m.contains("WATCHDOG=1")));
 }
 
 #[test]
@@ -226,14 +255,17 @@ fn reload_keeps_live_connections_and_changes_only_the_listeners_it_must() {
     // Two gateway listeners: 127.0.0.1 stays, 127.0.0.3 goes, 127.0.0.2 comes.
     let config = world.write(&["127.0.0.1:0", "127.0.0.3:0"], "");
     let mut notify = Notify::bind(&world.scratch);
-    let (mut sg, addrs, _) = start_notified(&config, &mut notify, 2, &[]);
+    let (sg, addrs, _) = start_notified(&config, &mut notify, 2, &[]);
     let (kept, removed) = (addrs.gateway[0], addrs.gateway[1]);
     assert_eq!(kept.ip().to_string(), "127.0.0.1");
 
     // Live connections through every role, including one on the listener about to go.
     let mut live = vec![
         ("gateway", world.via_gateway(kept).unwrap()),
-        ("gateway on the removed listener", world.via_gateway(removed).unwrap()),
+        (
+            "gateway on the removed listener",
+            world.via_gateway(removed).unwrap(),
+        ),
         ("upstream", Live::tcp(world.upstream()).unwrap()),
         ("inbound", mesh_caller(addrs.inbound).unwrap()),
     ];
@@ -245,7 +277,11 @@ fn reload_keeps_live_connections_and_changes_only_the_listeners_it_must() {
     // New connections to the kept listener all along, while the reload happens.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let hammer = {
-        let (stop, pki, sni) = (stop.clone(), world.pki.client_config(), service_sni("api", "dc1"));
+        let (stop, pki, sni) = (
+            stop.clone(),
+            world.pki.client_config(),
+            service_sni("api", "dc1"),
+        );
         std::thread::spawn(move || {
             let mut ok = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -275,12 +311,16 @@ fn reload_keeps_live_connections_and_changes_only_the_listeners_it_must() {
         .collect();
     assert_eq!(listening.len(), 1, "{listening:?}");
     assert!(refused(removed), "the removed listener must be closed");
-    let tls = world.via_gateway(added).unwrap();
-    let Live::Tls(tls) = tls else { unreachable!() };
-    assert_eq!(echo_and_finish(tls, b"new listener").unwrap(), world.api.name);
-    let tls = world.via_gateway(kept).unwrap();
-    let Live::Tls(tls) = tls else { unreachable!() };
-    assert_eq!(echo_and_finish(tls, b"kept listener").unwrap(), world.api.name);
+    let tls = world.gateway_client(added).unwrap();
+    assert_eq!(
+        echo_and_finish(tls, b"new listener").unwrap(),
+        world.api.name
+    );
+    let tls = world.gateway_client(kept).unwrap();
+    assert_eq!(
+        echo_and_finish(tls, b"kept listener").unwrap(),
+        world.api.name
+    );
 
     // Every live connection carried on intact, and finishes cleanly.
     let signoffs = [
@@ -295,21 +335,21 @@ fn reload_keeps_live_connections_and_changes_only_the_listeners_it_must() {
         assert_eq!(conn.finish().unwrap(), signoff, "{role}");
     }
     let samples = scrape(addrs.admin);
-    assert_eq!(value(&samples, "sidegate_reloads_total", &[("result", "ok")]), 1);
-    sg.signal(Signal::TERM);
-    assert!(sg.wait_exit(IO_TIMEOUT).success());
+    assert_eq!(
+        value(&samples, "sidegate_reloads_total", &[("result", "ok")]),
+        1
+    );
+    stop_cleanly(sg);
 }
 
 #[test]
 fn a_broken_file_on_reload_keeps_the_running_configuration() {
-    let world = World::new("broken");
-    let config = world.write(&["127.0.0.1:0"], "");
-    let mut notify = Notify::bind(&world.scratch);
-    let (mut sg, addrs, _) = start_notified(&config, &mut notify, 1, &[]);
+    let (world, mut notify, sg, addrs) = serving("broken", "");
     let mut live = world.via_gateway(addrs.gateway[0]).unwrap();
     live.round(b"before").unwrap();
 
     // Two mistakes: both must be logged, with their key paths.
+    let config = world.config();
     let good = std::fs::read_to_string(&config).unwrap();
     let broken = good
         .replace("[gateway]\n", "[gateway]\nlisten_typo = 1\n")
@@ -324,14 +364,21 @@ fn a_broken_file_on_reload_keeps_the_running_configuration() {
 
     // Still serving the old configuration, old and new connections alike.
     live.round(b"after").unwrap();
-    let Live::Tls(tls) = world.via_gateway(addrs.gateway[0]).unwrap() else {
-        unreachable!()
-    };
-    assert_eq!(echo_and_finish(tls, b"still routed").unwrap(), world.api.name);
+    let tls = world.gateway_client(addrs.gateway[0]).unwrap();
+    assert_eq!(
+        echo_and_finish(tls, b"still routed").unwrap(),
+        world.api.name
+    );
     assert_eq!(get(addrs.admin, "/ready").0, 200);
     let samples = scrape(addrs.admin);
-    assert_eq!(value(&samples, "sidegate_reloads_total", &[("result", "failed")]), 1);
-    assert_eq!(value(&samples, "sidegate_reloads_total", &[("result", "ok")]), 0);
+    assert_eq!(
+        value(&samples, "sidegate_reloads_total", &[("result", "failed")]),
+        1
+    );
+    assert_eq!(
+        value(&samples, "sidegate_reloads_total", &[("result", "ok")]),
+        0
+    );
 
     // An unreadable file fails the same way.
     std::fs::remove_file(&config).unwrap();
@@ -339,18 +386,22 @@ fn a_broken_file_on_reload_keeps_the_running_configuration() {
     sg.wait_log("cannot read");
     notify.expect_line("READY=1");
     let samples = scrape(addrs.admin);
-    assert_eq!(value(&samples, "sidegate_reloads_total", &[("result", "failed")]), 2);
+    assert_eq!(
+        value(&samples, "sidegate_reloads_total", &[("result", "failed")]),
+        2
+    );
     live.round(b"still").unwrap();
-    sg.signal(Signal::TERM);
-    assert!(sg.wait_exit(IO_TIMEOUT).success());
+    assert_eq!(
+        live.finish().unwrap(),
+        format!("served-by:{}\n", world.api.name)
+    );
+    stop_cleanly(sg);
 }
 
 #[test]
 fn drain_lets_live_connections_finish_and_refuses_new_ones() {
-    let world = World::new("drain");
-    let config = world.write(&["127.0.0.1:0"], "[shutdown]\ndrain_timeout_ms = 60000\n");
-    let mut notify = Notify::bind(&world.scratch);
-    let (mut sg, addrs, _) = start_notified(&config, &mut notify, 1, &[]);
+    let (world, mut notify, mut sg, addrs) =
+        serving("drain", "[shutdown]\ndrain_timeout_ms = 60000\n");
     let gateway = addrs.gateway[0];
     let mut live = world.via_gateway(gateway).unwrap();
     let mut up = Live::tcp(world.upstream()).unwrap();
@@ -361,7 +412,7 @@ fn drain_lets_live_connections_finish_and_refuses_new_ones() {
     notify.expect_line("STOPPING=1");
     sg.wait_log("draining");
     // Stopped accepting at once: new connections are refused on every listener...
-    assert!(refused(gateway));
+    eventually("gateway refuses", || refused(gateway));
     assert!(refused(world.upstream()));
     assert!(refused(addrs.inbound));
     // ...the admin endpoint says why it is not ready...
@@ -370,22 +421,29 @@ fn drain_lets_live_connections_finish_and_refuses_new_ones() {
     // ...and the live connections keep working until they finish.
     live.round(b"while draining").unwrap();
     up.round(b"while draining").unwrap();
-    assert!(sg.child.try_wait().unwrap().is_none(), "exited while connections were open");
-    assert_eq!(live.finish().unwrap(), format!("served-by:{}\n", world.api.name));
+    assert!(
+        sg.child.try_wait().unwrap().is_none(),
+        "exited while connections were open"
+    );
+    assert_eq!(
+        live.finish().unwrap(),
+        format!("served-by:{}\n", world.api.name)
+    );
     assert_eq!(up.finish().unwrap(), "served-by:db\n");
     let started = Instant::now();
     let status = sg.wait_exit(IO_TIMEOUT);
     assert_eq!(status.code(), Some(0));
-    assert!(started.elapsed() < Duration::from_secs(5), "waited for the grace period");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited for the grace period"
+    );
     sg.wait_log("drained");
 }
 
 #[test]
 fn drain_cuts_what_is_left_when_the_grace_period_ends() {
-    let world = World::new("grace");
-    let config = world.write(&["127.0.0.1:0"], "[shutdown]\ndrain_timeout_ms = 500\n");
-    let mut notify = Notify::bind(&world.scratch);
-    let (mut sg, addrs, _) = start_notified(&config, &mut notify, 1, &[]);
+    let (world, mut notify, mut sg, addrs) =
+        serving("grace", "[shutdown]\ndrain_timeout_ms = 500\n");
     let mut live = world.via_gateway(addrs.gateway[0]).unwrap();
     live.round(b"before").unwrap();
     let started = Instant::now();
@@ -400,12 +458,9 @@ fn drain_cuts_what_is_left_when_the_grace_period_ends() {
 
 #[test]
 fn metrics_count_exactly_the_traffic_sent() {
-    let world = World::new("metrics");
     let deny_db = "[sidecar.intentions]\ndefault = \"allow\"\n[[sidecar.intentions.rules]]\n\
                    source = \"db\"\nsource_partition = \"part2\"\naction = \"deny\"\n";
-    let config = world.write(&["127.0.0.1:0"], deny_db);
-    let mut notify = Notify::bind(&world.scratch);
-    let (mut sg, addrs, _) = start_notified(&config, &mut notify, 1, &[]);
+    let (world, _notify, sg, addrs) = serving("metrics", deny_db);
     let gateway = addrs.gateway[0];
 
     // Gateway: three routed connections, counting every byte on the client's socket.
@@ -460,8 +515,22 @@ fn metrics_count_exactly_the_traffic_sent() {
     caller.round(&[9u8; 3000]).unwrap();
     assert_eq!(caller.finish().unwrap(), "app:web\n");
     let denied = mesh_caller(addrs.inbound).unwrap();
-    assert_eq!(denied.finish().unwrap_or_default(), "", "a denied caller gets nothing");
+    assert_eq!(
+        denied.finish().unwrap_or_default(),
+        "",
+        "a denied caller gets nothing"
+    );
+    // A client that does not trust web's leaf refuses it (an alert reaches sidegate)...
     assert!(tls_connect(addrs.inbound, "web", &pki).is_err());
+    // ...and one that trusts it but has no certificate of its own is refused by sidegate.
+    let s_client = std::process::Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-connect"])
+        .arg(addrs.inbound.to_string())
+        .args(["-CAfile", &fixture("ca.pem")])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&s_client.stdout).contains("app:web"));
 
     // Counters are updated as connections end on the event loop: poll until all are closed.
     let deadline = Instant::now() + IO_TIMEOUT;
@@ -471,7 +540,11 @@ fn metrics_count_exactly_the_traffic_sent() {
             .iter()
             .map(|r| value(&s, "sidegate_connections_active", &[("role", r)]))
             .sum();
-        let denied = value(&s, "sidegate_authorization_denials_total", &[("role", "inbound")]);
+        let denied = value(
+            &s,
+            "sidegate_authorization_denials_total",
+            &[("role", "inbound")],
+        );
         if active == 0 && denied == 1 {
             break s;
         }
@@ -483,48 +556,115 @@ fn metrics_count_exactly_the_traffic_sent() {
     let route = route.as_str();
     let listener = gateway.to_string();
 
-    assert_eq!(v("sidegate_client_hello_total", &[("outcome", "routed")]), 3);
-    assert_eq!(v("sidegate_client_hello_total", &[("outcome", "unknown_sni")]), 1);
-    assert_eq!(v("sidegate_client_hello_total", &[("outcome", "not_tls")]), 1);
-    assert_eq!(v("sidegate_connections_accepted_total", &[("role", "gateway")]), 5);
     assert_eq!(
-        v("sidegate_listener_connections_opened_total", &[("role", "gateway"), ("listener", &listener)]),
+        v("sidegate_client_hello_total", &[("outcome", "routed")]),
+        3
+    );
+    assert_eq!(
+        v("sidegate_client_hello_total", &[("outcome", "unknown_sni")]),
+        1
+    );
+    assert_eq!(
+        v("sidegate_client_hello_total", &[("outcome", "not_tls")]),
+        1
+    );
+    assert_eq!(
+        v(
+            "sidegate_connections_accepted_total",
+            &[("role", "gateway")]
+        ),
         5
     );
-    assert_eq!(v("sidegate_route_connections_opened_total", &[("route", route)]), 3);
-    assert_eq!(v("sidegate_route_connections_active", &[("route", route)]), 0);
     assert_eq!(
-        v("sidegate_route_bytes_total", &[("route", route), ("direction", "from_client")]),
+        v(
+            "sidegate_listener_connections_opened_total",
+            &[("role", "gateway"), ("listener", &listener)]
+        ),
+        5
+    );
+    assert_eq!(
+        v(
+            "sidegate_route_connections_opened_total",
+            &[("route", route)]
+        ),
+        3
+    );
+    assert_eq!(
+        v("sidegate_route_connections_active", &[("route", route)]),
+        0
+    );
+    assert_eq!(
+        v(
+            "sidegate_route_bytes_total",
+            &[("route", route), ("direction", "from_client")]
+        ),
         gw_sent
     );
     assert_eq!(
-        v("sidegate_route_bytes_total", &[("route", route), ("direction", "to_client")]),
+        v(
+            "sidegate_route_bytes_total",
+            &[("route", route), ("direction", "to_client")]
+        ),
         gw_received
     );
     assert_eq!(
-        v("sidegate_bytes_total", &[("role", "gateway"), ("direction", "from_client")]),
+        v(
+            "sidegate_bytes_total",
+            &[("role", "gateway"), ("direction", "from_client")]
+        ),
         gw_sent
     );
 
     let bind = world.upstream().to_string();
     let up_labels = [("upstream", "db"), ("bind", bind.as_str())];
-    assert_eq!(v("sidegate_upstream_connections_opened_total", &up_labels), 1);
-    let with_dir = |d: &'static str| [up_labels[0], up_labels[1], ("direction", d)];
-    assert_eq!(v("sidegate_upstream_bytes_total", &with_dir("from_client")), 5000);
-    assert_eq!(v("sidegate_upstream_bytes_total", &with_dir("to_client")), 5013);
     assert_eq!(
-        v("sidegate_bytes_total", &[("role", "upstream"), ("direction", "to_client")]),
+        v("sidegate_upstream_connections_opened_total", &up_labels),
+        1
+    );
+    let with_dir = |d: &'static str| [up_labels[0], up_labels[1], ("direction", d)];
+    assert_eq!(
+        v("sidegate_upstream_bytes_total", &with_dir("from_client")),
+        5000
+    );
+    assert_eq!(
+        v("sidegate_upstream_bytes_total", &with_dir("to_client")),
         5013
     );
     assert_eq!(
-        v("sidegate_bytes_total", &[("role", "inbound"), ("direction", "from_client")]),
+        v(
+            "sidegate_bytes_total",
+            &[("role", "upstream"), ("direction", "to_client")]
+        ),
+        5013
+    );
+    assert_eq!(
+        v(
+            "sidegate_bytes_total",
+            &[("role", "inbound"), ("direction", "from_client")]
+        ),
         3000
     );
     assert_eq!(
-        v("sidegate_bytes_total", &[("role", "inbound"), ("direction", "to_client")]),
+        v(
+            "sidegate_bytes_total",
+            &[("role", "inbound"), ("direction", "to_client")]
+        ),
         3008
     );
-    assert_eq!(v("sidegate_connections_accepted_total", &[("role", "inbound")]), 3);
+    assert_eq!(
+        v(
+            "sidegate_connections_accepted_total",
+            &[("role", "inbound")]
+        ),
+        4
+    );
+    assert_eq!(
+        v(
+            "sidegate_tls_handshake_failures_total",
+            &[("role", "inbound"), ("reason", "alert_received")]
+        ),
+        1
+    );
     assert_eq!(
         v(
             "sidegate_tls_handshake_failures_total",
@@ -532,7 +672,10 @@ fn metrics_count_exactly_the_traffic_sent() {
         ),
         1
     );
-    assert_eq!(v("sidegate_connect_failures_total", &[("role", "gateway")]), 0);
+    assert_eq!(
+        v("sidegate_connect_failures_total", &[("role", "gateway")]),
+        0
+    );
     assert_eq!(v("sidegate_reloads_total", &[("result", "ok")]), 0);
     let build = samples
         .iter()
@@ -552,8 +695,7 @@ fn metrics_count_exactly_the_traffic_sent() {
     let key_body = key_pem.lines().nth(1).unwrap();
     assert!(!body.contains("PRIVATE KEY") && !body.contains(key_body));
     assert_eq!(get(addrs.admin, "/ready"), (200, "ready\n".into()));
-    sg.signal(Signal::TERM);
-    assert!(sg.wait_exit(IO_TIMEOUT).success());
+    stop_cleanly(sg);
 }
 
 #[test]
@@ -584,16 +726,13 @@ fn logs_are_journald_shaped_under_systemd_and_timestamped_otherwise() {
         }
         let mut child = cmd.spawn().unwrap();
         // Wait until it serves, make one routed connection, then stop it.
-        eventually("gateway up", || std::net::TcpStream::connect(gateway).is_ok());
-        let Live::Tls(tls) = world.via_gateway(gateway).unwrap() else {
-            unreachable!()
-        };
+        eventually("gateway up", || {
+            std::net::TcpStream::connect(gateway).is_ok()
+        });
+        let tls = world.gateway_client(gateway).unwrap();
         echo_and_finish(tls, b"one").unwrap();
-        rustix::process::kill_process(
-            rustix::process::Pid::from_child(&child),
-            Signal::TERM,
-        )
-        .unwrap();
+        rustix::process::kill_process(rustix::process::Pid::from_child(&child), Signal::TERM)
+            .unwrap();
         let deadline = Instant::now() + IO_TIMEOUT;
         while child.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline);
@@ -606,7 +745,10 @@ fn logs_are_journald_shaped_under_systemd_and_timestamped_otherwise() {
     let first = journal.lines().next().unwrap();
     assert!(first.starts_with("<6>"), "{journal}");
     assert!(journal.lines().all(|l| l.starts_with('<')), "{journal}");
-    assert!(!journal.contains(" via "), "per-connection lines are debug only: {journal}");
+    assert!(
+        !journal.contains(" via "),
+        "per-connection lines are debug only: {journal}"
+    );
 
     // `[log] level = "debug"` adds one line per connection; timestamps outside the journal.
     let debug = run("[log]\nlevel = \"debug\"\n", &[], false);
@@ -618,11 +760,20 @@ fn logs_are_journald_shaped_under_systemd_and_timestamped_otherwise() {
     );
     assert!(rest.starts_with("INFO"), "{first}");
     assert!(
-        debug.lines().any(|l| l.contains("DEBUG") && l.contains(" via ")),
+        debug
+            .lines()
+            .any(|l| l.contains("DEBUG") && l.contains(" via ")),
         "one debug line per connection: {debug}"
     );
 
     // SIDEGATE_LOG wins over the file.
-    let quiet = run("[log]\nlevel = \"debug\"\n", &[("SIDEGATE_LOG", "warn")], false);
-    assert!(!quiet.contains("INFO") && !quiet.contains("DEBUG"), "{quiet}");
+    let quiet = run(
+        "[log]\nlevel = \"debug\"\n",
+        &[("SIDEGATE_LOG", "warn")],
+        false,
+    );
+    assert!(
+        !quiet.contains("INFO") && !quiet.contains("DEBUG"),
+        "{quiet}"
+    );
 }

@@ -4,7 +4,9 @@
 
 use std::fmt::Write;
 
-use super::{ConnStats, Counter, Family, HandshakeFailures, HelloOutcome, Metrics};
+use super::{
+    ConnStats, Counter, Family, HandshakeFailures, HelloOutcome, ListenerCounters, Metrics,
+};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -28,52 +30,44 @@ pub fn render(m: &Metrics) -> String {
     );
 
     let roles = [
+        ("gateway", m.gateway_listener()),
+        ("upstream", m.upstream_listener()),
+        ("inbound", m.inbound_listener()),
+    ];
+    let per_role: [(&str, &str, &str, Pick); 4] = [
         (
-            "gateway",
-            &g.accepted,
-            &g.active,
-            &g.refused_limit,
-            &g.accept_errors,
+            "sidegate_connections_accepted_total",
+            "counter",
+            "Connections accepted by a role's listeners, refused ones included.",
+            |c| c.accepted,
         ),
         (
-            "upstream",
-            &u.accepted,
-            &u.active,
-            &u.refused_limit,
-            &u.accept_errors,
+            "sidegate_connections_active",
+            "gauge",
+            "Connections a role holds open now.",
+            |c| c.active,
         ),
         (
-            "inbound",
-            &i.accepted,
-            &i.active,
-            &i.refused_limit,
-            &i.accept_errors,
+            "sidegate_connections_refused_total",
+            "counter",
+            "Connections closed at accept because the connection limit was reached.",
+            |c| c.refused_limit,
+        ),
+        (
+            "sidegate_accept_errors_total",
+            "counter",
+            "Failed accept() calls (out of file descriptors, aborted handshakes).",
+            |c| c.accept_errors,
         ),
     ];
-    o.per_role(
-        "sidegate_connections_accepted_total",
-        "counter",
-        "Connections accepted by a role's listeners, refused ones included.",
-        roles.map(|r| (r.0, r.1)),
-    );
-    o.per_role(
-        "sidegate_connections_active",
-        "gauge",
-        "Connections a role holds open now.",
-        roles.map(|r| (r.0, r.2)),
-    );
-    o.per_role(
-        "sidegate_connections_refused_total",
-        "counter",
-        "Connections closed at accept because the role's connection limit was reached.",
-        roles.map(|r| (r.0, r.3)),
-    );
-    o.per_role(
-        "sidegate_accept_errors_total",
-        "counter",
-        "Failed accept() calls (out of file descriptors, aborted handshakes).",
-        roles.map(|r| (r.0, r.4)),
-    );
+    for (name, kind, help, pick) in per_role {
+        o.per_role(
+            name,
+            kind,
+            help,
+            roles.each_ref().map(|(r, c)| (*r, pick(c))),
+        );
+    }
     o.conn_family("sidegate_listener", "listener", &m.listeners, false);
     o.conn_family("sidegate_route", "gateway route", &m.routes, true);
     o.conn_family("sidegate_upstream", "sidecar upstream", &m.upstreams, true);
@@ -209,6 +203,11 @@ pub fn render(m: &Metrics) -> String {
 
 struct Out(String);
 
+/// One value of a labelled family's entry.
+type Read = fn(&ConnStats) -> u64;
+/// One of a role's listener counters.
+type Pick = for<'a> fn(&ListenerCounters<'a>) -> &'a Counter;
+
 impl Out {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -268,23 +267,23 @@ impl Out {
     fn conn_family(&mut self, prefix: &str, what: &str, family: &Family<ConnStats>, bytes: bool) {
         let entries = family.entries();
         let names = family.label_names();
-        let opened = format!("{prefix}_connections_opened_total");
-        self.family(
-            &opened,
-            "counter",
-            &format!("Connections served per {what}."),
-        );
-        for (labels, s) in &entries {
-            self.labelled(&opened, names, labels, &[], s.opened.get());
-        }
-        let active = format!("{prefix}_connections_active");
-        self.family(
-            &active,
-            "gauge",
-            &format!("Connections open now per {what}."),
-        );
-        for (labels, s) in &entries {
-            self.labelled(&active, names, labels, &[], s.active.get());
+        let gauges: [(&str, &str, &str, Read); 2] = [
+            (
+                "connections_opened_total",
+                "counter",
+                "Connections served",
+                |s| s.opened.get(),
+            ),
+            ("connections_active", "gauge", "Connections open now", |s| {
+                s.active.get()
+            }),
+        ];
+        for (suffix, kind, help, value) in gauges {
+            let name = format!("{prefix}_{suffix}");
+            self.family(&name, kind, &format!("{help} per {what}."));
+            for (labels, s) in &entries {
+                self.labelled(&name, names, labels, &[], value(s));
+            }
         }
         if bytes {
             let total = format!("{prefix}_bytes_total");

@@ -80,6 +80,23 @@ impl Notify {
         }
     }
 
+    /// Every message that arrives within `window`: for checking that something is *not* sent.
+    pub fn collect_for(&mut self, window: Duration) -> &[String] {
+        let deadline = Instant::now() + window;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return &self.seen;
+            }
+            self.socket.set_read_timeout(Some(left)).unwrap();
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                self.seen
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+
     pub fn expect_line(&mut self, line: &str) -> String {
         self.expect(line, |m| m.lines().any(|l| l == line))
     }
@@ -273,12 +290,16 @@ impl Write for Counted {
 /// A connection kept open through one role while the test does something to the process.
 pub enum Live {
     /// Gateway passthrough or inbound mTLS: a TLS client.
-    Tls(Client),
+    Tls(Box<Client>),
     /// An upstream listener: the local app's plain TCP.
     Tcp(TcpStream),
 }
 
 impl Live {
+    pub fn tls(client: Client) -> Live {
+        Live::Tls(Box::new(client))
+    }
+
     pub fn tcp(addr: SocketAddr) -> io::Result<Live> {
         let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -288,7 +309,7 @@ impl Live {
 
     fn stream(&mut self) -> &mut dyn ReadWrite {
         match self {
-            Live::Tls(t) => t,
+            Live::Tls(t) => &mut **t,
             Live::Tcp(t) => t,
         }
     }
@@ -331,7 +352,10 @@ impl Live {
         match self.stream().read(&mut byte) {
             Ok(0) => true,
             Ok(_) => false,
-            Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
         }
     }
 }
