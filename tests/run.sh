@@ -9,6 +9,10 @@ need=()
 for tool in openssl curl; do
     command -v "$tool" >/dev/null || need+=("$tool")
 done
+# systemd-analyze checks the unit (tests/ops/unit.sh); Prometheus' own Python parser reads
+# /metrics in tests/operations.rs.
+command -v systemd-analyze >/dev/null || need+=(systemd)
+/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}"
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -21,3 +25,4 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+bash tests/ops/unit.sh "${CARGO_TARGET_DIR:-target}/debug/sidegate"

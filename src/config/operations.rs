@@ -48,7 +48,8 @@ pub fn operations(root: &Fields<'_>) -> Option<Operations> {
                 );
             }
             t.finish();
-            Some(Some(parsed.ok()?))
+            // Invalid (reported): `None`, read after every other section was.
+            parsed.ok().map(Some)
         }
         None => Some(None),
     };
@@ -78,11 +79,7 @@ pub fn operations(root: &Fields<'_>) -> Option<Operations> {
                 parsed
             });
             t.finish();
-            match level {
-                Some(None) => return None,
-                Some(l) => l,
-                None => None,
-            }
+            level.flatten()
         }
         None => None,
     };
@@ -91,4 +88,51 @@ pub fn operations(root: &Fields<'_>) -> Option<Operations> {
         drain_timeout,
         log_level,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GATEWAY: &str = "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"td.consul\"\n[gateway]\nlisten = [\"127.0.0.1:0\"]\n";
+
+    #[test]
+    fn defaults_and_values() {
+        let ops = |extra: &str| {
+            crate::config::parse(&format!("{GATEWAY}{extra}"))
+                .unwrap()
+                .operations
+        };
+        assert_eq!(ops(""), Operations::default());
+        assert_eq!(ops("").drain_timeout, Duration::from_secs(30));
+        let set = ops("[admin]\n[shutdown]\ndrain_timeout_ms = 0\n[log]\nlevel = \"DEBUG\"\n");
+        assert_eq!(set.admin, Some("127.0.0.1:19100".parse().unwrap()));
+        assert_eq!(set.drain_timeout, Duration::ZERO);
+        assert_eq!(set.log_level, Some(Level::Debug));
+        let admin = ops("[admin]\nlisten = \"[::1]:9100\"\n");
+        assert_eq!(admin.admin, Some("[::1]:9100".parse().unwrap()));
+    }
+
+    #[test]
+    fn every_error_has_its_key_path() {
+        let text = format!(
+            "{GATEWAY}[admin]\nlisten = \"localhost:9100\"\nlisen = 1\n[shutdown]\ndrain_timeout_ms = -1\n[log]\nlevel = \"loud\"\n"
+        );
+        let errors: Vec<String> = crate::config::parse(&text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for want in [
+            "admin.listen: \"localhost:9100\" is not an IP address with a port",
+            "admin.lisen: unknown key (did you mean `listen`?)",
+            "shutdown.drain_timeout_ms: -1 is out of range (0 to 86400000)",
+            "log.level: \"loud\" is not one of",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(want)),
+                "want {want:?} in {errors:#?}"
+            );
+        }
+    }
 }
