@@ -75,7 +75,7 @@ fn reload_binds_added_listeners_and_closes_removed_ones_without_cutting_their_co
     let sni = service_sni("db", "dc1");
     let live = tls_connect(first, &sni, &cfg).unwrap();
 
-    let second = dead_addr();
+    let second: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let both = format!("{LOOPBACK}, \"{second}\"");
     let applied = gw
         .apply(plan(&gateway(&both, &[("db", vec![db.addr])])))
@@ -191,7 +191,7 @@ fn cfg(pki: &Pki) -> std::sync::Arc<rustls::ClientConfig> {
 fn an_upstream_holds_at_most_max_connections_and_refuses_the_rest() {
     // db's real sidecar (partition part2), so that held connections are relayed ones.
     let db = Backend::serve(server_config(&DB.identity()).unwrap(), "db");
-    let port = dead_addr().port();
+    let port = free_port();
     let sidecar = start(&format!(
         r#"{}
 [[sidecar.upstreams]]
