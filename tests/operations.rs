@@ -40,7 +40,7 @@ impl World {
             api,
             db,
             app: app("web"),
-            upstream_port: dead_addr().port(),
+            upstream_port: free_port(),
         }
     }
 
@@ -702,7 +702,7 @@ fn metrics_count_exactly_the_traffic_sent() {
 fn logs_are_journald_shaped_under_systemd_and_timestamped_otherwise() {
     use std::os::unix::fs::MetadataExt;
     let world = World::new("logs");
-    let gateway = dead_addr();
+    let gateway = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let gw = gateway.to_string();
     let run = |extra: &str, env: &[(&str, &str)], journal: bool| -> String {
         let config = world.write(&[gw.as_str()], extra);
