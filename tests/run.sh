@@ -9,9 +9,11 @@ need=()
 for tool in openssl curl; do
     command -v "$tool" >/dev/null || need+=("$tool")
 done
-# systemd-analyze checks the unit (tests/ops/unit.sh); Prometheus' own Python parser reads
-# /metrics in tests/operations.rs.
+# systemd-analyze checks the unit (tests/ops/unit.sh) and strace the calls its filter must
+# allow (tests/ops/syscalls.sh); Prometheus' own Python parser reads /metrics in
+# tests/operations.rs.
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v strace >/dev/null || need+=(strace)   # tests/ops/syscalls.sh
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}"
@@ -26,3 +28,4 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
 bash tests/ops/unit.sh "${CARGO_TARGET_DIR:-target}/debug/sidegate"
+bash tests/ops/syscalls.sh

@@ -103,15 +103,33 @@ impl Notify {
 }
 
 /// `sidegate run` as systemd would start it, killed when dropped.
+///
+/// With `SIDEGATE_TEST_STRACE=<dir>` it runs under `strace -f`, writing every system call to a
+/// file in `dir`: tests/ops/syscalls.sh checks them against the unit's `SystemCallFilter=`.
 pub struct Sidegate {
     pub child: Child,
+    /// sidegate itself (not strace, when traced): where signals go.
+    pid: rustix::process::Pid,
     lines: Receiver<String>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Sidegate {
     pub fn spawn(config: &Path, env: &[(&str, String)]) -> Sidegate {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidegate"));
+        let bin = env!("CARGO_BIN_EXE_sidegate");
+        let trace_dir = std::env::var_os("SIDEGATE_TEST_STRACE").map(PathBuf::from);
+        let mut cmd = match &trace_dir {
+            Some(dir) => {
+                static TRACES: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                let n = TRACES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let file = dir.join(format!("trace.{}.{n}", std::process::id()));
+                let mut c = Command::new("strace");
+                c.args(["-f", "-qq", "-o"]).arg(file).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(["run", "--config"])
             .arg(config)
             .env_remove("NOTIFY_SOCKET")
@@ -124,6 +142,10 @@ impl Sidegate {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
+        let pid = match trace_dir {
+            Some(_) => tracee(&child, Path::new(bin)),
+            None => rustix::process::Pid::from_child(&child),
+        };
         let stderr = io::BufReader::new(child.stderr.take().unwrap());
         let (tx, lines) = mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -134,7 +156,12 @@ impl Sidegate {
                 let _ = tx.send(line);
             }
         });
-        Sidegate { child, lines, log }
+        Sidegate {
+            child,
+            pid,
+            lines,
+            log,
+        }
     }
 
     /// Waits for the next log line containing `needle` and returns it.
@@ -162,7 +189,7 @@ impl Sidegate {
     }
 
     pub fn signal(&self, sig: rustix::process::Signal) {
-        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), sig).unwrap();
+        rustix::process::kill_process(self.pid, sig).unwrap();
     }
 
     /// Waits (bounded) for the process to exit.
@@ -184,8 +211,34 @@ impl Sidegate {
 
 impl Drop for Sidegate {
     fn drop(&mut self) {
+        // The tracee first: a killed strace would leave it running, detached.
+        let _ = rustix::process::kill_process(self.pid, rustix::process::Signal::KILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The sidegate process under `strace` (a descendant running `bin`), once it exists.
+fn tracee(strace: &Child, bin: &Path) -> rustix::process::Pid {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let mut family = vec![strace.id()];
+        while let Some(pid) = family.pop() {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            if pid != strace.id() && exe.as_deref() == Some(bin) {
+                return rustix::process::Pid::from_raw(pid.try_into().unwrap()).unwrap();
+            }
+            for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+            {
+                let children = task.unwrap().path().join("children");
+                let listed = std::fs::read_to_string(children).unwrap_or_default();
+                family.extend(listed.split_whitespace().map(|c| c.parse::<u32>().unwrap()));
+            }
+        }
+        assert!(Instant::now() < deadline, "strace started no sidegate");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
