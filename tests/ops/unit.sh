@@ -30,6 +30,20 @@ if [ -n "$out" ]; then
     exit 1
 fi
 
+# The user the unit names comes from config/sidegate.sysusers: create it in a scratch root.
+mkdir -p "$scratch/root/etc"
+# (An absolute path: with --root, a relative one is looked up inside the root.)
+out=$(systemd-sysusers --root="$scratch/root" "$PWD/config/sidegate.sysusers" 2>&1) || {
+    echo "$out" >&2
+    exit 1
+}
+user=$(sed -n 's/^User=//p' "$unit")
+group=$(sed -n 's/^Group=//p' "$unit")
+grep -q "^$user:" "$scratch/root/etc/passwd" && grep -q "^$group:" "$scratch/root/etc/group" || {
+    echo "unit.sh: config/sidegate.sysusers does not create $user:$group" >&2
+    exit 1
+}
+
 # Offline mode reads the file as given (systemd >= 250).
 if ! report=$(systemd-analyze security --offline=yes --threshold=$max_exposure "$unit" 2>&1); then
     echo "$report" >&2
