@@ -152,6 +152,7 @@ impl Response {
 fn handle(mut stream: TcpStream, status: &Status) -> io::Result<()> {
     let deadline = Instant::now() + DEADLINE;
     stream.set_write_timeout(Some(DEADLINE))?;
+    let m = &status.metrics.admin;
     let response = match read_request(&mut stream, deadline)? {
         Some(Request::Get(path)) => route(&path, status),
         Some(Request::OtherMethod) => Response {
@@ -162,8 +163,27 @@ fn handle(mut stream: TcpStream, status: &Status) -> io::Result<()> {
             Response::text("431 Request Header Fields Too Large", "request too large\n")
         }
         Some(Request::Malformed) => Response::text("400 Bad Request", "not an HTTP request\n"),
-        None => return Ok(()),
+        None => {
+            m.abandoned.inc();
+            crate::debug!("admin: a client sent no complete request within {DEADLINE:?}");
+            return Ok(());
+        }
     };
+    let code = response
+        .status
+        .get(..3)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if let Some(c) = m.answered(code) {
+        c.inc();
+    }
+    if matches!(code, 400 | 405 | 431) {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        crate::debug!("admin {peer}: refused, {}", response.status);
+    }
     let head = format!(
         "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}Connection: close\r\n\r\n",
         response.status,
@@ -342,5 +362,12 @@ mod tests {
         let started = Instant::now();
         assert_eq!(status_line(&get("/metrics")), "HTTP/1.1 200 OK");
         assert!(started.elapsed() < DEADLINE + Duration::from_secs(3));
+        let m = &status.metrics.admin;
+        let count = |code| m.answered(code).unwrap().get();
+        assert_eq!(
+            (count(400), count(404), count(405), count(431)),
+            (1, 1, 1, 2)
+        );
+        assert_eq!(m.abandoned.get(), 1);
     }
 }

@@ -194,6 +194,7 @@ pub struct Metrics {
     pub upstreams: Family<ConnStats>,
     pub reloads: ReloadMetrics,
     pub consul: ConsulMetrics,
+    pub admin: AdminMetrics,
 }
 
 impl Default for Metrics {
@@ -207,6 +208,7 @@ impl Default for Metrics {
             upstreams: Family::new(&["upstream", "bind"]),
             reloads: ReloadMetrics::default(),
             consul: ConsulMetrics::default(),
+            admin: AdminMetrics::default(),
         }
     }
 }
@@ -241,6 +243,24 @@ pub struct ReloadMetrics {
     /// The file was unreadable or invalid, or a new listener could not be bound; the running
     /// configuration was kept.
     pub failed: Counter,
+}
+
+/// The admin endpoint's own requests: scrapes, and whatever else reaches it.
+#[derive(Debug, Default)]
+pub struct AdminMetrics {
+    answered: [Counter; AdminMetrics::CODES.len()],
+    /// Connections that sent no complete request in time, or went away.
+    pub abandoned: Counter,
+}
+
+impl AdminMetrics {
+    /// Every status the endpoint answers with.
+    pub const CODES: [u16; 7] = [200, 400, 404, 405, 431, 500, 503];
+
+    pub fn answered(&self, code: u16) -> Option<&Counter> {
+        let i = Self::CODES.iter().position(|&c| c == code)?;
+        self.answered.get(i)
+    }
 }
 
 /// Following a Consul agent (filled by the Consul source).

@@ -167,6 +167,25 @@ pub fn render(m: &Metrics) -> String {
         m.reloads.failed.get(),
     );
 
+    o.family(
+        "sidegate_admin_requests_total",
+        "counter",
+        "Requests to the admin endpoint by status code; code=\"none\": no complete request in time.",
+    );
+    for code in super::AdminMetrics::CODES {
+        let answered = m.admin.answered(code).map_or(0, Counter::get);
+        o.sample(
+            "sidegate_admin_requests_total",
+            &[("code", &code.to_string())],
+            answered,
+        );
+    }
+    o.sample(
+        "sidegate_admin_requests_total",
+        &[("code", "none")],
+        m.admin.abandoned.get(),
+    );
+
     let c = &m.consul;
     o.family(
         "sidegate_consul_watch_errors_total",
