@@ -274,33 +274,42 @@ fn reload_keeps_live_connections_and_changes_only_the_listeners_it_must() {
             .unwrap_or_else(|e| panic!("{role}: {e}"));
     }
 
-    // New connections to the kept listener all along, while the reload happens.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // New connections to the kept listener all along: from before the reload until after it.
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let done = std::sync::Arc::new(AtomicUsize::new(0));
     let hammer = {
-        let (stop, pki, sni) = (
+        let (stop, done, pki, sni) = (
             stop.clone(),
+            done.clone(),
             world.pki.client_config(),
             service_sni("api", "dc1"),
         );
         std::thread::spawn(move || {
-            let mut ok = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let tls = tls_connect(kept, &sni, &pki).expect("connect during reload");
                 assert_eq!(echo_and_finish(tls, b"during").unwrap(), sni);
-                ok += 1;
+                done.fetch_add(1, Ordering::Relaxed);
             }
-            ok
         })
     };
+    eventually("connections before the reload", || {
+        done.load(Ordering::Relaxed) > 0
+    });
 
     world.write(&["127.0.0.1:0", "127.0.0.2:0"], "");
     sg.signal(Signal::HUP);
     notify.expect_line("RELOADING=1");
     let added = sg.wait_addr("gateway listening on ");
     notify.expect_line("READY=1");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let during = hammer.join().unwrap();
-    assert!(during > 0);
+    let at_ready = done.load(Ordering::Relaxed);
+    eventually("connections after the reload", || {
+        done.load(Ordering::Relaxed) > at_ready
+    });
+    stop.store(true, Ordering::Relaxed);
+    hammer
+        .join()
+        .expect("every connection around the reload succeeded");
 
     // The unchanged listener kept its socket: not rebound, no second "listening" line.
     assert_eq!(added.ip().to_string(), "127.0.0.2");
