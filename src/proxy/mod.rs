@@ -1,5 +1,6 @@
 //! The data path: listeners and the per-connection pipelines, on one event loop thread.
 
+mod authorize;
 mod buffers;
 mod dial;
 mod gateway;
