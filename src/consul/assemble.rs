@@ -309,6 +309,14 @@ pub fn snapshot(
         return Err("no CA roots yet".into());
     };
     let trust_domain = roots.trust_domain()?;
+    let sidecar = match &s.sidecar_service_id {
+        Some(id) => Some(registration(k, id, KIND_SIDECAR)?),
+        None => None,
+    };
+    let gateway = match &s.gateway_service_id {
+        Some(id) => Some(registration(k, id, KIND_MESH_GATEWAY)?),
+        None => None,
+    };
     let (place, namespace) = place(s, k).ok_or("the agent's datacenter is not known yet")?;
     let here = here_of(place, namespace, trust_domain);
     let mut warnings = Vec::new();
@@ -320,8 +328,7 @@ pub fn snapshot(
         config_entries: ConfigEntries::default(),
         catalog: catalog(s, k, &here, &mut warnings),
     };
-    if let Some(id) = &s.sidecar_service_id {
-        let svc = registration(k, id, KIND_SIDECAR)?;
+    if let Some(svc) = sidecar {
         let (mut spec, w) = service::sidecar(svc, &here)?;
         warnings.extend(w);
         let Some(Answer::Leaf(leaf)) = k.answers.get(&leaf_key(svc)) else {
@@ -332,8 +339,7 @@ pub fn snapshot(
         attribute_merged_levels(&mut spec, &snap.config_entries);
         snap.sidecar = Some(spec);
     }
-    if let Some(id) = &s.gateway_service_id {
-        let svc = registration(k, id, KIND_MESH_GATEWAY)?;
+    if let Some(svc) = gateway {
         let mut settings = base.gateway.clone().unwrap_or_else(|| GatewaySettings {
             connect_timeout: service::gateway_connect_timeout(svc).unwrap_or(
                 std::time::Duration::from_millis(GatewaySettings::DEFAULT_CONNECT_TIMEOUT_MS),
@@ -434,3 +440,7 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
         gateways: gateways.into_values().collect(),
     }
 }
+
+#[cfg(test)]
+#[path = "assemble_tests.rs"]
+mod tests;
