@@ -169,6 +169,11 @@ pub fn sidecar(svc: &AgentService, here: &Here) -> Result<(SidecarSpec, Vec<Stri
         },
         upstreams,
         authority: None,
+        // Consul's proxy config key for the inbound listener's limit.
+        max_connections: int(&proxy.config, "max_inbound_connections")
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| (1..=1_000_000).contains(n))
+            .unwrap_or(SidecarSpec::DEFAULT_MAX_CONNECTIONS),
     };
     Ok((spec, warnings))
 }
@@ -284,6 +289,15 @@ fn upstream(u: &Upstream, here: &Here) -> Result<UpstreamSpec, String> {
             UpstreamSpec::DEFAULT_CONNECT_TIMEOUT_MS,
         )),
         mesh_gateway: u.mesh_gateway.parsed()?,
+        // Consul's upstream `config.limits.max_connections` (an Envoy circuit breaker there).
+        max_connections: u
+            .config
+            .get("limits")
+            .and_then(|l| l.get("max_connections"))
+            .and_then(value_int)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| (1..=1_000_000).contains(n))
+            .unwrap_or(UpstreamSpec::DEFAULT_MAX_CONNECTIONS),
     })
 }
 
