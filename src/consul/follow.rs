@@ -83,9 +83,9 @@ pub fn follow(
     settings: Settings,
     base: Snapshot,
     options: Options,
+    status: Arc<Status>,
     sink: Sink,
 ) -> io::Result<Follower> {
-    let status = Arc::new(Status::default());
     let stop = Arc::new(AtomicBool::new(false));
     let client = Client::new(&settings);
     let authorizer = Authorizer::new(client.clone(), status.clone(), settings.state_dir.clone());
@@ -134,6 +134,61 @@ struct Saved {
     sidecar_service_id: Option<String>,
     gateway_service_id: Option<String>,
     answers: Vec<(Key, Answer)>,
+}
+
+/// The saved state for these settings: `Ok(None)` when there is none (or no `state_dir`),
+/// `Err` when it is there but unusable (corrupt, partial, for other registrations).
+fn load(settings: &Settings) -> Result<Option<Saved>, String> {
+    let Some(dir) = &settings.state_dir else {
+        return Ok(None);
+    };
+    let shown = state_dir::path(dir, STATE_FILE);
+    let bytes = match state_dir::read(dir, STATE_FILE) {
+        Ok(b) => b,
+        Err(state_dir::ReadError::Missing) => return Ok(None),
+        Err(e) => return Err(format!("last-known-good state {}: {e}", shown.display())),
+    };
+    let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "last-known-good state {} is not readable ({e}); ignored",
+            shown.display()
+        )
+    })?;
+    if saved.sidecar_service_id != settings.sidecar_service_id
+        || saved.gateway_service_id != settings.gateway_service_id
+    {
+        return Err(format!(
+            "last-known-good state {} was saved for other registrations; ignored",
+            shown.display()
+        ));
+    }
+    Ok(Some(saved))
+}
+
+/// The snapshot the saved state gives, without asking the agent (for `check`, and what a
+/// start with the agent unreachable serves), and when it was saved.
+pub fn saved_snapshot(
+    settings: &Settings,
+    base: &Snapshot,
+) -> Result<Option<(Snapshot, u64)>, String> {
+    let Some(saved) = load(settings)? else {
+        return Ok(None);
+    };
+    let answers: BTreeMap<Key, Answer> = saved.answers.into_iter().collect();
+    let refused = BTreeSet::new();
+    let known = Known {
+        answers: &answers,
+        refused: &refused,
+    };
+    let (mut snap, _) = assemble::snapshot(settings, base, &known)
+        .map_err(|e| format!("the saved state is incomplete: {e}"))?;
+    if let Some(sc) = snap.sidecar.as_mut() {
+        let client = Client::new(settings);
+        let status = Arc::new(Status::default());
+        let authorizer = Authorizer::new(client, status, settings.state_dir.clone());
+        sc.authority = Some(authorizer.for_service(&sc.service));
+    }
+    Ok(Some((snap, saved.saved_unix)))
 }
 
 struct Coordinator {
@@ -398,39 +453,14 @@ impl Coordinator {
 
     /// Loads the saved answers as unconfirmed entries.
     fn restore(&mut self) {
-        let Some(dir) = self.settings.state_dir.clone() else {
-            return;
-        };
-        let bytes = match state_dir::read(&dir, STATE_FILE) {
-            Ok(b) => b,
-            Err(state_dir::ReadError::Missing) => return,
+        let saved = match load(&self.settings) {
+            Ok(Some(saved)) => saved,
+            Ok(None) => return,
             Err(e) => {
-                crate::warn!(
-                    "consul: last-known-good state {}: {e}",
-                    state_dir::path(&dir, STATE_FILE).display()
-                );
+                crate::warn!("consul: {e}");
                 return;
             }
         };
-        let saved: Saved = match serde_json::from_slice(&bytes) {
-            Ok(s) => s,
-            Err(e) => {
-                crate::warn!(
-                    "consul: last-known-good state in {} unreadable ({e}); ignored",
-                    dir.display()
-                );
-                return;
-            }
-        };
-        if saved.sidecar_service_id != self.settings.sidecar_service_id
-            || saved.gateway_service_id != self.settings.gateway_service_id
-        {
-            crate::warn!(
-                "consul: last-known-good state in {} was saved for other registrations; ignored",
-                dir.display()
-            );
-            return;
-        }
         for (key, answer) in saved.answers {
             self.entries.insert(
                 key,
@@ -446,5 +476,63 @@ impl Coordinator {
             "consul: loaded the last-known-good state saved {} s ago",
             now_unix().saturating_sub(saved.saved_unix)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consul::settings::{resolve, FileKeys};
+
+    fn settings(dir: &std::path::Path, sidecar: &str) -> Settings {
+        resolve(
+            FileKeys {
+                sidecar_service_id: Some(sidecar.into()),
+                state_dir: Some(dir.to_path_buf()),
+                ..FileKeys::default()
+            },
+            &|_| None,
+        )
+        .unwrap()
+    }
+
+    fn base() -> Snapshot {
+        crate::config::parse("[consul]\nsidecar_service_id = \"x\"\n")
+            .unwrap()
+            .snapshot
+    }
+
+    #[test]
+    fn unusable_saved_state_is_reported_and_ignored() {
+        let dir = std::env::temp_dir().join(format!("sidegate-follow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = settings(&dir, "web-sidecar-proxy");
+        assert!(
+            matches!(saved_snapshot(&s, &base()), Ok(None)),
+            "nothing saved"
+        );
+
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(STATE_FILE), b"{\"truncated\": ").unwrap();
+        let err = saved_snapshot(&s, &base()).map(|_| ()).unwrap_err();
+        assert!(err.contains("corrupt or incomplete"), "{err}");
+
+        let saved = |answers: Vec<(Key, Answer)>, id: &str| Saved {
+            saved_unix: 1,
+            sidecar_service_id: Some(id.into()),
+            gateway_service_id: None,
+            answers,
+        };
+        let write = |s: &Saved| {
+            state_dir::write(&dir, STATE_FILE, &serde_json::to_vec(s).unwrap()).unwrap()
+        };
+        write(&saved(Vec::new(), "db-sidecar-proxy"));
+        let err = saved_snapshot(&s, &base()).map(|_| ()).unwrap_err();
+        assert!(err.contains("other registrations"), "{err}");
+
+        write(&saved(Vec::new(), "web-sidecar-proxy"));
+        let err = saved_snapshot(&s, &base()).map(|_| ()).unwrap_err();
+        assert!(err.contains("incomplete"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -18,10 +18,12 @@ pub mod client;
 pub mod errors;
 pub mod follow;
 pub mod settings;
+pub mod source;
 pub mod state_dir;
 pub mod status;
 pub mod watch;
 
-pub use follow::{follow, Follower, Options, Sink};
+pub use follow::{follow, saved_snapshot, Follower, Options, Sink};
 pub use settings::Settings;
+pub use source::Source;
 pub use status::Status;
