@@ -1,0 +1,282 @@
+//! sidegate in a real Consul mesh (Consul 1.8.7, `-dev` agents on loopback), configured from
+//! files: leaves, keys and roots issued by the agent's Connect CA carry traffic between
+//! sidegate sidecars, and sidegate interoperates with `consul connect proxy` — Consul's own
+//! built-in proxy, an independent implementation — in both directions, with the built-in
+//! proxy authorizing callers through the agent's intentions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod consul;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::OnceLock;
+
+use common::{dead_addr, eventually, start, IO_TIMEOUT};
+use consul::{service_with_sidecar, Agent, BuiltinProxy, Scratch, TlsFiles};
+use serde_json::json;
+use sidegate::proxy::Running;
+
+/// One dev agent for every test of this binary: each test uses its own destination service,
+/// so intentions set by one do not touch another.
+fn agent() -> &'static Agent {
+    static AGENT: OnceLock<Agent> = OnceLock::new();
+    AGENT.get_or_init(|| Agent::dev("dc1"))
+}
+
+/// `[mesh]` for a dc1 sidecar of `agent`'s cluster (its trust domain) with `files` as `[tls]`.
+fn header(agent: &Agent, files: &TlsFiles, service: &str) -> String {
+    format!(
+        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{}\"\n{}[sidecar]\nservice = \"{service}\"\n",
+        agent.roots().trust_domain,
+        files.toml()
+    )
+}
+
+/// A sidecar for `service` with only an inbound listener, to `app`, with these intentions.
+fn inbound(
+    agent: &Agent,
+    dir: &Scratch,
+    service: &str,
+    app: SocketAddr,
+    intentions: &str,
+) -> Running {
+    let files = agent.identity_files(service, &dir.0);
+    start(&format!(
+        "{}public_listener = \"127.0.0.1:0\"\nlocal_service_address = \"{app}\"\n{intentions}",
+        header(agent, &files, service)
+    ))
+}
+
+/// A sidecar for `service` with one upstream to `target` on 127.0.0.1:`port`, dialling
+/// `instance` directly.
+fn upstream(
+    agent: &Agent,
+    dir: &Scratch,
+    service: &str,
+    target: &str,
+    port: u16,
+    instance: SocketAddr,
+) -> Running {
+    let files = agent.identity_files(service, &dir.0);
+    start(&format!(
+        "{}[[sidecar.upstreams]]\ndestination_name = \"{target}\"\nlocal_bind_port = {port}\n\
+         mesh_gateway = {{ mode = \"none\" }}\n[[catalog.services]]\nname = \"{target}\"\ninstances = [\"{instance}\"]\n",
+        header(agent, &files, service)
+    ))
+}
+
+const ALLOW_WEB_ONLY: &str = "[sidecar.intentions]\ndefault = \"deny\"\n[[sidecar.intentions.rules]]\nsource = \"web\"\naction = \"allow\"\n";
+
+#[test]
+fn web_and_db_sidecars_carry_traffic_with_consul_issued_certificates() {
+    let agent = agent();
+    let dir = Scratch::new("consul-mesh");
+    let db_app = app("db");
+    let db = inbound(agent, &dir, "db", db_app, ALLOW_WEB_ONLY);
+    let db_in = db.inbound_addr.unwrap();
+    let port = dead_addr().port();
+    // The catalog as Consul sees it: db's sidecar at sidegate's inbound, web's with the upstream.
+    agent.register(&service_with_sidecar(
+        "db",
+        db_app,
+        db_in.port(),
+        json!([]),
+        "",
+    ));
+    agent.register(&service_with_sidecar(
+        "web",
+        app("web"),
+        dead_addr().port(),
+        json!([{"DestinationName": "db", "LocalBindPort": port}]),
+        "",
+    ));
+    let web = upstream(agent, &dir, "web", "db", port, db_in);
+
+    // The identity sidegate loaded is the one Consul says it issued.
+    let files = agent.identity_files("web", &dir.0);
+    let td = agent.roots().trust_domain;
+    assert_eq!(
+        files.uri,
+        format!("spiffe://{td}/ns/default/dc/dc1/svc/web")
+    );
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let id =
+        sidegate::tls::Identity::from_pem(&read(&files.cert), &read(&files.key), &read(&files.ca))
+            .unwrap();
+    assert_eq!(id.spiffe_id.to_string(), files.uri);
+
+    // 4 MB each way and the app's sign-off after the half-close.
+    let payload: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+    let got = exchange(connect(port), &payload);
+    assert!(
+        got == [&payload[..], b"app:db\n"].concat(),
+        "got {} bytes back",
+        got.len()
+    );
+    assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
+    assert_eq!(db.metrics.inbound.denied.get(), 0);
+
+    // `api` holds a valid leaf of the same CA, but db's intentions allow only web.
+    let api_port = dead_addr().port();
+    let _api = upstream(agent, &dir, "api", "db", api_port, db_in);
+    assert_eq!(exchange(connect(api_port), b"let me in"), b"");
+    eventually("api denied", || db.metrics.inbound.denied.get() == 1);
+}
+
+#[test]
+fn a_sidecar_of_another_consul_cluster_is_refused() {
+    // Another cluster: another CA and trust domain, with its own `db`.
+    let other = Agent::dev("dc1");
+    let dir = Scratch::new("consul-other");
+    assert_ne!(other.roots().trust_domain, agent().roots().trust_domain);
+    let foreign_db = inbound(&other, &dir, "db", app("db"), "");
+    let port = dead_addr().port();
+    let web = upstream(
+        agent(),
+        &dir,
+        "web",
+        "db",
+        port,
+        foreign_db.inbound_addr.unwrap(),
+    );
+    assert_eq!(exchange(connect(port), b"secret"), b"");
+    eventually("handshake refused", || {
+        web.metrics.upstream.handshake_failures.get() == 1
+    });
+    eventually("the foreign db refused web too", || {
+        foreign_db.metrics.inbound.handshake_failures.get() == 1
+    });
+}
+
+/// (a) sidegate's upstream listener → `consul connect proxy`'s public listener → the app, with
+/// the built-in proxy asking the agent to authorize each caller.
+#[test]
+fn our_upstream_reaches_the_app_through_consul_connect_proxy() {
+    let agent = agent();
+    let dir = Scratch::new("consul-builtin-in");
+    let public = dead_addr();
+    agent.register(&service_with_sidecar(
+        "orders",
+        app("orders"),
+        public.port(),
+        json!([]),
+        "",
+    ));
+    agent.set_intention("*", "orders", "deny");
+    agent.set_intention("web", "orders", "allow");
+    assert!(agent.authorized("web", "orders") && !agent.authorized("api", "orders"));
+    let mut proxy = BuiltinProxy::sidecar_for(agent, "orders", public.port());
+
+    let port = dead_addr().port();
+    let web = upstream(agent, &dir, "web", "orders", port, public);
+    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 239) as u8).collect();
+    assert!(echo(connect(port), &payload), "the echo differs");
+    assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
+
+    // Denied by the agent's intentions: the built-in proxy refuses the caller.
+    let api_port = dead_addr().port();
+    let _api = upstream(agent, &dir, "api", "orders", api_port, public);
+    assert_eq!(exchange(connect(api_port), b"let me in"), b"");
+    let line = proxy.wait_for_log("authz call denied");
+    assert!(line.contains("orders"), "{line}");
+}
+
+/// (b) `consul connect proxy`'s upstream listener → sidegate's inbound listener → the app. The
+/// built-in proxy finds sidegate through the catalog, sends no SNI, and checks that the server
+/// proves billing's SPIFFE ID.
+#[test]
+fn consul_connect_proxy_reaches_the_app_through_our_inbound() {
+    let agent = agent();
+    let dir = Scratch::new("consul-builtin-out");
+    let billing_app = app("billing");
+    let billing = inbound(agent, &dir, "billing", billing_app, ALLOW_WEB_ONLY);
+    let billing_in = billing.inbound_addr.unwrap();
+    agent.register(&service_with_sidecar(
+        "billing",
+        billing_app,
+        billing_in.port(),
+        json!([]),
+        "",
+    ));
+    agent.set_intention("*", "billing", "deny");
+    agent.set_intention("web", "billing", "allow");
+
+    let port = dead_addr().port();
+    let _web = BuiltinProxy::upstream(agent, "web", "billing", port);
+    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 233) as u8).collect();
+    assert!(echo(connect(port), &payload), "the echo differs");
+    assert_eq!(billing.metrics.inbound.handshake_failures.get(), 0);
+    assert_eq!(billing.metrics.inbound.denied.get(), 0);
+
+    // A caller the intentions deny gets nothing from the app.
+    let evil_port = dead_addr().port();
+    let _evil = BuiltinProxy::upstream(agent, "evil", "billing", evil_port);
+    assert_eq!(exchange(connect(evil_port), b"let me in"), b"");
+    eventually("evil denied", || billing.metrics.inbound.denied.get() == 1);
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// Sends `payload` from another thread while reading its echo, and closes only after the
+/// whole echo came back: the built-in proxy does not carry a half-close (when one direction
+/// ends it closes both connections), so the exchanges through it are echoes, not
+/// request-then-EOF.
+fn echo(stream: TcpStream, payload: &[u8]) -> bool {
+    let mut writer = stream.try_clone().unwrap();
+    let sent = payload.to_vec();
+    let sending = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+    let mut got = vec![0u8; payload.len()];
+    let mut reader = stream;
+    reader.read_exact(&mut got).unwrap();
+    sending.join().unwrap();
+    got == payload
+}
+
+/// Sends `payload` from another thread while reading, finishes sending, and returns all the
+/// far side answered (empty when it closed or reset without answering).
+fn exchange(stream: TcpStream, payload: &[u8]) -> Vec<u8> {
+    let mut writer = stream.try_clone().unwrap();
+    let payload = payload.to_vec();
+    let sending = std::thread::spawn(move || {
+        let _ = writer.write_all(&payload);
+        let _ = writer.shutdown(Shutdown::Write);
+    });
+    let mut got = Vec::new();
+    let mut reader = stream;
+    match reader.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("after {} bytes: {e}", got.len()),
+    }
+    sending.join().unwrap();
+    got
+}
+
+/// A plain TCP app: echoes until its client finishes, then signs off with `app:<name>\n`.
+fn app(name: &'static str) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) if s.write_all(&buf[..n]).is_err() => return,
+                        Ok(_) => {}
+                    }
+                }
+                let _ = s.write_all(format!("app:{name}\n").as_bytes());
+            });
+        }
+    });
+    addr
+}
