@@ -24,45 +24,39 @@ fn agent() -> &'static Agent {
     AGENT.get_or_init(|| Agent::dev("dc1"))
 }
 
-/// `[mesh]` for a dc1 sidecar of `agent`'s cluster (its trust domain) with `files` as `[tls]`.
-fn header(agent: &Agent, files: &TlsFiles, service: &str) -> String {
+/// `[mesh]` for a sidecar in `agent`'s datacenter and cluster (its trust domain), with
+/// `files` as `[tls]`.
+fn header(agent: &Agent, files: &TlsFiles) -> String {
     format!(
-        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{}\"\n{}[sidecar]\nservice = \"{service}\"\n",
+        "[mesh]\ndatacenter = \"{}\"\ntrust_domain = \"{}\"\n{}[sidecar]\nservice = \"{}\"\n",
+        agent.options.datacenter,
         agent.roots().trust_domain,
-        files.toml()
+        files.toml(),
+        files.service
     )
 }
 
-/// A sidecar for `service` with only an inbound listener, to `app`, with these intentions.
-fn inbound(
-    agent: &Agent,
-    dir: &Scratch,
-    service: &str,
-    app: SocketAddr,
-    intentions: &str,
-) -> Running {
-    let files = agent.identity_files(service, &dir.0);
+/// A sidecar with only an inbound listener, to `app`, with these intentions.
+fn inbound(agent: &Agent, files: &TlsFiles, app: SocketAddr, intentions: &str) -> Running {
     start(&format!(
         "{}public_listener = \"127.0.0.1:0\"\nlocal_service_address = \"{app}\"\n{intentions}",
-        header(agent, &files, service)
+        header(agent, files)
     ))
 }
 
-/// A sidecar for `service` with one upstream to `target` on 127.0.0.1:`port`, dialling
-/// `instance` directly.
+/// A sidecar with one upstream to `target` on 127.0.0.1:`port`, dialling `instance`
+/// directly.
 fn upstream(
     agent: &Agent,
-    dir: &Scratch,
-    service: &str,
+    files: &TlsFiles,
     target: &str,
     port: u16,
     instance: SocketAddr,
 ) -> Running {
-    let files = agent.identity_files(service, &dir.0);
     start(&format!(
         "{}[[sidecar.upstreams]]\ndestination_name = \"{target}\"\nlocal_bind_port = {port}\n\
          mesh_gateway = {{ mode = \"none\" }}\n[[catalog.services]]\nname = \"{target}\"\ninstances = [\"{instance}\"]\n",
-        header(agent, &files, service)
+        header(agent, files)
     ))
 }
 
@@ -73,7 +67,12 @@ fn web_and_db_sidecars_carry_traffic_with_consul_issued_certificates() {
     let agent = agent();
     let dir = Scratch::new("consul-mesh");
     let db_app = app("db");
-    let db = inbound(agent, &dir, "db", db_app, ALLOW_WEB_ONLY);
+    let db = inbound(
+        agent,
+        &agent.identity_files("db", &dir.0),
+        db_app,
+        ALLOW_WEB_ONLY,
+    );
     let db_in = db.inbound_addr.unwrap();
     let port = dead_addr().port();
     // The catalog as Consul sees it: db's sidecar at sidegate's inbound, web's with the upstream.
@@ -91,10 +90,10 @@ fn web_and_db_sidecars_carry_traffic_with_consul_issued_certificates() {
         json!([{"DestinationName": "db", "LocalBindPort": port}]),
         "",
     ));
-    let web = upstream(agent, &dir, "web", "db", port, db_in);
+    let files = agent.identity_files("web", &dir.0);
+    let web = upstream(agent, &files, "db", port, db_in);
 
     // The identity sidegate loaded is the one Consul says it issued.
-    let files = agent.identity_files("web", &dir.0);
     let td = agent.roots().trust_domain;
     assert_eq!(
         files.uri,
@@ -119,7 +118,13 @@ fn web_and_db_sidecars_carry_traffic_with_consul_issued_certificates() {
 
     // `api` holds a valid leaf of the same CA, but db's intentions allow only web.
     let api_port = dead_addr().port();
-    let _api = upstream(agent, &dir, "api", "db", api_port, db_in);
+    let _api = upstream(
+        agent,
+        &agent.identity_files("api", &dir.0),
+        "db",
+        api_port,
+        db_in,
+    );
     assert_eq!(exchange(connect(api_port), b"let me in"), b"");
     eventually("api denied", || db.metrics.inbound.denied.get() == 1);
 }
@@ -130,12 +135,12 @@ fn a_sidecar_of_another_consul_cluster_is_refused() {
     let other = Agent::dev("dc1");
     let dir = Scratch::new("consul-other");
     assert_ne!(other.roots().trust_domain, agent().roots().trust_domain);
-    let foreign_db = inbound(&other, &dir, "db", app("db"), "");
+    let foreign_db = inbound(&other, &other.identity_files("db", &dir.0), app("db"), "");
     let port = dead_addr().port();
+    let web_files = agent().identity_files("web", &dir.0);
     let web = upstream(
         agent(),
-        &dir,
-        "web",
+        &web_files,
         "db",
         port,
         foreign_db.inbound_addr.unwrap(),
@@ -169,14 +174,26 @@ fn our_upstream_reaches_the_app_through_consul_connect_proxy() {
     let mut proxy = BuiltinProxy::sidecar_for(agent, "orders", public.port());
 
     let port = dead_addr().port();
-    let web = upstream(agent, &dir, "web", "orders", port, public);
+    let web = upstream(
+        agent,
+        &agent.identity_files("web", &dir.0),
+        "orders",
+        port,
+        public,
+    );
     let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 239) as u8).collect();
     assert!(echo(connect(port), &payload), "the echo differs");
     assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
 
     // Denied by the agent's intentions: the built-in proxy refuses the caller.
     let api_port = dead_addr().port();
-    let _api = upstream(agent, &dir, "api", "orders", api_port, public);
+    let _api = upstream(
+        agent,
+        &agent.identity_files("api", &dir.0),
+        "orders",
+        api_port,
+        public,
+    );
     assert_eq!(exchange(connect(api_port), b"let me in"), b"");
     let line = proxy.wait_for_log("authz call denied");
     assert!(line.contains("orders"), "{line}");
@@ -190,7 +207,12 @@ fn consul_connect_proxy_reaches_the_app_through_our_inbound() {
     let agent = agent();
     let dir = Scratch::new("consul-builtin-out");
     let billing_app = app("billing");
-    let billing = inbound(agent, &dir, "billing", billing_app, ALLOW_WEB_ONLY);
+    let billing = inbound(
+        agent,
+        &agent.identity_files("billing", &dir.0),
+        billing_app,
+        ALLOW_WEB_ONLY,
+    );
     let billing_in = billing.inbound_addr.unwrap();
     agent.register(&service_with_sidecar(
         "billing",
@@ -214,6 +236,57 @@ fn consul_connect_proxy_reaches_the_app_through_our_inbound() {
     let _evil = BuiltinProxy::upstream(agent, "evil", "billing", evil_port);
     assert_eq!(exchange(connect(evil_port), b"let me in"), b"");
     eventually("evil denied", || billing.metrics.inbound.denied.get() == 1);
+}
+
+/// A CA rotation in flight: leaves of the old root (peers that have not picked up the new
+/// roots yet) and of the new root (whose chain carries the new root cross-signed by the old
+/// one, as Consul issues it) carry traffic both ways.
+#[test]
+fn old_and_new_leaves_interoperate_during_a_ca_rotation() {
+    // Its own agent: a rotation would disturb the other tests' certificates.
+    let agent = Agent::dev("dc1");
+    let dir = Scratch::new("consul-rotation");
+    let old_db = inbound(&agent, &agent.identity_files("db", &dir.0), app("db"), "");
+    let old_api_files = agent.identity_files("api", &dir.0);
+
+    let new = agent.rotate_ca();
+    assert_eq!(new.pems.len(), 2, "the old root stays trusted");
+    // Services asked for a leaf only now get one of the new root at once (renewals of
+    // existing leaves follow within Consul's 30 s jitter).
+    let new_orders = inbound(
+        &agent,
+        &agent.identity_files("orders", &dir.0),
+        app("orders"),
+        "",
+    );
+    let web_files = agent.identity_files("web", &dir.0);
+    let web_chain = std::fs::read_to_string(&web_files.cert).unwrap();
+    assert_eq!(
+        web_chain.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf + cross-signed root"
+    );
+
+    // New leaf (trusting both roots) → old leaf trusting only the old root.
+    let port = dead_addr().port();
+    let web = upstream(&agent, &web_files, "db", port, old_db.inbound_addr.unwrap());
+    assert!(echo(connect(port), b"new to old"));
+    // Old leaf trusting only the old root (its files were written before the rotation) →
+    // new leaf.
+    let api_port = dead_addr().port();
+    let api = start(&format!(
+        "{}[[sidecar.upstreams]]\ndestination_name = \"orders\"\nlocal_bind_port = {api_port}\n\
+         [[catalog.services]]\nname = \"orders\"\ninstances = [\"{}\"]\n",
+        header(&agent, &old_api_files),
+        new_orders.inbound_addr.unwrap()
+    ));
+    assert!(echo(connect(api_port), b"old to new"));
+    for s in [&web, &api] {
+        assert_eq!(s.metrics.upstream.handshake_failures.get(), 0);
+    }
+    for s in [&old_db, &new_orders] {
+        assert_eq!(s.metrics.inbound.handshake_failures.get(), 0);
+    }
 }
 
 fn connect(port: u16) -> TcpStream {

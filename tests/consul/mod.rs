@@ -401,6 +401,7 @@ impl Agent {
     pub fn identity_files(&self, service: &str, dir: &Path) -> TlsFiles {
         let leaf = self.leaf(service);
         let files = TlsFiles {
+            service: service.to_owned(),
             cert: dir.join(format!("{service}.pem")),
             key: dir.join(format!("{service}-key.pem")),
             ca: dir.join(format!("{service}-roots.pem")),
@@ -554,6 +555,7 @@ pub struct Roots {
 
 /// sidegate's `[tls]` files for one service.
 pub struct TlsFiles {
+    pub service: String,
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
