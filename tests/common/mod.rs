@@ -3,6 +3,9 @@
 //! itself started in-process on port 0.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod apps;
+pub mod sidecars;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
