@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::OnceLock;
 
+use common::apps::{app, echo_intact, pattern};
 use common::{dead_addr, eventually, start, IO_TIMEOUT};
 use consul::{service_with_sidecar, Agent, BuiltinProxy, Scratch, TlsFiles};
 use serde_json::json;
@@ -105,14 +106,9 @@ fn web_and_db_sidecars_carry_traffic_with_consul_issued_certificates() {
             .unwrap();
     assert_eq!(id.spiffe_id.to_string(), files.uri);
 
-    // 4 MB each way and the app's sign-off after the half-close.
-    let payload: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
-    let got = exchange(connect(port), &payload);
-    assert!(
-        got == [&payload[..], b"app:db\n"].concat(),
-        "got {} bytes back",
-        got.len()
-    );
+    // 4 MiB each way and the app's sign-off after the half-close.
+    let rest = echo_intact(connect(port), 4 << 20, IO_TIMEOUT);
+    assert_eq!(rest, b"app:db\n");
     assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
     assert_eq!(db.metrics.inbound.denied.get(), 0);
 
@@ -125,7 +121,7 @@ fn web_and_db_sidecars_carry_traffic_with_consul_issued_certificates() {
         api_port,
         db_in,
     );
-    assert_eq!(exchange(connect(api_port), b"let me in"), b"");
+    assert!(refused(api_port, b"let me in"));
     eventually("api denied", || db.metrics.inbound.denied.get() == 1);
 }
 
@@ -145,7 +141,7 @@ fn a_sidecar_of_another_consul_cluster_is_refused() {
         port,
         foreign_db.inbound_addr.unwrap(),
     );
-    assert_eq!(exchange(connect(port), b"secret"), b"");
+    assert!(refused(port, b"secret"));
     eventually("handshake refused", || {
         web.metrics.upstream.handshake_failures.get() == 1
     });
@@ -181,7 +177,7 @@ fn our_upstream_reaches_the_app_through_consul_connect_proxy() {
         port,
         public,
     );
-    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 239) as u8).collect();
+    let payload = pattern(2_000_000);
     assert!(echo(connect(port), &payload), "the echo differs");
     assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
 
@@ -194,7 +190,7 @@ fn our_upstream_reaches_the_app_through_consul_connect_proxy() {
         api_port,
         public,
     );
-    assert_eq!(exchange(connect(api_port), b"let me in"), b"");
+    assert!(refused(api_port, b"let me in"));
     let line = proxy.wait_for_log("authz call denied");
     assert!(line.contains("orders"), "{line}");
 }
@@ -226,7 +222,7 @@ fn consul_connect_proxy_reaches_the_app_through_our_inbound() {
 
     let port = dead_addr().port();
     let _web = BuiltinProxy::upstream(agent, "web", "billing", port);
-    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 233) as u8).collect();
+    let payload = pattern(2_000_000);
     assert!(echo(connect(port), &payload), "the echo differs");
     assert_eq!(billing.metrics.inbound.handshake_failures.get(), 0);
     assert_eq!(billing.metrics.inbound.denied.get(), 0);
@@ -234,7 +230,7 @@ fn consul_connect_proxy_reaches_the_app_through_our_inbound() {
     // A caller the intentions deny gets nothing from the app.
     let evil_port = dead_addr().port();
     let _evil = BuiltinProxy::upstream(agent, "evil", "billing", evil_port);
-    assert_eq!(exchange(connect(evil_port), b"let me in"), b"");
+    assert!(refused(evil_port, b"let me in"));
     eventually("evil denied", || billing.metrics.inbound.denied.get() == 1);
 }
 
@@ -310,46 +306,15 @@ fn echo(stream: TcpStream, payload: &[u8]) -> bool {
     got == payload
 }
 
-/// Sends `payload` from another thread while reading, finishes sending, and returns all the
-/// far side answered (empty when it closed or reset without answering).
-fn exchange(stream: TcpStream, payload: &[u8]) -> Vec<u8> {
-    let mut writer = stream.try_clone().unwrap();
-    let payload = payload.to_vec();
-    let sending = std::thread::spawn(move || {
-        let _ = writer.write_all(&payload);
-        let _ = writer.shutdown(Shutdown::Write);
-    });
+/// Whether a connection to 127.0.0.1:`port` is closed (or reset) without a single byte of
+/// answer after sending `payload`: what a refused caller sees.
+fn refused(port: u16, payload: &[u8]) -> bool {
+    let mut s = connect(port);
+    let _ = s.write_all(payload);
+    let _ = s.shutdown(Shutdown::Write);
     let mut got = Vec::new();
-    let mut reader = stream;
-    match reader.read_to_end(&mut got) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        Err(e) => panic!("after {} bytes: {e}", got.len()),
+    match s.read_to_end(&mut got) {
+        Ok(_) => got.is_empty(),
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset && got.is_empty(),
     }
-    sending.join().unwrap();
-    got
-}
-
-/// A plain TCP app: echoes until its client finishes, then signs off with `app:<name>\n`.
-fn app(name: &'static str) -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) if s.write_all(&buf[..n]).is_err() => return,
-                        Ok(_) => {}
-                    }
-                }
-                let _ = s.write_all(format!("app:{name}\n").as_bytes());
-            });
-        }
-    });
-    addr
 }
