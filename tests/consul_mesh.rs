@@ -13,6 +13,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::OnceLock;
 
 use common::apps::{app, echo_intact, pattern};
+use common::sidecars::routed;
 use common::{dead_addr, eventually, start, IO_TIMEOUT};
 use consul::{service_with_sidecar, Agent, BuiltinProxy, Scratch, TlsFiles};
 use serde_json::json;
@@ -283,6 +284,100 @@ fn old_and_new_leaves_interoperate_during_a_ca_rotation() {
     for s in [&old_db, &new_orders] {
         assert_eq!(s.metrics.inbound.handshake_failures.get(), 0);
     }
+}
+
+/// dc1 and dc2 WAN-federated (dc2's CA an intermediate of dc1's): web in dc1 reaches db in
+/// dc2 through sidegate mesh gateways registered in Consul, in `local` mode (dc1's gateway,
+/// then dc2's) and `remote` mode (dc2's gateway directly), with the gateways' addresses as
+/// Consul's catalog gives them across the federation.
+#[test]
+fn cross_datacenter_upstreams_through_sidegate_gateways_with_federated_certificates() {
+    let dc1 = Agent::dev("dc1");
+    let dc2 = Agent::secondary("dc2", &dc1);
+    let dir = Scratch::new("consul-wan");
+    let td = dc1.roots().trust_domain;
+
+    let db_files = dc2.identity_files("db", &dir.0);
+    assert_eq!(
+        db_files.uri,
+        format!("spiffe://{td}/ns/default/dc/dc2/svc/db")
+    );
+    let chain = std::fs::read_to_string(&db_files.cert).unwrap();
+    assert!(
+        chain.matches("BEGIN CERTIFICATE").count() > 1,
+        "dc2 signs with an intermediate"
+    );
+    let db_app = app("db");
+    let db = inbound(&dc2, &db_files, db_app, "");
+    let db_in = db.inbound_addr.unwrap();
+    dc2.register(&service_with_sidecar(
+        "db",
+        db_app,
+        db_in.port(),
+        json!([]),
+        "",
+    ));
+
+    let gateway = |dc: &str, routes: &str| {
+        start(&format!(
+            "[mesh]\ndatacenter = \"{dc}\"\ntrust_domain = \"{td}\"\n\
+             [gateway]\nlisten = [\"127.0.0.1:0\"]\n{routes}"
+        ))
+    };
+    let gw2 = gateway(
+        "dc2",
+        &format!("[[catalog.services]]\nname = \"db\"\ninstances = [\"{db_in}\"]\n"),
+    );
+    let gw2_addr = gw2.gateway_addrs[0];
+    dc2.register_mesh_gateway("mesh-gateway", gw2_addr, gw2_addr);
+    let gw2_wan = dc1.mesh_gateway_wan("dc2");
+    assert_eq!(gw2_wan, vec![gw2_addr], "dc2's gateway as dc1 sees it");
+    let gw1 = gateway(
+        "dc1",
+        &format!(
+            "[[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"{}\"]\n",
+            gw2_wan[0]
+        ),
+    );
+    let gw1_addr = gw1.gateway_addrs[0];
+    dc1.register_mesh_gateway("mesh-gateway", gw1_addr, gw1_addr);
+
+    let (local, remote) = (dead_addr().port(), dead_addr().port());
+    let upstream = |port: u16, mode: &str| {
+        format!(
+            "[[sidecar.upstreams]]\ndestination_name = \"db\"\ndatacenter = \"dc2\"\n\
+             local_bind_port = {port}\nmesh_gateway = {{ mode = \"{mode}\" }}\n"
+        )
+    };
+    let web_files = dc1.identity_files("web", &dir.0);
+    let web = start(&format!(
+        "{}{}{}[[catalog.gateways]]\nlan = [\"{gw1_addr}\"]\n\
+         [[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"{}\"]\n",
+        header(&dc1, &web_files),
+        upstream(local, "local"),
+        upstream(remote, "remote"),
+        gw2_wan[0]
+    ));
+
+    assert_eq!(
+        echo_intact(connect(local), 1 << 20, IO_TIMEOUT),
+        b"app:db\n"
+    );
+    assert_eq!(
+        (routed(&gw1), routed(&gw2)),
+        (1, 1),
+        "local: dc1's gateway, then dc2's"
+    );
+    assert_eq!(
+        echo_intact(connect(remote), 1 << 20, IO_TIMEOUT),
+        b"app:db\n"
+    );
+    assert_eq!(
+        (routed(&gw1), routed(&gw2)),
+        (1, 2),
+        "remote: dc2's gateway only"
+    );
+    assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
 }
 
 fn connect(port: u16) -> TcpStream {

@@ -454,6 +454,29 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// The `wan` tagged address of `datacenter`'s mesh gateways as this agent's catalog
+    /// answers across the WAN federation (`/v1/catalog/service/mesh-gateway?dc=`).
+    pub fn mesh_gateway_wan(&self, datacenter: &str) -> Vec<SocketAddr> {
+        let v = self.ok(
+            "GET",
+            &format!("/v1/catalog/service/mesh-gateway?dc={datacenter}"),
+            &Value::Null,
+        );
+        let v = v.json();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                let wan = &n["ServiceTaggedAddresses"]["wan"];
+                format!("{}:{}", wan["Address"].as_str().unwrap(), wan["Port"])
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    }
+}
+
 /// A check that is passing from the start, so that `?passing` health queries (what
 /// `consul connect proxy` resolves upstreams with) see the instance at once, not after the
 /// default TCP check's first interval.
