@@ -9,8 +9,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::sidecars::{DB, WEB};
 use common::*;
 use sidegate::proxy::{ListenerKey, Running};
+use sidegate::tls::configs::server_config;
 
 fn plan(toml: &str) -> sidegate::mesh::Plan {
     let config = sidegate::config::parse(toml).unwrap_or_else(|e| panic!("config: {e:?}"));
@@ -73,7 +75,7 @@ fn reload_binds_added_listeners_and_closes_removed_ones_without_cutting_their_co
     let sni = service_sni("db", "dc1");
     let live = tls_connect(first, &sni, &cfg).unwrap();
 
-    let second = dead_addr();
+    let second: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let both = format!("{LOOPBACK}, \"{second}\"");
     let applied = gw
         .apply(plan(&gateway(&both, &[("db", vec![db.addr])])))
@@ -185,35 +187,13 @@ fn cfg(pki: &Pki) -> std::sync::Arc<rustls::ClientConfig> {
     pki.client_config()
 }
 
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
 #[test]
 fn an_upstream_holds_at_most_max_connections_and_refuses_the_rest() {
     // db's real sidecar (partition part2), so that held connections are relayed ones.
-    let read = |n: &str| std::fs::read(fixture(n)).unwrap();
-    let db_identity = sidegate::tls::Identity::from_pem(
-        &read("db.pem"),
-        &read("db-key-pkcs1.pem"),
-        &read("ca.pem"),
-    )
-    .unwrap();
-    let db = Backend::serve(
-        sidegate::tls::configs::server_config(&db_identity).unwrap(),
-        "db",
-    );
-    let port = dead_addr().port();
+    let db = Backend::serve(server_config(&DB.identity()).unwrap(), "db");
+    let port = free_port();
     let sidecar = start(&format!(
-        r#"[mesh]
-datacenter = "dc1"
-trust_domain = "{TD}"
-[tls]
-cert_file = "{}"
-key_file = "{}"
-ca_file = "{}"
-[sidecar]
-service = "web"
+        r#"{}
 [[sidecar.upstreams]]
 destination_name = "db"
 destination_partition = "part2"
@@ -224,9 +204,7 @@ name = "db"
 partition = "part2"
 instances = ["{}"]
 "#,
-        fixture("web.pem"),
-        fixture("web-key-sec1.pem"),
-        fixture("ca.pem"),
+        WEB.header(),
         db.addr
     ));
     let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

@@ -54,7 +54,7 @@ fn expected(payload: &[u8]) -> Vec<u8> {
 #[test]
 fn local_app_reaches_the_target_over_mtls() {
     let db = db_sidecar();
-    let port = dead_addr().port();
+    let port = free_port();
     let socket = std::env::temp_dir().join(format!("sidegate-up-{}.sock", std::process::id()));
     let web = web_sidecar(db.addr, port, &socket);
 
@@ -90,7 +90,7 @@ fn local_app_reaches_the_target_over_mtls() {
 fn an_impostor_with_a_valid_certificate_is_refused() {
     // The endpoint serves web's (valid, same CA) leaf where db is expected.
     let impostor = Backend::serve(server_config(&WEB.identity()).unwrap(), "web");
-    let port = dead_addr().port();
+    let port = free_port();
     let socket = std::env::temp_dir().join(format!("sidegate-imp-{}.sock", std::process::id()));
     let web = web_sidecar(impostor.addr, port, &socket);
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -116,7 +116,7 @@ fn db_inbound(intentions: &str) -> sidegate::proxy::Running {
 #[test]
 fn app_to_app_through_upstream_and_inbound_listeners() {
     let db = db_inbound("");
-    let port = dead_addr().port();
+    let port = free_port();
     let socket = std::env::temp_dir().join(format!("sidegate-e2e-{}.sock", std::process::id()));
     let web = web_sidecar(db.inbound_addr.unwrap(), port, &socket);
     let payload: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
@@ -138,7 +138,7 @@ fn app_to_app_through_upstream_and_inbound_listeners() {
 #[test]
 fn callers_denied_by_intentions_or_without_a_certificate_are_refused() {
     let db = db_inbound("[sidecar.intentions]\ndefault = \"allow\"\n[[sidecar.intentions.rules]]\nsource = \"web\"\nsource_partition = \"default\"\naction = \"deny\"\n");
-    let port = dead_addr().port();
+    let port = free_port();
     let socket = std::env::temp_dir().join(format!("sidegate-deny-{}.sock", std::process::id()));
     let _web = web_sidecar(db.inbound_addr.unwrap(), port, &socket);
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -184,7 +184,7 @@ fn local_and_remote_modes_cross_partitions_through_gateways() {
          [[catalog.gateways]]\npartition = \"part2\"\nwan = [\"{part2_wan}\"]\n"
     ));
     let local_lan = local_gw.gateway_addrs[0];
-    let (local_port, remote_port) = (dead_addr().port(), dead_addr().port());
+    let (local_port, remote_port) = (free_port(), free_port());
     let web = start(&format!(
         r#"{}
 [[sidecar.upstreams]]

@@ -88,7 +88,7 @@ impl Mesh {
                 for mode in MODES {
                     // Six free ports, distinct (two upstreams on one port is a config error).
                     let port = loop {
-                        let p = dead_addr().port();
+                        let p = free_port();
                         if ports.iter().all(|(_, _, q)| *q != p) {
                             break p;
                         }
