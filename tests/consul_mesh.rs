@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use common::apps::{app, echo_intact, pattern};
 use common::sidecars::routed;
-use common::{dead_addr, eventually, start, IO_TIMEOUT};
+use common::{eventually, free_port, start, IO_TIMEOUT};
 use consul::{service_with_sidecar, Agent, BuiltinProxy, Scratch, TlsFiles};
 use serde_json::json;
 use sidegate::proxy::Running;
@@ -76,7 +76,7 @@ fn web_and_db_sidecars_carry_traffic_with_consul_issued_certificates() {
         ALLOW_WEB_ONLY,
     );
     let db_in = db.inbound_addr.unwrap();
-    let port = dead_addr().port();
+    let port = free_port();
     // The catalog as Consul sees it: db's sidecar at sidegate's inbound, web's with the upstream.
     agent.register(&service_with_sidecar(
         "db",
@@ -88,7 +88,7 @@ fn web_and_db_sidecars_carry_traffic_with_consul_issued_certificates() {
     agent.register(&service_with_sidecar(
         "web",
         app("web"),
-        dead_addr().port(),
+        free_port(),
         json!([{"DestinationName": "db", "LocalBindPort": port}]),
         "",
     ));
@@ -114,7 +114,7 @@ fn web_and_db_sidecars_carry_traffic_with_consul_issued_certificates() {
     assert_eq!(db.metrics.inbound.denied.get(), 0);
 
     // `api` holds a valid leaf of the same CA, but db's intentions allow only web.
-    let api_port = dead_addr().port();
+    let api_port = free_port();
     let _api = upstream(
         agent,
         &agent.identity_files("api", &dir.0),
@@ -133,7 +133,7 @@ fn a_sidecar_of_another_consul_cluster_is_refused() {
     let dir = Scratch::new("consul-other");
     assert_ne!(other.roots().trust_domain, agent().roots().trust_domain);
     let foreign_db = inbound(&other, &other.identity_files("db", &dir.0), app("db"), "");
-    let port = dead_addr().port();
+    let port = free_port();
     let web_files = agent().identity_files("web", &dir.0);
     let web = upstream(
         agent(),
@@ -157,7 +157,7 @@ fn a_sidecar_of_another_consul_cluster_is_refused() {
 fn our_upstream_reaches_the_app_through_consul_connect_proxy() {
     let agent = agent();
     let dir = Scratch::new("consul-builtin-in");
-    let public = dead_addr();
+    let public = SocketAddr::from(([127, 0, 0, 1], free_port()));
     agent.register(&service_with_sidecar(
         "orders",
         app("orders"),
@@ -170,7 +170,7 @@ fn our_upstream_reaches_the_app_through_consul_connect_proxy() {
     assert!(agent.authorized("web", "orders") && !agent.authorized("api", "orders"));
     let mut proxy = BuiltinProxy::sidecar_for(agent, "orders", public.port());
 
-    let port = dead_addr().port();
+    let port = free_port();
     let web = upstream(
         agent,
         &agent.identity_files("web", &dir.0),
@@ -183,7 +183,7 @@ fn our_upstream_reaches_the_app_through_consul_connect_proxy() {
     assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
 
     // Denied by the agent's intentions: the built-in proxy refuses the caller.
-    let api_port = dead_addr().port();
+    let api_port = free_port();
     let _api = upstream(
         agent,
         &agent.identity_files("api", &dir.0),
@@ -221,7 +221,7 @@ fn consul_connect_proxy_reaches_the_app_through_our_inbound() {
     agent.set_intention("*", "billing", "deny");
     agent.set_intention("web", "billing", "allow");
 
-    let port = dead_addr().port();
+    let port = free_port();
     let _web = BuiltinProxy::upstream(agent, "web", "billing", port);
     let payload = pattern(2_000_000);
     assert!(echo(connect(port), &payload), "the echo differs");
@@ -229,7 +229,7 @@ fn consul_connect_proxy_reaches_the_app_through_our_inbound() {
     assert_eq!(billing.metrics.inbound.denied.get(), 0);
 
     // A caller the intentions deny gets nothing from the app.
-    let evil_port = dead_addr().port();
+    let evil_port = free_port();
     let _evil = BuiltinProxy::upstream(agent, "evil", "billing", evil_port);
     assert!(refused(evil_port, b"let me in"));
     eventually("evil denied", || billing.metrics.inbound.denied.get() == 1);
@@ -265,12 +265,12 @@ fn old_and_new_leaves_interoperate_during_a_ca_rotation() {
     );
 
     // New leaf (trusting both roots) → old leaf trusting only the old root.
-    let port = dead_addr().port();
+    let port = free_port();
     let web = upstream(&agent, &web_files, "db", port, old_db.inbound_addr.unwrap());
     assert!(echo(connect(port), b"new to old"));
     // Old leaf trusting only the old root (its files were written before the rotation) →
     // new leaf.
-    let api_port = dead_addr().port();
+    let api_port = free_port();
     let api = start(&format!(
         "{}[[sidecar.upstreams]]\ndestination_name = \"orders\"\nlocal_bind_port = {api_port}\n\
          [[catalog.services]]\nname = \"orders\"\ninstances = [\"{}\"]\n",
@@ -342,7 +342,7 @@ fn cross_datacenter_upstreams_through_sidegate_gateways_with_federated_certifica
     let gw1_addr = gw1.gateway_addrs[0];
     dc1.register_mesh_gateway("mesh-gateway", gw1_addr, gw1_addr);
 
-    let (local, remote) = (dead_addr().port(), dead_addr().port());
+    let (local, remote) = (free_port(), free_port());
     let upstream = |port: u16, mode: &str| {
         format!(
             "[[sidecar.upstreams]]\ndestination_name = \"db\"\ndatacenter = \"dc2\"\n\

@@ -9,7 +9,7 @@ mod builtin_proxy;
 mod http;
 mod process;
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -85,31 +85,30 @@ impl Drop for Scratch {
     }
 }
 
-/// Loopback ports free for both TCP and UDP (serf gossips over both), held until `release`.
-struct Ports(Vec<(TcpListener, Option<UdpSocket>)>);
+/// Loopback ports for an agent, below the ephemeral range (`common::free_port`); serf
+/// gossips over UDP as well, so its ports must be free for both.
+struct Ports(Vec<u16>);
 
 impl Ports {
     fn pick(udp: &[bool]) -> Ports {
-        let mut held = Vec::new();
+        let mut ports: Vec<u16> = Vec::new();
         for &with_udp in udp {
             loop {
-                let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-                let port = tcp.local_addr().unwrap().port();
-                if !with_udp {
-                    held.push((tcp, None));
-                    break;
+                let port = crate::common::free_port();
+                if ports.contains(&port) {
+                    continue;
                 }
-                if let Ok(u) = UdpSocket::bind(("127.0.0.1", port)) {
-                    held.push((tcp, Some(u)));
+                if !with_udp || UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                    ports.push(port);
                     break;
                 }
             }
         }
-        Ports(held)
+        Ports(ports)
     }
 
     fn port(&self, i: usize) -> u16 {
-        self.0[i].0.local_addr().unwrap().port()
+        self.0[i]
     }
 }
 
@@ -185,7 +184,6 @@ impl Agent {
                 data_dir: None,
                 process: None,
             };
-            drop(ports);
             agent.spawn();
             match agent.wait_ready() {
                 Ok(()) => {
