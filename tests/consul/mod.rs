@@ -3,11 +3,12 @@
 //! CA; the API calls tests need (registrations, intentions, config entries, leaf certificates,
 //! roots, CA rotation, WAN join); `consul connect proxy`; everything ends with the test.
 //! Consul is Debian's 1.8.7 (`tests/consul/install.sh`, run by `tests/run.sh`).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 mod builtin_proxy;
 mod http;
 mod process;
+mod sidegate;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use serde_json::{json, Value};
 pub use builtin_proxy::BuiltinProxy;
 pub use http::Response;
 use process::Watched;
+pub use sidegate::{gateway_toml, sidecar_toml, Sidegate};
 
 /// An agent is ready well within this (dev: ~0.3 s; persistent server: ~2 s).
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -594,22 +596,30 @@ impl TlsFiles {
     }
 }
 
-/// Waits (bounded) until something listens on 127.0.0.1:`port`, read from /proc/net/tcp so
-/// that no probe connection reaches the listener (a probe would count as a connection).
+/// Waits (bounded) until something listens on `port`, read from /proc/net/tcp so that no
+/// probe connection reaches the listener (a probe would count as a connection).
 pub fn wait_listening(port: u16, within: Duration) -> bool {
+    wait_listen_state(port, true, within)
+}
+
+/// Waits (bounded) until nothing listens on `port` any more.
+pub fn wait_not_listening(port: u16, within: Duration) -> bool {
+    wait_listen_state(port, false, within)
+}
+
+fn wait_listen_state(port: u16, listening: bool, within: Duration) -> bool {
     let deadline = Instant::now() + within;
-    let needle = format!(":{port:04X} ");
+    let needle = format!(":{port:04X}");
     loop {
-        let listening = ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .lines()
-                .any(|l| {
-                    let cols: Vec<&str> = l.split_whitespace().collect();
-                    cols.len() > 3 && format!("{} ", cols[1]).ends_with(&needle) && cols[3] == "0A"
-                })
+        let now = ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+            let table = std::fs::read_to_string(f).unwrap_or_default();
+            table.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                // local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+                cols.len() > 3 && cols[1].ends_with(&needle) && cols[3] == "0A"
+            })
         });
-        if listening {
+        if now == listening {
             return true;
         }
         if Instant::now() > deadline {
