@@ -381,6 +381,8 @@ fn the_agent_restarted_and_stopped_in_the_middle_of_traffic() {
             while !stop.load(Ordering::Relaxed) {
                 let n = if carries(port) { &carried } else { &failed };
                 n.fetch_add(1, Ordering::Relaxed);
+                // Pacing, not synchronisation: a steady stream, not a CPU-bound loop.
+                std::thread::sleep(Duration::from_millis(20));
             }
         })
     };
