@@ -311,9 +311,27 @@ impl Agent {
         }
     }
 
-    /// `PUT /v1/agent/service/register`.
+    /// `PUT /v1/agent/service/register`, then a TTL pass for the test's check of the
+    /// service's sidecar or of a gateway (`passing_check`): a status set by a TTL update is
+    /// kept on disk and survives an agent restart, while the initial `Status` of a
+    /// registration is not — a restarted agent would mark the instance critical.
     pub fn register(&self, service: &Value) {
         self.ok("PUT", "/v1/agent/service/register", service);
+        let id = service["ID"].as_str().unwrap();
+        let check = if service["Connect"]["SidecarService"].is_object() {
+            Some(format!("service:{id}-sidecar-proxy"))
+        } else {
+            service["Checks"]
+                .is_array()
+                .then(|| format!("service:{id}"))
+        };
+        if let Some(check) = check {
+            self.ok(
+                "PUT",
+                &format!("/v1/agent/check/pass/{check}"),
+                &Value::Null,
+            );
+        }
     }
 
     pub fn deregister(&self, id: &str) {
