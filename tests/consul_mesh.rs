@@ -329,7 +329,7 @@ fn cross_datacenter_upstreams_through_sidegate_gateways_with_federated_certifica
         &format!("[[catalog.services]]\nname = \"db\"\ninstances = [\"{db_in}\"]\n"),
     );
     let gw2_addr = gw2.gateway_addrs[0];
-    dc2.register_mesh_gateway("mesh-gateway", gw2_addr, gw2_addr);
+    dc2.register_mesh_gateway("mesh-gateway", gw2_addr, gw2_addr, &["lan"]);
     let gw2_wan = dc1.mesh_gateway_wan("dc2");
     assert_eq!(gw2_wan, vec![gw2_addr], "dc2's gateway as dc1 sees it");
     let gw1 = gateway(
@@ -340,7 +340,7 @@ fn cross_datacenter_upstreams_through_sidegate_gateways_with_federated_certifica
         ),
     );
     let gw1_addr = gw1.gateway_addrs[0];
-    dc1.register_mesh_gateway("mesh-gateway", gw1_addr, gw1_addr);
+    dc1.register_mesh_gateway("mesh-gateway", gw1_addr, gw1_addr, &["lan"]);
 
     let (local, remote) = (free_port(), free_port());
     let upstream = |port: u16, mode: &str| {

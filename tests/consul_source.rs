@@ -260,10 +260,12 @@ fn handshake(cfg: &Arc<rustls::ClientConfig>, port: u16) -> bool {
 }
 
 /// dc1 and dc2 WAN-federated; sidegate mesh gateways registered in each as `mesh-gateway`
-/// services (kind `mesh-gateway`, `lan` and `wan` tagged addresses) and following their
-/// registrations; web in dc1 reaches db in dc2 with an upstream in `local` mode (through dc1's
-/// gateway, then dc2's) and one in `remote` mode (dc2's gateway directly). Stopping dc1's
-/// gateway then cuts only the `local` path: each mode took the path Consul's semantics give it.
+/// services (kind `mesh-gateway`, `lan` and `wan` tagged addresses) and listening where their
+/// registrations say: dc1's only on its LAN address, dc2's only on its WAN address, so a path
+/// that took a wrong address fails. web in dc1 reaches db in dc2 with upstreams in `local` mode
+/// (dc1's gateway on its LAN address, then dc2's on its WAN address), `remote` mode (dc2's
+/// gateway directly, WAN) and no mode of its own, inheriting `local` from dc1's `proxy-defaults`
+/// config entry. Stopping dc1's gateway then cuts exactly the two `local` paths.
 #[test]
 fn cross_datacenter_upstreams_through_sidegate_mesh_gateways() {
     let dc1 = Agent::dev("dc1");
@@ -289,30 +291,44 @@ fn cross_datacenter_upstreams_through_sidegate_mesh_gateways() {
         &sidecar_toml(&dc2, "db-sidecar-proxy", &state("db")),
     );
 
+    let lan = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let wan = |port: u16| SocketAddr::from(([127, 0, 0, 2], port));
     let mut gateways = Vec::new();
-    for agent in [&dc1, &dc2] {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        agent.register_mesh_gateway("mesh-gateway", addr, addr);
+    for (agent, listen_on) in [(&dc1, "lan"), (&dc2, "wan")] {
+        let (l, w) = (lan(free_port()), wan(free_port()));
+        agent.register_mesh_gateway("mesh-gateway", l, w, &[listen_on]);
         let name = format!("gateway-{}", agent.options.datacenter);
-        let mut gw = Sidegate::run(
-            &name,
-            &dir.0,
-            &gateway_toml(agent, "mesh-gateway", &state(&name)),
+        let toml = gateway_toml(agent, "mesh-gateway", &state(&name));
+        let mut gw = Sidegate::run(&name, &dir.0, &toml);
+        let (bound, not_bound) = if listen_on == "lan" { (l, w) } else { (w, l) };
+        gw.serving(&[bound.port()]);
+        assert!(
+            wait_not_listening(not_bound.port(), Duration::ZERO),
+            "{not_bound} must not be bound"
         );
-        gw.serving(&[addr.port()]);
         gateways.push(gw);
     }
 
-    let (local, remote) = (free_port(), free_port());
-    let cross = |port: u16, mode: &str| {
-        json!({"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": port,
-               "MeshGateway": {"Mode": mode}})
+    dc1.config_entry(&json!({"Kind": "proxy-defaults", "Name": "global",
+                             "MeshGateway": {"Mode": "local"}}));
+    let (local, remote, inherited) = (free_port(), free_port(), free_port());
+    let cross = |port: u16, mode: Option<&str>| {
+        let mut u = json!({"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": port});
+        if let Some(mode) = mode {
+            u["MeshGateway"] = json!({"Mode": mode});
+        }
+        u
     };
+    let upstreams = json!([
+        cross(local, Some("local")),
+        cross(remote, Some("remote")),
+        cross(inherited, None)
+    ]);
     dc1.register(&service_with_sidecar(
         "web",
         app("web"),
         free_port(),
-        json!([cross(local, "local"), cross(remote, "remote")]),
+        upstreams,
         "",
     ));
     let mut web = Sidegate::run(
@@ -321,12 +337,21 @@ fn cross_datacenter_upstreams_through_sidegate_mesh_gateways() {
         &sidecar_toml(&dc1, "web-sidecar-proxy", &state("web")),
     );
     db.serving(&[db_public]);
-    web.serving(&[local, remote]);
+    web.serving(&[local, remote, inherited]);
 
-    within("local mode carries", FOLLOW_WITHIN, || carries(local));
-    assert!(carries(remote), "remote mode");
+    for (port, what) in [
+        (local, "local"),
+        (remote, "remote"),
+        (inherited, "proxy-defaults local"),
+    ] {
+        within(what, FOLLOW_WITHIN, || carries(port));
+    }
     gateways[0].kill();
     assert!(refused(local), "local mode must go through dc1's gateway");
+    assert!(
+        refused(inherited),
+        "proxy-defaults' local mode must go through dc1's gateway"
+    );
     assert!(carries(remote), "remote mode never used dc1's gateway");
 }
 

@@ -456,10 +456,29 @@ impl Agent {
         );
     }
 
-    /// Registers a `mesh-gateway` service listening on `lan` and reachable from other
-    /// datacenters at `wan` (its `lan` / `wan` tagged addresses).
-    pub fn register_mesh_gateway(&self, id: &str, lan: SocketAddr, wan: SocketAddr) {
+    /// Registers a `mesh-gateway` service reached at `lan` from its own datacenter and at `wan`
+    /// from others (its `lan` / `wan` tagged addresses), listening only on the tagged addresses
+    /// named in `listen_on` (`envoy_gateway_no_default_bind` + `envoy_gateway_bind_addresses`,
+    /// as `consul connect envoy -gateway=mesh -register -bind-address` writes them). A tagged
+    /// address it does not listen on makes a test see which address a path took.
+    pub fn register_mesh_gateway(
+        &self,
+        id: &str,
+        lan: SocketAddr,
+        wan: SocketAddr,
+        listen_on: &[&str],
+    ) {
         let addr = |a: SocketAddr| json!({"Address": a.ip().to_string(), "Port": a.port()});
+        let binds: serde_json::Map<String, Value> = listen_on
+            .iter()
+            .map(|&name| {
+                let a = if name == "lan" { lan } else { wan };
+                (
+                    name.to_owned(),
+                    json!({"address": a.ip().to_string(), "port": a.port()}),
+                )
+            })
+            .collect();
         self.register(&json!({
             "Kind": "mesh-gateway",
             "ID": id,
@@ -467,6 +486,10 @@ impl Agent {
             "Address": lan.ip().to_string(),
             "Port": lan.port(),
             "TaggedAddresses": {"lan": addr(lan), "wan": addr(wan)},
+            "Proxy": {"Config": {
+                "envoy_gateway_no_default_bind": true,
+                "envoy_gateway_bind_addresses": binds,
+            }},
             "Checks": [passing_check()],
         }));
     }
