@@ -10,19 +10,19 @@
 mod common;
 mod consul;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::apps::{app, echo_intact};
+use common::apps::app;
 use common::{free_port, IO_TIMEOUT};
 use consul::{
-    gateway_toml, service_with_sidecar, sidecar_toml, wait_listening, wait_not_listening, Agent,
-    Options, Scratch, Sidegate,
+    gateway_toml, service_with_sidecar, sidecar_toml, traffic, wait_listening, wait_not_listening,
+    Agent, Options, Scratch, Sidegate,
 };
 use serde_json::{json, Value};
+use traffic::{refused, within, Held};
 
 /// Changes reach the data path within this: the agent answers blocking queries at once, and
 /// Consul renews leaves within 30 s of a root rotation (its own jitter).
@@ -104,60 +104,9 @@ fn upstream(target: &str, port: u16) -> Value {
     json!({"DestinationName": target, "LocalBindPort": port})
 }
 
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s
-}
-
-/// One whole exchange through an upstream listener: 256 KiB echoed and the app's sign-off.
+/// One whole exchange with db's app through 127.0.0.1:`port`.
 fn carries(port: u16) -> bool {
-    let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    std::panic::catch_unwind(|| echo_intact(s, 256 << 10, IO_TIMEOUT) == b"app:db\n")
-        .unwrap_or(false)
-}
-
-/// Whether a new connection through `port` is closed without a byte of answer.
-fn refused(port: u16) -> bool {
-    let mut s = connect(port);
-    let _ = s.write_all(b"let me in");
-    let _ = s.shutdown(Shutdown::Write);
-    let mut got = Vec::new();
-    match s.read_to_end(&mut got) {
-        Ok(_) => got.is_empty(),
-        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset && got.is_empty(),
-    }
-}
-
-/// A connection held open across a change; each `ping` must come back echoed.
-struct Held(TcpStream);
-
-impl Held {
-    fn open(port: u16) -> Held {
-        let mut h = Held(connect(port));
-        h.ping("opened");
-        h
-    }
-
-    fn ping(&mut self, what: &str) {
-        self.0.write_all(what.as_bytes()).unwrap();
-        let mut back = vec![0u8; what.len()];
-        self.0
-            .read_exact(&mut back)
-            .unwrap_or_else(|e| panic!("held connection, {what}: {e}"));
-        assert_eq!(back, what.as_bytes());
-    }
-}
-
-/// Polls `cond` until it holds, at most `within`.
-fn within(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    traffic::carries(port, "db")
 }
 
 #[test]

@@ -6,9 +6,11 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 mod builtin_proxy;
+pub mod files;
 mod http;
 mod process;
 mod sidegate;
+pub mod traffic;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
