@@ -336,14 +336,6 @@ impl Agent {
         }
     }
 
-    pub fn deregister(&self, id: &str) {
-        self.ok(
-            "PUT",
-            &format!("/v1/agent/service/deregister/{id}"),
-            &Value::Null,
-        );
-    }
-
     /// `PUT /v1/config`: a config entry (`Kind`, `Name`, fields).
     pub fn config_entry(&self, entry: &Value) {
         self.ok("PUT", "/v1/config", entry);
@@ -391,7 +383,6 @@ impl Agent {
             cert_pem: v["CertPEM"].as_str().unwrap().to_owned(),
             key_pem: v["PrivateKeyPEM"].as_str().unwrap().to_owned(),
             uri: v["ServiceURI"].as_str().unwrap().to_owned(),
-            serial: v["SerialNumber"].as_str().unwrap().to_owned(),
         }
     }
 
@@ -447,15 +438,6 @@ impl Agent {
             let now = self.roots();
             (now.active_id != before.active_id).then_some(now)
         })
-    }
-
-    /// Joins `other`'s WAN pool (`PUT /v1/agent/join/:addr?wan=1`).
-    pub fn join_wan(&self, other: &Agent) {
-        self.ok(
-            "PUT",
-            &format!("/v1/agent/join/127.0.0.1:{}?wan=1", other.serf_wan),
-            &Value::Null,
-        );
     }
 
     /// Registers a `mesh-gateway` service reached at `lan` from its own datacenter and at `wan`
@@ -608,7 +590,6 @@ pub struct Leaf {
     pub key_pem: String,
     /// The SPIFFE ID Consul says the leaf carries.
     pub uri: String,
-    pub serial: String,
 }
 
 pub struct Roots {
