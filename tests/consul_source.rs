@@ -161,7 +161,6 @@ fn within(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 #[test]
-#[ignore = "waits for the consul branch: `sidegate run` with a [consul] section"]
 fn an_upstream_added_by_reregistration_opens_without_restart() {
     let agent = shared();
     let dir = Scratch::new("consul-source-reg");
@@ -185,7 +184,6 @@ fn an_upstream_added_by_reregistration_opens_without_restart() {
 }
 
 #[test]
-#[ignore = "waits for the consul branch: `sidegate run` with a [consul] section"]
 fn an_intention_set_to_deny_refuses_new_connections() {
     let agent = shared();
     let dir = Scratch::new("consul-source-deny");
@@ -212,7 +210,6 @@ fn an_intention_set_to_deny_refuses_new_connections() {
 }
 
 #[test]
-#[ignore = "waits for the consul branch: `sidegate run` with a [consul] section"]
 fn a_ca_rotation_is_picked_up_without_dropping_an_established_connection() {
     // Its own agent: a rotation changes every leaf of the cluster.
     let agent = Agent::dev("dc1");
@@ -268,7 +265,6 @@ fn handshake(cfg: &Arc<rustls::ClientConfig>, port: u16) -> bool {
 /// gateway, then dc2's) and one in `remote` mode (dc2's gateway directly). Stopping dc1's
 /// gateway then cuts only the `local` path: each mode took the path Consul's semantics give it.
 #[test]
-#[ignore = "waits for the consul branch: `sidegate run` with a [consul] section"]
 fn cross_datacenter_upstreams_through_sidegate_mesh_gateways() {
     let dc1 = Agent::dev("dc1");
     let dc2 = Agent::secondary("dc2", &dc1);
@@ -335,7 +331,6 @@ fn cross_datacenter_upstreams_through_sidegate_mesh_gateways() {
 }
 
 #[test]
-#[ignore = "waits for the consul branch: `sidegate run` with a [consul] section"]
 fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_known_state() {
     let mut agent = Agent::dev("dc1");
     let dir = Scratch::new("consul-source-offline");
@@ -353,14 +348,14 @@ fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_kn
     pair.web.restart();
     pair.web.serving(&[port]);
     assert!(carries(port), "restarted from the last-known-good state");
-    held.ping("still");
+    // `held` went through the web sidegate that was just killed: it ended with it.
+    drop(held);
 }
 
 /// Issue 7's fault: the agent restarted, then stopped, in the middle of traffic. Nothing
 /// established is cut, every new connection is carried, and after the restart changes are
 /// followed again.
 #[test]
-#[ignore = "waits for the consul branch: `sidegate run` with a [consul] section"]
 fn the_agent_restarted_and_stopped_in_the_middle_of_traffic() {
     // A server with its state on disk: its restart keeps the CA and the catalog, as a
     // node's agent restart does with servers that stay up.

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::api::ca::identity;
+use super::api::health::to_dial;
 use super::api::service::{self, AgentService, KIND_MESH_GATEWAY, KIND_SIDECAR};
 use super::settings::Settings;
 use super::watch::{Answer, Key};
@@ -397,7 +398,13 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
                 place,
             } if !list.is_empty() => {
                 let wan = *place != here.place;
-                let mut instances: Vec<_> = list
+                let (dial, all_failing) = to_dial(list);
+                if all_failing {
+                    warnings.push(format!(
+                        "every instance of {service} ({place}) fails its health checks: dialling them all anyway"
+                    ));
+                }
+                let mut instances: Vec<_> = dial
                     .iter()
                     .map(|i| if wan { i.wan.clone() } else { i.lan.clone() })
                     .collect();
@@ -423,7 +430,13 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
                         lan: Vec::new(),
                         wan: Vec::new(),
                     });
-                for i in list {
+                let (dial, all_failing) = to_dial(list);
+                if all_failing {
+                    warnings.push(format!(
+                        "every mesh gateway of {place} fails its health checks: dialling them all anyway"
+                    ));
+                }
+                for i in dial {
                     if !g.lan.contains(&i.lan) {
                         g.lan.push(i.lan.clone());
                     }
