@@ -335,7 +335,19 @@ pub fn snapshot(
         let Some(Answer::Leaf(leaf)) = k.answers.get(&leaf_key(svc)) else {
             return Err(format!("no leaf certificate for {} yet", spec.service));
         };
-        snap.identity = Some(identity(leaf, roots)?);
+        let id = identity(leaf, roots)?;
+        // Right after the cluster changed (a new CA, an agent restarted with fresh state) the
+        // roots can be new while the leaf is not yet: serving that pair would fail every
+        // handshake, so wait for the leaf of this trust domain.
+        if let SpiffeId::Service { trust_domain, .. } = &id.spiffe_id {
+            if !trust_domain.eq_ignore_ascii_case(&here.trust_domain) {
+                return Err(format!(
+                    "the leaf is of trust domain {trust_domain}, the roots of {}: waiting for a new leaf",
+                    here.trust_domain
+                ));
+            }
+        }
+        snap.identity = Some(id);
         snap.config_entries = config_entries(k, &here, &spec);
         attribute_merged_levels(&mut spec, &snap.config_entries);
         snap.sidecar = Some(spec);

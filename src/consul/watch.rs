@@ -367,9 +367,11 @@ fn follow_key(
             }
             Err(e) => {
                 failing = true;
-                if e.is_refusal() {
-                    index = 0;
-                }
+                // After any failure ask from scratch: an agent that restarted with a fresh
+                // state has lower indexes, and a query blocking on the old one would hang
+                // for its whole wait instead of returning what changed.
+                index = 0;
+                hash.clear();
                 if tx
                     .send(Update {
                         key: key.clone(),
