@@ -439,16 +439,13 @@ impl Coordinator {
                 .map(|(k, a)| (k.clone(), a.clone()))
                 .collect(),
         };
-        let written = serde_json::to_vec(&saved)
-            .map_err(io::Error::other)
-            .and_then(|bytes| state_dir::write(dir, STATE_FILE, &bytes));
-        if let Err(e) = written {
-            self.status.state_write_error();
-            crate::warn!(
-                "consul: cannot save the last-known-good state in {}: {e}",
-                dir.display()
-            );
-        }
+        state_dir::save_json(
+            dir,
+            STATE_FILE,
+            &saved,
+            &self.status,
+            "the last-known-good state",
+        );
     }
 
     /// Loads the saved answers as unconfirmed entries.

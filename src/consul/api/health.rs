@@ -7,14 +7,15 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::nullable;
-use super::service::{endpoint, ServiceAddress};
+use super::service::{endpoint, AgentService};
 use crate::mesh::Endpoint;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
 pub struct CheckServiceNode {
     pub node: Node,
-    pub service: NodeService,
+    /// The same shape as the agent's own services.
+    pub service: AgentService,
     #[serde(deserialize_with = "nullable")]
     pub checks: Vec<Check>,
 }
@@ -28,22 +29,6 @@ pub struct Node {
     pub partition: String,
     #[serde(deserialize_with = "nullable")]
     pub tagged_addresses: BTreeMap<String, String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, rename_all = "PascalCase")]
-pub struct NodeService {
-    #[serde(deserialize_with = "nullable")]
-    pub kind: String,
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub service: String,
-    pub address: String,
-    pub port: u16,
-    #[serde(deserialize_with = "nullable")]
-    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
-    pub namespace: String,
-    pub partition: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -188,6 +173,7 @@ mod tests {
 
     #[test]
     fn best_address_falls_back_like_consul() {
+        use super::super::service::ServiceAddress;
         let mut n = CheckServiceNode::default();
         n.node.address = "10.0.0.1".into();
         n.node
