@@ -278,3 +278,45 @@ fn errors_name_the_endpoint_and_the_likely_cause() {
     assert_eq!(e.status(), Some(400), "{e}");
     assert!(e.to_string().contains("Community Edition"), "{e}");
 }
+
+/// `sidegate run`'s source: the first snapshot starts serving; a reload follows the agent
+/// again with the file's new settings (here: another agent) and its state arrives as the
+/// next event.
+#[test]
+fn a_reload_follows_the_agent_again_with_new_settings() {
+    use sidegate::consul::source::{first_snapshot, Source};
+    use sidegate::lifecycle::{self, Event};
+    let (one, two) = (Agent::dev("dc1"), Agent::dev("dc1"));
+    let (_, bind_one, _) = register_pair(&one);
+    let (_, bind_two, _) = register_pair(&two);
+    let config = |agent: &Agent| {
+        let text = format!(
+            "[consul]\naddress = \"{}\"\nsidecar_service_id = \"web-sidecar-proxy\"\n",
+            agent.address()
+        );
+        sidegate::config::parse_with_env(&text, &|_| None).unwrap()
+    };
+    let (events, received) = lifecycle::channel();
+    let source = Source::start(&config(&one), events, Options::default())
+        .unwrap()
+        .unwrap();
+    let bind_of = |s: &Snapshot| s.sidecar.as_ref().unwrap().upstreams[0].bind.to_string();
+    let first = first_snapshot(&received).unwrap();
+    assert_eq!(bind_of(&first), format!("127.0.0.1:{bind_one}"));
+    assert_eq!(first.here.trust_domain, one.roots().trust_domain);
+
+    source.restart(&config(&two)).unwrap();
+    let deadline = Instant::now() + WITHIN;
+    let next = loop {
+        match received.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Event::Snapshot(s)) if s.here.trust_domain == two.roots().trust_domain => break s,
+            Ok(_) => {}
+            Err(e) => panic!("no snapshot from the second agent: {e}"),
+        }
+    };
+    assert_eq!(bind_of(&next), format!("127.0.0.1:{bind_two}"));
+    assert!(
+        source.status().snapshots() >= 2,
+        "one status across restarts"
+    );
+}
