@@ -87,3 +87,99 @@ pub fn refuse_file_sections(root: &Fields<'_>, table: &toml::Table) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse_with_env;
+
+    fn errors(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        match parse_with_env(text, &lookup) {
+            Ok(_) => Vec::new(),
+            Err(errs) => errs.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_agent_replaces_the_file_sections() {
+        let c = parse_with_env(
+            "[consul]\nsidecar_service_id = \"web-sidecar-proxy\"\nstate_dir = \"state\"\n",
+            &|_| None,
+        )
+        .unwrap();
+        let s = c.consul.unwrap();
+        assert_eq!(s.address.base(), "http://127.0.0.1:8500");
+        assert_eq!(s.sidecar_service_id.as_deref(), Some("web-sidecar-proxy"));
+        assert_eq!(
+            s.state_dir.as_deref(),
+            Some(std::path::Path::new("./state"))
+        );
+        assert!(c.snapshot.sidecar.is_none() && c.snapshot.gateway.is_none());
+
+        // [gateway] keeps its knobs; listen may come from the registration.
+        let c = parse_with_env(
+            "[consul]\ngateway_service_id = \"mesh-gateway\"\n[gateway]\nmax_connections = 10\n",
+            &|_| None,
+        )
+        .unwrap();
+        let gw = c.snapshot.gateway.unwrap();
+        assert!(gw.listen.is_empty());
+        assert_eq!(gw.max_connections, 10);
+    }
+
+    #[test]
+    fn every_problem_with_its_key_path() {
+        let text = "[consul]\nadress = \"x:1\"\ntoken = \"t\"\nsidecar_service_id = \"\"\n\
+                    mesh_gateway_service = \"a.b\"\n[mesh]\ndatacenter = \"dc1\"\n[tls]\n\
+                    [sidecar]\nservice = \"web\"\n[gateway]\nlisten = [\"0.0.0.0:1\"]\n";
+        let got = errors(text, &[]);
+        let want = [
+            "consul.adress: unknown key (did you mean `address`?)",
+            "consul.token: is not read from the configuration",
+            "consul.sidecar_service_id: is empty",
+            "consul.mesh_gateway_service: \"a.b\" is not a valid name",
+            "consul.sidecar_service_id: with [consul], name what to follow",
+            "mesh: is not read with [consul]",
+            "tls: is not read with [consul]",
+            "sidecar: is not read with [consul]: the sidecar comes from its registration",
+        ];
+        for w in want {
+            assert!(
+                got.iter().any(|g| g.starts_with(w)),
+                "missing {w:?} in {got:#?}"
+            );
+        }
+        // The gateway is refused only once settings are valid; here they are not.
+        let got = errors(
+            "[consul]\nsidecar_service_id = \"w\"\n[gateway]\nlisten = [\"0.0.0.0:1\"]\n",
+            &[],
+        );
+        assert_eq!(
+            got,
+            ["gateway: with [consul], the gateway follows its registration: set consul.gateway_service_id"]
+        );
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable() {
+        let got = errors(
+            "[consul]\nsidecar_service_id = \"w\"\n",
+            &[
+                ("CONSUL_HTTP_ADDR", "unix:///run/consul.sock"),
+                ("CONSUL_HTTP_TOKEN_FILE", "/nonexistent"),
+            ],
+        );
+        assert!(
+            got[0].starts_with("consul.address: ") && got[0].contains("(from CONSUL_HTTP_ADDR)"),
+            "{got:?}"
+        );
+        assert!(
+            got[1].starts_with("consul.token_file: cannot read the token file /nonexistent"),
+            "{got:?}"
+        );
+    }
+}

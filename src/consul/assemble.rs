@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::api::ca::identity;
+use super::api::health::to_dial;
 use super::api::service::{self, AgentService, KIND_MESH_GATEWAY, KIND_SIDECAR};
 use super::settings::Settings;
 use super::watch::{Answer, Key};
@@ -334,7 +335,19 @@ pub fn snapshot(
         let Some(Answer::Leaf(leaf)) = k.answers.get(&leaf_key(svc)) else {
             return Err(format!("no leaf certificate for {} yet", spec.service));
         };
-        snap.identity = Some(identity(leaf, roots)?);
+        let id = identity(leaf, roots)?;
+        // Right after the cluster changed (a new CA, an agent restarted with fresh state) the
+        // roots can be new while the leaf is not yet: serving that pair would fail every
+        // handshake, so wait for the leaf of this trust domain.
+        if let SpiffeId::Service { trust_domain, .. } = &id.spiffe_id {
+            if !trust_domain.eq_ignore_ascii_case(&here.trust_domain) {
+                return Err(format!(
+                    "the leaf is of trust domain {trust_domain}, the roots of {}: waiting for a new leaf",
+                    here.trust_domain
+                ));
+            }
+        }
+        snap.identity = Some(id);
         snap.config_entries = config_entries(k, &here, &spec);
         attribute_merged_levels(&mut spec, &snap.config_entries);
         snap.sidecar = Some(spec);
@@ -397,7 +410,13 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
                 place,
             } if !list.is_empty() => {
                 let wan = *place != here.place;
-                let mut instances: Vec<_> = list
+                let (dial, all_failing) = to_dial(list);
+                if all_failing {
+                    warnings.push(format!(
+                        "every instance of {service} ({place}) fails its health checks: dialling them all anyway"
+                    ));
+                }
+                let mut instances: Vec<_> = dial
                     .iter()
                     .map(|i| if wan { i.wan.clone() } else { i.lan.clone() })
                     .collect();
@@ -423,7 +442,13 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
                         lan: Vec::new(),
                         wan: Vec::new(),
                     });
-                for i in list {
+                let (dial, all_failing) = to_dial(list);
+                if all_failing {
+                    warnings.push(format!(
+                        "every mesh gateway of {place} fails its health checks: dialling them all anyway"
+                    ));
+                }
+                for i in dial {
                     if !g.lan.contains(&i.lan) {
                         g.lan.push(i.lan.clone());
                     }

@@ -145,6 +145,20 @@ fn db_instances(lan: &str, wan: &str) -> Answer {
     Answer::Instances(instances(&body, None).unwrap())
 }
 
+/// Roots, web's sidecar registration (`registration`) and web's leaf: what any web snapshot
+/// starts from.
+fn web_with(registration: Answer) -> World {
+    World::new()
+        .with(Key::Roots, roots())
+        .with(
+            Key::Service {
+                id: "web-sidecar-proxy".into(),
+            },
+            registration,
+        )
+        .with(leaf_key_web(), leaf())
+}
+
 struct World {
     answers: BTreeMap<Key, Answer>,
     refused: BTreeSet<Key>,
@@ -195,21 +209,12 @@ impl World {
 
 /// 1.8.7's registration: web with upstream db in dc1, no datacenter in the registration.
 fn web_1_8(s: &Settings) -> World {
-    World::new()
-        .with(Key::Roots, roots())
-        .with(
-            Key::Service {
-                id: "web-sidecar-proxy".into(),
-            },
-            registration("agent-service-sidecar-1.8.7.json"),
-        )
-        .with(leaf_key_web(), leaf())
-        .settle(s, |k| match k {
-            Key::Connect { .. } => db_instances("10.0.0.5", "203.0.113.5"),
-            Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
-            Key::ServiceDefaults { .. } => Answer::ServiceDefaults(None),
-            other => panic!("unexpected {other:?}"),
-        })
+    web_with(registration("agent-service-sidecar-1.8.7.json")).settle(s, |k| match k {
+        Key::Connect { .. } => db_instances("10.0.0.5", "203.0.113.5"),
+        Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
+        Key::ServiceDefaults { .. } => Answer::ServiceDefaults(None),
+        other => panic!("unexpected {other:?}"),
+    })
 }
 
 #[test]
@@ -302,26 +307,17 @@ fn cross_dc(
     entries: &[(Key, Answer)],
 ) -> (Mode, ModeSource, Vec<String>) {
     let entries: BTreeMap<Key, Answer> = entries.iter().cloned().collect();
-    let w = World::new()
-        .with(Key::Roots, roots())
-        .with(
-            Key::Service {
-                id: "web-sidecar-proxy".into(),
-            },
-            registration,
-        )
-        .with(leaf_key_web(), leaf())
-        .settle(s, |k| match k {
-            Key::Connect { .. } => db_instances("10.1.0.5", "203.0.113.5"),
-            Key::Gateways { place, .. } if place.datacenter == "dc1" => {
-                gateway_instances("10.0.0.9", "198.51.100.9")
-            }
-            Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
-            k => entries.get(k).cloned().unwrap_or(match k {
-                Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
-                _ => Answer::ServiceDefaults(None),
-            }),
-        });
+    let w = web_with(registration).settle(s, |k| match k {
+        Key::Connect { .. } => db_instances("10.1.0.5", "203.0.113.5"),
+        Key::Gateways { place, .. } if place.datacenter == "dc1" => {
+            gateway_instances("10.0.0.9", "198.51.100.9")
+        }
+        Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
+        k => entries.get(k).cloned().unwrap_or(match k {
+            Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
+            _ => Answer::ServiceDefaults(None),
+        }),
+    });
     let (snap, _) = snapshot(s, &base(), &w.known()).unwrap();
     let p = plan(&snap);
     let u = &p.upstreams[0];
@@ -424,28 +420,17 @@ fn other_partitions_proxy_defaults_and_enterprise_registration() {
     let s = settings(Some("web-sidecar-proxy"), None);
     // The ENT-style example: api in dc2 (remote), billing in partition finance (local),
     // cache on a socket; geo-db (prepared query) is left out with a warning.
-    let w = World::new()
-        .with(Key::Roots, roots())
-        .with(
-            Key::Service {
-                id: "web-sidecar-proxy".into(),
-            },
-            registration("agent-service-sidecar.json"),
-        )
-        .with(leaf_key_web(), leaf())
-        .settle(&s, |k| match k {
-            Key::Connect { service, .. } if service == "cache" => {
-                db_instances("10.0.0.7", "10.0.0.7")
-            }
-            Key::Connect { .. } => db_instances("10.1.0.5", "203.0.113.5"),
-            Key::Gateways { place, .. } if *place == Place::new("dc1", "default") => {
-                gateway_instances("10.0.0.9", "198.51.100.9")
-            }
-            Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
-            Key::ProxyDefaults { partition } if partition == "finance" => proxy_defaults("remote"),
-            Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
-            _ => Answer::ServiceDefaults(None),
-        });
+    let w = web_with(registration("agent-service-sidecar.json")).settle(&s, |k| match k {
+        Key::Connect { service, .. } if service == "cache" => db_instances("10.0.0.7", "10.0.0.7"),
+        Key::Connect { .. } => db_instances("10.1.0.5", "203.0.113.5"),
+        Key::Gateways { place, .. } if *place == Place::new("dc1", "default") => {
+            gateway_instances("10.0.0.9", "198.51.100.9")
+        }
+        Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
+        Key::ProxyDefaults { partition } if partition == "finance" => proxy_defaults("remote"),
+        Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
+        _ => Answer::ServiceDefaults(None),
+    });
     let n = w.needed(&s);
     assert!(n.contains(&Key::ProxyDefaults {
         partition: "finance".into()
@@ -605,22 +590,13 @@ fn gateway_routes_its_partition_and_other_datacenters() {
 #[test]
 fn invisible_gateways_of_another_partition_say_export_them() {
     let s = settings(Some("web-sidecar-proxy"), None);
-    let w = World::new()
-        .with(Key::Roots, roots())
-        .with(
-            Key::Service {
-                id: "web-sidecar-proxy".into(),
-            },
-            registration("agent-service-sidecar.json"),
-        )
-        .with(leaf_key_web(), leaf())
-        .settle(&s, |k| match k {
-            Key::Connect { .. } => db_instances("10.1.0.5", "203.0.113.5"),
-            Key::Gateways { .. } => Answer::Instances(Vec::new()),
-            Key::ProxyDefaults { partition } if partition == "finance" => proxy_defaults("remote"),
-            Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
-            _ => Answer::ServiceDefaults(None),
-        });
+    let w = web_with(registration("agent-service-sidecar.json")).settle(&s, |k| match k {
+        Key::Connect { .. } => db_instances("10.1.0.5", "203.0.113.5"),
+        Key::Gateways { .. } => Answer::Instances(Vec::new()),
+        Key::ProxyDefaults { partition } if partition == "finance" => proxy_defaults("remote"),
+        Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
+        _ => Answer::ServiceDefaults(None),
+    });
     let mut w = w;
     // billing goes remote through finance's gateways, which this token cannot see.
     let finance = Key::Gateways {

@@ -128,16 +128,7 @@ impl Authorizer {
         };
         let mut list: Vec<&Remembered> = cache.values().collect();
         list.sort_by(|a, b| (&a.target, &a.caller).cmp(&(&b.target, &b.caller)));
-        let written = serde_json::to_vec(&list)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| state_dir::write(dir, FILE, &bytes));
-        if let Err(e) = written {
-            self.status.state_write_error();
-            crate::warn!(
-                "consul: cannot save authorizations in {}: {e}",
-                dir.display()
-            );
-        }
+        state_dir::save_json(dir, FILE, &list, &self.status, "authorizations");
     }
 
     fn ask(&self, target: &str, caller: &str, serial: &str) -> Verdict {

@@ -212,13 +212,13 @@ mod tests {
     fn refusals_name_the_likely_cause() {
         let cases = [
             (
-                "GET /v1/health/connect/db?dc=dc2&passing",
+                "GET /v1/health/connect/db?dc=dc2",
                 403,
                 "ACL not found",
                 "global token",
             ),
             (
-                "GET /v1/health/connect/db?dc=dc2&passing",
+                "GET /v1/health/connect/db?dc=dc2",
                 403,
                 "Permission denied",
                 "service:read on \"db\" and node:read in datacenter dc2",
@@ -230,13 +230,13 @@ mod tests {
                 "service:write on \"web\"",
             ),
             (
-                "GET /v1/health/service/mesh-gateway?dc=dc1&partition=finance&passing",
+                "GET /v1/health/service/mesh-gateway?dc=dc1&partition=finance",
                 403,
                 "Permission denied",
                 "export them (and the mesh-gateway service)",
             ),
             (
-                "GET /v1/health/connect/db?dc=dc1&ns=team&passing",
+                "GET /v1/health/connect/db?dc=dc1&ns=team",
                 400,
                 "Bad request: Invalid query parameter: \"ns\"",
                 "Community Edition",
@@ -248,7 +248,7 @@ mod tests {
                 "register it",
             ),
             (
-                "GET /v1/health/connect/db?dc=dc9&passing",
+                "GET /v1/health/connect/db?dc=dc9",
                 500,
                 "No path to datacenter",
                 "datacenter dc9",

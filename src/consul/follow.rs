@@ -99,7 +99,10 @@ pub fn follow(
         authorizer,
         tx,
         watches: BTreeMap::new(),
-        entries: BTreeMap::new(),
+        answers: BTreeMap::new(),
+        refused: BTreeSet::new(),
+        health: BTreeMap::new(),
+        dirty: true,
         last_sent: None,
         last_warnings: Vec::new(),
         last_waiting: String::new(),
@@ -119,9 +122,9 @@ pub fn follow(
     })
 }
 
-#[derive(Debug)]
-struct Entry {
-    answer: Option<Answer>,
+/// How a key's watch is doing.
+#[derive(Debug, Default)]
+struct Health {
     /// Answered by the agent in this run and not failing since.
     fresh: bool,
     error: Option<ApiError>,
@@ -200,7 +203,13 @@ struct Coordinator {
     authorizer: Arc<Authorizer>,
     tx: SyncSender<Update>,
     watches: BTreeMap<Key, Watch>,
-    entries: BTreeMap<Key, Entry>,
+    /// The last answer per key (this run's, or restored from the saved state).
+    answers: BTreeMap<Key, Answer>,
+    /// Keys the agent answered with an error, with no answer known.
+    refused: BTreeSet<Key>,
+    health: BTreeMap<Key, Health>,
+    /// Something changed since the last look.
+    dirty: bool,
     last_sent: Option<Snapshot>,
     last_warnings: Vec<String>,
     last_waiting: String,
@@ -219,9 +228,13 @@ impl Coordinator {
         );
         self.restore();
         while !stop.load(Ordering::Relaxed) {
-            self.reconcile();
-            if !self.maybe_send() {
-                return;
+            // Before the first snapshot time alone can make one due (the start-up grace).
+            if self.dirty || self.last_sent.is_none() {
+                self.dirty = false;
+                self.reconcile();
+                if !self.maybe_send() {
+                    return;
+                }
             }
             match rx.recv_timeout(TICK) {
                 Ok(update) => {
@@ -248,40 +261,24 @@ impl Coordinator {
         parts.join(", ")
     }
 
-    fn known(&self) -> (BTreeMap<Key, Answer>, BTreeSet<Key>) {
-        let mut answers = BTreeMap::new();
-        let mut refused = BTreeSet::new();
-        for (k, e) in &self.entries {
-            match (&e.answer, &e.error) {
-                (Some(a), _) => {
-                    answers.insert(k.clone(), a.clone());
-                }
-                // The agent answered with an error: settled, for keys that allow it.
-                (None, Some(err)) if !err.is_unreachable() => {
-                    refused.insert(k.clone());
-                }
-                _ => {}
-            }
+    fn known(&self) -> Known<'_> {
+        Known {
+            answers: &self.answers,
+            refused: &self.refused,
         }
-        (answers, refused)
     }
 
     fn needed(&self) -> BTreeSet<Key> {
-        let (answers, refused) = self.known();
-        assemble::needed(
-            &self.settings,
-            &Known {
-                answers: &answers,
-                refused: &refused,
-            },
-        )
+        assemble::needed(&self.settings, &self.known())
     }
 
     /// Starts watches for newly needed keys, stops the ones no longer needed.
     fn reconcile(&mut self) {
         let needed = self.needed();
         self.watches.retain(|k, _| needed.contains(k));
-        self.entries.retain(|k, _| needed.contains(k));
+        self.answers.retain(|k, _| needed.contains(k));
+        self.refused.retain(|k| needed.contains(k));
+        self.health.retain(|k, _| needed.contains(k));
         for key in needed {
             if self.watches.contains_key(&key) {
                 continue;
@@ -306,25 +303,25 @@ impl Coordinator {
         if !self.watches.contains_key(&key) {
             return;
         }
-        let entry = self.entries.entry(key.clone()).or_insert(Entry {
-            answer: None,
-            fresh: false,
-            error: None,
-        });
+        self.dirty = true;
+        let health = self.health.entry(key.clone()).or_default();
         match result {
             Ok(answer) => {
-                if let Some(e) = entry.error.take() {
+                if let Some(e) = health.error.take() {
                     if !e.is_unreachable() {
                         crate::info!("consul: {key:?} answers again");
                     }
                 }
-                if matches!(answer, Answer::Service(None)) && entry.answer != Some(answer.clone()) {
+                health.fresh = true;
+                if matches!(answer, Answer::Service(None))
+                    && self.answers.get(&key) != Some(&answer)
+                {
                     if let Key::Service { id } = &key {
                         crate::warn!("consul: no service with ID {id:?} is registered on the agent yet; waiting for its registration");
                     }
                 }
-                entry.answer = Some(answer);
-                entry.fresh = true;
+                self.refused.remove(&key);
+                self.answers.insert(key, answer);
                 if self.unreachable_since.take().is_some() {
                     crate::info!(
                         "consul: the agent at {} answers again",
@@ -334,7 +331,7 @@ impl Coordinator {
             }
             Err(e) => {
                 self.status.watch_error(e.to_string());
-                entry.fresh = false;
+                health.fresh = false;
                 if e.is_unreachable() {
                     if self.unreachable_since.is_none() {
                         self.unreachable_since = Some(Instant::now());
@@ -342,29 +339,29 @@ impl Coordinator {
                             "consul: {e}; serving the last state received, retrying with back-off"
                         );
                     }
-                } else if entry.error.as_ref().map(ToString::to_string) != Some(e.to_string()) {
-                    crate::warn!("consul: {e}");
                 } else {
-                    crate::debug!("consul: {e}");
+                    if health.error.as_ref().map(ToString::to_string) != Some(e.to_string()) {
+                        crate::warn!("consul: {e}");
+                    } else {
+                        crate::debug!("consul: {e}");
+                    }
+                    // The agent answered, with an error: settled, for keys that allow it.
+                    if !self.answers.contains_key(&key) {
+                        self.refused.insert(key);
+                    }
                 }
-                entry.error = Some(e);
+                health.error = Some(e);
             }
         }
     }
 
     /// Sends the snapshot if it is complete and new. False: the receiver is gone.
     fn maybe_send(&mut self) -> bool {
-        let (answers, refused) = self.known();
-        let known = Known {
-            answers: &answers,
-            refused: &refused,
-        };
+        let known = self.known();
         let needed = assemble::needed(&self.settings, &known);
-        let confirmed = needed.iter().all(|k| {
-            self.entries
-                .get(k)
-                .is_some_and(|e| e.fresh || e.answer.is_none())
-        });
+        let confirmed = needed
+            .iter()
+            .all(|k| self.refused.contains(k) || self.health.get(k).is_some_and(|h| h.fresh));
         self.status
             .set_stale(self.last_sent.is_some() && !confirmed);
         let mut snap = match assemble::snapshot(&self.settings, &self.base, &known) {
@@ -403,7 +400,7 @@ impl Coordinator {
             }
             return true;
         }
-        self.save(&needed, &answers);
+        self.save(&needed);
         if !confirmed && self.last_sent.is_none() {
             let when = self.restored_at.map_or("an earlier run".to_owned(), |t| {
                 format!("{} s ago", now_unix().saturating_sub(t))
@@ -425,7 +422,7 @@ impl Coordinator {
         true
     }
 
-    fn save(&self, needed: &BTreeSet<Key>, answers: &BTreeMap<Key, Answer>) {
+    fn save(&self, needed: &BTreeSet<Key>) {
         let Some(dir) = &self.settings.state_dir else {
             return;
         };
@@ -433,22 +430,20 @@ impl Coordinator {
             saved_unix: now_unix(),
             sidecar_service_id: self.settings.sidecar_service_id.clone(),
             gateway_service_id: self.settings.gateway_service_id.clone(),
-            answers: answers
+            answers: self
+                .answers
                 .iter()
                 .filter(|(k, _)| needed.contains(*k))
                 .map(|(k, a)| (k.clone(), a.clone()))
                 .collect(),
         };
-        let written = serde_json::to_vec(&saved)
-            .map_err(io::Error::other)
-            .and_then(|bytes| state_dir::write(dir, STATE_FILE, &bytes));
-        if let Err(e) = written {
-            self.status.state_write_error();
-            crate::warn!(
-                "consul: cannot save the last-known-good state in {}: {e}",
-                dir.display()
-            );
-        }
+        state_dir::save_json(
+            dir,
+            STATE_FILE,
+            &saved,
+            &self.status,
+            "the last-known-good state",
+        );
     }
 
     /// Loads the saved answers as unconfirmed entries.
@@ -461,16 +456,7 @@ impl Coordinator {
                 return;
             }
         };
-        for (key, answer) in saved.answers {
-            self.entries.insert(
-                key,
-                Entry {
-                    answer: Some(answer),
-                    fresh: false,
-                    error: None,
-                },
-            );
-        }
+        self.answers.extend(saved.answers);
         self.restored_at = Some(saved.saved_unix);
         crate::info!(
             "consul: loaded the last-known-good state saved {} s ago",

@@ -3,8 +3,10 @@
 //! reloaded (a rotated token file, another address), with one `Status` for its whole life.
 
 use std::io;
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::follow::{follow, Follower, Options};
 use super::status::Status;
@@ -12,8 +14,12 @@ use crate::config::Config;
 use crate::lifecycle::Event;
 use crate::mesh::snapshot::Snapshot;
 
+/// How long a follower waits before trying a full event queue again.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(50);
+
 pub struct Source {
-    follower: Mutex<Option<Follower>>,
+    /// The follower, and the flag that retires its sink when it is replaced.
+    follower: Mutex<Option<(Follower, Arc<AtomicBool>)>>,
     events: SyncSender<Event>,
     status: Arc<Status>,
     options: Options,
@@ -51,26 +57,49 @@ impl Source {
             .follower
             .lock()
             .map_err(|_| io::Error::other("consul follower lock poisoned"))?;
-        if let Some(old) = slot.take() {
+        if let Some((old, retired)) = slot.take() {
+            // Retired first: an old follower waiting for room in the queue gives up at once,
+            // so stopping it never waits on the loop that is running this reload.
+            retired.store(true, Ordering::Relaxed);
             old.stop();
         }
         let events = self.events.clone();
-        // Blocking send: a snapshot must never be dropped, and the follower may wait.
-        let sink =
-            Box::new(move |snap: Snapshot| events.send(Event::Snapshot(Box::new(snap))).is_ok());
-        *slot = Some(follow(
+        let retired = Arc::new(AtomicBool::new(false));
+        let flag = retired.clone();
+        let sink = Box::new(move |snap: Snapshot| deliver(&events, snap, &flag));
+        let follower = follow(
             settings,
             config.snapshot.clone(),
             self.options,
             self.status.clone(),
             sink,
-        )?);
+        )?;
+        *slot = Some((follower, retired));
         Ok(())
     }
 
     /// Freshness of the state served, for readiness and metrics.
     pub fn status(&self) -> &Arc<Status> {
         &self.status
+    }
+}
+
+/// Hands a snapshot to the loop. A snapshot is never dropped: when the queue is full the
+/// follower waits for room — unless it was retired meanwhile, or the loop is gone.
+fn deliver(events: &SyncSender<Event>, snap: Snapshot, retired: &AtomicBool) -> bool {
+    let mut event = Event::Snapshot(Box::new(snap));
+    loop {
+        if retired.load(Ordering::Relaxed) {
+            return false;
+        }
+        match events.try_send(event) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(back)) => {
+                event = back;
+                std::thread::sleep(QUEUE_FULL_PAUSE);
+            }
+            Err(TrySendError::Disconnected(_)) => return false,
+        }
     }
 }
 

@@ -70,6 +70,24 @@ pub fn write(dir: &Path, name: &str, payload: &[u8]) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Saves `value` as JSON in `dir/name` (`write`); a failure is counted in `status` and
+/// logged as `what` could not be saved — serving goes on without it.
+pub fn save_json<T: serde::Serialize>(
+    dir: &Path,
+    name: &str,
+    value: &T,
+    status: &super::status::Status,
+    what: &str,
+) {
+    let written = serde_json::to_vec(value)
+        .map_err(io::Error::other)
+        .and_then(|bytes| write(dir, name, &bytes));
+    if let Err(e) = written {
+        status.state_write_error();
+        crate::warn!("consul: cannot save {what} in {}: {e}", dir.display());
+    }
+}
+
 /// The payload of `dir/name`, checked.
 pub fn read(dir: &Path, name: &str) -> Result<Vec<u8>, ReadError> {
     let file = match File::open(dir.join(name)) {

@@ -133,8 +133,7 @@ impl Key {
             } => (
                 enterprise(
                     Request::new(format!("/v1/health/connect/{}", segment(service)))
-                        .param("dc", &place.datacenter)
-                        .param("passing", ""),
+                        .param("dc", &place.datacenter),
                     Some(namespace),
                     &place.partition,
                 ),
@@ -143,8 +142,7 @@ impl Key {
             Key::Gateways { place, name } => (
                 enterprise(
                     Request::new(format!("/v1/health/service/{}", segment(name)))
-                        .param("dc", &place.datacenter)
-                        .param("passing", ""),
+                        .param("dc", &place.datacenter),
                     None,
                     &place.partition,
                 ),
@@ -369,9 +367,11 @@ fn follow_key(
             }
             Err(e) => {
                 failing = true;
-                if e.is_refusal() {
-                    index = 0;
-                }
+                // After any failure ask from scratch: an agent that restarted with a fresh
+                // state has lower indexes, and a query blocking on the old one would hang
+                // for its whole wait instead of returning what changed.
+                index = 0;
+                hash.clear();
                 if tx
                     .send(Update {
                         key: key.clone(),
@@ -424,7 +424,7 @@ mod tests {
                 namespace: "default".into(),
                 place: here.clone()
             }),
-            "GET /v1/health/connect/db?dc=dc1&passing"
+            "GET /v1/health/connect/db?dc=dc1"
         );
         assert_eq!(
             shown(Key::Connect {
@@ -432,14 +432,14 @@ mod tests {
                 namespace: "team".into(),
                 place: Place::new("dc2", "finance")
             }),
-            "GET /v1/health/connect/db?dc=dc2&passing&ns=team&partition=finance"
+            "GET /v1/health/connect/db?dc=dc2&ns=team&partition=finance"
         );
         assert_eq!(
             shown(Key::Gateways {
                 place: Place::new("dc2", "default"),
                 name: "mesh-gateway".into()
             }),
-            "GET /v1/health/service/mesh-gateway?dc=dc2&passing"
+            "GET /v1/health/service/mesh-gateway?dc=dc2"
         );
         assert_eq!(
             shown(Key::Leaf {

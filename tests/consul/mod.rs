@@ -41,6 +41,8 @@ pub struct Options {
     /// keeps the CA, the catalog and the intentions — as the servers do when a node's agent
     /// restarts. Takes ~2 s to elect itself instead of ~0.3 s.
     pub persistent: bool,
+    /// More agent configuration, one `-hcl` argument each (HTTPS, ACLs, ...).
+    pub hcl: Vec<String>,
 }
 
 impl Options {
@@ -50,6 +52,7 @@ impl Options {
             primary: datacenter.to_owned(),
             join_wan: None,
             persistent: false,
+            hcl: Vec::new(),
         }
     }
 }
@@ -154,6 +157,7 @@ impl Agent {
             primary: primary.options.datacenter.clone(),
             join_wan: Some(primary.serf_wan),
             persistent: false,
+            hcl: Vec::new(),
         });
         let td = primary.roots().trust_domain;
         assert_eq!(agent.roots().trust_domain, td, "secondary CA not federated");
@@ -582,6 +586,7 @@ fn agent_args(options: &Options, node: &str, ports: &Ports, data: Option<&Scratc
     if let Some(port) = options.join_wan {
         a.push(format!("-retry-join-wan=127.0.0.1:{port}"));
     }
+    a.extend(options.hcl.iter().map(|h| format!("-hcl={h}")));
     a
 }
 

@@ -7,14 +7,15 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::nullable;
-use super::service::{endpoint, ServiceAddress};
+use super::service::{endpoint, AgentService};
 use crate::mesh::Endpoint;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
 pub struct CheckServiceNode {
     pub node: Node,
-    pub service: NodeService,
+    /// The same shape as the agent's own services.
+    pub service: AgentService,
     #[serde(deserialize_with = "nullable")]
     pub checks: Vec<Check>,
 }
@@ -32,22 +33,6 @@ pub struct Node {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
-pub struct NodeService {
-    #[serde(deserialize_with = "nullable")]
-    pub kind: String,
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub service: String,
-    pub address: String,
-    pub port: u16,
-    #[serde(deserialize_with = "nullable")]
-    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
-    pub namespace: String,
-    pub partition: String,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, rename_all = "PascalCase")]
 pub struct Check {
     #[serde(rename = "CheckID")]
     pub check_id: String,
@@ -55,13 +40,28 @@ pub struct Check {
 }
 
 /// One instance as sidegate keeps it: the address used from inside its own (datacenter,
-/// partition) and the one used from elsewhere.
+/// partition), the one used from elsewhere, and whether its checks pass.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 pub struct Instance {
     pub id: String,
     pub node: String,
     pub lan: Endpoint,
     pub wan: Endpoint,
+    /// No critical check (Consul's own rule for an endpoint's health).
+    pub healthy: bool,
+}
+
+/// The instances to dial: the healthy ones; when none is healthy, all of them, as Envoy
+/// does under Consul (its panic threshold routes to every host once too few are healthy). A
+/// whole service flapping to critical — every check of a restarted agent starts critical
+/// until it runs — then costs failed attempts, not an outage.
+pub fn to_dial(all: &[Instance]) -> (Vec<&Instance>, bool) {
+    let healthy: Vec<&Instance> = all.iter().filter(|i| i.healthy).collect();
+    if healthy.is_empty() {
+        (all.iter().collect(), !all.is_empty())
+    } else {
+        (healthy, false)
+    }
 }
 
 impl CheckServiceNode {
@@ -93,14 +93,14 @@ impl CheckServiceNode {
     }
 }
 
-/// The instances of an answer that sidegate can dial: healthy (the query asks for
-/// `passing`, this also drops any critical one it gets), of `kind` when given, with usable
-/// addresses. Sorted, so an unchanged catalog gives an unchanged snapshot.
+/// The instances of an answer that sidegate can dial: of `kind` when given, with usable
+/// addresses, each marked healthy or not. Consul's proxies ask without `passing` and filter
+/// themselves (consul-mesh.md §4.3); so does this. Sorted, so an unchanged catalog gives an
+/// unchanged snapshot.
 pub fn instances(body: &str, kind: Option<&str>) -> Result<Vec<Instance>, serde_json::Error> {
     let nodes: Vec<CheckServiceNode> = nullable(&mut serde_json::Deserializer::from_str(body))?;
     let mut out: Vec<Instance> = nodes
         .iter()
-        .filter(|n| !n.critical())
         .filter(|n| kind.is_none_or(|k| n.service.kind == k))
         .filter_map(|n| {
             let (lan_host, lan_port) = n.best_address(false);
@@ -110,6 +110,7 @@ pub fn instances(body: &str, kind: Option<&str>) -> Result<Vec<Instance>, serde_
                 node: n.node.node.clone(),
                 lan: endpoint(&lan_host, lan_port)?,
                 wan: endpoint(&wan_host, wan_port)?,
+                healthy: !n.critical(),
             })
         })
         .collect();
@@ -172,6 +173,7 @@ mod tests {
 
     #[test]
     fn best_address_falls_back_like_consul() {
+        use super::super::service::ServiceAddress;
         let mut n = CheckServiceNode::default();
         n.node.address = "10.0.0.1".into();
         n.node
@@ -194,15 +196,24 @@ mod tests {
     }
 
     #[test]
-    fn drops_critical_and_unusable_and_reads_null() {
+    fn marks_critical_drops_unusable_and_reads_null() {
         let body = r#"[
           {"Node":{"Node":"a","Address":"10.0.0.1"},"Service":{"ID":"x","Port":1,"Address":""},"Checks":[{"Status":"critical"}]},
           {"Node":{"Node":"b","Address":"10.0.0.2"},"Service":{"ID":"y","Port":0},"Checks":null},
           {"Node":{"Node":"c","Address":"10.0.0.3","TaggedAddresses":null},"Service":{"ID":"z","Port":3,"TaggedAddresses":null},"Checks":[{"Status":"passing"}]}
         ]"#;
         let got = instances(body, None).unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].lan.to_string(), "10.0.0.3:3");
+        let shown: Vec<(String, bool)> =
+            got.iter().map(|i| (i.lan.to_string(), i.healthy)).collect();
+        assert_eq!(
+            shown,
+            [("10.0.0.1:1".into(), false), ("10.0.0.3:3".into(), true)]
+        );
+        let (dial, panic) = to_dial(&got);
+        assert_eq!((dial.len(), panic), (1, false), "healthy ones only");
+        let (dial, panic) = to_dial(&got[..1]);
+        assert_eq!((dial.len(), panic), (1, true), "none healthy: all of them");
+        assert_eq!(to_dial(&[]), (Vec::new(), false));
         assert!(instances("null", None).unwrap().is_empty());
         assert!(instances("{\"not\":\"a list\"}", None).is_err());
     }
