@@ -48,8 +48,25 @@ struct Pair {
 
 impl Pair {
     fn start(agent: &Agent, dir: &Scratch, web: &str, db: &str, upstreams: Value) -> Pair {
+        Pair::start_with(agent, dir, web, db, upstreams, true)
+    }
+
+    /// `db_heartbeat` false: db's sidecar check turns critical when the agent restarts.
+    fn start_with(
+        agent: &Agent,
+        dir: &Scratch,
+        web: &str,
+        db: &str,
+        upstreams: Value,
+        db_heartbeat: bool,
+    ) -> Pair {
         let (db_app, db_public) = (app("db"), free_port());
-        agent.register(&service_with_sidecar(db, db_app, db_public, json!([]), ""));
+        let db_registration = service_with_sidecar(db, db_app, db_public, json!([]), "");
+        if db_heartbeat {
+            agent.register(&db_registration);
+        } else {
+            agent.register_without_heartbeat(&db_registration);
+        }
         let (web_app, web_public) = (app("web"), free_port());
         agent.register(&service_with_sidecar(
             web,
@@ -326,7 +343,9 @@ fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_kn
 
 /// Issue 7's fault: the agent restarted, then stopped, in the middle of traffic. Nothing
 /// established is cut, every new connection is carried, and after the restart changes are
-/// followed again.
+/// followed again. The restarted agent reports db's sidecar critical (its check has not run
+/// again), as a restarted node's agent does for a while: with no healthy instance left, db's
+/// instances are still dialled (Envoy's panic routing under Consul).
 #[test]
 fn the_agent_restarted_and_stopped_in_the_middle_of_traffic() {
     // A server with its state on disk: its restart keeps the CA and the catalog, as a
@@ -337,7 +356,14 @@ fn the_agent_restarted_and_stopped_in_the_middle_of_traffic() {
     });
     let dir = Scratch::new("consul-source-fault");
     let port = free_port();
-    let pair = Pair::start(&agent, &dir, "web", "db", json!([upstream("db", port)]));
+    let pair = Pair::start_with(
+        &agent,
+        &dir,
+        "web",
+        "db",
+        json!([upstream("db", port)]),
+        false,
+    );
     let mut held = Held::open(port);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -373,6 +399,10 @@ fn the_agent_restarted_and_stopped_in_the_middle_of_traffic() {
     more_traffic(carried_now());
     held.ping("agent killed");
     agent.restart();
+    agent.wait_until("db critical after the restart", || {
+        let healthy = agent.get("/v1/health/connect/db?passing").json();
+        healthy.as_array()?.is_empty().then_some(())
+    });
     more_traffic(carried_now());
     // Followed again after the restart: a new upstream opens.
     let extra = free_port();

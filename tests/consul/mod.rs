@@ -318,11 +318,11 @@ impl Agent {
     }
 
     /// `PUT /v1/agent/service/register`, then a TTL pass for the test's check of the
-    /// service's sidecar or of a gateway (`passing_check`): a status set by a TTL update is
-    /// kept on disk and survives an agent restart, while the initial `Status` of a
-    /// registration is not — a restarted agent would mark the instance critical.
+    /// service's sidecar or of a gateway (`passing_check`), as a healthy service's heartbeat:
+    /// a status set by a TTL update is kept on disk and survives an agent restart, while the
+    /// initial `Status` of a registration is not.
     pub fn register(&self, service: &Value) {
-        self.ok("PUT", "/v1/agent/service/register", service);
+        self.register_without_heartbeat(service);
         let id = service["ID"].as_str().unwrap();
         let check = if service["Connect"]["SidecarService"].is_object() {
             Some(format!("service:{id}-sidecar-proxy"))
@@ -338,6 +338,13 @@ impl Agent {
                 &Value::Null,
             );
         }
+    }
+
+    /// `PUT /v1/agent/service/register` alone: the checks are passing from the registration
+    /// but, with no heartbeat, critical once the agent restarts — as every check of a
+    /// restarted agent is until it runs again.
+    pub fn register_without_heartbeat(&self, service: &Value) {
+        self.ok("PUT", "/v1/agent/service/register", service);
     }
 
     /// `PUT /v1/config`: a config entry (`Kind`, `Name`, fields).
