@@ -1,68 +1,28 @@
-//! sidegate in a real Consul mesh (Consul 1.8.7, `-dev` agents on loopback), configured from
-//! files: leaves, keys and roots issued by the agent's Connect CA carry traffic between
-//! sidegate sidecars, and sidegate interoperates with `consul connect proxy` — Consul's own
-//! built-in proxy, an independent implementation — in both directions, with the built-in
-//! proxy authorizing callers through the agent's intentions.
+//! sidegate with a real Consul agent's Connect CA (Consul 1.8.7, `-dev` agents on loopback),
+//! configured from files: leaves, keys and roots issued by the agent carry traffic between
+//! sidegate sidecars; a sidecar of another cluster is refused; old and new leaves interoperate
+//! during a CA rotation; WAN-federated datacenters' certificates (dc2's intermediate) carry
+//! traffic through sidegate gateways registered in Consul. These need no `[consul]` source.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod consul;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::OnceLock;
 
-use common::apps::{app, echo_intact, pattern};
+use common::apps::{app, echo_intact};
 use common::sidecars::routed;
 use common::{eventually, free_port, start, IO_TIMEOUT};
-use consul::{service_with_sidecar, Agent, BuiltinProxy, Scratch, TlsFiles};
+use consul::files::{header, inbound, upstream, ALLOW_WEB_ONLY};
+use consul::traffic::{connect, echoes, refused};
+use consul::{service_with_sidecar, Agent, Scratch};
 use serde_json::json;
-use sidegate::proxy::Running;
 
-/// One dev agent for every test of this binary: each test uses its own destination service,
-/// so intentions set by one do not touch another.
+/// One dev agent for the tests that do not change the CA.
 fn agent() -> &'static Agent {
     static AGENT: OnceLock<Agent> = OnceLock::new();
     AGENT.get_or_init(|| Agent::dev("dc1"))
 }
-
-/// `[mesh]` for a sidecar in `agent`'s datacenter and cluster (its trust domain), with
-/// `files` as `[tls]`.
-fn header(agent: &Agent, files: &TlsFiles) -> String {
-    format!(
-        "[mesh]\ndatacenter = \"{}\"\ntrust_domain = \"{}\"\n{}[sidecar]\nservice = \"{}\"\n",
-        agent.options.datacenter,
-        agent.roots().trust_domain,
-        files.toml(),
-        files.service
-    )
-}
-
-/// A sidecar with only an inbound listener, to `app`, with these intentions.
-fn inbound(agent: &Agent, files: &TlsFiles, app: SocketAddr, intentions: &str) -> Running {
-    start(&format!(
-        "{}public_listener = \"127.0.0.1:0\"\nlocal_service_address = \"{app}\"\n{intentions}",
-        header(agent, files)
-    ))
-}
-
-/// A sidecar with one upstream to `target` on 127.0.0.1:`port`, dialling `instance`
-/// directly.
-fn upstream(
-    agent: &Agent,
-    files: &TlsFiles,
-    target: &str,
-    port: u16,
-    instance: SocketAddr,
-) -> Running {
-    start(&format!(
-        "{}[[sidecar.upstreams]]\ndestination_name = \"{target}\"\nlocal_bind_port = {port}\n\
-         mesh_gateway = {{ mode = \"none\" }}\n[[catalog.services]]\nname = \"{target}\"\ninstances = [\"{instance}\"]\n",
-        header(agent, files)
-    ))
-}
-
-const ALLOW_WEB_ONLY: &str = "[sidecar.intentions]\ndefault = \"deny\"\n[[sidecar.intentions.rules]]\nsource = \"web\"\naction = \"allow\"\n";
 
 #[test]
 fn web_and_db_sidecars_carry_traffic_with_consul_issued_certificates() {
@@ -122,7 +82,7 @@ fn web_and_db_sidecars_carry_traffic_with_consul_issued_certificates() {
         api_port,
         db_in,
     );
-    assert!(refused(api_port, b"let me in"));
+    assert!(refused(api_port));
     eventually("api denied", || db.metrics.inbound.denied.get() == 1);
 }
 
@@ -142,97 +102,13 @@ fn a_sidecar_of_another_consul_cluster_is_refused() {
         port,
         foreign_db.inbound_addr.unwrap(),
     );
-    assert!(refused(port, b"secret"));
+    assert!(refused(port));
     eventually("handshake refused", || {
         web.metrics.upstream.handshake_failures.get() == 1
     });
     eventually("the foreign db refused web too", || {
         foreign_db.metrics.inbound.handshake_failures.get() == 1
     });
-}
-
-/// (a) sidegate's upstream listener → `consul connect proxy`'s public listener → the app, with
-/// the built-in proxy asking the agent to authorize each caller.
-#[test]
-fn our_upstream_reaches_the_app_through_consul_connect_proxy() {
-    let agent = agent();
-    let dir = Scratch::new("consul-builtin-in");
-    let public = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    agent.register(&service_with_sidecar(
-        "orders",
-        app("orders"),
-        public.port(),
-        json!([]),
-        "",
-    ));
-    agent.set_intention("*", "orders", "deny");
-    agent.set_intention("web", "orders", "allow");
-    assert!(agent.authorized("web", "orders") && !agent.authorized("api", "orders"));
-    let mut proxy = BuiltinProxy::sidecar_for(agent, "orders", public.port());
-
-    let port = free_port();
-    let web = upstream(
-        agent,
-        &agent.identity_files("web", &dir.0),
-        "orders",
-        port,
-        public,
-    );
-    let payload = pattern(2_000_000);
-    assert!(echo(connect(port), &payload), "the echo differs");
-    assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
-
-    // Denied by the agent's intentions: the built-in proxy refuses the caller.
-    let api_port = free_port();
-    let _api = upstream(
-        agent,
-        &agent.identity_files("api", &dir.0),
-        "orders",
-        api_port,
-        public,
-    );
-    assert!(refused(api_port, b"let me in"));
-    let line = proxy.wait_for_log("authz call denied");
-    assert!(line.contains("orders"), "{line}");
-}
-
-/// (b) `consul connect proxy`'s upstream listener → sidegate's inbound listener → the app. The
-/// built-in proxy finds sidegate through the catalog, sends no SNI, and checks that the server
-/// proves billing's SPIFFE ID.
-#[test]
-fn consul_connect_proxy_reaches_the_app_through_our_inbound() {
-    let agent = agent();
-    let dir = Scratch::new("consul-builtin-out");
-    let billing_app = app("billing");
-    let billing = inbound(
-        agent,
-        &agent.identity_files("billing", &dir.0),
-        billing_app,
-        ALLOW_WEB_ONLY,
-    );
-    let billing_in = billing.inbound_addr.unwrap();
-    agent.register(&service_with_sidecar(
-        "billing",
-        billing_app,
-        billing_in.port(),
-        json!([]),
-        "",
-    ));
-    agent.set_intention("*", "billing", "deny");
-    agent.set_intention("web", "billing", "allow");
-
-    let port = free_port();
-    let _web = BuiltinProxy::upstream(agent, "web", "billing", port);
-    let payload = pattern(2_000_000);
-    assert!(echo(connect(port), &payload), "the echo differs");
-    assert_eq!(billing.metrics.inbound.handshake_failures.get(), 0);
-    assert_eq!(billing.metrics.inbound.denied.get(), 0);
-
-    // A caller the intentions deny gets nothing from the app.
-    let evil_port = free_port();
-    let _evil = BuiltinProxy::upstream(agent, "evil", "billing", evil_port);
-    assert!(refused(evil_port, b"let me in"));
-    eventually("evil denied", || billing.metrics.inbound.denied.get() == 1);
 }
 
 /// A CA rotation in flight: leaves of the old root (peers that have not picked up the new
@@ -267,7 +143,7 @@ fn old_and_new_leaves_interoperate_during_a_ca_rotation() {
     // New leaf (trusting both roots) → old leaf trusting only the old root.
     let port = free_port();
     let web = upstream(&agent, &web_files, "db", port, old_db.inbound_addr.unwrap());
-    assert!(echo(connect(port), b"new to old"));
+    assert!(echoes(port, b"new to old"));
     // Old leaf trusting only the old root (its files were written before the rotation) →
     // new leaf.
     let api_port = free_port();
@@ -277,7 +153,7 @@ fn old_and_new_leaves_interoperate_during_a_ca_rotation() {
         header(&agent, &old_api_files),
         new_orders.inbound_addr.unwrap()
     ));
-    assert!(echo(connect(api_port), b"old to new"));
+    assert!(echoes(api_port, b"old to new"));
     for s in [&web, &api] {
         assert_eq!(s.metrics.upstream.handshake_failures.get(), 0);
     }
@@ -329,7 +205,7 @@ fn cross_datacenter_upstreams_through_sidegate_gateways_with_federated_certifica
         &format!("[[catalog.services]]\nname = \"db\"\ninstances = [\"{db_in}\"]\n"),
     );
     let gw2_addr = gw2.gateway_addrs[0];
-    dc2.register_mesh_gateway("mesh-gateway", gw2_addr, gw2_addr);
+    dc2.register_mesh_gateway("mesh-gateway", gw2_addr, gw2_addr, &["lan"]);
     let gw2_wan = dc1.mesh_gateway_wan("dc2");
     assert_eq!(gw2_wan, vec![gw2_addr], "dc2's gateway as dc1 sees it");
     let gw1 = gateway(
@@ -340,7 +216,7 @@ fn cross_datacenter_upstreams_through_sidegate_gateways_with_federated_certifica
         ),
     );
     let gw1_addr = gw1.gateway_addrs[0];
-    dc1.register_mesh_gateway("mesh-gateway", gw1_addr, gw1_addr);
+    dc1.register_mesh_gateway("mesh-gateway", gw1_addr, gw1_addr, &["lan"]);
 
     let (local, remote) = (free_port(), free_port());
     let upstream = |port: u16, mode: &str| {
@@ -378,38 +254,4 @@ fn cross_datacenter_upstreams_through_sidegate_gateways_with_federated_certifica
         "remote: dc2's gateway only"
     );
     assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
-}
-
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s
-}
-
-/// Sends `payload` from another thread while reading its echo, and closes only after the
-/// whole echo came back: the built-in proxy does not carry a half-close (when one direction
-/// ends it closes both connections), so the exchanges through it are echoes, not
-/// request-then-EOF.
-fn echo(stream: TcpStream, payload: &[u8]) -> bool {
-    let mut writer = stream.try_clone().unwrap();
-    let sent = payload.to_vec();
-    let sending = std::thread::spawn(move || writer.write_all(&sent).unwrap());
-    let mut got = vec![0u8; payload.len()];
-    let mut reader = stream;
-    reader.read_exact(&mut got).unwrap();
-    sending.join().unwrap();
-    got == payload
-}
-
-/// Whether a connection to 127.0.0.1:`port` is closed (or reset) without a single byte of
-/// answer after sending `payload`: what a refused caller sees.
-fn refused(port: u16, payload: &[u8]) -> bool {
-    let mut s = connect(port);
-    let _ = s.write_all(payload);
-    let _ = s.shutdown(Shutdown::Write);
-    let mut got = Vec::new();
-    match s.read_to_end(&mut got) {
-        Ok(_) => got.is_empty(),
-        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset && got.is_empty(),
-    }
 }

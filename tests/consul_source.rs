@@ -10,19 +10,19 @@
 mod common;
 mod consul;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::apps::{app, echo_intact};
+use common::apps::app;
 use common::{free_port, IO_TIMEOUT};
 use consul::{
-    gateway_toml, service_with_sidecar, sidecar_toml, wait_listening, wait_not_listening, Agent,
-    Options, Scratch, Sidegate,
+    gateway_toml, service_with_sidecar, sidecar_toml, traffic, wait_listening, wait_not_listening,
+    Agent, Options, Scratch, Sidegate,
 };
 use serde_json::{json, Value};
+use traffic::{refused, within, Held};
 
 /// Changes reach the data path within this: the agent answers blocking queries at once, and
 /// Consul renews leaves within 30 s of a root rotation (its own jitter).
@@ -48,8 +48,25 @@ struct Pair {
 
 impl Pair {
     fn start(agent: &Agent, dir: &Scratch, web: &str, db: &str, upstreams: Value) -> Pair {
+        Pair::start_with(agent, dir, web, db, upstreams, true)
+    }
+
+    /// `db_heartbeat` false: db's sidecar check turns critical when the agent restarts.
+    fn start_with(
+        agent: &Agent,
+        dir: &Scratch,
+        web: &str,
+        db: &str,
+        upstreams: Value,
+        db_heartbeat: bool,
+    ) -> Pair {
         let (db_app, db_public) = (app("db"), free_port());
-        agent.register(&service_with_sidecar(db, db_app, db_public, json!([]), ""));
+        let db_registration = service_with_sidecar(db, db_app, db_public, json!([]), "");
+        if db_heartbeat {
+            agent.register(&db_registration);
+        } else {
+            agent.register_without_heartbeat(&db_registration);
+        }
         let (web_app, web_public) = (app("web"), free_port());
         agent.register(&service_with_sidecar(
             web,
@@ -104,60 +121,9 @@ fn upstream(target: &str, port: u16) -> Value {
     json!({"DestinationName": target, "LocalBindPort": port})
 }
 
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s
-}
-
-/// One whole exchange through an upstream listener: 256 KiB echoed and the app's sign-off.
+/// One whole exchange with db's app through 127.0.0.1:`port`.
 fn carries(port: u16) -> bool {
-    let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    std::panic::catch_unwind(|| echo_intact(s, 256 << 10, IO_TIMEOUT) == b"app:db\n")
-        .unwrap_or(false)
-}
-
-/// Whether a new connection through `port` is closed without a byte of answer.
-fn refused(port: u16) -> bool {
-    let mut s = connect(port);
-    let _ = s.write_all(b"let me in");
-    let _ = s.shutdown(Shutdown::Write);
-    let mut got = Vec::new();
-    match s.read_to_end(&mut got) {
-        Ok(_) => got.is_empty(),
-        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset && got.is_empty(),
-    }
-}
-
-/// A connection held open across a change; each `ping` must come back echoed.
-struct Held(TcpStream);
-
-impl Held {
-    fn open(port: u16) -> Held {
-        let mut h = Held(connect(port));
-        h.ping("opened");
-        h
-    }
-
-    fn ping(&mut self, what: &str) {
-        self.0.write_all(what.as_bytes()).unwrap();
-        let mut back = vec![0u8; what.len()];
-        self.0
-            .read_exact(&mut back)
-            .unwrap_or_else(|e| panic!("held connection, {what}: {e}"));
-        assert_eq!(back, what.as_bytes());
-    }
-}
-
-/// Polls `cond` until it holds, at most `within`.
-fn within(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    traffic::carries(port, "db")
 }
 
 #[test]
@@ -260,10 +226,12 @@ fn handshake(cfg: &Arc<rustls::ClientConfig>, port: u16) -> bool {
 }
 
 /// dc1 and dc2 WAN-federated; sidegate mesh gateways registered in each as `mesh-gateway`
-/// services (kind `mesh-gateway`, `lan` and `wan` tagged addresses) and following their
-/// registrations; web in dc1 reaches db in dc2 with an upstream in `local` mode (through dc1's
-/// gateway, then dc2's) and one in `remote` mode (dc2's gateway directly). Stopping dc1's
-/// gateway then cuts only the `local` path: each mode took the path Consul's semantics give it.
+/// services (kind `mesh-gateway`, `lan` and `wan` tagged addresses) and listening where their
+/// registrations say: dc1's only on its LAN address, dc2's only on its WAN address, so a path
+/// that took a wrong address fails. web in dc1 reaches db in dc2 with upstreams in `local` mode
+/// (dc1's gateway on its LAN address, then dc2's on its WAN address), `remote` mode (dc2's
+/// gateway directly, WAN) and no mode of its own, inheriting `local` from dc1's `proxy-defaults`
+/// config entry. Stopping dc1's gateway then cuts exactly the two `local` paths.
 #[test]
 fn cross_datacenter_upstreams_through_sidegate_mesh_gateways() {
     let dc1 = Agent::dev("dc1");
@@ -289,30 +257,44 @@ fn cross_datacenter_upstreams_through_sidegate_mesh_gateways() {
         &sidecar_toml(&dc2, "db-sidecar-proxy", &state("db")),
     );
 
+    let lan = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let wan = |port: u16| SocketAddr::from(([127, 0, 0, 2], port));
     let mut gateways = Vec::new();
-    for agent in [&dc1, &dc2] {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        agent.register_mesh_gateway("mesh-gateway", addr, addr);
+    for (agent, listen_on) in [(&dc1, "lan"), (&dc2, "wan")] {
+        let (l, w) = (lan(free_port()), wan(free_port()));
+        agent.register_mesh_gateway("mesh-gateway", l, w, &[listen_on]);
         let name = format!("gateway-{}", agent.options.datacenter);
-        let mut gw = Sidegate::run(
-            &name,
-            &dir.0,
-            &gateway_toml(agent, "mesh-gateway", &state(&name)),
+        let toml = gateway_toml(agent, "mesh-gateway", &state(&name));
+        let mut gw = Sidegate::run(&name, &dir.0, &toml);
+        let (bound, not_bound) = if listen_on == "lan" { (l, w) } else { (w, l) };
+        gw.serving(&[bound.port()]);
+        assert!(
+            wait_not_listening(not_bound.port(), Duration::ZERO),
+            "{not_bound} must not be bound"
         );
-        gw.serving(&[addr.port()]);
         gateways.push(gw);
     }
 
-    let (local, remote) = (free_port(), free_port());
-    let cross = |port: u16, mode: &str| {
-        json!({"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": port,
-               "MeshGateway": {"Mode": mode}})
+    dc1.config_entry(&json!({"Kind": "proxy-defaults", "Name": "global",
+                             "MeshGateway": {"Mode": "local"}}));
+    let (local, remote, inherited) = (free_port(), free_port(), free_port());
+    let cross = |port: u16, mode: Option<&str>| {
+        let mut u = json!({"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": port});
+        if let Some(mode) = mode {
+            u["MeshGateway"] = json!({"Mode": mode});
+        }
+        u
     };
+    let upstreams = json!([
+        cross(local, Some("local")),
+        cross(remote, Some("remote")),
+        cross(inherited, None)
+    ]);
     dc1.register(&service_with_sidecar(
         "web",
         app("web"),
         free_port(),
-        json!([cross(local, "local"), cross(remote, "remote")]),
+        upstreams,
         "",
     ));
     let mut web = Sidegate::run(
@@ -321,12 +303,21 @@ fn cross_datacenter_upstreams_through_sidegate_mesh_gateways() {
         &sidecar_toml(&dc1, "web-sidecar-proxy", &state("web")),
     );
     db.serving(&[db_public]);
-    web.serving(&[local, remote]);
+    web.serving(&[local, remote, inherited]);
 
-    within("local mode carries", FOLLOW_WITHIN, || carries(local));
-    assert!(carries(remote), "remote mode");
+    for (port, what) in [
+        (local, "local"),
+        (remote, "remote"),
+        (inherited, "proxy-defaults local"),
+    ] {
+        within(what, FOLLOW_WITHIN, || carries(port));
+    }
     gateways[0].kill();
     assert!(refused(local), "local mode must go through dc1's gateway");
+    assert!(
+        refused(inherited),
+        "proxy-defaults' local mode must go through dc1's gateway"
+    );
     assert!(carries(remote), "remote mode never used dc1's gateway");
 }
 
@@ -348,13 +339,13 @@ fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_kn
     pair.web.restart();
     pair.web.serving(&[port]);
     assert!(carries(port), "restarted from the last-known-good state");
-    // `held` went through the web sidegate that was just killed: it ended with it.
-    drop(held);
 }
 
 /// Issue 7's fault: the agent restarted, then stopped, in the middle of traffic. Nothing
 /// established is cut, every new connection is carried, and after the restart changes are
-/// followed again.
+/// followed again. The restarted agent reports db's sidecar critical (its check has not run
+/// again), as a restarted node's agent does for a while: with no healthy instance left, db's
+/// instances are still dialled (Envoy's panic routing under Consul).
 #[test]
 fn the_agent_restarted_and_stopped_in_the_middle_of_traffic() {
     // A server with its state on disk: its restart keeps the CA and the catalog, as a
@@ -365,7 +356,14 @@ fn the_agent_restarted_and_stopped_in_the_middle_of_traffic() {
     });
     let dir = Scratch::new("consul-source-fault");
     let port = free_port();
-    let pair = Pair::start(&agent, &dir, "web", "db", json!([upstream("db", port)]));
+    let pair = Pair::start_with(
+        &agent,
+        &dir,
+        "web",
+        "db",
+        json!([upstream("db", port)]),
+        false,
+    );
     let mut held = Held::open(port);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -383,9 +381,17 @@ fn the_agent_restarted_and_stopped_in_the_middle_of_traffic() {
     };
     let carried_now = || carried.load(Ordering::Relaxed);
     let more_traffic = |from: usize| {
-        within("more connections carried", FOLLOW_WITHIN, || {
-            carried_now() >= from + 5
-        })
+        let deadline = Instant::now() + FOLLOW_WITHIN;
+        while carried_now() < from + 5 {
+            assert!(
+                Instant::now() < deadline,
+                "no more connections carried ({} failed); web:\n{}\ndb:\n{}",
+                failed.load(Ordering::Relaxed),
+                pair.web.output_tail(),
+                pair.db.output_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     };
 
     more_traffic(0);
@@ -393,6 +399,10 @@ fn the_agent_restarted_and_stopped_in_the_middle_of_traffic() {
     more_traffic(carried_now());
     held.ping("agent killed");
     agent.restart();
+    agent.wait_until("db critical after the restart", || {
+        let healthy = agent.get("/v1/health/connect/db?passing").json();
+        healthy.as_array()?.is_empty().then_some(())
+    });
     more_traffic(carried_now());
     // Followed again after the restart: a new upstream opens.
     let extra = free_port();

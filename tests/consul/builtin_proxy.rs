@@ -62,8 +62,4 @@ impl BuiltinProxy {
     pub fn wait_for_log(&mut self, needle: &str) -> String {
         self.process.wait_for_line(needle, Duration::from_secs(10))
     }
-
-    pub fn output_tail(&self) -> String {
-        self.process.tail()
-    }
 }

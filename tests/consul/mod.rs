@@ -6,9 +6,11 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 mod builtin_proxy;
+pub mod files;
 mod http;
 mod process;
 mod sidegate;
+pub mod traffic;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -315,17 +317,34 @@ impl Agent {
         }
     }
 
-    /// `PUT /v1/agent/service/register`.
+    /// `PUT /v1/agent/service/register`, then a TTL pass for the test's check of the
+    /// service's sidecar or of a gateway (`passing_check`), as a healthy service's heartbeat:
+    /// a status set by a TTL update is kept on disk and survives an agent restart, while the
+    /// initial `Status` of a registration is not.
     pub fn register(&self, service: &Value) {
-        self.ok("PUT", "/v1/agent/service/register", service);
+        self.register_without_heartbeat(service);
+        let id = service["ID"].as_str().unwrap();
+        let check = if service["Connect"]["SidecarService"].is_object() {
+            Some(format!("service:{id}-sidecar-proxy"))
+        } else {
+            service["Checks"]
+                .is_array()
+                .then(|| format!("service:{id}"))
+        };
+        if let Some(check) = check {
+            self.ok(
+                "PUT",
+                &format!("/v1/agent/check/pass/{check}"),
+                &Value::Null,
+            );
+        }
     }
 
-    pub fn deregister(&self, id: &str) {
-        self.ok(
-            "PUT",
-            &format!("/v1/agent/service/deregister/{id}"),
-            &Value::Null,
-        );
+    /// `PUT /v1/agent/service/register` alone: the checks are passing from the registration
+    /// but, with no heartbeat, critical once the agent restarts — as every check of a
+    /// restarted agent is until it runs again.
+    pub fn register_without_heartbeat(&self, service: &Value) {
+        self.ok("PUT", "/v1/agent/service/register", service);
     }
 
     /// `PUT /v1/config`: a config entry (`Kind`, `Name`, fields).
@@ -375,7 +394,6 @@ impl Agent {
             cert_pem: v["CertPEM"].as_str().unwrap().to_owned(),
             key_pem: v["PrivateKeyPEM"].as_str().unwrap().to_owned(),
             uri: v["ServiceURI"].as_str().unwrap().to_owned(),
-            serial: v["SerialNumber"].as_str().unwrap().to_owned(),
         }
     }
 
@@ -433,19 +451,29 @@ impl Agent {
         })
     }
 
-    /// Joins `other`'s WAN pool (`PUT /v1/agent/join/:addr?wan=1`).
-    pub fn join_wan(&self, other: &Agent) {
-        self.ok(
-            "PUT",
-            &format!("/v1/agent/join/127.0.0.1:{}?wan=1", other.serf_wan),
-            &Value::Null,
-        );
-    }
-
-    /// Registers a `mesh-gateway` service listening on `lan` and reachable from other
-    /// datacenters at `wan` (its `lan` / `wan` tagged addresses).
-    pub fn register_mesh_gateway(&self, id: &str, lan: SocketAddr, wan: SocketAddr) {
+    /// Registers a `mesh-gateway` service reached at `lan` from its own datacenter and at `wan`
+    /// from others (its `lan` / `wan` tagged addresses), listening only on the tagged addresses
+    /// named in `listen_on` (`envoy_gateway_no_default_bind` + `envoy_gateway_bind_addresses`,
+    /// as `consul connect envoy -gateway=mesh -register -bind-address` writes them). A tagged
+    /// address it does not listen on makes a test see which address a path took.
+    pub fn register_mesh_gateway(
+        &self,
+        id: &str,
+        lan: SocketAddr,
+        wan: SocketAddr,
+        listen_on: &[&str],
+    ) {
         let addr = |a: SocketAddr| json!({"Address": a.ip().to_string(), "Port": a.port()});
+        let binds: serde_json::Map<String, Value> = listen_on
+            .iter()
+            .map(|&name| {
+                let a = if name == "lan" { lan } else { wan };
+                (
+                    name.to_owned(),
+                    json!({"address": a.ip().to_string(), "port": a.port()}),
+                )
+            })
+            .collect();
         self.register(&json!({
             "Kind": "mesh-gateway",
             "ID": id,
@@ -453,6 +481,10 @@ impl Agent {
             "Address": lan.ip().to_string(),
             "Port": lan.port(),
             "TaggedAddresses": {"lan": addr(lan), "wan": addr(wan)},
+            "Proxy": {"Config": {
+                "envoy_gateway_no_default_bind": true,
+                "envoy_gateway_bind_addresses": binds,
+            }},
             "Checks": [passing_check()],
         }));
     }
@@ -570,7 +602,6 @@ pub struct Leaf {
     pub key_pem: String,
     /// The SPIFFE ID Consul says the leaf carries.
     pub uri: String,
-    pub serial: String,
 }
 
 pub struct Roots {

@@ -82,13 +82,6 @@ impl Sidegate {
         self.process.as_mut().is_some_and(|p| !p.has_exited())
     }
 
-    pub fn wait_for_log(&mut self, needle: &str) -> String {
-        self.process
-            .as_mut()
-            .unwrap()
-            .wait_for_line(needle, SERVING_WITHIN)
-    }
-
     pub fn output_tail(&self) -> String {
         self.process.as_ref().map(Watched::tail).unwrap_or_default()
     }
