@@ -144,6 +144,38 @@ fn a_registered_sidecar_becomes_a_complete_saved_snapshot() {
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
         0o600
     );
+
+    // `check` shows that saved state offline: the agent is not asked (here: not there).
+    let config = dir.path("offline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[consul]\naddress = \"127.0.0.1:{}\"\nsidecar_service_id = \"web-sidecar-proxy\"\nstate_dir = \"{}\"\n",
+            free_port(),
+            dir.0.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidegate"))
+        .args(["check", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["upstreams"][0]["destination_name"], "db");
+    assert_eq!(
+        plan["upstreams"][0]["dial"],
+        json!([format!("127.0.0.1:{db_public}")])
+    );
+    let authority = plan["inbound"]["authority"].as_str().unwrap();
+    assert!(authority.starts_with("consul agent"), "{authority}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("last-known-good state saved"), "{stderr}");
 }
 
 /// A `-dev` agent restarted is a new cluster: new CA, new trust domain, every index starts

@@ -407,10 +407,11 @@ impl Coordinator {
             });
             crate::warn!("consul: serving the last-known-good state saved {when}; it is stale until the agent confirms it");
         }
+        // Status first: whoever receives the snapshot may look at it at once.
+        self.status.sent(!confirmed);
         if !(self.sink)(snap.clone()) {
             return false;
         }
-        self.status.sent(!confirmed);
         crate::info!(
             "consul: new mesh state applied ({} upstreams, {} services, {} gateway places{})",
             snap.sidecar.as_ref().map_or(0, |s| s.upstreams.len()),
