@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,6 +15,8 @@ use rustix::process::{kill_process, Pid, Signal};
 
 /// Lines of the child's output kept for failure messages.
 const KEPT_LINES: usize = 80;
+/// Output lines waiting for `wait_for_line`; an agent's log nobody reads stops queueing here.
+const QUEUED_LINES: usize = 10_000;
 
 /// The watchdog: starts the command (its output on stdout), reports on stderr — its pid, and
 /// `watchdog-exited` when it ends for any reason — and kills it when stdin reaches EOF (the
@@ -31,18 +33,14 @@ echo "watchdog-exited $?" >&2
 kill "$r" 2>/dev/null
 "#;
 
-enum Line {
-    Output(String),
-    Control(String),
-}
-
 pub struct Watched {
     pub pid: i32,
     name: String,
     stdin: Option<ChildStdin>,
     child: std::process::Child,
-    /// In a mutex so that an agent can be shared by the tests of one binary.
-    lines: Mutex<Receiver<Line>>,
+    /// In mutexes so that an agent can be shared by the tests of one binary.
+    output: Mutex<Receiver<String>>,
+    control: Mutex<Receiver<String>>,
     tail: Arc<Mutex<VecDeque<String>>>,
     output_reader: Option<JoinHandle<()>>,
     exited: bool,
@@ -50,8 +48,7 @@ pub struct Watched {
 
 fn forward<R: Read + Send + 'static>(
     from: R,
-    to: Sender<Line>,
-    wrap: fn(String) -> Line,
+    to: SyncSender<String>,
     tail: Option<Arc<Mutex<VecDeque<String>>>>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
@@ -63,8 +60,8 @@ fn forward<R: Read + Send + 'static>(
                 }
                 kept.push_back(line.clone());
             }
-            // The receiver may be gone; the tail is still kept.
-            let _ = to.send(wrap(line));
+            // The receiver may be gone or the queue full; the tail is still kept.
+            let _ = to.try_send(line);
         }
     })
 }
@@ -85,52 +82,47 @@ impl Watched {
             .unwrap_or_else(|e| panic!("cannot start sh for {name}: {e}"));
         let stdin = child.stdin.take();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
-        let (tx, lines) = mpsc::channel();
+        let (out_tx, output) = mpsc::sync_channel(QUEUED_LINES);
         let out = child.stdout.take().expect("piped stdout");
-        let output_reader = forward(out, tx.clone(), Line::Output, Some(tail.clone()));
-        let control = child.stderr.take().expect("piped stderr");
-        forward(control, tx, Line::Control, None);
+        let output_reader = forward(out, out_tx, Some(tail.clone()));
+        let (control_tx, control) = mpsc::sync_channel(QUEUED_LINES);
+        forward(child.stderr.take().expect("piped stderr"), control_tx, None);
         let mut w = Watched {
             pid: 0,
             name: name.to_owned(),
             stdin,
             child,
-            lines: Mutex::new(lines),
+            output: Mutex::new(output),
+            control: Mutex::new(control),
             tail,
             output_reader: Some(output_reader),
             exited: false,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while w.pid == 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                w.next_output(left).is_some() || w.pid != 0,
-                "{name}: the watchdog did not start"
-            );
-        }
+        let first = w
+            .control
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(10));
+        w.pid = first
+            .ok()
+            .and_then(|l| l.strip_prefix("watchdog-pid ")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name}: the watchdog did not start"));
         w
     }
 
-    /// The next output line, handling control lines on the way; None at the deadline or
-    /// when the process has ended.
+    /// The next output line within `within`, or None (also once the process has ended).
     fn next_output(&mut self, within: Duration) -> Option<String> {
+        // In slices, so that an end of the process is noticed while waiting.
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.lock().unwrap().recv_timeout(left).ok()?;
-            match line {
-                Line::Output(l) => return Some(l),
-                Line::Control(c) => {
-                    if let Some(pid) = c.strip_prefix("watchdog-pid ") {
-                        self.pid = pid.trim().parse().unwrap_or(0);
-                        // Hand control back to `spawn`, which waits for the pid.
-                        return None;
-                    }
-                    if c.starts_with("watchdog-exited") {
-                        self.exited = true;
-                        return None;
-                    }
-                }
+            let slice = left.min(Duration::from_millis(50));
+            let line = self.output.lock().unwrap().recv_timeout(slice);
+            if let Ok(line) = line {
+                return Some(line);
+            }
+            if self.has_exited() || left.is_zero() {
+                return None;
             }
         }
     }
@@ -143,26 +135,24 @@ impl Watched {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next_output(left) {
                 Some(line) if line.contains(needle) => return line,
-                _ if self.exited || left.is_zero() => panic!(
+                Some(_) => {}
+                None => panic!(
                     "{}: no line with {needle:?} within {within:?}{}; output:\n{}",
                     self.name,
                     if self.exited { " (it exited)" } else { "" },
                     self.tail()
                 ),
-                _ => {}
             }
         }
     }
 
-    /// Whether the process has ended (reads what is pending).
+    /// Whether the process has ended; output lines are left for `wait_for_line`.
     pub fn has_exited(&mut self) -> bool {
         while !self.exited {
-            let pending = self.lines.lock().unwrap().try_recv();
-            match pending {
-                Ok(Line::Control(c)) if c.starts_with("watchdog-exited") => self.exited = true,
-                Ok(_) => {}
-                Err(_) => break,
-            }
+            let Ok(line) = self.control.lock().unwrap().try_recv() else {
+                break;
+            };
+            self.exited = line.starts_with("watchdog-exited");
         }
         self.exited
     }
@@ -193,12 +183,8 @@ impl Watched {
             }
         }
         let deadline = Instant::now() + within;
-        while !self.exited {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            self.next_output(left);
+        while !self.has_exited() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
         self.exited
     }
