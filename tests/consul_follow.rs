@@ -156,17 +156,7 @@ fn a_registered_sidecar_becomes_a_complete_saved_snapshot() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidegate"))
-        .args(["check", "--json", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (plan, stderr) = common::sidecars::check_json(&config, &dir.0);
     assert_eq!(plan["upstreams"][0]["destination_name"], "db");
     assert_eq!(
         plan["upstreams"][0]["dial"],
@@ -174,7 +164,6 @@ fn a_registered_sidecar_becomes_a_complete_saved_snapshot() {
     );
     let authority = plan["inbound"]["authority"].as_str().unwrap();
     assert!(authority.starts_with("consul agent"), "{authority}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("last-known-good state saved"), "{stderr}");
 }
 

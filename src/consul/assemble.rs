@@ -20,6 +20,11 @@ use crate::mesh::snapshot::{
 };
 use crate::mesh::Place;
 
+/// A gateway watches each service of its partition on its own thread: beyond this many the
+/// rest get no route (and a warning), rather than a host running out of threads.
+pub const MAX_ROUTED_SERVICES: usize = 1000;
+pub const MAX_DATACENTERS: usize = 100;
+
 /// What the follower knows: answers, and keys the agent refused with no earlier answer.
 pub struct Known<'a> {
     pub answers: &'a BTreeMap<Key, Answer>,
@@ -170,7 +175,11 @@ fn gateway_keys(s: &Settings, k: &Known<'_>, here: &Here, keys: &mut BTreeSet<Ke
         place: here.place.clone(),
     };
     if let Some(Answer::Names(names)) = k.answers.get(&services) {
-        for name in names.iter().filter(|n| is_label(n)) {
+        for name in names
+            .iter()
+            .filter(|n| is_label(n))
+            .take(MAX_ROUTED_SERVICES)
+        {
             keys.insert(Key::Connect {
                 service: name.clone(),
                 // Community Edition has one namespace; Enterprise namespaces other than the
@@ -185,10 +194,10 @@ fn gateway_keys(s: &Settings, k: &Known<'_>, here: &Here, keys: &mut BTreeSet<Ke
     // reached through their default partition's gateways.
     if here.place.partition == DEFAULT_PARTITION {
         if let Some(Answer::Names(dcs)) = k.answers.get(&Key::Datacenters) {
-            for dc in dcs
+            let others = dcs
                 .iter()
-                .filter(|dc| **dc != here.place.datacenter && is_label(dc))
-            {
+                .filter(|dc| **dc != here.place.datacenter && is_label(dc));
+            for dc in others.take(MAX_DATACENTERS) {
                 keys.insert(Key::Gateways {
                     place: Place::new(dc, DEFAULT_PARTITION),
                     name: s.mesh_gateway_service.clone(),
@@ -359,6 +368,17 @@ pub fn snapshot(
             ),
             ..default_gateway()
         });
+        let services = Key::Services {
+            place: here.place.clone(),
+        };
+        if let Some(Answer::Names(names)) = k.answers.get(&services) {
+            if names.len() > MAX_ROUTED_SERVICES {
+                warnings.push(format!(
+                    "the partition has {} services; the gateway routes the first {MAX_ROUTED_SERVICES} by name only",
+                    names.len()
+                ));
+            }
+        }
         if settings.listen.is_empty() {
             let (binds, w) = service::gateway_binds(svc)?;
             warnings.extend(w);

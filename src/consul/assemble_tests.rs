@@ -619,3 +619,40 @@ fn invisible_gateways_of_another_partition_say_export_them() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn a_huge_catalog_is_capped_not_followed_thread_by_thread() {
+    let s = settings(None, Some("mesh-gateway"));
+    let names: Vec<String> = (0..MAX_ROUTED_SERVICES + 5)
+        .map(|i| format!("svc{i:05}"))
+        .collect();
+    let w = World::new()
+        .with(Key::Roots, roots())
+        .with(
+            Key::Service {
+                id: "mesh-gateway".into(),
+            },
+            registration("agent-service-mesh-gateway.json"),
+        )
+        .with(
+            Key::Services {
+                place: Place::new("dc1", "default"),
+            },
+            Answer::Names(names),
+        )
+        .settle(&s, |k| match k {
+            Key::Datacenters => Answer::Names(vec!["dc1".into()]),
+            _ => Answer::Instances(Vec::new()),
+        });
+    let watched = w
+        .needed(&s)
+        .iter()
+        .filter(|k| matches!(k, Key::Connect { .. }))
+        .count();
+    assert_eq!(watched, MAX_ROUTED_SERVICES);
+    let (_, warnings) = snapshot(&s, &base(), &w.known()).unwrap();
+    assert!(
+        warnings.iter().any(|w| w.contains("routes the first 1000")),
+        "{warnings:?}"
+    );
+}

@@ -47,6 +47,8 @@ pub struct Authorizer {
     client: Arc<Client>,
     status: Arc<Status>,
     cache: Mutex<HashMap<(String, String), Remembered>>,
+    /// Held while the answers are written to `state_dir`.
+    writing: Mutex<()>,
     state_dir: Option<PathBuf>,
     last_warning: AtomicU64,
 }
@@ -79,6 +81,7 @@ impl Authorizer {
             client,
             status,
             cache: Mutex::new(cache),
+            writing: Mutex::new(()),
             state_dir,
             last_warning: AtomicU64::new(0),
         })
@@ -100,8 +103,16 @@ impl Authorizer {
     }
 
     fn remember(&self, r: Remembered) {
+        let changed = self.insert(r);
+        if changed {
+            self.save();
+        }
+    }
+
+    /// Into the cache; true when the answer for that caller changed.
+    fn insert(&self, r: Remembered) -> bool {
         let Ok(mut cache) = self.cache.lock() else {
-            return;
+            return false;
         };
         let key = (r.target.clone(), r.caller.clone());
         let changed = cache
@@ -117,16 +128,24 @@ impl Authorizer {
             }
         }
         cache.insert(key, r);
-        if changed {
-            self.save(&cache);
-        }
+        changed
     }
 
-    fn save(&self, cache: &HashMap<(String, String), Remembered>) {
+    /// Writes the answers out. The cache is locked only to copy it — the event loop reads
+    /// it for every caller, and an fsync on an SD card can take long — while writers take
+    /// turns, each writing the cache as it is when its turn comes, so the last write holds
+    /// the latest answers.
+    fn save(&self) {
         let Some(dir) = &self.state_dir else {
             return;
         };
-        let mut list: Vec<&Remembered> = cache.values().collect();
+        let Ok(_turn) = self.writing.lock() else {
+            return;
+        };
+        let mut list: Vec<Remembered> = match self.cache.lock() {
+            Ok(cache) => cache.values().cloned().collect(),
+            Err(_) => return,
+        };
         list.sort_by(|a, b| (&a.target, &a.caller).cmp(&(&b.target, &b.caller)));
         state_dir::save_json(dir, FILE, &list, &self.status, "authorizations");
     }

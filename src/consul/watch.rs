@@ -20,8 +20,10 @@ use crate::mesh::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
 use crate::mesh::Place;
 
 /// One thing followed on the agent.
+// Externally tagged (serde's default) for the saved state: an internally or adjacently
+// tagged enum costs tens of kilobytes of buffering code in the binary.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(tag = "watch", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Key {
     /// `/v1/agent/service/:id`: the sidecar's or gateway's registration.
     Service { id: String },
@@ -59,7 +61,7 @@ pub enum Key {
 
 /// What the agent said for a key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "answer", content = "value", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Answer {
     /// `None`: no such registration on this agent (404).
     Service(Option<AgentService>),
