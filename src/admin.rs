@@ -27,6 +27,8 @@ pub struct Status {
     pub metrics: Arc<Metrics>,
     plan: Mutex<Option<Arc<Plan>>>,
     draining: AtomicBool,
+    /// With `[consul]`: how fresh the state served is.
+    consul: Mutex<Option<Arc<crate::consul::Status>>>,
 }
 
 impl Status {
@@ -35,7 +37,20 @@ impl Status {
             metrics,
             plan: Mutex::new(None),
             draining: AtomicBool::new(false),
+            consul: Mutex::new(None),
         }
+    }
+
+    /// The Consul source's freshness, for `/ready` and `/metrics`.
+    pub fn set_consul(&self, consul: Arc<crate::consul::Status>) {
+        *self.consul.lock().unwrap_or_else(PoisonError::into_inner) = Some(consul);
+    }
+
+    fn consul(&self) -> Option<Arc<crate::consul::Status>> {
+        self.consul
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The plan now serving (after start and after every applied reload).
@@ -62,10 +77,15 @@ impl Status {
         if self.plan().is_none() {
             return Err("no plan: not serving yet".into());
         }
-        if let Some(why) = self.metrics.consul.stale() {
-            return Err(format!("stale: {why}"));
+        match self.consul() {
+            Some(c) if c.is_stale() => Err(format!(
+                "stale: serving state the Consul agent has not confirmed{}",
+                c.last_error()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -257,10 +277,16 @@ fn route(target: &str, status: &Status) -> Response {
             Ok(()) => Response::text("200 OK", "ready\n"),
             Err(why) => Response::text("503 Service Unavailable", format!("{why}\n")),
         },
-        "/metrics" => Response {
-            content_type: metrics::CONTENT_TYPE,
-            ..Response::text("200 OK", metrics::render(&status.metrics))
-        },
+        "/metrics" => {
+            let mut text = metrics::render(&status.metrics);
+            if let Some(consul) = status.consul() {
+                consul.render_prometheus(&mut text);
+            }
+            Response {
+                content_type: metrics::CONTENT_TYPE,
+                ..Response::text("200 OK", text)
+            }
+        }
         "/config" => match status.plan() {
             // The plan's serialization leaves out TLS configurations and keys (serde skip);
             // what remains is what `check --json` prints.
@@ -321,12 +347,17 @@ mod tests {
             warnings: Vec::new(),
         }));
         assert_eq!(status_line(&get("/ready?verbose")), "HTTP/1.1 200 OK");
-        status
-            .metrics
-            .consul
-            .set_stale(Some("agent unreachable".into()));
-        assert!(get("/ready").ends_with("stale: agent unreachable\n"));
-        status.metrics.consul.set_stale(None);
+        let consul = Arc::new(crate::consul::Status::default());
+        status.set_consul(consul.clone());
+        consul.sent(true);
+        let r = get("/ready");
+        assert!(
+            r.contains("\r\n\r\nstale: serving state the Consul agent has not confirmed"),
+            "{r}"
+        );
+        consul.sent(false);
+        assert_eq!(status_line(&get("/ready")), "HTTP/1.1 200 OK");
+        assert!(get("/metrics").contains("\nsidegate_consul_stale 0\n"));
         status.set_draining();
         assert!(get("/ready").contains("\r\n\r\ndraining"));
 

@@ -47,6 +47,8 @@ pub struct Lifecycle {
     notifier: Arc<Notifier>,
     /// Dropping it ends the watchdog thread.
     _watchdog: Option<mpsc::Sender<()>>,
+    /// With `[consul]`: the follower sending snapshots; a reload restarts it.
+    consul: Option<crate::consul::Source>,
 }
 
 /// Why a reload left the running plan in place.
@@ -54,6 +56,7 @@ pub struct Lifecycle {
 pub enum ReloadError {
     Config(config::LoadError),
     Bind(BindError),
+    Consul(std::io::Error),
 }
 
 impl std::fmt::Display for ReloadError {
@@ -61,13 +64,14 @@ impl std::fmt::Display for ReloadError {
         match self {
             ReloadError::Config(e) => write!(f, "{e}"),
             ReloadError::Bind(e) => write!(f, "{e}"),
+            ReloadError::Consul(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl Lifecycle {
     /// Binds every listener of `plan` (made from the file at `path`) and the admin endpoint,
-    /// starts serving, and tells systemd it is ready.
+    /// and starts serving; `serve` then tells systemd it is ready.
     pub fn start(
         path: PathBuf,
         plan: Plan,
@@ -79,7 +83,7 @@ impl Lifecycle {
         let status = Arc::new(Status::new(running.metrics.clone()));
         let admin = bind_admin(operations.admin, &status)?;
         status.set_plan(running.plan());
-        let mut lifecycle = Lifecycle {
+        Ok(Lifecycle {
             path,
             running,
             operations,
@@ -87,19 +91,33 @@ impl Lifecycle {
             admin,
             notifier,
             _watchdog: None,
-        };
-        lifecycle.notifier.ready(&lifecycle.describe());
-        lifecycle._watchdog = lifecycle.start_watchdog();
-        Ok(lifecycle)
+            consul: None,
+        })
     }
 
     pub fn running(&self) -> &Running {
         &self.running
     }
 
-    /// Handles events until a shutdown, then drains. Returns how many connections the drain
-    /// had to cut.
+    /// Serves snapshots from this Consul source; reloads restart it with the new settings.
+    /// Its freshness decides readiness (`/ready` is 503 while the state is stale).
+    pub fn with_consul(mut self, source: Option<crate::consul::Source>) -> Lifecycle {
+        if let Some(s) = &source {
+            self.status.set_consul(s.status().clone());
+        }
+        self.consul = source;
+        self
+    }
+
+    pub fn consul(&self) -> Option<&crate::consul::Source> {
+        self.consul.as_ref()
+    }
+
+    /// Tells systemd it is ready, then handles events until a shutdown, then drains. Returns
+    /// how many connections the drain had to cut.
     pub fn serve(mut self, events: &Receiver<Event>) -> u64 {
+        self.notifier.ready(&self.describe());
+        self._watchdog = self.start_watchdog();
         while let Ok(event) = events.recv() {
             match event {
                 Event::Reload => {
@@ -143,7 +161,7 @@ impl Lifecycle {
 
     fn try_reload(&mut self) -> Result<(), ReloadError> {
         let config = config::load(&self.path).map_err(ReloadError::Config)?;
-        let ops = config.operations;
+        let ops = config.operations.clone();
         // The admin endpoint first: binding it is the step that can still fail, and a new one
         // that cannot be bound must leave the old plan in place too.
         let new_admin = if ops.admin == self.operations.admin {
@@ -151,8 +169,19 @@ impl Lifecycle {
         } else {
             Some(bind_admin(ops.admin, &self.status).map_err(ReloadError::Bind)?)
         };
-        self.swap(plan(&config.snapshot))
-            .map_err(ReloadError::Bind)?;
+        match (&self.consul, config.consul.is_some()) {
+            (None, false) => self
+                .swap(plan(&config.snapshot))
+                .map_err(ReloadError::Bind)?,
+            // The agent's state is unchanged by the file: follow it again with the new
+            // settings (token, address, [gateway] knobs); the new follower sends a snapshot.
+            (Some(source), true) => source.restart(&config).map_err(ReloadError::Consul)?,
+            _ => {
+                return Err(ReloadError::Consul(std::io::Error::other(
+                    "switching between the file and [consul] as the source needs a restart",
+                )))
+            }
+        }
         if let Some(admin) = new_admin {
             // The old endpoint (if any) closes as it is replaced.
             self.admin = admin;

@@ -6,7 +6,6 @@ mod labelled;
 mod render;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 
 pub use handshake::{HandshakeFailure, HandshakeFailures};
 pub use labelled::{ConnStats, Family, Held, Tally};
@@ -193,7 +192,6 @@ pub struct Metrics {
     /// Per sidecar upstream: `upstream` (destination name) and `bind`.
     pub upstreams: Family<ConnStats>,
     pub reloads: ReloadMetrics,
-    pub consul: ConsulMetrics,
     pub admin: AdminMetrics,
 }
 
@@ -207,7 +205,6 @@ impl Default for Metrics {
             routes: Family::new(&["route"]),
             upstreams: Family::new(&["upstream", "bind"]),
             reloads: ReloadMetrics::default(),
-            consul: ConsulMetrics::default(),
             admin: AdminMetrics::default(),
         }
     }
@@ -260,40 +257,5 @@ impl AdminMetrics {
     pub fn answered(&self, code: u16) -> Option<&Counter> {
         let i = Self::CODES.iter().position(|&c| c == code)?;
         self.answered.get(i)
-    }
-}
-
-/// Following a Consul agent (filled by the Consul source).
-#[derive(Debug)]
-pub struct ConsulMetrics {
-    /// Failed requests per watch; `watch` names what is watched.
-    pub watch_errors: Family<Counter>,
-    /// Unix time of the last complete state received from the agent; 0 before the first.
-    pub last_sync_unix_seconds: Counter,
-    /// Why the state served is not current (agent unreachable, serving last-known-good).
-    stale: Mutex<Option<String>>,
-}
-
-impl Default for ConsulMetrics {
-    fn default() -> Self {
-        ConsulMetrics {
-            watch_errors: Family::new(&["watch"]),
-            last_sync_unix_seconds: Counter::default(),
-            stale: Mutex::new(None),
-        }
-    }
-}
-
-impl ConsulMetrics {
-    /// Marks the served state stale (with why, for `/ready` and the logs), or current again.
-    pub fn set_stale(&self, reason: Option<String>) {
-        *self.stale.lock().unwrap_or_else(PoisonError::into_inner) = reason;
-    }
-
-    pub fn stale(&self) -> Option<String> {
-        self.stale
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
     }
 }

@@ -190,7 +190,7 @@ fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
     let (_world, mut notify, mut sg, addrs, ready) =
         serving_with("notify", "", &[("WATCHDOG_USEC", "200000".into())]);
     // READY=1 only once everything is bound: the admin endpoint and each listener answer now.
-    assert_eq!(get(addrs.admin, "/ready").0, 200);
+    assert_eq!(http_get(addrs.admin, "/ready").0, 200);
     assert!(ready.contains("STATUS="), "{ready}");
     let status = ready
         .lines()
@@ -378,7 +378,7 @@ fn a_broken_file_on_reload_keeps_the_running_configuration() {
         echo_and_finish(tls, b"still routed").unwrap(),
         world.api.name
     );
-    assert_eq!(get(addrs.admin, "/ready").0, 200);
+    assert_eq!(http_get(addrs.admin, "/ready").0, 200);
     let samples = scrape(addrs.admin);
     assert_eq!(
         value(&samples, "sidegate_reloads_total", &[("result", "failed")]),
@@ -425,7 +425,7 @@ fn drain_lets_live_connections_finish_and_refuses_new_ones() {
     assert!(refused(world.upstream()));
     assert!(refused(addrs.inbound));
     // ...the admin endpoint says why it is not ready...
-    let (code, body) = get(addrs.admin, "/ready");
+    let (code, body) = http_get(addrs.admin, "/ready");
     assert_eq!((code, body.starts_with("draining")), (503, true), "{body}");
     // ...and the live connections keep working until they finish.
     live.round(b"while draining").unwrap();
@@ -695,7 +695,7 @@ fn metrics_count_exactly_the_traffic_sent() {
         .contains(&("version".into(), env!("CARGO_PKG_VERSION").into())));
 
     // /config: the running plan, with no key material.
-    let (code, body) = get(addrs.admin, "/config");
+    let (code, body) = http_get(addrs.admin, "/config");
     assert_eq!(code, 200);
     let plan: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(plan["upstreams"][0]["destination_name"], "db");
@@ -703,7 +703,7 @@ fn metrics_count_exactly_the_traffic_sent() {
     let key_pem = std::fs::read_to_string(fixture("web-key-sec1.pem")).unwrap();
     let key_body = key_pem.lines().nth(1).unwrap();
     assert!(!body.contains("PRIVATE KEY") && !body.contains(key_body));
-    assert_eq!(get(addrs.admin, "/ready"), (200, "ready\n".into()));
+    assert_eq!(http_get(addrs.admin, "/ready"), (200, "ready\n".into()));
     stop_cleanly(sg);
 }
 

@@ -186,37 +186,6 @@ pub fn render(m: &Metrics) -> String {
         m.admin.abandoned.get(),
     );
 
-    let c = &m.consul;
-    o.family(
-        "sidegate_consul_watch_errors_total",
-        "counter",
-        "Failed requests to the Consul agent per watch.",
-    );
-    for (labels, errors) in c.watch_errors.entries() {
-        o.labelled(
-            "sidegate_consul_watch_errors_total",
-            c.watch_errors.label_names(),
-            &labels,
-            &[],
-            errors.get(),
-        );
-    }
-    o.family(
-        "sidegate_consul_stale",
-        "gauge",
-        "1 while the state served is not current (Consul unreachable, last-known-good in use).",
-    );
-    o.sample("sidegate_consul_stale", &[], u64::from(c.stale().is_some()));
-    o.family(
-        "sidegate_consul_last_sync_timestamp_seconds",
-        "gauge",
-        "Unix time of the last complete state received from Consul; 0 before the first.",
-    );
-    o.sample(
-        "sidegate_consul_last_sync_timestamp_seconds",
-        &[],
-        c.last_sync_unix_seconds.get(),
-    );
     o.0
 }
 

@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{Client, IO_TIMEOUT};
+use crate::common::{http_get as get, Client, IO_TIMEOUT};
 
 /// A scratch directory per test, removed at the end.
 pub struct Scratch(pub PathBuf);
@@ -240,18 +240,6 @@ fn tracee(strace: &Child, bin: &Path) -> rustix::process::Pid {
         assert!(Instant::now() < deadline, "strace started no sidegate");
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// One GET to the admin endpoint: (status code, body).
-pub fn get(admin: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&admin, IO_TIMEOUT).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: sidegate\r\n\r\n").unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, body.to_owned())
 }
 
 /// One sample of `/metrics`, as Prometheus' own Python parser read it.
