@@ -5,8 +5,10 @@
 #
 # Builds each binary first (cross/build.sh, a no-op when up to date), then writes
 # $CARGO_TARGET_DIR/deb/sidegate_<version>_<arch>.deb with dpkg-deb: /usr/bin/sidegate, the
-# systemd unit, the example configuration as a conffile, /var/lib/sidegate and the maintainer
-# scripts of cross/deb/. The binary is static, so the package depends on nothing.
+# systemd unit and its sysusers.d user, the gateway example as the conffile
+# /etc/sidegate/sidegate.toml (every example under /usr/share/doc/sidegate/examples),
+# /var/lib/sidegate and the maintainer scripts of cross/deb/. The binary is static, so the
+# package depends on nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source cross/targets.sh
@@ -31,8 +33,9 @@ for target in "${targets[@]}"; do
     trap 'rm -rf "$root"' EXIT
     install -D -m 0755 "$(cross_binary "$target")" "$root/usr/bin/sidegate"
     install -D -m 0644 config/sidegate.service "$root/usr/lib/systemd/system/sidegate.service"
+    install -D -m 0644 config/sidegate.sysusers "$root/usr/lib/sysusers.d/sidegate.conf"
     install -D -m 0644 config/gateway.toml "$root/etc/sidegate/sidegate.toml"
-    install -d -m 0750 "$root/var/lib/sidegate"
+    install -d -m 0700 "$root/var/lib/sidegate"
     install -d -m 0755 "$root/usr/share/doc/sidegate/examples"
     install -m 0644 config/*.toml "$root/usr/share/doc/sidegate/examples/"
     install -m 0644 README.md "$root/usr/share/doc/sidegate/README.md"

@@ -1,5 +1,6 @@
 //! The memory budget a small board holds sidegate to: each role idles in ≤ 3 MiB of resident
-//! memory. Measured on the binary that ships — the static, stripped release build of
+//! memory, running the example configurations (config/gateway.toml with its admin endpoint,
+//! config/sidecar.toml with its identity and four upstreams). Measured on the binary that ships — the static, stripped release build of
 //! cross/build.sh — not on a debug test build, so these tests need its path:
 //!
 //!   SIDEGATE_BUDGET_BINARY=target/x86_64-unknown-linux-musl/release/sidegate \
@@ -29,56 +30,48 @@ const RSS_BUDGET_KIB: u64 = 3 * 1024;
 #[test]
 #[ignore = "measures the release binary named by SIDEGATE_BUDGET_BINARY (tests/run.sh, cross/test.sh)"]
 fn gateway_role_idles_within_budget() {
-    let example = std::fs::read_to_string(repo("config/gateway.toml")).unwrap();
-    // The example as shipped, on a port of the kernel's choosing so that runs cannot collide.
-    let listen = "listen = [\"127.0.0.1:8443\"]";
-    assert!(
-        example.contains(listen),
-        "config/gateway.toml changed its listen line"
+    let config = example(
+        "gateway",
+        &[
+            ("listen = [\"127.0.0.1:8443\"]", "listen = [\"127.0.0.1:0\"]".into()),
+            ("listen = \"127.0.0.1:19100\"", "listen = \"127.0.0.1:0\"".into()),
+        ],
     );
-    let dir = scratch("gateway");
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        example.replace(listen, "listen = [\"127.0.0.1:0\"]"),
-    )
-    .unwrap();
-    check_idle_rss("gateway", &config, 1);
+    check_idle_rss("gateway", &config, 2);
 }
 
 #[test]
 #[ignore = "measures the release binary named by SIDEGATE_BUDGET_BINARY (tests/run.sh, cross/test.sh)"]
 fn sidecar_role_idles_within_budget() {
-    let dir = scratch("sidecar");
-    let fixture = |name: &str| repo(&format!("tests/fixtures/tls/{name}"));
-    // web's sidecar: its identity, an inbound mTLS listener with intentions, and upstreams in
-    // each mode, bound to Unix sockets so that no fixed port is needed.
-    let mut toml = format!(
-        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
-         [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
-         [sidecar]\nservice = \"web\"\npublic_listener = \"127.0.0.1:0\"\n\
-         local_service_address = \"127.0.0.1:8080\"\n\
-         [sidecar.intentions]\ndefault = \"deny\"\n\
-         [[sidecar.intentions.rules]]\nsource = \"api\"\naction = \"allow\"\n",
-        fixture("web.pem").display(),
-        fixture("web-key-sec1.pem").display(),
-        fixture("ca.pem").display(),
+    let fixtures = repo("tests/fixtures/tls");
+    let socket = scratch("sidecar").join("search.sock");
+    let port = || format!("local_bind_port = {}", dead_addr().port());
+    let config = example(
+        "sidecar",
+        &[
+            ("\"../tests/fixtures/tls/", format!("\"{}/", fixtures.display())),
+            ("public_listener = \"127.0.0.1:21002\"", "public_listener = \"127.0.0.1:0\"".into()),
+            ("local_bind_port = 9191", port()),
+            ("local_bind_port = 9192", port()),
+            ("local_bind_port = 9193", port()),
+            ("/tmp/sidegate-web-search.sock", socket.display().to_string()),
+        ],
     );
-    for (name, mode) in [("db", "none"), ("cache", "local"), ("billing", "remote")] {
-        let dc = if mode == "remote" { "dc2" } else { "dc1" };
-        toml += &format!(
-            "[[sidecar.upstreams]]\ndestination_name = \"{name}\"\ndatacenter = \"{dc}\"\n\
-             local_bind_socket_path = \"{}\"\nmesh_gateway = {{ mode = \"{mode}\" }}\n\
-             [[catalog.services]]\nname = \"{name}\"\ndatacenter = \"{dc}\"\n\
-             instances = [\"127.0.0.1:21000\"]\n",
-            dir.join(format!("{name}.sock")).display()
-        );
+    check_idle_rss("sidecar", &config, 5);
+}
+
+/// config/NAME.toml as shipped, with its fixed ports and paths replaced (ports of the kernel's
+/// choosing, so that runs cannot collide). Each replaced text must be there: an example that
+/// changes fails here instead of being measured half-rewritten.
+fn example(name: &str, replace: &[(&str, String)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(repo(&format!("config/{name}.toml"))).unwrap();
+    for (from, to) in replace {
+        assert!(text.contains(from), "config/{name}.toml no longer has {from:?}");
+        text = text.replace(from, to);
     }
-    toml += "[[catalog.gateways]]\nlan = [\"127.0.0.1:8443\"]\n\
-             [[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"127.0.0.1:28443\"]\n";
-    let config = dir.join("sidecar.toml");
-    std::fs::write(&config, toml).unwrap();
-    check_idle_rss("sidecar", &config, 4);
+    let path = scratch(name).join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// Starts the release binary on `config`, waits until it has bound `listeners` listeners and
@@ -185,8 +178,8 @@ fn guest_rss_kib(pid: u32) -> u64 {
     total
 }
 
-/// Reads the child's log until `listeners` lines say "listening on"; returns the first TCP
-/// address among them (gateway or inbound listener).
+/// Reads the child's log until `listeners` lines say "listening on"; returns the address of the
+/// gateway or inbound listener among them.
 fn wait_listening(child: &mut std::process::Child, listeners: usize) -> SocketAddr {
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let (tx, rx) = mpsc::channel();
@@ -203,11 +196,12 @@ fn wait_listening(child: &mut std::process::Child, listeners: usize) -> SocketAd
         .collect();
     lines
         .iter()
+        .filter(|l| l.contains("gateway listening on") || l.contains("inbound listening on"))
         .find_map(|l| {
             let rest = l.split(" listening on ").nth(1)?;
             rest.split_whitespace().next()?.parse().ok()
         })
-        .expect("no TCP listener in the log")
+        .expect("no gateway or inbound listener in the log")
 }
 
 /// The emulator's own share: the same binary started on a configuration that is a FIFO, measured

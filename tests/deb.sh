@@ -23,9 +23,11 @@ chmod +x "$scratch/bin/systemctl"
 
 fakeroot=()
 if [ "$(id -u)" -ne 0 ]; then
-    # dpkg sets owners and modes; as a user it needs fakeroot to pretend.
+    # dpkg and the scripts set owners; as a user, fakeroot pretends, and keeps what it pretended
+    # in a state file so that the checks below see the same owners.
     command -v fakeroot >/dev/null || (source cross/targets.sh && cross_apt fakeroot)
-    fakeroot=(fakeroot)
+    touch "$scratch/fakeroot.state"
+    fakeroot=(fakeroot -i "$scratch/fakeroot.state" -s "$scratch/fakeroot.state")
 fi
 dpkg_in_root() {
     PATH="$scratch/bin:$PATH" "${fakeroot[@]}" dpkg --root="$root" --log="$root/var/log/dpkg.log" \
@@ -38,18 +40,25 @@ check() { # description, command...
     if "$@"; then echo "deb: ok: $what"; else echo "deb: FAILED: $what" >&2; fails=1; fi
 }
 not() { ! "$@"; }
-mode_owner() { [ "$(stat -c '%a %U:%G' "$root/$1")" = "$2" ]; }
+# Numeric owners: the scratch root's user is not in this machine's databases.
+mode_owner() { [ "$("${fakeroot[@]}" stat -c '%a %u:%g' "$root/$1")" = "$2" ]; }
+id_in_root() { awk -F: -v n="$2" '$1 == n { print $3 }' "$root/etc/$1"; }
 status() { dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${db:Status-Abbrev}' sidegate 2>/dev/null; }
 
 echo "deb: installing $deb into $root"
 dpkg_in_root -i "$deb" >"$scratch/install.out"
-owner="root:root"
-[ "$(id -u)" -eq 0 ] || owner="$(id -un):$(id -gn)" # fakeroot's files end up ours
+uid="$(id_in_root passwd sidegate)"
+gid="$(id_in_root group sidegate)"
 check "installed" [ "$(status)" = "ii " ]
-check "/usr/bin/sidegate 0755" mode_owner usr/bin/sidegate "755 $owner"
-check "unit 0644" mode_owner usr/lib/systemd/system/sidegate.service "644 $owner"
-check "config 0644" mode_owner etc/sidegate/sidegate.toml "644 $owner"
-check "state dir 0750" mode_owner var/lib/sidegate "750 $owner"
+check "system user and group sidegate created from sysusers.d" [ -n "$uid" -a -n "$gid" ]
+check "/usr/bin/sidegate 0755 root" mode_owner usr/bin/sidegate "755 0:0"
+check "unit 0644 root" mode_owner usr/lib/systemd/system/sidegate.service "644 0:0"
+check "sysusers.d entry 0644 root" mode_owner usr/lib/sysusers.d/sidegate.conf "644 0:0"
+check "config dir 0750 root:sidegate" mode_owner etc/sidegate "750 0:$gid"
+check "config 0640 root:sidegate" mode_owner etc/sidegate/sidegate.toml "640 0:$gid"
+check "state dir 0700 sidegate" mode_owner var/lib/sidegate "700 $uid:$gid"
+check "the unit runs as that user" grep -qx "User=sidegate" \
+    "$root/usr/lib/systemd/system/sidegate.service"
 check "binary is the static x86_64 musl build" \
     grep -q x86_64-unknown-linux-musl <("$root/usr/bin/sidegate" --version)
 valid() { "$root/usr/bin/sidegate" check --config "$1" >/dev/null; }

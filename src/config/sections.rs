@@ -42,9 +42,10 @@ pub fn here(root: &Fields<'_>) -> Option<Here> {
     })
 }
 
-/// `[gateway]`.
-pub fn gateway(section: &Fields<'_>) -> Option<GatewaySettings> {
+/// `[gateway]`. `listen` may be left out only when the agent provides the addresses.
+pub fn gateway(section: &Fields<'_>, listen_required: bool) -> Option<GatewaySettings> {
     let listen = match section.str_list("listen") {
+        None if !listen_required => Some(Vec::new()),
         None => {
             section.error(
                 "listen",
@@ -67,11 +68,8 @@ pub fn gateway(section: &Fields<'_>) -> Option<GatewaySettings> {
         GatewaySettings::DEFAULT_HANDSHAKE_TIMEOUT_MS,
     );
     let idle_timeout = section.millis("idle_timeout_ms", GatewaySettings::DEFAULT_IDLE_TIMEOUT_MS);
-    let max_connections = section
-        .int("max_connections", 1, 1_000_000)
-        .map_or(GatewaySettings::DEFAULT_MAX_CONNECTIONS, |n| {
-            n.unsigned_abs() as usize
-        });
+    let max_connections =
+        super::sidecar::max_connections(section, GatewaySettings::DEFAULT_MAX_CONNECTIONS);
     let max_client_hello_bytes = section
         .int("max_client_hello_bytes", 1_024, 1_048_576)
         .map_or(GatewaySettings::DEFAULT_MAX_CLIENT_HELLO_BYTES, |n| {
@@ -225,14 +223,9 @@ pub(super) fn name_or(t: &Fields<'_>, key: &'static str, default: &str) -> Optio
     }
 }
 
-/// Datacenter, partition, namespace and service names become single SNI labels, so they
-/// must be one DNS-safe label: no dots, nothing a TLS client would refuse to send.
+/// A name that becomes one SNI label (`mesh::names::is_label`), reported at `key` if not.
 pub(super) fn name_ok(t: &Fields<'_>, key: &str, v: &str) -> bool {
-    let ok = !v.is_empty()
-        && v.len() <= 63
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && !v.starts_with('-');
+    let ok = crate::mesh::names::is_label(v);
     if !ok {
         t.error(
             key,

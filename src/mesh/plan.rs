@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use super::authority::SharedAuthority;
 use super::endpoints::EndpointSet;
 use super::mode::{via, Mode, ModeSource, Via};
 use super::names::{gateway_sni, service_sni, SpiffeId};
@@ -46,6 +47,10 @@ pub struct InboundPlan {
     pub listen: SocketAddr,
     pub local_service_address: Endpoint,
     pub intentions: Intentions,
+    /// When set, callers are authorized by it instead of `intentions` (Consul source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<SharedAuthority>,
+    pub max_connections: usize,
     #[serde(skip)]
     pub local_connect_timeout: Duration,
     #[serde(skip)]
@@ -71,6 +76,7 @@ pub struct UpstreamPlan {
     pub dial: EndpointSet,
     #[serde(flatten)]
     pub via: Via,
+    pub max_connections: usize,
     /// Where the local app connects.
     #[serde(skip)]
     pub listen: Bind,
@@ -82,6 +88,9 @@ pub struct UpstreamPlan {
     /// mTLS to this upstream: our leaf, and exactly `spiffe_id` required of the server.
     #[serde(skip)]
     pub tls: Option<Arc<ClientConfig>>,
+    /// This upstream's connections and bytes; `Metrics::adopt` shares them across reloads.
+    #[serde(skip)]
+    pub stats: Arc<crate::metrics::ConnStats>,
 }
 
 pub fn plan(snapshot: &Snapshot) -> Plan {
@@ -123,6 +132,8 @@ fn inbound(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) -> O
         listen,
         local_service_address: sidecar.local_service_address.clone(),
         intentions: sidecar.intentions.clone(),
+        authority: sidecar.authority.clone(),
+        max_connections: sidecar.max_connections,
         local_connect_timeout: sidecar.local_connect_timeout,
         trust_domain: s.here.trust_domain.clone(),
         tls,
@@ -155,9 +166,10 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
         .unwrap_or_default();
         if dial.is_empty() {
             let add = match &via {
-                Via::Instances => "its instances as a [[catalog.services]] entry".to_owned(),
-                Via::LocalGateways(p) => format!("`lan` addresses for the gateways of {p}"),
-                Via::RemoteGateways(p) => format!("`wan` addresses for the gateways of {p}"),
+                // The same words serve both sources: the file's key, or Consul's registration.
+                Via::Instances => "its instances ([[catalog.services]], or in Consul an instance with a Connect sidecar)".to_owned(),
+                Via::LocalGateways(p) => format!("`lan` addresses for the gateways of {p} ([[catalog.gateways]], or a mesh-gateway registered there)"),
+                Via::RemoteGateways(p) => format!("`wan` addresses for the gateways of {p} ([[catalog.gateways]], or a mesh-gateway registered there with a `wan` tagged address)"),
             };
             warnings.push(format!("upstream {name} ({}, mode {mode:?} from {mode_source:?}) has nothing to dial: add {add}", u.place));
         }
@@ -187,10 +199,12 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
             spiffe_id: spiffe_id.to_string(),
             dial: EndpointSet::new(dial),
             via,
+            max_connections: u.max_connections,
             listen: u.bind.clone(),
             connect_timeout: u.connect_timeout,
             server_name: ServerName::try_from(sni).ok(),
             tls,
+            stats: Arc::default(),
         });
     }
     out
@@ -256,26 +270,58 @@ fn gateway_routes(s: &Snapshot, warnings: &mut Vec<String>) -> RouteTable {
 pub fn describe(plan: &Plan) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    for u in &plan.upstreams {
+        let _ = writeln!(
+            out,
+            "upstream {} -> {} mode {} ({}) dial {}",
+            u.bind,
+            u.sni,
+            label(&u.mode),
+            label(&u.mode_source),
+            list(&u.dial)
+        );
+    }
+    if let Some(inb) = &plan.inbound {
+        let _ = writeln!(
+            out,
+            "inbound listen {} -> {}, intentions: default {}, {} rules",
+            inb.listen,
+            inb.local_service_address,
+            label(&inb.intentions.default),
+            inb.intentions.rules.len()
+        );
+    }
     if let Some(gw) = &plan.gateway {
         for addr in &gw.settings.listen {
             let _ = writeln!(out, "gateway listen {addr}");
         }
         for r in gw.routes.routes() {
-            let eps: Vec<String> = r
-                .endpoints
-                .as_slice()
-                .iter()
-                .map(ToString::to_string)
-                .collect();
             let _ = writeln!(
                 out,
                 "  {:<60} {:?} -> {} ({})",
                 r.pattern,
                 r.kind,
-                eps.join(", "),
+                list(&r.endpoints),
                 r.target
             );
         }
     }
     out
+}
+
+fn list(endpoints: &EndpointSet) -> String {
+    let eps: Vec<String> = endpoints
+        .as_slice()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    eps.join(", ")
+}
+
+/// A value's name as `check --json` spells it, so text and JSON say the same.
+fn label<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
 }

@@ -3,6 +3,9 @@
 //! itself started in-process on port 0.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod apps;
+pub mod sidecars;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -234,22 +237,33 @@ impl Drop for Child {
 /// The `sidegate` binary as a command. When the tests run under emulation (cross/test.sh), the
 /// binary is built for another architecture that the kernel cannot exec without binfmt_misc
 /// (absent in containers and CI), so it is started through the runner cargo itself uses for
-/// this target: `CARGO_TARGET_<TRIPLE>_RUNNER`, inherited from the environment.
+/// this target: `CARGO_TARGET_<TRIPLE>_RUNNER`, inherited from the environment. Every test that
+/// starts the binary goes through here (or `sidegate_argv`).
 pub fn sidegate_command() -> std::process::Command {
     command_for(std::path::Path::new(env!("CARGO_BIN_EXE_sidegate")))
+}
+
+/// The program and leading arguments that start `sidegate`, for helpers that build their own
+/// command line (e.g. under a watchdog shell).
+pub fn sidegate_argv() -> Vec<String> {
+    argv_for(std::path::Path::new(env!("CARGO_BIN_EXE_sidegate")))
 }
 
 /// A command running `bin`, a program built for the tests' target, through that target's
 /// runner when one is set.
 pub fn command_for(bin: &std::path::Path) -> std::process::Command {
-    let runner = runner().unwrap_or_default();
-    let mut words = runner.split_whitespace();
-    let Some(program) = words.next() else {
-        return std::process::Command::new(bin);
-    };
-    let mut command = std::process::Command::new(program);
-    command.args(words).arg(bin);
+    let argv = argv_for(bin);
+    let mut command = std::process::Command::new(&argv[0]);
+    command.args(&argv[1..]);
     command
+}
+
+/// The runner's words (if any), then `bin`.
+pub fn argv_for(bin: &std::path::Path) -> Vec<String> {
+    let runner = runner().unwrap_or_default();
+    let mut argv: Vec<String> = runner.split_whitespace().map(str::to_owned).collect();
+    argv.push(bin.to_string_lossy().into_owned());
+    argv
 }
 
 /// The runner (emulator) of the tests' target, when they run under one.
@@ -339,6 +353,24 @@ pub fn start(toml: &str) -> sidegate::proxy::Running {
     sidegate::proxy::start(sidegate::mesh::plan(&config.snapshot)).unwrap()
 }
 
+/// A free loopback port for a listener a configuration must name (`local_bind_port` cannot
+/// be 0). It comes from below the kernel's ephemeral range (32768 and up by default), so the
+/// local end of some test's outgoing connection cannot take it before sidegate binds it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    loop {
+        // Spread by process so that test binaries running at once rarely probe the same ports.
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id() * 97;
+        let port = u16::try_from(FIRST + n % SPAN).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A port on which nothing listens (bound, then released).
 pub fn dead_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -357,5 +389,42 @@ pub fn eventually(what: &str, cond: impl Fn() -> bool) {
             "timed out waiting for: {what}"
         );
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One GET to sidegate's admin endpoint: (status code, body).
+pub fn http_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect_timeout(&admin, IO_TIMEOUT).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: sidegate\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, body.to_owned())
+}
+
+/// A scratch directory under cargo's target tmp dir, removed when dropped.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
