@@ -1,4 +1,5 @@
-# Sourced by cross/build.sh and cross/test.sh: what each supported target needs, in one place.
+# Sourced by the scripts of cross/ and tests/run.sh: what each supported target needs, in one
+# place.
 #
 #   cross_install TRIPLE   installs the target's toolchain pieces when missing (rustup, apt)
 #   cross_env TRIPLE       exports the linker, C compiler, archiver, runner and flags for cargo,
@@ -11,7 +12,11 @@
 CROSS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # The default set: 64-bit and 32-bit ARM boards, and x86_64 for the same static musl build.
-CROSS_DEFAULT_TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf x86_64-unknown-linux-musl)
+CROSS_DEFAULT_TARGETS=(
+    aarch64-unknown-linux-musl
+    armv7-unknown-linux-musleabihf
+    x86_64-unknown-linux-musl
+)
 
 # armv7 musl has no prebuilt std: std is built from rust-src with -Zbuild-std, which needs a
 # nightly toolchain. Pinned, so that a new nightly cannot break CI overnight.

@@ -7,8 +7,8 @@
 # cortex-a7); the end-to-end tests start the ARM `sidegate` binary through the same runner
 # (tests/common: sidegate_command) and call the host's openssl and curl as they do natively.
 # Built with the `emulated` profile (Cargo.toml): optimized, debug assertions and overflow
-# checks kept. Then the memory budget tests measure the target's release binary (cross/build.sh) under the
-# emulator and report its share (tests/budgets.rs).
+# checks kept. Then the memory budget tests hold the target's release binary (cross/build.sh),
+# run under the emulator, to the budget (tests/budgets.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source cross/targets.sh
