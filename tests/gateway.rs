@@ -4,8 +4,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -239,26 +239,4 @@ fn refuses_connections_over_the_limit_without_disturbing_others() {
     }
     eventually("0 active", || m.gw1.metrics.gateway.active.get() == 0);
     m.still_serving();
-}
-
-fn raw(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s
-}
-
-/// The gateway closed the connection: a read ends (EOF or reset) without any data.
-fn assert_closed(s: &mut TcpStream) {
-    let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        Ok(0) => {}
-        Ok(n) => panic!("got {n} bytes from a refused connection"),
-        Err(e) => assert!(
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            ),
-            "expected a close, got {e}"
-        ),
-    }
 }

@@ -12,10 +12,6 @@ use common::*;
 use sidegate::tls::configs::server_config;
 use sidegate::tls::Identity;
 
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
 fn identity(cert: &str, key: &str) -> Identity {
     let read = |n: &str| std::fs::read(fixture(n)).unwrap();
     Identity::from_pem(&read(cert), &read(key), &read("ca.pem")).unwrap()
@@ -29,74 +25,12 @@ fn routed(gw: &sidegate::proxy::Running) -> u64 {
         .get()
 }
 
-/// web's sidecar in dc1/default: where it sits and its identity.
-fn web_header() -> String {
-    format!(
-        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n[sidecar]\nservice = \"web\"",
-        fixture("web.pem"),
-        fixture("web-key-sec1.pem"),
-        fixture("ca.pem")
-    )
-}
-
 /// `db` in partition part2 of dc1, serving its real mesh leaf and requiring client certificates.
 fn db_sidecar() -> Backend {
     Backend::serve(
         server_config(&identity("db.pem", "db-key-pkcs1.pem")).unwrap(),
         "db",
     )
-}
-
-/// The web sidecar's config: one TCP and one Unix upstream to `db`, dialled at `instance`.
-fn web_sidecar(
-    instance: std::net::SocketAddr,
-    port: u16,
-    socket: &std::path::Path,
-) -> sidegate::proxy::Running {
-    start(&format!(
-        r#"{}
-[[sidecar.upstreams]]
-destination_name = "db"
-destination_partition = "part2"
-local_bind_port = {port}
-mesh_gateway = {{ mode = "none" }}
-[[sidecar.upstreams]]
-destination_name = "db"
-destination_partition = "part2"
-local_bind_socket_path = "{}"
-local_bind_socket_mode = "0600"
-mesh_gateway = {{ mode = "none" }}
-[[catalog.services]]
-name = "db"
-partition = "part2"
-instances = ["{instance}"]
-"#,
-        web_header(),
-        socket.display()
-    ))
-}
-
-/// Sends `payload` from another thread while reading (an echo path would otherwise fill every
-/// buffer and stall), finishes sending, and returns everything the far side answered.
-fn exchange<S: Read + Write + Send + 'static>(
-    mut reader: S,
-    mut writer: S,
-    payload: &[u8],
-    shut: fn(&S),
-) -> Vec<u8> {
-    let payload = payload.to_vec();
-    let sending = std::thread::spawn(move || {
-        writer.write_all(&payload).unwrap();
-        shut(&writer);
-    });
-    let mut got = Vec::new();
-    reader.read_to_end(&mut got).unwrap();
-    sending.join().unwrap();
-    got
-}
-
-fn shut_tcp(s: &TcpStream) {
-    s.shutdown(Shutdown::Write).unwrap();
 }
 
 fn shut_unix(s: &UnixStream) {
@@ -167,57 +101,6 @@ fn an_impostor_with_a_valid_certificate_is_refused() {
     });
 }
 
-/// A plain TCP app: echoes until its client finishes, then signs off with its name.
-fn app(name: &'static str) -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.write_all(format!("app:{name}\n").as_bytes());
-            });
-        }
-    });
-    addr
-}
-
-/// db's sidecar: inbound mTLS on a loopback port, to db's app, with these intentions.
-fn db_inbound(intentions: &str) -> sidegate::proxy::Running {
-    let app = app("db");
-    start(&format!(
-        r#"
-[mesh]
-datacenter = "dc1"
-partition = "part2"
-trust_domain = "{TD}"
-[tls]
-cert_file = "{}"
-key_file = "{}"
-ca_file = "{}"
-[sidecar]
-service = "db"
-public_listener = "127.0.0.1:0"
-local_service_address = "{app}"
-{intentions}
-"#,
-        fixture("db.pem"),
-        fixture("db-key-pkcs1.pem"),
-        fixture("ca.pem"),
-    ))
-}
-
 #[test]
 fn app_to_app_through_upstream_and_inbound_listeners() {
     let db = db_inbound("");
@@ -246,16 +129,8 @@ fn callers_denied_by_intentions_or_without_a_certificate_are_refused() {
     let port = dead_addr().port();
     let socket = std::env::temp_dir().join(format!("sidegate-deny-{}.sock", std::process::id()));
     let _web = web_sidecar(db.inbound_addr.unwrap(), port, &socket);
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let _ = tcp.write_all(b"let me in");
-    let _ = tcp.shutdown(Shutdown::Write);
-    let mut got = Vec::new();
-    let _ = tcp.read_to_end(&mut got);
-    assert!(
-        got.is_empty(),
-        "a denied caller must get nothing from the app"
-    );
+    // A denied caller gets nothing from the app.
+    local_app_gets_nothing(port, b"let me in");
     eventually("denial counted", || db.metrics.inbound.denied.get() == 1);
 
     // No client certificate at all: the handshake fails and is counted.

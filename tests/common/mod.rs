@@ -46,15 +46,26 @@ impl Pki {
         self.issuer.pem()
     }
 
-    /// A server config holding a certificate for exactly these names.
-    pub fn server_config(&self, names: &[String]) -> Arc<ServerConfig> {
+    /// A leaf certificate for exactly these names, and its key.
+    fn leaf(&self, names: &[String]) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(names.to_vec()).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0].as_str());
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (params.signed_by(&key, &self.issuer).unwrap(), key)
+    }
+
+    /// A leaf for these names as PEM (certificate, key), for servers that read files.
+    pub fn leaf_pem(&self, names: &[String]) -> (String, String) {
+        let (cert, key) = self.leaf(names);
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A server config holding a certificate for exactly these names.
+    pub fn server_config(&self, names: &[String]) -> Arc<ServerConfig> {
+        let (cert, key) = self.leaf(names);
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let cfg = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -222,6 +233,16 @@ pub fn service_sni(service: &str, dc: &str) -> String {
 pub struct Child {
     pub child: std::process::Child,
     pub gateway_addrs: Vec<SocketAddr>,
+    /// Every line it has logged so far.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Child {
+    /// Lines logged so far that contain `needle`.
+    pub fn logged(&self, needle: &str) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).count()
+    }
 }
 
 impl Drop for Child {
@@ -234,20 +255,44 @@ impl Drop for Child {
 /// Runs the real binary on a config file and waits until it says every gateway listener is
 /// bound (it logs `gateway listening on ADDR` once per listener).
 pub fn run_binary(config: &std::path::Path, listeners: usize) -> Child {
+    run_binary_with(&[], &[], config, listeners)
+}
+
+/// `run_binary` started through `wrapper` (e.g. `prlimit --nofile=64:64 --`, which execs it in
+/// the same process) with extra environment variables.
+pub fn run_binary_with(
+    wrapper: &[&str],
+    env: &[(&str, &str)],
+    config: &std::path::Path,
+    listeners: usize,
+) -> Child {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidegate"))
+    let bin = env!("CARGO_BIN_EXE_sidegate");
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = std::process::Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+        None => std::process::Command::new(bin),
+    };
+    let mut child = command
         .args(["run", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = log.clone();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
             if let Some(addr) = line.split("gateway listening on ").nth(1) {
                 let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
             }
+            kept.lock().unwrap().push(line);
         }
     });
     let gateway_addrs = (0..listeners)
@@ -256,6 +301,7 @@ pub fn run_binary(config: &std::path::Path, listeners: usize) -> Child {
     Child {
         child,
         gateway_addrs,
+        log,
     }
 }
 
@@ -263,7 +309,8 @@ pub fn run_binary(config: &std::path::Path, listeners: usize) -> Child {
 pub const LOOPBACK: &str = "\"127.0.0.1:0\"";
 
 /// A gateway configuration for (dc, partition) with its own services, extra `[gateway]` keys
-/// and `[[catalog.gateways]]` entries of other places.
+/// and `[[catalog.gateways]]` entries of other places. Connect timeout 2 s unless `extra`
+/// sets one.
 pub fn gateway_toml(
     dc: &str,
     partition: &str,
@@ -272,9 +319,14 @@ pub fn gateway_toml(
     gateways: &str,
     extra: &str,
 ) -> String {
+    let connect = if extra.contains("connect_timeout_ms") {
+        ""
+    } else {
+        "connect_timeout_ms = 2000"
+    };
     let mut t = format!(
         "[mesh]\ndatacenter = \"{dc}\"\npartition = \"{partition}\"\ntrust_domain = \"{TD}\"\n\
-         [gateway]\nlisten = [{listen}]\nconnect_timeout_ms = 2000\n{extra}\n{gateways}\n"
+         [gateway]\nlisten = [{listen}]\n{connect}\n{extra}\n{gateways}\n"
     );
     for (name, addrs) in services {
         let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
@@ -318,12 +370,179 @@ pub fn dead_addr() -> SocketAddr {
 /// Polls `cond` until it holds or a deadline passes; for counters updated by the gateway
 /// thread after the client already saw the close.
 pub fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    eventually_within(IO_TIMEOUT, what, cond);
+}
+
+/// `eventually` with a deadline of its own, for waits that scale with a test's size.
+pub fn eventually_within(limit: Duration, what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
     while !cond() {
         assert!(
             std::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
         );
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// The sidecar's parts: web's and db's mesh identities (tests/fixtures/tls) and plain apps.
+
+/// A file of tests/fixtures/tls.
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// web's sidecar in dc1/default: where it sits and its identity.
+pub fn web_header() -> String {
+    format!(
+        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n[sidecar]\nservice = \"web\"",
+        fixture("web.pem"),
+        fixture("web-key-sec1.pem"),
+        fixture("ca.pem")
+    )
+}
+
+/// The web sidecar's config: one TCP and one Unix upstream to `db`, dialled at `instance`.
+pub fn web_sidecar(
+    instance: std::net::SocketAddr,
+    port: u16,
+    socket: &std::path::Path,
+) -> sidegate::proxy::Running {
+    start(&format!(
+        r#"{}
+[[sidecar.upstreams]]
+destination_name = "db"
+destination_partition = "part2"
+local_bind_port = {port}
+mesh_gateway = {{ mode = "none" }}
+[[sidecar.upstreams]]
+destination_name = "db"
+destination_partition = "part2"
+local_bind_socket_path = "{}"
+local_bind_socket_mode = "0600"
+mesh_gateway = {{ mode = "none" }}
+[[catalog.services]]
+name = "db"
+partition = "part2"
+instances = ["{instance}"]
+"#,
+        web_header(),
+        socket.display()
+    ))
+}
+
+/// Sends `payload` from another thread while reading (an echo path would otherwise fill every
+/// buffer and stall), finishes sending, and returns everything the far side answered.
+pub fn exchange<S: Read + Write + Send + 'static>(
+    mut reader: S,
+    mut writer: S,
+    payload: &[u8],
+    shut: fn(&S),
+) -> Vec<u8> {
+    let payload = payload.to_vec();
+    let sending = std::thread::spawn(move || {
+        writer.write_all(&payload).unwrap();
+        shut(&writer);
+    });
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).unwrap();
+    sending.join().unwrap();
+    got
+}
+
+/// Finishes sending on a TCP stream.
+pub fn shut_tcp(s: &TcpStream) {
+    s.shutdown(Shutdown::Write).unwrap();
+}
+
+/// A plain TCP app: echoes until its client finishes, then signs off with its name.
+pub fn app(name: &'static str) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.write_all(format!("app:{name}\n").as_bytes());
+            });
+        }
+    });
+    addr
+}
+
+/// db's sidecar: inbound mTLS on a loopback port, to db's app, with these intentions.
+pub fn db_inbound(intentions: &str) -> sidegate::proxy::Running {
+    db_inbound_to(app("db"), intentions)
+}
+
+/// db's sidecar delivering to the local app at `app`.
+pub fn db_inbound_to(app: SocketAddr, intentions: &str) -> sidegate::proxy::Running {
+    start(&format!(
+        r#"
+[mesh]
+datacenter = "dc1"
+partition = "part2"
+trust_domain = "{TD}"
+[tls]
+cert_file = "{}"
+key_file = "{}"
+ca_file = "{}"
+[sidecar]
+service = "db"
+public_listener = "127.0.0.1:0"
+local_service_address = "{app}"
+{intentions}
+"#,
+        fixture("db.pem"),
+        fixture("db-key-pkcs1.pem"),
+        fixture("ca.pem"),
+    ))
+}
+
+/// A local app sends `msg` to the listener on `port` and finishes; it must get nothing back
+/// (an EOF or a reset): the connection was refused somewhere behind the listener.
+pub fn local_app_gets_nothing(port: u16, msg: &[u8]) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let _ = tcp.write_all(msg);
+    let _ = tcp.shutdown(Shutdown::Write);
+    let mut got = Vec::new();
+    match tcp.read_to_end(&mut got) {
+        Ok(_) => assert!(got.is_empty(), "the app got {got:?}"),
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
+    }
+}
+
+/// A plain TCP connection with bounded reads.
+pub fn raw(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// The gateway closed the connection: a read ends (EOF or reset) without any data.
+pub fn assert_closed(s: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("got {n} bytes from a refused connection"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "expected a close, got {e}"
+        ),
     }
 }
