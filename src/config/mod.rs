@@ -73,7 +73,9 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     parse_in(text, Path::new("."))
 }
 
-fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+/// Validates configuration text whose file names (`[tls]`) are relative to `base`, as
+/// `load` does for a file in `base`; the fuzzers call it with the fixture directory.
+pub fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         vec![ConfigError {
             path: String::new(),
