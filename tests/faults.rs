@@ -13,8 +13,11 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::apps::{app, exchange, shut_tcp};
+use common::sidecars::{start_on_free_ports, DB, WEB};
 use common::*;
 use sidegate::metrics::HelloOutcome;
+use sidegate::proxy::Running;
 
 /// A real client's ClientHello (openssl s_client) naming db in dc1.
 fn captured_hello() -> Vec<u8> {
@@ -47,13 +50,31 @@ fn garbage(seed: u64, len: usize) -> Vec<u8> {
     g
 }
 
-fn gateway_with(services: &[(&str, Vec<SocketAddr>)], extra: &str) -> sidegate::proxy::Running {
+fn gateway_with(services: &[(&str, Vec<SocketAddr>)], extra: &str) -> Running {
     start(&gateway_toml(
         "dc1", "default", LOOPBACK, services, "", extra,
     ))
 }
 
-fn hello_count(gw: &sidegate::proxy::Running, outcome: HelloOutcome) -> u64 {
+/// web's sidecar with one upstream to db (dc1, part2) dialled at `instances`, with extra
+/// upstream keys; and the upstream's local port.
+fn web_upstream(instances: &[SocketAddr], settings: &str) -> (Running, u16) {
+    let list: Vec<String> = instances.iter().map(|a| format!("\"{a}\"")).collect();
+    let (running, _, port) = start_on_free_ports(|| {
+        let port = free_port();
+        let toml = format!(
+            "{}\n[[sidecar.upstreams]]\ndestination_name = \"db\"\ndestination_partition = \"part2\"\n\
+             local_bind_port = {port}\nmesh_gateway = {{ mode = \"none\" }}\n{settings}\n\
+             [[catalog.services]]\nname = \"db\"\npartition = \"part2\"\ninstances = [{}]\n",
+            WEB.header(),
+            list.join(", ")
+        );
+        (toml, port)
+    });
+    (running, port)
+}
+
+fn hello_count(gw: &Running, outcome: HelloOutcome) -> u64 {
     gw.metrics.gateway.hello(outcome).get()
 }
 
@@ -378,28 +399,9 @@ fn every_endpoint_down_is_refused_within_the_connect_timeouts() {
 #[test]
 fn upstream_whose_target_is_down_closes_the_local_app_and_counts() {
     let hole = blackhole();
-    let port = dead_addr().port();
-    let web = start(&format!(
-        r#"{}
-[[sidecar.upstreams]]
-destination_name = "db"
-destination_partition = "part2"
-local_bind_port = {port}
-connect_timeout_ms = 500
-[[catalog.services]]
-name = "db"
-partition = "part2"
-instances = ["{}", "{}"]
-"#,
-        web_header(),
-        dead_addr(),
-        hole.addr
-    ));
+    let (web, port) = web_upstream(&[dead_addr(), hole.addr], "connect_timeout_ms = 500");
     let t = Instant::now();
-    let mut app = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    app.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let _ = app.write_all(b"anyone there?");
-    assert_closed(&mut app);
+    local_app_gets_nothing(port, b"anyone there?");
     let took = t.elapsed();
     assert!(
         took >= Duration::from_millis(500) && took < Duration::from_millis(3000),
@@ -416,10 +418,8 @@ instances = ["{}", "{}"]
 /// without a byte and counted; the mesh handshake itself was fine.
 #[test]
 fn inbound_whose_local_app_is_down_closes_the_caller_and_counts() {
-    let db = db_inbound_to(dead_addr(), "");
-    let port = dead_addr().port();
-    let socket = std::env::temp_dir().join(format!("sidegate-faults-{}.sock", std::process::id()));
-    let web = web_sidecar(db.inbound_addr.unwrap(), port, &socket);
+    let db = DB.inbound(dead_addr(), "");
+    let (web, port) = web_upstream(&[db.inbound_addr.unwrap()], "");
     local_app_gets_nothing(port, b"hello db");
     eventually("local_connect_failures = 1", || {
         db.metrics.inbound.local_connect_failures.get() == 1
@@ -534,11 +534,9 @@ fn a_flood_of_garbage_is_closed_and_counted_without_hurting_good_traffic() {
 #[test]
 fn garbage_to_the_inbound_listener_fails_handshakes_without_hurting_callers() {
     const CLIENTS: u64 = 60;
-    let db = db_inbound("");
+    let db = DB.inbound(app("db"), "");
     let inbound = db.inbound_addr.unwrap();
-    let port = dead_addr().port();
-    let socket = std::env::temp_dir().join(format!("sidegate-garbage-{}.sock", std::process::id()));
-    let _web = web_sidecar(inbound, port, &socket);
+    let (_web, port) = web_upstream(&[inbound], "");
     let payload = noise(1, 2_000_000);
     let expected = [&payload[..], b"app:db\n"].concat();
     let good = thread::spawn(move || {
@@ -735,7 +733,7 @@ fn ten_thousand_idle_connections_against_a_limit_of_five_thousand() {
     }
     let after_excess = rss_kib(pid);
     eventually("every refusal counted", || {
-        sg.logged(": refused, ") == LIMIT
+        sg.logged(": refused a connection, ") == LIMIT
     });
     assert_eq!(
         holder.count(),

@@ -8,33 +8,43 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 
+use common::apps::{app, exchange, shut_tcp, shut_unix};
+use common::sidecars::{routed, DB, WEB};
 use common::*;
 use sidegate::tls::configs::server_config;
-use sidegate::tls::Identity;
-
-fn identity(cert: &str, key: &str) -> Identity {
-    let read = |n: &str| std::fs::read(fixture(n)).unwrap();
-    Identity::from_pem(&read(cert), &read(key), &read("ca.pem")).unwrap()
-}
-
-/// Connections a gateway has routed.
-fn routed(gw: &sidegate::proxy::Running) -> u64 {
-    gw.metrics
-        .gateway
-        .hello(sidegate::metrics::HelloOutcome::Routed)
-        .get()
-}
 
 /// `db` in partition part2 of dc1, serving its real mesh leaf and requiring client certificates.
 fn db_sidecar() -> Backend {
-    Backend::serve(
-        server_config(&identity("db.pem", "db-key-pkcs1.pem")).unwrap(),
-        "db",
-    )
+    Backend::serve(server_config(&DB.identity()).unwrap(), "db")
 }
 
-fn shut_unix(s: &UnixStream) {
-    s.shutdown(Shutdown::Write).unwrap();
+/// The web sidecar's config: one TCP and one Unix upstream to `db`, dialled at `instance`.
+fn web_sidecar(
+    instance: std::net::SocketAddr,
+    port: u16,
+    socket: &std::path::Path,
+) -> sidegate::proxy::Running {
+    start(&format!(
+        r#"{}
+[[sidecar.upstreams]]
+destination_name = "db"
+destination_partition = "part2"
+local_bind_port = {port}
+mesh_gateway = {{ mode = "none" }}
+[[sidecar.upstreams]]
+destination_name = "db"
+destination_partition = "part2"
+local_bind_socket_path = "{}"
+local_bind_socket_mode = "0600"
+mesh_gateway = {{ mode = "none" }}
+[[catalog.services]]
+name = "db"
+partition = "part2"
+instances = ["{instance}"]
+"#,
+        WEB.header(),
+        socket.display()
+    ))
 }
 
 fn expected(payload: &[u8]) -> Vec<u8> {
@@ -44,7 +54,7 @@ fn expected(payload: &[u8]) -> Vec<u8> {
 #[test]
 fn local_app_reaches_the_target_over_mtls() {
     let db = db_sidecar();
-    let port = dead_addr().port();
+    let port = free_port();
     let socket = std::env::temp_dir().join(format!("sidegate-up-{}.sock", std::process::id()));
     let web = web_sidecar(db.addr, port, &socket);
 
@@ -79,11 +89,8 @@ fn local_app_reaches_the_target_over_mtls() {
 #[test]
 fn an_impostor_with_a_valid_certificate_is_refused() {
     // The endpoint serves web's (valid, same CA) leaf where db is expected.
-    let impostor = Backend::serve(
-        server_config(&identity("web.pem", "web-key-sec1.pem")).unwrap(),
-        "web",
-    );
-    let port = dead_addr().port();
+    let impostor = Backend::serve(server_config(&WEB.identity()).unwrap(), "web");
+    let port = free_port();
     let socket = std::env::temp_dir().join(format!("sidegate-imp-{}.sock", std::process::id()));
     let web = web_sidecar(impostor.addr, port, &socket);
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -101,10 +108,15 @@ fn an_impostor_with_a_valid_certificate_is_refused() {
     });
 }
 
+/// db's sidecar: inbound mTLS on a loopback port, to db's app, with these intentions.
+fn db_inbound(intentions: &str) -> sidegate::proxy::Running {
+    DB.inbound(app("db"), intentions)
+}
+
 #[test]
 fn app_to_app_through_upstream_and_inbound_listeners() {
     let db = db_inbound("");
-    let port = dead_addr().port();
+    let port = free_port();
     let socket = std::env::temp_dir().join(format!("sidegate-e2e-{}.sock", std::process::id()));
     let web = web_sidecar(db.inbound_addr.unwrap(), port, &socket);
     let payload: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
@@ -126,7 +138,7 @@ fn app_to_app_through_upstream_and_inbound_listeners() {
 #[test]
 fn callers_denied_by_intentions_or_without_a_certificate_are_refused() {
     let db = db_inbound("[sidecar.intentions]\ndefault = \"allow\"\n[[sidecar.intentions.rules]]\nsource = \"web\"\nsource_partition = \"default\"\naction = \"deny\"\n");
-    let port = dead_addr().port();
+    let port = free_port();
     let socket = std::env::temp_dir().join(format!("sidegate-deny-{}.sock", std::process::id()));
     let _web = web_sidecar(db.inbound_addr.unwrap(), port, &socket);
     // A denied caller gets nothing from the app.
@@ -164,7 +176,7 @@ fn local_and_remote_modes_cross_partitions_through_gateways() {
          [[catalog.gateways]]\npartition = \"part2\"\nwan = [\"{part2_wan}\"]\n"
     ));
     let local_lan = local_gw.gateway_addrs[0];
-    let (local_port, remote_port) = (dead_addr().port(), dead_addr().port());
+    let (local_port, remote_port) = (free_port(), free_port());
     let web = start(&format!(
         r#"{}
 [[sidecar.upstreams]]
@@ -183,7 +195,7 @@ lan = ["{local_lan}"]
 partition = "part2"
 wan = ["{part2_wan}"]
 "#,
-        web_header(),
+        WEB.header(),
     ));
 
     // local mode: 100 MB each way, intact, with half-close at the end.

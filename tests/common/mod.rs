@@ -3,6 +3,9 @@
 //! itself started in-process on port 0.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod apps;
+pub mod sidecars;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -359,6 +362,24 @@ pub fn start(toml: &str) -> sidegate::proxy::Running {
     sidegate::proxy::start(sidegate::mesh::plan(&config.snapshot)).unwrap()
 }
 
+/// A free loopback port for a listener a configuration must name (`local_bind_port` cannot
+/// be 0). It comes from below the kernel's ephemeral range (32768 and up by default), so the
+/// local end of some test's outgoing connection cannot take it before sidegate binds it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    loop {
+        // Spread by process so that test binaries running at once rarely probe the same ports.
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id() * 97;
+        let port = u16::try_from(FIRST + n % SPAN).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A port on which nothing listens (bound, then released).
 pub fn dead_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -383,131 +404,6 @@ pub fn eventually_within(limit: Duration, what: &str, cond: impl Fn() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-// The sidecar's parts: web's and db's mesh identities (tests/fixtures/tls) and plain apps.
-
-/// A file of tests/fixtures/tls.
-pub fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// web's sidecar in dc1/default: where it sits and its identity.
-pub fn web_header() -> String {
-    format!(
-        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n[sidecar]\nservice = \"web\"",
-        fixture("web.pem"),
-        fixture("web-key-sec1.pem"),
-        fixture("ca.pem")
-    )
-}
-
-/// The web sidecar's config: one TCP and one Unix upstream to `db`, dialled at `instance`.
-pub fn web_sidecar(
-    instance: std::net::SocketAddr,
-    port: u16,
-    socket: &std::path::Path,
-) -> sidegate::proxy::Running {
-    start(&format!(
-        r#"{}
-[[sidecar.upstreams]]
-destination_name = "db"
-destination_partition = "part2"
-local_bind_port = {port}
-mesh_gateway = {{ mode = "none" }}
-[[sidecar.upstreams]]
-destination_name = "db"
-destination_partition = "part2"
-local_bind_socket_path = "{}"
-local_bind_socket_mode = "0600"
-mesh_gateway = {{ mode = "none" }}
-[[catalog.services]]
-name = "db"
-partition = "part2"
-instances = ["{instance}"]
-"#,
-        web_header(),
-        socket.display()
-    ))
-}
-
-/// Sends `payload` from another thread while reading (an echo path would otherwise fill every
-/// buffer and stall), finishes sending, and returns everything the far side answered.
-pub fn exchange<S: Read + Write + Send + 'static>(
-    mut reader: S,
-    mut writer: S,
-    payload: &[u8],
-    shut: fn(&S),
-) -> Vec<u8> {
-    let payload = payload.to_vec();
-    let sending = std::thread::spawn(move || {
-        writer.write_all(&payload).unwrap();
-        shut(&writer);
-    });
-    let mut got = Vec::new();
-    reader.read_to_end(&mut got).unwrap();
-    sending.join().unwrap();
-    got
-}
-
-/// Finishes sending on a TCP stream.
-pub fn shut_tcp(s: &TcpStream) {
-    s.shutdown(Shutdown::Write).unwrap();
-}
-
-/// A plain TCP app: echoes until its client finishes, then signs off with its name.
-pub fn app(name: &'static str) -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.write_all(format!("app:{name}\n").as_bytes());
-            });
-        }
-    });
-    addr
-}
-
-/// db's sidecar: inbound mTLS on a loopback port, to db's app, with these intentions.
-pub fn db_inbound(intentions: &str) -> sidegate::proxy::Running {
-    db_inbound_to(app("db"), intentions)
-}
-
-/// db's sidecar delivering to the local app at `app`.
-pub fn db_inbound_to(app: SocketAddr, intentions: &str) -> sidegate::proxy::Running {
-    start(&format!(
-        r#"
-[mesh]
-datacenter = "dc1"
-partition = "part2"
-trust_domain = "{TD}"
-[tls]
-cert_file = "{}"
-key_file = "{}"
-ca_file = "{}"
-[sidecar]
-service = "db"
-public_listener = "127.0.0.1:0"
-local_service_address = "{app}"
-{intentions}
-"#,
-        fixture("db.pem"),
-        fixture("db-key-pkcs1.pem"),
-        fixture("ca.pem"),
-    ))
 }
 
 /// A local app sends `msg` to the listener on `port` and finishes; it must get nothing back
