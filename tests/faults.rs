@@ -175,50 +175,42 @@ fn blackhole() -> Blackhole {
     }
 }
 
-/// `openssl s_server` for one name, sending an endless `0123456789\n` stream to its client:
-/// a real backend in its own process, to be killed.
+/// `openssl s_server -WWW` for one name, serving `STREAM_BYTES` of `0123456789\n` as
+/// `/stream`: a real backend in its own process, to be killed. (Its stdin mode is no good
+/// here: it can block in a read on the TLS socket and stop sending.)
 struct StreamingServer {
     child: std::process::Child,
     addr: SocketAddr,
-    files: [std::path::PathBuf; 2],
+    dir: std::path::PathBuf,
 }
 
 const CYCLE: &[u8] = b"0123456789\n";
+/// More than every socket buffer between the server and the client can hold, so the kill
+/// lands mid-transfer.
+const STREAM_BYTES: usize = 48 << 20;
 
 impl StreamingServer {
     fn start(pki: &Pki, name: &str) -> StreamingServer {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
         let (cert, key) = pki.leaf_pem(&[name.to_owned()]);
-        let dir = std::env::temp_dir();
-        let tag = format!("sidegate-faults-{}-{name}", std::process::id());
-        let files = [
-            dir.join(format!("{tag}.pem")),
-            dir.join(format!("{tag}.key")),
-        ];
-        std::fs::write(&files[0], cert).unwrap();
-        std::fs::write(&files[1], key).unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("sidegate-faults-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.join("key.pem"), key).unwrap();
+        let stream: Vec<u8> = CYCLE.iter().copied().cycle().take(STREAM_BYTES).collect();
+        std::fs::write(dir.join("stream"), stream).unwrap();
         let mut child = Command::new("openssl")
-            .args(["s_server", "-accept", "127.0.0.1:0", "-cert"])
-            .arg(&files[0])
-            .arg("-key")
-            .arg(&files[1])
-            .stdin(Stdio::piped())
+            .args(["s_server", "-accept", "127.0.0.1:0", "-WWW"])
+            .args(["-cert", "cert.pem", "-key", "key.pem"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        thread::spawn(move || {
-            let block: Vec<u8> = CYCLE
-                .iter()
-                .copied()
-                .cycle()
-                .take(CYCLE.len() * 1500)
-                .collect();
-            while stdin.write_all(&block).is_ok() {}
-        });
-        // It prints `ACCEPT 127.0.0.1:PORT` once listening, then what clients send.
+        // It prints `ACCEPT 127.0.0.1:PORT` once listening.
         let stdout = io::BufReader::new(child.stdout.take().unwrap());
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
@@ -234,7 +226,7 @@ impl StreamingServer {
         StreamingServer {
             child,
             addr: addr.unwrap(),
-            files,
+            dir,
         }
     }
 
@@ -248,9 +240,7 @@ impl Drop for StreamingServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -319,7 +309,18 @@ fn a_backend_killed_mid_transfer_ends_only_its_own_connection() {
     }
 
     let mut victim = tls_connect(addr, &db_sni, &cfg).unwrap();
-    let mut check = CycleCheck::default();
+    victim.write_all(b"GET /stream HTTP/1.0\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        victim.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+        assert!(head.len() < 1024, "no end of the HTTP head");
+    }
+    let mut check = CycleCheck {
+        next: Some(CYCLE[0]),
+        seen: 0,
+    };
     let mut buf = vec![0u8; 16 * 1024];
     while check.seen < 256 * 1024 {
         let n = victim
@@ -338,6 +339,10 @@ fn a_backend_killed_mid_transfer_ends_only_its_own_connection() {
         }
     };
     let err = end.expect_err("the stream ended as if complete (close_notify) after a kill");
+    assert!(
+        check.seen < STREAM_BYTES,
+        "the kill came after the whole stream was sent"
+    );
     assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
     assert!(
         killed.elapsed() < Duration::from_secs(3),
