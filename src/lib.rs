@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod consul;
 pub mod lifecycle;
 pub mod log;
 pub mod mesh;

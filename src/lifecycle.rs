@@ -39,6 +39,8 @@ pub struct Lifecycle {
     path: PathBuf,
     running: Running,
     drain_timeout: Duration,
+    /// With `[consul]`: the follower sending snapshots; a reload restarts it.
+    consul: Option<crate::consul::Source>,
 }
 
 /// Why a reload left the running plan in place.
@@ -46,6 +48,7 @@ pub struct Lifecycle {
 pub enum ReloadError {
     Config(config::LoadError),
     Bind(BindError),
+    Consul(std::io::Error),
 }
 
 impl std::fmt::Display for ReloadError {
@@ -53,6 +56,7 @@ impl std::fmt::Display for ReloadError {
         match self {
             ReloadError::Config(e) => write!(f, "{e}"),
             ReloadError::Bind(e) => write!(f, "{e}"),
+            ReloadError::Consul(e) => write!(f, "{e}"),
         }
     }
 }
@@ -65,7 +69,18 @@ impl Lifecycle {
             path,
             running,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            consul: None,
         })
+    }
+
+    /// Serves snapshots from this Consul source; reloads restart it with the new settings.
+    pub fn with_consul(mut self, source: Option<crate::consul::Source>) -> Lifecycle {
+        self.consul = source;
+        self
+    }
+
+    pub fn consul(&self) -> Option<&crate::consul::Source> {
+        self.consul.as_ref()
     }
 
     pub fn running(&self) -> &Running {
@@ -95,7 +110,15 @@ impl Lifecycle {
     pub fn reload(&self) -> Result<(), ReloadError> {
         let result = config::load(&self.path)
             .map_err(ReloadError::Config)
-            .and_then(|c| self.swap(plan(&c.snapshot)).map_err(ReloadError::Bind));
+            .and_then(|c| match (&self.consul, c.consul.is_some()) {
+                (None, false) => self.swap(plan(&c.snapshot)).map_err(ReloadError::Bind),
+                // The agent's state is unchanged by the file: follow it again with the new
+                // settings (token, address, [gateway] knobs); the new follower sends a snapshot.
+                (Some(source), true) => source.restart(&c).map_err(ReloadError::Consul),
+                _ => Err(ReloadError::Consul(std::io::Error::other(
+                    "switching between the file and [consul] as the source needs a restart",
+                ))),
+            });
         let m = &self.running.metrics.reloads;
         match &result {
             Ok(()) => m.ok.inc(),

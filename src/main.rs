@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use sidegate::cli::{self, Command};
 use sidegate::config::{self, LoadError};
+use sidegate::consul;
 use sidegate::lifecycle::{self, Lifecycle};
+use sidegate::mesh::snapshot::Snapshot;
 use sidegate::mesh::{explain::explain, plan};
 
 const EX_USAGE: u8 = 64;
@@ -57,17 +59,40 @@ fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
 }
 
 /// Problems that do not stop the program but that an operator should act on.
-fn warnings(config: &config::Config, plan: &sidegate::mesh::Plan) -> Vec<String> {
-    let expiring = config
-        .snapshot
+fn warnings(snapshot: &Snapshot, plan: &sidegate::mesh::Plan) -> Vec<String> {
+    let expiring = snapshot
         .identity
         .as_ref()
         .and_then(|id| id.expiry_warning(std::time::SystemTime::now()));
     plan.warnings.iter().cloned().chain(expiring).collect()
 }
 
+/// The mesh state `check` and `explain` look at: the file's, or with `[consul]` the state
+/// saved from the agent (the agent itself is not asked: these commands work offline).
+fn offline_state(config: &config::Config) -> Snapshot {
+    let Some(settings) = &config.consul else {
+        return config.snapshot.clone();
+    };
+    match sidegate::consul::saved_snapshot(settings, &config.snapshot) {
+        Ok(Some((snapshot, saved))) => {
+            let age = sidegate::consul::status::now_unix().saturating_sub(saved);
+            eprintln!("consul: showing the last-known-good state saved {age} s ago; the agent at {} was not asked", settings.address);
+            snapshot
+        }
+        Ok(None) => {
+            eprintln!("consul: configuration valid; the mesh state comes from the agent at {} and none is saved yet to show", settings.address);
+            config.snapshot.clone()
+        }
+        Err(e) => {
+            eprintln!("consul: {e}");
+            config.snapshot.clone()
+        }
+    }
+}
+
 fn check(config: &config::Config, json: bool) -> ExitCode {
-    let plan = plan(&config.snapshot);
+    let snapshot = offline_state(config);
+    let plan = plan(&snapshot);
     if json {
         match serde_json::to_string_pretty(&plan) {
             Ok(text) => println!("{text}"),
@@ -79,19 +104,20 @@ fn check(config: &config::Config, json: bool) -> ExitCode {
     } else {
         print!("{}", sidegate::mesh::plan::describe(&plan));
     }
-    for w in warnings(config, &plan) {
+    for w in warnings(&snapshot, &plan) {
         eprintln!("warning: {w}");
     }
     ExitCode::SUCCESS
 }
 
 fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
-    let plan = plan(&config.snapshot);
+    let snapshot = offline_state(config);
+    let plan = plan(&snapshot);
     let Some(gw) = plan.gateway.as_ref() else {
         eprintln!("no route: this configuration has no [gateway] section");
         return ExitCode::FAILURE;
     };
-    match explain(gw, &config.snapshot.here, sni) {
+    match explain(gw, &snapshot.here, sni) {
         Ok(text) => {
             println!("{text}");
             ExitCode::SUCCESS
@@ -104,18 +130,34 @@ fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
 }
 
 fn run(path: std::path::PathBuf, config: &config::Config) -> ExitCode {
-    let plan = plan(&config.snapshot);
-    for w in warnings(config, &plan) {
+    let (events, received) = lifecycle::channel();
+    // With [consul], serving starts with the first complete state from the agent (or the
+    // saved one when the agent is unreachable).
+    let source = match consul::Source::start(config, events.clone(), consul::Options::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            sidegate::error!("cannot start following the Consul agent: {e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    let snapshot = match &source {
+        None => config.snapshot.clone(),
+        Some(_) => match consul::source::first_snapshot(&received) {
+            Some(s) => *s,
+            None => return ExitCode::SUCCESS,
+        },
+    };
+    let plan = plan(&snapshot);
+    for w in warnings(&snapshot, &plan) {
         sidegate::warn!("{w}");
     }
     let lifecycle = match Lifecycle::start(path, plan) {
-        Ok(l) => l,
+        Ok(l) => l.with_consul(source),
         Err(e) => {
             sidegate::error!("{e}");
             return ExitCode::from(EX_OSERR);
         }
     };
-    let (events, received) = lifecycle::channel();
     // Signal handling and Consul watches send on clones of `events`; this one keeps the
     // channel open while neither exists.
     let _events = events;

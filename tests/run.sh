@@ -16,6 +16,9 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
 fi
 
+# Real Consul agents for the Consul tests: Debian's consul 1.8.7 (from bullseye) when missing.
+bash tests/consul/install.sh
+
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 cargo fmt --all -- --check

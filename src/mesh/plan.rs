@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use super::authority::SharedAuthority;
 use super::endpoints::EndpointSet;
 use super::mode::{via, Mode, ModeSource, Via};
 use super::names::{gateway_sni, service_sni, SpiffeId};
@@ -46,6 +47,9 @@ pub struct InboundPlan {
     pub listen: SocketAddr,
     pub local_service_address: Endpoint,
     pub intentions: Intentions,
+    /// When set, callers are authorized by it instead of `intentions` (Consul source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<SharedAuthority>,
     pub max_connections: usize,
     #[serde(skip)]
     pub local_connect_timeout: Duration,
@@ -125,6 +129,7 @@ fn inbound(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) -> O
         listen,
         local_service_address: sidecar.local_service_address.clone(),
         intentions: sidecar.intentions.clone(),
+        authority: sidecar.authority.clone(),
         max_connections: sidecar.max_connections,
         local_connect_timeout: sidecar.local_connect_timeout,
         trust_domain: s.here.trust_domain.clone(),

@@ -59,7 +59,7 @@ pub async fn serve(
         crate::info!("inbound {peer}: denied, client certificate has no SPIFFE service ID");
         return;
     };
-    let (action, why) = inb.intentions.authorize(&id, &inb.trust_domain);
+    let (action, why) = super::authorize::authorize(inb, &id, tls.get_ref().1).await;
     if action == Action::Deny {
         m.denied.inc();
         crate::info!("inbound {peer}: denied {id} ({why})");
