@@ -9,6 +9,8 @@ need=()
 for tool in openssl curl; do
     command -v "$tool" >/dev/null || need+=("$tool")
 done
+# prlimit (util-linux) starts the fault tests' binary with few file descriptors.
+command -v prlimit >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}"
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
