@@ -279,12 +279,6 @@ fn worker(run: &Run, path: Path, long_lived: bool, seed: u64, tally: &Tally) {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Least-squares slope of (seconds, KiB) samples, in KiB per hour.
 fn slope_per_hour(samples: &[(f64, u64)]) -> f64 {
     let n = samples.len() as f64;
