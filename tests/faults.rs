@@ -440,9 +440,7 @@ fn slow_loris_clients_are_closed_at_the_handshake_timeout() {
     let addr = gw.gateway_addrs[0];
     let hello = captured_hello();
 
-    let lorises: Vec<(TcpStream, Instant)> = (0..LORISES)
-        .map(|_| (TcpStream::connect(addr).unwrap(), Instant::now()))
-        .collect();
+    let lorises = slow_clients(addr, LORISES);
     let cfg = pki.client_config();
     let normal = thread::spawn(move || {
         let tls = tls_connect(addr, &service_sni("db", "dc1"), &cfg);
@@ -451,39 +449,86 @@ fn slow_loris_clients_are_closed_at_the_handshake_timeout() {
             Instant::now(),
         )
     });
+    let closed = trickle_until_closed(&lorises, &hello, TIMEOUT);
+    eventually("every slow client counted as timeout", || {
+        hello_count(&gw, HelloOutcome::Timeout) == LORISES as u64
+    });
+    let (result, finished) = normal.join().unwrap();
+    assert_eq!(result.unwrap(), db.name);
+    assert!(
+        finished < closed[0],
+        "the normal client was not served while the slow ones were held"
+    );
+    assert_eq!(hello_count(&gw, HelloOutcome::Routed), 1);
+}
 
-    let mut closed: Vec<Option<Instant>> = vec![None; LORISES];
-    let deadline = Instant::now() + TIMEOUT + IO_TIMEOUT;
-    for byte in hello.iter().cycle() {
+/// Slow-loris clients of the inbound (mTLS) listener are closed at its fixed 10 s handshake
+/// timeout and counted, while a mesh caller is served.
+#[test]
+fn slow_loris_clients_of_the_inbound_listener_are_closed_at_its_handshake_timeout() {
+    const LORISES: usize = 5;
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let db = DB.inbound(app("db"), "");
+    let lorises = slow_clients(db.inbound_addr.unwrap(), LORISES);
+    let (_web, port) = web_upstream(&[db.inbound_addr.unwrap()], "");
+    let payload = noise(3, 200_000);
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let got = exchange(tcp.try_clone().unwrap(), tcp, &payload, shut_tcp);
+    let served = Instant::now();
+    assert!(
+        got == [&payload[..], b"app:db\n"].concat(),
+        "the caller's transfer was damaged"
+    );
+    let closed = trickle_until_closed(&lorises, &captured_hello(), TIMEOUT);
+    assert!(
+        served < closed[0],
+        "the caller was not served while the slow ones were held"
+    );
+    eventually("every slow client counted", || {
+        db.metrics.inbound.handshake_failures.get() == LORISES as u64
+    });
+}
+
+/// `n` connections to `addr`, each with the time it was opened.
+fn slow_clients(addr: SocketAddr, n: usize) -> Vec<(TcpStream, Instant)> {
+    (0..n)
+        .map(|_| (TcpStream::connect(addr).unwrap(), Instant::now()))
+        .collect()
+}
+
+/// Trickles `bytes` into every connection, one byte each per 50 ms, until the server closes
+/// each; checks that each was closed `timeout` after it opened (plus scheduling on a busy
+/// machine), and returns when each was closed, in order.
+fn trickle_until_closed(
+    slow: &[(TcpStream, Instant)],
+    bytes: &[u8],
+    timeout: Duration,
+) -> Vec<Instant> {
+    let mut closed: Vec<Option<Instant>> = vec![None; slow.len()];
+    let deadline = Instant::now() + timeout + IO_TIMEOUT;
+    for byte in bytes.iter().cycle() {
         if closed.iter().all(Option::is_some) {
             break;
         }
         assert!(Instant::now() < deadline, "slow clients still open");
-        for (i, (s, _)) in lorises.iter().enumerate() {
+        for (i, (s, _)) in slow.iter().enumerate() {
             if closed[i].is_none() && (peer_closed(s) || (&*s).write_all(&[*byte]).is_err()) {
                 closed[i] = Some(Instant::now());
             }
         }
         thread::sleep(Duration::from_millis(50)); // the attack's pace
     }
-    for ((_, opened), at) in lorises.iter().zip(&closed) {
-        let after = at.unwrap() - *opened;
+    let mut closed: Vec<Instant> = closed.into_iter().map(Option::unwrap).collect();
+    for ((_, opened), at) in slow.iter().zip(&closed) {
+        let after = *at - *opened;
         assert!(
-            after >= TIMEOUT && after < TIMEOUT + Duration::from_millis(2500),
+            after >= timeout && after < timeout + Duration::from_millis(2500),
             "a slow client was closed after {after:?}"
         );
     }
-    eventually("every slow client counted as timeout", || {
-        hello_count(&gw, HelloOutcome::Timeout) == LORISES as u64
-    });
-    let (result, finished) = normal.join().unwrap();
-    assert_eq!(result.unwrap(), db.name);
-    let first_close = closed.iter().flatten().min().unwrap();
-    assert!(
-        finished < *first_close,
-        "the normal client was not served while the slow ones were held"
-    );
-    assert_eq!(hello_count(&gw, HelloOutcome::Routed), 1);
+    closed.sort();
+    closed
 }
 
 /// Many clients sending garbage: each is closed and counted as not TLS, and a client
