@@ -1,6 +1,7 @@
 //! `sidegate`: arguments → configuration → run, with sysexits-style exit codes.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use sidegate::cli::{self, Command};
 use sidegate::config::{self, LoadError};
@@ -8,6 +9,7 @@ use sidegate::consul;
 use sidegate::lifecycle::{self, Lifecycle};
 use sidegate::mesh::snapshot::Snapshot;
 use sidegate::mesh::{explain::explain, plan};
+use sidegate::notify::Notifier;
 
 const EX_USAGE: u8 = 64;
 const EX_NOINPUT: u8 = 66;
@@ -25,15 +27,15 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Help => {
-            println!("{}", cli::USAGE);
+            out(&format!("{}\n", cli::USAGE));
             ExitCode::SUCCESS
         }
         Command::Version => {
-            println!(
-                "sidegate {} ({})",
+            out(&format!(
+                "sidegate {} ({})\n",
                 env!("CARGO_PKG_VERSION"),
                 env!("SIDEGATE_TARGET")
-            );
+            ));
             ExitCode::SUCCESS
         }
         Command::Check { config, json } => {
@@ -42,19 +44,21 @@ fn main() -> ExitCode {
         Command::Explain { config, sni } => {
             load(&config).map_or_else(|code| code, |c| explain_sni(&c, &sni))
         }
-        Command::Run { config: path } => {
-            load(&path).map_or_else(|code| code, |config| run(path, &config))
-        }
+        Command::Run { config: path } => run(path),
     }
 }
 
 fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
     config::load(path).map_err(|e| {
         eprintln!("sidegate: {e}");
-        ExitCode::from(match e {
-            LoadError::Read { .. } => EX_NOINPUT,
-            LoadError::Invalid { .. } => EX_CONFIG,
-        })
+        load_failed(&e)
+    })
+}
+
+fn load_failed(e: &LoadError) -> ExitCode {
+    ExitCode::from(match e {
+        LoadError::Read { .. } => EX_NOINPUT,
+        LoadError::Invalid { .. } => EX_CONFIG,
     })
 }
 
@@ -95,14 +99,14 @@ fn check(config: &config::Config, json: bool) -> ExitCode {
     let plan = plan(&snapshot);
     if json {
         match serde_json::to_string_pretty(&plan) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => out(&format!("{text}\n")),
             Err(e) => {
                 eprintln!("sidegate: cannot render the plan: {e}");
                 return ExitCode::FAILURE;
             }
         }
     } else {
-        print!("{}", sidegate::mesh::plan::describe(&plan));
+        out(&sidegate::mesh::plan::describe(&plan));
     }
     for w in warnings(&snapshot, &plan) {
         eprintln!("warning: {w}");
@@ -119,42 +123,64 @@ fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
     };
     match explain(gw, &snapshot.here, sni) {
         Ok(text) => {
-            println!("{text}");
+            out(&format!("{text}\n"));
             ExitCode::SUCCESS
         }
         Err(why) => {
-            println!("{why}");
+            out(&format!("{why}\n"));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(path: std::path::PathBuf, config: &config::Config) -> ExitCode {
+/// Serves until SIGTERM/SIGINT, then drains and exits 0. Its errors go to the log (the
+/// journal under systemd), with the unit's status line saying why.
+fn run(path: std::path::PathBuf) -> ExitCode {
+    let notifier = Arc::new(Notifier::from_env());
     let (events, received) = lifecycle::channel();
+    // Signals first: a SIGHUP during start-up waits for us instead of killing the process.
+    if let Err(e) = sidegate::signals::forward(events.clone()) {
+        sidegate::error!("cannot handle signals: {e}");
+        return ExitCode::from(EX_OSERR);
+    }
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            sidegate::error!("{e}");
+            notifier.status(&format!("not started: {path:?} is unreadable or invalid"));
+            return load_failed(&e);
+        }
+    };
+    sidegate::log::configure(config.operations.log_level);
     // With [consul], serving starts with the first complete state from the agent (or the
     // saved one when the agent is unreachable).
-    let source = match consul::Source::start(config, events.clone(), consul::Options::default()) {
+    let source = match consul::Source::start(&config, events.clone(), consul::Options::default()) {
         Ok(s) => s,
         Err(e) => {
             sidegate::error!("cannot start following the Consul agent: {e}");
+            notifier.status(&format!("not started: cannot follow the Consul agent: {e}"));
             return ExitCode::from(EX_OSERR);
         }
     };
     let snapshot = match &source {
         None => config.snapshot.clone(),
-        Some(_) => match consul::source::first_snapshot(&received) {
-            Some(s) => *s,
-            None => return ExitCode::SUCCESS,
-        },
+        Some(_) => {
+            notifier.status("waiting for the first state from the Consul agent");
+            match consul::source::first_snapshot(&received) {
+                Some(s) => *s,
+                None => return ExitCode::SUCCESS,
+            }
+        }
     };
     let plan = plan(&snapshot);
     for w in warnings(&snapshot, &plan) {
         sidegate::warn!("{w}");
     }
-    let lifecycle = match Lifecycle::start(path, plan) {
+    let lifecycle = match Lifecycle::start(path, plan, config.operations, notifier.clone()) {
         Ok(l) => l.with_consul(source),
         Err(e) => {
             sidegate::error!("{e}");
+            notifier.status(&format!("not started: {e}"));
             return ExitCode::from(EX_OSERR);
         }
     };
@@ -163,4 +189,10 @@ fn run(path: std::path::PathBuf, config: &config::Config) -> ExitCode {
     let _events = events;
     lifecycle.serve(&received);
     ExitCode::SUCCESS
+}
+
+/// Writes to stdout; a closed pipe (`sidegate check | head`) is not an error worth a panic.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::apps::app;
-use common::{free_port, IO_TIMEOUT};
+use common::{free_port, http_get, IO_TIMEOUT};
 use consul::{
     gateway_toml, service_with_sidecar, sidecar_toml, traffic, wait_listening, wait_not_listening,
     Agent, Options, Scratch, Sidegate,
@@ -44,6 +44,8 @@ struct Pair {
     web_app: SocketAddr,
     web_public: u16,
     db_public: u16,
+    /// web's admin endpoint (`/ready`, `/metrics`).
+    web_admin: SocketAddr,
 }
 
 impl Pair {
@@ -75,18 +77,20 @@ impl Pair {
             upstreams.clone(),
             "",
         ));
-        let sidecar = |service: &str| {
+        let web_admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let sidecar = |service: &str, extra: &str| {
             let state = dir.path(&format!("{service}-state"));
             std::fs::create_dir_all(&state).unwrap();
             Sidegate::run(
                 service,
                 &dir.0,
-                &sidecar_toml(agent, &format!("{service}-sidecar-proxy"), &state),
+                &(sidecar_toml(agent, &format!("{service}-sidecar-proxy"), &state) + extra),
             )
         };
         let mut pair = Pair {
-            db: sidecar(db),
-            web: sidecar(web),
+            db: sidecar(db, ""),
+            web: sidecar(web, &format!("[admin]\nlisten = \"{web_admin}\"\n")),
+            web_admin,
             web_name: web.to_owned(),
             web_app,
             web_public,
@@ -328,6 +332,7 @@ fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_kn
     let port = free_port();
     let mut pair = Pair::start(&agent, &dir, "web", "db", json!([upstream("db", port)]));
     assert!(carries(port));
+    assert_eq!(http_get(pair.web_admin, "/ready"), (200, "ready\n".into()));
     let mut held = Held::open(port);
 
     agent.kill();
@@ -339,6 +344,12 @@ fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_kn
     pair.web.restart();
     pair.web.serving(&[port]);
     assert!(carries(port), "restarted from the last-known-good state");
+    // Serving, but not what the agent confirmed: not ready, and the metrics say stale.
+    let (code, why) = http_get(pair.web_admin, "/ready");
+    assert_eq!(code, 503);
+    assert!(why.starts_with("stale: "), "{why}");
+    let (_, metrics) = http_get(pair.web_admin, "/metrics");
+    assert!(metrics.contains("\nsidegate_consul_stale 1\n"), "{metrics}");
 }
 
 /// Issue 7's fault: the agent restarted, then stopped, in the middle of traffic. Nothing

@@ -11,6 +11,12 @@ for tool in openssl curl; do
 done
 # prlimit (util-linux) starts the fault tests' binary with few file descriptors.
 command -v prlimit >/dev/null || need+=(util-linux)
+# systemd-analyze checks the unit (tests/ops/unit.sh) and strace the calls its filter must
+# allow (tests/ops/syscalls.sh); Prometheus' own Python parser reads /metrics in
+# tests/operations.rs.
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v strace >/dev/null || need+=(strace)   # tests/ops/syscalls.sh
+/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}"
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -26,3 +32,5 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+bash tests/ops/unit.sh "${CARGO_TARGET_DIR:-target}/debug/sidegate"
+bash tests/ops/syscalls.sh

@@ -4,6 +4,7 @@
 
 mod consul;
 mod fields;
+mod operations;
 mod sections;
 mod sidecar;
 mod tls;
@@ -13,6 +14,7 @@ use std::path::Path;
 
 pub use fields::ConfigError;
 use fields::{Errors, Fields};
+pub use operations::Operations;
 
 use crate::mesh::config_entries::ConfigEntries;
 use crate::mesh::snapshot::{Catalog, Snapshot};
@@ -23,6 +25,8 @@ pub struct Config {
     /// With `consul`, only the file's knobs (`[gateway]`): `here` is empty and the agent
     /// fills the rest (`consul::follow`).
     pub snapshot: Snapshot,
+    /// `[admin]`, `[shutdown]`, `[log]`.
+    pub operations: Operations,
     /// `[consul]` over the environment's defaults: the mesh state comes from this agent.
     pub consul: Option<crate::consul::Settings>,
 }
@@ -106,8 +110,9 @@ pub fn parse_in(
     })?;
     let errs = Errors::default();
     let root = Fields::root(&table, &errs);
+    let operations = operations::operations(&root);
     if table.contains_key("consul") {
-        return from_agent(&table, &root, base, env)
+        return from_agent(&table, &root, base, env, operations)
             .filter(|_| errs.is_empty())
             .ok_or_else(|| errs.into_vec());
     }
@@ -143,8 +148,8 @@ pub fn parse_in(
         None => Catalog::default(),
     };
     root.finish();
-    match here {
-        Some(here) if errs.is_empty() => Ok(Config {
+    match (here, operations) {
+        (Some(here), Some(operations)) if errs.is_empty() => Ok(Config {
             snapshot: Snapshot {
                 here,
                 identity,
@@ -153,6 +158,7 @@ pub fn parse_in(
                 config_entries: config_entries.unwrap_or_default(),
                 catalog,
             },
+            operations,
             consul: None,
         }),
         _ => Err(errs.into_vec()),
@@ -165,6 +171,7 @@ fn from_agent(
     root: &Fields<'_>,
     base: &Path,
     env: &dyn Fn(&str) -> Option<String>,
+    operations: Option<Operations>,
 ) -> Option<Config> {
     let settings = root
         .table("consul")
@@ -196,6 +203,7 @@ fn from_agent(
             catalog: Catalog::default(),
         },
         consul: Some(settings?),
+        operations: operations?,
     })
 }
 

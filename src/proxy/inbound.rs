@@ -15,7 +15,7 @@ use crate::mesh::plan::InboundPlan;
 use crate::mesh::sidecar::Action;
 use crate::mesh::Endpoint;
 use crate::mesh::Plan;
-use crate::metrics::InboundMetrics;
+use crate::metrics::{InboundMetrics, Tally};
 use crate::tls::configs::caller;
 
 /// Time a caller has to complete its handshake; Consul's proxies use 10 s.
@@ -49,8 +49,8 @@ pub async fn serve(
     let tls = match future::or(accept, timed_out).await {
         Ok(tls) => tls,
         Err(e) => {
-            m.handshake_failures.inc();
-            crate::debug!("inbound {peer}: handshake failed: {e}");
+            let why = m.handshake_failures.record(&e);
+            crate::debug!("inbound {peer}: handshake failed ({}): {e}", why.label());
             return;
         }
     };
@@ -74,7 +74,11 @@ pub async fn serve(
         );
         return;
     };
-    match relay_tls(&app, tls, IDLE, &m.bytes_to_mesh, &m.bytes_from_mesh).await {
+    let (to_mesh, from_mesh) = (
+        Tally::role(&m.bytes_to_mesh),
+        Tally::role(&m.bytes_from_mesh),
+    );
+    match relay_tls(&app, tls, IDLE, to_mesh, from_mesh).await {
         Ok(r) => crate::debug!(
             "inbound {peer}: {id} ({why}): {:?} after {:?}, {} bytes in, {} out",
             r.end,

@@ -71,6 +71,8 @@ enum Control {
     },
     /// Close every listener; connections carry on.
     StopAccepting { done: Sender<()> },
+    /// Answer at once: proves the loop still runs its tasks (systemd's watchdog).
+    Ping { done: Sender<()> },
 }
 
 #[derive(Debug)]
@@ -95,8 +97,10 @@ impl std::error::Error for BindError {}
 
 /// Binds every listener of the plan, then serves it on a new thread. Binding happens here,
 /// before anything is served, so a taken port is an error to the caller, not a log line.
-pub fn start(plan: Plan) -> Result<Running, BindError> {
+pub fn start(mut plan: Plan) -> Result<Running, BindError> {
     raise_fd_limit();
+    let metrics = Arc::new(Metrics::default());
+    metrics.adopt(&mut plan);
     let plan = Arc::new(plan);
     let keys = ListenerKey::all(&plan);
     let add = bind_all(&keys, &plan)?;
@@ -115,7 +119,6 @@ pub fn start(plan: Plan) -> Result<Running, BindError> {
     let inbound_addr = addrs_of(|k| matches!(k, ListenerKey::Inbound(_)))
         .first()
         .copied();
-    let metrics = Arc::new(Metrics::default());
     let (control, controlled) = channel::unbounded();
     let (done, started) = channel::bounded(1);
     control
@@ -236,6 +239,9 @@ fn event_loop(plan: Arc<Plan>, metrics: Arc<Metrics>, controlled: Receiver<Contr
                     listeners.clear();
                     let _ = done.try_send(());
                 }
+                Control::Ping { done } => {
+                    let _ = done.try_send(());
+                }
             }
         }
     }));
@@ -258,7 +264,8 @@ impl Running {
     /// Swaps in a new plan: binds the listeners it adds (on error nothing changes), closes
     /// those it drops, keeps the rest without rebinding. Established connections keep the plan
     /// they were accepted under.
-    pub fn apply(&self, plan: Plan) -> Result<Applied, BindError> {
+    pub fn apply(&self, mut plan: Plan) -> Result<Applied, BindError> {
+        self.metrics.adopt(&mut plan);
         let mut state = self.state();
         let plan = Arc::new(plan);
         let keys = ListenerKey::all(&plan);
@@ -301,6 +308,11 @@ impl Running {
             opened,
             closed: remove,
         })
+    }
+
+    /// A handle that asks the event loop to answer, from any thread.
+    pub fn pinger(&self) -> Pinger {
+        Pinger(self.control.as_ref().map(Sender::downgrade))
     }
 
     /// Connections open now, every role together.
@@ -359,6 +371,30 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Asks the event loop whether it still runs its tasks. Holds the control channel weakly, so
+/// that it never keeps a stopped loop alive.
+pub struct Pinger(Option<channel::WeakSender<Control>>);
+
+impl Pinger {
+    /// True when the loop answered within `timeout`.
+    pub fn ping(&self, timeout: Duration) -> bool {
+        let Some(control) = self.0.as_ref().and_then(channel::WeakSender::upgrade) else {
+            return false;
+        };
+        let (done, answered) = channel::bounded(1);
+        if control.try_send(Control::Ping { done }).is_err() {
+            return false;
+        }
+        smol::block_on(smol::future::or(
+            async { answered.recv().await.is_ok() },
+            async {
+                smol::Timer::after(timeout).await;
+                false
+            },
+        ))
     }
 }
 

@@ -13,7 +13,7 @@ use smol::io::AsyncWriteExt;
 use smol::{future, Async, Timer};
 
 use super::buffers::Buf;
-use crate::metrics::Counter;
+use crate::metrics::Tally;
 
 /// Chunks one direction may move before yielding to the other connections.
 const FAIR_SHARE: u8 = 16;
@@ -47,8 +47,8 @@ pub async fn relay(
     a: &Async<TcpStream>,
     b: &Async<TcpStream>,
     idle: Duration,
-    a_to_b: &Counter,
-    b_to_a: &Counter,
+    a_to_b: Tally<'_>,
+    b_to_a: Tally<'_>,
 ) -> io::Result<Relayed> {
     let flow = Flow::new();
     let both = future::try_zip(
@@ -102,7 +102,7 @@ impl Flow {
 async fn pump(
     from: &Async<TcpStream>,
     to: &Async<TcpStream>,
-    total: &Counter,
+    total: Tally<'_>,
     mine: &Cell<u64>,
     last: &Cell<Instant>,
 ) -> io::Result<()> {

@@ -18,7 +18,7 @@ use smol::{future, Async};
 
 use super::buffers::Buf;
 use super::relay::{Flow, Relayed};
-use crate::metrics::Counter;
+use crate::metrics::Tally;
 
 /// Plaintext read from TLS is copied through this much at a time. It is held for the
 /// connection's life (rustls needs a buffer to read into), so it is small.
@@ -57,8 +57,8 @@ pub async fn relay_tls<L, S>(
     local: &Async<L>,
     tls: S,
     idle: Duration,
-    to_tls: &Counter,
-    from_tls: &Counter,
+    to_tls: Tally<'_>,
+    from_tls: Tally<'_>,
 ) -> io::Result<Relayed>
 where
     L: ShutdownWrite,
@@ -80,7 +80,7 @@ where
 async fn local_to_tls<L, S>(
     local: &Async<L>,
     mut tls: Shared<'_, S>,
-    total: &Counter,
+    total: Tally<'_>,
     flow: &Flow,
 ) -> io::Result<()>
 where
@@ -117,7 +117,7 @@ where
 async fn tls_to_local<L, S>(
     mut tls: Shared<'_, S>,
     local: &Async<L>,
-    total: &Counter,
+    total: Tally<'_>,
     flow: &Flow,
 ) -> io::Result<()>
 where

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use crate::common::Scratch;
 pub use api::{service_with_sidecar, TlsFiles};
 pub use builtin_proxy::BuiltinProxy;
 pub use listening::{wait_listening, wait_not_listening};
@@ -70,31 +71,6 @@ pub struct Agent {
     args: Vec<String>,
     data_dir: Option<Scratch>,
     process: Option<Watched>,
-}
-
-/// A scratch directory under cargo's target tmp dir, removed when dropped.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(tag: &str) -> Scratch {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Loopback ports for an agent, below the ephemeral range (`common::free_port`); serf
