@@ -14,9 +14,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod ops;
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use common::apps::{app, pattern};
 use common::sidecars::{API, WEB};
 use common::*;
+use ops::Live;
 use sidegate::mesh::names::SpiffeId;
 
 fn env_secs(name: &str, default: u64) -> Duration {
@@ -48,6 +50,9 @@ struct Ports {
     b_gateway: u16,
     b_inbound: u16,
     b_app: SocketAddr,
+    /// The admin endpoints, for the reload counters.
+    a_admin: u16,
+    b_admin: u16,
 }
 
 /// A's configuration; `variant` 1 adds an upstream listener and changes a timeout.
@@ -68,7 +73,8 @@ fn config_a(p: &Ports, variant: u16) -> String {
          [gateway]\nlisten = [\"127.0.0.1:{}\"]\nhandshake_timeout_ms = {}\n\
          [[catalog.services]]\nname = \"web\"\ninstances = [\"127.0.0.1:{}\"]\n\
          [[catalog.gateways]]\nlan = [\"127.0.0.1:{}\"]\n\
-         [[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"127.0.0.1:{}\"]\n",
+         [[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"127.0.0.1:{}\"]\n\
+         [admin]\nlisten = \"127.0.0.1:{}\"\n",
         WEB.header(),
         p.a_inbound,
         p.a_app,
@@ -81,6 +87,7 @@ fn config_a(p: &Ports, variant: u16) -> String {
         p.a_inbound,
         p.a_gateway,
         p.b_gateway,
+        p.a_admin,
     )
 }
 
@@ -96,7 +103,8 @@ fn config_b(p: &Ports, variant: u16) -> String {
          local_connect_timeout_ms = {}\n\
          [gateway]\nlisten = [\"127.0.0.1:{}\"]\n\
          [[catalog.services]]\nname = \"api\"\ninstances = [\"127.0.0.1:{}\"]\n\
-         [[catalog.gateways]]\ndatacenter = \"dc1\"\nwan = [\"127.0.0.1:{}\"]\n{extra_gateway}",
+         [[catalog.gateways]]\ndatacenter = \"dc1\"\nwan = [\"127.0.0.1:{}\"]\n{extra_gateway}\
+         [admin]\nlisten = \"127.0.0.1:{}\"\n",
         API.header(),
         p.b_inbound,
         p.b_app,
@@ -104,6 +112,7 @@ fn config_b(p: &Ports, variant: u16) -> String {
         p.b_gateway,
         p.b_inbound,
         p.a_gateway,
+        p.b_admin,
     )
 }
 
@@ -127,73 +136,16 @@ const PATHS: [Path; 4] = [
     Path::Gateway,
 ];
 
-/// One connection along a path: plain TCP into an upstream, or TLS into the gateway.
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<Client>),
-}
-
-impl Conn {
-    fn open(path: Path, p: &Ports, tls: &Arc<rustls::ClientConfig>) -> io::Result<Conn> {
-        let plain = |port: u16| -> io::Result<Conn> {
-            let s = TcpStream::connect(("127.0.0.1", port))?;
-            s.set_read_timeout(Some(IO_TIMEOUT))?;
-            s.set_write_timeout(Some(IO_TIMEOUT))?;
-            Ok(Conn::Plain(s))
-        };
-        match path {
-            Path::UpstreamSelf => plain(p.up_self),
-            Path::UpstreamLocal => plain(p.up_local),
-            Path::UpstreamRemote => plain(p.up_remote),
-            Path::Gateway => {
-                let addr = SocketAddr::from(([127, 0, 0, 1], p.a_gateway));
-                Ok(Conn::Tls(Box::new(tls_connect(addr, &WEB.sni(), tls)?)))
-            }
-        }
-    }
-
-    fn stream(&mut self) -> &mut dyn ReadWrite {
-        match self {
-            Conn::Plain(s) => s,
-            Conn::Tls(t) => t.as_mut(),
-        }
-    }
-
-    /// Sends `chunk` and checks that exactly it comes back.
-    fn echo(&mut self, chunk: &[u8]) -> io::Result<()> {
-        let s = self.stream();
-        s.write_all(chunk)?;
-        s.flush()?;
-        let mut back = vec![0u8; chunk.len()];
-        s.read_exact(&mut back)?;
-        if back != chunk {
-            return Err(io::Error::other("echo differs"));
-        }
-        Ok(())
-    }
-
-    /// Finishes sending and reads the app's sign-off to EOF.
-    fn finish(mut self) -> io::Result<String> {
-        match &mut self {
-            Conn::Plain(s) => s.shutdown(Shutdown::Write)?,
-            Conn::Tls(t) => {
-                t.conn.send_close_notify();
-                t.flush()?;
-                t.sock.shutdown(Shutdown::Write)?;
-            }
-        }
-        let mut rest = String::new();
-        match self.stream().read_to_string(&mut rest) {
-            Ok(_) => Ok(rest),
-            // The app's side closes without close_notify (plain TCP behind the inbound).
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(rest),
-            Err(e) => Err(e),
-        }
+/// A connection along a path: plain TCP into an upstream, or TLS into the gateway.
+fn open(path: Path, p: &Ports, tls: &Arc<rustls::ClientConfig>) -> io::Result<Live> {
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    match path {
+        Path::UpstreamSelf => Live::tcp(local(p.up_self)),
+        Path::UpstreamLocal => Live::tcp(local(p.up_local)),
+        Path::UpstreamRemote => Live::tcp(local(p.up_remote)),
+        Path::Gateway => Ok(Live::tls(tls_connect(local(p.a_gateway), &WEB.sni(), tls)?)),
     }
 }
-
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
 
 fn signoff(path: Path) -> &'static str {
     match path {
@@ -219,9 +171,9 @@ fn transfer(
     chunk: usize,
     gap: Duration,
 ) -> io::Result<u64> {
-    let mut conn = Conn::open(path, p, tls)?;
+    let mut conn = open(path, p, tls)?;
     for piece in data.chunks(chunk) {
-        conn.echo(piece)?;
+        conn.round(piece)?;
         if !gap.is_zero() {
             thread::sleep(gap); // a long-lived connection's pace
         }
@@ -325,6 +277,8 @@ fn soak() {
         b_gateway: free_port(),
         b_inbound: free_port(),
         b_app: app("api"),
+        a_admin: free_port(),
+        b_admin: free_port(),
     };
     let dir = std::env::temp_dir().join(format!("sidegate-soak-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -393,6 +347,19 @@ fn soak() {
         w.join().unwrap();
     }
     let alive = [a.child.try_wait().unwrap(), b.child.try_wait().unwrap()];
+    // Every SIGHUP was a successful reload (the last one may still be under way).
+    for admin in [p.a_admin, p.b_admin] {
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin));
+        let reloaded = |result: &str| {
+            ops::value(
+                &ops::scrape(admin),
+                "sidegate_reloads_total",
+                &[("result", result)],
+            )
+        };
+        eventually("every reload done", || reloaded("ok") == reloads);
+        assert_eq!(reloaded("failed"), 0, "a reload failed");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 
     eprintln!(

@@ -246,6 +246,16 @@ impl Child {
         let log = self.log.lock().unwrap();
         log.iter().filter(|l| l.contains(needle)).count()
     }
+
+    /// The address after `prefix` in the first line that has it (e.g. `admin endpoint
+    /// listening on `), waiting for that line.
+    pub fn logged_addr(&self, prefix: &str) -> SocketAddr {
+        eventually(prefix, || self.logged(prefix) > 0);
+        let log = self.log.lock().unwrap();
+        let line = log.iter().find(|l| l.contains(prefix)).unwrap();
+        let rest = line.split(prefix).nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
 }
 
 impl Drop for Child {
