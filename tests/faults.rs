@@ -737,9 +737,11 @@ impl Drop for Holder {
 #[test]
 fn ten_thousand_idle_connections_against_a_limit_of_five_thousand() {
     const LIMIT: usize = 5000;
-    // Budget: 2 KiB per held connection (issue 7). A debug build lays futures out less
-    // tightly than the release build the budget is for; allow it half as much again.
-    const BUDGET_BYTES: f64 = 3.0 * 1024.0;
+    // Issue 7's target is 2 KiB per held connection. Measured here on 2026-11-26: 2,349 bytes
+    // in the debug build and 2,349 in the release build alike (the heap objects per
+    // connection, not code generation, make the cost), so the target is not met yet; this
+    // bound catches regressions from that level (+9%).
+    const BUDGET_BYTES: f64 = 2.5 * 1024.0;
     raise_own_fd_limit(2 * LIMIT as u64 + 1000);
     let holder = Holder::start();
     let pki = Pki::new();
@@ -800,8 +802,13 @@ fn ten_thousand_idle_connections_against_a_limit_of_five_thousand() {
 
     let per_held = (with_held.saturating_sub(idle) * 1024) as f64 / LIMIT as f64;
     eprintln!(
-        "sidegate (debug build) RSS: idle {idle} KiB, {LIMIT} held {with_held} KiB \
-         ({per_held:.0} bytes each), after {LIMIT} refused {after_excess} KiB"
+        "sidegate ({} build) RSS: idle {idle} KiB, {LIMIT} held {with_held} KiB \
+         ({per_held:.0} bytes each), after {LIMIT} refused {after_excess} KiB",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
     assert!(
         per_held <= BUDGET_BYTES,
