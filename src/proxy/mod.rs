@@ -224,8 +224,12 @@ fn event_loop(plan: Arc<Plan>, metrics: Arc<Metrics>, controlled: Receiver<Contr
                 } => {
                     *shared.current.borrow_mut() = plan;
                     for key in remove {
-                        // Dropping the task cancels its accept loop and closes the socket.
-                        listeners.remove(&key);
+                        // Cancelling drops the accept loop and with it the socket. Merely
+                        // dropping the handle would leave that to a later turn of the
+                        // executor, after the caller was told the listener is gone.
+                        if let Some(task) = listeners.remove(&key) {
+                            task.cancel().await;
+                        }
                         crate::info!("{key} closed");
                     }
                     for (key, bound) in add {
@@ -236,7 +240,9 @@ fn event_loop(plan: Arc<Plan>, metrics: Arc<Metrics>, controlled: Receiver<Contr
                     let _ = done.try_send(());
                 }
                 Control::StopAccepting { done } => {
-                    listeners.clear();
+                    for (_, task) in listeners.drain() {
+                        task.cancel().await;
+                    }
                     let _ = done.try_send(());
                 }
                 Control::Ping { done } => {
