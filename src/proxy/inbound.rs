@@ -74,7 +74,17 @@ pub async fn serve(
         );
         return;
     };
-    match relay_tls(&app, tls, IDLE, &m.bytes_to_mesh, &m.bytes_from_mesh).await {
+    let (mesh, mut tls) = tls.into_inner();
+    match relay_tls(
+        &app,
+        &mesh,
+        &mut tls,
+        IDLE,
+        &m.bytes_to_mesh,
+        &m.bytes_from_mesh,
+    )
+    .await
+    {
         Ok(r) => crate::debug!(
             "inbound {peer}: {id} ({why}): {:?} after {:?}, {} bytes in, {} out",
             r.end,

@@ -1,12 +1,11 @@
 //! One upstream connection: a local app's plaintext, mTLS to the target with its SNI and
 //! exact identity, through whichever endpoints the mode chose.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
 
 use futures_rustls::TlsConnector;
-use smol::io::{AsyncRead, AsyncWrite};
 use smol::{future, Async, Timer};
 
 use super::dial;
@@ -20,16 +19,17 @@ const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 pub async fn serve<L>(local: Async<L>, up: &UpstreamPlan, m: &UpstreamMetrics)
 where
     L: super::tls_relay::ShutdownWrite,
-    for<'a> &'a L: Read,
-    for<'a> &'a Async<L>: AsyncRead + AsyncWrite,
+    for<'a> &'a L: Read + Write,
 {
     let started = Instant::now();
     let Some(tls) = Box::pin(open(up, m)).await else {
         return;
     };
+    let (remote, mut tls) = tls.into_inner();
     match relay_tls(
         &local,
-        tls,
+        &remote,
+        &mut tls,
         IDLE,
         &m.bytes_to_upstream,
         &m.bytes_from_upstream,
