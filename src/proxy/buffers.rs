@@ -5,6 +5,10 @@
 //! buffers keeps the steady-state data path free of allocation.
 
 use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 
 /// Big enough for a full TLS record plus headers, so one read moves one record.
 pub const BUF_SIZE: usize = 32 * 1024;
@@ -38,6 +42,86 @@ impl Drop for Buf {
                 let mut p = p.borrow_mut();
                 if p.len() < KEEP {
                     p.push(b);
+                }
+            });
+        }
+    }
+}
+
+/// Pipes kept for reuse per thread: each is two descriptors.
+const KEEP_PIPES: usize = 16;
+
+thread_local! {
+    static PIPES: RefCell<Vec<(OwnedFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A pipe for splice(2): bytes move socket → pipe → socket inside the kernel and are never
+/// copied to user space. Pooled like buffers, so an idle connection holds none; one that still
+/// holds bytes when dropped is closed rather than reused.
+pub struct Pipe {
+    /// (read end, write end); always `Some` until dropped.
+    ends: Option<(OwnedFd, OwnedFd)>,
+    held: usize,
+}
+
+impl Pipe {
+    /// `None` when the kernel refuses a new pipe (out of descriptors): the caller copies instead.
+    pub fn take() -> Option<Pipe> {
+        let reused = PIPES.with(|p| p.borrow_mut().pop());
+        let ends = match reused {
+            Some(ends) => ends,
+            None => pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?,
+        };
+        Some(Pipe {
+            ends: Some(ends),
+            held: 0,
+        })
+    }
+
+    /// Moves what `from` has (up to the pipe's capacity) into the pipe; 0 at end of stream.
+    pub fn fill(&mut self, from: impl AsFd) -> io::Result<usize> {
+        let Some((_, write)) = &self.ends else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        let n = splice(from, None, write, None, PIPE_CHUNK, flags())?;
+        self.held += n;
+        Ok(n)
+    }
+
+    /// Moves bytes from the pipe to `to`, as many as it takes now.
+    pub fn drain(&mut self, to: impl AsFd) -> io::Result<usize> {
+        let Some((read, _)) = &self.ends else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        let n = splice(read, None, to, None, self.held, flags())?;
+        if n == 0 {
+            // The pipe lost bytes it should hold: never loop on it.
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.held -= n;
+        Ok(n)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held == 0
+    }
+}
+
+/// A pipe's default capacity (16 pages); one splice moves at most this much.
+const PIPE_CHUNK: usize = 64 * 1024;
+
+fn flags() -> SpliceFlags {
+    SpliceFlags::MOVE | SpliceFlags::NONBLOCK
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // One still holding bytes is closed with them.
+        if let (Some(ends), 0) = (self.ends.take(), self.held) {
+            PIPES.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < KEEP_PIPES {
+                    p.push(ends);
                 }
             });
         }

@@ -3,8 +3,12 @@
 //! Half-close is kept: when one side stops sending, the other side's write half is shut and
 //! the opposite direction carries on (a client may send a request, shut its write side and
 //! still read the whole answer). A connection with no traffic either way for `idle` is closed.
+//!
+//! Bytes go through a pooled pipe with splice(2): socket to pipe to socket inside the kernel,
+//! never copied through user space (a pooled buffer is the fallback when no pipe can be had).
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
@@ -12,7 +16,7 @@ use std::time::{Duration, Instant};
 use smol::io::AsyncWriteExt;
 use smol::{future, Async, Timer};
 
-use super::buffers::Buf;
+use super::buffers::{Buf, Pipe};
 use crate::metrics::Counter;
 
 /// Chunks one direction may move before yielding to the other connections.
@@ -52,8 +56,8 @@ pub async fn relay(
 ) -> io::Result<Relayed> {
     let flow = Flow::new();
     let both = future::try_zip(
-        pump(a, b, a_to_b, &flow.a_to_b, &flow.last),
-        pump(b, a, b_to_a, &flow.b_to_a, &flow.last),
+        pump(a, b, a_to_b, &flow, &flow.a_to_b),
+        pump(b, a, b_to_a, &flow, &flow.b_to_a),
     );
     future::or(both, flow.watchdog(idle)).await?;
     Ok(flow.relayed())
@@ -83,6 +87,13 @@ impl Flow {
         }
     }
 
+    /// Counts `n` bytes moved in the direction whose count is `mine`.
+    pub(super) fn moved(&self, total: &Counter, mine: &Cell<u64>, n: usize) {
+        total.add(n as u64);
+        mine.set(mine.get() + n as u64);
+        self.last.set(Instant::now());
+    }
+
     pub(super) fn relayed(&self) -> Relayed {
         let end = if self.idled.get() {
             RelayEnd::Idle
@@ -97,54 +108,108 @@ impl Flow {
     }
 }
 
-/// One direction. Waits for readability without holding a buffer, so an idle connection
-/// costs no buffer memory; a pooled buffer is held only while bytes move.
+/// One direction. Waits for readability without holding a pipe or buffer, so an idle
+/// connection costs neither; one is held only while bytes move.
 async fn pump(
     from: &Async<TcpStream>,
     to: &Async<TcpStream>,
     total: &Counter,
+    flow: &Flow,
     mine: &Cell<u64>,
-    last: &Cell<Instant>,
 ) -> io::Result<()> {
-    let mut since_wait = 0u8;
+    let mut pace = Pace::default();
     loop {
         // Read first and wait only when nothing is there: waiting re-arms the socket in the
         // reactor (an epoll_ctl), which a busy transfer would otherwise pay on every chunk.
-        // The buffer lives in this block only, so it is neither held nor laid out in the
-        // future across the wait below.
-        let must_wait = {
-            let mut buf = Buf::take();
-            match from.get_ref().read(buf.as_mut()) {
-                Ok(0) => {
-                    // The peer has finished sending: pass the half-close on. The other side
-                    // may already be gone; that is not an error for this direction.
-                    let _ = to.get_ref().shutdown(Shutdown::Write);
-                    return Ok(());
-                }
-                Ok(n) => {
-                    let mut writer = to;
-                    writer.write_all(&buf.as_mut()[..n]).await?;
-                    total.add(n as u64);
-                    mine.set(mine.get() + n as u64);
-                    last.set(Instant::now());
-                    false
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
-                Err(e) => return Err(e),
-            }
+        let step = match Pipe::take() {
+            Some(pipe) => splice_once(from, to, pipe).await?,
+            None => copy_once(from, to).await?,
         };
-        if must_wait {
-            since_wait = 0;
-            from.readable().await?;
-        } else {
-            // One event loop serves every connection: a transfer that never has to wait
-            // must still let the others run.
-            since_wait += 1;
-            if since_wait == FAIR_SHARE {
-                since_wait = 0;
-                future::yield_now().await;
+        match step {
+            Step::Eof => {
+                // The peer has finished sending: pass the half-close on. The other side
+                // may already be gone; that is not an error for this direction.
+                let _ = to.get_ref().shutdown(Shutdown::Write);
+                return Ok(());
             }
+            Step::Moved(n) => flow.moved(total, mine, n),
+            Step::Again | Step::Wait => {}
         }
+        pace.next(step == Step::Wait, from.readable()).await?;
+    }
+}
+
+/// What one read attempt of a direction came to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    Moved(usize),
+    Eof,
+    /// Nothing to read until the socket is readable again.
+    Wait,
+    /// Interrupted: try again.
+    Again,
+}
+
+pub(super) fn step(read: io::Result<usize>) -> io::Result<Step> {
+    match read {
+        Ok(0) => Ok(Step::Eof),
+        Ok(n) => Ok(Step::Moved(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Step::Wait),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Step::Again),
+        Err(e) => Err(e),
+    }
+}
+
+/// One chunk through the kernel: whatever `from` has, into the pipe, then all of it to `to`.
+async fn splice_once(
+    from: &Async<TcpStream>,
+    to: &Async<TcpStream>,
+    mut pipe: Pipe,
+) -> io::Result<Step> {
+    let filled = step(pipe.fill(from.get_ref()))?;
+    while !pipe.is_empty() {
+        match pipe.drain(to.get_ref()) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// One chunk through a pooled buffer, when no pipe can be had.
+async fn copy_once(from: &Async<TcpStream>, to: &Async<TcpStream>) -> io::Result<Step> {
+    let mut buf = Buf::take();
+    let read = step(from.get_ref().read(buf.as_mut()))?;
+    if let Step::Moved(n) = read {
+        let mut writer = to;
+        writer.write_all(&buf.as_mut()[..n]).await?;
+    }
+    Ok(read)
+}
+
+/// Between a direction's chunks: wait for readiness when the read would have blocked;
+/// otherwise yield now and then, because one event loop serves every connection and a
+/// transfer that never has to wait must still let the others run.
+#[derive(Default)]
+pub(super) struct Pace(u8);
+
+impl Pace {
+    pub(super) async fn next(
+        &mut self,
+        must_wait: bool,
+        ready: impl Future<Output = io::Result<()>>,
+    ) -> io::Result<()> {
+        if must_wait {
+            self.0 = 0;
+            return ready.await;
+        }
+        self.0 += 1;
+        if self.0 == FAIR_SHARE {
+            self.0 = 0;
+            future::yield_now().await;
+        }
+        Ok(())
     }
 }
