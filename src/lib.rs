@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod lifecycle;
 pub mod log;
 pub mod mesh;
 pub mod metrics;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use sidegate::cli::{self, Command};
 use sidegate::config::{self, LoadError};
+use sidegate::lifecycle::{self, Lifecycle};
 use sidegate::mesh::{explain::explain, plan};
 
 const EX_USAGE: u8 = 64;
@@ -39,7 +40,9 @@ fn main() -> ExitCode {
         Command::Explain { config, sni } => {
             load(&config).map_or_else(|code| code, |c| explain_sni(&c, &sni))
         }
-        Command::Run { config } => load(&config).map_or_else(|code| code, run),
+        Command::Run { config: path } => {
+            load(&path).map_or_else(|code| code, |config| run(path, &config))
+        }
     }
 }
 
@@ -100,19 +103,22 @@ fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
     }
 }
 
-fn run(config: config::Config) -> ExitCode {
+fn run(path: std::path::PathBuf, config: &config::Config) -> ExitCode {
     let plan = plan(&config.snapshot);
-    for w in warnings(&config, &plan) {
+    for w in warnings(config, &plan) {
         sidegate::warn!("{w}");
     }
-    match sidegate::proxy::start(plan) {
-        Ok(running) => {
-            running.wait();
-            ExitCode::SUCCESS
-        }
+    let lifecycle = match Lifecycle::start(path, plan) {
+        Ok(l) => l,
         Err(e) => {
             sidegate::error!("{e}");
-            ExitCode::from(EX_OSERR)
+            return ExitCode::from(EX_OSERR);
         }
-    }
+    };
+    let (events, received) = lifecycle::channel();
+    // Signal handling and Consul watches send on clones of `events`; this one keeps the
+    // channel open while neither exists.
+    let _events = events;
+    lifecycle.serve(&received);
+    ExitCode::SUCCESS
 }

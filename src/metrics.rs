@@ -167,9 +167,18 @@ pub struct InboundMetrics {
     pub accept_errors: Counter,
 }
 
+/// Swaps of the running plan (SIGHUP, new Consul state).
+#[derive(Debug, Default)]
+pub struct ReloadMetrics {
+    pub ok: Counter,
+    /// The new configuration was invalid or could not be bound; the old plan kept serving.
+    pub failed: Counter,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub gateway: GatewayMetrics,
     pub upstream: UpstreamMetrics,
     pub inbound: InboundMetrics,
+    pub reloads: ReloadMetrics,
 }

@@ -2,10 +2,12 @@
 //! files get every error with its key path and exit 78, `explain` says why.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::sidecars::check_json_clean;
+use common::TD;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 
 fn sidegate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sidegate"))
@@ -375,19 +377,7 @@ wan = ["10.0.9.9:8443"]
         ),
     )
     .unwrap();
-    let out = sidegate(&["check", "--config", path.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "warnings: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ups = plan["upstreams"].as_array().unwrap();
+    let plan = check_json_clean(&path, &std::env::temp_dir());
     let expected = [
         (
             "db",
@@ -436,17 +426,37 @@ wan = ["10.0.9.9:8443"]
             "10.0.9.9:8443",
         ),
     ];
-    assert_eq!(ups.len(), expected.len());
+    let expected = expected.map(|(name, dc, partition, bind, mode, source, dial)| {
+        (name, dc, partition, bind, mode, source, vec![dial])
+    });
+    assert_upstreams(&plan, &expected);
+}
+
+/// One upstream as `check --json` should show it: name, datacenter, partition, bind, mode,
+/// mode_source and dial list; the SNI and SPIFFE ID follow from the first three.
+type Upstream<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    Vec<&'a str>,
+);
+
+fn assert_upstreams(plan: &serde_json::Value, expected: &[Upstream]) {
+    let ups = plan["upstreams"].as_array().unwrap();
+    assert_eq!(ups.len(), expected.len(), "{ups:#?}");
     for (u, (name, dc, partition, bind, mode, source, dial)) in ups.iter().zip(expected) {
         let what = format!("{name} in {dc}/{partition}");
-        assert_eq!(u["destination_name"], name, "{what}");
-        assert_eq!(u["datacenter"], dc, "{what}");
-        assert_eq!(u["destination_partition"], partition, "{what}");
-        assert_eq!(u["bind"], bind, "{what}");
-        assert_eq!(u["mode"], mode, "{what}");
-        assert_eq!(u["mode_source"], source, "{what}");
-        assert_eq!(u["dial"], serde_json::json!([dial]), "{what}");
-        let (sni, spiffe) = if partition == "default" {
+        assert_eq!(u["destination_name"], *name, "{what}");
+        assert_eq!(u["datacenter"], *dc, "{what}");
+        assert_eq!(u["destination_partition"], *partition, "{what}");
+        assert_eq!(u["bind"], *bind, "{what}");
+        assert_eq!(u["mode"], *mode, "{what}");
+        assert_eq!(u["mode_source"], *source, "{what}");
+        assert_eq!(u["dial"], serde_json::json!(dial), "{what}");
+        let (sni, spiffe) = if *partition == "default" {
             (
                 format!("{name}.default.{dc}.internal.{TD}"),
                 format!("spiffe://{TD}/ns/default/dc/{dc}/svc/{name}"),
@@ -459,5 +469,92 @@ wan = ["10.0.9.9:8443"]
         };
         assert_eq!(u["sni"], sni.as_str(), "{what}");
         assert_eq!(u["spiffe_id"], spiffe.as_str(), "{what}");
+    }
+}
+
+/// The example sidecar loads from any working directory (its certificate paths are relative
+/// to the file), without a warning, and resolves each upstream it declares as its comments
+/// say; its inbound listener and intentions are as written.
+#[test]
+fn example_sidecar_resolves_its_upstreams() {
+    let plan = check_json_clean(Path::new(&example("sidecar.toml")), Path::new("/"));
+    let expected: [Upstream; 4] = [
+        (
+            "db",
+            "dc1",
+            "default",
+            "127.0.0.1:9191",
+            "local",
+            "proxy_defaults",
+            vec!["127.0.0.1:21000", "127.0.0.1:21001"],
+        ),
+        (
+            "api",
+            "dc2",
+            "default",
+            "127.0.0.1:9192",
+            "local",
+            "proxy_defaults",
+            vec!["127.0.0.1:8443"],
+        ),
+        (
+            "billing",
+            "dc1",
+            "ap1",
+            "127.0.0.1:9193",
+            "remote",
+            "upstream",
+            vec!["127.0.0.1:18444"],
+        ),
+        (
+            "search",
+            "dc2",
+            "default",
+            "unix:/tmp/sidegate-web-search.sock",
+            "none",
+            "upstream_config_override",
+            vec!["127.0.0.1:22000"],
+        ),
+    ];
+    assert_upstreams(&plan, &expected);
+    assert_eq!(plan["inbound"]["listen"], "127.0.0.1:21002");
+    assert_eq!(plan["inbound"]["local_service_address"], "127.0.0.1:8080");
+    assert_eq!(plan["inbound"]["intentions"]["default"], "deny");
+    let rules: Vec<(&str, &str, &str)> = plan["inbound"]["intentions"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["source"].as_str().unwrap(),
+                r["source_partition"].as_str().unwrap(),
+                r["action"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("frontend", "default", "allow"),
+            ("reporting", "ap1", "allow")
+        ]
+    );
+    assert!(plan["gateway"].is_null());
+}
+
+/// Plain `check` of a sidecar shows what it would serve: each upstream listener with its
+/// mode and where it dials, and the inbound listener.
+#[test]
+fn check_text_lists_the_sidecar_listeners() {
+    let out = sidegate(&["check", "--config", &example("sidecar.toml")]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        format!("upstream 127.0.0.1:9191 -> db.default.dc1.internal.{TD} mode local (proxy_defaults) dial 127.0.0.1:21000, 127.0.0.1:21001"),
+        format!("upstream 127.0.0.1:9192 -> api.default.dc2.internal.{TD} mode local (proxy_defaults) dial 127.0.0.1:8443"),
+        format!("upstream unix:/tmp/sidegate-web-search.sock -> search.default.dc2.internal.{TD} mode none (upstream_config_override) dial 127.0.0.1:22000"),
+        "inbound listen 127.0.0.1:21002 -> 127.0.0.1:8080, intentions: default deny, 2 rules".to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
     }
 }

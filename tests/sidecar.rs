@@ -8,43 +8,14 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 
+use common::apps::{app, exchange, shut_tcp, shut_unix};
+use common::sidecars::{routed, DB, WEB};
 use common::*;
 use sidegate::tls::configs::server_config;
-use sidegate::tls::Identity;
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn identity(cert: &str, key: &str) -> Identity {
-    let read = |n: &str| std::fs::read(fixture(n)).unwrap();
-    Identity::from_pem(&read(cert), &read(key), &read("ca.pem")).unwrap()
-}
-
-/// Connections a gateway has routed.
-fn routed(gw: &sidegate::proxy::Running) -> u64 {
-    gw.metrics
-        .gateway
-        .hello(sidegate::metrics::HelloOutcome::Routed)
-        .get()
-}
-
-/// web's sidecar in dc1/default: where it sits and its identity.
-fn web_header() -> String {
-    format!(
-        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n[sidecar]\nservice = \"web\"",
-        fixture("web.pem"),
-        fixture("web-key-sec1.pem"),
-        fixture("ca.pem")
-    )
-}
 
 /// `db` in partition part2 of dc1, serving its real mesh leaf and requiring client certificates.
 fn db_sidecar() -> Backend {
-    Backend::serve(
-        server_config(&identity("db.pem", "db-key-pkcs1.pem")).unwrap(),
-        "db",
-    )
+    Backend::serve(server_config(&DB.identity()).unwrap(), "db")
 }
 
 /// The web sidecar's config: one TCP and one Unix upstream to `db`, dialled at `instance`.
@@ -71,36 +42,9 @@ name = "db"
 partition = "part2"
 instances = ["{instance}"]
 "#,
-        web_header(),
+        WEB.header(),
         socket.display()
     ))
-}
-
-/// Sends `payload` from another thread while reading (an echo path would otherwise fill every
-/// buffer and stall), finishes sending, and returns everything the far side answered.
-fn exchange<S: Read + Write + Send + 'static>(
-    mut reader: S,
-    mut writer: S,
-    payload: &[u8],
-    shut: fn(&S),
-) -> Vec<u8> {
-    let payload = payload.to_vec();
-    let sending = std::thread::spawn(move || {
-        writer.write_all(&payload).unwrap();
-        shut(&writer);
-    });
-    let mut got = Vec::new();
-    reader.read_to_end(&mut got).unwrap();
-    sending.join().unwrap();
-    got
-}
-
-fn shut_tcp(s: &TcpStream) {
-    s.shutdown(Shutdown::Write).unwrap();
-}
-
-fn shut_unix(s: &UnixStream) {
-    s.shutdown(Shutdown::Write).unwrap();
 }
 
 fn expected(payload: &[u8]) -> Vec<u8> {
@@ -110,7 +54,7 @@ fn expected(payload: &[u8]) -> Vec<u8> {
 #[test]
 fn local_app_reaches_the_target_over_mtls() {
     let db = db_sidecar();
-    let port = dead_addr().port();
+    let port = free_port();
     let socket = std::env::temp_dir().join(format!("sidegate-up-{}.sock", std::process::id()));
     let web = web_sidecar(db.addr, port, &socket);
 
@@ -145,11 +89,8 @@ fn local_app_reaches_the_target_over_mtls() {
 #[test]
 fn an_impostor_with_a_valid_certificate_is_refused() {
     // The endpoint serves web's (valid, same CA) leaf where db is expected.
-    let impostor = Backend::serve(
-        server_config(&identity("web.pem", "web-key-sec1.pem")).unwrap(),
-        "web",
-    );
-    let port = dead_addr().port();
+    let impostor = Backend::serve(server_config(&WEB.identity()).unwrap(), "web");
+    let port = free_port();
     let socket = std::env::temp_dir().join(format!("sidegate-imp-{}.sock", std::process::id()));
     let web = web_sidecar(impostor.addr, port, &socket);
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -167,61 +108,15 @@ fn an_impostor_with_a_valid_certificate_is_refused() {
     });
 }
 
-/// A plain TCP app: echoes until its client finishes, then signs off with its name.
-fn app(name: &'static str) -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.write_all(format!("app:{name}\n").as_bytes());
-            });
-        }
-    });
-    addr
-}
-
 /// db's sidecar: inbound mTLS on a loopback port, to db's app, with these intentions.
 fn db_inbound(intentions: &str) -> sidegate::proxy::Running {
-    let app = app("db");
-    start(&format!(
-        r#"
-[mesh]
-datacenter = "dc1"
-partition = "part2"
-trust_domain = "{TD}"
-[tls]
-cert_file = "{}"
-key_file = "{}"
-ca_file = "{}"
-[sidecar]
-service = "db"
-public_listener = "127.0.0.1:0"
-local_service_address = "{app}"
-{intentions}
-"#,
-        fixture("db.pem"),
-        fixture("db-key-pkcs1.pem"),
-        fixture("ca.pem"),
-    ))
+    DB.inbound(app("db"), intentions)
 }
 
 #[test]
 fn app_to_app_through_upstream_and_inbound_listeners() {
     let db = db_inbound("");
-    let port = dead_addr().port();
+    let port = free_port();
     let socket = std::env::temp_dir().join(format!("sidegate-e2e-{}.sock", std::process::id()));
     let web = web_sidecar(db.inbound_addr.unwrap(), port, &socket);
     let payload: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
@@ -243,7 +138,7 @@ fn app_to_app_through_upstream_and_inbound_listeners() {
 #[test]
 fn callers_denied_by_intentions_or_without_a_certificate_are_refused() {
     let db = db_inbound("[sidecar.intentions]\ndefault = \"allow\"\n[[sidecar.intentions.rules]]\nsource = \"web\"\nsource_partition = \"default\"\naction = \"deny\"\n");
-    let port = dead_addr().port();
+    let port = free_port();
     let socket = std::env::temp_dir().join(format!("sidegate-deny-{}.sock", std::process::id()));
     let _web = web_sidecar(db.inbound_addr.unwrap(), port, &socket);
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -289,7 +184,7 @@ fn local_and_remote_modes_cross_partitions_through_gateways() {
          [[catalog.gateways]]\npartition = \"part2\"\nwan = [\"{part2_wan}\"]\n"
     ));
     let local_lan = local_gw.gateway_addrs[0];
-    let (local_port, remote_port) = (dead_addr().port(), dead_addr().port());
+    let (local_port, remote_port) = (free_port(), free_port());
     let web = start(&format!(
         r#"{}
 [[sidecar.upstreams]]
@@ -308,7 +203,7 @@ lan = ["{local_lan}"]
 partition = "part2"
 wan = ["{part2_wan}"]
 "#,
-        web_header(),
+        WEB.header(),
     ));
 
     // local mode: 100 MB each way, intact, with half-close at the end.

@@ -67,11 +67,8 @@ pub fn gateway(section: &Fields<'_>) -> Option<GatewaySettings> {
         GatewaySettings::DEFAULT_HANDSHAKE_TIMEOUT_MS,
     );
     let idle_timeout = section.millis("idle_timeout_ms", GatewaySettings::DEFAULT_IDLE_TIMEOUT_MS);
-    let max_connections = section
-        .int("max_connections", 1, 1_000_000)
-        .map_or(GatewaySettings::DEFAULT_MAX_CONNECTIONS, |n| {
-            n.unsigned_abs() as usize
-        });
+    let max_connections =
+        super::sidecar::max_connections(section, GatewaySettings::DEFAULT_MAX_CONNECTIONS);
     let max_client_hello_bytes = section
         .int("max_client_hello_bytes", 1_024, 1_048_576)
         .map_or(GatewaySettings::DEFAULT_MAX_CLIENT_HELLO_BYTES, |n| {

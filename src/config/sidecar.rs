@@ -38,6 +38,7 @@ pub fn sidecar(t: &Fields<'_>, here: Option<&Here>) -> Option<SidecarSpec> {
         SidecarSpec::DEFAULT_LOCAL_CONNECT_TIMEOUT_MS,
     );
     let mesh_gateway = mode(t);
+    let max_connections = max_connections(t, SidecarSpec::DEFAULT_MAX_CONNECTIONS);
     let intentions = match t.table("intentions") {
         Some(i) => intentions(&i, here),
         None => Some(Intentions {
@@ -60,6 +61,7 @@ pub fn sidecar(t: &Fields<'_>, here: Option<&Here>) -> Option<SidecarSpec> {
         mesh_gateway: mesh_gateway?,
         intentions: intentions?,
         upstreams: distinct_binds(t, upstreams?)?,
+        max_connections,
     })
 }
 
@@ -76,6 +78,7 @@ fn upstream(u: &Fields<'_>, here: Option<&Here>) -> Option<UpstreamSpec> {
         UpstreamSpec::DEFAULT_CONNECT_TIMEOUT_MS,
     );
     let mesh_gateway = mode(u);
+    let max_connections = max_connections(u, UpstreamSpec::DEFAULT_MAX_CONNECTIONS);
     u.finish();
     Some(UpstreamSpec {
         destination_name: name?.to_owned(),
@@ -84,7 +87,14 @@ fn upstream(u: &Fields<'_>, here: Option<&Here>) -> Option<UpstreamSpec> {
         bind: bind?,
         connect_timeout,
         mesh_gateway: mesh_gateway?,
+        max_connections,
     })
+}
+
+/// A listener's connection limit (`max_connections`), as `[gateway]` takes it.
+pub fn max_connections(t: &Fields<'_>, default: usize) -> usize {
+    t.int("max_connections", 1, 1_000_000)
+        .map_or(default, |n| n.unsigned_abs() as usize)
 }
 
 /// A namespace and a partition, each defaulting to this host's as Consul does for names

@@ -46,6 +46,7 @@ pub struct InboundPlan {
     pub listen: SocketAddr,
     pub local_service_address: Endpoint,
     pub intentions: Intentions,
+    pub max_connections: usize,
     #[serde(skip)]
     pub local_connect_timeout: Duration,
     #[serde(skip)]
@@ -71,6 +72,7 @@ pub struct UpstreamPlan {
     pub dial: EndpointSet,
     #[serde(flatten)]
     pub via: Via,
+    pub max_connections: usize,
     /// Where the local app connects.
     #[serde(skip)]
     pub listen: Bind,
@@ -123,6 +125,7 @@ fn inbound(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) -> O
         listen,
         local_service_address: sidecar.local_service_address.clone(),
         intentions: sidecar.intentions.clone(),
+        max_connections: sidecar.max_connections,
         local_connect_timeout: sidecar.local_connect_timeout,
         trust_domain: s.here.trust_domain.clone(),
         tls,
@@ -187,6 +190,7 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
             spiffe_id: spiffe_id.to_string(),
             dial: EndpointSet::new(dial),
             via,
+            max_connections: u.max_connections,
             listen: u.bind.clone(),
             connect_timeout: u.connect_timeout,
             server_name: ServerName::try_from(sni).ok(),
@@ -256,26 +260,58 @@ fn gateway_routes(s: &Snapshot, warnings: &mut Vec<String>) -> RouteTable {
 pub fn describe(plan: &Plan) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    for u in &plan.upstreams {
+        let _ = writeln!(
+            out,
+            "upstream {} -> {} mode {} ({}) dial {}",
+            u.bind,
+            u.sni,
+            label(&u.mode),
+            label(&u.mode_source),
+            list(&u.dial)
+        );
+    }
+    if let Some(inb) = &plan.inbound {
+        let _ = writeln!(
+            out,
+            "inbound listen {} -> {}, intentions: default {}, {} rules",
+            inb.listen,
+            inb.local_service_address,
+            label(&inb.intentions.default),
+            inb.intentions.rules.len()
+        );
+    }
     if let Some(gw) = &plan.gateway {
         for addr in &gw.settings.listen {
             let _ = writeln!(out, "gateway listen {addr}");
         }
         for r in gw.routes.routes() {
-            let eps: Vec<String> = r
-                .endpoints
-                .as_slice()
-                .iter()
-                .map(ToString::to_string)
-                .collect();
             let _ = writeln!(
                 out,
                 "  {:<60} {:?} -> {} ({})",
                 r.pattern,
                 r.kind,
-                eps.join(", "),
+                list(&r.endpoints),
                 r.target
             );
         }
     }
     out
+}
+
+fn list(endpoints: &EndpointSet) -> String {
+    let eps: Vec<String> = endpoints
+        .as_slice()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    eps.join(", ")
+}
+
+/// A value's name as `check --json` spells it, so text and JSON say the same.
+fn label<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
 }

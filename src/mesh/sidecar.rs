@@ -23,12 +23,16 @@ pub struct SidecarSpec {
     pub mesh_gateway: Option<Mode>,
     pub intentions: Intentions,
     pub upstreams: Vec<UpstreamSpec>,
+    /// Inbound connections held at once; more are refused at accept.
+    pub max_connections: usize,
 }
 
 impl SidecarSpec {
     /// Consul's default for `local_connect_timeout_ms`.
     pub const DEFAULT_LOCAL_CONNECT_TIMEOUT_MS: u64 = 5_000;
     pub const DEFAULT_LOCAL_SERVICE_ADDRESS: &'static str = "127.0.0.1:8080";
+    /// Inbound: a busy service's callers, two descriptors each, under a 10k fd limit.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -42,10 +46,14 @@ pub struct UpstreamSpec {
     pub connect_timeout: Duration,
     /// Upstream-level mode, the highest precedence.
     pub mesh_gateway: Option<Mode>,
+    /// Local app connections held at once on this upstream; more are refused at accept.
+    pub max_connections: usize,
 }
 
 impl UpstreamSpec {
     pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+    /// One local app rarely needs more; a runaway one cannot take the whole fd table.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 }
 
 /// Where the local app connects.

@@ -1,149 +1,308 @@
-//! Accepting connections: the connection limit first, back-off when out of file descriptors,
-//! then one task per connection on the event loop.
+//! Listening sockets and accepting on them: which listener a plan asks for (its key), binding
+//! it, and one accept loop per listener that hands each connection to its role under the
+//! plan current at that moment.
 
+use std::cell::{Cell, RefCell};
 use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use smol::{Async, LocalExecutor, Timer};
 
-use super::upstream;
+use super::{gateway, inbound, upstream};
+use crate::mesh::plan::UpstreamPlan;
+use crate::mesh::sidecar::Bind;
 use crate::mesh::Plan;
 use crate::metrics::{Counter, ListenerCounters, Metrics};
-use std::future::Future;
-use std::net::SocketAddr;
 
 /// How long accepting pauses when the process is out of file descriptors: long enough for
 /// connections to finish, short enough that nobody notices.
 const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 
-/// Accepts TCP connections for one role: the connection limit first (refuse, never queue),
-/// then one task per connection running `serve`, counted as active while it lives.
-pub async fn tcp_accept_loop<F, Fut>(
-    listener: Async<TcpListener>,
-    ex: Rc<LocalExecutor<'static>>,
-    metrics: Arc<Metrics>,
-    counters: fn(&Metrics) -> ListenerCounters<'_>,
-    limit: usize,
-    serve: F,
-) where
-    F: Fn(Async<TcpStream>, SocketAddr, Active) -> Fut,
-    Fut: Future<Output = ()> + 'static,
-{
-    let local = listener.get_ref().local_addr().ok();
+/// A listener as the configuration names it. Two plans that name the same key share the
+/// listening socket across a reload; a key only in the new plan is bound, one only in the old
+/// plan is closed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ListenerKey {
+    Gateway(SocketAddr),
+    Inbound(SocketAddr),
+    /// A Unix socket is keyed by its path alone: a new file mode is applied in place.
+    Upstream(BindKey),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum BindKey {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl BindKey {
+    pub fn of(bind: &Bind) -> Self {
+        match bind {
+            Bind::Tcp(a) => BindKey::Tcp(*a),
+            Bind::Unix { path, .. } => BindKey::Unix(path.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenerKey::Gateway(a) => write!(f, "gateway {a}"),
+            ListenerKey::Inbound(a) => write!(f, "inbound {a}"),
+            ListenerKey::Upstream(BindKey::Tcp(a)) => write!(f, "upstream {a}"),
+            ListenerKey::Upstream(BindKey::Unix(p)) => write!(f, "upstream unix:{}", p.display()),
+        }
+    }
+}
+
+impl ListenerKey {
+    /// Every listener a plan asks for, in a stable order: gateway, inbound, upstreams.
+    pub fn all(plan: &Plan) -> Vec<ListenerKey> {
+        let gateway = plan.gateway.iter().flat_map(|g| &g.settings.listen);
+        gateway
+            .map(|a| ListenerKey::Gateway(*a))
+            .chain(plan.inbound.iter().map(|i| ListenerKey::Inbound(i.listen)))
+            .chain(
+                plan.upstreams
+                    .iter()
+                    .map(|u| ListenerKey::Upstream(BindKey::of(&u.listen))),
+            )
+            .collect()
+    }
+
+    /// How many connections this listener's scope may hold under `plan`, or `None` when the
+    /// plan no longer has it (it is about to be closed).
+    fn limit(&self, plan: &Plan) -> Option<usize> {
+        match self {
+            ListenerKey::Gateway(_) => plan.gateway.as_ref().map(|g| g.settings.max_connections),
+            ListenerKey::Inbound(_) => plan.inbound.as_ref().map(|i| i.max_connections),
+            ListenerKey::Upstream(_) => self.upstream(plan).map(|u| u.max_connections),
+        }
+    }
+
+    pub fn upstream<'p>(&self, plan: &'p Plan) -> Option<&'p UpstreamPlan> {
+        self.upstream_index(plan).map(|i| &plan.upstreams[i])
+    }
+
+    fn upstream_index(&self, plan: &Plan) -> Option<usize> {
+        let ListenerKey::Upstream(key) = self else {
+            return None;
+        };
+        plan.upstreams
+            .iter()
+            .position(|u| BindKey::of(&u.listen) == *key)
+    }
+
+    fn counters(&self) -> fn(&Metrics) -> ListenerCounters<'_> {
+        match self {
+            ListenerKey::Gateway(_) => Metrics::gateway_listener,
+            ListenerKey::Inbound(_) => Metrics::inbound_listener,
+            ListenerKey::Upstream(_) => Metrics::upstream_listener,
+        }
+    }
+}
+
+/// A bound listening socket, not yet accepting.
+pub enum Bound {
+    Tcp(Async<TcpListener>),
+    Unix(Async<UnixListener>, PathBuf),
+}
+
+impl Bound {
+    /// Binds what `key` names under `plan`. A Unix socket left by an earlier run is replaced
+    /// (any other file at that path is an error), then given its configured mode.
+    pub fn bind(key: &ListenerKey, plan: &Plan) -> io::Result<Bound> {
+        match key {
+            ListenerKey::Gateway(a)
+            | ListenerKey::Inbound(a)
+            | ListenerKey::Upstream(BindKey::Tcp(a)) => {
+                Ok(Bound::Tcp(Async::new(TcpListener::bind(a)?)?))
+            }
+            ListenerKey::Upstream(BindKey::Unix(path)) => {
+                use std::os::unix::fs::FileTypeExt;
+                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                    std::fs::remove_file(path)?;
+                }
+                let l = UnixListener::bind(path)?;
+                set_socket_mode(key, plan)?;
+                Ok(Bound::Unix(Async::new(l)?, path.clone()))
+            }
+        }
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Bound::Tcp(l) => l.get_ref().local_addr().ok(),
+            Bound::Unix(..) => None,
+        }
+    }
+
+    async fn accept(&self) -> io::Result<Conn> {
+        match self {
+            Bound::Tcp(l) => l.accept().await.map(|(s, peer)| Conn::Tcp(s, peer)),
+            Bound::Unix(l, _) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        }
+    }
+}
+
+impl Drop for Bound {
+    /// A closed Unix listener takes its socket file with it, so a stale path does not look
+    /// like a live upstream to the local app.
+    fn drop(&mut self) {
+        if let Bound::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Gives an upstream's Unix socket the mode `plan` asks for; nothing for other listeners.
+pub fn set_socket_mode(key: &ListenerKey, plan: &Plan) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = key.upstream(plan).and_then(|u| match &u.listen {
+        Bind::Unix {
+            path,
+            mode: Some(mode),
+        } => Some((path, *mode)),
+        _ => None,
+    });
+    match mode {
+        Some((path, mode)) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)),
+        None => Ok(()),
+    }
+}
+
+enum Conn {
+    Tcp(Async<TcpStream>, SocketAddr),
+    Unix(Async<UnixStream>),
+}
+
+/// What every accept loop on the event loop thread shares.
+pub struct Shared {
+    pub ex: Rc<LocalExecutor<'static>>,
+    /// The plan new connections are accepted under; swapped whole by a reload.
+    pub current: RefCell<Arc<Plan>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Accepts on one listener until its task is dropped: the connection limit first (refuse,
+/// never queue), then one task per connection, holding the plan current at accept.
+pub async fn accept_loop(listener: Bound, key: ListenerKey, shared: Rc<Shared>) {
+    let counters = key.counters();
+    // Upstreams are limited one by one; gateway listeners share one limit, as does inbound.
+    let held = Rc::new(Cell::new(0usize));
     loop {
-        let c = counters(&metrics);
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        let conn = match listener.accept().await {
+            Ok(conn) => conn,
             Err(e) => {
-                accept_failed(&e, c.accept_errors, local).await;
+                accept_failed(&e, counters(&shared.metrics).accept_errors, &key).await;
                 continue;
             }
         };
+        let c = counters(&shared.metrics);
         c.accepted.inc();
-        if c.active.get() >= limit as u64 {
+        let plan = shared.current.borrow().clone();
+        let Some(limit) = key.limit(&plan) else {
+            continue; // closed by the reload that is in progress
+        };
+        let open = match key {
+            ListenerKey::Upstream(_) => held.get() as u64,
+            _ => c.active.get(),
+        };
+        if open >= limit as u64 {
             // Refuse rather than queue: a queue here would be unbounded memory and latency.
             c.refused_limit.inc();
-            crate::debug!(
-                "{local:?} {peer}: refused, {} connections open",
-                c.active.get()
-            );
-            drop(stream);
+            crate::debug!("{key}: refused a connection, {open} open (max_connections {limit})");
             continue;
         }
         // The guard travels inside the connection's own future: wrapping that future in
         // another one to hold the guard would lay it out twice per connection.
-        let active = Active::new(metrics.clone(), counters);
-        ex.spawn(serve(stream, peer, active)).detach();
+        let active = Active::new(shared.metrics.clone(), counters, held.clone());
+        match (&key, conn) {
+            (ListenerKey::Gateway(_), Conn::Tcp(s, peer)) => {
+                shared
+                    .ex
+                    .spawn(gateway::accept(plan, s, peer, active))
+                    .detach();
+            }
+            (ListenerKey::Inbound(_), Conn::Tcp(s, peer)) => {
+                shared
+                    .ex
+                    .spawn(inbound::accept(plan, s, peer, active))
+                    .detach();
+            }
+            (ListenerKey::Upstream(_), conn) => {
+                let Some(index) = key.upstream_index(&plan) else {
+                    continue;
+                };
+                shared
+                    .ex
+                    .spawn(serve_upstream(plan, index, conn, active))
+                    .detach();
+            }
+            (_, Conn::Unix(_)) => {}
+        }
     }
 }
 
-async fn accept_failed(e: &io::Error, errors: &Counter, local: Option<std::net::SocketAddr>) {
+async fn serve_upstream(plan: Arc<Plan>, index: usize, conn: Conn, active: Active) {
+    let up = &plan.upstreams[index];
+    let m = &active.metrics.upstream;
+    match conn {
+        Conn::Tcp(s, _) => {
+            let _ = s.get_ref().set_nodelay(true);
+            upstream::serve(s, up, m).await;
+        }
+        Conn::Unix(s) => upstream::serve(s, up, m).await,
+    }
+}
+
+async fn accept_failed(e: &io::Error, errors: &Counter, key: &ListenerKey) {
     errors.inc();
     let out_of_fds = matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
         || code == rustix::io::Errno::NFILE.raw_os_error()
         || code == rustix::io::Errno::NOBUFS.raw_os_error()
         || code == rustix::io::Errno::NOMEM.raw_os_error());
     if out_of_fds {
-        crate::warn!(
-            "listener {local:?}: cannot accept ({e}); pausing accepts for {EMFILE_PAUSE:?}"
-        );
+        crate::warn!("{key}: cannot accept ({e}); pausing accepts for {EMFILE_PAUSE:?}");
         Timer::after(EMFILE_PAUSE).await;
     } else {
         // ECONNABORTED and friends: the client gave up between SYN and accept.
-        crate::debug!("listener {local:?}: accept failed: {e}");
+        crate::debug!("{key}: accept failed: {e}");
     }
 }
 
-/// Counts a connection as active (in its role's counters) for as long as it is held, and
-/// gives the connection its metrics.
+/// Counts a connection as active (in its role's counters and its listener's count) for as
+/// long as it is held, and gives the connection its metrics.
 pub struct Active {
     pub metrics: Arc<Metrics>,
     counters: fn(&Metrics) -> ListenerCounters<'_>,
+    held: Rc<Cell<usize>>,
 }
 
 impl Active {
-    fn new(metrics: Arc<Metrics>, counters: fn(&Metrics) -> ListenerCounters<'_>) -> Self {
+    fn new(
+        metrics: Arc<Metrics>,
+        counters: fn(&Metrics) -> ListenerCounters<'_>,
+        held: Rc<Cell<usize>>,
+    ) -> Self {
         counters(&metrics).active.inc();
-        Active { metrics, counters }
+        held.set(held.get() + 1);
+        Active {
+            metrics,
+            counters,
+            held,
+        }
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
         (self.counters)(&self.metrics).active.dec();
+        self.held.set(self.held.get().saturating_sub(1));
     }
-}
-
-/// Where a local app connects to an upstream.
-pub enum LocalListener {
-    Tcp(Async<TcpListener>),
-    Unix(Async<UnixListener>),
-}
-
-pub async fn upstream_accept_loop(
-    listener: LocalListener,
-    ex: Rc<LocalExecutor<'static>>,
-    plan: Arc<Plan>,
-    index: usize,
-    metrics: Arc<Metrics>,
-) {
-    loop {
-        let accepted = match &listener {
-            LocalListener::Tcp(l) => l.accept().await.map(|(s, _)| Local::Tcp(s)),
-            LocalListener::Unix(l) => l.accept().await.map(|(s, _)| Local::Unix(s)),
-        };
-        let stream = match accepted {
-            Ok(s) => s,
-            Err(e) => {
-                accept_failed(&e, &metrics.upstream.accept_errors, None).await;
-                continue;
-            }
-        };
-        metrics.upstream.accepted.inc();
-        let active = Active::new(metrics.clone(), Metrics::upstream_listener);
-        let plan = plan.clone();
-        ex.spawn(async move {
-            let Some(up) = plan.upstreams.get(index) else {
-                return;
-            };
-            let m = &active.metrics.upstream;
-            match stream {
-                Local::Tcp(s) => {
-                    let _ = s.get_ref().set_nodelay(true);
-                    upstream::serve(s, up, m).await;
-                }
-                Local::Unix(s) => upstream::serve(s, up, m).await,
-            }
-        })
-        .detach();
-    }
-}
-
-enum Local {
-    Tcp(Async<TcpStream>),
-    Unix(Async<UnixStream>),
 }

@@ -1,4 +1,9 @@
 //! The data path: listeners and the per-connection pipelines, on one event loop thread.
+//!
+//! The loop serves one current plan at a time. A new plan is swapped in whole: listeners it
+//! adds are bound first (so a taken port fails the swap, not the process), listeners it drops
+//! are closed, listeners it keeps are left alone. Each connection keeps the plan it was
+//! accepted under to its end, so a reload never cuts one.
 
 mod buffers;
 mod dial;
@@ -9,44 +14,76 @@ mod relay;
 mod tls_relay;
 mod upstream;
 
+use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use smol::channel::{self, Sender};
-use smol::{Async, LocalExecutor};
+use smol::channel::{self, Receiver, Sender};
+use smol::{LocalExecutor, Task};
 
-use crate::mesh::sidecar::Bind;
 use crate::mesh::Plan;
 use crate::metrics::Metrics;
-use std::os::unix::net::UnixListener;
+pub use listener::{BindKey, ListenerKey};
+use listener::{Bound, Shared};
 
-/// Inbound connections held at once; more are refused at accept.
-const INBOUND_LIMIT: usize = 4096;
-
-/// A running sidegate: where it listens and how to stop it. Tests start one on port 0.
+/// A running sidegate: where it listens, and how to change or stop what it serves. Tests
+/// start one on port 0.
 pub struct Running {
+    /// Bound at start (`apply` reports later changes).
     pub gateway_addrs: Vec<SocketAddr>,
-    /// TCP upstream listeners, in plan order (Unix ones are at their paths).
+    /// TCP upstream listeners at start, in plan order (Unix ones are at their paths).
     pub upstream_addrs: Vec<SocketAddr>,
     pub inbound_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
-    stop: Option<Sender<()>>,
+    state: Mutex<State>,
+    control: Option<Sender<Control>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The caller's view of what the loop serves; changed only together with the loop.
+struct State {
+    plan: Arc<Plan>,
+    /// Every open listener and, for TCP ones, the address it is bound to.
+    listeners: HashMap<ListenerKey, Option<SocketAddr>>,
+}
+
+/// What changed with an `apply`.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Newly bound listeners, with their addresses (TCP).
+    pub opened: Vec<(ListenerKey, Option<SocketAddr>)>,
+    pub closed: Vec<ListenerKey>,
+    /// Listeners kept open, untouched.
+    pub kept: usize,
+}
+
+enum Control {
+    Apply {
+        plan: Arc<Plan>,
+        add: Vec<(ListenerKey, Bound)>,
+        remove: Vec<ListenerKey>,
+        done: Sender<()>,
+    },
+    /// Close every listener; connections carry on.
+    StopAccepting { done: Sender<()> },
 }
 
 #[derive(Debug)]
 pub struct BindError {
-    pub addr: SocketAddr,
+    pub listener: String,
+    pub addr: Option<SocketAddr>,
     pub error: io::Error,
 }
 
 impl std::fmt::Display for BindError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cannot listen on {}: {}", self.addr, self.error)?;
-        if self.error.kind() == io::ErrorKind::PermissionDenied && self.addr.port() < 1024 {
+        write!(f, "cannot listen for {}: {}", self.listener, self.error)?;
+        let privileged = self.addr.is_some_and(|a| a.port() < 1024);
+        if self.error.kind() == io::ErrorKind::PermissionDenied && privileged {
             write!(f, " (ports below 1024 need CAP_NET_BIND_SERVICE)")?;
         }
         Ok(())
@@ -59,137 +96,235 @@ impl std::error::Error for BindError {}
 /// before anything is served, so a taken port is an error to the caller, not a log line.
 pub fn start(plan: Plan) -> Result<Running, BindError> {
     raise_fd_limit();
-    let mut gateway_listeners = Vec::new();
-    for &addr in plan.gateway.iter().flat_map(|g| &g.settings.listen) {
-        let bound = TcpListener::bind(addr)
-            .and_then(Async::new)
-            .map_err(|error| BindError { addr, error })?;
-        gateway_listeners.push(bound);
-    }
-    let gateway_addrs = gateway_listeners
-        .iter()
-        .map(|l| l.get_ref().local_addr())
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(|error| BindError {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            error,
-        })?;
-    for addr in &gateway_addrs {
-        crate::info!("gateway listening on {addr}");
-    }
-    let inbound_listener = match &plan.inbound {
-        Some(inb) => {
-            let l = TcpListener::bind(inb.listen)
-                .and_then(Async::new)
-                .map_err(|error| BindError {
-                    addr: inb.listen,
-                    error,
-                })?;
-            let addr = l.get_ref().local_addr().map_err(|error| BindError {
-                addr: inb.listen,
-                error,
-            })?;
-            crate::info!(
-                "inbound listening on {addr} for {}",
-                inb.local_service_address
-            );
-            Some((l, addr))
-        }
-        None => None,
-    };
-    let inbound_addr = inbound_listener.as_ref().map(|(_, a)| *a);
-    let inbound_listener = inbound_listener.map(|(l, _)| l);
-    let mut upstream_listeners = Vec::new();
-    let mut upstream_addrs = Vec::new();
-    for (index, up) in plan.upstreams.iter().enumerate() {
-        let listener = bind_local(&up.listen).map_err(|error| BindError {
-            addr: bind_addr(&up.listen),
-            error,
-        })?;
-        if let listener::LocalListener::Tcp(l) = &listener {
-            upstream_addrs.push(l.get_ref().local_addr().map_err(|error| BindError {
-                addr: bind_addr(&up.listen),
-                error,
-            })?);
-        }
-        crate::info!(
-            "upstream {} listening on {} ({:?}, mode {:?})",
-            up.destination_name,
-            up.listen,
-            up.via,
-            up.mode
-        );
-        upstream_listeners.push((index, listener));
-    }
-    let metrics = Arc::new(Metrics::default());
-    let (stop, stopped) = channel::bounded::<()>(1);
     let plan = Arc::new(plan);
-    let thread_metrics = metrics.clone();
+    let keys = ListenerKey::all(&plan);
+    let add = bind_all(&keys, &plan)?;
+    let listeners: HashMap<_, _> = add
+        .iter()
+        .map(|(k, b)| (k.clone(), b.local_addr()))
+        .collect();
+    let addrs_of = |want: fn(&ListenerKey) -> bool| -> Vec<SocketAddr> {
+        add.iter()
+            .filter(|(k, _)| want(k))
+            .filter_map(|(_, b)| b.local_addr())
+            .collect()
+    };
+    let gateway_addrs = addrs_of(|k| matches!(k, ListenerKey::Gateway(_)));
+    let upstream_addrs = addrs_of(|k| matches!(k, ListenerKey::Upstream(_)));
+    let inbound_addr = addrs_of(|k| matches!(k, ListenerKey::Inbound(_)))
+        .first()
+        .copied();
+    let metrics = Arc::new(Metrics::default());
+    let (control, controlled) = channel::unbounded();
+    let (done, started) = channel::bounded(1);
+    control
+        .try_send(Control::Apply {
+            plan: plan.clone(),
+            add,
+            remove: Vec::new(),
+            done,
+        })
+        .map_err(|_| thread_error(io::Error::other("control channel closed")))?;
+    let loop_metrics = metrics.clone();
+    let loop_plan = plan.clone();
     let thread = std::thread::Builder::new()
         .name("sidegate-loop".into())
-        .spawn(move || {
-            let ex = Rc::new(LocalExecutor::new());
-            let gateway_limit = plan
-                .gateway
-                .as_ref()
-                .map_or(0, |g| g.settings.max_connections);
-            for l in gateway_listeners {
-                let plan = plan.clone();
-                let serve = move |s, peer, active| gateway::accept(plan.clone(), s, peer, active);
-                let m = thread_metrics.clone();
-                let limit = gateway_limit;
-                ex.spawn(listener::tcp_accept_loop(
-                    l,
-                    ex.clone(),
-                    m,
-                    Metrics::gateway_listener,
-                    limit,
-                    serve,
-                ))
-                .detach();
-            }
-            if let Some(l) = inbound_listener {
-                let plan = plan.clone();
-                let serve = move |s, peer, active| inbound::accept(plan.clone(), s, peer, active);
-                let m = thread_metrics.clone();
-                ex.spawn(listener::tcp_accept_loop(
-                    l,
-                    ex.clone(),
-                    m,
-                    Metrics::inbound_listener,
-                    INBOUND_LIMIT,
-                    serve,
-                ))
-                .detach();
-            }
-            for (index, l) in upstream_listeners {
-                let accept = listener::upstream_accept_loop(
-                    l,
-                    ex.clone(),
-                    plan.clone(),
-                    index,
-                    thread_metrics.clone(),
-                );
-                ex.spawn(accept).detach();
-            }
-            // Ends when every `stop` sender is gone; dropping the executor closes everything.
-            smol::block_on(ex.run(async { while stopped.recv().await.is_ok() {} }));
-        })
-        .map_err(|error| BindError {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            error,
-        })?;
+        .spawn(move || event_loop(loop_plan, loop_metrics, controlled))
+        .map_err(thread_error)?;
+    let _ = smol::block_on(started.recv());
     Ok(Running {
         gateway_addrs,
         upstream_addrs,
         inbound_addr,
         metrics,
-        stop: Some(stop),
+        state: Mutex::new(State { plan, listeners }),
+        control: Some(control),
         thread: Some(thread),
     })
 }
 
+fn thread_error(error: io::Error) -> BindError {
+    BindError {
+        listener: "the event loop".into(),
+        addr: None,
+        error,
+    }
+}
+
+fn bind_all(keys: &[ListenerKey], plan: &Plan) -> Result<Vec<(ListenerKey, Bound)>, BindError> {
+    keys.iter()
+        .map(|key| {
+            let bound = Bound::bind(key, plan).map_err(|error| BindError {
+                listener: key.to_string(),
+                addr: match key {
+                    ListenerKey::Gateway(a)
+                    | ListenerKey::Inbound(a)
+                    | ListenerKey::Upstream(BindKey::Tcp(a)) => Some(*a),
+                    ListenerKey::Upstream(BindKey::Unix(_)) => None,
+                },
+                error,
+            })?;
+            log_listening(key, &bound, plan);
+            Ok((key.clone(), bound))
+        })
+        .collect()
+}
+
+fn log_listening(key: &ListenerKey, bound: &Bound, plan: &Plan) {
+    // Tests and operators read the bound address from these lines (port 0 in tests).
+    let at = match (bound.local_addr(), key) {
+        (Some(a), _) => a.to_string(),
+        (None, ListenerKey::Upstream(BindKey::Unix(p))) => format!("unix:{}", p.display()),
+        (None, _) => String::new(),
+    };
+    match key {
+        ListenerKey::Upstream(_) => {
+            if let Some(up) = key.upstream(plan) {
+                crate::info!(
+                    "upstream {} listening on {at} (mode {:?}, {:?})",
+                    up.destination_name,
+                    up.mode,
+                    up.via
+                );
+            }
+        }
+        ListenerKey::Inbound(_) => {
+            let to = plan.inbound.as_ref().map(|i| &i.local_service_address);
+            if let Some(to) = to {
+                crate::info!("inbound listening on {at} for {to}");
+            }
+        }
+        ListenerKey::Gateway(_) => crate::info!("gateway listening on {at}"),
+    }
+}
+
+/// The event loop thread: applies control messages and runs every accept loop and
+/// connection. Ends when the control channel closes; dropping the executor then closes every
+/// connection.
+fn event_loop(plan: Arc<Plan>, metrics: Arc<Metrics>, controlled: Receiver<Control>) {
+    let ex = Rc::new(LocalExecutor::new());
+    let shared = Rc::new(Shared {
+        ex: ex.clone(),
+        current: std::cell::RefCell::new(plan),
+        metrics,
+    });
+    let mut listeners: HashMap<ListenerKey, Task<()>> = HashMap::new();
+    smol::block_on(ex.run(async {
+        while let Ok(msg) = controlled.recv().await {
+            match msg {
+                Control::Apply {
+                    plan,
+                    add,
+                    remove,
+                    done,
+                } => {
+                    *shared.current.borrow_mut() = plan;
+                    for key in remove {
+                        // Dropping the task cancels its accept loop and closes the socket.
+                        listeners.remove(&key);
+                        crate::info!("{key} closed");
+                    }
+                    for (key, bound) in add {
+                        let task =
+                            ex.spawn(listener::accept_loop(bound, key.clone(), shared.clone()));
+                        listeners.insert(key, task);
+                    }
+                    let _ = done.try_send(());
+                }
+                Control::StopAccepting { done } => {
+                    listeners.clear();
+                    let _ = done.try_send(());
+                }
+            }
+        }
+    }));
+    // The accept loops hold the executor through `shared`; drop them first so it is freed.
+    listeners.clear();
+    drop(shared);
+}
+
 impl Running {
+    /// The plan new connections are accepted under.
+    pub fn plan(&self) -> Arc<Plan> {
+        self.state().plan.clone()
+    }
+
+    /// The address a TCP listener is bound to (useful with port 0).
+    pub fn local_addr(&self, key: &ListenerKey) -> Option<SocketAddr> {
+        self.state().listeners.get(key).copied().flatten()
+    }
+
+    /// Swaps in a new plan: binds the listeners it adds (on error nothing changes), closes
+    /// those it drops, keeps the rest without rebinding. Established connections keep the plan
+    /// they were accepted under.
+    pub fn apply(&self, plan: Plan) -> Result<Applied, BindError> {
+        let mut state = self.state();
+        let plan = Arc::new(plan);
+        let keys = ListenerKey::all(&plan);
+        let new: Vec<ListenerKey> = keys
+            .iter()
+            .filter(|k| !state.listeners.contains_key(k))
+            .cloned()
+            .collect();
+        let remove: Vec<ListenerKey> = state
+            .listeners
+            .keys()
+            .filter(|k| !keys.contains(k))
+            .cloned()
+            .collect();
+        let add = bind_all(&new, &plan)?;
+        for key in keys.iter().filter(|k| state.listeners.contains_key(k)) {
+            if let Err(e) = listener::set_socket_mode(key, &plan) {
+                crate::warn!("{key}: cannot set the socket's mode: {e}");
+            }
+        }
+        let opened: Vec<_> = add
+            .iter()
+            .map(|(k, b)| (k.clone(), b.local_addr()))
+            .collect();
+        let (done, applied) = channel::bounded(1);
+        self.send(Control::Apply {
+            plan: plan.clone(),
+            add,
+            remove: remove.clone(),
+            done,
+        });
+        let _ = smol::block_on(applied.recv());
+        for key in &remove {
+            state.listeners.remove(key);
+        }
+        state.listeners.extend(opened.iter().cloned());
+        state.plan = plan;
+        Ok(Applied {
+            kept: keys.len() - opened.len(),
+            opened,
+            closed: remove,
+        })
+    }
+
+    /// Connections open now, every role together.
+    pub fn active(&self) -> u64 {
+        let m = &self.metrics;
+        m.gateway.active.get() + m.upstream.active.get() + m.inbound.active.get()
+    }
+
+    /// Stops accepting at once, lets open connections finish for up to `grace`, then closes
+    /// the rest and stops. Returns how many connections were cut.
+    pub fn drain(mut self, grace: Duration) -> u64 {
+        let (done, stopped) = channel::bounded(1);
+        self.send(Control::StopAccepting { done });
+        let _ = smol::block_on(stopped.recv());
+        self.state().listeners.clear();
+        let deadline = Instant::now() + grace;
+        // Polling a counter a few times a second is cheaper than waking on every close.
+        while self.active() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
+        }
+        let cut = self.active();
+        self.shutdown();
+        cut
+    }
+
     /// Stops serving and closes every connection.
     pub fn stop(mut self) {
         self.shutdown();
@@ -202,8 +337,18 @@ impl Running {
         }
     }
 
+    fn send(&self, msg: Control) {
+        if let Some(c) = &self.control {
+            let _ = c.try_send(msg);
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn shutdown(&mut self) {
-        self.stop.take();
+        self.control.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -213,35 +358,6 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// Binds an upstream's local listener. A Unix socket left by an earlier run is replaced (any
-/// other file at that path is an error), then given its configured mode.
-fn bind_local(bind: &Bind) -> io::Result<listener::LocalListener> {
-    match bind {
-        Bind::Tcp(addr) => Ok(listener::LocalListener::Tcp(Async::new(
-            TcpListener::bind(addr)?,
-        )?)),
-        Bind::Unix { path, mode } => {
-            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                std::fs::remove_file(path)?;
-            }
-            let l = UnixListener::bind(path)?;
-            if let Some(mode) = mode {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))?;
-            }
-            Ok(listener::LocalListener::Unix(Async::new(l)?))
-        }
-    }
-}
-
-/// The address a bind error is reported for (a Unix socket has none).
-fn bind_addr(bind: &Bind) -> SocketAddr {
-    match bind {
-        Bind::Tcp(a) => *a,
-        Bind::Unix { .. } => SocketAddr::from(([0, 0, 0, 0], 0)),
     }
 }
 

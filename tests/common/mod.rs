@@ -3,6 +3,9 @@
 //! itself started in-process on port 0.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod apps;
+pub mod sidecars;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -305,6 +308,24 @@ pub fn dc2_gateway_with_web(pki: &Pki) -> (Backend, sidegate::proxy::Running) {
 pub fn start(toml: &str) -> sidegate::proxy::Running {
     let config = sidegate::config::parse(toml).unwrap_or_else(|e| panic!("config: {e:?}"));
     sidegate::proxy::start(sidegate::mesh::plan(&config.snapshot)).unwrap()
+}
+
+/// A free loopback port for a listener a configuration must name (`local_bind_port` cannot
+/// be 0). It comes from below the kernel's ephemeral range (32768 and up by default), so the
+/// local end of some test's outgoing connection cannot take it before sidegate binds it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    loop {
+        // Spread by process so that test binaries running at once rarely probe the same ports.
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id() * 97;
+        let port = u16::try_from(FIRST + n % SPAN).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A port on which nothing listens (bound, then released).

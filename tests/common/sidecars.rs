@@ -1,0 +1,137 @@
+//! The services of the identity fixtures (tests/fixtures/tls), each with its place in the mesh
+//! and its leaf, and sidecars started for them in-process.
+
+use std::net::SocketAddr;
+
+use sidegate::proxy::Running;
+use sidegate::tls::Identity;
+
+use super::{start, TD};
+
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One service of the fixtures: its Consul place and its leaf (`<service>.pem`) and key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: &'static str,
+    pub dc: &'static str,
+    pub partition: &'static str,
+    pub key: &'static str,
+}
+
+/// `web` in dc1, default partition: the downstream of most tests.
+pub const WEB: Service = Service {
+    name: "web",
+    dc: "dc1",
+    partition: "default",
+    key: "web-key-sec1.pem",
+};
+
+/// `db` in dc1, partition part2 (an RSA leaf).
+pub const DB: Service = Service {
+    name: "db",
+    dc: "dc1",
+    partition: "part2",
+    key: "db-key-pkcs1.pem",
+};
+
+/// `api` in datacenter dc2, default partition.
+pub const API: Service = Service {
+    name: "api",
+    dc: "dc2",
+    partition: "default",
+    key: "api-key-sec1.pem",
+};
+
+impl Service {
+    pub fn identity(&self) -> Identity {
+        let read = |n: &str| std::fs::read(fixture(n)).unwrap();
+        Identity::from_pem(
+            &read(&format!("{}.pem", self.name)),
+            &read(self.key),
+            &read("ca.pem"),
+        )
+        .unwrap()
+    }
+
+    /// Consul's SNI for this service (consul-mesh.md §1.1).
+    pub fn sni(&self) -> String {
+        match self.partition {
+            "default" => format!("{}.default.{}.internal.{TD}", self.name, self.dc),
+            p => format!("{}.default.{p}.{}.internal-v1.{TD}", self.name, self.dc),
+        }
+    }
+
+    /// `[mesh]`, `[tls]` and `[sidecar] service` of this service's sidecar.
+    pub fn header(&self) -> String {
+        format!(
+            "[mesh]\ndatacenter = \"{}\"\npartition = \"{}\"\ntrust_domain = \"{TD}\"\n\
+             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
+             [sidecar]\nservice = \"{}\"",
+            self.dc,
+            self.partition,
+            fixture(&format!("{}.pem", self.name)),
+            fixture(self.key),
+            fixture("ca.pem"),
+            self.name,
+        )
+    }
+
+    /// This service's sidecar with only its inbound listener (on a loopback port), delivering
+    /// to `app`, with these `[sidecar.intentions]` lines.
+    pub fn inbound(&self, app: SocketAddr, intentions: &str) -> Running {
+        start(&format!(
+            "{}\npublic_listener = \"127.0.0.1:0\"\nlocal_service_address = \"{app}\"\n{intentions}\n",
+            self.header()
+        ))
+    }
+}
+
+/// Connections a gateway has routed.
+pub fn routed(gw: &Running) -> u64 {
+    gw.metrics
+        .gateway
+        .hello(sidegate::metrics::HelloOutcome::Routed)
+        .get()
+}
+
+/// `check --json` of `path`, run from `cwd`: it must succeed without a warning.
+pub fn check_json_clean(path: &std::path::Path, cwd: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidegate"))
+        .args(["check", "--json", "--config"])
+        .arg(path)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "warnings: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Starts sidegate from a configuration naming fixed local ports (`local_bind_port` cannot
+/// be 0): `config` gives a text with ports it just found free, and extra data for the test.
+/// A free port can still be taken before sidegate binds it (as the local end of any test's
+/// outgoing connection), so on "address in use" the text is made again with other ports.
+pub fn start_on_free_ports<T>(config: impl Fn() -> (String, T)) -> (Running, String, T) {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let (toml, extra) = config();
+        let parsed = sidegate::config::parse(&toml).unwrap_or_else(|e| panic!("config: {e:?}"));
+        match sidegate::proxy::start(sidegate::mesh::plan(&parsed.snapshot)) {
+            Ok(running) => return (running, toml, extra),
+            Err(e) if e.error.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("no free local ports in {ATTEMPTS} attempts")
+}
