@@ -5,7 +5,8 @@
 //! buffers keeps the steady-state data path free of allocation.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
@@ -124,6 +125,60 @@ impl Drop for Pipe {
                     p.push(ends);
                 }
             });
+        }
+    }
+}
+
+/// What carries one direction's chunk from socket to socket: a pipe when the kernel gives one
+/// (zero-copy splice), else a pooled buffer. Held only while bytes are in flight.
+pub enum Carrier {
+    Pipe(Pipe),
+    Buf { buf: Buf, start: usize, end: usize },
+}
+
+impl Carrier {
+    pub fn take() -> Carrier {
+        match Pipe::take() {
+            Some(p) => Carrier::Pipe(p),
+            None => Carrier::Buf {
+                buf: Buf::take(),
+                start: 0,
+                end: 0,
+            },
+        }
+    }
+
+    /// Reads what `from` has into the (empty) carrier; 0 at end of stream.
+    pub fn fill(&mut self, mut from: &TcpStream) -> io::Result<usize> {
+        match self {
+            Carrier::Pipe(p) => p.fill(from),
+            Carrier::Buf { buf, start, end } => {
+                let n = from.read(buf.as_mut())?;
+                (*start, *end) = (0, n);
+                Ok(n)
+            }
+        }
+    }
+
+    /// Writes as much of the carried bytes to `to` as it takes now.
+    pub fn drain(&mut self, mut to: &TcpStream) -> io::Result<usize> {
+        match self {
+            Carrier::Pipe(p) => p.drain(to),
+            Carrier::Buf { buf, start, end } => {
+                let n = to.write(&buf.as_mut()[*start..*end])?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                *start += n;
+                Ok(n)
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Carrier::Pipe(p) => p.is_empty(),
+            Carrier::Buf { start, end, .. } => start == end,
         }
     }
 }

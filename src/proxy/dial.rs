@@ -5,7 +5,9 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use smol::{future, Async, Timer};
+use smol::Async;
+
+use super::deadline;
 
 use crate::mesh::endpoints::EndpointSet;
 use crate::mesh::Endpoint;
@@ -52,9 +54,5 @@ pub async fn connect_one(endpoint: &Endpoint, timeout: Duration) -> io::Result<A
         stream.get_ref().set_nodelay(true)?;
         Ok(stream)
     };
-    future::or(attempt, async {
-        Timer::after(timeout).await;
-        Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
-    })
-    .await
+    deadline::timeout(timeout, "connect timed out", attempt).await
 }

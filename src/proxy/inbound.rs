@@ -5,8 +5,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use futures_rustls::TlsAcceptor;
-use smol::{future, Async, Timer};
+use smol::Async;
 
+use super::deadline;
 use super::tls_relay::relay_tls;
 use std::sync::Arc;
 
@@ -39,14 +40,7 @@ pub async fn serve(
     let started = Instant::now();
     let _ = mesh.get_ref().set_nodelay(true);
     let accept = TlsAcceptor::from(inb.tls.clone()).accept(mesh);
-    let timed_out = async {
-        Timer::after(HANDSHAKE_TIMEOUT).await;
-        Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "handshake timed out",
-        ))
-    };
-    let tls = match future::or(accept, timed_out).await {
+    let tls = match deadline::timeout(HANDSHAKE_TIMEOUT, "handshake timed out", accept).await {
         Ok(tls) => tls,
         Err(e) => {
             m.handshake_failures.inc();

@@ -6,6 +6,7 @@
 //! accepted under to its end, so a reload never cuts one.
 
 mod buffers;
+mod deadline;
 mod dial;
 mod gateway;
 mod inbound;
@@ -209,6 +210,8 @@ fn event_loop(plan: Arc<Plan>, metrics: Arc<Metrics>, controlled: Receiver<Contr
         metrics,
     });
     let mut listeners: HashMap<ListenerKey, Task<()>> = HashMap::new();
+    // Fires every connection's deadlines (handshake, connect, idle) from one timer.
+    ex.spawn(deadline::sweeper()).detach();
     smol::block_on(ex.run(async {
         while let Ok(msg) = controlled.recv().await {
             match msg {

@@ -9,18 +9,23 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::io::{self, Read};
+use std::io;
 use std::net::{Shutdown, TcpStream};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use smol::io::AsyncWriteExt;
-use smol::{future, Async, Timer};
+use smol::{future, Async};
 
-use super::buffers::{Buf, Pipe};
+use super::buffers::Carrier;
+use super::deadline::Deadline;
 use crate::metrics::Counter;
 
-/// Chunks one direction may move before yielding to the other connections.
+/// Chunks a direction may move in one turn before yielding to the other connections.
 const FAIR_SHARE: u8 = 16;
+/// A chunk shorter than this probably emptied the socket: wait for readiness before reading
+/// again instead of trying a read that would fail (request/response traffic saves a syscall
+/// per message; a bulk transfer keeps reading without waiting).
+const SHORT: usize = 16 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RelayEnd {
@@ -47,6 +52,9 @@ pub(super) struct Flow {
 
 /// Relays until both directions end, one fails, or the pair is idle for `idle`. Bytes are
 /// added to the shared counters as they move, so a failed relay is still counted.
+///
+/// One hand-written state machine rather than two async loops raced with a watchdog: it is
+/// what every held connection keeps, and this way it is a few hundred bytes.
 pub async fn relay(
     a: &Async<TcpStream>,
     b: &Async<TcpStream>,
@@ -54,13 +62,107 @@ pub async fn relay(
     a_to_b: &Counter,
     b_to_a: &Counter,
 ) -> io::Result<Relayed> {
-    let flow = Flow::new();
-    let both = future::try_zip(
-        pump(a, b, a_to_b, &flow, &flow.a_to_b),
-        pump(b, a, b_to_a, &flow, &flow.b_to_a),
-    );
-    future::or(both, flow.watchdog(idle)).await?;
-    Ok(flow.relayed())
+    let (mut up, mut down) = (Half::default(), Half::default());
+    let mut last = Instant::now();
+    let mut watch = Deadline::at(last + idle);
+    future::poll_fn(|cx| {
+        // Each direction has its own share: one that always has data must not starve the
+        // other (an echo would stall until every buffer on the way is full).
+        let (mut up_share, mut down_share) = (FAIR_SHARE, FAIR_SHARE);
+        let moved = up.pump(cx, a, b, a_to_b, &mut up_share)?;
+        let moved = down.pump(cx, b, a, b_to_a, &mut down_share)? || moved;
+        let relayed = |end| Relayed {
+            end,
+            a_to_b: up.moved,
+            b_to_a: down.moved,
+        };
+        if up.done && down.done {
+            return Poll::Ready(Ok(relayed(RelayEnd::Done)));
+        }
+        if moved {
+            last = Instant::now();
+        }
+        if up_share == 0 || down_share == 0 {
+            // One event loop serves every connection: a transfer that never has to wait
+            // must still let the others run.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        while watch.poll_due(cx).is_ready() {
+            if Instant::now() >= last + idle {
+                return Poll::Ready(Ok(relayed(RelayEnd::Idle)));
+            }
+            watch.reset(last + idle);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// One direction of a relayed pair.
+#[derive(Default)]
+struct Half {
+    /// Bytes read and not yet written; `None` while nothing is in flight.
+    carrier: Option<Carrier>,
+    /// The last chunk was full-sized: read again before waiting.
+    streaming: bool,
+    /// The sender finished and the half-close was passed on.
+    done: bool,
+    moved: u64,
+}
+
+impl Half {
+    /// Moves what can move now, within `budget` chunks; registers for the readiness it then
+    /// waits on. True if any bytes moved.
+    fn pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &Async<TcpStream>,
+        to: &Async<TcpStream>,
+        total: &Counter,
+        budget: &mut u8,
+    ) -> io::Result<bool> {
+        let mut moved = false;
+        while !self.done {
+            if let Some(carrier) = self.carrier.as_mut().filter(|c| !c.is_empty()) {
+                let sent = step(carrier.drain(to.get_ref()))?;
+                if sent == Step::Wait && to.poll_writable(cx)?.is_pending() {
+                    return Ok(moved);
+                }
+                continue;
+            }
+            if *budget == 0 {
+                return Ok(moved);
+            }
+            if !self.streaming {
+                // Nothing is held while waiting: an idle direction costs no pipe or buffer.
+                self.carrier = None;
+                if from.poll_readable(cx)?.is_pending() {
+                    return Ok(moved);
+                }
+            }
+            let carrier = self.carrier.get_or_insert_with(Carrier::take);
+            match step(carrier.fill(from.get_ref()))? {
+                Step::Eof => {
+                    // The peer has finished sending: pass the half-close on. The other side
+                    // may already be gone; that is not an error for this direction.
+                    let _ = to.get_ref().shutdown(Shutdown::Write);
+                    self.carrier = None;
+                    self.done = true;
+                }
+                Step::Moved(n) => {
+                    total.add(n as u64);
+                    self.moved += n as u64;
+                    self.streaming = n >= SHORT;
+                    *budget -= 1;
+                    moved = true;
+                }
+                Step::Again => {}
+                Step::Wait => self.streaming = false,
+            }
+        }
+        Ok(moved)
+    }
 }
 
 impl Flow {
@@ -77,13 +179,15 @@ impl Flow {
     /// type so the three race with `future::or` directly: wrapping the directions in another
     /// future would lay them out twice in every connection's state.
     pub(super) async fn watchdog(&self, idle: Duration) -> io::Result<((), ())> {
+        let mut due = Deadline::at(self.last.get() + idle);
         loop {
+            (&mut due).await;
             let deadline = self.last.get() + idle;
             if Instant::now() >= deadline {
                 self.idled.set(true);
                 return Ok(((), ()));
             }
-            Timer::at(deadline).await;
+            due.reset(deadline);
         }
     }
 
@@ -108,43 +212,12 @@ impl Flow {
     }
 }
 
-/// One direction. Waits for readability without holding a pipe or buffer, so an idle
-/// connection costs neither; one is held only while bytes move.
-async fn pump(
-    from: &Async<TcpStream>,
-    to: &Async<TcpStream>,
-    total: &Counter,
-    flow: &Flow,
-    mine: &Cell<u64>,
-) -> io::Result<()> {
-    let mut pace = Pace::default();
-    loop {
-        // Read first and wait only when nothing is there: waiting re-arms the socket in the
-        // reactor (an epoll_ctl), which a busy transfer would otherwise pay on every chunk.
-        let step = match Pipe::take() {
-            Some(pipe) => splice_once(from, to, pipe).await?,
-            None => copy_once(from, to).await?,
-        };
-        match step {
-            Step::Eof => {
-                // The peer has finished sending: pass the half-close on. The other side
-                // may already be gone; that is not an error for this direction.
-                let _ = to.get_ref().shutdown(Shutdown::Write);
-                return Ok(());
-            }
-            Step::Moved(n) => flow.moved(total, mine, n),
-            Step::Again | Step::Wait => {}
-        }
-        pace.next(step == Step::Wait, from.readable()).await?;
-    }
-}
-
-/// What one read attempt of a direction came to.
+/// What one non-blocking read (or write) attempt came to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Step {
     Moved(usize),
     Eof,
-    /// Nothing to read until the socket is readable again.
+    /// Nothing to do until the socket is ready again.
     Wait,
     /// Interrupted: try again.
     Again,
@@ -158,35 +231,6 @@ pub(super) fn step(read: io::Result<usize>) -> io::Result<Step> {
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Step::Again),
         Err(e) => Err(e),
     }
-}
-
-/// One chunk through the kernel: whatever `from` has, into the pipe, then all of it to `to`.
-async fn splice_once(
-    from: &Async<TcpStream>,
-    to: &Async<TcpStream>,
-    mut pipe: Pipe,
-) -> io::Result<Step> {
-    let filled = step(pipe.fill(from.get_ref()))?;
-    while !pipe.is_empty() {
-        match pipe.drain(to.get_ref()) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-/// One chunk through a pooled buffer, when no pipe can be had.
-async fn copy_once(from: &Async<TcpStream>, to: &Async<TcpStream>) -> io::Result<Step> {
-    let mut buf = Buf::take();
-    let read = step(from.get_ref().read(buf.as_mut()))?;
-    if let Step::Moved(n) = read {
-        let mut writer = to;
-        writer.write_all(&buf.as_mut()[..n]).await?;
-    }
-    Ok(read)
 }
 
 /// Between a direction's chunks: wait for readiness when the read would have blocked;

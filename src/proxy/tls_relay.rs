@@ -119,6 +119,18 @@ async fn send_pending<D>(remote: &Async<TcpStream>, tls: &Conn<'_, D>) -> io::Re
     }
 }
 
+/// Writes what rustls has queued as far as the socket takes it now.
+fn try_send<D>(remote: &Async<TcpStream>, tls: &Conn<'_, D>) -> io::Result<()> {
+    let mut tls = tls.borrow_mut();
+    while tls.wants_write() {
+        match step(tls.write_tls(&mut remote.get_ref()))? {
+            Step::Wait | Step::Eof => break,
+            Step::Moved(_) | Step::Again => {}
+        }
+    }
+    Ok(())
+}
+
 /// TLS from the peer, decrypted to the local side.
 async fn tls_to_local<L, D>(
     remote: &Async<TcpStream>,
@@ -151,9 +163,12 @@ where
                         tls.read_tls(&mut fed)?;
                         tls.process_new_packets().map_err(io::Error::other)?;
                     }
-                    // Alerts or key updates may need an answer; records need delivering
-                    // before rustls accepts more (it buffers 16 KiB of plaintext).
-                    send_pending(remote, tls).await?;
+                    // Alerts or key updates may need an answer: sent if the socket takes it now,
+                    // else by the other direction, which flushes before it reads. Waiting for
+                    // the socket here would tie this direction to the other's backlog: a peer
+                    // that stops reading until it can write would deadlock the pair.
+                    try_send(remote, tls)?;
+                    // Records need delivering before rustls accepts more (it buffers 16 KiB).
                     if deliver(tls, local, total, flow).await? == Peer::Finished {
                         return local.get_ref().shutdown_write();
                     }

@@ -6,10 +6,10 @@ use std::net::TcpStream;
 use std::time::Instant;
 
 use futures_rustls::TlsConnector;
-use smol::{future, Async, Timer};
+use smol::Async;
 
-use super::dial;
 use super::tls_relay::relay_tls;
+use super::{deadline, dial};
 use crate::mesh::plan::UpstreamPlan;
 use crate::metrics::UpstreamMetrics;
 
@@ -71,14 +71,7 @@ async fn open(
         return None;
     };
     let handshake = TlsConnector::from(cfg).connect(name, tcp);
-    let timed_out = async {
-        Timer::after(up.connect_timeout).await;
-        Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "TLS handshake timed out",
-        ))
-    };
-    match future::or(handshake, timed_out).await {
+    match deadline::timeout(up.connect_timeout, "TLS handshake timed out", handshake).await {
         Ok(tls) => Some(tls),
         Err(e) => {
             m.handshake_failures.inc();
