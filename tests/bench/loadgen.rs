@@ -7,7 +7,7 @@
 //! loadgen backend --listen 127.0.0.1:P --name SNI [--spiffe URI]
 //! loadgen bulk    --connect ADDR --sni NAME [--client tls|mtls|plain] [--bytes N] [--conns K] [--dir up|down|both]
 //! loadgen rate    --connect ADDR --sni NAME [--client ...] [--seconds S] [--parallel K]
-//! loadgen latency --connect ADDR --sni NAME [--client ...] [--seconds S]
+//! loadgen latency --connect ADDR --sni NAME [--client ...] [--seconds S] [--setup-seconds S]
 //! loadgen hold    --connect ADDR --sni NAME [--client ...] [--count 1000] [--parallel K] [--timeout-secs T]
 //! ```
 //!
@@ -637,8 +637,10 @@ fn connect_loop(t: &Arc<Target>, seconds: f64, parallel: usize) -> Res<(Vec<u32>
 fn latency(o: &Opts) -> Res<()> {
     let t = Arc::new(Target::from(o)?);
     let seconds: f64 = o.num("seconds", 2.0)?;
-    let (setup, _, errors) = connect_loop(&t, seconds, 1)?;
-    if setup.is_empty() {
+    // `--setup-seconds 0` measures round trips only (e.g. to count a proxy's syscalls).
+    let setup_seconds: f64 = o.num("setup-seconds", seconds)?;
+    let (setup, _, errors) = connect_loop(&t, setup_seconds, 1)?;
+    if setup.is_empty() && setup_seconds > 0.0 {
         return Err("no connection succeeded".into());
     }
     let mut c = t.connect()?;

@@ -182,13 +182,13 @@ rss_kib() {
     done
     echo "$total"
 }
-cpu_ticks() { # utime + stime of every process of the tree (all their threads)
-    local total=0 p v
+cpu_ticks() { # "user system" clock ticks of every process of the tree (all their threads)
+    local user=0 sys=0 p u s
     for p in $(tree_pids "$1"); do
-        v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}' || true)
-        total=$((total + ${v:-0}))
+        read -r u s < <(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12, $13}') || true
+        user=$((user + ${u:-0})) sys=$((sys + ${s:-0}))
     done
-    echo "$total"
+    echo "$user $sys"
 }
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -200,6 +200,7 @@ declare -A PORT=(
     [origination/sidegate]=$((BASE_PORT + 21)) [origination/haproxy]=$((BASE_PORT + 22))
     [origination/nginx]=$((BASE_PORT + 24)) [origination/stunnel]=$((BASE_PORT + 25)))
 CERTS=$TMP/certs
+declare -A BACKEND_PID
 
 write_configs() {
     local p=passthrough o=origination re
@@ -360,10 +361,12 @@ EOF
 start_backends() {
     "$LOADGEN" certs --cert-dir "$CERTS" --client-spiffe "$WEB_SPIFFE" >/dev/null
     "$LOADGEN" backend --listen "$TLS_BACKEND" --name "$SNI" --cert-dir "$CERTS" 2>"$TMP/backend-tls.log" &
+    BACKEND_PID[passthrough]=$!
     PIDS+=("$!")
     wait_for "$!" "$BASE_PORT" || die "TLS backend did not start: $(cat "$TMP/backend-tls.log")"
     "$LOADGEN" backend --listen "$MTLS_BACKEND" --name "$SNI" --spiffe "$DB_SPIFFE" --cert-dir "$CERTS" \
         2>"$TMP/backend-mtls.log" &
+    BACKEND_PID[origination]=$!
     PIDS+=("$!")
     wait_for "$!" $((BASE_PORT + 1)) || die "mTLS backend did not start: $(cat "$TMP/backend-mtls.log")"
 }
@@ -438,33 +441,57 @@ measure_hold() {
     log "  $held held, RSS $rss KiB (idle $idle KiB)"
 }
 
+# Seconds of CPU between two cpu_ticks readings, per GB of `bytes` (or µs per `conns`).
+per_gb() { awk -v t="$1" -v hz="$CLK_TCK" -v b="$2" 'BEGIN {printf "%.3f", t / hz / (b / 1e9)}'; }
+per_conn_us() { awk -v t="$1" -v hz="$CLK_TCK" -v n="$2" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}'; }
+
+# Bulk throughput, and where the CPU went: the proxy's (user and kernel) and the whole
+# path's (client + backend + proxy), which on a machine whose cores are all busy bounds what
+# any path can reach.
 measure_bulk() {
-    local sc=$1 name=$2 round=$3 c0=0 c1 res mbps bytes
-    [[ -n $PROXY_PID ]] && c0=$(cpu_ticks "$PROXY_PID")
+    local sc=$1 name=$2 round=$3 res mbps bytes p0=(0 0) p1=(0 0) b0 b1 client
+    [[ -n $PROXY_PID ]] && read -ra p0 <<<"$(cpu_ticks "$PROXY_PID")"
+    read -r b0 _ <<<"$(cpu_ticks "${BACKEND_PID[$sc]}" | awk '{print $1 + $2}')"
     # shellcheck disable=SC2046
-    res=$(timeout 600 "$LOADGEN" bulk $(client_args) --bytes $((BULK_MB * 1048576)) \
-        --conns "$BULK_CONNS" --dir both 2>>"$TMP/loadgen.err") ||
+    res=$( { TIMEFORMAT='CLIENT_CPU %U %S'; time timeout 600 "$LOADGEN" bulk $(client_args) \
+        --bytes $((BULK_MB * 1048576)) --conns "$BULK_CONNS" --dir both 2>>"$TMP/loadgen.err"; } 2>&1) ||
         die "bulk via $sc/$name failed: $(tail -3 "$TMP/loadgen.err")"
+    [[ -n $PROXY_PID ]] && read -ra p1 <<<"$(cpu_ticks "$PROXY_PID")"
+    read -r b1 _ <<<"$(cpu_ticks "${BACKEND_PID[$sc]}" | awk '{print $1 + $2}')"
     mbps=$(kv mbps <<<"$res")
     bytes=$(kv bytes <<<"$res")
+    client=$(awk -v hz="$CLK_TCK" '/^CLIENT_CPU/ {printf "%d", ($2 + $3) * hz}' <<<"$res")
     record "$sc" "$name" "$round" bulk_mbps "$mbps"
+    local proxy=$((p1[0] + p1[1] - p0[0] - p0[1]))
+    record "$sc" "$name" "$round" path_cpu_s_per_gb "$(per_gb $((client + b1 - b0 + proxy)) "$bytes")"
     if [[ -n $PROXY_PID ]]; then
-        c1=$(cpu_ticks "$PROXY_PID")
-        record "$sc" "$name" "$round" cpu_s_per_gb \
-            "$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v b="$bytes" 'BEGIN {printf "%.3f", t / hz / (b / 1e9)}')"
+        record "$sc" "$name" "$round" cpu_s_per_gb "$(per_gb "$proxy" "$bytes")"
+        record "$sc" "$name" "$round" cpu_user_s_per_gb "$(per_gb $((p1[0] - p0[0])) "$bytes")"
     fi
     log "  bulk $mbps MB/s"
 }
 
 measure_rate() {
-    local sc=$1 name=$2 round=$3 res
+    local sc=$1 name=$2 round=$3 res p0=(0 0) p1=(0 0) conns b0 b1 client
+    [[ -n $PROXY_PID ]] && read -ra p0 <<<"$(cpu_ticks "$PROXY_PID")"
+    read -r b0 _ <<<"$(cpu_ticks "${BACKEND_PID[$sc]}" | awk '{print $1 + $2}')"
     # shellcheck disable=SC2046
-    res=$(timeout $((RATE_SECONDS + 120)) "$LOADGEN" rate $(client_args) --seconds "$RATE_SECONDS" \
-        --parallel "$RATE_PARALLEL" 2>>"$TMP/loadgen.err") ||
+    res=$( { TIMEFORMAT='CLIENT_CPU %U %S'; time timeout $((RATE_SECONDS + 120)) "$LOADGEN" rate $(client_args) \
+        --seconds "$RATE_SECONDS" --parallel "$RATE_PARALLEL" 2>>"$TMP/loadgen.err"; } 2>&1) ||
         die "rate via $sc/$name failed: $(tail -3 "$TMP/loadgen.err")"
+    [[ -n $PROXY_PID ]] && read -ra p1 <<<"$(cpu_ticks "$PROXY_PID")"
+    read -r b1 _ <<<"$(cpu_ticks "${BACKEND_PID[$sc]}" | awk '{print $1 + $2}')"
+    client=$(awk -v hz="$CLK_TCK" '/^CLIENT_CPU/ {printf "%d", ($2 + $3) * hz}' <<<"$res")
+    conns=$(kv conns <<<"$res")
+    [[ $conns -gt 0 ]] && record "$sc" "$name" "$round" path_cpu_us_per_conn \
+        "$(per_conn_us $((client + b1 - b0 + p1[0] + p1[1] - p0[0] - p0[1])) "$conns")"
     record "$sc" "$name" "$round" cps "$(kv cps <<<"$res")"
     record "$sc" "$name" "$round" rate_p50_ms "$(kv p50_ms <<<"$res")"
     record "$sc" "$name" "$round" rate_errors "$(kv errors <<<"$res")"
+    if [[ -n $PROXY_PID && $conns -gt 0 ]]; then
+        record "$sc" "$name" "$round" cpu_us_per_conn "$(per_conn_us $((p1[0] + p1[1] - p0[0] - p0[1])) "$conns")"
+        record "$sc" "$name" "$round" cpu_user_us_per_conn "$(per_conn_us $((p1[0] - p0[0])) "$conns")"
+    fi
     log "  $(kv cps <<<"$res") conn/s (p50 $(kv p50_ms <<<"$res") ms under load), errors $(kv errors <<<"$res")"
 }
 
@@ -560,6 +587,14 @@ median() { # median SCENARIO PATH METRIC → value or empty
     awk -F'\t' -v s="$1" -v n="$2" -v m="$3" '$1 == s && $2 == n && $4 == m && $5 != "" {print $5}' "$RAW" |
         sort -g | awk '{v[NR] = $1} END {if (NR == 0) exit; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'
 }
+# medians_into SCENARIO PATH VAR=METRIC...: sets each (caller's local) VAR to that median.
+medians_into() {
+    local sc=$1 name=$2 pair
+    shift 2
+    for pair in "$@"; do
+        printf -v "${pair%%=*}" '%s' "$(median "$sc" "$name" "${pair#*=}")"
+    done
+}
 meta_of() { awk -F'\t' -v k="$1" '$1 == "meta" && $2 == k {print $5; exit}' "$RAW"; }
 calc() { awk "BEGIN {print $1}"; }
 num() { awk "BEGIN {printf \"%.$2f\", $1}"; }
@@ -579,14 +614,8 @@ table() { # table SCENARIO
     echo "|---|---|---|---|---|---|---|---|"
     for name in $(scenario_paths "$sc"); do
         local bulk cps s50 s99 rtt idle per cpu label=$name
-        bulk=$(median "$sc" "$name" bulk_mbps)
-        cps=$(median "$sc" "$name" cps)
-        s50=$(median "$sc" "$name" setup_p50_ms)
-        s99=$(median "$sc" "$name" setup_p99_ms)
-        rtt=$(median "$sc" "$name" rtt_p50_ms)
-        idle=$(median "$sc" "$name" idle_rss_kib)
-        per=$(median "$sc" "$name" per_conn_kib)
-        cpu=$(median "$sc" "$name" cpu_s_per_gb)
+        medians_into "$sc" "$name" bulk=bulk_mbps cps=cps s50=setup_p50_ms s99=setup_p99_ms \
+            rtt=rtt_p50_ms idle=idle_rss_kib per=per_conn_kib cpu=cpu_s_per_gb
         [[ -n $idle ]] && idle=$(calc "$idle / 1024")
         [[ -n $rtt ]] && rtt=$(calc "$rtt * 1000")
         if [[ $name == direct ]]; then
@@ -597,6 +626,33 @@ table() { # table SCENARIO
         fi
     done
     return 0
+}
+
+cpu_table() { # cpu_table SCENARIO
+    local sc=$1 name
+    echo "| path | whole path CPU s/GB | proxy CPU s/GB (user part) | whole path CPU µs per new conn | proxy CPU µs per new conn (user part) |"
+    echo "|---|---|---|---|---|"
+    for name in $(scenario_paths "$sc"); do
+        local path_gb gb ugb path_c c uc
+        medians_into "$sc" "$name" path_gb=path_cpu_s_per_gb gb=cpu_s_per_gb ugb=cpu_user_s_per_gb \
+            path_c=path_cpu_us_per_conn c=cpu_us_per_conn uc=cpu_user_us_per_conn
+        if [[ $name == direct ]]; then
+            echo "| direct | $(fmt "$path_gb" 2) | — | $(fmt "$path_c" 0) | — |"
+        else
+            echo "| $name | $(fmt "$path_gb" 2) | $(fmt "$gb" 2) ($(fmt "$ugb" 2)) | $(fmt "$path_c" 0) | $(fmt "$c" 0) ($(fmt "$uc" 0)) |"
+        fi
+    done
+    return 0
+}
+
+# The ratio to direct a CPU-bound path can reach at most: direct's whole-path CPU over this
+# path's (same work, one more process and TCP hop), as text for the targets table.
+cpu_bound() { # cpu_bound SCENARIO PATH METRIC
+    local d p
+    d=$(median "$1" direct "$3")
+    p=$(median "$1" "$2" "$3")
+    [[ -n $d && -n $p ]] || return 0
+    echo "; with every core busy at most ×$(num "$d / $p" 2) (whole-path CPU $(num "$p" 2) vs direct $(num "$d" 2))"
 }
 
 # target LABEL VALUE-TEXT CONDITION(awk expression, empty when unmeasured)
@@ -615,9 +671,11 @@ targets() {
         local p=passthrough
         sg=$(median $p sidegate bulk_mbps); ha=$(median $p haproxy bulk_mbps); dir=$(median $p direct bulk_mbps)
         [[ -n $sg && -n $ha ]] && target_row "passthrough bulk ≥ 1.25× HAProxy" "×$(num "$sg / $ha" 2)" "$sg >= 1.25 * $ha"
-        [[ -n $sg && -n $dir ]] && target_row "passthrough bulk ≥ 0.9× direct" "×$(num "$sg / $dir" 2)" "$sg >= 0.9 * $dir"
+        [[ -n $sg && -n $dir ]] && target_row "passthrough bulk ≥ 0.9× direct" \
+            "×$(num "$sg / $dir" 2)$(cpu_bound $p sidegate path_cpu_s_per_gb)" "$sg >= 0.9 * $dir"
         sg=$(median $p sidegate cps); dir=$(median $p direct cps)
-        [[ -n $sg && -n $dir ]] && target_row "new conn/s ≥ 0.95× direct" "×$(num "$sg / $dir" 2)" "$sg >= 0.95 * $dir"
+        [[ -n $sg && -n $dir ]] && target_row "new conn/s ≥ 0.95× direct" \
+            "×$(num "$sg / $dir" 2)$(cpu_bound $p sidegate path_cpu_us_per_conn)" "$sg >= 0.95 * $dir"
         sg=$(median $p sidegate rtt_p50_ms); ha=$(median $p haproxy rtt_p50_ms); dir=$(median $p direct rtt_p50_ms)
         [[ -n $sg && -n $ha && -n $dir ]] && target_row "request RTT overhead ≤ HAProxy's" \
             "+$(num "($sg - $dir) * 1000" 0) µs (HAProxy +$(num "($ha - $dir) * 1000" 0) µs)" "$sg <= $ha"
@@ -665,6 +723,16 @@ MD=$OUT_DIR/bench.md
         esac
         echo
         table "$sc"
+    done
+    echo
+    echo "**Where the CPU goes** (same runs: bulk, and the new-connection test; whole path ="
+    echo "client + backend + proxy; the proxy's user-space part in brackets, the rest is kernel):"
+    for sc in passthrough origination; do
+        [[ -n $(scenario_paths $sc) ]] || continue
+        echo
+        echo "$sc:"
+        echo
+        cpu_table "$sc"
     done
     echo
     echo "**Targets** (issues 3 and 7):"
