@@ -18,9 +18,11 @@ usage: sidegate run --config FILE              run every configured role
                                                which gateway route NAME takes, and why
        sidegate --version
 
+signals (run): SIGHUP reloads the file; SIGTERM/SIGINT drain, then exit 0
+
 exit codes: 0 ok; 1 explain found no route; 64 bad usage; 66 config file unreadable;
             71 a listener could not be bound; 78 invalid configuration
-environment: SIDEGATE_LOG=error|warn|info|debug";
+environment: SIDEGATE_LOG=error|warn|info|debug (wins over [log] level)";
 
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut args = args.into_iter();

@@ -1,11 +1,15 @@
 //! sidegate: a Consul service-mesh sidecar and mesh gateway for small ARM hosts.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod consul;
 pub mod lifecycle;
 pub mod log;
 pub mod mesh;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
+pub mod signals;
 pub mod sni;
 pub mod tls;

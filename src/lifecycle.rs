@@ -2,18 +2,21 @@
 //! until told to stop. Everything that changes what runs arrives here as an `Event` on one
 //! channel — a signal, a new snapshot from Consul — and is applied by this one thread, so the
 //! running plan has exactly one writer.
+//!
+//! systemd hears of each step (`notify`): READY=1 once every listener and the admin endpoint
+//! are bound, RELOADING=1 … READY=1 around a reload, STOPPING=1 when the drain begins, and
+//! WATCHDOG=1 keep-alives for as long as the event loop answers.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::time::Duration;
+use std::sync::Arc;
 
-use crate::config;
+use crate::admin::{Admin, Status};
+use crate::config::{self, Operations};
 use crate::mesh::snapshot::Snapshot;
 use crate::mesh::{plan, Plan};
-use crate::proxy::{self, BindError, Running};
-
-/// How long live connections may take to finish after a stop request, unless configured.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::notify::{self, Notifier};
+use crate::proxy::{self, BindError, ListenerKey, Running};
 
 /// Events sent to the lifecycle loop. Senders live on other threads (signal handling, Consul
 /// watches); the channel is bounded, and a full channel means a change is already pending.
@@ -38,7 +41,14 @@ pub fn channel() -> (SyncSender<Event>, Receiver<Event>) {
 pub struct Lifecycle {
     path: PathBuf,
     running: Running,
-    drain_timeout: Duration,
+    operations: Operations,
+    status: Arc<Status>,
+    admin: Option<Admin>,
+    notifier: Arc<Notifier>,
+    /// Dropping it ends the watchdog thread.
+    _watchdog: Option<mpsc::Sender<()>>,
+    /// With `[consul]`: the follower sending snapshots; a reload restarts it.
+    consul: Option<crate::consul::Source>,
 }
 
 /// Why a reload left the running plan in place.
@@ -46,6 +56,7 @@ pub struct Lifecycle {
 pub enum ReloadError {
     Config(config::LoadError),
     Bind(BindError),
+    Consul(std::io::Error),
 }
 
 impl std::fmt::Display for ReloadError {
@@ -53,18 +64,34 @@ impl std::fmt::Display for ReloadError {
         match self {
             ReloadError::Config(e) => write!(f, "{e}"),
             ReloadError::Bind(e) => write!(f, "{e}"),
+            ReloadError::Consul(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl Lifecycle {
-    /// Binds every listener of `plan` (made from the file at `path`) and starts serving it.
-    pub fn start(path: PathBuf, plan: Plan) -> Result<Lifecycle, BindError> {
+    /// Binds every listener of `plan` (made from the file at `path`) and the admin endpoint,
+    /// and starts serving; `serve` then tells systemd it is ready.
+    pub fn start(
+        path: PathBuf,
+        plan: Plan,
+        operations: Operations,
+        notifier: Arc<Notifier>,
+    ) -> Result<Lifecycle, BindError> {
+        crate::log::configure(operations.log_level);
         let running = proxy::start(plan)?;
+        let status = Arc::new(Status::new(running.metrics.clone()));
+        let admin = bind_admin(operations.admin, &status)?;
+        status.set_plan(running.plan());
         Ok(Lifecycle {
             path,
             running,
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            operations,
+            status,
+            admin,
+            notifier,
+            _watchdog: None,
+            consul: None,
         })
     }
 
@@ -72,18 +99,43 @@ impl Lifecycle {
         &self.running
     }
 
-    /// Handles events until a shutdown, then drains. Returns how many connections the drain
-    /// had to cut.
-    pub fn serve(self, events: &Receiver<Event>) -> u64 {
+    /// Serves snapshots from this Consul source; reloads restart it with the new settings.
+    /// Its freshness decides readiness (`/ready` is 503 while the state is stale).
+    pub fn with_consul(mut self, source: Option<crate::consul::Source>) -> Lifecycle {
+        if let Some(s) = &source {
+            self.status.set_consul(s.status().clone());
+        }
+        self.consul = source;
+        self
+    }
+
+    pub fn consul(&self) -> Option<&crate::consul::Source> {
+        self.consul.as_ref()
+    }
+
+    /// Tells systemd it is ready, then handles events until a shutdown, then drains. Returns
+    /// how many connections the drain had to cut.
+    pub fn serve(mut self, events: &Receiver<Event>) -> u64 {
+        self.notifier.ready(&self.describe());
+        self._watchdog = self.start_watchdog();
         while let Ok(event) = events.recv() {
             match event {
                 Event::Reload => {
-                    let _ = self.reload();
+                    self.notifier.reloading();
+                    let outcome = match self.reload() {
+                        Ok(()) => self.describe(),
+                        Err(_) => format!(
+                            "reload failed, serving the previous configuration: {}",
+                            self.describe()
+                        ),
+                    };
+                    self.notifier.ready(&outcome);
                 }
                 Event::Snapshot(snapshot) => {
                     if let Err(e) = self.swap(plan(&snapshot)) {
                         crate::error!("new mesh state not applied: {e}");
                     }
+                    self.notifier.status(&self.describe());
                 }
                 Event::Shutdown => break,
             }
@@ -91,11 +143,11 @@ impl Lifecycle {
         self.drain()
     }
 
-    /// Reads the file again and swaps in its plan; on any error the running plan stays.
-    pub fn reload(&self) -> Result<(), ReloadError> {
-        let result = config::load(&self.path)
-            .map_err(ReloadError::Config)
-            .and_then(|c| self.swap(plan(&c.snapshot)).map_err(ReloadError::Bind));
+    /// Reads the file again and swaps in its plan, admin endpoint and settings; on any error
+    /// everything running stays as it was.
+    pub fn reload(&mut self) -> Result<(), ReloadError> {
+        crate::info!("reloading {}", self.path.display());
+        let result = self.try_reload();
         let m = &self.running.metrics.reloads;
         match &result {
             Ok(()) => m.ok.inc(),
@@ -107,11 +159,44 @@ impl Lifecycle {
         result
     }
 
+    fn try_reload(&mut self) -> Result<(), ReloadError> {
+        let config = config::load(&self.path).map_err(ReloadError::Config)?;
+        let ops = config.operations.clone();
+        // The admin endpoint first: binding it is the step that can still fail, and a new one
+        // that cannot be bound must leave the old plan in place too.
+        let new_admin = if ops.admin == self.operations.admin {
+            None
+        } else {
+            Some(bind_admin(ops.admin, &self.status).map_err(ReloadError::Bind)?)
+        };
+        match (&self.consul, config.consul.is_some()) {
+            (None, false) => self
+                .swap(plan(&config.snapshot))
+                .map_err(ReloadError::Bind)?,
+            // The agent's state is unchanged by the file: follow it again with the new
+            // settings (token, address, [gateway] knobs); the new follower sends a snapshot.
+            (Some(source), true) => source.restart(&config).map_err(ReloadError::Consul)?,
+            _ => {
+                return Err(ReloadError::Consul(std::io::Error::other(
+                    "switching between the file and [consul] as the source needs a restart",
+                )))
+            }
+        }
+        if let Some(admin) = new_admin {
+            // The old endpoint (if any) closes as it is replaced.
+            self.admin = admin;
+        }
+        crate::log::configure(ops.log_level);
+        self.operations = ops;
+        Ok(())
+    }
+
     fn swap(&self, plan: Plan) -> Result<(), BindError> {
         for w in &plan.warnings {
             crate::warn!("{w}");
         }
         let applied = self.running.apply(plan)?;
+        self.status.set_plan(self.running.plan());
         crate::info!(
             "new plan in service: {} listeners kept, {} opened, {} closed",
             applied.kept,
@@ -124,14 +209,102 @@ impl Lifecycle {
     /// Stops accepting and lets live connections finish for up to the drain timeout.
     pub fn drain(self) -> u64 {
         let open = self.running.active();
-        crate::info!(
-            "stopping: {open} connections open, waiting up to {:?} for them",
-            self.drain_timeout
-        );
-        let cut = self.running.drain(self.drain_timeout);
-        if cut > 0 {
-            crate::warn!("drain timeout reached: closed {cut} connections");
+        let grace = self.operations.drain_timeout;
+        self.status.set_draining();
+        self.notifier
+            .stopping(&format!("draining {open} connections for up to {grace:?}"));
+        crate::info!("draining: {open} connections open, waiting up to {grace:?} for them");
+        let Lifecycle { running, admin, .. } = self;
+        let cut = running.drain(grace);
+        match cut {
+            0 => crate::info!("drained: every connection finished"),
+            1 => crate::warn!("drain: grace period over, cut 1 connection"),
+            n => crate::warn!("drain: grace period over, cut {n} connections"),
         }
+        drop(admin);
         cut
     }
+
+    /// Keep-alives at half of `WATCHDOG_USEC`, each sent only once the event loop has answered
+    /// a ping: a wedged loop stops them and systemd restarts the service.
+    fn start_watchdog(&self) -> Option<mpsc::Sender<()>> {
+        let interval = notify::watchdog_interval()?;
+        if !self.notifier.is_enabled() {
+            return None;
+        }
+        let (stop, stopped) = mpsc::channel();
+        let pinger = self.running.pinger();
+        let alive = move || {
+            if pinger.ping(interval / 2) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the event loop did not answer within {:?}",
+                    interval / 2
+                ))
+            }
+        };
+        match notify::spawn_watchdog(self.notifier.clone(), interval, alive, stopped) {
+            Ok(_) => Some(stop),
+            Err(e) => {
+                crate::error!("cannot start the watchdog thread: {e}");
+                None
+            }
+        }
+    }
+
+    /// What runs, for systemd's STATUS= line (`systemctl status`).
+    fn describe(&self) -> String {
+        let plan = self.running.plan();
+        let at = |key: &ListenerKey| {
+            self.running
+                .local_addr(key)
+                .map_or_else(|| key.to_string(), |a| format!("{} {a}", key.role()))
+        };
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(gw) = &plan.gateway {
+            let listen: Vec<String> = gw
+                .settings
+                .listen
+                .iter()
+                .map(|a| at(&ListenerKey::Gateway(*a)))
+                .collect();
+            parts.push(format!(
+                "{} ({} routes)",
+                listen.join(", "),
+                gw.routes.routes().len()
+            ));
+        }
+        if let Some(inb) = &plan.inbound {
+            parts.push(at(&ListenerKey::Inbound(inb.listen)));
+        }
+        if !plan.upstreams.is_empty() {
+            let names: Vec<&str> = plan
+                .upstreams
+                .iter()
+                .map(|u| u.destination_name.as_str())
+                .collect();
+            parts.push(format!("upstream {}", names.join(", ")));
+        }
+        if let Some(admin) = &self.admin {
+            parts.push(format!("admin {}", admin.addr));
+        }
+        format!("serving {}", parts.join("; "))
+    }
+}
+
+fn bind_admin(
+    addr: Option<std::net::SocketAddr>,
+    status: &Arc<Status>,
+) -> Result<Option<Admin>, BindError> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    Admin::start(addr, status.clone())
+        .map(Some)
+        .map_err(|error| BindError {
+            listener: "the admin endpoint".into(),
+            addr: Some(addr),
+            error,
+        })
 }

@@ -1,11 +1,15 @@
 //! `sidegate`: arguments → configuration → run, with sysexits-style exit codes.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use sidegate::cli::{self, Command};
 use sidegate::config::{self, LoadError};
+use sidegate::consul;
 use sidegate::lifecycle::{self, Lifecycle};
+use sidegate::mesh::snapshot::Snapshot;
 use sidegate::mesh::{explain::explain, plan};
+use sidegate::notify::Notifier;
 
 const EX_USAGE: u8 = 64;
 const EX_NOINPUT: u8 = 66;
@@ -23,15 +27,15 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Help => {
-            println!("{}", cli::USAGE);
+            out(&format!("{}\n", cli::USAGE));
             ExitCode::SUCCESS
         }
         Command::Version => {
-            println!(
-                "sidegate {} ({})",
+            out(&format!(
+                "sidegate {} ({})\n",
                 env!("CARGO_PKG_VERSION"),
                 env!("SIDEGATE_TARGET")
-            );
+            ));
             ExitCode::SUCCESS
         }
         Command::Check { config, json } => {
@@ -40,85 +44,155 @@ fn main() -> ExitCode {
         Command::Explain { config, sni } => {
             load(&config).map_or_else(|code| code, |c| explain_sni(&c, &sni))
         }
-        Command::Run { config: path } => {
-            load(&path).map_or_else(|code| code, |config| run(path, &config))
-        }
+        Command::Run { config: path } => run(path),
     }
 }
 
 fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
     config::load(path).map_err(|e| {
         eprintln!("sidegate: {e}");
-        ExitCode::from(match e {
-            LoadError::Read { .. } => EX_NOINPUT,
-            LoadError::Invalid { .. } => EX_CONFIG,
-        })
+        load_failed(&e)
+    })
+}
+
+fn load_failed(e: &LoadError) -> ExitCode {
+    ExitCode::from(match e {
+        LoadError::Read { .. } => EX_NOINPUT,
+        LoadError::Invalid { .. } => EX_CONFIG,
     })
 }
 
 /// Problems that do not stop the program but that an operator should act on.
-fn warnings(config: &config::Config, plan: &sidegate::mesh::Plan) -> Vec<String> {
-    let expiring = config
-        .snapshot
+fn warnings(snapshot: &Snapshot, plan: &sidegate::mesh::Plan) -> Vec<String> {
+    let expiring = snapshot
         .identity
         .as_ref()
         .and_then(|id| id.expiry_warning(std::time::SystemTime::now()));
     plan.warnings.iter().cloned().chain(expiring).collect()
 }
 
+/// The mesh state `check` and `explain` look at: the file's, or with `[consul]` the state
+/// saved from the agent (the agent itself is not asked: these commands work offline).
+fn offline_state(config: &config::Config) -> Snapshot {
+    let Some(settings) = &config.consul else {
+        return config.snapshot.clone();
+    };
+    match sidegate::consul::saved_snapshot(settings, &config.snapshot) {
+        Ok(Some((snapshot, saved))) => {
+            let age = sidegate::consul::status::now_unix().saturating_sub(saved);
+            eprintln!("consul: showing the last-known-good state saved {age} s ago; the agent at {} was not asked", settings.address);
+            snapshot
+        }
+        Ok(None) => {
+            eprintln!("consul: configuration valid; the mesh state comes from the agent at {} and none is saved yet to show", settings.address);
+            config.snapshot.clone()
+        }
+        Err(e) => {
+            eprintln!("consul: {e}");
+            config.snapshot.clone()
+        }
+    }
+}
+
 fn check(config: &config::Config, json: bool) -> ExitCode {
-    let plan = plan(&config.snapshot);
+    let snapshot = offline_state(config);
+    let plan = plan(&snapshot);
     if json {
         match serde_json::to_string_pretty(&plan) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => out(&format!("{text}\n")),
             Err(e) => {
                 eprintln!("sidegate: cannot render the plan: {e}");
                 return ExitCode::FAILURE;
             }
         }
     } else {
-        print!("{}", sidegate::mesh::plan::describe(&plan));
+        out(&sidegate::mesh::plan::describe(&plan));
     }
-    for w in warnings(config, &plan) {
+    for w in warnings(&snapshot, &plan) {
         eprintln!("warning: {w}");
     }
     ExitCode::SUCCESS
 }
 
 fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
-    let plan = plan(&config.snapshot);
+    let snapshot = offline_state(config);
+    let plan = plan(&snapshot);
     let Some(gw) = plan.gateway.as_ref() else {
         eprintln!("no route: this configuration has no [gateway] section");
         return ExitCode::FAILURE;
     };
-    match explain(gw, &config.snapshot.here, sni) {
+    match explain(gw, &snapshot.here, sni) {
         Ok(text) => {
-            println!("{text}");
+            out(&format!("{text}\n"));
             ExitCode::SUCCESS
         }
         Err(why) => {
-            println!("{why}");
+            out(&format!("{why}\n"));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(path: std::path::PathBuf, config: &config::Config) -> ExitCode {
-    let plan = plan(&config.snapshot);
-    for w in warnings(config, &plan) {
-        sidegate::warn!("{w}");
+/// Serves until SIGTERM/SIGINT, then drains and exits 0. Its errors go to the log (the
+/// journal under systemd), with the unit's status line saying why.
+fn run(path: std::path::PathBuf) -> ExitCode {
+    let notifier = Arc::new(Notifier::from_env());
+    let (events, received) = lifecycle::channel();
+    // Signals first: a SIGHUP during start-up waits for us instead of killing the process.
+    if let Err(e) = sidegate::signals::forward(events.clone()) {
+        sidegate::error!("cannot handle signals: {e}");
+        return ExitCode::from(EX_OSERR);
     }
-    let lifecycle = match Lifecycle::start(path, plan) {
-        Ok(l) => l,
+    let config = match config::load(&path) {
+        Ok(c) => c,
         Err(e) => {
             sidegate::error!("{e}");
+            notifier.status(&format!("not started: {path:?} is unreadable or invalid"));
+            return load_failed(&e);
+        }
+    };
+    sidegate::log::configure(config.operations.log_level);
+    // With [consul], serving starts with the first complete state from the agent (or the
+    // saved one when the agent is unreachable).
+    let source = match consul::Source::start(&config, events.clone(), consul::Options::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            sidegate::error!("cannot start following the Consul agent: {e}");
+            notifier.status(&format!("not started: cannot follow the Consul agent: {e}"));
             return ExitCode::from(EX_OSERR);
         }
     };
-    let (events, received) = lifecycle::channel();
+    let snapshot = match &source {
+        None => config.snapshot.clone(),
+        Some(_) => {
+            notifier.status("waiting for the first state from the Consul agent");
+            match consul::source::first_snapshot(&received) {
+                Some(s) => *s,
+                None => return ExitCode::SUCCESS,
+            }
+        }
+    };
+    let plan = plan(&snapshot);
+    for w in warnings(&snapshot, &plan) {
+        sidegate::warn!("{w}");
+    }
+    let lifecycle = match Lifecycle::start(path, plan, config.operations, notifier.clone()) {
+        Ok(l) => l.with_consul(source),
+        Err(e) => {
+            sidegate::error!("{e}");
+            notifier.status(&format!("not started: {e}"));
+            return ExitCode::from(EX_OSERR);
+        }
+    };
     // Signal handling and Consul watches send on clones of `events`; this one keeps the
     // channel open while neither exists.
     let _events = events;
     lifecycle.serve(&received);
     ExitCode::SUCCESS
+}
+
+/// Writes to stdout; a closed pipe (`sidegate check | head`) is not an error worth a panic.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }

@@ -1,7 +1,15 @@
 //! Counters as fixed atomics: counting never allocates or locks on the data path.
-//! Rendering in Prometheus text format comes with the admin endpoint.
+//! `render` writes them in Prometheus text format for the admin endpoint.
+
+mod handshake;
+mod labelled;
+mod render;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use handshake::{HandshakeFailure, HandshakeFailures};
+pub use labelled::{ConnStats, Family, Held, Tally};
+pub use render::{render, CONTENT_TYPE};
 
 /// The counters every accepting listener keeps, whatever its role.
 pub struct ListenerCounters<'a> {
@@ -99,6 +107,11 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// For gauges that hold a value rather than count (a timestamp).
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
 }
 
 /// Dialing a route's or an upstream's endpoints.
@@ -141,7 +154,7 @@ pub struct UpstreamMetrics {
     /// Closed because no endpoint answered.
     pub no_endpoint: Counter,
     /// The mTLS handshake with the upstream failed (including a wrong server identity).
-    pub handshake_failures: Counter,
+    pub handshake_failures: HandshakeFailures,
     pub bytes_to_upstream: Counter,
     pub bytes_from_upstream: Counter,
     pub accept_errors: Counter,
@@ -157,7 +170,7 @@ pub struct InboundMetrics {
     /// Refused because the connection limit was reached.
     pub refused_limit: Counter,
     /// The caller's mTLS handshake failed (no or untrusted client certificate, timeout).
-    pub handshake_failures: Counter,
+    pub handshake_failures: HandshakeFailures,
     /// Refused by intentions.
     pub denied: Counter,
     /// The local app did not accept the connection.
@@ -167,18 +180,82 @@ pub struct InboundMetrics {
     pub accept_errors: Counter,
 }
 
-/// Swaps of the running plan (SIGHUP, new Consul state).
-#[derive(Debug, Default)]
-pub struct ReloadMetrics {
-    pub ok: Counter,
-    /// The new configuration was invalid or could not be bound; the old plan kept serving.
-    pub failed: Counter,
-}
-
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     pub gateway: GatewayMetrics,
     pub upstream: UpstreamMetrics,
     pub inbound: InboundMetrics,
+    /// Per listener: `role` and `listener` (its bound address or socket path).
+    pub listeners: Family<ConnStats>,
+    /// Per gateway route: `route` is its match, as `check --json` shows it.
+    pub routes: Family<ConnStats>,
+    /// Per sidecar upstream: `upstream` (destination name) and `bind`.
+    pub upstreams: Family<ConnStats>,
     pub reloads: ReloadMetrics,
+    pub admin: AdminMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            gateway: GatewayMetrics::default(),
+            upstream: UpstreamMetrics::default(),
+            inbound: InboundMetrics::default(),
+            listeners: Family::new(&["role", "listener"]),
+            routes: Family::new(&["route"]),
+            upstreams: Family::new(&["upstream", "bind"]),
+            reloads: ReloadMetrics::default(),
+            admin: AdminMetrics::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Gives a new plan's routes and upstreams their labelled counters: the ones the running
+    /// plan already uses for the same labels, so a reload does not reset them.
+    pub fn adopt(&self, plan: &mut crate::mesh::Plan) {
+        if let Some(gw) = plan.gateway.as_mut() {
+            for route in gw.routes.routes_mut() {
+                route.stats = self.routes.get(&[&route.pattern]);
+            }
+        }
+        for up in &mut plan.upstreams {
+            up.stats = self.upstreams.get(&[&up.destination_name, &up.bind]);
+        }
+        self.prune();
+    }
+
+    /// Drops labelled counters of routes, upstreams and listeners that are gone.
+    pub fn prune(&self) {
+        self.listeners.prune();
+        self.routes.prune();
+        self.upstreams.prune();
+    }
+}
+
+/// Swaps of the running plan (SIGHUP, new Consul state).
+#[derive(Debug, Default)]
+pub struct ReloadMetrics {
+    pub ok: Counter,
+    /// The file was unreadable or invalid, or a new listener could not be bound; the running
+    /// configuration was kept.
+    pub failed: Counter,
+}
+
+/// The admin endpoint's own requests: scrapes, and whatever else reaches it.
+#[derive(Debug, Default)]
+pub struct AdminMetrics {
+    answered: [Counter; AdminMetrics::CODES.len()],
+    /// Connections that sent no complete request in time, or went away.
+    pub abandoned: Counter,
+}
+
+impl AdminMetrics {
+    /// Every status the endpoint answers with.
+    pub const CODES: [u16; 7] = [200, 400, 404, 405, 431, 500, 503];
+
+    pub fn answered(&self, code: u16) -> Option<&Counter> {
+        let i = Self::CODES.iter().position(|&c| c == code)?;
+        self.answered.get(i)
+    }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -279,26 +279,4 @@ fn closes_idle_connections_and_keeps_busy_ones() {
         "the idle connection is closed"
     );
     assert_eq!(echo_and_finish(busy, b"bye").unwrap(), m.db.name);
-}
-
-fn raw(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s
-}
-
-/// The gateway closed the connection: a read ends (EOF or reset) without any data.
-fn assert_closed(s: &mut TcpStream) {
-    let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        Ok(0) => {}
-        Ok(n) => panic!("got {n} bytes from a refused connection"),
-        Err(e) => assert!(
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            ),
-            "expected a close, got {e}"
-        ),
-    }
 }

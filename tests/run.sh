@@ -9,6 +9,14 @@ need=()
 for tool in openssl curl; do
     command -v "$tool" >/dev/null || need+=("$tool")
 done
+# prlimit (util-linux) starts the fault tests' binary with few file descriptors.
+command -v prlimit >/dev/null || need+=(util-linux)
+# systemd-analyze checks the unit (tests/ops/unit.sh) and strace the calls its filter must
+# allow (tests/ops/syscalls.sh); Prometheus' own Python parser reads /metrics in
+# tests/operations.rs.
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v strace >/dev/null || need+=(strace)   # tests/ops/syscalls.sh
+/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}"
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -16,8 +24,13 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
 fi
 
+# Real Consul agents for the Consul tests: Debian's consul 1.8.7 (from bullseye) when missing.
+bash tests/consul/install.sh
+
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+bash tests/ops/unit.sh "${CARGO_TARGET_DIR:-target}/debug/sidegate"
+bash tests/ops/syscalls.sh

@@ -2,7 +2,10 @@
 //!
 //! Contract: `CONFIG.md` in the shared docs. Key names are Consul's own.
 
+mod consul;
 mod fields;
+pub mod files;
+mod operations;
 mod sections;
 mod sidecar;
 mod tls;
@@ -12,6 +15,7 @@ use std::path::Path;
 
 pub use fields::ConfigError;
 use fields::{Errors, Fields};
+pub use operations::Operations;
 
 use crate::mesh::config_entries::ConfigEntries;
 use crate::mesh::snapshot::{Catalog, Snapshot};
@@ -19,7 +23,13 @@ use crate::mesh::snapshot::{Catalog, Snapshot};
 /// A validated configuration: the file-source mesh state.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// With `consul`, only the file's knobs (`[gateway]`): `here` is empty and the agent
+    /// fills the rest (`consul::follow`).
     pub snapshot: Snapshot,
+    /// `[admin]`, `[shutdown]`, `[log]`.
+    pub operations: Operations,
+    /// `[consul]` over the environment's defaults: the mesh state comes from this agent.
+    pub consul: Option<crate::consul::Settings>,
 }
 
 /// Everything wrong with a file, or why it could not be read at all.
@@ -56,12 +66,12 @@ impl std::error::Error for LoadError {}
 /// Reads and validates a configuration file. Files it names are relative to its directory.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
+    let text = files::read_to_string(path).map_err(|error| LoadError::Read {
         path: shown.clone(),
         error,
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    parse_in(&text, base).map_err(|errors| LoadError::Invalid {
+    parse_in(&text, base, &env_var).map_err(|errors| LoadError::Invalid {
         path: shown,
         errors,
     })
@@ -70,10 +80,29 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
 /// Validates configuration text, returning every problem found; files it names are relative
 /// to the current directory.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    parse_in(text, Path::new("."))
+    parse_in(text, Path::new("."), &env_var)
 }
 
-fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+/// `parse` with the environment given (`[consul]` reads `CONSUL_HTTP_*` defaults from it).
+pub fn parse_with_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
+    parse_in(text, Path::new("."), env)
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Validates configuration text whose file names (`[tls]`) are relative to `base`, as
+/// `load` does for a file in `base`, reading the environment through `env`; the fuzzers call
+/// it with the fixture directory and no environment.
+pub fn parse_in(
+    text: &str,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         vec![ConfigError {
             path: String::new(),
@@ -82,8 +111,16 @@ fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
     })?;
     let errs = Errors::default();
     let root = Fields::root(&table, &errs);
+    let operations = operations::operations(&root);
+    if table.contains_key("consul") {
+        return from_agent(&table, &root, base, env, operations)
+            .filter(|_| errs.is_empty())
+            .ok_or_else(|| errs.into_vec());
+    }
     let here = sections::here(&root);
-    let gateway = root.table("gateway").and_then(|g| sections::gateway(&g));
+    let gateway = root
+        .table("gateway")
+        .and_then(|g| sections::gateway(&g, true));
     let sidecar = root
         .table("sidecar")
         .and_then(|s| sidecar::sidecar(&s, here.as_ref()));
@@ -112,8 +149,8 @@ fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
         None => Catalog::default(),
     };
     root.finish();
-    match here {
-        Some(here) if errs.is_empty() => Ok(Config {
+    match (here, operations) {
+        (Some(here), Some(operations)) if errs.is_empty() => Ok(Config {
             snapshot: Snapshot {
                 here,
                 identity,
@@ -122,9 +159,53 @@ fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
                 config_entries: config_entries.unwrap_or_default(),
                 catalog,
             },
+            operations,
+            consul: None,
         }),
         _ => Err(errs.into_vec()),
     }
+}
+
+/// `[consul]`: the agent's settings and the file's `[gateway]` knobs; nothing else.
+fn from_agent(
+    table: &toml::Table,
+    root: &Fields<'_>,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    operations: Option<Operations>,
+) -> Option<Config> {
+    let settings = root
+        .table("consul")
+        .and_then(|c| consul::settings(&c, base, env));
+    consul::refuse_file_sections(root, table);
+    let gateway = root
+        .table("gateway")
+        .and_then(|g| sections::gateway(&g, false));
+    if let (Some(_), Some(s)) = (&gateway, &settings) {
+        if s.gateway_service_id.is_none() {
+            root.error(
+                "gateway",
+                "with [consul], the gateway follows its registration: set consul.gateway_service_id",
+            );
+        }
+    }
+    root.finish();
+    Some(Config {
+        snapshot: Snapshot {
+            here: crate::mesh::snapshot::Here {
+                place: crate::mesh::Place::new("", ""),
+                namespace: String::new(),
+                trust_domain: String::new(),
+            },
+            identity: None,
+            gateway,
+            sidecar: None,
+            config_entries: ConfigEntries::default(),
+            catalog: Catalog::default(),
+        },
+        consul: Some(settings?),
+        operations: operations?,
+    })
 }
 
 /// The leaf must be this sidecar's service in this mesh: Consul issues a sidecar the

@@ -42,9 +42,10 @@ pub fn here(root: &Fields<'_>) -> Option<Here> {
     })
 }
 
-/// `[gateway]`.
-pub fn gateway(section: &Fields<'_>) -> Option<GatewaySettings> {
+/// `[gateway]`. `listen` may be left out only when the agent provides the addresses.
+pub fn gateway(section: &Fields<'_>, listen_required: bool) -> Option<GatewaySettings> {
     let listen = match section.str_list("listen") {
+        None if !listen_required => Some(Vec::new()),
         None => {
             section.error(
                 "listen",
@@ -222,14 +223,9 @@ pub(super) fn name_or(t: &Fields<'_>, key: &'static str, default: &str) -> Optio
     }
 }
 
-/// Datacenter, partition, namespace and service names become single SNI labels, so they
-/// must be one DNS-safe label: no dots, nothing a TLS client would refuse to send.
+/// A name that becomes one SNI label (`mesh::names::is_label`), reported at `key` if not.
 pub(super) fn name_ok(t: &Fields<'_>, key: &str, v: &str) -> bool {
-    let ok = !v.is_empty()
-        && v.len() <= 63
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && !v.starts_with('-');
+    let ok = crate::mesh::names::is_label(v);
     if !ok {
         t.error(
             key,

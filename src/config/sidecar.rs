@@ -61,6 +61,7 @@ pub fn sidecar(t: &Fields<'_>, here: Option<&Here>) -> Option<SidecarSpec> {
         mesh_gateway: mesh_gateway?,
         intentions: intentions?,
         upstreams: distinct_binds(t, upstreams?)?,
+        authority: None,
         max_connections,
     })
 }
@@ -278,6 +279,7 @@ pub fn config_entries(t: &Fields<'_>) -> Option<ConfigEntries> {
     Some(ConfigEntries {
         proxy_defaults: proxy_defaults?,
         service_defaults,
+        partition_proxy_defaults: BTreeMap::new(),
     })
 }
 

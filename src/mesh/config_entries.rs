@@ -14,6 +14,10 @@ pub struct ConfigEntries {
     pub proxy_defaults: Option<Mode>,
     /// `service-defaults`, by service name.
     pub service_defaults: BTreeMap<String, ServiceDefaults>,
+    /// `proxy-defaults/global` of other partitions, by partition (Consul source only: a
+    /// file has one `proxy_defaults`). Consulted for upstreams into those partitions.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub partition_proxy_defaults: BTreeMap<String, Mode>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -36,7 +40,8 @@ pub struct UpstreamOverride {
 
 impl ConfigEntries {
     /// Every level's setting for `upstream` of `sidecar` (consul-mesh.md §4.2). With one file
-    /// there is one `proxy_defaults`, so the target partition's level stays unset.
+    /// there is one `proxy_defaults`, so the target partition's level stays unset; the agent
+    /// source fills `partition_proxy_defaults` for targets in other partitions.
     pub fn mode_levels(&self, sidecar: &SidecarSpec, upstream: &UpstreamSpec) -> ModeLevels {
         let downstream = self.service_defaults.get(&sidecar.service);
         let target = self.service_defaults.get(&upstream.destination_name);
@@ -55,7 +60,10 @@ impl ConfigEntries {
             service_defaults: downstream.and_then(|d| d.mesh_gateway),
             proxy_defaults: self.proxy_defaults,
             target_service_defaults: target.and_then(|t| t.mesh_gateway),
-            target_proxy_defaults: None,
+            target_proxy_defaults: self
+                .partition_proxy_defaults
+                .get(&upstream.place.partition)
+                .copied(),
         }
     }
 }

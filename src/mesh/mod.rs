@@ -1,6 +1,7 @@
 //! The mesh domain: places, endpoints, Consul names, the desired state (`Snapshot`) and what
 //! the data path serves (`Plan`).
 
+pub mod authority;
 pub mod config_entries;
 pub mod endpoint;
 pub mod endpoints;

@@ -10,3 +10,14 @@ mod spiffe;
 
 pub use sni::{gateway_sni, peered_service_sni, peering_server_san, query_sni, service_sni};
 pub use spiffe::{SpiffeError, SpiffeId};
+
+/// Datacenter, partition, namespace and service names become single SNI labels, so they must
+/// be one DNS-safe label: no dots, nothing a TLS client would refuse to send. Applies to names
+/// from the file and from the agent alike.
+pub fn is_label(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !v.starts_with('-')
+}

@@ -5,14 +5,14 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The partition every Community Edition object lives in, and the value an empty one means.
 pub const DEFAULT_PARTITION: &str = "default";
 /// The namespace an empty one means.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Place {
     pub datacenter: String,
     pub partition: String,

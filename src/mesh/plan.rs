@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use super::authority::SharedAuthority;
 use super::endpoints::EndpointSet;
 use super::mode::{via, Mode, ModeSource, Via};
 use super::names::{gateway_sni, service_sni, SpiffeId};
@@ -46,6 +47,9 @@ pub struct InboundPlan {
     pub listen: SocketAddr,
     pub local_service_address: Endpoint,
     pub intentions: Intentions,
+    /// When set, callers are authorized by it instead of `intentions` (Consul source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<SharedAuthority>,
     pub max_connections: usize,
     #[serde(skip)]
     pub local_connect_timeout: Duration,
@@ -84,6 +88,9 @@ pub struct UpstreamPlan {
     /// mTLS to this upstream: our leaf, and exactly `spiffe_id` required of the server.
     #[serde(skip)]
     pub tls: Option<Arc<ClientConfig>>,
+    /// This upstream's connections and bytes; `Metrics::adopt` shares them across reloads.
+    #[serde(skip)]
+    pub stats: Arc<crate::metrics::ConnStats>,
 }
 
 pub fn plan(snapshot: &Snapshot) -> Plan {
@@ -125,6 +132,7 @@ fn inbound(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) -> O
         listen,
         local_service_address: sidecar.local_service_address.clone(),
         intentions: sidecar.intentions.clone(),
+        authority: sidecar.authority.clone(),
         max_connections: sidecar.max_connections,
         local_connect_timeout: sidecar.local_connect_timeout,
         trust_domain: s.here.trust_domain.clone(),
@@ -158,9 +166,10 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
         .unwrap_or_default();
         if dial.is_empty() {
             let add = match &via {
-                Via::Instances => "its instances as a [[catalog.services]] entry".to_owned(),
-                Via::LocalGateways(p) => format!("`lan` addresses for the gateways of {p}"),
-                Via::RemoteGateways(p) => format!("`wan` addresses for the gateways of {p}"),
+                // The same words serve both sources: the file's key, or Consul's registration.
+                Via::Instances => "its instances ([[catalog.services]], or in Consul an instance with a Connect sidecar)".to_owned(),
+                Via::LocalGateways(p) => format!("`lan` addresses for the gateways of {p} ([[catalog.gateways]], or a mesh-gateway registered there)"),
+                Via::RemoteGateways(p) => format!("`wan` addresses for the gateways of {p} ([[catalog.gateways]], or a mesh-gateway registered there with a `wan` tagged address)"),
             };
             warnings.push(format!("upstream {name} ({}, mode {mode:?} from {mode_source:?}) has nothing to dial: add {add}", u.place));
         }
@@ -195,6 +204,7 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
             connect_timeout: u.connect_timeout,
             server_name: ServerName::try_from(sni).ok(),
             tls,
+            stats: Arc::default(),
         });
     }
     out

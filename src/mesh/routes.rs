@@ -5,10 +5,12 @@
 //! `*.<GatewaySNI>` suffix of another place. Case-insensitive, and a lookup allocates nothing.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::endpoints::EndpointSet;
+use crate::metrics::ConnStats;
 use crate::sni::{ServerName, MAX_NAME};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -29,6 +31,9 @@ pub struct Route {
     /// For people: what the route leads to.
     pub target: String,
     pub endpoints: EndpointSet,
+    /// This route's connections and bytes; `Metrics::adopt` shares them across reloads.
+    #[serde(skip)]
+    pub stats: Arc<ConnStats>,
 }
 
 /// How a name matched, for `explain` and debug logs.
@@ -56,6 +61,7 @@ impl RouteTable {
             kind: RouteKind::Service,
             target,
             endpoints,
+            stats: Arc::default(),
         });
     }
 
@@ -68,11 +74,16 @@ impl RouteTable {
             kind: RouteKind::Gateway,
             target,
             endpoints,
+            stats: Arc::default(),
         });
     }
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    pub fn routes_mut(&mut self) -> &mut [Route] {
+        &mut self.routes
     }
 
     pub fn lookup(&self, sni: &str) -> Option<(&Route, MatchKind)> {

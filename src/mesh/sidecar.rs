@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::authority::SharedAuthority;
 use super::mode::Mode;
 use super::names::SpiffeId;
 use super::{Endpoint, Place};
@@ -23,6 +24,9 @@ pub struct SidecarSpec {
     pub mesh_gateway: Option<Mode>,
     pub intentions: Intentions,
     pub upstreams: Vec<UpstreamSpec>,
+    /// Set with the Consul source: callers are authorized by the agent, not `intentions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<SharedAuthority>,
     /// Inbound connections held at once; more are refused at accept.
     pub max_connections: usize,
 }

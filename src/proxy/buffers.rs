@@ -49,8 +49,9 @@ impl Drop for Buf {
     }
 }
 
-/// Pipes kept for reuse per thread: each is two descriptors.
-const KEEP_PIPES: usize = 16;
+/// Pipes kept for reuse per thread: each is two descriptors, given back when the process runs
+/// short of them (`release_pipes`).
+const KEEP_PIPES: usize = 8;
 
 thread_local! {
     static PIPES: RefCell<Vec<(OwnedFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
@@ -67,7 +68,7 @@ pub struct Pipe {
 
 impl Pipe {
     /// `None` when the kernel refuses a new pipe (out of descriptors): the caller copies instead.
-    pub fn take() -> Option<Pipe> {
+    fn take() -> Option<Pipe> {
         let reused = PIPES.with(|p| p.borrow_mut().pop());
         let ends = match reused {
             Some(ends) => ends,
@@ -108,6 +109,11 @@ impl Pipe {
     }
 }
 
+/// Closes the pipes kept for reuse: for when the process is out of file descriptors.
+pub fn release_pipes() {
+    PIPES.with(|p| p.borrow_mut().clear());
+}
+
 /// A pipe's default capacity (16 pages); one splice moves at most this much.
 const PIPE_CHUNK: usize = 64 * 1024;
 
@@ -129,22 +135,33 @@ impl Drop for Pipe {
     }
 }
 
-/// What carries one direction's chunk from socket to socket: a pipe when the kernel gives one
-/// (zero-copy splice), else a pooled buffer. Held only while bytes are in flight.
+/// What carries one direction's chunk from socket to socket. Held only while bytes are in
+/// flight.
 pub enum Carrier {
     Pipe(Pipe),
     Buf { buf: Buf, start: usize, end: usize },
 }
 
 impl Carrier {
-    pub fn take() -> Carrier {
-        match Pipe::take() {
-            Some(p) => Carrier::Pipe(p),
-            None => Carrier::Buf {
-                buf: Buf::take(),
-                start: 0,
-                end: 0,
-            },
+    /// A pooled buffer: small messages (handshakes, requests) cost the same read and write
+    /// as through a pipe, without taking two descriptors.
+    pub fn buffer() -> Carrier {
+        Carrier::Buf {
+            buf: Buf::take(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// For a stream of full chunks: moves to a pipe (zero-copy splice) when the (empty)
+    /// carrier is a buffer and the kernel gives one.
+    pub fn for_streaming(&mut self) {
+        if let Carrier::Buf { start, end, .. } = self {
+            if start == end {
+                if let Some(p) = Pipe::take() {
+                    *self = Carrier::Pipe(p);
+                }
+            }
         }
     }
 

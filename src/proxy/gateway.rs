@@ -19,7 +19,7 @@ use crate::mesh::plan::GatewayPlan;
 use crate::mesh::routes::Route;
 use crate::mesh::Endpoint;
 use crate::mesh::Plan;
-use crate::metrics::{GatewayMetrics, HelloOutcome};
+use crate::metrics::{GatewayMetrics, Held, HelloOutcome, Tally};
 use crate::sni::{self, Hello, ServerName};
 
 /// The gateway listener's entry: the plan the connection was accepted under, kept to its end.
@@ -42,12 +42,17 @@ pub async fn serve(
     let Some(opened) = Box::pin(open(&client, peer, gw, m)).await else {
         return;
     };
+    let stats = &opened.route.stats;
     let result = forward(
         &client,
         &opened.backend,
         opened.hello,
         gw.settings.idle_timeout,
-        m,
+        (
+            Tally::new(&m.bytes_from_client, &stats.from_client),
+            Tally::new(&m.bytes_to_client, &stats.to_client),
+        ),
+        &m.idle_timeouts,
     )
     .await;
     let (route, endpoint, sni) = (
@@ -75,6 +80,8 @@ struct Opened<'a> {
     hello: HelloBuf,
     /// The client's SNI, kept only when debug logging will print it.
     sni: Option<Box<str>>,
+    /// Counts the connection as active on its route while it lives.
+    _held: Held<'a>,
 }
 
 /// Classify, route, connect; every refusal is counted and logged here.
@@ -111,6 +118,7 @@ async fn open<'a>(
         return None;
     };
     m.hello(HelloOutcome::Routed).inc();
+    let held = route.stats.hold();
     let Some((backend, endpoint)) =
         dial::connect_any(&route.endpoints, settings.connect_timeout, &m.dial).await
     else {
@@ -128,6 +136,7 @@ async fn open<'a>(
         endpoint,
         hello,
         sni,
+        _held: held,
     })
 }
 
@@ -171,22 +180,16 @@ async fn forward(
     backend: &Async<TcpStream>,
     hello: HelloBuf,
     idle: Duration,
-    m: &GatewayMetrics,
+    (from_client, to_client): (Tally<'_>, Tally<'_>),
+    idle_timeouts: &crate::metrics::Counter,
 ) -> io::Result<Relayed> {
     let mut writer = backend;
     writer.write_all(hello.filled()).await?;
-    m.bytes_from_client.add(hello.filled().len() as u64);
+    from_client.add(hello.filled().len() as u64);
     drop(hello);
-    let relayed = relay(
-        client,
-        backend,
-        idle,
-        &m.bytes_from_client,
-        &m.bytes_to_client,
-    )
-    .await?;
+    let relayed = relay(client, backend, idle, from_client, to_client).await?;
     if relayed.end == RelayEnd::Idle {
-        m.idle_timeouts.inc();
+        idle_timeouts.inc();
     }
     Ok(relayed)
 }

@@ -16,7 +16,7 @@ use crate::mesh::plan::InboundPlan;
 use crate::mesh::sidecar::Action;
 use crate::mesh::Endpoint;
 use crate::mesh::Plan;
-use crate::metrics::InboundMetrics;
+use crate::metrics::{InboundMetrics, Tally};
 use crate::tls::configs::caller;
 
 /// Time a caller has to complete its handshake; Consul's proxies use 10 s.
@@ -43,8 +43,8 @@ pub async fn serve(
     let tls = match deadline::timeout(HANDSHAKE_TIMEOUT, "handshake timed out", accept).await {
         Ok(tls) => tls,
         Err(e) => {
-            m.handshake_failures.inc();
-            crate::debug!("inbound {peer}: handshake failed: {e}");
+            let why = m.handshake_failures.record(&e);
+            crate::debug!("inbound {peer}: handshake failed ({}): {e}", why.label());
             return;
         }
     };
@@ -53,7 +53,7 @@ pub async fn serve(
         crate::info!("inbound {peer}: denied, client certificate has no SPIFFE service ID");
         return;
     };
-    let (action, why) = inb.intentions.authorize(&id, &inb.trust_domain);
+    let (action, why) = super::authorize::authorize(inb, &id, tls.get_ref().1).await;
     if action == Action::Deny {
         m.denied.inc();
         crate::info!("inbound {peer}: denied {id} ({why})");
@@ -68,17 +68,12 @@ pub async fn serve(
         );
         return;
     };
+    let (to_mesh, from_mesh) = (
+        Tally::role(&m.bytes_to_mesh),
+        Tally::role(&m.bytes_from_mesh),
+    );
     let (mesh, mut tls) = tls.into_inner();
-    match relay_tls(
-        &app,
-        &mesh,
-        &mut tls,
-        IDLE,
-        &m.bytes_to_mesh,
-        &m.bytes_from_mesh,
-    )
-    .await
-    {
+    match relay_tls(&app, &mesh, &mut tls, IDLE, to_mesh, from_mesh).await {
         Ok(r) => crate::debug!(
             "inbound {peer}: {id} ({why}): {:?} after {:?}, {} bytes in, {} out",
             r.end,

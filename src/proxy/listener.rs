@@ -2,7 +2,7 @@
 //! it, and one accept loop per listener that hands each connection to its role under the
 //! plan current at that moment.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -17,7 +17,7 @@ use super::{gateway, inbound, upstream};
 use crate::mesh::plan::UpstreamPlan;
 use crate::mesh::sidecar::Bind;
 use crate::mesh::Plan;
-use crate::metrics::{Counter, ListenerCounters, Metrics};
+use crate::metrics::{ConnStats, Counter, ListenerCounters, Metrics};
 
 /// How long accepting pauses when the process is out of file descriptors: long enough for
 /// connections to finish, short enough that nobody notices.
@@ -98,6 +98,15 @@ impl ListenerKey {
             .position(|u| BindKey::of(&u.listen) == *key)
     }
 
+    /// The role label of `/metrics`.
+    pub fn role(&self) -> &'static str {
+        match self {
+            ListenerKey::Gateway(_) => "gateway",
+            ListenerKey::Inbound(_) => "inbound",
+            ListenerKey::Upstream(_) => "upstream",
+        }
+    }
+
     fn counters(&self) -> fn(&Metrics) -> ListenerCounters<'_> {
         match self {
             ListenerKey::Gateway(_) => Metrics::gateway_listener,
@@ -132,6 +141,17 @@ impl Bound {
                 set_socket_mode(key, plan)?;
                 Ok(Bound::Unix(Async::new(l)?, path.clone()))
             }
+        }
+    }
+
+    /// How `/metrics` names this listener: its bound address, or `unix:<path>`.
+    fn label(&self) -> String {
+        match self {
+            Bound::Tcp(l) => l
+                .get_ref()
+                .local_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string()),
+            Bound::Unix(_, path) => format!("unix:{}", path.display()),
         }
     }
 
@@ -193,8 +213,12 @@ pub struct Shared {
 /// never queue), then one task per connection, holding the plan current at accept.
 pub async fn accept_loop(listener: Bound, key: ListenerKey, shared: Rc<Shared>) {
     let counters = key.counters();
-    // Upstreams are limited one by one; gateway listeners share one limit, as does inbound.
-    let held = Rc::new(Cell::new(0usize));
+    // This listener's own counters (`/metrics` per listener); upstreams are also limited by
+    // them one by one, while gateway listeners share one limit, as does inbound.
+    let held = shared
+        .metrics
+        .listeners
+        .get(&[key.role(), &listener.label()]);
     loop {
         let conn = match listener.accept().await {
             Ok(conn) => conn,
@@ -210,7 +234,7 @@ pub async fn accept_loop(listener: Bound, key: ListenerKey, shared: Rc<Shared>) 
             continue; // closed by the reload that is in progress
         };
         let open = match key {
-            ListenerKey::Upstream(_) => held.get() as u64,
+            ListenerKey::Upstream(_) => held.active.get(),
             _ => c.active.get(),
         };
         if open >= limit as u64 {
@@ -263,11 +287,7 @@ async fn serve_upstream(plan: Arc<Plan>, index: usize, conn: Conn, active: Activ
 
 async fn accept_failed(e: &io::Error, errors: &Counter, key: &ListenerKey) {
     errors.inc();
-    let out_of_fds = matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
-        || code == rustix::io::Errno::NFILE.raw_os_error()
-        || code == rustix::io::Errno::NOBUFS.raw_os_error()
-        || code == rustix::io::Errno::NOMEM.raw_os_error());
-    if out_of_fds {
+    if super::dial::out_of_fds(e) {
         crate::warn!("{key}: cannot accept ({e}); pausing accepts for {EMFILE_PAUSE:?}");
         Timer::after(EMFILE_PAUSE).await;
     } else {
@@ -276,22 +296,23 @@ async fn accept_failed(e: &io::Error, errors: &Counter, key: &ListenerKey) {
     }
 }
 
-/// Counts a connection as active (in its role's counters and its listener's count) for as
-/// long as it is held, and gives the connection its metrics.
+/// Counts a connection as active (in its role's counters and its listener's) for as long as
+/// it is held, and gives the connection its metrics.
 pub struct Active {
     pub metrics: Arc<Metrics>,
     counters: fn(&Metrics) -> ListenerCounters<'_>,
-    held: Rc<Cell<usize>>,
+    held: Arc<ConnStats>,
 }
 
 impl Active {
     fn new(
         metrics: Arc<Metrics>,
         counters: fn(&Metrics) -> ListenerCounters<'_>,
-        held: Rc<Cell<usize>>,
+        held: Arc<ConnStats>,
     ) -> Self {
         counters(&metrics).active.inc();
-        held.set(held.get() + 1);
+        held.opened.inc();
+        held.active.inc();
         Active {
             metrics,
             counters,
@@ -303,6 +324,6 @@ impl Active {
 impl Drop for Active {
     fn drop(&mut self) {
         (self.counters)(&self.metrics).active.dec();
-        self.held.set(self.held.get().saturating_sub(1));
+        self.held.active.dec();
     }
 }

@@ -5,6 +5,7 @@
 //! are closed, listeners it keeps are left alone. Each connection keeps the plan it was
 //! accepted under to its end, so a reload never cuts one.
 
+mod authorize;
 mod buffers;
 mod deadline;
 mod dial;
@@ -71,6 +72,8 @@ enum Control {
     },
     /// Close every listener; connections carry on.
     StopAccepting { done: Sender<()> },
+    /// Answer at once: proves the loop still runs its tasks (systemd's watchdog).
+    Ping { done: Sender<()> },
 }
 
 #[derive(Debug)]
@@ -95,8 +98,10 @@ impl std::error::Error for BindError {}
 
 /// Binds every listener of the plan, then serves it on a new thread. Binding happens here,
 /// before anything is served, so a taken port is an error to the caller, not a log line.
-pub fn start(plan: Plan) -> Result<Running, BindError> {
+pub fn start(mut plan: Plan) -> Result<Running, BindError> {
     raise_fd_limit();
+    let metrics = Arc::new(Metrics::default());
+    metrics.adopt(&mut plan);
     let plan = Arc::new(plan);
     let keys = ListenerKey::all(&plan);
     let add = bind_all(&keys, &plan)?;
@@ -115,7 +120,6 @@ pub fn start(plan: Plan) -> Result<Running, BindError> {
     let inbound_addr = addrs_of(|k| matches!(k, ListenerKey::Inbound(_)))
         .first()
         .copied();
-    let metrics = Arc::new(Metrics::default());
     let (control, controlled) = channel::unbounded();
     let (done, started) = channel::bounded(1);
     control
@@ -238,6 +242,9 @@ fn event_loop(plan: Arc<Plan>, metrics: Arc<Metrics>, controlled: Receiver<Contr
                     listeners.clear();
                     let _ = done.try_send(());
                 }
+                Control::Ping { done } => {
+                    let _ = done.try_send(());
+                }
             }
         }
     }));
@@ -260,7 +267,8 @@ impl Running {
     /// Swaps in a new plan: binds the listeners it adds (on error nothing changes), closes
     /// those it drops, keeps the rest without rebinding. Established connections keep the plan
     /// they were accepted under.
-    pub fn apply(&self, plan: Plan) -> Result<Applied, BindError> {
+    pub fn apply(&self, mut plan: Plan) -> Result<Applied, BindError> {
+        self.metrics.adopt(&mut plan);
         let mut state = self.state();
         let plan = Arc::new(plan);
         let keys = ListenerKey::all(&plan);
@@ -303,6 +311,11 @@ impl Running {
             opened,
             closed: remove,
         })
+    }
+
+    /// A handle that asks the event loop to answer, from any thread.
+    pub fn pinger(&self) -> Pinger {
+        Pinger(self.control.as_ref().map(Sender::downgrade))
     }
 
     /// Connections open now, every role together.
@@ -361,6 +374,30 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Asks the event loop whether it still runs its tasks. Holds the control channel weakly, so
+/// that it never keeps a stopped loop alive.
+pub struct Pinger(Option<channel::WeakSender<Control>>);
+
+impl Pinger {
+    /// True when the loop answered within `timeout`.
+    pub fn ping(&self, timeout: Duration) -> bool {
+        let Some(control) = self.0.as_ref().and_then(channel::WeakSender::upgrade) else {
+            return false;
+        };
+        let (done, answered) = channel::bounded(1);
+        if control.try_send(Control::Ping { done }).is_err() {
+            return false;
+        }
+        smol::block_on(smol::future::or(
+            async { answered.recv().await.is_ok() },
+            async {
+                smol::Timer::after(timeout).await;
+                false
+            },
+        ))
     }
 }
 

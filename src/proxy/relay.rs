@@ -4,8 +4,9 @@
 //! the opposite direction carries on (a client may send a request, shut its write side and
 //! still read the whole answer). A connection with no traffic either way for `idle` is closed.
 //!
-//! Bytes go through a pooled pipe with splice(2): socket to pipe to socket inside the kernel,
-//! never copied through user space (a pooled buffer is the fallback when no pipe can be had).
+//! A transfer's bytes go through a pooled pipe with splice(2): socket to pipe to socket inside
+//! the kernel, never copied through user space. Small messages, and the first chunk of each
+//! burst, go through a pooled buffer: the same two syscalls, and no descriptors held.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -18,7 +19,7 @@ use smol::{future, Async};
 
 use super::buffers::Carrier;
 use super::deadline::Deadline;
-use crate::metrics::Counter;
+use crate::metrics::Tally;
 
 /// Chunks a direction may move in one turn before yielding to the other connections.
 const FAIR_SHARE: u8 = 16;
@@ -59,8 +60,8 @@ pub async fn relay(
     a: &Async<TcpStream>,
     b: &Async<TcpStream>,
     idle: Duration,
-    a_to_b: &Counter,
-    b_to_a: &Counter,
+    a_to_b: Tally<'_>,
+    b_to_a: Tally<'_>,
 ) -> io::Result<Relayed> {
     let (mut up, mut down) = (Half::default(), Half::default());
     let mut last = Instant::now();
@@ -119,7 +120,7 @@ impl Half {
         cx: &mut Context<'_>,
         from: &Async<TcpStream>,
         to: &Async<TcpStream>,
-        total: &Counter,
+        total: Tally<'_>,
         budget: &mut u8,
     ) -> io::Result<bool> {
         let mut moved = false;
@@ -141,7 +142,10 @@ impl Half {
                     return Ok(moved);
                 }
             }
-            let carrier = self.carrier.get_or_insert_with(Carrier::take);
+            let carrier = self.carrier.get_or_insert_with(Carrier::buffer);
+            if self.streaming {
+                carrier.for_streaming();
+            }
             match step(carrier.fill(from.get_ref()))? {
                 Step::Eof => {
                     // The peer has finished sending: pass the half-close on. The other side
@@ -192,7 +196,7 @@ impl Flow {
     }
 
     /// Counts `n` bytes moved in the direction whose count is `mine`.
-    pub(super) fn moved(&self, total: &Counter, mine: &Cell<u64>, n: usize) {
+    pub(super) fn moved(&self, total: Tally<'_>, mine: &Cell<u64>, n: usize) {
         total.add(n as u64);
         mine.set(mine.get() + n as u64);
         self.last.set(Instant::now());

@@ -21,7 +21,7 @@ use smol::{future, Async};
 
 use super::buffers::Buf;
 use super::relay::{step, Flow, Pace, Relayed, Step};
-use crate::metrics::Counter;
+use crate::metrics::Tally;
 
 /// Shutting down the sending half of a connection.
 pub trait ShutdownWrite {
@@ -51,8 +51,8 @@ pub async fn relay_tls<L, D>(
     remote: &Async<TcpStream>,
     tls: &mut ConnectionCommon<D>,
     idle: Duration,
-    to_tls: &Counter,
-    from_tls: &Counter,
+    to_tls: Tally<'_>,
+    from_tls: Tally<'_>,
 ) -> io::Result<Relayed>
 where
     L: ShutdownWrite,
@@ -72,7 +72,7 @@ async fn local_to_tls<L, D>(
     local: &Async<L>,
     remote: &Async<TcpStream>,
     tls: &Conn<'_, D>,
-    total: &Counter,
+    total: Tally<'_>,
     flow: &Flow,
 ) -> io::Result<()>
 where
@@ -136,7 +136,7 @@ async fn tls_to_local<L, D>(
     remote: &Async<TcpStream>,
     local: &Async<L>,
     tls: &Conn<'_, D>,
-    total: &Counter,
+    total: Tally<'_>,
     flow: &Flow,
 ) -> io::Result<()>
 where
@@ -193,7 +193,7 @@ enum Peer {
 async fn deliver<L, D>(
     tls: &Conn<'_, D>,
     local: &Async<L>,
-    total: &Counter,
+    total: Tally<'_>,
     flow: &Flow,
 ) -> io::Result<Peer>
 where

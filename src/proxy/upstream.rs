@@ -11,7 +11,7 @@ use smol::Async;
 use super::tls_relay::relay_tls;
 use super::{deadline, dial};
 use crate::mesh::plan::UpstreamPlan;
-use crate::metrics::UpstreamMetrics;
+use crate::metrics::{Tally, UpstreamMetrics};
 
 /// How long a plaintext-to-mTLS pair may stay silent both ways; Envoy's tcp_proxy default.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -22,6 +22,7 @@ where
     for<'a> &'a L: Read + Write,
 {
     let started = Instant::now();
+    let _held = up.stats.hold();
     let Some(tls) = Box::pin(open(up, m)).await else {
         return;
     };
@@ -31,8 +32,8 @@ where
         &remote,
         &mut tls,
         IDLE,
-        &m.bytes_to_upstream,
-        &m.bytes_from_upstream,
+        Tally::new(&m.bytes_to_upstream, &up.stats.from_client),
+        Tally::new(&m.bytes_from_upstream, &up.stats.to_client),
     )
     .await
     {
@@ -74,10 +75,11 @@ async fn open(
     match deadline::timeout(up.connect_timeout, "TLS handshake timed out", handshake).await {
         Ok(tls) => Some(tls),
         Err(e) => {
-            m.handshake_failures.inc();
+            let why = m.handshake_failures.record(&e);
             crate::warn!(
-                "upstream {}: mTLS to {endpoint} failed: {e}",
-                up.destination_name
+                "upstream {}: mTLS to {endpoint} failed ({}): {e}",
+                up.destination_name,
+                why.label()
             );
             None
         }

@@ -49,15 +49,26 @@ impl Pki {
         self.issuer.pem()
     }
 
-    /// A server config holding a certificate for exactly these names.
-    pub fn server_config(&self, names: &[String]) -> Arc<ServerConfig> {
+    /// A leaf certificate for exactly these names, and its key.
+    fn leaf(&self, names: &[String]) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(names.to_vec()).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0].as_str());
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (params.signed_by(&key, &self.issuer).unwrap(), key)
+    }
+
+    /// A leaf for these names as PEM (certificate, key), for servers that read files.
+    pub fn leaf_pem(&self, names: &[String]) -> (String, String) {
+        let (cert, key) = self.leaf(names);
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A server config holding a certificate for exactly these names.
+    pub fn server_config(&self, names: &[String]) -> Arc<ServerConfig> {
+        let (cert, key) = self.leaf(names);
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let cfg = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -225,6 +236,26 @@ pub fn service_sni(service: &str, dc: &str) -> String {
 pub struct Child {
     pub child: std::process::Child,
     pub gateway_addrs: Vec<SocketAddr>,
+    /// Every line it has logged so far.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Child {
+    /// Lines logged so far that contain `needle`.
+    pub fn logged(&self, needle: &str) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// The address after `prefix` in the first line that has it (e.g. `admin endpoint
+    /// listening on `), waiting for that line.
+    pub fn logged_addr(&self, prefix: &str) -> SocketAddr {
+        eventually(prefix, || self.logged(prefix) > 0);
+        let log = self.log.lock().unwrap();
+        let line = log.iter().find(|l| l.contains(prefix)).unwrap();
+        let rest = line.split(prefix).nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
 }
 
 impl Drop for Child {
@@ -237,20 +268,44 @@ impl Drop for Child {
 /// Runs the real binary on a config file and waits until it says every gateway listener is
 /// bound (it logs `gateway listening on ADDR` once per listener).
 pub fn run_binary(config: &std::path::Path, listeners: usize) -> Child {
+    run_binary_with(&[], &[], config, listeners)
+}
+
+/// `run_binary` started through `wrapper` (e.g. `prlimit --nofile=64:64 --`, which execs it in
+/// the same process) with extra environment variables.
+pub fn run_binary_with(
+    wrapper: &[&str],
+    env: &[(&str, &str)],
+    config: &std::path::Path,
+    listeners: usize,
+) -> Child {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidegate"))
+    let bin = env!("CARGO_BIN_EXE_sidegate");
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = std::process::Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+        None => std::process::Command::new(bin),
+    };
+    let mut child = command
         .args(["run", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = log.clone();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
             if let Some(addr) = line.split("gateway listening on ").nth(1) {
                 let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
             }
+            kept.lock().unwrap().push(line);
         }
     });
     let gateway_addrs = (0..listeners)
@@ -259,6 +314,7 @@ pub fn run_binary(config: &std::path::Path, listeners: usize) -> Child {
     Child {
         child,
         gateway_addrs,
+        log,
     }
 }
 
@@ -266,7 +322,8 @@ pub fn run_binary(config: &std::path::Path, listeners: usize) -> Child {
 pub const LOOPBACK: &str = "\"127.0.0.1:0\"";
 
 /// A gateway configuration for (dc, partition) with its own services, extra `[gateway]` keys
-/// and `[[catalog.gateways]]` entries of other places.
+/// and `[[catalog.gateways]]` entries of other places. Connect timeout 2 s unless `extra`
+/// sets one.
 pub fn gateway_toml(
     dc: &str,
     partition: &str,
@@ -275,9 +332,14 @@ pub fn gateway_toml(
     gateways: &str,
     extra: &str,
 ) -> String {
+    let connect = if extra.contains("connect_timeout_ms") {
+        ""
+    } else {
+        "connect_timeout_ms = 2000"
+    };
     let mut t = format!(
         "[mesh]\ndatacenter = \"{dc}\"\npartition = \"{partition}\"\ntrust_domain = \"{TD}\"\n\
-         [gateway]\nlisten = [{listen}]\nconnect_timeout_ms = 2000\n{extra}\n{gateways}\n"
+         [gateway]\nlisten = [{listen}]\n{connect}\n{extra}\n{gateways}\n"
     );
     for (name, addrs) in services {
         let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
@@ -339,12 +401,98 @@ pub fn dead_addr() -> SocketAddr {
 /// Polls `cond` until it holds or a deadline passes; for counters updated by the gateway
 /// thread after the client already saw the close.
 pub fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    eventually_within(IO_TIMEOUT, what, cond);
+}
+
+/// `eventually` with a deadline of its own, for waits that scale with a test's size.
+pub fn eventually_within(limit: Duration, what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
     while !cond() {
         assert!(
             std::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
         );
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A local app sends `msg` to the listener on `port` and finishes; it must get nothing back
+/// (an EOF or a reset): the connection was refused somewhere behind the listener.
+pub fn local_app_gets_nothing(port: u16, msg: &[u8]) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let _ = tcp.write_all(msg);
+    let _ = tcp.shutdown(Shutdown::Write);
+    let mut got = Vec::new();
+    match tcp.read_to_end(&mut got) {
+        Ok(_) => assert!(got.is_empty(), "the app got {got:?}"),
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
+    }
+}
+
+/// A plain TCP connection with bounded reads.
+pub fn raw(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// The gateway closed the connection: a read ends (EOF or reset) without any data.
+pub fn assert_closed(s: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("got {n} bytes from a refused connection"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "expected a close, got {e}"
+        ),
+    }
+}
+
+/// Resident memory of process `pid` in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// One GET to sidegate's admin endpoint: (status code, body).
+pub fn http_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect_timeout(&admin, IO_TIMEOUT).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: sidegate\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, body.to_owned())
+}
+
+/// A scratch directory under cargo's target tmp dir, removed when dropped.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

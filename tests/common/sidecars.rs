@@ -99,23 +99,23 @@ pub fn routed(gw: &Running) -> u64 {
 
 /// `check --json` of `path`, run from `cwd`: it must succeed without a warning.
 pub fn check_json_clean(path: &std::path::Path, cwd: &std::path::Path) -> serde_json::Value {
+    let (plan, stderr) = check_json(path, cwd);
+    assert!(stderr.is_empty(), "warnings: {stderr}");
+    plan
+}
+
+/// `check --json` of `path`, run from `cwd`, which must succeed: the plan and what it said
+/// on stderr.
+pub fn check_json(path: &std::path::Path, cwd: &std::path::Path) -> (serde_json::Value, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidegate"))
         .args(["check", "--json", "--config"])
         .arg(path)
         .current_dir(cwd)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "warnings: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
 }
 
 /// Starts sidegate from a configuration naming fixed local ports (`local_bind_port` cannot

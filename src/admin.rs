@@ -1,0 +1,404 @@
+//! The admin endpoint (`[admin] listen`): `/ready`, `/metrics` (Prometheus text) and `/config`
+//! (the running plan as JSON, no key material).
+//!
+//! It runs on a thread of its own with blocking sockets and serves one connection at a time
+//! under a hard deadline and a request-size limit, so a slow or hostile scraper can delay only
+//! other scrapers, never the data path's event loop.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::mesh::Plan;
+use crate::metrics::{self, Metrics};
+
+/// A request line and headers larger than this are refused (431): scrapers send a few hundred
+/// bytes.
+const MAX_REQUEST: usize = 8192;
+const MAX_HEADERS: usize = 32;
+/// Time one connection may take from accept to the last byte of the answer.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// What the control loop publishes for the endpoint to read.
+pub struct Status {
+    pub metrics: Arc<Metrics>,
+    plan: Mutex<Option<Arc<Plan>>>,
+    draining: AtomicBool,
+    /// With `[consul]`: how fresh the state served is.
+    consul: Mutex<Option<Arc<crate::consul::Status>>>,
+}
+
+impl Status {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Status {
+            metrics,
+            plan: Mutex::new(None),
+            draining: AtomicBool::new(false),
+            consul: Mutex::new(None),
+        }
+    }
+
+    /// The Consul source's freshness, for `/ready` and `/metrics`.
+    pub fn set_consul(&self, consul: Arc<crate::consul::Status>) {
+        *self.consul.lock().unwrap_or_else(PoisonError::into_inner) = Some(consul);
+    }
+
+    fn consul(&self) -> Option<Arc<crate::consul::Status>> {
+        self.consul
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The plan now serving (after start and after every applied reload).
+    pub fn set_plan(&self, plan: Arc<Plan>) {
+        *self.plan.lock().unwrap_or_else(PoisonError::into_inner) = Some(plan);
+    }
+
+    pub fn plan(&self) -> Option<Arc<Plan>> {
+        self.plan
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// `Ok` when a plan is live and current, else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining: shutting down, not accepting connections".into());
+        }
+        if self.plan().is_none() {
+            return Err("no plan: not serving yet".into());
+        }
+        match self.consul() {
+            Some(c) if c.is_stale() => Err(format!(
+                "stale: serving state the Consul agent has not confirmed{}",
+                c.last_error()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A bound, serving admin endpoint; stops when dropped.
+pub struct Admin {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Admin {
+    /// Binds now, so a taken port is the caller's error, then serves on its own thread.
+    pub fn start(addr: SocketAddr, status: Arc<Status>) -> io::Result<Admin> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sidegate-admin".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stopping.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match conn {
+                        Ok(stream) => {
+                            if let Err(e) = handle(stream, &status) {
+                                crate::debug!("admin: {e}");
+                            }
+                        }
+                        // Out of descriptors: the data path matters more; try the next one.
+                        Err(e) => crate::debug!("admin: accept failed: {e}"),
+                    }
+                }
+            })?;
+        crate::info!("admin endpoint listening on {addr} (/ready, /metrics, /config)");
+        Ok(Admin {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the blocking accept with a connection of our own.
+        let wake = match self.addr {
+            SocketAddr::V4(a) if a.ip().is_unspecified() => {
+                SocketAddr::from((Ipv4Addr::LOCALHOST, a.port()))
+            }
+            SocketAddr::V6(a) if a.ip().is_unspecified() => {
+                SocketAddr::from((Ipv6Addr::LOCALHOST, a.port()))
+            }
+            a => a,
+        };
+        if TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok() {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+struct Response {
+    status: &'static str,
+    content_type: &'static str,
+    body: String,
+    extra_header: &'static str,
+}
+
+impl Response {
+    fn text(status: &'static str, body: impl Into<String>) -> Self {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+            extra_header: "",
+        }
+    }
+}
+
+fn handle(mut stream: TcpStream, status: &Status) -> io::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    stream.set_write_timeout(Some(DEADLINE))?;
+    let m = &status.metrics.admin;
+    let response = match read_request(&mut stream, deadline)? {
+        Some(Request::Get(path)) => route(&path, status),
+        Some(Request::OtherMethod) => Response {
+            extra_header: "Allow: GET\r\n",
+            ..Response::text("405 Method Not Allowed", "only GET is served\n")
+        },
+        Some(Request::TooLarge) => {
+            Response::text("431 Request Header Fields Too Large", "request too large\n")
+        }
+        Some(Request::Malformed) => Response::text("400 Bad Request", "not an HTTP request\n"),
+        None => {
+            m.abandoned.inc();
+            crate::debug!("admin: a client sent no complete request within {DEADLINE:?}");
+            return Ok(());
+        }
+    };
+    let code = response
+        .status
+        .get(..3)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if let Some(c) = m.answered(code) {
+        c.inc();
+    }
+    if matches!(code, 400 | 405 | 431) {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        crate::debug!("admin {peer}: refused, {}", response.status);
+    }
+    let head = format!(
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}Connection: close\r\n\r\n",
+        response.status,
+        response.content_type,
+        response.body.len(),
+        response.extra_header
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(response.body.as_bytes())?;
+    stream.flush()?;
+    let _ = stream.shutdown(Shutdown::Write);
+    Ok(())
+}
+
+enum Request {
+    Get(String),
+    OtherMethod,
+    TooLarge,
+    Malformed,
+}
+
+/// Reads until the request head is complete. `None`: the client went away or ran out of time.
+fn read_request(stream: &mut TcpStream, deadline: Instant) -> io::Result<Option<Request>> {
+    let mut buf = [0u8; MAX_REQUEST];
+    let mut len = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = match stream.read(&mut buf[len..]) {
+            Ok(0) => return Ok(None),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => {
+                return Ok(Some(match (req.method, req.path) {
+                    (Some("GET"), Some(path)) => Request::Get(path.to_owned()),
+                    (Some(_), Some(_)) => Request::OtherMethod,
+                    _ => Request::Malformed,
+                }))
+            }
+            Ok(httparse::Status::Partial) if len == buf.len() => {
+                return Ok(Some(Request::TooLarge))
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => return Ok(Some(Request::TooLarge)),
+            Err(_) => return Ok(Some(Request::Malformed)),
+        }
+    }
+}
+
+fn route(target: &str, status: &Status) -> Response {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    match path {
+        "/ready" => match status.readiness() {
+            Ok(()) => Response::text("200 OK", "ready\n"),
+            Err(why) => Response::text("503 Service Unavailable", format!("{why}\n")),
+        },
+        "/metrics" => {
+            let mut text = metrics::render(&status.metrics);
+            if let Some(consul) = status.consul() {
+                consul.render_prometheus(&mut text);
+            }
+            Response {
+                content_type: metrics::CONTENT_TYPE,
+                ..Response::text("200 OK", text)
+            }
+        }
+        "/config" => match status.plan() {
+            // The plan's serialization leaves out TLS configurations and keys (serde skip);
+            // what remains is what `check --json` prints.
+            Some(plan) => match serde_json::to_string_pretty(&*plan) {
+                Ok(json) => Response {
+                    content_type: "application/json",
+                    ..Response::text("200 OK", json + "\n")
+                },
+                Err(e) => Response::text(
+                    "500 Internal Server Error",
+                    format!("cannot render the plan: {e}\n"),
+                ),
+            },
+            None => Response::text("503 Service Unavailable", "no plan: not serving yet\n"),
+        },
+        _ => Response::text(
+            "404 Not Found",
+            "not found; try /ready, /metrics or /config\n",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    fn status_line(response: &str) -> &str {
+        response.lines().next().unwrap_or_default()
+    }
+
+    #[test]
+    fn answers_ready_and_refuses_what_it_does_not_serve() {
+        let status = Arc::new(Status::new(Arc::new(Metrics::default())));
+        let admin = Admin::start("127.0.0.1:0".parse().unwrap(), status.clone()).unwrap();
+        let get = |path: &str| {
+            ask(
+                admin.addr,
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            )
+        };
+
+        let r = get("/ready");
+        assert_eq!(status_line(&r), "HTTP/1.1 503 Service Unavailable");
+        assert!(r.ends_with("no plan: not serving yet\n"), "{r}");
+        status.set_plan(Arc::new(Plan {
+            upstreams: Vec::new(),
+            inbound: None,
+            gateway: None,
+            warnings: Vec::new(),
+        }));
+        assert_eq!(status_line(&get("/ready?verbose")), "HTTP/1.1 200 OK");
+        let consul = Arc::new(crate::consul::Status::default());
+        status.set_consul(consul.clone());
+        consul.sent(true);
+        let r = get("/ready");
+        assert!(
+            r.contains("\r\n\r\nstale: serving state the Consul agent has not confirmed"),
+            "{r}"
+        );
+        consul.sent(false);
+        assert_eq!(status_line(&get("/ready")), "HTTP/1.1 200 OK");
+        assert!(get("/metrics").contains("\nsidegate_consul_stale 0\n"));
+        status.set_draining();
+        assert!(get("/ready").contains("\r\n\r\ndraining"));
+
+        assert_eq!(status_line(&get("/nope")), "HTTP/1.1 404 Not Found");
+        let post = ask(
+            admin.addr,
+            b"POST /ready HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(status_line(&post), "HTTP/1.1 405 Method Not Allowed");
+        assert!(post.contains("\r\nAllow: GET\r\n"));
+        assert_eq!(
+            status_line(&ask(admin.addr, b"\x16\x03\x01\x02\x00junk\r\n\r\n")),
+            "HTTP/1.1 400 Bad Request"
+        );
+        let huge = format!(
+            "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_REQUEST)
+        );
+        assert_eq!(
+            status_line(&ask(admin.addr, huge.as_bytes())),
+            "HTTP/1.1 431 Request Header Fields Too Large"
+        );
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: y\r\n")).collect();
+        let many = format!("GET /metrics HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(
+            status_line(&ask(admin.addr, many.as_bytes())),
+            "HTTP/1.1 431 Request Header Fields Too Large"
+        );
+
+        // A client that sends half a request and stalls holds the endpoint at most DEADLINE.
+        let mut stalled = TcpStream::connect(admin.addr).unwrap();
+        stalled.write_all(b"GET /met").unwrap();
+        let started = Instant::now();
+        assert_eq!(status_line(&get("/metrics")), "HTTP/1.1 200 OK");
+        assert!(started.elapsed() < DEADLINE + Duration::from_secs(3));
+        let m = &status.metrics.admin;
+        let count = |code| m.answered(code).unwrap().get();
+        assert_eq!(
+            (count(400), count(404), count(405), count(431)),
+            (1, 1, 1, 2)
+        );
+        assert_eq!(m.abandoned.get(), 1);
+    }
+}

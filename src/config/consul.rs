@@ -1,0 +1,185 @@
+//! `[consul]`: the agent to follow instead of the file's mesh sections. With it the file
+//! carries no `[mesh]`, `[tls]`, `[sidecar]`, `[config_entries]` or `[catalog]` (all come
+//! from the agent), and `[gateway]` is optional: its knobs apply, its `listen` (if given)
+//! replaces the registration's addresses.
+
+use std::path::Path;
+
+use super::fields::Fields;
+use super::sections::name_ok;
+use crate::consul::settings::{resolve, FileKeys, Settings};
+
+/// Sections the agent fills, and what to do instead of writing them.
+const FROM_THE_AGENT: [(&str, &str); 5] = [
+    (
+        "mesh",
+        "datacenter, partition and trust domain come from the agent",
+    ),
+    ("tls", "the leaf and roots come from the agent"),
+    (
+        "sidecar",
+        "the sidecar comes from its registration (sidecar_service_id)",
+    ),
+    ("config_entries", "config entries come from the agent"),
+    (
+        "catalog",
+        "instances and gateways come from the agent's catalog",
+    ),
+];
+
+pub fn settings(
+    t: &Fields<'_>,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Settings> {
+    let path = |key: &'static str| t.str(key).map(|p| base.join(p));
+    let id = |key: &'static str| {
+        t.str(key).filter(|v| {
+            let ok = !v.trim().is_empty();
+            if !ok {
+                t.error(
+                    key,
+                    "is empty: give the service ID as registered with the agent",
+                );
+            }
+            ok
+        })
+    };
+    let keys = FileKeys {
+        address: t.str("address").map(str::to_owned),
+        token_file: path("token_file"),
+        ca_file: path("ca_file"),
+        sidecar_service_id: id("sidecar_service_id").map(str::to_owned),
+        gateway_service_id: id("gateway_service_id").map(str::to_owned),
+        mesh_gateway_service: t
+            .str("mesh_gateway_service")
+            .filter(|v| name_ok(t, "mesh_gateway_service", v))
+            .map(str::to_owned),
+        state_dir: path("state_dir"),
+    };
+    if t.str("token").is_some() {
+        t.error(
+            "token",
+            "is not read from the configuration (it would show wherever the file does): put the token in a file and set token_file, or use CONSUL_HTTP_TOKEN",
+        );
+    }
+    t.finish();
+    match resolve(keys, env) {
+        Ok(s) => Some(s),
+        Err(errors) => {
+            for e in errors {
+                t.error(e.key, e.message);
+            }
+            None
+        }
+    }
+}
+
+/// Reports every section the agent fills instead.
+pub fn refuse_file_sections(root: &Fields<'_>, table: &toml::Table) {
+    for (section, why) in FROM_THE_AGENT {
+        if table.contains_key(section) {
+            let _ = root.table(section);
+            root.error(
+                section,
+                format!("is not read with [consul]: {why}; remove this section"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse_with_env;
+
+    fn errors(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        match parse_with_env(text, &lookup) {
+            Ok(_) => Vec::new(),
+            Err(errs) => errs.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_agent_replaces_the_file_sections() {
+        let c = parse_with_env(
+            "[consul]\nsidecar_service_id = \"web-sidecar-proxy\"\nstate_dir = \"state\"\n",
+            &|_| None,
+        )
+        .unwrap();
+        let s = c.consul.unwrap();
+        assert_eq!(s.address.base(), "http://127.0.0.1:8500");
+        assert_eq!(s.sidecar_service_id.as_deref(), Some("web-sidecar-proxy"));
+        assert_eq!(
+            s.state_dir.as_deref(),
+            Some(std::path::Path::new("./state"))
+        );
+        assert!(c.snapshot.sidecar.is_none() && c.snapshot.gateway.is_none());
+
+        // [gateway] keeps its knobs; listen may come from the registration.
+        let c = parse_with_env(
+            "[consul]\ngateway_service_id = \"mesh-gateway\"\n[gateway]\nmax_connections = 10\n",
+            &|_| None,
+        )
+        .unwrap();
+        let gw = c.snapshot.gateway.unwrap();
+        assert!(gw.listen.is_empty());
+        assert_eq!(gw.max_connections, 10);
+    }
+
+    #[test]
+    fn every_problem_with_its_key_path() {
+        let text = "[consul]\nadress = \"x:1\"\ntoken = \"t\"\nsidecar_service_id = \"\"\n\
+                    mesh_gateway_service = \"a.b\"\n[mesh]\ndatacenter = \"dc1\"\n[tls]\n\
+                    [sidecar]\nservice = \"web\"\n[gateway]\nlisten = [\"0.0.0.0:1\"]\n";
+        let got = errors(text, &[]);
+        let want = [
+            "consul.adress: unknown key (did you mean `address`?)",
+            "consul.token: is not read from the configuration",
+            "consul.sidecar_service_id: is empty",
+            "consul.mesh_gateway_service: \"a.b\" is not a valid name",
+            "consul.sidecar_service_id: with [consul], name what to follow",
+            "mesh: is not read with [consul]",
+            "tls: is not read with [consul]",
+            "sidecar: is not read with [consul]: the sidecar comes from its registration",
+        ];
+        for w in want {
+            assert!(
+                got.iter().any(|g| g.starts_with(w)),
+                "missing {w:?} in {got:#?}"
+            );
+        }
+        // The gateway is refused only once settings are valid; here they are not.
+        let got = errors(
+            "[consul]\nsidecar_service_id = \"w\"\n[gateway]\nlisten = [\"0.0.0.0:1\"]\n",
+            &[],
+        );
+        assert_eq!(
+            got,
+            ["gateway: with [consul], the gateway follows its registration: set consul.gateway_service_id"]
+        );
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable() {
+        let got = errors(
+            "[consul]\nsidecar_service_id = \"w\"\n",
+            &[
+                ("CONSUL_HTTP_ADDR", "unix:///run/consul.sock"),
+                ("CONSUL_HTTP_TOKEN_FILE", "/nonexistent"),
+            ],
+        );
+        assert!(
+            got[0].starts_with("consul.address: ") && got[0].contains("(from CONSUL_HTTP_ADDR)"),
+            "{got:?}"
+        );
+        assert!(
+            got[1].starts_with("consul.token_file: cannot read the token file /nonexistent"),
+            "{got:?}"
+        );
+    }
+}

@@ -1,0 +1,491 @@
+//! From the agent's answers to a `Snapshot`: which keys are needed given what is known so
+//! far (each answer can reveal more: the registration names upstreams, their modes name
+//! gateway places, the catalog names services), and the snapshot once every one is settled.
+//! Pure: the follower feeds it answers; tests feed it example bodies.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::api::ca::identity;
+use super::api::health::to_dial;
+use super::api::service::{self, AgentService, KIND_MESH_GATEWAY, KIND_SIDECAR};
+use super::settings::Settings;
+use super::watch::{Answer, Key};
+use crate::mesh::config_entries::ConfigEntries;
+use crate::mesh::mode::{via, ModeSource, Via};
+use crate::mesh::names::{is_label, SpiffeId};
+use crate::mesh::place::DEFAULT_PARTITION;
+use crate::mesh::sidecar::SidecarSpec;
+use crate::mesh::snapshot::{
+    Catalog, CatalogGateways, CatalogService, GatewaySettings, Here, Snapshot,
+};
+use crate::mesh::Place;
+
+/// A gateway watches each service of its partition on its own thread: beyond this many the
+/// rest get no route (and a warning), rather than a host running out of threads.
+pub const MAX_ROUTED_SERVICES: usize = 1000;
+pub const MAX_DATACENTERS: usize = 100;
+
+/// What the follower knows: answers, and keys the agent refused with no earlier answer.
+pub struct Known<'a> {
+    pub answers: &'a BTreeMap<Key, Answer>,
+    pub refused: &'a BTreeSet<Key>,
+}
+
+impl Known<'_> {
+    /// Answered, or refused where going on without it is possible.
+    pub fn settled(&self, key: &Key) -> bool {
+        self.answers.contains_key(key) || (self.refused.contains(key) && !key.is_core())
+    }
+
+    fn registration(&self, id: Option<&String>, kind: &str) -> Option<&AgentService> {
+        let key = Key::Service { id: id?.clone() };
+        match self.answers.get(&key) {
+            Some(Answer::Service(Some(svc))) if svc.kind == kind => Some(svc),
+            _ => None,
+        }
+    }
+}
+
+fn leaf_key(svc: &AgentService) -> Key {
+    Key::Leaf {
+        service: svc.proxy.destination_service_name.clone(),
+        namespace: svc.namespace().to_owned(),
+        partition: svc.partition().to_owned(),
+    }
+}
+
+/// Where this host sits: the registration's datacenter (Consul 1.9+), else the one in our
+/// leaf's SPIFFE ID (issued by the local datacenter), else the agent's own configuration.
+fn place(s: &Settings, k: &Known<'_>) -> Option<(Place, String)> {
+    let sidecar = k.registration(s.sidecar_service_id.as_ref(), KIND_SIDECAR);
+    let gateway = k.registration(s.gateway_service_id.as_ref(), KIND_MESH_GATEWAY);
+    let reg = sidecar.or(gateway)?;
+    let from_leaf = sidecar.and_then(|svc| match k.answers.get(&leaf_key(svc)) {
+        Some(Answer::Leaf(leaf)) => match leaf.spiffe_id() {
+            Some(SpiffeId::Service { datacenter, .. }) => Some(datacenter),
+            _ => None,
+        },
+        _ => None,
+    });
+    let from_agent = match k.answers.get(&Key::AgentSelf) {
+        Some(Answer::AgentSelf { datacenter }) => Some(datacenter.clone()),
+        _ => None,
+    };
+    let dc = Some(reg.datacenter.clone())
+        .filter(|d| !d.is_empty())
+        .or(from_leaf)
+        .or(from_agent)
+        .filter(|d| is_label(d))?;
+    Some((Place::new(&dc, reg.partition()), reg.namespace().to_owned()))
+}
+
+fn here_of(place: Place, namespace: String, trust_domain: String) -> Here {
+    Here {
+        place,
+        namespace,
+        trust_domain,
+    }
+}
+
+/// Every key whose answer the snapshot needs, given what is known so far.
+pub fn needed(s: &Settings, k: &Known<'_>) -> BTreeSet<Key> {
+    let mut keys = BTreeSet::from([Key::Roots]);
+    let sidecar = k.registration(s.sidecar_service_id.as_ref(), KIND_SIDECAR);
+    let gateway = k.registration(s.gateway_service_id.as_ref(), KIND_MESH_GATEWAY);
+    for id in s.sidecar_service_id.iter().chain(&s.gateway_service_id) {
+        keys.insert(Key::Service { id: id.clone() });
+    }
+    if let Some(svc) = sidecar {
+        keys.insert(leaf_key(svc));
+    }
+    let Some((place, namespace)) = place(s, k) else {
+        let waiting_for_leaf = sidecar.is_some_and(|svc| !k.settled(&leaf_key(svc)));
+        if (sidecar.is_some() || gateway.is_some()) && !waiting_for_leaf {
+            keys.insert(Key::AgentSelf);
+        }
+        return keys;
+    };
+    if k.answers.contains_key(&Key::AgentSelf) {
+        keys.insert(Key::AgentSelf);
+    }
+    let here = here_of(place, namespace, String::new());
+    if let Some(Ok((spec, _))) = sidecar.map(|svc| service::sidecar(svc, &here)) {
+        sidecar_keys(s, k, &here, &spec, &mut keys);
+    }
+    if gateway.is_some() {
+        gateway_keys(s, k, &here, &mut keys);
+    }
+    keys
+}
+
+fn sidecar_keys(
+    s: &Settings,
+    k: &Known<'_>,
+    here: &Here,
+    spec: &SidecarSpec,
+    keys: &mut BTreeSet<Key>,
+) {
+    let mut entry_keys = vec![
+        Key::ProxyDefaults {
+            partition: here.place.partition.clone(),
+        },
+        Key::ServiceDefaults {
+            service: spec.service.clone(),
+            namespace: here.namespace.clone(),
+            partition: here.place.partition.clone(),
+        },
+    ];
+    for u in &spec.upstreams {
+        keys.insert(Key::Connect {
+            service: u.destination_name.clone(),
+            namespace: u.destination_namespace.clone(),
+            place: u.place.clone(),
+        });
+        entry_keys.push(Key::ServiceDefaults {
+            service: u.destination_name.clone(),
+            namespace: u.destination_namespace.clone(),
+            partition: u.place.partition.clone(),
+        });
+        if u.place.partition != here.place.partition {
+            entry_keys.push(Key::ProxyDefaults {
+                partition: u.place.partition.clone(),
+            });
+        }
+    }
+    let entries_known = entry_keys.iter().all(|key| k.settled(key));
+    keys.extend(entry_keys);
+    if !entries_known {
+        // Modes are not known yet, nor which gateways they need.
+        return;
+    }
+    let entries = config_entries(k, here, spec);
+    for u in &spec.upstreams {
+        let (mode, _) = entries.mode_levels(spec, u).resolve();
+        if let Via::LocalGateways(p) | Via::RemoteGateways(p) = via(&here.place, &u.place, mode) {
+            keys.insert(Key::Gateways {
+                place: p,
+                name: s.mesh_gateway_service.clone(),
+            });
+        }
+    }
+}
+
+fn gateway_keys(s: &Settings, k: &Known<'_>, here: &Here, keys: &mut BTreeSet<Key>) {
+    let services = Key::Services {
+        place: here.place.clone(),
+    };
+    if let Some(Answer::Names(names)) = k.answers.get(&services) {
+        for name in names
+            .iter()
+            .filter(|n| is_label(n))
+            .take(MAX_ROUTED_SERVICES)
+        {
+            keys.insert(Key::Connect {
+                service: name.clone(),
+                // Community Edition has one namespace; Enterprise namespaces other than the
+                // gateway's own are not listed by this endpoint.
+                namespace: here.namespace.clone(),
+                place: here.place.clone(),
+            });
+        }
+    }
+    keys.insert(services);
+    // WAN federation is default-partition only (consul-mesh.md §4.4): other datacenters are
+    // reached through their default partition's gateways.
+    if here.place.partition == DEFAULT_PARTITION {
+        if let Some(Answer::Names(dcs)) = k.answers.get(&Key::Datacenters) {
+            let others = dcs
+                .iter()
+                .filter(|dc| **dc != here.place.datacenter && is_label(dc));
+            for dc in others.take(MAX_DATACENTERS) {
+                keys.insert(Key::Gateways {
+                    place: Place::new(dc, DEFAULT_PARTITION),
+                    name: s.mesh_gateway_service.clone(),
+                });
+            }
+        }
+        keys.insert(Key::Datacenters);
+    }
+}
+
+/// Central config as the agent reported it. Refused or absent entries are simply unset. A
+/// target's entry is keyed by name like the file's; the downstream's own wins a clash.
+fn config_entries(k: &Known<'_>, here: &Here, spec: &SidecarSpec) -> ConfigEntries {
+    let mut entries = ConfigEntries::default();
+    let mode_of = |partition: &str| match k.answers.get(&Key::ProxyDefaults {
+        partition: partition.to_owned(),
+    }) {
+        Some(Answer::ProxyDefaults(Some(pd))) => pd.mode().ok().flatten(),
+        _ => None,
+    };
+    entries.proxy_defaults = mode_of(&here.place.partition);
+    for u in &spec.upstreams {
+        if u.place.partition != here.place.partition {
+            if let Some(m) = mode_of(&u.place.partition) {
+                entries
+                    .partition_proxy_defaults
+                    .insert(u.place.partition.clone(), m);
+            }
+        }
+    }
+    let targets = spec.upstreams.iter().map(|u| {
+        (
+            &u.destination_name,
+            &u.destination_namespace,
+            &u.place.partition,
+        )
+    });
+    let own = std::iter::once((&spec.service, &here.namespace, &here.place.partition));
+    for (service, namespace, partition) in targets.chain(own) {
+        let key = Key::ServiceDefaults {
+            service: service.clone(),
+            namespace: namespace.clone(),
+            partition: partition.clone(),
+        };
+        if let Some(Answer::ServiceDefaults(Some(sd))) = k.answers.get(&key) {
+            if let Ok(m) = sd.to_mesh() {
+                entries.service_defaults.insert(service.clone(), m);
+            }
+        }
+    }
+    entries
+}
+
+/// A registration merged by the agent (Consul 1.9+ with central config) carries the
+/// config-entry levels 2–6 already resolved into each upstream's and the proxy's
+/// `MeshGateway`. Reading them as explicit would report `mode_source = upstream` for a mode
+/// that came from `proxy-defaults`. Where leaving a level unset gives the same mode for
+/// every upstream, the level is taken as merged and left unset, so the source names the
+/// config entry. The mode itself never changes.
+fn attribute_merged_levels(spec: &mut SidecarSpec, entries: &ConfigEntries) {
+    let modes = |spec: &SidecarSpec| -> Vec<_> {
+        spec.upstreams
+            .iter()
+            .map(|u| entries.mode_levels(spec, u).resolve().0)
+            .collect()
+    };
+    let before = modes(spec);
+    let merged_proxy = entries
+        .service_defaults
+        .get(&spec.service)
+        .and_then(|d| d.mesh_gateway)
+        .or(entries.proxy_defaults);
+    if spec.mesh_gateway.is_some() && spec.mesh_gateway == merged_proxy {
+        let mut candidate = spec.clone();
+        candidate.mesh_gateway = None;
+        if modes(&candidate) == before {
+            *spec = candidate;
+        }
+    }
+    for i in 0..spec.upstreams.len() {
+        let Some(own) = spec.upstreams[i].mesh_gateway else {
+            continue;
+        };
+        let mut candidate = spec.clone();
+        candidate.upstreams[i].mesh_gateway = None;
+        let (mode, source) = entries
+            .mode_levels(&candidate, &candidate.upstreams[i])
+            .resolve();
+        let agent_merges = matches!(
+            source,
+            ModeSource::UpstreamConfigOverride
+                | ModeSource::Proxy
+                | ModeSource::UpstreamConfigDefaults
+                | ModeSource::ServiceDefaults
+                | ModeSource::ProxyDefaults
+        );
+        if mode == own && agent_merges {
+            spec.upstreams[i].mesh_gateway = None;
+        }
+    }
+}
+
+/// The snapshot, once `needed` keys are all settled; `Err` says what is missing or wrong.
+/// Warnings are about the agent's data (left-out upstreams, unreadable gateways).
+pub fn snapshot(
+    s: &Settings,
+    base: &Snapshot,
+    k: &Known<'_>,
+) -> Result<(Snapshot, Vec<String>), String> {
+    let missing: Vec<String> = needed(s, k)
+        .into_iter()
+        .filter(|key| !k.settled(key))
+        .map(|key| format!("{key:?}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("waiting for {}", missing.join(", ")));
+    }
+    let Some(Answer::Roots(roots)) = k.answers.get(&Key::Roots) else {
+        return Err("no CA roots yet".into());
+    };
+    let trust_domain = roots.trust_domain()?;
+    let sidecar = match &s.sidecar_service_id {
+        Some(id) => Some(registration(k, id, KIND_SIDECAR)?),
+        None => None,
+    };
+    let gateway = match &s.gateway_service_id {
+        Some(id) => Some(registration(k, id, KIND_MESH_GATEWAY)?),
+        None => None,
+    };
+    let (place, namespace) = place(s, k).ok_or("the agent's datacenter is not known yet")?;
+    let here = here_of(place, namespace, trust_domain);
+    let mut warnings = Vec::new();
+    let mut snap = Snapshot {
+        here: here.clone(),
+        identity: None,
+        gateway: None,
+        sidecar: None,
+        config_entries: ConfigEntries::default(),
+        catalog: catalog(s, k, &here, &mut warnings),
+    };
+    if let Some(svc) = sidecar {
+        let (mut spec, w) = service::sidecar(svc, &here)?;
+        warnings.extend(w);
+        let Some(Answer::Leaf(leaf)) = k.answers.get(&leaf_key(svc)) else {
+            return Err(format!("no leaf certificate for {} yet", spec.service));
+        };
+        let id = identity(leaf, roots)?;
+        // Right after the cluster changed (a new CA, an agent restarted with fresh state) the
+        // roots can be new while the leaf is not yet: serving that pair would fail every
+        // handshake, so wait for the leaf of this trust domain.
+        if let SpiffeId::Service { trust_domain, .. } = &id.spiffe_id {
+            if !trust_domain.eq_ignore_ascii_case(&here.trust_domain) {
+                return Err(format!(
+                    "the leaf is of trust domain {trust_domain}, the roots of {}: waiting for a new leaf",
+                    here.trust_domain
+                ));
+            }
+        }
+        snap.identity = Some(id);
+        snap.config_entries = config_entries(k, &here, &spec);
+        attribute_merged_levels(&mut spec, &snap.config_entries);
+        snap.sidecar = Some(spec);
+    }
+    if let Some(svc) = gateway {
+        let mut settings = base.gateway.clone().unwrap_or_else(|| GatewaySettings {
+            connect_timeout: service::gateway_connect_timeout(svc).unwrap_or(
+                std::time::Duration::from_millis(GatewaySettings::DEFAULT_CONNECT_TIMEOUT_MS),
+            ),
+            ..default_gateway()
+        });
+        let services = Key::Services {
+            place: here.place.clone(),
+        };
+        if let Some(Answer::Names(names)) = k.answers.get(&services) {
+            if names.len() > MAX_ROUTED_SERVICES {
+                warnings.push(format!(
+                    "the partition has {} services; the gateway routes the first {MAX_ROUTED_SERVICES} by name only",
+                    names.len()
+                ));
+            }
+        }
+        if settings.listen.is_empty() {
+            let (binds, w) = service::gateway_binds(svc)?;
+            warnings.extend(w);
+            settings.listen = binds;
+        }
+        snap.gateway = Some(settings);
+    }
+    Ok((snap, warnings))
+}
+
+fn registration<'a>(k: &'a Known<'_>, id: &str, kind: &str) -> Result<&'a AgentService, String> {
+    match k.answers.get(&Key::Service { id: id.to_owned() }) {
+        Some(Answer::Service(Some(svc))) if svc.kind == kind => Ok(svc),
+        Some(Answer::Service(Some(svc))) => Err(format!(
+            "the agent's service {id:?} is of kind {:?}, not {kind}",
+            svc.kind
+        )),
+        _ => Err(format!(
+            "no service with ID {id:?} is registered on the agent; register it (consul services register)"
+        )),
+    }
+}
+
+fn default_gateway() -> GatewaySettings {
+    use std::time::Duration;
+    GatewaySettings {
+        listen: Vec::new(),
+        connect_timeout: Duration::from_millis(GatewaySettings::DEFAULT_CONNECT_TIMEOUT_MS),
+        handshake_timeout: Duration::from_millis(GatewaySettings::DEFAULT_HANDSHAKE_TIMEOUT_MS),
+        idle_timeout: Duration::from_millis(GatewaySettings::DEFAULT_IDLE_TIMEOUT_MS),
+        max_connections: GatewaySettings::DEFAULT_MAX_CONNECTIONS,
+        max_client_hello_bytes: GatewaySettings::DEFAULT_MAX_CLIENT_HELLO_BYTES,
+    }
+}
+
+/// Instances of every watched service (LAN addresses from inside their place, WAN from
+/// outside, as Consul's `BestAddress`) and gateways of every watched place.
+fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>) -> Catalog {
+    let mut services = Vec::new();
+    let mut gateways: BTreeMap<Place, CatalogGateways> = BTreeMap::new();
+    for (key, answer) in k.answers {
+        let Answer::Instances(list) = answer else {
+            continue;
+        };
+        match key {
+            Key::Connect {
+                service,
+                namespace,
+                place,
+            } if !list.is_empty() => {
+                let wan = *place != here.place;
+                let (dial, all_failing) = to_dial(list);
+                if all_failing {
+                    warnings.push(format!(
+                        "every instance of {service} ({place}) fails its health checks: dialling them all anyway"
+                    ));
+                }
+                let mut instances: Vec<_> = dial
+                    .iter()
+                    .map(|i| if wan { i.wan.clone() } else { i.lan.clone() })
+                    .collect();
+                instances.dedup();
+                services.push(CatalogService {
+                    name: service.clone(),
+                    namespace: namespace.clone(),
+                    place: place.clone(),
+                    instances,
+                });
+            }
+            Key::Gateways { place, name } if *name == s.mesh_gateway_service => {
+                if list.is_empty() && place.partition != here.place.partition {
+                    warnings.push(format!(
+                        "no mesh gateways of {place} are visible: partition {} must export the {name} service to partition {} (exported-services), or none is registered or healthy",
+                        place.partition, here.place.partition
+                    ));
+                }
+                let g = gateways
+                    .entry(place.clone())
+                    .or_insert_with(|| CatalogGateways {
+                        place: place.clone(),
+                        lan: Vec::new(),
+                        wan: Vec::new(),
+                    });
+                let (dial, all_failing) = to_dial(list);
+                if all_failing {
+                    warnings.push(format!(
+                        "every mesh gateway of {place} fails its health checks: dialling them all anyway"
+                    ));
+                }
+                for i in dial {
+                    if !g.lan.contains(&i.lan) {
+                        g.lan.push(i.lan.clone());
+                    }
+                    if !g.wan.contains(&i.wan) {
+                        g.wan.push(i.wan.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Catalog {
+        services,
+        gateways: gateways.into_values().collect(),
+    }
+}
+
+#[cfg(test)]
+#[path = "assemble_tests.rs"]
+mod tests;

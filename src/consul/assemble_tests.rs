@@ -1,0 +1,658 @@
+//! The agent's answers to snapshots and plans: which keys each answer reveals, mode precedence
+//! with Consul-sourced config entries (merged by the agent or not), the gateway role.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+use crate::consul::api::ca::{CaRoot, CaRoots, LeafCert};
+use crate::consul::api::config_entry::{ProxyDefaultsEntry, ServiceDefaultsEntry};
+use crate::consul::api::example;
+use crate::consul::api::health::instances;
+use crate::consul::settings::{resolve, FileKeys};
+use crate::mesh::mode::{Mode, ModeSource};
+use crate::mesh::plan::plan;
+
+const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/tls/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn settings(sidecar: Option<&str>, gateway: Option<&str>) -> Settings {
+    resolve(
+        FileKeys {
+            sidecar_service_id: sidecar.map(Into::into),
+            gateway_service_id: gateway.map(Into::into),
+            ..FileKeys::default()
+        },
+        &|_| None,
+    )
+    .unwrap()
+}
+
+fn base() -> Snapshot {
+    Snapshot {
+        here: Here {
+            place: Place::new("", ""),
+            namespace: String::new(),
+            trust_domain: String::new(),
+        },
+        identity: None,
+        gateway: None,
+        sidecar: None,
+        config_entries: ConfigEntries::default(),
+        catalog: Catalog::default(),
+    }
+}
+
+fn roots() -> Answer {
+    Answer::Roots(CaRoots {
+        trust_domain: TD.into(),
+        roots: vec![CaRoot {
+            root_cert: fixture("ca.pem"),
+            active: true,
+            ..CaRoot::default()
+        }],
+        ..CaRoots::default()
+    })
+}
+
+fn leaf() -> Answer {
+    Answer::Leaf(LeafCert {
+        cert_pem: fixture("web.pem"),
+        private_key_pem: fixture("web-key-sec1.pem"),
+        service: "web".into(),
+        service_uri: format!("spiffe://{TD}/ns/default/dc/dc1/svc/web"),
+        ..LeafCert::default()
+    })
+}
+
+fn leaf_key_web() -> Key {
+    Key::Leaf {
+        service: "web".into(),
+        namespace: "default".into(),
+        partition: "default".into(),
+    }
+}
+
+fn registration(name: &str) -> Answer {
+    Answer::Service(Some(serde_json::from_str(&example(name)).unwrap()))
+}
+
+fn connect(service: &str, dc: &str) -> Key {
+    Key::Connect {
+        service: service.into(),
+        namespace: "default".into(),
+        place: Place::new(dc, "default"),
+    }
+}
+
+fn gateways(dc: &str) -> Key {
+    Key::Gateways {
+        place: Place::new(dc, "default"),
+        name: "mesh-gateway".into(),
+    }
+}
+
+fn proxy_defaults(mode: &str) -> Answer {
+    let mut e: ProxyDefaultsEntry =
+        serde_json::from_str(&example("config-proxy-defaults.json")).unwrap();
+    e.mesh_gateway.mode = mode.into();
+    Answer::ProxyDefaults(Some(e))
+}
+
+fn service_defaults(name: &str, mode: &str) -> Answer {
+    Answer::ServiceDefaults(Some(ServiceDefaultsEntry {
+        kind: "service-defaults".into(),
+        name: name.into(),
+        mesh_gateway: crate::consul::api::MeshGatewayConfig { mode: mode.into() },
+        ..ServiceDefaultsEntry::default()
+    }))
+}
+
+fn sd_key(service: &str) -> Key {
+    Key::ServiceDefaults {
+        service: service.into(),
+        namespace: "default".into(),
+        partition: "default".into(),
+    }
+}
+
+fn pd_key() -> Key {
+    Key::ProxyDefaults {
+        partition: "default".into(),
+    }
+}
+
+/// A dc2 gateway and a dc1 gateway, LAN and WAN addresses apart.
+fn gateway_instances(lan: &str, wan: &str) -> Answer {
+    let body = format!(
+        r#"[{{"Node":{{"Node":"n","Address":"{lan}"}},"Service":{{"Kind":"mesh-gateway","ID":"mesh-gateway","Address":"{lan}","Port":8443,
+        "TaggedAddresses":{{"wan":{{"Address":"{wan}","Port":443}}}}}},"Checks":[]}}]"#
+    );
+    Answer::Instances(instances(&body, Some("mesh-gateway")).unwrap())
+}
+
+fn db_instances(lan: &str, wan: &str) -> Answer {
+    let body = format!(
+        r#"[{{"Node":{{"Node":"n","Address":"{lan}"}},"Service":{{"Kind":"connect-proxy","ID":"db-sidecar-proxy","Address":"{lan}","Port":21000,
+        "TaggedAddresses":{{"wan":{{"Address":"{wan}","Port":21001}}}}}},"Checks":[]}}]"#
+    );
+    Answer::Instances(instances(&body, None).unwrap())
+}
+
+/// Roots, web's sidecar registration (`registration`) and web's leaf: what any web snapshot
+/// starts from.
+fn web_with(registration: Answer) -> World {
+    World::new()
+        .with(Key::Roots, roots())
+        .with(
+            Key::Service {
+                id: "web-sidecar-proxy".into(),
+            },
+            registration,
+        )
+        .with(leaf_key_web(), leaf())
+}
+
+struct World {
+    answers: BTreeMap<Key, Answer>,
+    refused: BTreeSet<Key>,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            answers: BTreeMap::new(),
+            refused: BTreeSet::new(),
+        }
+    }
+
+    fn with(mut self, key: Key, answer: Answer) -> World {
+        self.answers.insert(key, answer);
+        self
+    }
+
+    fn known(&self) -> Known<'_> {
+        Known {
+            answers: &self.answers,
+            refused: &self.refused,
+        }
+    }
+
+    fn needed(&self, s: &Settings) -> BTreeSet<Key> {
+        needed(s, &self.known())
+    }
+
+    /// Answers every needed key with `fill` until nothing new is needed.
+    fn settle(mut self, s: &Settings, fill: impl Fn(&Key) -> Answer) -> World {
+        loop {
+            let missing: Vec<Key> = self
+                .needed(s)
+                .into_iter()
+                .filter(|k| !self.known().settled(k))
+                .collect();
+            if missing.is_empty() {
+                return self;
+            }
+            for k in missing {
+                let a = fill(&k);
+                self.answers.insert(k, a);
+            }
+        }
+    }
+}
+
+/// 1.8.7's registration: web with upstream db in dc1, no datacenter in the registration.
+fn web_1_8(s: &Settings) -> World {
+    web_with(registration("agent-service-sidecar-1.8.7.json")).settle(s, |k| match k {
+        Key::Connect { .. } => db_instances("10.0.0.5", "203.0.113.5"),
+        Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
+        Key::ServiceDefaults { .. } => Answer::ServiceDefaults(None),
+        other => panic!("unexpected {other:?}"),
+    })
+}
+
+#[test]
+fn each_answer_reveals_the_next_keys() {
+    let s = settings(Some("web-sidecar-proxy"), None);
+    let reg_key = Key::Service {
+        id: "web-sidecar-proxy".into(),
+    };
+    let w = World::new();
+    assert_eq!(w.needed(&s), BTreeSet::from([Key::Roots, reg_key.clone()]));
+    let w = w.with(Key::Roots, roots()).with(
+        reg_key.clone(),
+        registration("agent-service-sidecar-1.8.7.json"),
+    );
+    // No datacenter in a 1.8 registration: the leaf's SPIFFE ID will tell.
+    assert_eq!(
+        w.needed(&s),
+        BTreeSet::from([Key::Roots, reg_key.clone(), leaf_key_web()])
+    );
+    let w = w.with(leaf_key_web(), leaf());
+    let n = w.needed(&s);
+    for k in [connect("db", "dc1"), pd_key(), sd_key("web"), sd_key("db")] {
+        assert!(n.contains(&k), "{k:?} in {n:?}");
+    }
+    assert!(
+        !n.contains(&Key::AgentSelf),
+        "the leaf named the datacenter"
+    );
+    assert!(assemble_err(&s, &w).contains("waiting for"));
+
+    // An unregistered sidecar is waited for, with the reason.
+    let absent = World::new()
+        .with(Key::Roots, roots())
+        .with(reg_key, Answer::Service(None));
+    assert!(
+        assemble_err(&s, &absent).contains("no service with ID \"web-sidecar-proxy\""),
+        "{}",
+        assemble_err(&s, &absent)
+    );
+}
+
+fn assemble_err(s: &Settings, w: &World) -> String {
+    snapshot(s, &base(), &w.known()).map(|_| ()).unwrap_err()
+}
+
+#[test]
+fn complete_sidecar_snapshot_plans_like_the_file_would() {
+    let s = settings(Some("web-sidecar-proxy"), None);
+    let w = web_1_8(&s);
+    let (snap, warnings) = snapshot(&s, &base(), &w.known()).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(snap.here.place, Place::new("dc1", "default"));
+    assert_eq!(snap.here.trust_domain, TD);
+    assert!(snap.identity.is_some());
+    let sidecar = snap.sidecar.as_ref().unwrap();
+    assert_eq!(
+        sidecar.public_listener,
+        Some("0.0.0.0:21000".parse().unwrap())
+    );
+    let p = plan(&snap);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let db = &p.upstreams[0];
+    assert_eq!(db.bind, "127.0.0.1:9191");
+    assert_eq!(db.sni, format!("db.default.dc1.internal.{TD}"));
+    assert_eq!(
+        db.spiffe_id,
+        format!("spiffe://{TD}/ns/default/dc/dc1/svc/db")
+    );
+    assert_eq!((db.mode, db.mode_source), (Mode::None, ModeSource::Default));
+    let dial: Vec<String> = db.dial.as_slice().iter().map(ToString::to_string).collect();
+    assert_eq!(dial, ["10.0.0.5:21000"], "same place: LAN address");
+    assert!(p.inbound.is_some());
+}
+
+/// web's registration with upstream db in dc2, as a 1.9+ agent returns it with central config
+/// merged: `proxy` is the proxy-level mode, `upstream` the upstream's ("" = unset).
+fn merged(proxy: &str, upstream: &str) -> Answer {
+    let Answer::Service(Some(mut svc)) = registration("agent-service-sidecar-1.8.7.json") else {
+        unreachable!()
+    };
+    svc.proxy.mesh_gateway.mode = proxy.into();
+    svc.proxy.upstreams[0].mesh_gateway.mode = upstream.into();
+    svc.proxy.upstreams[0].datacenter = "dc2".into();
+    Answer::Service(Some(svc))
+}
+
+fn cross_dc(
+    s: &Settings,
+    registration: Answer,
+    entries: &[(Key, Answer)],
+) -> (Mode, ModeSource, Vec<String>) {
+    let entries: BTreeMap<Key, Answer> = entries.iter().cloned().collect();
+    let w = web_with(registration).settle(s, |k| match k {
+        Key::Connect { .. } => db_instances("10.1.0.5", "203.0.113.5"),
+        Key::Gateways { place, .. } if place.datacenter == "dc1" => {
+            gateway_instances("10.0.0.9", "198.51.100.9")
+        }
+        Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
+        k => entries.get(k).cloned().unwrap_or(match k {
+            Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
+            _ => Answer::ServiceDefaults(None),
+        }),
+    });
+    let (snap, _) = snapshot(s, &base(), &w.known()).unwrap();
+    let p = plan(&snap);
+    let u = &p.upstreams[0];
+    let dial = u.dial.as_slice().iter().map(ToString::to_string).collect();
+    (u.mode, u.mode_source, dial)
+}
+
+#[test]
+fn precedence_with_consul_sourced_config_entries() {
+    let s = settings(Some("web-sidecar-proxy"), None);
+    let unmerged = || merged("", "");
+    // 1.8 agent (no merge): proxy-defaults decides, and says so; local = our dc's gateways, LAN.
+    let (mode, source, dial) = cross_dc(&s, unmerged(), &[(pd_key(), proxy_defaults("local"))]);
+    assert_eq!((mode, source), (Mode::Local, ModeSource::ProxyDefaults));
+    assert_eq!(dial, ["10.0.0.9:8443"]);
+    // 1.9+ agent: the same value merged into the registration is still attributed to the entry.
+    let (mode, source, _) = cross_dc(
+        &s,
+        merged("local", "local"),
+        &[(pd_key(), proxy_defaults("local"))],
+    );
+    assert_eq!((mode, source), (Mode::Local, ModeSource::ProxyDefaults));
+    // An explicit upstream mode that differs from every entry is the upstream's.
+    let (mode, source, dial) = cross_dc(
+        &s,
+        merged("local", "remote"),
+        &[(pd_key(), proxy_defaults("local"))],
+    );
+    assert_eq!((mode, source), (Mode::Remote, ModeSource::Upstream));
+    assert_eq!(dial, ["203.0.113.9:443"], "remote: dc2's gateways, WAN");
+    // The downstream's service-defaults beats proxy-defaults.
+    let (mode, source, _) = cross_dc(
+        &s,
+        unmerged(),
+        &[
+            (pd_key(), proxy_defaults("local")),
+            (sd_key("web"), service_defaults("web", "remote")),
+        ],
+    );
+    assert_eq!((mode, source), (Mode::Remote, ModeSource::ServiceDefaults));
+    // Only the target's service-defaults: the level the agent never merges.
+    let (mode, source, dial) = cross_dc(
+        &s,
+        unmerged(),
+        &[(sd_key("db"), service_defaults("db", "remote"))],
+    );
+    assert_eq!(
+        (mode, source),
+        (Mode::Remote, ModeSource::TargetServiceDefaults)
+    );
+    assert_eq!(dial, ["203.0.113.9:443"]);
+    // Nothing anywhere: none, dial the instances on their WAN address.
+    let (mode, source, dial) = cross_dc(&s, unmerged(), &[]);
+    assert_eq!((mode, source), (Mode::None, ModeSource::Default));
+    assert_eq!(dial, ["203.0.113.5:21001"]);
+}
+
+#[test]
+fn attribution_never_changes_a_mode() {
+    // Proxy-level local explicitly, proxy-defaults local, but upstream_config.defaults remote:
+    // the explicit proxy level must keep beating the defaults (3 before 4).
+    let mut spec = {
+        let s = settings(Some("web-sidecar-proxy"), None);
+        let w = web_1_8(&s);
+        snapshot(&s, &base(), &w.known())
+            .unwrap()
+            .0
+            .sidecar
+            .unwrap()
+    };
+    spec.upstreams[0].place = Place::new("dc2", "default");
+    spec.mesh_gateway = Some(Mode::Local);
+    let mut entries = ConfigEntries {
+        proxy_defaults: Some(Mode::Local),
+        ..ConfigEntries::default()
+    };
+    entries.service_defaults.insert(
+        "web".into(),
+        crate::mesh::config_entries::ServiceDefaults {
+            upstream_defaults: Some(Mode::Remote),
+            ..Default::default()
+        },
+    );
+    let before = entries.mode_levels(&spec, &spec.upstreams[0]).resolve();
+    assert_eq!(before, (Mode::Local, ModeSource::Proxy));
+    attribute_merged_levels(&mut spec, &entries);
+    assert_eq!(
+        spec.mesh_gateway,
+        Some(Mode::Local),
+        "kept: leaving it out would change the mode"
+    );
+    assert_eq!(
+        entries.mode_levels(&spec, &spec.upstreams[0]).resolve(),
+        before
+    );
+}
+
+#[test]
+fn other_partitions_proxy_defaults_and_enterprise_registration() {
+    let s = settings(Some("web-sidecar-proxy"), None);
+    // The ENT-style example: api in dc2 (remote), billing in partition finance (local),
+    // cache on a socket; geo-db (prepared query) is left out with a warning.
+    let w = web_with(registration("agent-service-sidecar.json")).settle(&s, |k| match k {
+        Key::Connect { service, .. } if service == "cache" => db_instances("10.0.0.7", "10.0.0.7"),
+        Key::Connect { .. } => db_instances("10.1.0.5", "203.0.113.5"),
+        Key::Gateways { place, .. } if *place == Place::new("dc1", "default") => {
+            gateway_instances("10.0.0.9", "198.51.100.9")
+        }
+        Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
+        Key::ProxyDefaults { partition } if partition == "finance" => proxy_defaults("remote"),
+        Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
+        _ => Answer::ServiceDefaults(None),
+    });
+    let n = w.needed(&s);
+    assert!(n.contains(&Key::ProxyDefaults {
+        partition: "finance".into()
+    }));
+    assert!(n.contains(&Key::Connect {
+        service: "billing".into(),
+        namespace: "default".into(),
+        place: Place::new("dc1", "finance"),
+    }));
+    assert!(
+        n.contains(&gateways("dc2")),
+        "api is remote: dc2's gateways"
+    );
+    assert!(
+        n.contains(&gateways("dc1")),
+        "billing is local: our own gateways"
+    );
+    let (snap, warnings) = snapshot(&s, &base(), &w.known()).unwrap();
+    assert!(
+        warnings.iter().any(|w| w.contains("geo-db")),
+        "{warnings:?}"
+    );
+    assert_eq!(
+        snap.config_entries.partition_proxy_defaults.get("finance"),
+        Some(&Mode::Remote)
+    );
+    let p = plan(&snap);
+    let by_name = |n: &str| {
+        p.upstreams
+            .iter()
+            .find(|u| u.destination_name == n)
+            .unwrap()
+    };
+    let billing = by_name("billing");
+    assert_eq!(
+        billing.sni,
+        format!("billing.default.finance.dc1.internal-v1.{TD}")
+    );
+    assert_eq!(
+        billing.spiffe_id,
+        format!("spiffe://{TD}/ap/finance/ns/default/dc/dc1/svc/billing")
+    );
+    // The example is a merged registration: billing's "local" equals the proxy level it
+    // would have been merged from, so the proxy level is named.
+    assert_eq!(
+        (billing.mode, billing.mode_source),
+        (Mode::Local, ModeSource::Proxy)
+    );
+    let api = by_name("api");
+    assert_eq!(
+        (api.mode, api.mode_source),
+        (Mode::Remote, ModeSource::Upstream)
+    );
+    assert_eq!(api.sni, format!("api.default.dc2.internal.{TD}"));
+}
+
+#[test]
+fn refused_targets_do_not_block_the_rest() {
+    let s = settings(Some("web-sidecar-proxy"), None);
+    let mut w = web_1_8(&s);
+    w.answers.remove(&connect("db", "dc1"));
+    w.refused.insert(connect("db", "dc1"));
+    let (snap, _) = snapshot(&s, &base(), &w.known()).unwrap();
+    assert!(snap.catalog.services.is_empty());
+    assert!(
+        !plan(&snap).warnings.is_empty(),
+        "the plan says db has nothing to dial"
+    );
+    // The core keys are never skipped.
+    w.answers.remove(&leaf_key_web());
+    w.refused.insert(leaf_key_web());
+    assert!(snapshot(&s, &base(), &w.known()).is_err());
+}
+
+#[test]
+fn gateway_routes_its_partition_and_other_datacenters() {
+    let s = settings(None, Some("mesh-gateway"));
+    let gw_key = Key::Service {
+        id: "mesh-gateway".into(),
+    };
+    let w = World::new().with(Key::Roots, roots()).with(
+        gw_key.clone(),
+        registration("agent-service-mesh-gateway.json"),
+    );
+    let n = w.needed(&s);
+    assert!(n.contains(&Key::Services {
+        place: Place::new("dc1", "default")
+    }));
+    assert!(n.contains(&Key::Datacenters));
+    let w = w.settle(&s, |k| match k {
+        Key::Services { .. } => {
+            Answer::Names(vec!["db".into(), "mesh-gateway".into(), "web".into()])
+        }
+        Key::Datacenters => Answer::Names(vec!["dc1".into(), "dc2".into()]),
+        Key::Connect { service, .. } if service == "db" => db_instances("10.0.0.5", "203.0.113.5"),
+        Key::Connect { .. } => Answer::Instances(Vec::new()),
+        Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
+        other => panic!("unexpected {other:?}"),
+    });
+    assert!(w.needed(&s).contains(&gateways("dc2")));
+    assert!(
+        !w.needed(&s).contains(&gateways("dc1")),
+        "not our own place"
+    );
+    let mut file = base();
+    file.gateway = None;
+    let (snap, _) = snapshot(&s, &file, &w.known()).unwrap();
+    let gw = snap.gateway.as_ref().unwrap();
+    let listen: Vec<String> = gw.listen.iter().map(ToString::to_string).collect();
+    assert_eq!(listen, ["10.0.1.5:8443", "198.51.100.5:443"]);
+    assert_eq!(gw.connect_timeout, std::time::Duration::from_millis(5000));
+    let p = plan(&snap);
+    let routes: Vec<(String, Vec<String>)> = p
+        .gateway
+        .as_ref()
+        .unwrap()
+        .routes
+        .routes()
+        .iter()
+        .map(|r| {
+            (
+                r.pattern.to_string(),
+                r.endpoints
+                    .as_slice()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            (
+                format!("db.default.dc1.internal.{TD}"),
+                vec!["10.0.0.5:21000".to_string()]
+            ),
+            (
+                format!("*.dc2.internal.{TD}"),
+                vec!["203.0.113.9:443".to_string()]
+            ),
+        ]
+    );
+    // The file's listen replaces the registration's addresses.
+    let mut file = base();
+    file.gateway = Some(GatewaySettings {
+        listen: vec!["127.0.0.1:9443".parse().unwrap()],
+        ..default_gateway()
+    });
+    let (snap, _) = snapshot(&s, &file, &w.known()).unwrap();
+    assert_eq!(
+        snap.gateway.unwrap().listen,
+        ["127.0.0.1:9443".parse().unwrap()]
+    );
+}
+
+#[test]
+fn invisible_gateways_of_another_partition_say_export_them() {
+    let s = settings(Some("web-sidecar-proxy"), None);
+    let w = web_with(registration("agent-service-sidecar.json")).settle(&s, |k| match k {
+        Key::Connect { .. } => db_instances("10.1.0.5", "203.0.113.5"),
+        Key::Gateways { .. } => Answer::Instances(Vec::new()),
+        Key::ProxyDefaults { partition } if partition == "finance" => proxy_defaults("remote"),
+        Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
+        _ => Answer::ServiceDefaults(None),
+    });
+    let mut w = w;
+    // billing goes remote through finance's gateways, which this token cannot see.
+    let finance = Key::Gateways {
+        place: Place::new("dc1", "finance"),
+        name: "mesh-gateway".into(),
+    };
+    let Some(Answer::Service(Some(svc))) = w.answers.get_mut(&Key::Service {
+        id: "web-sidecar-proxy".into(),
+    }) else {
+        unreachable!()
+    };
+    svc.proxy.upstreams[1].mesh_gateway.mode = "remote".into();
+    w = w.settle(&s, |_| Answer::Instances(Vec::new()));
+    assert!(w.needed(&s).contains(&finance));
+    let (_, warnings) = snapshot(&s, &base(), &w.known()).unwrap();
+    assert!(
+        warnings.iter().any(|w| w.contains(
+            "partition finance must export the mesh-gateway service to partition default"
+        )),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn a_huge_catalog_is_capped_not_followed_thread_by_thread() {
+    let s = settings(None, Some("mesh-gateway"));
+    let names: Vec<String> = (0..MAX_ROUTED_SERVICES + 5)
+        .map(|i| format!("svc{i:05}"))
+        .collect();
+    let w = World::new()
+        .with(Key::Roots, roots())
+        .with(
+            Key::Service {
+                id: "mesh-gateway".into(),
+            },
+            registration("agent-service-mesh-gateway.json"),
+        )
+        .with(
+            Key::Services {
+                place: Place::new("dc1", "default"),
+            },
+            Answer::Names(names),
+        )
+        .settle(&s, |k| match k {
+            Key::Datacenters => Answer::Names(vec!["dc1".into()]),
+            _ => Answer::Instances(Vec::new()),
+        });
+    let watched = w
+        .needed(&s)
+        .iter()
+        .filter(|k| matches!(k, Key::Connect { .. }))
+        .count();
+    assert_eq!(watched, MAX_ROUTED_SERVICES);
+    let (_, warnings) = snapshot(&s, &base(), &w.known()).unwrap();
+    assert!(
+        warnings.iter().any(|w| w.contains("routes the first 1000")),
+        "{warnings:?}"
+    );
+}

@@ -1,0 +1,525 @@
+//! Following the agent: one thread that starts a watch per needed key, gathers their
+//! answers, and hands the event loop a complete `Snapshot` whenever the mesh state changes —
+//! only complete ones (identity, roots, registration and every target answered at least
+//! once). Each complete state is also saved as last-known-good; on a start with the agent
+//! unreachable that saved state is served, marked stale, while the watches keep retrying.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::assemble::{self, Known};
+use super::authorizer::Authorizer;
+use super::client::Client;
+use super::errors::ApiError;
+use super::settings::Settings;
+use super::state_dir;
+use super::status::{now_unix, Status};
+use super::watch::{self, Answer, Key, Timing, Update, Watch};
+use crate::mesh::snapshot::Snapshot;
+
+/// The saved state's file in `state_dir`.
+pub const STATE_FILE: &str = "consul-state.json";
+/// Updates waiting for the follower; watches block beyond this (back-pressure, bounded).
+const QUEUE: usize = 256;
+const TICK: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub timing: Timing,
+    /// At start, how long to wait for the agent to confirm everything before serving the
+    /// saved state with whatever it has confirmed so far.
+    pub startup_grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            timing: Timing::default(),
+            startup_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Receives each new snapshot; returns false when nobody listens any more.
+pub type Sink = Box<dyn FnMut(Snapshot) -> bool + Send>;
+
+/// A running follower. Dropping it (or `stop`) ends the follower thread; its watches end
+/// after their current request.
+pub struct Follower {
+    pub status: Arc<Status>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Follower {
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts following the agent. `base` carries what the file still says (the `[gateway]`
+/// knobs); `sink` gets every complete snapshot.
+pub fn follow(
+    settings: Settings,
+    base: Snapshot,
+    options: Options,
+    status: Arc<Status>,
+    sink: Sink,
+) -> io::Result<Follower> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = Client::new(&settings);
+    let authorizer = Authorizer::new(client.clone(), status.clone(), settings.state_dir.clone());
+    let (tx, rx) = mpsc::sync_channel(QUEUE);
+    let mut c = Coordinator {
+        settings,
+        base,
+        client,
+        options,
+        status: status.clone(),
+        authorizer,
+        tx,
+        watches: BTreeMap::new(),
+        answers: BTreeMap::new(),
+        refused: BTreeSet::new(),
+        health: BTreeMap::new(),
+        dirty: true,
+        last_sent: None,
+        last_warnings: Vec::new(),
+        last_waiting: String::new(),
+        unreachable_since: None,
+        started: Instant::now(),
+        restored_at: None,
+        sink,
+    };
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("sidegate-consul".into())
+        .spawn(move || c.run(&rx, &flag))?;
+    Ok(Follower {
+        status,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// How a key's watch is doing.
+#[derive(Debug, Default)]
+struct Health {
+    /// Answered by the agent in this run and not failing since.
+    fresh: bool,
+    error: Option<ApiError>,
+}
+
+/// What `STATE_FILE` holds: the agent's answers, from which the same snapshot is rebuilt.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    saved_unix: u64,
+    sidecar_service_id: Option<String>,
+    gateway_service_id: Option<String>,
+    answers: Vec<(Key, Answer)>,
+}
+
+/// The saved state for these settings: `Ok(None)` when there is none (or no `state_dir`),
+/// `Err` when it is there but unusable (corrupt, partial, for other registrations).
+fn load(settings: &Settings) -> Result<Option<Saved>, String> {
+    let Some(dir) = &settings.state_dir else {
+        return Ok(None);
+    };
+    let shown = state_dir::path(dir, STATE_FILE);
+    let bytes = match state_dir::read(dir, STATE_FILE) {
+        Ok(b) => b,
+        Err(state_dir::ReadError::Missing) => return Ok(None),
+        Err(e) => return Err(format!("last-known-good state {}: {e}", shown.display())),
+    };
+    let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "last-known-good state {} is not readable ({e}); ignored",
+            shown.display()
+        )
+    })?;
+    if saved.sidecar_service_id != settings.sidecar_service_id
+        || saved.gateway_service_id != settings.gateway_service_id
+    {
+        return Err(format!(
+            "last-known-good state {} was saved for other registrations; ignored",
+            shown.display()
+        ));
+    }
+    Ok(Some(saved))
+}
+
+/// The snapshot the saved state gives, without asking the agent (for `check`, and what a
+/// start with the agent unreachable serves), and when it was saved.
+pub fn saved_snapshot(
+    settings: &Settings,
+    base: &Snapshot,
+) -> Result<Option<(Snapshot, u64)>, String> {
+    let Some(saved) = load(settings)? else {
+        return Ok(None);
+    };
+    let answers: BTreeMap<Key, Answer> = saved.answers.into_iter().collect();
+    let refused = BTreeSet::new();
+    let known = Known {
+        answers: &answers,
+        refused: &refused,
+    };
+    let (mut snap, _) = assemble::snapshot(settings, base, &known)
+        .map_err(|e| format!("the saved state is incomplete: {e}"))?;
+    if let Some(sc) = snap.sidecar.as_mut() {
+        let client = Client::new(settings);
+        let status = Arc::new(Status::default());
+        let authorizer = Authorizer::new(client, status, settings.state_dir.clone());
+        sc.authority = Some(authorizer.for_service(&sc.service));
+    }
+    Ok(Some((snap, saved.saved_unix)))
+}
+
+struct Coordinator {
+    settings: Settings,
+    base: Snapshot,
+    client: Arc<Client>,
+    options: Options,
+    status: Arc<Status>,
+    authorizer: Arc<Authorizer>,
+    tx: SyncSender<Update>,
+    watches: BTreeMap<Key, Watch>,
+    /// The last answer per key (this run's, or restored from the saved state).
+    answers: BTreeMap<Key, Answer>,
+    /// Keys the agent answered with an error, with no answer known.
+    refused: BTreeSet<Key>,
+    health: BTreeMap<Key, Health>,
+    /// Something changed since the last look.
+    dirty: bool,
+    last_sent: Option<Snapshot>,
+    last_warnings: Vec<String>,
+    last_waiting: String,
+    unreachable_since: Option<Instant>,
+    started: Instant,
+    restored_at: Option<u64>,
+    sink: Sink,
+}
+
+impl Coordinator {
+    fn run(&mut self, rx: &Receiver<Update>, stop: &AtomicBool) {
+        crate::info!(
+            "consul: following agent {} ({})",
+            self.client.address(),
+            self.following()
+        );
+        self.restore();
+        while !stop.load(Ordering::Relaxed) {
+            // Before the first snapshot time alone can make one due (the start-up grace).
+            if self.dirty || self.last_sent.is_none() {
+                self.dirty = false;
+                self.reconcile();
+                if !self.maybe_send() {
+                    return;
+                }
+            }
+            match rx.recv_timeout(TICK) {
+                Ok(update) => {
+                    self.apply(update);
+                    while let Ok(more) = rx.try_recv() {
+                        self.apply(more);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn following(&self) -> String {
+        let s = &self.settings;
+        let mut parts = Vec::new();
+        if let Some(id) = &s.sidecar_service_id {
+            parts.push(format!("sidecar {id}"));
+        }
+        if let Some(id) = &s.gateway_service_id {
+            parts.push(format!("mesh gateway {id}"));
+        }
+        parts.join(", ")
+    }
+
+    fn known(&self) -> Known<'_> {
+        Known {
+            answers: &self.answers,
+            refused: &self.refused,
+        }
+    }
+
+    fn needed(&self) -> BTreeSet<Key> {
+        assemble::needed(&self.settings, &self.known())
+    }
+
+    /// Starts watches for newly needed keys, stops the ones no longer needed.
+    fn reconcile(&mut self) {
+        let needed = self.needed();
+        self.watches.retain(|k, _| needed.contains(k));
+        self.answers.retain(|k, _| needed.contains(k));
+        self.refused.retain(|k| needed.contains(k));
+        self.health.retain(|k, _| needed.contains(k));
+        for key in needed {
+            if self.watches.contains_key(&key) {
+                continue;
+            }
+            match watch::spawn(
+                key.clone(),
+                self.client.clone(),
+                self.options.timing,
+                self.tx.clone(),
+            ) {
+                Ok(w) => {
+                    crate::debug!("consul: watching {key:?}");
+                    self.watches.insert(key, w);
+                }
+                Err(e) => crate::warn!("consul: cannot start a watch thread for {key:?}: {e}"),
+            }
+        }
+    }
+
+    fn apply(&mut self, update: Update) {
+        let Update { key, result } = update;
+        if !self.watches.contains_key(&key) {
+            return;
+        }
+        self.dirty = true;
+        let health = self.health.entry(key.clone()).or_default();
+        match result {
+            Ok(answer) => {
+                if let Some(e) = health.error.take() {
+                    if !e.is_unreachable() {
+                        crate::info!("consul: {key:?} answers again");
+                    }
+                }
+                health.fresh = true;
+                if matches!(answer, Answer::Service(None))
+                    && self.answers.get(&key) != Some(&answer)
+                {
+                    if let Key::Service { id } = &key {
+                        crate::warn!("consul: no service with ID {id:?} is registered on the agent yet; waiting for its registration");
+                    }
+                }
+                self.refused.remove(&key);
+                self.answers.insert(key, answer);
+                if self.unreachable_since.take().is_some() {
+                    crate::info!(
+                        "consul: the agent at {} answers again",
+                        self.client.address()
+                    );
+                }
+            }
+            Err(e) => {
+                self.status.watch_error(e.to_string());
+                health.fresh = false;
+                if e.is_unreachable() {
+                    if self.unreachable_since.is_none() {
+                        self.unreachable_since = Some(Instant::now());
+                        crate::warn!(
+                            "consul: {e}; serving the last state received, retrying with back-off"
+                        );
+                    }
+                } else {
+                    if health.error.as_ref().map(ToString::to_string) != Some(e.to_string()) {
+                        crate::warn!("consul: {e}");
+                    } else {
+                        crate::debug!("consul: {e}");
+                    }
+                    // The agent answered, with an error: settled, for keys that allow it.
+                    if !self.answers.contains_key(&key) {
+                        self.refused.insert(key);
+                    }
+                }
+                health.error = Some(e);
+            }
+        }
+    }
+
+    /// Sends the snapshot if it is complete and new. False: the receiver is gone.
+    fn maybe_send(&mut self) -> bool {
+        let known = self.known();
+        let needed = assemble::needed(&self.settings, &known);
+        let confirmed = needed
+            .iter()
+            .all(|k| self.refused.contains(k) || self.health.get(k).is_some_and(|h| h.fresh));
+        self.status
+            .set_stale(self.last_sent.is_some() && !confirmed);
+        let mut snap = match assemble::snapshot(&self.settings, &self.base, &known) {
+            Ok((snap, warnings)) => {
+                if warnings != self.last_warnings {
+                    for w in warnings.iter().filter(|w| !self.last_warnings.contains(w)) {
+                        crate::warn!("consul: {w}");
+                    }
+                    self.last_warnings = warnings;
+                }
+                snap
+            }
+            Err(why) => {
+                if why != self.last_waiting {
+                    crate::debug!("consul: not complete yet: {why}");
+                    self.last_waiting = why;
+                }
+                return true;
+            }
+        };
+        // At start, prefer a fully confirmed state; serve a restored one only once the agent
+        // proved unreachable or the grace period is over.
+        if !confirmed
+            && self.last_sent.is_none()
+            && self.unreachable_since.is_none()
+            && self.started.elapsed() < self.options.startup_grace
+        {
+            return true;
+        }
+        if let Some(sc) = snap.sidecar.as_mut() {
+            sc.authority = Some(self.authorizer.for_service(&sc.service));
+        }
+        if self.last_sent.as_ref() == Some(&snap) {
+            if confirmed {
+                self.status.confirmed();
+            }
+            return true;
+        }
+        self.save(&needed);
+        if !confirmed && self.last_sent.is_none() {
+            let when = self.restored_at.map_or("an earlier run".to_owned(), |t| {
+                format!("{} s ago", now_unix().saturating_sub(t))
+            });
+            crate::warn!("consul: serving the last-known-good state saved {when}; it is stale until the agent confirms it");
+        }
+        // Status first: whoever receives the snapshot may look at it at once.
+        self.status.sent(!confirmed);
+        if !(self.sink)(snap.clone()) {
+            return false;
+        }
+        crate::info!(
+            "consul: new mesh state applied ({} upstreams, {} services, {} gateway places{})",
+            snap.sidecar.as_ref().map_or(0, |s| s.upstreams.len()),
+            snap.catalog.services.len(),
+            snap.catalog.gateways.len(),
+            if confirmed { "" } else { "; stale" }
+        );
+        self.last_sent = Some(snap);
+        true
+    }
+
+    fn save(&self, needed: &BTreeSet<Key>) {
+        let Some(dir) = &self.settings.state_dir else {
+            return;
+        };
+        let saved = Saved {
+            saved_unix: now_unix(),
+            sidecar_service_id: self.settings.sidecar_service_id.clone(),
+            gateway_service_id: self.settings.gateway_service_id.clone(),
+            answers: self
+                .answers
+                .iter()
+                .filter(|(k, _)| needed.contains(*k))
+                .map(|(k, a)| (k.clone(), a.clone()))
+                .collect(),
+        };
+        state_dir::save_json(
+            dir,
+            STATE_FILE,
+            &saved,
+            &self.status,
+            "the last-known-good state",
+        );
+    }
+
+    /// Loads the saved answers as unconfirmed entries.
+    fn restore(&mut self) {
+        let saved = match load(&self.settings) {
+            Ok(Some(saved)) => saved,
+            Ok(None) => return,
+            Err(e) => {
+                crate::warn!("consul: {e}");
+                return;
+            }
+        };
+        self.answers.extend(saved.answers);
+        self.restored_at = Some(saved.saved_unix);
+        crate::info!(
+            "consul: loaded the last-known-good state saved {} s ago",
+            now_unix().saturating_sub(saved.saved_unix)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consul::settings::{resolve, FileKeys};
+
+    fn settings(dir: &std::path::Path, sidecar: &str) -> Settings {
+        resolve(
+            FileKeys {
+                sidecar_service_id: Some(sidecar.into()),
+                state_dir: Some(dir.to_path_buf()),
+                ..FileKeys::default()
+            },
+            &|_| None,
+        )
+        .unwrap()
+    }
+
+    fn base() -> Snapshot {
+        crate::config::parse("[consul]\nsidecar_service_id = \"x\"\n")
+            .unwrap()
+            .snapshot
+    }
+
+    #[test]
+    fn unusable_saved_state_is_reported_and_ignored() {
+        let dir = std::env::temp_dir().join(format!("sidegate-follow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = settings(&dir, "web-sidecar-proxy");
+        assert!(
+            matches!(saved_snapshot(&s, &base()), Ok(None)),
+            "nothing saved"
+        );
+
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(STATE_FILE), b"{\"truncated\": ").unwrap();
+        let err = saved_snapshot(&s, &base()).map(|_| ()).unwrap_err();
+        assert!(err.contains("corrupt or incomplete"), "{err}");
+
+        let saved = |answers: Vec<(Key, Answer)>, id: &str| Saved {
+            saved_unix: 1,
+            sidecar_service_id: Some(id.into()),
+            gateway_service_id: None,
+            answers,
+        };
+        let write = |s: &Saved| {
+            state_dir::write(&dir, STATE_FILE, &serde_json::to_vec(s).unwrap()).unwrap()
+        };
+        write(&saved(Vec::new(), "db-sidecar-proxy"));
+        let err = saved_snapshot(&s, &base()).map(|_| ()).unwrap_err();
+        assert!(err.contains("other registrations"), "{err}");
+
+        write(&saved(Vec::new(), "web-sidecar-proxy"));
+        let err = saved_snapshot(&s, &base()).map(|_| ()).unwrap_err();
+        assert!(err.contains("incomplete"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,29 @@
+//! The Consul source: follow the local agent for this host's identity, its sidecar or
+//! gateway registration, central config, catalog, gateways and intentions, and keep serving
+//! the last state it saw when it is gone — also across a restart (`state_dir`).
+//!
+//! ```text
+//! [consul] + env ─▶ Settings ─▶ follow() ─┬─ watch threads (ureq, blocking queries) ─▶ Update
+//!                                         ├─ assemble: answers ─▶ needed keys, Snapshot
+//!                                         ├─ state_dir: last-known-good answers, checked
+//!                                         └─ sink(Snapshot) ─▶ event loop ─▶ plan ─▶ apply
+//! inbound caller ─▶ proxy::authorize ─▶ Authorizer (cache, last answer) ─▶ /v1/agent/connect/authorize
+//! ```
+
+pub mod api;
+pub mod assemble;
+pub mod authorizer;
+pub mod blocking;
+pub mod client;
+pub mod errors;
+pub mod follow;
+pub mod settings;
+pub mod source;
+pub mod state_dir;
+pub mod status;
+pub mod watch;
+
+pub use follow::{follow, saved_snapshot, Follower, Options, Sink};
+pub use settings::Settings;
+pub use source::Source;
+pub use status::Status;

@@ -1,0 +1,392 @@
+//! How to reach the local Consul agent and what to follow there: `[consul]` over the usual
+//! environment defaults (`CONSUL_HTTP_ADDR`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_TOKEN`,
+//! `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT`), as Consul's own CLI reads them.
+//!
+//! Precedence, highest first: the file's key, the environment, the built-in default. Between
+//! the two token sources Consul's rule holds: a token file wins over a token value.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+/// Consul's default HTTP address.
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8500";
+/// The service name `consul connect envoy -gateway=mesh -register` uses.
+pub const DEFAULT_MESH_GATEWAY_SERVICE: &str = "mesh-gateway";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub address: AgentAddress,
+    pub token: Option<Token>,
+    /// Roots trusted for the agent's HTTPS certificate (`ca_file` / `CONSUL_CACERT`).
+    pub ca: Vec<CertificateDer<'static>>,
+    pub sidecar_service_id: Option<String>,
+    pub gateway_service_id: Option<String>,
+    /// The service name mesh gateways are registered under in every datacenter.
+    pub mesh_gateway_service: String,
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// The agent's HTTP(S) address: scheme and `host:port`, nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentAddress {
+    pub scheme: Scheme,
+    pub authority: String,
+}
+
+impl AgentAddress {
+    /// `host:port`, `http://host[:port]` or `https://host[:port]`. `ssl` is `CONSUL_HTTP_SSL`,
+    /// which turns a bare `host:port` into HTTPS as it does for Consul's CLI.
+    pub fn parse(s: &str, ssl: bool) -> Result<AgentAddress, String> {
+        let (scheme, rest) = match s.split_once("://") {
+            Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
+                "http" => (Scheme::Http, rest),
+                "https" => (Scheme::Https, rest),
+                "unix" => {
+                    return Err(format!(
+                        "{s:?}: Unix sockets are not supported; give the agent's TCP address"
+                    ))
+                }
+                _ => return Err(format!("{s:?}: the scheme must be http or https")),
+            },
+            None if ssl => (Scheme::Https, s),
+            None => (Scheme::Http, s),
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() {
+            return Err(format!("{s:?} has no host"));
+        }
+        if authority.contains(['/', '?', '#', '@']) || authority.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "{s:?} must be only a host and port, e.g. 127.0.0.1:8500 (no path or user)"
+            ));
+        }
+        let has_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.ends_with(':') && port.parse::<u16>().is_ok());
+        if !has_port && !s.contains("://") {
+            return Err(format!(
+                "{s:?} has no port (write host:port, e.g. 127.0.0.1:8500)"
+            ));
+        }
+        Ok(AgentAddress {
+            scheme,
+            authority: authority.to_owned(),
+        })
+    }
+
+    /// `scheme://authority`, the prefix of every request URL.
+    pub fn base(&self) -> String {
+        let scheme = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        format!("{scheme}://{}", self.authority)
+    }
+}
+
+impl fmt::Display for AgentAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.base())
+    }
+}
+
+/// An ACL token. It has no `Display`, and `Debug` never shows it: it must not reach logs,
+/// errors or `/config`. Only the HTTP client reads it, through `expose`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// A token as read from a file or the environment: surrounding whitespace is dropped
+    /// (files end in a newline); empty means "none"; anything that could not travel in an
+    /// HTTP header is refused, naming the source but never the value.
+    pub fn new(raw: &str, source: &str) -> Result<Option<Token>, String> {
+        let t = raw.trim();
+        if t.is_empty() {
+            return Ok(None);
+        }
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "the token from {source} holds spaces or control characters; an ACL token is one word"
+            ));
+        }
+        Ok(Some(Token(t.to_owned())))
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// What the file's `[consul]` section says; `None` where it says nothing. Paths are already
+/// relative to the configuration file's directory.
+#[derive(Debug, Default)]
+pub struct FileKeys {
+    pub address: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub sidecar_service_id: Option<String>,
+    pub gateway_service_id: Option<String>,
+    pub mesh_gateway_service: Option<String>,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// A problem with one setting: the file key it belongs to (`address`, `token_file`, ...) and
+/// what is wrong, naming the environment variable when the value came from there.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SettingError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+/// Fills what the file leaves out from the environment (`env` looks a variable up), then
+/// from the defaults; reads the token and CA files. Every problem is returned.
+pub fn resolve(
+    file: FileKeys,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, Vec<SettingError>> {
+    let mut errors = Vec::new();
+    let mut fail = |key: &'static str, message: String| errors.push(SettingError { key, message });
+    let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+
+    let ssl = env("CONSUL_HTTP_SSL").is_some_and(|v| matches!(v.trim(), "1" | "true" | "TRUE"));
+    let (address_text, from) = match (&file.address, env("CONSUL_HTTP_ADDR")) {
+        (Some(a), _) => (a.clone(), String::new()),
+        (None, Some(a)) => (a, " (from CONSUL_HTTP_ADDR)".to_owned()),
+        (None, None) => (DEFAULT_ADDRESS.to_owned(), String::new()),
+    };
+    let address = AgentAddress::parse(address_text.trim(), ssl)
+        .map_err(|e| fail("address", format!("{e}{from}")))
+        .ok();
+
+    let token = match (&file.token_file, env("CONSUL_HTTP_TOKEN_FILE")) {
+        (Some(path), _) => token_from_file(path, "token_file"),
+        (None, Some(path)) => token_from_file(Path::new(&path), "CONSUL_HTTP_TOKEN_FILE"),
+        (None, None) => {
+            env("CONSUL_HTTP_TOKEN").map_or(Ok(None), |t| Token::new(&t, "CONSUL_HTTP_TOKEN"))
+        }
+    }
+    .map_err(|e| fail("token_file", e))
+    .ok();
+
+    let ca = match (&file.ca_file, env("CONSUL_CACERT")) {
+        (Some(path), _) => ca_from_file(path, ""),
+        (None, Some(path)) => ca_from_file(Path::new(&path), " (from CONSUL_CACERT)"),
+        (None, None) => Ok(Vec::new()),
+    }
+    .map_err(|e| fail("ca_file", e))
+    .ok();
+    if let (Some(a), Some(ca)) = (&address, &ca) {
+        if a.scheme == Scheme::Http && !ca.is_empty() {
+            fail(
+                "ca_file",
+                format!("is set but the agent address {a} is plain HTTP; use https://"),
+            );
+        }
+    }
+
+    if file.sidecar_service_id.is_none() && file.gateway_service_id.is_none() {
+        fail(
+            "sidecar_service_id",
+            "with [consul], name what to follow: sidecar_service_id (a connect-proxy registration) and/or gateway_service_id (a mesh-gateway registration)".to_owned(),
+        );
+    }
+    match (address, token, ca) {
+        (Some(address), Some(token), Some(ca)) if errors.is_empty() => Ok(Settings {
+            address,
+            token,
+            ca,
+            sidecar_service_id: file.sidecar_service_id,
+            gateway_service_id: file.gateway_service_id,
+            mesh_gateway_service: file
+                .mesh_gateway_service
+                .unwrap_or_else(|| DEFAULT_MESH_GATEWAY_SERVICE.to_owned()),
+            state_dir: file.state_dir,
+        }),
+        _ => Err(errors),
+    }
+}
+
+fn token_from_file(path: &Path, source: &str) -> Result<Option<Token>, String> {
+    let text = crate::config::files::read_to_string(path)
+        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    let token = Token::new(&text, &format!("{source} {}", path.display()))?;
+    if token.is_none() {
+        return Err(format!("the token file {} is empty", path.display()));
+    }
+    Ok(token)
+}
+
+fn ca_from_file(path: &Path, from: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = crate::config::files::read(path)
+        .map_err(|e| format!("cannot read {}{from}: {e}", path.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}{from} is not PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}{from} holds no CERTIFICATE block",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn sidecar() -> FileKeys {
+        FileKeys {
+            sidecar_service_id: Some("web-sidecar-proxy".into()),
+            ..FileKeys::default()
+        }
+    }
+
+    fn tmp(name: &str, contents: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sidegate-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn addresses_in_every_form() {
+        let ok = [
+            ("127.0.0.1:8500", false, "http://127.0.0.1:8500"),
+            ("127.0.0.1:8501", true, "https://127.0.0.1:8501"),
+            ("http://localhost:8500/", false, "http://localhost:8500"),
+            ("HTTPS://consul.local", false, "https://consul.local"),
+            ("[::1]:8500", false, "http://[::1]:8500"),
+        ];
+        for (s, ssl, want) in ok {
+            assert_eq!(AgentAddress::parse(s, ssl).unwrap().base(), want, "{s}");
+        }
+        for (s, why) in [
+            ("unix:///var/run/consul.sock", "Unix sockets"),
+            ("ftp://x:1", "scheme"),
+            ("localhost", "no port"),
+            ("http://x:1/v1", "no path"),
+            ("http://user@x:1", "no path or user"),
+            ("http://", "no host"),
+        ] {
+            let err = AgentAddress::parse(s, false).unwrap_err();
+            assert!(err.contains(why), "{s}: {err}");
+        }
+    }
+
+    #[test]
+    fn file_beats_environment_beats_default() {
+        let s = resolve(sidecar(), &env_of(&[])).unwrap();
+        assert_eq!(s.address.base(), "http://127.0.0.1:8500");
+        assert_eq!(s.token, None);
+        assert_eq!(s.mesh_gateway_service, "mesh-gateway");
+
+        let env = env_of(&[
+            ("CONSUL_HTTP_ADDR", "10.0.0.1:8501"),
+            ("CONSUL_HTTP_SSL", "true"),
+            ("CONSUL_HTTP_TOKEN", "env-token"),
+        ]);
+        let s = resolve(sidecar(), &env).unwrap();
+        assert_eq!(s.address.base(), "https://10.0.0.1:8501");
+        assert_eq!(s.token, Token::new("env-token", "t").unwrap());
+
+        let file_token = tmp("file.token", "file-token\n");
+        let keys = FileKeys {
+            address: Some("http://127.0.0.2:8500".into()),
+            token_file: Some(file_token),
+            ..sidecar()
+        };
+        let s = resolve(keys, &env).unwrap();
+        assert_eq!(
+            s.address.base(),
+            "http://127.0.0.2:8500",
+            "file address wins"
+        );
+        assert_eq!(s.token, Token::new("file-token", "t").unwrap());
+
+        // Consul's rule: a token file wins over a token value, also in the environment.
+        let env_file = tmp("env.token", "  env-file-token  ");
+        let env = env_of(&[
+            ("CONSUL_HTTP_TOKEN", "env-token"),
+            ("CONSUL_HTTP_TOKEN_FILE", env_file.to_str().unwrap()),
+        ]);
+        let s = resolve(sidecar(), &env).unwrap();
+        assert_eq!(s.token, Token::new("env-file-token", "t").unwrap());
+    }
+
+    #[test]
+    fn bad_settings_name_their_key_and_source() {
+        let env = env_of(&[
+            ("CONSUL_HTTP_ADDR", "unix:///tmp/c.sock"),
+            ("CONSUL_CACERT", "/nonexistent/ca.pem"),
+            ("CONSUL_HTTP_TOKEN", "two words"),
+        ]);
+        let errors = resolve(FileKeys::default(), &env).unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key).collect();
+        assert_eq!(
+            keys,
+            ["address", "token_file", "ca_file", "sidecar_service_id"]
+        );
+        assert!(errors[0].message.contains("CONSUL_HTTP_ADDR"), "{errors:?}");
+        assert!(
+            errors[1].message.contains("CONSUL_HTTP_TOKEN"),
+            "{errors:?}"
+        );
+        assert!(!errors[1].message.contains("two words"), "token leaked");
+        assert!(errors[2].message.contains("CONSUL_CACERT"), "{errors:?}");
+
+        let empty = tmp("empty.token", "\n");
+        let keys = FileKeys {
+            token_file: Some(empty),
+            ..sidecar()
+        };
+        let errors = resolve(keys, &env_of(&[])).unwrap_err();
+        assert!(errors[0].message.contains("is empty"), "{errors:?}");
+
+        let not_pem = tmp("ca.txt", "hello");
+        let keys = FileKeys {
+            address: Some("https://127.0.0.1:8501".into()),
+            ca_file: Some(not_pem),
+            ..sidecar()
+        };
+        let errors = resolve(keys, &env_of(&[])).unwrap_err();
+        assert!(errors[0].message.contains("no CERTIFICATE"), "{errors:?}");
+    }
+
+    #[test]
+    fn token_never_shows() {
+        let token = Token::new("s3cr3t-7f1d", "test").unwrap().unwrap();
+        let s = Settings {
+            token: Some(token),
+            ..resolve(sidecar(), &env_of(&[])).unwrap()
+        };
+        let shown = format!("{s:?} {s:#?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+}

@@ -1,0 +1,119 @@
+//! The Consul source inside `sidegate run`: a follower whose snapshots arrive at the
+//! lifecycle loop as `Event::Snapshot`, replaced by a new one when the configuration is
+//! reloaded (a rotated token file, another address), with one `Status` for its whole life.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::follow::{follow, Follower, Options};
+use super::status::Status;
+use crate::config::Config;
+use crate::lifecycle::Event;
+use crate::mesh::snapshot::Snapshot;
+
+/// How long a follower waits before trying a full event queue again.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(50);
+
+pub struct Source {
+    /// The follower, and the flag that retires its sink when it is replaced.
+    follower: Mutex<Option<(Follower, Arc<AtomicBool>)>>,
+    events: SyncSender<Event>,
+    status: Arc<Status>,
+    options: Options,
+}
+
+impl Source {
+    /// Starts following the agent `config` names; `None` for a file-source configuration.
+    pub fn start(
+        config: &Config,
+        events: SyncSender<Event>,
+        options: Options,
+    ) -> io::Result<Option<Source>> {
+        if config.consul.is_none() {
+            return Ok(None);
+        }
+        let source = Source {
+            follower: Mutex::new(None),
+            events,
+            status: Arc::new(Status::default()),
+            options,
+        };
+        source.restart(config)?;
+        Ok(Some(source))
+    }
+
+    /// Replaces the follower with one for `config` (on reload). The new one sends its first
+    /// complete snapshot as soon as it has one; until then the running plan stays.
+    pub fn restart(&self, config: &Config) -> io::Result<()> {
+        let Some(settings) = config.consul.clone() else {
+            return Err(io::Error::other(
+                "the configuration no longer has [consul]; switching sources needs a restart",
+            ));
+        };
+        let mut slot = self
+            .follower
+            .lock()
+            .map_err(|_| io::Error::other("consul follower lock poisoned"))?;
+        if let Some((old, retired)) = slot.take() {
+            // Retired first: an old follower waiting for room in the queue gives up at once,
+            // so stopping it never waits on the loop that is running this reload.
+            retired.store(true, Ordering::Relaxed);
+            old.stop();
+        }
+        let events = self.events.clone();
+        let retired = Arc::new(AtomicBool::new(false));
+        let flag = retired.clone();
+        let sink = Box::new(move |snap: Snapshot| deliver(&events, snap, &flag));
+        let follower = follow(
+            settings,
+            config.snapshot.clone(),
+            self.options,
+            self.status.clone(),
+            sink,
+        )?;
+        *slot = Some((follower, retired));
+        Ok(())
+    }
+
+    /// Freshness of the state served, for readiness and metrics.
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
+    }
+}
+
+/// Hands a snapshot to the loop. A snapshot is never dropped: when the queue is full the
+/// follower waits for room — unless it was retired meanwhile, or the loop is gone.
+fn deliver(events: &SyncSender<Event>, snap: Snapshot, retired: &AtomicBool) -> bool {
+    let mut event = Event::Snapshot(Box::new(snap));
+    loop {
+        if retired.load(Ordering::Relaxed) {
+            return false;
+        }
+        match events.try_send(event) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(back)) => {
+                event = back;
+                std::thread::sleep(QUEUE_FULL_PAUSE);
+            }
+            Err(TrySendError::Disconnected(_)) => return false,
+        }
+    }
+}
+
+/// Waits for the first complete snapshot, to start serving with. `None`: a shutdown came
+/// first. Reloads before it are ignored: nothing runs yet to reload.
+pub fn first_snapshot(events: &Receiver<Event>) -> Option<Box<Snapshot>> {
+    while let Ok(event) = events.recv() {
+        match event {
+            Event::Snapshot(s) => return Some(s),
+            Event::Shutdown => return None,
+            Event::Reload => crate::info!(
+                "reload ignored: still waiting for the first state from the Consul agent"
+            ),
+        }
+    }
+    None
+}

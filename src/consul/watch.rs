@@ -1,0 +1,515 @@
+//! What is watched (`Key`), what the agent answered (`Answer`), and the thread that follows
+//! one key with blocking queries and hands every new answer or error to the follower.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::api::ca::{CaRoots, LeafCert};
+use super::api::config_entry::{ProxyDefaultsEntry, ServiceDefaultsEntry};
+use super::api::health::{instances, Instance};
+use super::api::service::{AgentService, KIND_MESH_GATEWAY};
+use super::api::{catalog, nullable};
+use super::blocking::{next_index, Backoff, RateLimit, WAIT};
+use super::client::{segment, Blocking, Client, Reply, Request};
+use super::errors::ApiError;
+use crate::mesh::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
+use crate::mesh::Place;
+
+/// One thing followed on the agent.
+// Externally tagged (serde's default) for the saved state: an internally or adjacently
+// tagged enum costs tens of kilobytes of buffering code in the binary.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Key {
+    /// `/v1/agent/service/:id`: the sidecar's or gateway's registration.
+    Service { id: String },
+    /// `/v1/agent/connect/ca/roots`.
+    Roots,
+    /// `/v1/agent/connect/ca/leaf/:service`.
+    Leaf {
+        service: String,
+        namespace: String,
+        partition: String,
+    },
+    /// `/v1/agent/self`: the agent's datacenter, when nothing else names it.
+    AgentSelf,
+    /// `/v1/health/connect/:service`: a service's healthy mesh instances in one place.
+    Connect {
+        service: String,
+        namespace: String,
+        place: Place,
+    },
+    /// `/v1/health/service/:name`: the mesh gateways of one place.
+    Gateways { place: Place, name: String },
+    /// `/v1/config/proxy-defaults/global` of a partition.
+    ProxyDefaults { partition: String },
+    /// `/v1/config/service-defaults/:service`.
+    ServiceDefaults {
+        service: String,
+        namespace: String,
+        partition: String,
+    },
+    /// `/v1/catalog/services`: every service name of one place (the gateway's routes).
+    Services { place: Place },
+    /// `/v1/catalog/datacenters`.
+    Datacenters,
+}
+
+/// What the agent said for a key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// `None`: no such registration on this agent (404).
+    Service(Option<AgentService>),
+    Roots(CaRoots),
+    Leaf(LeafCert),
+    AgentSelf {
+        datacenter: String,
+    },
+    Instances(Vec<Instance>),
+    /// `None`: no such entry (404).
+    ProxyDefaults(Option<ProxyDefaultsEntry>),
+    ServiceDefaults(Option<ServiceDefaultsEntry>),
+    Names(Vec<String>),
+}
+
+/// How a key's endpoint waits for change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Style {
+    Hash,
+    Index,
+    /// Not blocking: ask again after this long.
+    Poll(Duration),
+}
+
+/// Consul's gateways refresh the datacenter list every 30 s; so do we.
+const DATACENTERS_EVERY: Duration = Duration::from_secs(30);
+const AGENT_SELF_EVERY: Duration = Duration::from_secs(300);
+
+fn enterprise(mut req: Request, namespace: Option<&str>, partition: &str) -> Request {
+    // Community Edition answers 400 to these even for "default": send them only when needed.
+    if let Some(ns) = namespace.filter(|ns| *ns != DEFAULT_NAMESPACE) {
+        req = req.param("ns", ns);
+    }
+    if partition != DEFAULT_PARTITION {
+        req = req.param("partition", partition);
+    }
+    req
+}
+
+impl Key {
+    fn request(&self) -> (Request, Style) {
+        match self {
+            Key::Service { id } => (
+                Request::new(format!("/v1/agent/service/{}", segment(id))),
+                Style::Hash,
+            ),
+            Key::Roots => (
+                Request::new("/v1/agent/connect/ca/roots".into()),
+                Style::Index,
+            ),
+            Key::Leaf {
+                service,
+                namespace,
+                partition,
+            } => (
+                enterprise(
+                    Request::new(format!("/v1/agent/connect/ca/leaf/{}", segment(service))),
+                    Some(namespace),
+                    partition,
+                ),
+                Style::Index,
+            ),
+            Key::AgentSelf => (
+                Request::new("/v1/agent/self".into()),
+                Style::Poll(AGENT_SELF_EVERY),
+            ),
+            Key::Connect {
+                service,
+                namespace,
+                place,
+            } => (
+                enterprise(
+                    Request::new(format!("/v1/health/connect/{}", segment(service)))
+                        .param("dc", &place.datacenter),
+                    Some(namespace),
+                    &place.partition,
+                ),
+                Style::Index,
+            ),
+            Key::Gateways { place, name } => (
+                enterprise(
+                    Request::new(format!("/v1/health/service/{}", segment(name)))
+                        .param("dc", &place.datacenter),
+                    None,
+                    &place.partition,
+                ),
+                Style::Index,
+            ),
+            Key::ProxyDefaults { partition } => (
+                enterprise(
+                    Request::new("/v1/config/proxy-defaults/global".into()),
+                    None,
+                    partition,
+                ),
+                Style::Index,
+            ),
+            Key::ServiceDefaults {
+                service,
+                namespace,
+                partition,
+            } => (
+                enterprise(
+                    Request::new(format!("/v1/config/service-defaults/{}", segment(service))),
+                    Some(namespace),
+                    partition,
+                ),
+                Style::Index,
+            ),
+            Key::Services { place } => (
+                enterprise(
+                    Request::new("/v1/catalog/services".into()).param("dc", &place.datacenter),
+                    None,
+                    &place.partition,
+                ),
+                Style::Index,
+            ),
+            Key::Datacenters => (
+                Request::new("/v1/catalog/datacenters".into()),
+                Style::Poll(DATACENTERS_EVERY),
+            ),
+        }
+    }
+
+    /// The answer in a reply (2xx, or 404 where it means "absent").
+    fn parse(&self, reply: &Reply) -> Result<Answer, String> {
+        let body = reply.body.as_str();
+        let absent = reply.status == 404;
+        let json = |e: serde_json::Error| e.to_string();
+        Ok(match self {
+            Key::Service { .. } if absent => Answer::Service(None),
+            Key::ProxyDefaults { .. } if absent => Answer::ProxyDefaults(None),
+            Key::ServiceDefaults { .. } if absent => Answer::ServiceDefaults(None),
+            _ if absent => return Err(format!("HTTP 404: {}", body.trim())),
+            Key::Service { .. } => Answer::Service(Some(serde_json::from_str(body).map_err(json)?)),
+            Key::Roots => Answer::Roots(serde_json::from_str(body).map_err(json)?),
+            Key::Leaf { .. } => Answer::Leaf(serde_json::from_str(body).map_err(json)?),
+            Key::AgentSelf => {
+                #[derive(Deserialize, Default)]
+                #[serde(default)]
+                struct SelfBody {
+                    #[serde(rename = "Config", deserialize_with = "nullable")]
+                    config: SelfConfig,
+                }
+                #[derive(Deserialize, Default)]
+                #[serde(default)]
+                struct SelfConfig {
+                    #[serde(rename = "Datacenter")]
+                    datacenter: String,
+                }
+                let b: SelfBody = serde_json::from_str(body).map_err(json)?;
+                Answer::AgentSelf {
+                    datacenter: b.config.datacenter,
+                }
+            }
+            Key::Connect { .. } => Answer::Instances(instances(body, None).map_err(json)?),
+            Key::Gateways { .. } => {
+                Answer::Instances(instances(body, Some(KIND_MESH_GATEWAY)).map_err(json)?)
+            }
+            Key::ProxyDefaults { .. } => {
+                Answer::ProxyDefaults(Some(serde_json::from_str(body).map_err(json)?))
+            }
+            Key::ServiceDefaults { .. } => {
+                Answer::ServiceDefaults(Some(serde_json::from_str(body).map_err(json)?))
+            }
+            Key::Services { .. } => Answer::Names(catalog::service_names(body).map_err(json)?),
+            Key::Datacenters => Answer::Names(catalog::datacenters(body).map_err(json)?),
+        })
+    }
+
+    /// Core keys must have a real answer before anything is served; for the others an
+    /// error answer from the agent (a refusal) is enough to go on without them.
+    pub fn is_core(&self) -> bool {
+        matches!(
+            self,
+            Key::Service { .. } | Key::Roots | Key::Leaf { .. } | Key::AgentSelf
+        )
+    }
+}
+
+/// One change for the follower.
+#[derive(Debug)]
+pub struct Update {
+    pub key: Key,
+    pub result: Result<Answer, ApiError>,
+}
+
+/// How fast watches move; tests shorten the waits.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Blocking `wait` (capped at Consul's 10 minutes).
+    pub wait: Duration,
+    /// Back-off after errors: first delay and cap.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// Rate limit per watch: one request per `every`, bursts of two.
+    pub every: Duration,
+    /// Asking again for a registration that does not exist yet.
+    pub absent_every: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            wait: WAIT,
+            retry_min: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+            every: Duration::from_millis(200),
+            absent_every: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A running watch; dropping the handle (or `stop`) ends it after its current request.
+pub struct Watch {
+    stop: Arc<AtomicBool>,
+}
+
+impl Watch {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Watch threads spend their life waiting on a socket; a small stack keeps a gateway with
+/// hundreds of them cheap.
+const STACK: usize = 256 << 10;
+
+pub fn spawn(
+    key: Key,
+    client: Arc<Client>,
+    timing: Timing,
+    tx: SyncSender<Update>,
+) -> std::io::Result<Watch> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::Builder::new()
+        .name("sidegate-watch".into())
+        .stack_size(STACK)
+        .spawn(move || follow_key(&key, &client, timing, &tx, &flag))?;
+    Ok(Watch { stop })
+}
+
+fn follow_key(
+    key: &Key,
+    client: &Client,
+    timing: Timing,
+    tx: &SyncSender<Update>,
+    stop: &AtomicBool,
+) {
+    let (req, style) = key.request();
+    let mut index = 0u64;
+    let mut hash = String::new();
+    let mut backoff = Backoff::new(timing.retry_min, timing.retry_max);
+    let mut limit = RateLimit::new(timing.every, 2, Instant::now());
+    let mut last: Option<Answer> = None;
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(limit.take(Instant::now()));
+        let blocking = match style {
+            Style::Hash => Blocking::Hash(hash.clone(), timing.wait),
+            Style::Index => Blocking::Index(index, timing.wait),
+            Style::Poll(_) => Blocking::No,
+        };
+        let result = client.get(&req, &blocking).and_then(|reply| {
+            let answer = key
+                .parse(&reply)
+                .map_err(|e| ApiError::body(req.shown("GET", &blocking), e))?;
+            Ok((reply, answer))
+        });
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let pause = match result {
+            Ok((reply, answer)) => {
+                backoff.reset();
+                index = next_index(index, reply.index);
+                hash = reply.hash.unwrap_or_default();
+                let absent = matches!(answer, Answer::Service(None));
+                // Same answer again (a blocking query timing out): nothing to tell, unless
+                // the last thing told was an error.
+                if failing || last.as_ref() != Some(&answer) {
+                    failing = false;
+                    last = Some(answer.clone());
+                    if tx
+                        .send(Update {
+                            key: key.clone(),
+                            result: Ok(answer),
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                match style {
+                    Style::Poll(every) => every,
+                    _ if absent => timing.absent_every,
+                    _ => Duration::ZERO,
+                }
+            }
+            Err(e) => {
+                failing = true;
+                // After any failure ask from scratch: an agent that restarted with a fresh
+                // state has lower indexes, and a query blocking on the old one would hang
+                // for its whole wait instead of returning what changed.
+                index = 0;
+                hash.clear();
+                if tx
+                    .send(Update {
+                        key: key.clone(),
+                        result: Err(e),
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+                backoff.next_delay(fastrand::f64())
+            }
+        };
+        sleep_unless_stopped(pause, stop);
+    }
+}
+
+/// Sleeps in short steps so a stopped watch ends soon even during a long back-off.
+fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {
+    let step = Duration::from_millis(250);
+    let until = Instant::now() + total;
+    while !stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(step));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            body: body.into(),
+            index: Some(1),
+            hash: None,
+        }
+    }
+
+    #[test]
+    fn requests_carry_enterprise_params_only_when_not_default() {
+        let shown = |k: Key| k.request().0.shown("GET", &Blocking::No);
+        let here = Place::new("dc1", "default");
+        assert_eq!(
+            shown(Key::Connect {
+                service: "db".into(),
+                namespace: "default".into(),
+                place: here.clone()
+            }),
+            "GET /v1/health/connect/db?dc=dc1"
+        );
+        assert_eq!(
+            shown(Key::Connect {
+                service: "db".into(),
+                namespace: "team".into(),
+                place: Place::new("dc2", "finance")
+            }),
+            "GET /v1/health/connect/db?dc=dc2&ns=team&partition=finance"
+        );
+        assert_eq!(
+            shown(Key::Gateways {
+                place: Place::new("dc2", "default"),
+                name: "mesh-gateway".into()
+            }),
+            "GET /v1/health/service/mesh-gateway?dc=dc2"
+        );
+        assert_eq!(
+            shown(Key::Leaf {
+                service: "web".into(),
+                namespace: "default".into(),
+                partition: "default".into()
+            }),
+            "GET /v1/agent/connect/ca/leaf/web"
+        );
+        assert_eq!(
+            shown(Key::ProxyDefaults {
+                partition: "finance".into()
+            }),
+            "GET /v1/config/proxy-defaults/global?partition=finance"
+        );
+        assert_eq!(
+            shown(Key::Services { place: here }),
+            "GET /v1/catalog/services?dc=dc1"
+        );
+    }
+
+    #[test]
+    fn absent_is_an_answer_only_where_consul_means_it() {
+        let svc = Key::Service { id: "x".into() };
+        assert_eq!(
+            svc.parse(&reply(404, "unknown service ID: x")),
+            Ok(Answer::Service(None))
+        );
+        let pd = Key::ProxyDefaults {
+            partition: "default".into(),
+        };
+        assert_eq!(
+            pd.parse(&reply(404, "Config entry not found")),
+            Ok(Answer::ProxyDefaults(None))
+        );
+        assert!(Key::Roots.parse(&reply(404, "nope")).is_err());
+        assert!(Key::Roots.parse(&reply(200, "[not json")).is_err());
+        assert_eq!(
+            Key::AgentSelf.parse(&reply(200, r#"{"Config":{"Datacenter":"dc7"}}"#)),
+            Ok(Answer::AgentSelf {
+                datacenter: "dc7".into()
+            })
+        );
+        assert_eq!(
+            Key::Datacenters.parse(&reply(200, r#"["dc2","dc1"]"#)),
+            Ok(Answer::Names(vec!["dc1".into(), "dc2".into()]))
+        );
+    }
+
+    #[test]
+    fn keys_and_answers_round_trip_as_state() {
+        let k = Key::Connect {
+            service: "db".into(),
+            namespace: "default".into(),
+            place: Place::new("dc2", "default"),
+        };
+        let text = serde_json::to_string(&k).unwrap();
+        assert_eq!(serde_json::from_str::<Key>(&text).unwrap(), k);
+        let a = Key::Gateways {
+            place: Place::new("dc2", "default"),
+            name: "mesh-gateway".into(),
+        }
+        .parse(&reply(
+            200,
+            &super::super::api::example("health-service-mesh-gateway.json"),
+        ))
+        .unwrap();
+        let text = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<Answer>(&text).unwrap(), a);
+    }
+}

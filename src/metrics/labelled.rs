@@ -1,0 +1,148 @@
+//! Counters with labels (a listener's address, a route's match, an upstream's name).
+//!
+//! A labelled counter is looked up once, when a plan is built or a listener is bound, and the
+//! data path then holds it by `Arc`: counting stays one atomic add, with no lookup, lock or
+//! allocation per connection. The registry hands the same counters to the next plan for the
+//! same labels, so a reload does not reset them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use super::Counter;
+
+/// One labelled thing's connections and bytes.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    pub opened: Counter,
+    pub active: Counter,
+    /// Bytes from the connecting side (client, local app, mesh caller) to the destination.
+    pub from_client: Counter,
+    /// Bytes back to the connecting side.
+    pub to_client: Counter,
+}
+
+impl ConnStats {
+    /// Counts a connection as opened, and as active until the guard is dropped.
+    pub fn hold(&self) -> Held<'_> {
+        self.opened.inc();
+        self.active.inc();
+        Held(self)
+    }
+}
+
+/// A connection counted as active in a `ConnStats`.
+pub struct Held<'a>(&'a ConnStats);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.active.dec();
+    }
+}
+
+/// Bytes moved one way, added to the role's total and to one labelled counter at once.
+#[derive(Clone, Copy)]
+pub struct Tally<'a> {
+    role: &'a Counter,
+    labelled: Option<&'a Counter>,
+}
+
+impl<'a> Tally<'a> {
+    pub fn new(role: &'a Counter, labelled: &'a Counter) -> Self {
+        Tally {
+            role,
+            labelled: Some(labelled),
+        }
+    }
+
+    /// Only the role's total (a role without labelled byte counters).
+    pub fn role(role: &'a Counter) -> Self {
+        Tally {
+            role,
+            labelled: None,
+        }
+    }
+
+    pub fn add(self, n: u64) {
+        self.role.add(n);
+        if let Some(l) = self.labelled {
+            l.add(n);
+        }
+    }
+}
+
+/// Values of `T` by label values, for one metric family.
+#[derive(Debug)]
+pub struct Family<T> {
+    labels: &'static [&'static str],
+    entries: Mutex<BTreeMap<Box<[String]>, Arc<T>>>,
+}
+
+impl<T: Default> Family<T> {
+    pub const fn new(labels: &'static [&'static str]) -> Self {
+        Family {
+            labels,
+            entries: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The value for these label values, created on first use. Called when plans are built
+    /// and listeners bound, never per connection.
+    pub fn get(&self, values: &[&str]) -> Arc<T> {
+        let key: Box<[String]> = values.iter().map(|v| (*v).to_owned()).collect();
+        self.lock().entry(key).or_default().clone()
+    }
+
+    /// Forgets values nothing holds any more (a removed route once its last connection ended),
+    /// so a mesh whose names churn does not grow the registry without end.
+    pub fn prune(&self) {
+        self.lock().retain(|_, v| Arc::strong_count(v) > 1);
+    }
+
+    pub fn label_names(&self) -> &'static [&'static str] {
+        self.labels
+    }
+
+    /// Every current value with its label values, in label order.
+    pub fn entries(&self) -> Vec<(Box<[String]>, Arc<T>)> {
+        self.lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<Box<[String]>, Arc<T>>> {
+        // Nothing panics while holding it; if something did, the map itself is still whole.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_labels_same_counters_until_nothing_holds_them() {
+        let f: Family<ConnStats> = Family::new(&["route"]);
+        let a = f.get(&["db"]);
+        {
+            let _held = a.hold();
+            assert_eq!(f.get(&["db"]).active.get(), 1);
+        }
+        assert_eq!(a.opened.get(), 1);
+        assert_eq!(a.active.get(), 0);
+        f.prune();
+        assert_eq!(f.entries().len(), 1, "still held by `a`");
+        drop(a);
+        f.prune();
+        assert!(f.entries().is_empty());
+        assert_eq!(f.get(&["db"]).opened.get(), 0);
+    }
+
+    #[test]
+    fn tally_counts_both() {
+        let (role, own) = (Counter::default(), Counter::default());
+        Tally::new(&role, &own).add(5);
+        Tally::role(&role).add(2);
+        assert_eq!((role.get(), own.get()), (7, 5));
+    }
+}

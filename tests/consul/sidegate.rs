@@ -1,0 +1,108 @@
+//! The real `sidegate run` binary following an agent (`[consul]`), as a child process that
+//! can be killed and started again on the same configuration and state directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::process::Watched;
+use super::{wait_listening, Agent};
+
+/// Listeners of a sidegate started from Consul are bound within this: the agent answers in
+/// milliseconds, the rest is process start-up.
+pub const SERVING_WITHIN: Duration = Duration::from_secs(20);
+
+pub struct Sidegate {
+    name: String,
+    config: PathBuf,
+    process: Option<Watched>,
+}
+
+impl Sidegate {
+    /// Runs `sidegate run` on `toml`, written to `<dir>/<name>.toml`.
+    pub fn run(name: &str, dir: &Path, toml: &str) -> Sidegate {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, toml).unwrap();
+        let mut s = Sidegate {
+            name: name.to_owned(),
+            config,
+            process: None,
+        };
+        s.start();
+        s
+    }
+
+    fn start(&mut self) {
+        let args = vec![
+            "run".to_owned(),
+            "--config".to_owned(),
+            self.config.display().to_string(),
+        ];
+        self.process = Some(Watched::spawn(
+            &format!("sidegate {}", self.name),
+            env!("CARGO_BIN_EXE_sidegate"),
+            &args,
+        ));
+    }
+
+    /// Waits until every port listens; panics with the process's output when it does not,
+    /// at once when the process has ended.
+    pub fn serving(&mut self, ports: &[u16]) {
+        let deadline = Instant::now() + SERVING_WITHIN;
+        for &port in ports {
+            loop {
+                let process = self.process.as_mut().unwrap();
+                if wait_listening(port, Duration::from_millis(100)) {
+                    break;
+                }
+                assert!(
+                    !process.has_exited() && Instant::now() < deadline,
+                    "sidegate {}: nothing listens on {port}:\n{}",
+                    self.name,
+                    process.tail()
+                );
+            }
+        }
+    }
+
+    /// A crash (SIGKILL): no drain, no goodbye to the agent.
+    pub fn kill(&mut self) {
+        if let Some(p) = self.process.as_mut() {
+            p.kill();
+        }
+    }
+
+    /// Kills it and runs it again on the same configuration (and so the same state dir).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.process = None;
+        self.start();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(|p| !p.has_exited())
+    }
+
+    pub fn output_tail(&self) -> String {
+        self.process.as_ref().map(Watched::tail).unwrap_or_default()
+    }
+}
+
+/// `[consul]` for a sidecar following its registration `sidecar_service_id` on `agent`,
+/// keeping its last-known-good state in `state_dir`.
+pub fn sidecar_toml(agent: &Agent, sidecar_service_id: &str, state_dir: &Path) -> String {
+    format!(
+        "[consul]\naddress = \"{}\"\nsidecar_service_id = \"{sidecar_service_id}\"\nstate_dir = \"{}\"\n",
+        agent.address(),
+        state_dir.display()
+    )
+}
+
+/// `[consul]` and `[gateway]` for a mesh gateway following its registration
+/// `gateway_service_id` on `agent` (the listener is the registration's address and port).
+pub fn gateway_toml(agent: &Agent, gateway_service_id: &str, state_dir: &Path) -> String {
+    format!(
+        "[consul]\naddress = \"{}\"\ngateway_service_id = \"{gateway_service_id}\"\nstate_dir = \"{}\"\n[gateway]\n",
+        agent.address(),
+        state_dir.display()
+    )
+}

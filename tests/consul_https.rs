@@ -1,0 +1,131 @@
+//! The connection to the agent over HTTPS with ACLs, against a real Consul 1.8.7: verified
+//! with the CA given (and only that CA), the token sent as `X-Consul-Token` and never shown,
+//! and each refusal explained — the token's missing permission, plain HTTP to an HTTPS port,
+//! a certificate nobody vouched for.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod consul;
+
+use std::path::Path;
+
+use common::free_port;
+use consul::{Agent, Options, Scratch};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use sidegate::consul::client::{Blocking, Client, Request};
+use sidegate::consul::Settings;
+
+const MASTER: &str = "8a8e8e0b-6f43-4bde-9d1c-3c9e2d0d7a11";
+
+/// A CA and an HTTPS certificate for 127.0.0.1, as files for the agent and for sidegate.
+fn pki(dir: &Path) {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "agent test CA");
+    let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), issuer.pem()).unwrap();
+    std::fs::write(dir.join("agent.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("agent-key.pem"), key.serialize_pem()).unwrap();
+    // Another CA, which never signed the agent's certificate.
+    let mut other = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let other = CertifiedIssuer::self_signed(other, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("other-ca.pem"), other.pem()).unwrap();
+}
+
+fn https_agent(dir: &Path, https: u16) -> Agent {
+    let d = dir.display();
+    Agent::start(Options {
+        hcl: vec![
+            format!("ports {{ https = {https} }}"),
+            format!("ca_file = \"{d}/ca.pem\""),
+            format!("cert_file = \"{d}/agent.pem\""),
+            format!("key_file = \"{d}/agent-key.pem\""),
+            format!("acl {{ enabled = true default_policy = \"deny\" tokens {{ master = \"{MASTER}\" }} }}"),
+        ],
+        ..Options::dev("dc1")
+    })
+}
+
+fn settings(dir: &Path, address: &str, ca: &str, token: Option<&str>) -> Settings {
+    let mut text = format!(
+        "[consul]\naddress = \"{address}\"\nca_file = \"{ca}\"\nsidecar_service_id = \"web-sidecar-proxy\"\n"
+    );
+    if let Some(t) = token {
+        std::fs::write(dir.join("token"), format!("{t}\n")).unwrap();
+        text.push_str(&format!(
+            "token_file = \"{}\"\n",
+            dir.join("token").display()
+        ));
+    }
+    let path = dir.join("sidegate.toml");
+    std::fs::write(&path, text).unwrap();
+    sidegate::config::load(&path).unwrap().consul.unwrap()
+}
+
+#[test]
+fn https_with_the_given_ca_the_token_in_a_header_and_refusals_explained() {
+    let dir = Scratch::new("consul-https");
+    pki(&dir.0);
+    let https = free_port();
+    let agent = https_agent(&dir.0, https);
+    let address = format!("https://127.0.0.1:{https}");
+    let leaf = Request::new("/v1/agent/connect/ca/leaf/web".into());
+    let roots = Request::new("/v1/agent/connect/ca/roots".into());
+
+    // No token: the roots need none; the leaf needs service:write, and the error says so.
+    let anonymous = Client::new(&settings(&dir.0, &address, "ca.pem", None));
+    let r = anonymous.get(&roots, &Blocking::No).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("TrustDomain"), "{}", r.body);
+    let e = anonymous.get(&leaf, &Blocking::No).unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    let shown = e.to_string();
+    assert!(
+        shown.contains("GET /v1/agent/connect/ca/leaf/web"),
+        "{shown}"
+    );
+    assert!(shown.contains("service:write on \"web\""), "{shown}");
+
+    // The master token, read from token_file, travels as X-Consul-Token: the leaf is issued.
+    let s = settings(&dir.0, &address, "ca.pem", Some(MASTER));
+    let with_token = Client::new(&s);
+    let r = with_token.get(&leaf, &Blocking::No).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("PrivateKeyPEM"));
+    for shown in [format!("{s:?}"), format!("{with_token:?}")] {
+        assert!(!shown.contains(MASTER), "token shown: {shown}");
+    }
+    // A refusal with the token set does not show it either.
+    let e = with_token
+        .get(
+            &Request::new("/v1/health/connect/db".into()).param("ns", "x"),
+            &Blocking::No,
+        )
+        .unwrap_err();
+    assert!(!e.to_string().contains(MASTER), "{e}");
+
+    // A CA that did not sign the agent's certificate: refused, and told to set ca_file.
+    let wrong = Client::new(&settings(&dir.0, &address, "other-ca.pem", None));
+    let e = wrong.get(&roots, &Blocking::No).unwrap_err();
+    assert!(e.is_unreachable(), "{e}");
+    assert!(e.to_string().contains("ca_file"), "{e}");
+
+    // Plain HTTP to the HTTPS port: Consul answers 400; the cause says to use https://.
+    let plain = format!("127.0.0.1:{https}");
+    let text = format!("[consul]\naddress = \"{plain}\"\nsidecar_service_id = \"w\"\n");
+    let s = sidegate::config::parse_with_env(&text, &|_| None)
+        .unwrap()
+        .consul
+        .unwrap();
+    let e = Client::new(&s).get(&roots, &Blocking::No).unwrap_err();
+    assert!(e.to_string().contains("https://"), "{e}");
+    drop(agent);
+}

@@ -1,0 +1,439 @@
+//! sidegate following a real Consul agent (`[consul]`; Consul 1.8.7 on loopback): the real
+//! binary takes its identity, registration, upstreams, gateways and authorization from the
+//! agent and follows changes live — an upstream added by re-registration opens without a
+//! restart, a deny intention refuses new connections, a CA rotation is picked up without
+//! cutting an established connection, cross-datacenter upstreams go through sidegate mesh
+//! gateways registered in Consul — and keeps serving when the agent is gone, also across its
+//! own restart (last-known-good state) and through an agent restart in the middle of traffic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod consul;
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::apps::app;
+use common::{free_port, http_get, IO_TIMEOUT};
+use consul::{
+    gateway_toml, service_with_sidecar, sidecar_toml, traffic, wait_listening, wait_not_listening,
+    Agent, Options, Scratch, Sidegate,
+};
+use serde_json::{json, Value};
+use traffic::{refused, within, Held};
+
+/// Changes reach the data path within this: the agent answers blocking queries at once, and
+/// Consul renews leaves within 30 s of a root rotation (its own jitter).
+const FOLLOW_WITHIN: Duration = Duration::from_secs(20);
+const ROTATION_WITHIN: Duration = Duration::from_secs(60);
+
+/// One dev agent shared by the tests that change only their own services.
+fn shared() -> &'static Agent {
+    static AGENT: OnceLock<Agent> = OnceLock::new();
+    AGENT.get_or_init(|| Agent::dev("dc1"))
+}
+
+/// Sidegate sidecars for `web` and `db` following `agent`: db's app behind db's sidecar, web's
+/// sidecar with `upstreams` (Consul's JSON).
+struct Pair {
+    web: Sidegate,
+    db: Sidegate,
+    web_name: String,
+    web_app: SocketAddr,
+    web_public: u16,
+    db_public: u16,
+    /// web's admin endpoint (`/ready`, `/metrics`).
+    web_admin: SocketAddr,
+}
+
+impl Pair {
+    fn start(agent: &Agent, dir: &Scratch, web: &str, db: &str, upstreams: Value) -> Pair {
+        Pair::start_with(agent, dir, web, db, upstreams, true)
+    }
+
+    /// `db_heartbeat` false: db's sidecar check turns critical when the agent restarts.
+    fn start_with(
+        agent: &Agent,
+        dir: &Scratch,
+        web: &str,
+        db: &str,
+        upstreams: Value,
+        db_heartbeat: bool,
+    ) -> Pair {
+        let (db_app, db_public) = (app("db"), free_port());
+        let db_registration = service_with_sidecar(db, db_app, db_public, json!([]), "");
+        if db_heartbeat {
+            agent.register(&db_registration);
+        } else {
+            agent.register_without_heartbeat(&db_registration);
+        }
+        let (web_app, web_public) = (app("web"), free_port());
+        agent.register(&service_with_sidecar(
+            web,
+            web_app,
+            web_public,
+            upstreams.clone(),
+            "",
+        ));
+        let web_admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let sidecar = |service: &str, extra: &str| {
+            let state = dir.path(&format!("{service}-state"));
+            std::fs::create_dir_all(&state).unwrap();
+            Sidegate::run(
+                service,
+                &dir.0,
+                &(sidecar_toml(agent, &format!("{service}-sidecar-proxy"), &state) + extra),
+            )
+        };
+        let mut pair = Pair {
+            db: sidecar(db, ""),
+            web: sidecar(web, &format!("[admin]\nlisten = \"{web_admin}\"\n")),
+            web_admin,
+            web_name: web.to_owned(),
+            web_app,
+            web_public,
+            db_public,
+        };
+        pair.db.serving(&[db_public]);
+        pair.web.serving(&[web_public]);
+        pair.web.serving(&bind_ports(&upstreams));
+        pair
+    }
+
+    /// Registers web again with these upstreams, as an operator (or Nomad) would.
+    fn reregister_web(&self, agent: &Agent, upstreams: Value) {
+        agent.register(&service_with_sidecar(
+            &self.web_name,
+            self.web_app,
+            self.web_public,
+            upstreams,
+            "",
+        ));
+    }
+}
+
+fn bind_ports(upstreams: &Value) -> Vec<u16> {
+    let ports = upstreams.as_array().into_iter().flatten();
+    ports
+        .map(|u| u16::try_from(u["LocalBindPort"].as_u64().unwrap()).unwrap())
+        .collect()
+}
+
+fn upstream(target: &str, port: u16) -> Value {
+    json!({"DestinationName": target, "LocalBindPort": port})
+}
+
+/// One whole exchange with db's app through 127.0.0.1:`port`.
+fn carries(port: u16) -> bool {
+    traffic::carries(port, "db")
+}
+
+#[test]
+fn an_upstream_added_by_reregistration_opens_without_restart() {
+    let agent = shared();
+    let dir = Scratch::new("consul-source-reg");
+    let mut pair = Pair::start(agent, &dir, "web-reg", "db-reg", json!([]));
+    let port = free_port();
+    pair.reregister_web(agent, json!([upstream("db-reg", port)]));
+    assert!(
+        wait_listening(port, FOLLOW_WITHIN),
+        "{}",
+        pair.web.output_tail()
+    );
+    assert!(carries(port));
+    // And removed again: the listener closes; the process never restarted.
+    pair.reregister_web(agent, json!([]));
+    assert!(
+        wait_not_listening(port, FOLLOW_WITHIN),
+        "{}",
+        pair.web.output_tail()
+    );
+    assert!(pair.web.is_running());
+}
+
+#[test]
+fn an_intention_set_to_deny_refuses_new_connections() {
+    let agent = shared();
+    let dir = Scratch::new("consul-source-deny");
+    let port = free_port();
+    let pair = Pair::start(
+        agent,
+        &dir,
+        "web-deny",
+        "db-deny",
+        json!([upstream("db-deny", port)]),
+    );
+    agent.set_intention("web-deny", "db-deny", "allow");
+    assert!(carries(port));
+    let mut held = Held::open(port);
+
+    agent.set_intention("web-deny", "db-deny", "deny");
+    within("new connections refused", FOLLOW_WITHIN, || refused(port));
+    // Authorization is per connection, at its start (as Envoy's L4 RBAC): the established
+    // connection keeps going.
+    held.ping("after the deny");
+    agent.set_intention("web-deny", "db-deny", "allow");
+    within("allowed again", FOLLOW_WITHIN, || carries(port));
+    drop(pair);
+}
+
+#[test]
+fn a_ca_rotation_is_picked_up_without_dropping_an_established_connection() {
+    // Its own agent: a rotation changes every leaf of the cluster.
+    let agent = Agent::dev("dc1");
+    let dir = Scratch::new("consul-source-rotation");
+    let port = free_port();
+    let pair = Pair::start(&agent, &dir, "web", "db", json!([upstream("db", port)]));
+    assert!(carries(port));
+    let mut held = Held::open(port);
+
+    let new = agent.rotate_ca();
+    // db's public listener presents a leaf of the new root: a client trusting only that root
+    // completes a handshake with it (a leaf of the old root alone would not verify).
+    let probe = new_root_client(&agent, &dir, &new.active_pem);
+    within("db serves a leaf of the new root", ROTATION_WITHIN, || {
+        handshake(&probe, pair.db_public)
+    });
+    held.ping("after the rotation");
+    assert!(carries(port), "a new connection after the rotation");
+}
+
+/// A client with a fresh leaf (issued after the rotation) trusting only `root`, expecting db.
+fn new_root_client(agent: &Agent, dir: &Scratch, root: &str) -> Arc<rustls::ClientConfig> {
+    let files = agent.identity_files("probe", &dir.0);
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let identity =
+        sidegate::tls::Identity::from_pem(&read(&files.cert), &read(&files.key), root.as_bytes())
+            .unwrap();
+    let td = agent.roots().trust_domain;
+    let db =
+        sidegate::mesh::names::SpiffeId::parse(&format!("spiffe://{td}/ns/default/dc/dc1/svc/db"))
+            .unwrap();
+    sidegate::tls::configs::client_config(&identity, &db).unwrap()
+}
+
+fn handshake(cfg: &Arc<rustls::ClientConfig>, port: u16) -> bool {
+    let name = rustls::pki_types::ServerName::try_from("db").unwrap();
+    let Ok(mut sock) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
+    while conn.is_handshaking() {
+        if conn.complete_io(&mut sock).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// dc1 and dc2 WAN-federated; sidegate mesh gateways registered in each as `mesh-gateway`
+/// services (kind `mesh-gateway`, `lan` and `wan` tagged addresses) and listening where their
+/// registrations say: dc1's only on its LAN address, dc2's only on its WAN address, so a path
+/// that took a wrong address fails. web in dc1 reaches db in dc2 with upstreams in `local` mode
+/// (dc1's gateway on its LAN address, then dc2's on its WAN address), `remote` mode (dc2's
+/// gateway directly, WAN) and no mode of its own, inheriting `local` from dc1's `proxy-defaults`
+/// config entry. Stopping dc1's gateway then cuts exactly the two `local` paths.
+#[test]
+fn cross_datacenter_upstreams_through_sidegate_mesh_gateways() {
+    let dc1 = Agent::dev("dc1");
+    let dc2 = Agent::secondary("dc2", &dc1);
+    let dir = Scratch::new("consul-source-wan");
+    let state = |name: &str| {
+        let d = dir.path(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+
+    let (db_app, db_public) = (app("db"), free_port());
+    dc2.register(&service_with_sidecar(
+        "db",
+        db_app,
+        db_public,
+        json!([]),
+        "",
+    ));
+    let mut db = Sidegate::run(
+        "db",
+        &dir.0,
+        &sidecar_toml(&dc2, "db-sidecar-proxy", &state("db")),
+    );
+
+    let lan = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let wan = |port: u16| SocketAddr::from(([127, 0, 0, 2], port));
+    let mut gateways = Vec::new();
+    for (agent, listen_on) in [(&dc1, "lan"), (&dc2, "wan")] {
+        let (l, w) = (lan(free_port()), wan(free_port()));
+        agent.register_mesh_gateway("mesh-gateway", l, w, &[listen_on]);
+        let name = format!("gateway-{}", agent.options.datacenter);
+        let toml = gateway_toml(agent, "mesh-gateway", &state(&name));
+        let mut gw = Sidegate::run(&name, &dir.0, &toml);
+        let (bound, not_bound) = if listen_on == "lan" { (l, w) } else { (w, l) };
+        gw.serving(&[bound.port()]);
+        assert!(
+            wait_not_listening(not_bound.port(), Duration::ZERO),
+            "{not_bound} must not be bound"
+        );
+        gateways.push(gw);
+    }
+
+    dc1.config_entry(&json!({"Kind": "proxy-defaults", "Name": "global",
+                             "MeshGateway": {"Mode": "local"}}));
+    let (local, remote, inherited) = (free_port(), free_port(), free_port());
+    let cross = |port: u16, mode: Option<&str>| {
+        let mut u = json!({"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": port});
+        if let Some(mode) = mode {
+            u["MeshGateway"] = json!({"Mode": mode});
+        }
+        u
+    };
+    let upstreams = json!([
+        cross(local, Some("local")),
+        cross(remote, Some("remote")),
+        cross(inherited, None)
+    ]);
+    dc1.register(&service_with_sidecar(
+        "web",
+        app("web"),
+        free_port(),
+        upstreams,
+        "",
+    ));
+    let mut web = Sidegate::run(
+        "web",
+        &dir.0,
+        &sidecar_toml(&dc1, "web-sidecar-proxy", &state("web")),
+    );
+    db.serving(&[db_public]);
+    web.serving(&[local, remote, inherited]);
+
+    for (port, what) in [
+        (local, "local"),
+        (remote, "remote"),
+        (inherited, "proxy-defaults local"),
+    ] {
+        within(what, FOLLOW_WITHIN, || carries(port));
+    }
+    gateways[0].kill();
+    assert!(refused(local), "local mode must go through dc1's gateway");
+    assert!(
+        refused(inherited),
+        "proxy-defaults' local mode must go through dc1's gateway"
+    );
+    assert!(carries(remote), "remote mode never used dc1's gateway");
+}
+
+#[test]
+fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_known_state() {
+    let mut agent = Agent::dev("dc1");
+    let dir = Scratch::new("consul-source-offline");
+    let port = free_port();
+    let mut pair = Pair::start(&agent, &dir, "web", "db", json!([upstream("db", port)]));
+    assert!(carries(port));
+    assert_eq!(http_get(pair.web_admin, "/ready"), (200, "ready\n".into()));
+    let mut held = Held::open(port);
+
+    agent.kill();
+    held.ping("agent gone");
+    // New connections too: db authorizes web from its last answer.
+    assert!(carries(port));
+
+    // web starts again with the agent still gone: it serves from its state_dir.
+    pair.web.restart();
+    pair.web.serving(&[port]);
+    assert!(carries(port), "restarted from the last-known-good state");
+    // Serving, but not what the agent confirmed: not ready, and the metrics say stale.
+    let (code, why) = http_get(pair.web_admin, "/ready");
+    assert_eq!(code, 503);
+    assert!(why.starts_with("stale: "), "{why}");
+    let (_, metrics) = http_get(pair.web_admin, "/metrics");
+    assert!(metrics.contains("\nsidegate_consul_stale 1\n"), "{metrics}");
+}
+
+/// Issue 7's fault: the agent restarted, then stopped, in the middle of traffic. Nothing
+/// established is cut, every new connection is carried, and after the restart changes are
+/// followed again. The restarted agent reports db's sidecar critical (its check has not run
+/// again), as a restarted node's agent does for a while: with no healthy instance left, db's
+/// instances are still dialled (Envoy's panic routing under Consul).
+#[test]
+fn the_agent_restarted_and_stopped_in_the_middle_of_traffic() {
+    // A server with its state on disk: its restart keeps the CA and the catalog, as a
+    // node's agent restart does with servers that stay up.
+    let mut agent = Agent::start(Options {
+        persistent: true,
+        ..Options::dev("dc1")
+    });
+    let dir = Scratch::new("consul-source-fault");
+    let port = free_port();
+    let pair = Pair::start_with(
+        &agent,
+        &dir,
+        "web",
+        "db",
+        json!([upstream("db", port)]),
+        false,
+    );
+    let mut held = Held::open(port);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (carried, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let traffic = {
+        let (stop, carried, failed) = (stop.clone(), carried.clone(), failed.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let n = if carries(port) { &carried } else { &failed };
+                n.fetch_add(1, Ordering::Relaxed);
+                // Pacing, not synchronisation: a steady stream, not a CPU-bound loop.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let carried_now = || carried.load(Ordering::Relaxed);
+    let more_traffic = |from: usize| {
+        let deadline = Instant::now() + FOLLOW_WITHIN;
+        while carried_now() < from + 5 {
+            assert!(
+                Instant::now() < deadline,
+                "no more connections carried ({} failed); web:\n{}\ndb:\n{}",
+                failed.load(Ordering::Relaxed),
+                pair.web.output_tail(),
+                pair.db.output_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    more_traffic(0);
+    agent.kill();
+    more_traffic(carried_now());
+    held.ping("agent killed");
+    agent.restart();
+    agent.wait_until("db critical after the restart", || {
+        let healthy = agent.get("/v1/health/connect/db?passing").json();
+        healthy.as_array()?.is_empty().then_some(())
+    });
+    more_traffic(carried_now());
+    // Followed again after the restart: a new upstream opens.
+    let extra = free_port();
+    pair.reregister_web(&agent, json!([upstream("db", port), upstream("db", extra)]));
+    assert!(
+        wait_listening(extra, FOLLOW_WITHIN),
+        "{}",
+        pair.web.output_tail()
+    );
+    agent.stop();
+    more_traffic(carried_now());
+    held.ping("agent stopped");
+
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "of {} connections",
+        carried_now()
+    );
+    assert!(carries(extra));
+}

@@ -1,0 +1,391 @@
+//! The operations tests' harness: the real binary as a child process with a test
+//! `NOTIFY_SOCKET`, its log lines as they come, signals, the admin endpoint over HTTP, and
+//! live connections through each role that a test keeps open across a reload or a drain.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{self, BufRead, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::{http_get as get, Client, Scratch, IO_TIMEOUT};
+
+/// systemd's end of `NOTIFY_SOCKET`: every datagram the child sends, in order.
+pub struct Notify {
+    socket: UnixDatagram,
+    pub path: PathBuf,
+    pub seen: Vec<String>,
+}
+
+impl Notify {
+    pub fn bind(scratch: &Scratch) -> Notify {
+        let path = scratch.path("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        Notify {
+            socket,
+            path,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads messages until one satisfies `want`, and returns it; panics after `IO_TIMEOUT`.
+    pub fn expect(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {what} from sd_notify; got {:?}",
+                self.seen
+            );
+            self.socket.set_read_timeout(Some(left)).unwrap();
+            match self.socket.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    self.seen.push(msg.clone());
+                    if want(&msg) {
+                        return msg;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("notify socket: {e}"),
+            }
+        }
+    }
+
+    /// Every message that arrives within `window`: for checking that something is *not* sent.
+    pub fn collect_for(&mut self, window: Duration) -> &[String] {
+        let deadline = Instant::now() + window;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return &self.seen;
+            }
+            self.socket.set_read_timeout(Some(left)).unwrap();
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                self.seen
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+
+    pub fn expect_line(&mut self, line: &str) -> String {
+        self.expect(line, |m| m.lines().any(|l| l == line))
+    }
+}
+
+/// `sidegate run` as systemd would start it, killed when dropped.
+///
+/// With `SIDEGATE_TEST_STRACE=<dir>` it runs under `strace -f`, writing every system call to a
+/// file in `dir`: tests/ops/syscalls.sh checks them against the unit's `SystemCallFilter=`.
+pub struct Sidegate {
+    pub child: Child,
+    /// sidegate itself (not strace, when traced): where signals go.
+    pid: rustix::process::Pid,
+    lines: Receiver<String>,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sidegate {
+    pub fn spawn(config: &Path, env: &[(&str, String)]) -> Sidegate {
+        let bin = env!("CARGO_BIN_EXE_sidegate");
+        let trace_dir = std::env::var_os("SIDEGATE_TEST_STRACE").map(PathBuf::from);
+        let mut cmd = match &trace_dir {
+            Some(dir) => {
+                static TRACES: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                let n = TRACES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let file = dir.join(format!("trace.{}.{n}", std::process::id()));
+                let mut c = Command::new("strace");
+                c.args(["-f", "-qq", "-o"]).arg(file).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("SIDEGATE_LOG")
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let pid = match trace_dir {
+            Some(_) => tracee(&child, Path::new(bin)),
+            None => rustix::process::Pid::from_child(&child),
+        };
+        let stderr = io::BufReader::new(child.stderr.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let all = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                all.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Sidegate {
+            child,
+            pid,
+            lines,
+            log,
+        }
+    }
+
+    /// Waits for the next log line containing `needle` and returns it.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?}; log: {:#?}", self.log()),
+            }
+        }
+    }
+
+    /// The address at the end of the next `... listening on ADDR` line after `prefix`.
+    pub fn wait_addr(&self, prefix: &str) -> SocketAddr {
+        let line = self.wait_log(prefix);
+        let rest = line.split(prefix).nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        rustix::process::kill_process(self.pid, sig).unwrap();
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sidegate did not exit within {within:?}; log: {:#?}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Sidegate {
+    fn drop(&mut self) {
+        // The tracee first: a killed strace would leave it running, detached.
+        let _ = rustix::process::kill_process(self.pid, rustix::process::Signal::KILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sidegate process under `strace` (a descendant running `bin`), once it exists.
+fn tracee(strace: &Child, bin: &Path) -> rustix::process::Pid {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let mut family = vec![strace.id()];
+        while let Some(pid) = family.pop() {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            if pid != strace.id() && exe.as_deref() == Some(bin) {
+                return rustix::process::Pid::from_raw(pid.try_into().unwrap()).unwrap();
+            }
+            for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+            {
+                let children = task.unwrap().path().join("children");
+                let listed = std::fs::read_to_string(children).unwrap_or_default();
+                family.extend(listed.split_whitespace().map(|c| c.parse::<u32>().unwrap()));
+            }
+        }
+        assert!(Instant::now() < deadline, "strace started no sidegate");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One sample of `/metrics`, as Prometheus' own Python parser read it.
+#[derive(Debug)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Scrapes `/metrics` and parses it with `prometheus_client` (tests/ops/prometheus_parse.py).
+pub fn scrape(admin: SocketAddr) -> Vec<Sample> {
+    let (code, text) = get(admin, "/metrics");
+    assert_eq!(code, 200);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ops/prometheus_parse.py");
+    let mut py = Command::new("/usr/bin/python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (tests/run.sh installs python3-prometheus-client)");
+    py.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| Sample {
+            name: s["name"].as_str().unwrap().to_owned(),
+            labels: s["labels"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect(),
+            value: s["value"].as_f64().unwrap(),
+        })
+        .collect()
+}
+
+/// The value of the sample `name` with exactly these labels; panics when absent.
+pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> u64 {
+    let found = samples.iter().find(|s| {
+        s.name == name
+            && s.labels.len() == labels.len()
+            && labels
+                .iter()
+                .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+    });
+    match found {
+        Some(s) => s.value as u64,
+        None => panic!("no sample {name}{labels:?} in /metrics"),
+    }
+}
+
+/// A TCP stream that counts the bytes it moves, to compare with what sidegate counted.
+pub struct Counted {
+    pub inner: TcpStream,
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.received += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sent += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A connection kept open through one role while the test does something to the process.
+pub enum Live {
+    /// Gateway passthrough or inbound mTLS: a TLS client.
+    Tls(Box<Client>),
+    /// An upstream listener: the local app's plain TCP.
+    Tcp(TcpStream),
+}
+
+impl Live {
+    pub fn tls(client: Client) -> Live {
+        Live::Tls(Box::new(client))
+    }
+
+    pub fn tcp(addr: SocketAddr) -> io::Result<Live> {
+        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(Live::Tcp(s))
+    }
+
+    fn stream(&mut self) -> &mut dyn ReadWrite {
+        match self {
+            Live::Tls(t) => &mut **t,
+            Live::Tcp(t) => t,
+        }
+    }
+
+    /// Sends `msg` and reads exactly its echo back.
+    pub fn round(&mut self, msg: &[u8]) -> io::Result<()> {
+        let s = self.stream();
+        s.write_all(msg)?;
+        s.flush()?;
+        let mut echoed = vec![0u8; msg.len()];
+        s.read_exact(&mut echoed)?;
+        if echoed != msg {
+            return Err(io::Error::other("echo differs"));
+        }
+        Ok(())
+    }
+
+    /// Finishes sending (half-close) and returns everything the far end sent after that.
+    pub fn finish(mut self) -> io::Result<String> {
+        match &mut self {
+            Live::Tls(t) => {
+                t.conn.send_close_notify();
+                t.flush()?;
+                t.sock.shutdown(Shutdown::Write)?;
+            }
+            Live::Tcp(t) => t.shutdown(Shutdown::Write)?,
+        }
+        let mut rest = Vec::new();
+        match self.stream().read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+            Err(e) => return Err(e),
+        }
+        Ok(String::from_utf8_lossy(&rest).into_owned())
+    }
+
+    /// True once the far end has closed the connection (EOF or reset), within `IO_TIMEOUT`.
+    pub fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.stream().read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+        }
+    }
+}
+
+pub trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// A connection attempt is refused (nothing listens there any more).
+pub fn refused(addr: SocketAddr) -> bool {
+    matches!(
+        TcpStream::connect_timeout(&addr, IO_TIMEOUT),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused
+    )
+}
