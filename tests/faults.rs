@@ -737,11 +737,11 @@ impl Drop for Holder {
 #[test]
 fn ten_thousand_idle_connections_against_a_limit_of_five_thousand() {
     const LIMIT: usize = 5000;
-    // Issue 7's target is 2 KiB per held connection. Measured here on 2026-11-26: 2,349 bytes
-    // in the debug build and 2,349 in the release build alike (the heap objects per
-    // connection, not code generation, make the cost), so the target is not met yet; this
-    // bound catches regressions from that level (+9%).
-    const BUDGET_BYTES: f64 = 2.5 * 1024.0;
+    // Issue 7's target: 2 KiB per held connection. Measured here on 2026-11-26: 2,349 bytes
+    // (debug and release alike: the heap objects per connection make the cost); 1,815 since
+    // the relay is one small state machine and deadlines share one sweep. The target is the
+    // bound.
+    const BUDGET_BYTES: f64 = 2.0 * 1024.0;
     raise_own_fd_limit(2 * LIMIT as u64 + 1000);
     let holder = Holder::start();
     let pki = Pki::new();

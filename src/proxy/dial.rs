@@ -5,7 +5,9 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use smol::{future, Async, Timer};
+use smol::{future, Async};
+
+use super::deadline::Deadline;
 
 use crate::mesh::endpoints::EndpointSet;
 use crate::mesh::Endpoint;
@@ -74,7 +76,9 @@ pub async fn connect_one(endpoint: &Endpoint, timeout: Duration) -> io::Result<A
             match Async::<TcpStream>::connect(addr).await {
                 Err(e) if out_of_fds(&e) => {
                     starved.set(e.raw_os_error());
-                    Timer::after(FD_RETRY).await;
+                    // Pipes kept for splicing are descriptors a connection can use instead.
+                    super::buffers::release_pipes();
+                    Deadline::after(FD_RETRY).await;
                 }
                 other => break other?,
             }
@@ -83,7 +87,7 @@ pub async fn connect_one(endpoint: &Endpoint, timeout: Duration) -> io::Result<A
         Ok(stream)
     };
     future::or(attempt, async {
-        Timer::after(timeout).await;
+        Deadline::after(timeout).await;
         Err(match starved.get() {
             Some(code) => io::Error::from_raw_os_error(code),
             None => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),

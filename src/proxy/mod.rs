@@ -7,6 +7,7 @@
 
 mod authorize;
 mod buffers;
+mod deadline;
 mod dial;
 mod gateway;
 mod inbound;
@@ -213,6 +214,8 @@ fn event_loop(plan: Arc<Plan>, metrics: Arc<Metrics>, controlled: Receiver<Contr
         metrics,
     });
     let mut listeners: HashMap<ListenerKey, Task<()>> = HashMap::new();
+    // Fires every connection's deadlines (handshake, connect, idle) from one timer.
+    ex.spawn(deadline::sweeper()).detach();
     smol::block_on(ex.run(async {
         while let Ok(msg) = controlled.recv().await {
             match msg {
