@@ -27,15 +27,15 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Help => {
-            println!("{}", cli::USAGE);
+            out(&format!("{}\n", cli::USAGE));
             ExitCode::SUCCESS
         }
         Command::Version => {
-            println!(
-                "sidegate {} ({})",
+            out(&format!(
+                "sidegate {} ({})\n",
                 env!("CARGO_PKG_VERSION"),
                 env!("SIDEGATE_TARGET")
-            );
+            ));
             ExitCode::SUCCESS
         }
         Command::Check { config, json } => {
@@ -99,14 +99,14 @@ fn check(config: &config::Config, json: bool) -> ExitCode {
     let plan = plan(&snapshot);
     if json {
         match serde_json::to_string_pretty(&plan) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => out(&format!("{text}\n")),
             Err(e) => {
                 eprintln!("sidegate: cannot render the plan: {e}");
                 return ExitCode::FAILURE;
             }
         }
     } else {
-        print!("{}", sidegate::mesh::plan::describe(&plan));
+        out(&sidegate::mesh::plan::describe(&plan));
     }
     for w in warnings(&snapshot, &plan) {
         eprintln!("warning: {w}");
@@ -123,11 +123,11 @@ fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
     };
     match explain(gw, &snapshot.here, sni) {
         Ok(text) => {
-            println!("{text}");
+            out(&format!("{text}\n"));
             ExitCode::SUCCESS
         }
         Err(why) => {
-            println!("{why}");
+            out(&format!("{why}\n"));
             ExitCode::FAILURE
         }
     }
@@ -189,4 +189,10 @@ fn run(path: std::path::PathBuf) -> ExitCode {
     let _events = events;
     lifecycle.serve(&received);
     ExitCode::SUCCESS
+}
+
+/// Writes to stdout; a closed pipe (`sidegate check | head`) is not an error worth a panic.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -241,24 +241,42 @@ fn refuses_connections_over_the_limit_without_disturbing_others() {
     m.still_serving();
 }
 
-fn raw(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s
-}
-
-/// The gateway closed the connection: a read ends (EOF or reset) without any data.
-fn assert_closed(s: &mut TcpStream) {
-    let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        Ok(0) => {}
-        Ok(n) => panic!("got {n} bytes from a refused connection"),
-        Err(e) => assert!(
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            ),
-            "expected a close, got {e}"
-        ),
+/// A relayed connection silent both ways for `idle_timeout_ms` is closed and counted; one
+/// that keeps talking, for three times that in all, is left alone.
+#[test]
+fn closes_idle_connections_and_keeps_busy_ones() {
+    let m = mesh("idle_timeout_ms = 300");
+    let (cfg, sni) = (m.pki.client_config(), service_sni("db", "dc1"));
+    let echo = |tls: &mut Client, msg: &[u8]| {
+        tls.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tls.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    };
+    let mut idle = tls_connect(m.addr(), &sni, &cfg).unwrap();
+    let mut busy = tls_connect(m.addr(), &sni, &cfg).unwrap();
+    echo(&mut idle, b"then silence");
+    echo(&mut busy, b"and more");
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(900) {
+        // Pacing, not synchronisation: the idle timer needs real time to pass.
+        std::thread::sleep(Duration::from_millis(100));
+        echo(&mut busy, b"still here");
+        if start.elapsed() < Duration::from_millis(200) {
+            assert_eq!(
+                m.gw1.metrics.gateway.idle_timeouts.get(),
+                0,
+                "closed too early"
+            );
+        }
     }
+    eventually("idle_timeouts = 1", || {
+        m.gw1.metrics.gateway.idle_timeouts.get() == 1
+    });
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(idle.read(&mut buf), Ok(0) | Err(_)),
+        "the idle connection is closed"
+    );
+    assert_eq!(echo_and_finish(busy, b"bye").unwrap(), m.db.name);
 }

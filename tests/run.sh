@@ -9,6 +9,8 @@ need=()
 for tool in openssl curl; do
     command -v "$tool" >/dev/null || need+=("$tool")
 done
+# prlimit (util-linux) starts the fault tests' binary with few file descriptors.
+command -v prlimit >/dev/null || need+=(util-linux)
 # systemd-analyze checks the unit (tests/ops/unit.sh) and strace the calls its filter must
 # allow (tests/ops/syscalls.sh); Prometheus' own Python parser reads /metrics in
 # tests/operations.rs.

@@ -141,16 +141,8 @@ fn callers_denied_by_intentions_or_without_a_certificate_are_refused() {
     let port = free_port();
     let socket = std::env::temp_dir().join(format!("sidegate-deny-{}.sock", std::process::id()));
     let _web = web_sidecar(db.inbound_addr.unwrap(), port, &socket);
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let _ = tcp.write_all(b"let me in");
-    let _ = tcp.shutdown(Shutdown::Write);
-    let mut got = Vec::new();
-    let _ = tcp.read_to_end(&mut got);
-    assert!(
-        got.is_empty(),
-        "a denied caller must get nothing from the app"
-    );
+    // A denied caller gets nothing from the app.
+    local_app_gets_nothing(port, b"let me in");
     eventually("denial counted", || db.metrics.inbound.denied.get() == 1);
 
     // No client certificate at all: the handshake fails and is counted.

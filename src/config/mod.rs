@@ -4,6 +4,7 @@
 
 mod consul;
 mod fields;
+pub mod files;
 mod operations;
 mod sections;
 mod sidecar;
@@ -65,7 +66,7 @@ impl std::error::Error for LoadError {}
 /// Reads and validates a configuration file. Files it names are relative to its directory.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
+    let text = files::read_to_string(path).map_err(|error| LoadError::Read {
         path: shown.clone(),
         error,
     })?;
@@ -94,7 +95,10 @@ fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-fn parse_in(
+/// Validates configuration text whose file names (`[tls]`) are relative to `base`, as
+/// `load` does for a file in `base`, reading the environment through `env`; the fuzzers call
+/// it with the fixture directory and no environment.
+pub fn parse_in(
     text: &str,
     base: &Path,
     env: &dyn Fn(&str) -> Option<String>,

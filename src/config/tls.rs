@@ -11,7 +11,7 @@ pub fn identity(t: &Fields<'_>, base: &Path) -> Option<Arc<Identity>> {
     let read = |key: &'static str| {
         let name = t.required_str(key)?;
         let path = base.join(name);
-        match std::fs::read(&path) {
+        match super::files::read(&path) {
             Ok(bytes) => Some((name, bytes)),
             Err(e) => {
                 t.error(key, format!("cannot read {}: {e}", path.display()));

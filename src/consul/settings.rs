@@ -222,7 +222,7 @@ pub fn resolve(
 }
 
 fn token_from_file(path: &Path, source: &str) -> Result<Option<Token>, String> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::config::files::read_to_string(path)
         .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
     let token = Token::new(&text, &format!("{source} {}", path.display()))?;
     if token.is_none() {
@@ -232,8 +232,8 @@ fn token_from_file(path: &Path, source: &str) -> Result<Option<Token>, String> {
 }
 
 fn ca_from_file(path: &Path, from: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("cannot read {}{from}: {e}", path.display()))?;
+    let pem = crate::config::files::read(path)
+        .map_err(|e| format!("cannot read {}{from}: {e}", path.display()))?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}{from} is not PEM: {e}", path.display()))?;

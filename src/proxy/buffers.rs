@@ -5,6 +5,11 @@
 //! buffers keeps the steady-state data path free of allocation.
 
 use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 
 /// Big enough for a full TLS record plus headers, so one read moves one record.
 pub const BUF_SIZE: usize = 32 * 1024;
@@ -40,6 +45,157 @@ impl Drop for Buf {
                     p.push(b);
                 }
             });
+        }
+    }
+}
+
+/// Pipes kept for reuse per thread: each is two descriptors, given back when the process runs
+/// short of them (`release_pipes`).
+const KEEP_PIPES: usize = 8;
+
+thread_local! {
+    static PIPES: RefCell<Vec<(OwnedFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A pipe for splice(2): bytes move socket → pipe → socket inside the kernel and are never
+/// copied to user space. Pooled like buffers, so an idle connection holds none; one that still
+/// holds bytes when dropped is closed rather than reused.
+pub struct Pipe {
+    /// (read end, write end); always `Some` until dropped.
+    ends: Option<(OwnedFd, OwnedFd)>,
+    held: usize,
+}
+
+impl Pipe {
+    /// `None` when the kernel refuses a new pipe (out of descriptors): the caller copies instead.
+    fn take() -> Option<Pipe> {
+        let reused = PIPES.with(|p| p.borrow_mut().pop());
+        let ends = match reused {
+            Some(ends) => ends,
+            None => pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?,
+        };
+        Some(Pipe {
+            ends: Some(ends),
+            held: 0,
+        })
+    }
+
+    /// Moves what `from` has (up to the pipe's capacity) into the pipe; 0 at end of stream.
+    pub fn fill(&mut self, from: impl AsFd) -> io::Result<usize> {
+        let Some((_, write)) = &self.ends else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        let n = splice(from, None, write, None, PIPE_CHUNK, flags())?;
+        self.held += n;
+        Ok(n)
+    }
+
+    /// Moves bytes from the pipe to `to`, as many as it takes now.
+    pub fn drain(&mut self, to: impl AsFd) -> io::Result<usize> {
+        let Some((read, _)) = &self.ends else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        let n = splice(read, None, to, None, self.held, flags())?;
+        if n == 0 {
+            // The pipe lost bytes it should hold: never loop on it.
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.held -= n;
+        Ok(n)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held == 0
+    }
+}
+
+/// Closes the pipes kept for reuse: for when the process is out of file descriptors.
+pub fn release_pipes() {
+    PIPES.with(|p| p.borrow_mut().clear());
+}
+
+/// A pipe's default capacity (16 pages); one splice moves at most this much.
+const PIPE_CHUNK: usize = 64 * 1024;
+
+fn flags() -> SpliceFlags {
+    SpliceFlags::MOVE | SpliceFlags::NONBLOCK
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // One still holding bytes is closed with them.
+        if let (Some(ends), 0) = (self.ends.take(), self.held) {
+            PIPES.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < KEEP_PIPES {
+                    p.push(ends);
+                }
+            });
+        }
+    }
+}
+
+/// What carries one direction's chunk from socket to socket. Held only while bytes are in
+/// flight.
+pub enum Carrier {
+    Pipe(Pipe),
+    Buf { buf: Buf, start: usize, end: usize },
+}
+
+impl Carrier {
+    /// A pooled buffer: small messages (handshakes, requests) cost the same read and write
+    /// as through a pipe, without taking two descriptors.
+    pub fn buffer() -> Carrier {
+        Carrier::Buf {
+            buf: Buf::take(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// For a stream of full chunks: moves to a pipe (zero-copy splice) when the (empty)
+    /// carrier is a buffer and the kernel gives one.
+    pub fn for_streaming(&mut self) {
+        if let Carrier::Buf { start, end, .. } = self {
+            if start == end {
+                if let Some(p) = Pipe::take() {
+                    *self = Carrier::Pipe(p);
+                }
+            }
+        }
+    }
+
+    /// Reads what `from` has into the (empty) carrier; 0 at end of stream.
+    pub fn fill(&mut self, mut from: &TcpStream) -> io::Result<usize> {
+        match self {
+            Carrier::Pipe(p) => p.fill(from),
+            Carrier::Buf { buf, start, end } => {
+                let n = from.read(buf.as_mut())?;
+                (*start, *end) = (0, n);
+                Ok(n)
+            }
+        }
+    }
+
+    /// Writes as much of the carried bytes to `to` as it takes now.
+    pub fn drain(&mut self, mut to: &TcpStream) -> io::Result<usize> {
+        match self {
+            Carrier::Pipe(p) => p.drain(to),
+            Carrier::Buf { buf, start, end } => {
+                let n = to.write(&buf.as_mut()[*start..*end])?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                *start += n;
+                Ok(n)
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Carrier::Pipe(p) => p.is_empty(),
+            Carrier::Buf { start, end, .. } => start == end,
         }
     }
 }

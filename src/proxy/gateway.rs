@@ -6,9 +6,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use smol::io::{AsyncReadExt, AsyncWriteExt};
-use smol::{future, Async, Timer};
+use smol::{future, Async};
 
 use super::buffers::HelloBuf;
+use super::deadline::Deadline;
 use super::dial;
 use super::relay::{relay, RelayEnd, Relayed};
 use std::sync::Arc;
@@ -167,7 +168,7 @@ async fn classify(
         }
     };
     future::or(reading, async {
-        Timer::after(timeout).await;
+        Deadline::after(timeout).await;
         Err(HelloOutcome::Timeout)
     })
     .await

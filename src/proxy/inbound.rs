@@ -5,8 +5,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use futures_rustls::TlsAcceptor;
-use smol::{future, Async, Timer};
+use smol::Async;
 
+use super::deadline;
 use super::tls_relay::relay_tls;
 use std::sync::Arc;
 
@@ -39,14 +40,7 @@ pub async fn serve(
     let started = Instant::now();
     let _ = mesh.get_ref().set_nodelay(true);
     let accept = TlsAcceptor::from(inb.tls.clone()).accept(mesh);
-    let timed_out = async {
-        Timer::after(HANDSHAKE_TIMEOUT).await;
-        Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "handshake timed out",
-        ))
-    };
-    let tls = match future::or(accept, timed_out).await {
+    let tls = match deadline::timeout(HANDSHAKE_TIMEOUT, "handshake timed out", accept).await {
         Ok(tls) => tls,
         Err(e) => {
             let why = m.handshake_failures.record(&e);
@@ -78,7 +72,8 @@ pub async fn serve(
         Tally::role(&m.bytes_to_mesh),
         Tally::role(&m.bytes_from_mesh),
     );
-    match relay_tls(&app, tls, IDLE, to_mesh, from_mesh).await {
+    let (mesh, mut tls) = tls.into_inner();
+    match relay_tls(&app, &mesh, &mut tls, IDLE, to_mesh, from_mesh).await {
         Ok(r) => crate::debug!(
             "inbound {peer}: {id} ({why}): {:?} after {:?}, {} bytes in, {} out",
             r.end,

@@ -287,11 +287,7 @@ async fn serve_upstream(plan: Arc<Plan>, index: usize, conn: Conn, active: Activ
 
 async fn accept_failed(e: &io::Error, errors: &Counter, key: &ListenerKey) {
     errors.inc();
-    let out_of_fds = matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
-        || code == rustix::io::Errno::NFILE.raw_os_error()
-        || code == rustix::io::Errno::NOBUFS.raw_os_error()
-        || code == rustix::io::Errno::NOMEM.raw_os_error());
-    if out_of_fds {
+    if super::dial::out_of_fds(e) {
         crate::warn!("{key}: cannot accept ({e}); pausing accepts for {EMFILE_PAUSE:?}");
         Timer::after(EMFILE_PAUSE).await;
     } else {

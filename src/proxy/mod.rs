@@ -7,6 +7,7 @@
 
 mod authorize;
 mod buffers;
+mod deadline;
 mod dial;
 mod gateway;
 mod inbound;
@@ -213,6 +214,8 @@ fn event_loop(plan: Arc<Plan>, metrics: Arc<Metrics>, controlled: Receiver<Contr
         metrics,
     });
     let mut listeners: HashMap<ListenerKey, Task<()>> = HashMap::new();
+    // Fires every connection's deadlines (handshake, connect, idle) from one timer.
+    ex.spawn(deadline::sweeper()).detach();
     smol::block_on(ex.run(async {
         while let Ok(msg) = controlled.recv().await {
             match msg {
@@ -224,8 +227,12 @@ fn event_loop(plan: Arc<Plan>, metrics: Arc<Metrics>, controlled: Receiver<Contr
                 } => {
                     *shared.current.borrow_mut() = plan;
                     for key in remove {
-                        // Dropping the task cancels its accept loop and closes the socket.
-                        listeners.remove(&key);
+                        // Cancelling drops the accept loop and with it the socket. Merely
+                        // dropping the handle would leave that to a later turn of the
+                        // executor, after the caller was told the listener is gone.
+                        if let Some(task) = listeners.remove(&key) {
+                            task.cancel().await;
+                        }
                         crate::info!("{key} closed");
                     }
                     for (key, bound) in add {
@@ -236,7 +243,9 @@ fn event_loop(plan: Arc<Plan>, metrics: Arc<Metrics>, controlled: Receiver<Contr
                     let _ = done.try_send(());
                 }
                 Control::StopAccepting { done } => {
-                    listeners.clear();
+                    for (_, task) in listeners.drain() {
+                        task.cancel().await;
+                    }
                     let _ = done.try_send(());
                 }
                 Control::Ping { done } => {

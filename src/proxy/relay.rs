@@ -3,20 +3,30 @@
 //! Half-close is kept: when one side stops sending, the other side's write half is shut and
 //! the opposite direction carries on (a client may send a request, shut its write side and
 //! still read the whole answer). A connection with no traffic either way for `idle` is closed.
+//!
+//! A transfer's bytes go through a pooled pipe with splice(2): socket to pipe to socket inside
+//! the kernel, never copied through user space. Small messages, and the first chunk of each
+//! burst, go through a pooled buffer: the same two syscalls, and no descriptors held.
 
 use std::cell::Cell;
-use std::io::{self, Read};
+use std::future::Future;
+use std::io;
 use std::net::{Shutdown, TcpStream};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use smol::io::AsyncWriteExt;
-use smol::{future, Async, Timer};
+use smol::{future, Async};
 
-use super::buffers::Buf;
+use super::buffers::Carrier;
+use super::deadline::Deadline;
 use crate::metrics::Tally;
 
-/// Chunks one direction may move before yielding to the other connections.
+/// Chunks a direction may move in one turn before yielding to the other connections.
 const FAIR_SHARE: u8 = 16;
+/// A chunk shorter than this probably emptied the socket: wait for readiness before reading
+/// again instead of trying a read that would fail (request/response traffic saves a syscall
+/// per message; a bulk transfer keeps reading without waiting).
+const SHORT: usize = 16 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RelayEnd {
@@ -43,6 +53,9 @@ pub(super) struct Flow {
 
 /// Relays until both directions end, one fails, or the pair is idle for `idle`. Bytes are
 /// added to the shared counters as they move, so a failed relay is still counted.
+///
+/// One hand-written state machine rather than two async loops raced with a watchdog: it is
+/// what every held connection keeps, and this way it is a few hundred bytes.
 pub async fn relay(
     a: &Async<TcpStream>,
     b: &Async<TcpStream>,
@@ -50,13 +63,110 @@ pub async fn relay(
     a_to_b: Tally<'_>,
     b_to_a: Tally<'_>,
 ) -> io::Result<Relayed> {
-    let flow = Flow::new();
-    let both = future::try_zip(
-        pump(a, b, a_to_b, &flow.a_to_b, &flow.last),
-        pump(b, a, b_to_a, &flow.b_to_a, &flow.last),
-    );
-    future::or(both, flow.watchdog(idle)).await?;
-    Ok(flow.relayed())
+    let (mut up, mut down) = (Half::default(), Half::default());
+    let mut last = Instant::now();
+    let mut watch = Deadline::at(last + idle);
+    future::poll_fn(|cx| {
+        // Each direction has its own share: one that always has data must not starve the
+        // other (an echo would stall until every buffer on the way is full).
+        let (mut up_share, mut down_share) = (FAIR_SHARE, FAIR_SHARE);
+        let moved = up.pump(cx, a, b, a_to_b, &mut up_share)?;
+        let moved = down.pump(cx, b, a, b_to_a, &mut down_share)? || moved;
+        let relayed = |end| Relayed {
+            end,
+            a_to_b: up.moved,
+            b_to_a: down.moved,
+        };
+        if up.done && down.done {
+            return Poll::Ready(Ok(relayed(RelayEnd::Done)));
+        }
+        if moved {
+            last = Instant::now();
+        }
+        if up_share == 0 || down_share == 0 {
+            // One event loop serves every connection: a transfer that never has to wait
+            // must still let the others run.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        while watch.poll_due(cx).is_ready() {
+            if Instant::now() >= last + idle {
+                return Poll::Ready(Ok(relayed(RelayEnd::Idle)));
+            }
+            watch.reset(last + idle);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// One direction of a relayed pair.
+#[derive(Default)]
+struct Half {
+    /// Bytes read and not yet written; `None` while nothing is in flight.
+    carrier: Option<Carrier>,
+    /// The last chunk was full-sized: read again before waiting.
+    streaming: bool,
+    /// The sender finished and the half-close was passed on.
+    done: bool,
+    moved: u64,
+}
+
+impl Half {
+    /// Moves what can move now, within `budget` chunks; registers for the readiness it then
+    /// waits on. True if any bytes moved.
+    fn pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &Async<TcpStream>,
+        to: &Async<TcpStream>,
+        total: Tally<'_>,
+        budget: &mut u8,
+    ) -> io::Result<bool> {
+        let mut moved = false;
+        while !self.done {
+            if let Some(carrier) = self.carrier.as_mut().filter(|c| !c.is_empty()) {
+                let sent = step(carrier.drain(to.get_ref()))?;
+                if sent == Step::Wait && to.poll_writable(cx)?.is_pending() {
+                    return Ok(moved);
+                }
+                continue;
+            }
+            if *budget == 0 {
+                return Ok(moved);
+            }
+            if !self.streaming {
+                // Nothing is held while waiting: an idle direction costs no pipe or buffer.
+                self.carrier = None;
+                if from.poll_readable(cx)?.is_pending() {
+                    return Ok(moved);
+                }
+            }
+            let carrier = self.carrier.get_or_insert_with(Carrier::buffer);
+            if self.streaming {
+                carrier.for_streaming();
+            }
+            match step(carrier.fill(from.get_ref()))? {
+                Step::Eof => {
+                    // The peer has finished sending: pass the half-close on. The other side
+                    // may already be gone; that is not an error for this direction.
+                    let _ = to.get_ref().shutdown(Shutdown::Write);
+                    self.carrier = None;
+                    self.done = true;
+                }
+                Step::Moved(n) => {
+                    total.add(n as u64);
+                    self.moved += n as u64;
+                    self.streaming = n >= SHORT;
+                    *budget -= 1;
+                    moved = true;
+                }
+                Step::Again => {}
+                Step::Wait => self.streaming = false,
+            }
+        }
+        Ok(moved)
+    }
 }
 
 impl Flow {
@@ -73,14 +183,23 @@ impl Flow {
     /// type so the three race with `future::or` directly: wrapping the directions in another
     /// future would lay them out twice in every connection's state.
     pub(super) async fn watchdog(&self, idle: Duration) -> io::Result<((), ())> {
+        let mut due = Deadline::at(self.last.get() + idle);
         loop {
+            (&mut due).await;
             let deadline = self.last.get() + idle;
             if Instant::now() >= deadline {
                 self.idled.set(true);
                 return Ok(((), ()));
             }
-            Timer::at(deadline).await;
+            due.reset(deadline);
         }
+    }
+
+    /// Counts `n` bytes moved in the direction whose count is `mine`.
+    pub(super) fn moved(&self, total: Tally<'_>, mine: &Cell<u64>, n: usize) {
+        total.add(n as u64);
+        mine.set(mine.get() + n as u64);
+        self.last.set(Instant::now());
     }
 
     pub(super) fn relayed(&self) -> Relayed {
@@ -97,54 +216,48 @@ impl Flow {
     }
 }
 
-/// One direction. Waits for readability without holding a buffer, so an idle connection
-/// costs no buffer memory; a pooled buffer is held only while bytes move.
-async fn pump(
-    from: &Async<TcpStream>,
-    to: &Async<TcpStream>,
-    total: Tally<'_>,
-    mine: &Cell<u64>,
-    last: &Cell<Instant>,
-) -> io::Result<()> {
-    let mut since_wait = 0u8;
-    loop {
-        // Read first and wait only when nothing is there: waiting re-arms the socket in the
-        // reactor (an epoll_ctl), which a busy transfer would otherwise pay on every chunk.
-        // The buffer lives in this block only, so it is neither held nor laid out in the
-        // future across the wait below.
-        let must_wait = {
-            let mut buf = Buf::take();
-            match from.get_ref().read(buf.as_mut()) {
-                Ok(0) => {
-                    // The peer has finished sending: pass the half-close on. The other side
-                    // may already be gone; that is not an error for this direction.
-                    let _ = to.get_ref().shutdown(Shutdown::Write);
-                    return Ok(());
-                }
-                Ok(n) => {
-                    let mut writer = to;
-                    writer.write_all(&buf.as_mut()[..n]).await?;
-                    total.add(n as u64);
-                    mine.set(mine.get() + n as u64);
-                    last.set(Instant::now());
-                    false
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
-                Err(e) => return Err(e),
-            }
-        };
+/// What one non-blocking read (or write) attempt came to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    Moved(usize),
+    Eof,
+    /// Nothing to do until the socket is ready again.
+    Wait,
+    /// Interrupted: try again.
+    Again,
+}
+
+pub(super) fn step(read: io::Result<usize>) -> io::Result<Step> {
+    match read {
+        Ok(0) => Ok(Step::Eof),
+        Ok(n) => Ok(Step::Moved(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Step::Wait),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Step::Again),
+        Err(e) => Err(e),
+    }
+}
+
+/// Between a direction's chunks: wait for readiness when the read would have blocked;
+/// otherwise yield now and then, because one event loop serves every connection and a
+/// transfer that never has to wait must still let the others run.
+#[derive(Default)]
+pub(super) struct Pace(u8);
+
+impl Pace {
+    pub(super) async fn next(
+        &mut self,
+        must_wait: bool,
+        ready: impl Future<Output = io::Result<()>>,
+    ) -> io::Result<()> {
         if must_wait {
-            since_wait = 0;
-            from.readable().await?;
-        } else {
-            // One event loop serves every connection: a transfer that never has to wait
-            // must still let the others run.
-            since_wait += 1;
-            if since_wait == FAIR_SHARE {
-                since_wait = 0;
-                future::yield_now().await;
-            }
+            self.0 = 0;
+            return ready.await;
         }
+        self.0 += 1;
+        if self.0 == FAIR_SHARE {
+            self.0 = 0;
+            future::yield_now().await;
+        }
+        Ok(())
     }
 }

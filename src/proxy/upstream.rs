@@ -1,16 +1,15 @@
 //! One upstream connection: a local app's plaintext, mTLS to the target with its SNI and
 //! exact identity, through whichever endpoints the mode chose.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
 
 use futures_rustls::TlsConnector;
-use smol::io::{AsyncRead, AsyncWrite};
-use smol::{future, Async, Timer};
+use smol::Async;
 
-use super::dial;
 use super::tls_relay::relay_tls;
+use super::{deadline, dial};
 use crate::mesh::plan::UpstreamPlan;
 use crate::metrics::{Tally, UpstreamMetrics};
 
@@ -20,17 +19,18 @@ const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 pub async fn serve<L>(local: Async<L>, up: &UpstreamPlan, m: &UpstreamMetrics)
 where
     L: super::tls_relay::ShutdownWrite,
-    for<'a> &'a L: Read,
-    for<'a> &'a Async<L>: AsyncRead + AsyncWrite,
+    for<'a> &'a L: Read + Write,
 {
     let started = Instant::now();
     let _held = up.stats.hold();
     let Some(tls) = Box::pin(open(up, m)).await else {
         return;
     };
+    let (remote, mut tls) = tls.into_inner();
     match relay_tls(
         &local,
-        tls,
+        &remote,
+        &mut tls,
         IDLE,
         Tally::new(&m.bytes_to_upstream, &up.stats.from_client),
         Tally::new(&m.bytes_from_upstream, &up.stats.to_client),
@@ -72,14 +72,7 @@ async fn open(
         return None;
     };
     let handshake = TlsConnector::from(cfg).connect(name, tcp);
-    let timed_out = async {
-        Timer::after(up.connect_timeout).await;
-        Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "TLS handshake timed out",
-        ))
-    };
-    match future::or(handshake, timed_out).await {
+    match deadline::timeout(up.connect_timeout, "TLS handshake timed out", handshake).await {
         Ok(tls) => Some(tls),
         Err(e) => {
             let why = m.handshake_failures.record(&e);

@@ -49,15 +49,26 @@ impl Pki {
         self.issuer.pem()
     }
 
-    /// A server config holding a certificate for exactly these names.
-    pub fn server_config(&self, names: &[String]) -> Arc<ServerConfig> {
+    /// A leaf certificate for exactly these names, and its key.
+    fn leaf(&self, names: &[String]) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(names.to_vec()).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0].as_str());
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (params.signed_by(&key, &self.issuer).unwrap(), key)
+    }
+
+    /// A leaf for these names as PEM (certificate, key), for servers that read files.
+    pub fn leaf_pem(&self, names: &[String]) -> (String, String) {
+        let (cert, key) = self.leaf(names);
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A server config holding a certificate for exactly these names.
+    pub fn server_config(&self, names: &[String]) -> Arc<ServerConfig> {
+        let (cert, key) = self.leaf(names);
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let cfg = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -225,6 +236,26 @@ pub fn service_sni(service: &str, dc: &str) -> String {
 pub struct Child {
     pub child: std::process::Child,
     pub gateway_addrs: Vec<SocketAddr>,
+    /// Every line it has logged so far.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Child {
+    /// Lines logged so far that contain `needle`.
+    pub fn logged(&self, needle: &str) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// The address after `prefix` in the first line that has it (e.g. `admin endpoint
+    /// listening on `), waiting for that line.
+    pub fn logged_addr(&self, prefix: &str) -> SocketAddr {
+        eventually(prefix, || self.logged(prefix) > 0);
+        let log = self.log.lock().unwrap();
+        let line = log.iter().find(|l| l.contains(prefix)).unwrap();
+        let rest = line.split(prefix).nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
 }
 
 impl Drop for Child {
@@ -280,20 +311,43 @@ pub fn runner() -> Option<String> {
 /// Runs the real binary on a config file and waits until it says every gateway listener is
 /// bound (it logs `gateway listening on ADDR` once per listener).
 pub fn run_binary(config: &std::path::Path, listeners: usize) -> Child {
+    run_binary_with(&[], &[], config, listeners)
+}
+
+/// `run_binary` started through `wrapper` (e.g. `prlimit --nofile=64:64 --`, which execs it in
+/// the same process) with extra environment variables.
+pub fn run_binary_with(
+    wrapper: &[&str],
+    env: &[(&str, &str)],
+    config: &std::path::Path,
+    listeners: usize,
+) -> Child {
     use std::io::BufRead;
-    let mut child = sidegate_command()
+    // The wrapper first, then the runner when emulated (tests/common: sidegate_argv).
+    let argv: Vec<String> = wrapper
+        .iter()
+        .map(|w| (*w).to_owned())
+        .chain(sidegate_argv())
+        .collect();
+    let mut command = std::process::Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    let mut child = command
         .args(["run", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = log.clone();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
             if let Some(addr) = line.split("gateway listening on ").nth(1) {
                 let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
             }
+            kept.lock().unwrap().push(line);
         }
     });
     let gateway_addrs = (0..listeners)
@@ -302,6 +356,7 @@ pub fn run_binary(config: &std::path::Path, listeners: usize) -> Child {
     Child {
         child,
         gateway_addrs,
+        log,
     }
 }
 
@@ -309,7 +364,8 @@ pub fn run_binary(config: &std::path::Path, listeners: usize) -> Child {
 pub const LOOPBACK: &str = "\"127.0.0.1:0\"";
 
 /// A gateway configuration for (dc, partition) with its own services, extra `[gateway]` keys
-/// and `[[catalog.gateways]]` entries of other places.
+/// and `[[catalog.gateways]]` entries of other places. Connect timeout 2 s unless `extra`
+/// sets one.
 pub fn gateway_toml(
     dc: &str,
     partition: &str,
@@ -318,9 +374,14 @@ pub fn gateway_toml(
     gateways: &str,
     extra: &str,
 ) -> String {
+    let connect = if extra.contains("connect_timeout_ms") {
+        ""
+    } else {
+        "connect_timeout_ms = 2000"
+    };
     let mut t = format!(
         "[mesh]\ndatacenter = \"{dc}\"\npartition = \"{partition}\"\ntrust_domain = \"{TD}\"\n\
-         [gateway]\nlisten = [{listen}]\nconnect_timeout_ms = 2000\n{extra}\n{gateways}\n"
+         [gateway]\nlisten = [{listen}]\n{connect}\n{extra}\n{gateways}\n"
     );
     for (name, addrs) in services {
         let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
@@ -382,7 +443,12 @@ pub fn dead_addr() -> SocketAddr {
 /// Polls `cond` until it holds or a deadline passes; for counters updated by the gateway
 /// thread after the client already saw the close.
 pub fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    eventually_within(IO_TIMEOUT, what, cond);
+}
+
+/// `eventually` with a deadline of its own, for waits that scale with a test's size.
+pub fn eventually_within(limit: Duration, what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
     while !cond() {
         assert!(
             std::time::Instant::now() < deadline,
@@ -390,6 +456,50 @@ pub fn eventually(what: &str, cond: impl Fn() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A local app sends `msg` to the listener on `port` and finishes; it must get nothing back
+/// (an EOF or a reset): the connection was refused somewhere behind the listener.
+pub fn local_app_gets_nothing(port: u16, msg: &[u8]) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let _ = tcp.write_all(msg);
+    let _ = tcp.shutdown(Shutdown::Write);
+    let mut got = Vec::new();
+    match tcp.read_to_end(&mut got) {
+        Ok(_) => assert!(got.is_empty(), "the app got {got:?}"),
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
+    }
+}
+
+/// A plain TCP connection with bounded reads.
+pub fn raw(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// The gateway closed the connection: a read ends (EOF or reset) without any data.
+pub fn assert_closed(s: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("got {n} bytes from a refused connection"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "expected a close, got {e}"
+        ),
+    }
+}
+
+/// Resident memory of process `pid` in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// One GET to sidegate's admin endpoint: (status code, body).
