@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::sidecars::{DB, WEB};
+use common::sidecars::{db_upstream, DB, WEB};
 use common::*;
 use sidegate::proxy::{ListenerKey, Running};
 use sidegate::tls::configs::server_config;
@@ -194,17 +194,13 @@ fn an_upstream_holds_at_most_max_connections_and_refuses_the_rest() {
     let port = free_port();
     let sidecar = start(&format!(
         r#"{}
-[[sidecar.upstreams]]
-destination_name = "db"
-destination_partition = "part2"
-local_bind_port = {port}
-max_connections = 2
-[[catalog.services]]
+{}[[catalog.services]]
 name = "db"
 partition = "part2"
 instances = ["{}"]
 "#,
         WEB.header(),
+        db_upstream(&format!("local_bind_port = {port}"), "max_connections = 2"),
         db.addr
     ));
     let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

@@ -9,7 +9,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 
 use common::apps::{app, exchange, shut_tcp, shut_unix};
-use common::sidecars::{routed, DB, WEB};
+use common::sidecars::{db_upstream, routed, DB, WEB};
 use common::*;
 use sidegate::tls::configs::server_config;
 
@@ -17,6 +17,9 @@ use sidegate::tls::configs::server_config;
 fn db_sidecar() -> Backend {
     Backend::serve(server_config(&DB.identity()).unwrap(), "db")
 }
+
+/// Dial the instances directly.
+const NONE: &str = r#"mesh_gateway = { mode = "none" }"#;
 
 /// The web sidecar's config: one TCP and one Unix upstream to `db`, dialled at `instance`.
 fn web_sidecar(
@@ -26,24 +29,20 @@ fn web_sidecar(
 ) -> sidegate::proxy::Running {
     start(&format!(
         r#"{}
-[[sidecar.upstreams]]
-destination_name = "db"
-destination_partition = "part2"
-local_bind_port = {port}
-mesh_gateway = {{ mode = "none" }}
-[[sidecar.upstreams]]
-destination_name = "db"
-destination_partition = "part2"
-local_bind_socket_path = "{}"
-local_bind_socket_mode = "0600"
-mesh_gateway = {{ mode = "none" }}
-[[catalog.services]]
+{}{}[[catalog.services]]
 name = "db"
 partition = "part2"
 instances = ["{instance}"]
 "#,
         WEB.header(),
-        socket.display()
+        db_upstream(&format!("local_bind_port = {port}"), NONE),
+        db_upstream(
+            &format!(
+                "local_bind_socket_path = \"{}\"\nlocal_bind_socket_mode = \"0600\"",
+                socket.display()
+            ),
+            NONE
+        ),
     ))
 }
 
@@ -179,23 +178,21 @@ fn local_and_remote_modes_cross_partitions_through_gateways() {
     let (local_port, remote_port) = (free_port(), free_port());
     let web = start(&format!(
         r#"{}
-[[sidecar.upstreams]]
-destination_name = "db"
-destination_partition = "part2"
-local_bind_port = {local_port}
-mesh_gateway = {{ mode = "local" }}
-[[sidecar.upstreams]]
-destination_name = "db"
-destination_partition = "part2"
-local_bind_port = {remote_port}
-mesh_gateway = {{ mode = "remote" }}
-[[catalog.gateways]]
+{}{}[[catalog.gateways]]
 lan = ["{local_lan}"]
 [[catalog.gateways]]
 partition = "part2"
 wan = ["{part2_wan}"]
 "#,
         WEB.header(),
+        db_upstream(
+            &format!("local_bind_port = {local_port}"),
+            r#"mesh_gateway = { mode = "local" }"#
+        ),
+        db_upstream(
+            &format!("local_bind_port = {remote_port}"),
+            r#"mesh_gateway = { mode = "remote" }"#
+        ),
     ));
 
     // local mode: 100 MB each way, intact, with half-close at the end.

@@ -135,3 +135,11 @@ pub fn start_on_free_ports<T>(config: impl Fn() -> (String, T)) -> (Running, Str
     }
     panic!("no free local ports in {ATTEMPTS} attempts")
 }
+
+/// One `[[sidecar.upstreams]]` entry of web's sidecar for `db` (partition part2): its bind
+/// line(s) and any further keys, e.g. `mesh_gateway = { mode = "local" }`.
+pub fn db_upstream(bind: &str, extra: &str) -> String {
+    format!(
+        "[[sidecar.upstreams]]\ndestination_name = \"db\"\ndestination_partition = \"part2\"\n{bind}\n{extra}\n"
+    )
+}
