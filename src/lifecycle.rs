@@ -208,9 +208,12 @@ impl Lifecycle {
 
     /// Stops accepting and lets live connections finish for up to the drain timeout.
     pub fn drain(self) -> u64 {
-        let open = self.running.active();
         let grace = self.operations.drain_timeout;
         self.status.set_draining();
+        // Every listener is closed before systemd and the log hear of the drain: once they
+        // say "draining", no port of ours accepts (in whatever order the loop closed them).
+        self.running.stop_accepting();
+        let open = self.running.active();
         self.notifier
             .stopping(&format!("draining {open} connections for up to {grace:?}"));
         crate::info!("draining: {open} connections open, waiting up to {grace:?} for them");

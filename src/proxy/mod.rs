@@ -330,13 +330,22 @@ impl Running {
         m.gateway.active.get() + m.upstream.active.get() + m.inbound.active.get()
     }
 
-    /// Stops accepting at once, lets open connections finish for up to `grace`, then closes
-    /// the rest and stops. Returns how many connections were cut.
-    pub fn drain(mut self, grace: Duration) -> u64 {
+    /// Closes every listener and returns once all their sockets are closed; open connections
+    /// carry on. Calling it again does nothing.
+    pub fn stop_accepting(&self) {
+        if self.state().listeners.is_empty() {
+            return;
+        }
         let (done, stopped) = channel::bounded(1);
         self.send(Control::StopAccepting { done });
         let _ = smol::block_on(stopped.recv());
         self.state().listeners.clear();
+    }
+
+    /// Stops accepting at once, lets open connections finish for up to `grace`, then closes
+    /// the rest and stops. Returns how many connections were cut.
+    pub fn drain(mut self, grace: Duration) -> u64 {
+        self.stop_accepting();
         let deadline = Instant::now() + grace;
         // Polling a counter a few times a second is cheaper than waking on every close.
         while self.active() > 0 && Instant::now() < deadline {
