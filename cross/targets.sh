@@ -68,6 +68,8 @@ cross_install() {
     x86_64-unknown-linux-musl)
         cross_rustup_target "$1"
         command -v cc >/dev/null || need+=(gcc)
+        # ring's C is compiled by musl's gcc wrapper, which Debian ships in musl-dev.
+        command -v x86_64-linux-musl-gcc >/dev/null || need+=(musl-dev)
         ;;
     *)
         echo "cross: unsupported target $1 (supported: ${CROSS_DEFAULT_TARGETS[*]})" >&2
@@ -101,7 +103,10 @@ cross_env() {
         export AR_armv7_unknown_linux_musleabihf=arm-linux-gnueabihf-ar
         export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUNNER="$CROSS_RUNNER_armv7"
         ;;
-    x86_64-unknown-linux-musl) ;;
+    x86_64-unknown-linux-musl)
+        # cc-rs would look for this name too; said here so a missing wrapper is plain to see.
+        export CC_x86_64_unknown_linux_musl=x86_64-linux-musl-gcc
+        ;;
     *)
         echo "cross: unsupported target $1 (supported: ${CROSS_DEFAULT_TARGETS[*]})" >&2
         return 64
