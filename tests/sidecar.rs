@@ -5,13 +5,18 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 
-use common::apps::{app, exchange, shut_tcp, shut_unix};
-use common::sidecars::{db_upstream, routed, DB, WEB};
+use common::apps::{answer_after_eof, app, exchange, half_close_exchange, shut_tcp, shut_unix};
+use common::sidecars::{db_upstream, fixture, mesh_client, routed, DB, WEB};
 use common::*;
-use sidegate::tls::configs::server_config;
+use rustls::version::{TLS12, TLS13};
+use rustls::{AlertDescription, ProtocolVersion};
+use sidegate::metrics::HandshakeFailure;
+use sidegate::tls::configs::{client_config, server_config};
 
 /// `db` in partition part2 of dc1, serving its real mesh leaf and requiring client certificates.
 fn db_sidecar() -> Backend {
@@ -144,17 +149,121 @@ fn callers_denied_by_intentions_or_without_a_certificate_are_refused() {
     local_app_gets_nothing(port, b"let me in");
     eventually("denial counted", || db.metrics.inbound.denied.get() == 1);
 
-    // No client certificate at all: the handshake fails and is counted.
-    let pki = Pki::new();
-    assert!(tls_connect(
-        db.inbound_addr.unwrap(),
-        "db.default.part2.dc1.internal-v1.x",
-        &pki.client_config()
-    )
-    .is_err());
-    eventually("handshake failure counted", || {
-        db.metrics.inbound.handshake_failures.get() == 1
+    // No client certificate at all, from a client that would accept db's own (it trusts the
+    // mesh roots and requires db's SPIFFE ID): the inbound listener itself refuses it.
+    let no_cert = mesh_client(DB, &[&TLS13, &TLS12], None);
+    assert_eq!(
+        server_alert(db.inbound_addr.unwrap(), &no_cert),
+        AlertDescription::CertificateRequired
+    );
+    eventually("no_client_certificate counted", || {
+        db.metrics
+            .inbound
+            .handshake_failures
+            .of(HandshakeFailure::NoClientCertificate)
+            .get()
+            == 1
     });
+    assert_eq!(db.metrics.inbound.handshake_failures.get(), 1);
+}
+
+/// The alert with which db's inbound listener refused this client. Under TLS 1.3 a client
+/// finishes its side of the handshake before the server has checked its certificate, so the
+/// refusal may come with the first read instead; either way the app never answers.
+fn server_alert(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>) -> AlertDescription {
+    let err = match tls_connect(addr, &DB.sni(), cfg) {
+        Err(e) => e,
+        Ok(mut tls) => {
+            let _ = tls.write_all(b"let me in");
+            let mut buf = [0u8; 64];
+            match tls.read(&mut buf) {
+                Ok(n) => panic!("the inbound listener answered ({n} bytes)"),
+                Err(e) => e,
+            }
+        }
+    };
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::AlertReceived(alert)) => *alert,
+        _ => panic!("not refused by the server: {err}"),
+    }
+}
+
+/// TLS 1.2 is the inbound listener's floor. The same openssl client with web's valid
+/// certificate is refused by the server when it speaks TLS 1.1 (counted as a protocol
+/// failure) and served when it speaks TLS 1.2; a rustls caller limited to TLS 1.2 reaches the
+/// app, half-close included.
+#[test]
+fn inbound_refuses_tls_1_1_and_serves_tls_1_2() {
+    let db = DB.inbound(answer_after_eof("db"), "");
+    let db_in = db.inbound_addr.unwrap();
+    let protocol_failures = || {
+        db.metrics
+            .inbound
+            .handshake_failures
+            .of(HandshakeFailure::Protocol)
+            .get()
+    };
+
+    let (served, said) = s_client(db_in, "-tls1_1");
+    assert!(!served, "TLS 1.1 was served:\n{said}");
+    // The server's alert, not a refusal of openssl's own making.
+    assert!(said.contains("SSL alert number"), "{said}");
+    eventually("the TLS 1.1 caller counted as a protocol failure", || {
+        protocol_failures() == 1
+    });
+
+    let (served, said) = s_client(db_in, "-tls1_2");
+    assert!(served, "TLS 1.2 was refused:\n{said}");
+    assert!(said.contains("Protocol version: TLSv1.2"), "{said}");
+
+    let tls12 = mesh_client(DB, &[&TLS12], Some(WEB));
+    let tls = tls_connect(db_in, &DB.sni(), &tls12).unwrap();
+    assert_eq!(tls.conn.protocol_version(), Some(ProtocolVersion::TLSv1_2));
+    half_close_exchange(tls, |s| finish_sending(s).unwrap(), "db");
+    assert_eq!(db.metrics.inbound.handshake_failures.get(), 1);
+}
+
+/// `openssl s_client` with web's certificate and this version flag against `addr`: whether
+/// the handshake succeeded, and what it said.
+fn s_client(addr: SocketAddr, version: &str) -> (bool, String) {
+    let out = Command::new("openssl")
+        // Security level 0: OpenSSL 3 may otherwise refuse to offer TLS 1.1 at all, and the
+        // test would pass without a ClientHello ever reaching sidegate.
+        .args([
+            "s_client",
+            "-brief",
+            version,
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+        ])
+        .args(["-connect", &addr.to_string(), "-servername", &DB.sni()])
+        .args([
+            "-cert",
+            &fixture("web.pem"),
+            "-key",
+            &fixture("web-key-sec1.pem"),
+        ])
+        .args(["-CAfile", &fixture("ca.pem")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed by the test command");
+    let said = String::from_utf8_lossy(&out.stderr) + String::from_utf8_lossy(&out.stdout);
+    (out.status.success(), said.into_owned())
+}
+
+/// A caller that sends no SNI, as Consul's built-in proxy does, is served like any other:
+/// rustls sends no SNI when the server name is an IP address.
+#[test]
+fn a_caller_without_sni_reaches_the_app() {
+    let db = DB.inbound(answer_after_eof("db"), "");
+    let cfg = client_config(&WEB.identity(), &DB.spiffe_id()).unwrap();
+    let tls = tls_connect(db.inbound_addr.unwrap(), "127.0.0.1", &cfg).unwrap();
+    half_close_exchange(tls, |s| finish_sending(s).unwrap(), "db");
+    assert_eq!(db.metrics.inbound.handshake_failures.get(), 0);
+    assert_eq!(db.metrics.inbound.denied.get(), 0);
 }
 
 /// Two places, every hop a sidegate: web in dc1/default, db in dc1/part2 behind its own

@@ -213,9 +213,7 @@ pub fn echo_and_finish(mut tls: Client, msg: &[u8]) -> io::Result<String> {
     if echoed != msg {
         return Err(io::Error::other("echo differs"));
     }
-    tls.conn.send_close_notify();
-    tls.flush()?;
-    tls.sock.shutdown(Shutdown::Write)?;
+    finish_sending(&mut tls)?;
     let mut rest = String::new();
     match tls.read_to_string(&mut rest) {
         Ok(_) => {}
@@ -226,6 +224,14 @@ pub fn echo_and_finish(mut tls: Client, msg: &[u8]) -> io::Result<String> {
         .strip_prefix("served-by:")
         .map(str::to_owned)
         .ok_or_else(|| io::Error::other(format!("no sign-off, got {rest:?}")))
+}
+
+/// Finishes sending on a TLS client as a well-behaved one does: close_notify, then a TCP
+/// half-close; the far side may still answer.
+pub fn finish_sending(tls: &mut Client) -> io::Result<()> {
+    tls.conn.send_close_notify();
+    tls.flush()?;
+    tls.sock.shutdown(Shutdown::Write)
 }
 
 pub fn service_sni(service: &str, dc: &str) -> String {

@@ -2,8 +2,12 @@
 //! and its leaf, and sidecars started for them in-process.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use rustls::{ClientConfig, SupportedProtocolVersion};
+use sidegate::mesh::names::SpiffeId;
 use sidegate::proxy::Running;
+use sidegate::tls::verify::SpiffeServerVerifier;
 use sidegate::tls::Identity;
 
 use super::{start, TD};
@@ -64,6 +68,11 @@ impl Service {
         }
     }
 
+    /// Consul's SPIFFE ID for this service: what its leaf names and its callers require.
+    pub fn spiffe_id(&self) -> SpiffeId {
+        SpiffeId::service(TD, self.partition, "default", self.dc, self.name)
+    }
+
     /// `[mesh]`, `[tls]` and `[sidecar] service` of this service's sidecar.
     pub fn header(&self) -> String {
         format!(
@@ -87,6 +96,36 @@ impl Service {
             self.header()
         ))
     }
+}
+
+/// A mesh client of `target` built by hand, for what sidegate's own `client_config` never
+/// does: it trusts the fixtures' roots and requires exactly `target`'s SPIFFE ID like an
+/// upstream, but speaks only `versions` and presents `leaf`'s certificate, or none at all.
+pub fn mesh_client(
+    target: Service,
+    versions: &[&'static SupportedProtocolVersion],
+    leaf: Option<Service>,
+) -> Arc<ClientConfig> {
+    let provider = super::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for root in target.identity().roots {
+        roots.add(root).unwrap();
+    }
+    let verifier = SpiffeServerVerifier::new(
+        Arc::new(roots),
+        target.spiffe_id().to_string(),
+        provider.signature_verification_algorithms,
+    );
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let config = match leaf.map(|s| s.identity()) {
+        Some(id) => builder.with_client_auth_cert(id.chain, id.key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
 }
 
 /// Connections a gateway has routed.
