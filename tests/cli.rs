@@ -5,7 +5,7 @@
 mod common;
 
 use common::sidecars::check_json_clean;
-use common::TD;
+use common::{Scratch, TD};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -296,59 +296,10 @@ fn version_names_the_target() {
     );
 }
 
-/// `check --json` shows Consul's answer for each upstream: the mode, the level that decided
-/// it, the final target's SNI and SPIFFE ID in every mode, and the dial list for the mode.
-#[test]
-fn check_json_resolves_upstreams() {
-    let dir = std::env::temp_dir().join(format!("sidegate-cli-sidecar-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sidecar.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[mesh]
-datacenter = "dc1"
-trust_domain = "{TD}"
-
-[tls]
-cert_file = "{fx}/web.pem"
-key_file = "{fx}/web-key-sec1.pem"
-ca_file = "{fx}/ca.pem"
-
-[sidecar]
-service = "web"
-mesh_gateway = {{ mode = "local" }}
-
-[[sidecar.upstreams]]
-destination_name = "db"
-datacenter = "dc2"
-local_bind_port = 9191
-mesh_gateway = {{ mode = "remote" }}
-
-[[sidecar.upstreams]]
-destination_name = "api"
-datacenter = "dc2"
-local_bind_port = 9192
-
-[[sidecar.upstreams]]
-destination_name = "cache"
-datacenter = "dc2"
-local_bind_port = 9193
-
-[[sidecar.upstreams]]
-destination_name = "db"
-local_bind_port = 9194
-
-[[sidecar.upstreams]]
-destination_name = "billing"
-destination_partition = "part2"
-local_bind_socket_path = "/run/sidegate/billing.sock"
-mesh_gateway = {{ mode = "remote" }}
-
-[config_entries.service_defaults.web]
-upstream_config = {{ overrides = [ {{ name = "api", mesh_gateway = {{ mode = "none" }} }} ] }}
-
+/// Where web's upstreams can go, as the catalog says: dc1's db, dc2's api (instances), this
+/// place's gateway (LAN), dc2's and part2's gateways (WAN). Each mode of a dc2 upstream dials
+/// a different address, so the dial list shows which mode was applied.
+const CATALOG: &str = r#"
 [[catalog.services]]
 name = "db"
 instances = ["10.0.0.5:21000"]
@@ -369,11 +320,72 @@ wan = ["203.0.113.10:8443"]
 [[catalog.gateways]]
 partition = "part2"
 wan = ["10.0.9.9:8443"]
-"#,
+"#;
+
+const DC2_WAN: &str = "203.0.113.10:8443";
+const DC1_LAN: &str = "10.0.0.2:8443";
+const API_INSTANCE: &str = "10.2.0.5:21000";
+
+/// web's sidecar (dc1, the web fixture's leaf) with `sidecar` keys under `[sidecar]`, then
+/// `rest` (upstreams, `[config_entries]`) and `CATALOG`, written to `dir/name`.
+fn web_sidecar_file(dir: &Scratch, name: &str, sidecar: &str, rest: &str) -> PathBuf {
+    let path = dir.path(name);
+    std::fs::write(
+        &path,
+        format!(
+            "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
+             [tls]\ncert_file = \"{fx}/web.pem\"\nkey_file = \"{fx}/web-key-sec1.pem\"\n\
+             ca_file = \"{fx}/ca.pem\"\n\
+             [sidecar]\nservice = \"web\"\n{sidecar}\n{rest}\n{CATALOG}",
             fx = fixtures()
         ),
     )
     .unwrap();
+    path
+}
+
+/// `check --json` shows Consul's answer for each upstream: the mode, the level that decided
+/// it, the final target's SNI and SPIFFE ID in every mode, and the dial list for the mode.
+/// Here the three highest levels; `check_json_resolves_every_level_below_the_proxy` has the
+/// rest.
+#[test]
+fn check_json_resolves_upstreams() {
+    let dir = Scratch::new("cli-sidecar");
+    let path = web_sidecar_file(
+        &dir,
+        "sidecar.toml",
+        r#"mesh_gateway = { mode = "local" }"#,
+        r#"
+[[sidecar.upstreams]]
+destination_name = "db"
+datacenter = "dc2"
+local_bind_port = 9191
+mesh_gateway = { mode = "remote" }
+
+[[sidecar.upstreams]]
+destination_name = "api"
+datacenter = "dc2"
+local_bind_port = 9192
+
+[[sidecar.upstreams]]
+destination_name = "cache"
+datacenter = "dc2"
+local_bind_port = 9193
+
+[[sidecar.upstreams]]
+destination_name = "db"
+local_bind_port = 9194
+
+[[sidecar.upstreams]]
+destination_name = "billing"
+destination_partition = "part2"
+local_bind_socket_path = "/run/sidegate/billing.sock"
+mesh_gateway = { mode = "remote" }
+
+[config_entries.service_defaults.web]
+upstream_config = { overrides = [ { name = "api", mesh_gateway = { mode = "none" } } ] }
+"#,
+    );
     let plan = check_json_clean(&path, &std::env::temp_dir());
     let expected = [
         (
@@ -383,7 +395,7 @@ wan = ["10.0.9.9:8443"]
             "127.0.0.1:9191",
             "remote",
             "upstream",
-            "203.0.113.10:8443",
+            DC2_WAN,
         ),
         (
             "api",
@@ -392,7 +404,7 @@ wan = ["10.0.9.9:8443"]
             "127.0.0.1:9192",
             "none",
             "upstream_config_override",
-            "10.2.0.5:21000",
+            API_INSTANCE,
         ),
         (
             "cache",
@@ -401,7 +413,7 @@ wan = ["10.0.9.9:8443"]
             "127.0.0.1:9193",
             "local",
             "proxy",
-            "10.0.0.2:8443",
+            DC1_LAN,
         ),
         // Same place: the mode is reported but instances are dialled directly.
         (
@@ -427,6 +439,77 @@ wan = ["10.0.9.9:8443"]
         (name, dc, partition, bind, mode, source, vec![dial])
     });
     assert_upstreams(&plan, &expected);
+}
+
+/// Below the proxy level, each level in turn. Each file sets that level and every level
+/// under it, each to another mode, so the answer names the level only if the order is
+/// Consul's (consul-mesh.md §4.2). `cache` has service-defaults of its own (the target's
+/// level), `api` none, so in the last file cache is decided by its own entry and api by
+/// nothing. Every file also has overrides for `cache` in another partition and in another
+/// namespace: they are not for this upstream and must never apply. The level after the
+/// target's service-defaults, the target partition's proxy-defaults, exists only with the
+/// Consul source (a file has one `proxy_defaults`); src/consul/assemble_tests.rs covers it.
+#[test]
+fn check_json_resolves_every_level_below_the_proxy() {
+    let dir = Scratch::new("cli-levels");
+    let remote = ("remote", DC2_WAN);
+    let local = ("local", DC1_LAN);
+    // The modes set at: web's upstream_config.defaults, web's service-defaults, proxy_defaults,
+    // cache's service-defaults; then what cache and api resolve to, and from which level.
+    let cases = [
+        (
+            [Some("remote"), Some("local"), Some("none"), Some("local")],
+            [(remote, "upstream_config_defaults"); 2],
+        ),
+        (
+            [None, Some("local"), Some("remote"), Some("none")],
+            [(local, "service_defaults"); 2],
+        ),
+        (
+            [None, None, Some("remote"), Some("local")],
+            [(remote, "proxy_defaults"); 2],
+        ),
+        (
+            [None, None, None, Some("local")],
+            [
+                (local, "target_service_defaults"),
+                (("none", API_INSTANCE), "default"),
+            ],
+        ),
+    ];
+    for (n, ([defaults, web, proxy, cache], answers)) in cases.into_iter().enumerate() {
+        let mode = |m: Option<&str>| {
+            m.map_or(String::new(), |m| {
+                format!("mesh_gateway = {{ mode = \"{m}\" }}")
+            })
+        };
+        let defaults = defaults.map_or(String::new(), |m| {
+            format!("defaults = {{ {} }},", mode(Some(m)))
+        });
+        let rest = format!(
+            "[[sidecar.upstreams]]\ndestination_name = \"cache\"\ndatacenter = \"dc2\"\nlocal_bind_port = 9193\n\
+             [[sidecar.upstreams]]\ndestination_name = \"api\"\ndatacenter = \"dc2\"\nlocal_bind_port = 9192\n\
+             [config_entries]\n{proxy}\n\
+             [config_entries.service_defaults.web]\n{web}\n\
+             upstream_config = {{ {defaults} overrides = [\
+               {{ name = \"cache\", partition = \"part2\", mesh_gateway = {{ mode = \"none\" }} }},\
+               {{ name = \"cache\", namespace = \"ns2\", mesh_gateway = {{ mode = \"none\" }} }} ] }}\n\
+             [config_entries.service_defaults.cache]\n{cache}\n",
+            proxy = proxy.map_or(String::new(), |m| format!("proxy_defaults = {{ {} }}", mode(Some(m)))),
+            web = mode(web),
+            cache = mode(cache),
+        );
+        let path = web_sidecar_file(&dir, &format!("level{n}.toml"), "", &rest);
+        let plan = check_json_clean(&path, &dir.0);
+        let expected = [("cache", "127.0.0.1:9193"), ("api", "127.0.0.1:9192")]
+            .into_iter()
+            .zip(answers)
+            .map(|((name, bind), ((mode, dial), source))| {
+                (name, "dc2", "default", bind, mode, source, vec![dial])
+            })
+            .collect::<Vec<_>>();
+        assert_upstreams(&plan, &expected);
+    }
 }
 
 /// One upstream as `check --json` should show it: name, datacenter, partition, bind, mode,
