@@ -5,7 +5,7 @@
 mod common;
 
 use common::sidecars::check_json_clean;
-use common::{Scratch, TD};
+use common::{Pki, Scratch, TD};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -637,4 +637,54 @@ fn check_text_lists_the_sidecar_listeners() {
     ] {
         assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
     }
+}
+
+/// A leaf from a file is renewed by nobody but the operator: `check` of a sidecar whose leaf
+/// (signed by the configured CA) expires in three hours warns on stderr, and still succeeds
+/// and prints the plan.
+#[test]
+fn check_warns_of_a_leaf_that_expires_within_a_day() {
+    let dir = Scratch::new("cli-expiring");
+    let pki = Pki::new();
+    let spiffe = format!("spiffe://{TD}/ns/default/dc/dc1/svc/web");
+    let in_three_hours = std::time::SystemTime::now() + std::time::Duration::from_secs(3 * 3600);
+    let (cert, key) = pki.spiffe_leaf_pem(&spiffe, in_three_hours);
+    for (name, pem) in [
+        ("ca.pem", pki.ca_pem()),
+        ("web.pem", cert),
+        ("web-key.pem", key),
+    ] {
+        std::fs::write(dir.path(name), pem).unwrap();
+    }
+    let path = dir.path("sidecar.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
+             [tls]\ncert_file = \"web.pem\"\nkey_file = \"web-key.pem\"\nca_file = \"ca.pem\"\n\
+             [sidecar]\nservice = \"web\"\n\
+             [[sidecar.upstreams]]\ndestination_name = \"db\"\nlocal_bind_port = 9191\n{CATALOG}"
+        ),
+    )
+    .unwrap();
+    let out = sidegate(&["check", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("warning: leaf certificate"))
+        .unwrap_or_else(|| panic!("no expiry warning in:\n{stderr}"));
+    // Three hours less the seconds since the leaf was made, in whole minutes.
+    let minutes: u64 = warning
+        .split(&format!("{spiffe} expires in "))
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{warning}"));
+    assert!((170..=180).contains(&minutes), "{warning}");
+    assert!(warning.ends_with("renew it"), "{warning}");
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan.contains("upstream 127.0.0.1:9191 -> db.default.dc1.internal."),
+        "{plan}"
+    );
 }

@@ -66,6 +66,22 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A mesh leaf as PEM (certificate, key): this SPIFFE ID as its only (URI) SAN, valid
+    /// from now until `not_after`.
+    pub fn spiffe_leaf_pem(
+        &self,
+        spiffe_id: &str,
+        not_after: std::time::SystemTime,
+    ) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(spiffe_id.try_into().unwrap())];
+        params.not_before = std::time::SystemTime::now().into();
+        params.not_after = not_after.into();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A server config holding a certificate for exactly these names.
     pub fn server_config(&self, names: &[String]) -> Arc<ServerConfig> {
         let (cert, key) = self.leaf(names);
