@@ -414,6 +414,32 @@ fn upstream_whose_target_is_down_closes_the_local_app_and_counts() {
     assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
 }
 
+/// Failover to success: the upstream's endpoints are one that never answers, one that
+/// refuses and db's live inbound listener, in that order. The local app's connection still
+/// reaches db's app, after more than one connect timeout: the silent endpoint used up its
+/// whole timeout and the next two were still tried, so `connect_timeout_ms` bounds each
+/// attempt, not the dial as a whole.
+#[test]
+fn upstream_fails_over_past_a_silent_and_a_refusing_endpoint() {
+    let hole = blackhole();
+    let db = DB.inbound(app("db"), "");
+    let (web, port) = web_upstream(
+        &[hole.addr, dead_addr(), db.inbound_addr.unwrap()],
+        "connect_timeout_ms = 500",
+    );
+    let t = Instant::now();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let got = exchange(tcp.try_clone().unwrap(), tcp, b"through at last", shut_tcp);
+    assert_eq!(got, b"through at lastapp:db\n");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(500), "served after {took:?}");
+    assert_eq!(web.metrics.upstream.dial.connect_failures.get(), 2);
+    assert_eq!(web.metrics.upstream.no_endpoint.get(), 0);
+    assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
+    assert_eq!(db.metrics.inbound.accepted.get(), 1);
+}
+
 /// The inbound listener with its local app down: the authorized caller's connection is closed
 /// without a byte and counted; the mesh handshake itself was fine.
 #[test]
