@@ -280,6 +280,41 @@ impl Child {
     }
 }
 
+/// What a serving process logs last: the admin endpoint is bound after every listener.
+pub const ADMIN_LISTENING: &str = "admin endpoint listening on ";
+
+impl Child {
+    /// Waits until the process serves, and returns its admin endpoint's address (its config
+    /// needs `[admin]`); `None` when it exited first (e.g. a port it names was taken).
+    pub fn serving(&mut self) -> Option<SocketAddr> {
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        while self.logged(ADMIN_LISTENING) == 0 {
+            if self.child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sidegate did not start serving: {:#?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Some(self.logged_addr(ADMIN_LISTENING))
+    }
+}
+
+/// One sample of an admin endpoint's `/metrics`, named with its labels as written there,
+/// e.g. `sidegate_connections_accepted_total{role="inbound"}`.
+pub fn metric(admin: SocketAddr, sample: &str) -> u64 {
+    let (code, text) = http_get(admin, "/metrics");
+    assert_eq!(code, 200);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"));
+    line.parse().unwrap()
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.child.kill();

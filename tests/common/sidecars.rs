@@ -10,7 +10,7 @@ use sidegate::proxy::Running;
 use sidegate::tls::verify::SpiffeServerVerifier;
 use sidegate::tls::Identity;
 
-use super::{start, TD};
+use super::{start, Child, TD};
 
 pub fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -91,10 +91,15 @@ impl Service {
     /// This service's sidecar with only its inbound listener (on a loopback port), delivering
     /// to `app`, with these `[sidecar.intentions]` lines.
     pub fn inbound(&self, app: SocketAddr, intentions: &str) -> Running {
-        start(&format!(
+        start(&self.inbound_toml(app, intentions))
+    }
+
+    /// `inbound`'s configuration.
+    pub fn inbound_toml(&self, app: SocketAddr, intentions: &str) -> String {
+        format!(
             "{}\npublic_listener = \"127.0.0.1:0\"\nlocal_service_address = \"{app}\"\n{intentions}\n",
             self.header()
-        ))
+        )
     }
 }
 
@@ -173,6 +178,30 @@ pub fn start_on_free_ports<T>(config: impl Fn() -> (String, T)) -> (Running, Str
         }
     }
     panic!("no free local ports in {ATTEMPTS} attempts")
+}
+
+/// `start_on_free_ports` for a `sidegate run` process: the configuration (which must have an
+/// `[admin]` section) is written to `path`, and made again with other ports when the process
+/// exits instead of serving. The process, its admin endpoint, the text and the extra data.
+pub fn run_on_free_ports<T>(
+    path: &std::path::Path,
+    config: impl Fn() -> (String, T),
+) -> (Child, SocketAddr, String, T) {
+    const ATTEMPTS: usize = 5;
+    let mut last = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let (toml, extra) = config();
+        std::fs::write(path, &toml).unwrap();
+        let mut child = super::run_binary(path, 0);
+        match child.serving() {
+            Some(admin) => return (child, admin, toml, extra),
+            None => last = child.log.lock().unwrap().clone(),
+        }
+    }
+    panic!(
+        "{} did not serve in {ATTEMPTS} attempts: {last:#?}",
+        path.display()
+    )
 }
 
 /// One `[[sidecar.upstreams]]` entry of web's sidecar for `db` (partition part2): its bind
