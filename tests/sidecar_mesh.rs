@@ -380,6 +380,39 @@ fn half_close_crosses_every_path() {
     }
 }
 
+/// The local gateway may be this same process: web's sidecar is also its place's gateway
+/// (`[sidecar]` and `[gateway]` in one configuration), and upstreams in mode `local` dial its
+/// own gateway listener, which sends them on to the target place's gateway (WAN).
+#[test]
+fn the_local_gateway_can_be_the_sidecars_own_process() {
+    let dir = Scratch::new("sidecar-mesh-own-gateway");
+    let far = Far::start(&dir, app);
+    let (child, admin, _, [api_port, db_port]) = run_on_free_ports(&dir.path("web.toml"), || {
+        let gw = free_port();
+        let api_port = distinct_port([gw].into_iter());
+        let db_port = distinct_port([gw, api_port].into_iter());
+        let own_lan = SocketAddr::from(([127, 0, 0, 1], gw));
+        let toml = format!(
+            "{}\n{}{}[gateway]\nlisten = [\"{own_lan}\"]\n{}{ADMIN}",
+            WEB.header(),
+            upstream_toml(API, Some("local"), api_port),
+            upstream_toml(DB, Some("local"), db_port),
+            far.catalog(own_lan),
+        );
+        (toml, [api_port, db_port])
+    });
+    let web = Node { child, admin };
+    for (target, port) in [(API, api_port), (DB, db_port)] {
+        let before = Seen::of(&far, &web);
+        let rest = echo_intact(connect(port), 4 << 20, IO_TIMEOUT);
+        assert_eq!(
+            String::from_utf8_lossy(&rest),
+            format!("app:{}\n", target.name)
+        );
+        assert_route(&far, &web, before, target, "local");
+    }
+}
+
 /// `check --json` on web's configuration: each upstream's dial list is exactly the listener
 /// this mesh started for its mode, and the SNI and SPIFFE ID are Consul's names for the
 /// target (dc2's for api) whatever the mode.
