@@ -17,9 +17,11 @@ use crate::mesh::snapshot::Snapshot;
 use crate::mesh::{plan, Plan};
 use crate::notify::{self, Notifier};
 use crate::proxy::{self, BindError, ListenerKey, Running};
+use crate::signals::{Requests, Step};
 
 /// Events sent to the lifecycle loop. Senders live on other threads (signal handling, Consul
-/// watches); the channel is bounded, and a full channel means a change is already pending.
+/// watches); the channel is bounded. Signals also leave their request in `signals::Requests`,
+/// which the loop reads first: their events are wake-ups and never lost to a full queue.
 #[derive(Debug)]
 pub enum Event {
     /// Read the configuration file again (SIGHUP).
@@ -30,8 +32,8 @@ pub enum Event {
     Snapshot(Box<Snapshot>),
 }
 
-/// Room for a few pending events; senders use `try_send` and drop extras of the same kind.
-const EVENT_QUEUE: usize = 16;
+/// Room for a few pending events: a Consul follower waits for room, signals never need it.
+pub const EVENT_QUEUE: usize = 16;
 
 pub fn channel() -> (SyncSender<Event>, Receiver<Event>) {
     mpsc::sync_channel(EVENT_QUEUE)
@@ -113,14 +115,14 @@ impl Lifecycle {
         self.consul.as_ref()
     }
 
-    /// Tells systemd it is ready, then handles events until a shutdown, then drains. Returns
-    /// how many connections the drain had to cut.
-    pub fn serve(mut self, events: &Receiver<Event>) -> u64 {
+    /// Tells systemd it is ready, then handles requests and events until a shutdown, then
+    /// drains. Returns how many connections the drain had to cut.
+    pub fn serve(mut self, events: &Receiver<Event>, requests: &Requests) -> u64 {
         self.notifier.ready(&self.describe());
         self._watchdog = self.start_watchdog();
-        while let Ok(event) = events.recv() {
-            match event {
-                Event::Reload => {
+        loop {
+            match requests.next(events) {
+                Step::Reload => {
                     self.notifier.reloading();
                     let outcome = match self.reload() {
                         Ok(()) => self.describe(),
@@ -131,13 +133,13 @@ impl Lifecycle {
                     };
                     self.notifier.ready(&outcome);
                 }
-                Event::Snapshot(snapshot) => {
+                Step::Apply(snapshot) => {
                     if let Err(e) = self.swap(plan(&snapshot)) {
                         crate::error!("new mesh state not applied: {e}");
                     }
                     self.notifier.status(&self.describe());
                 }
-                Event::Shutdown => break,
+                Step::Stop => break,
             }
         }
         self.drain()
