@@ -9,6 +9,14 @@ bin=$(realpath "${1:?usage: $0 path/to/sidegate}")
 unit=config/sidegate.service
 max_exposure=25   # tenths: systemd-analyze's --threshold scale (2.5 shown)
 
+# systemctl reload only signals the process: a broken file must reach sidegate, which logs it,
+# counts it and keeps running (a `sidegate check` before the kill would stop it short).
+reload=$(sed -n 's/^ExecReload=//p' "$unit")
+if [ "$reload" != '/bin/kill -HUP $MAINPID' ]; then
+    echo "unit.sh: ExecReload must be only /bin/kill -HUP \$MAINPID, is: $reload" >&2
+    exit 1
+fi
+
 # verify insists that ExecStart's binary exists; the package installs it at /usr/bin/sidegate.
 # Check a copy that differs only in that path, pointing at the binary just built.
 scratch=$(mktemp -d)
