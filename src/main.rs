@@ -142,6 +142,7 @@ fn run(path: std::path::PathBuf) -> ExitCode {
     // Signals first: a SIGHUP during start-up waits for us instead of killing the process.
     if let Err(e) = sidegate::signals::forward(events.clone(), requests.clone()) {
         sidegate::error!("cannot handle signals: {e}");
+        notifier.status(&format!("not started: cannot handle signals: {e}"));
         return ExitCode::from(EX_OSERR);
     }
     let config = match config::load(&path) {

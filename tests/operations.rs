@@ -235,6 +235,25 @@ fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
 }
 
 #[test]
+fn a_port_taken_at_start_exits_71_and_says_why() {
+    let world = World::new("taken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let config = world.write(&[addr.as_str()], "");
+    let mut notify = Notify::bind(&world.scratch);
+    let mut sg = Sidegate::spawn(
+        &config,
+        &[("NOTIFY_SOCKET", notify.path.display().to_string())],
+    );
+    // EX_OSERR, not EX_CONFIG: the file is fine, and systemd may restart into a free port.
+    assert_eq!(sg.wait_exit(IO_TIMEOUT).code(), Some(71));
+    let status = notify.expect("STATUS=", |m| m.starts_with("STATUS=not started"));
+    assert!(status.contains(&addr), "{status}");
+    assert!(notify.seen.iter().all(|m| !m.contains("READY=1")));
+    sg.wait_log(&addr);
+}
+
+#[test]
 fn watchdog_for_another_process_is_ignored() {
     let env = [
         ("WATCHDOG_USEC", "100000".into()),
