@@ -186,7 +186,7 @@ fn stop_cleanly(mut sg: Sidegate) {
 
 #[test]
 fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
-    // 200 ms: keep-alives every 100 ms.
+    // 200 ms: keep-alives every 100 ms (their pace has a test of its own).
     let (_world, mut notify, mut sg, addrs, ready) =
         serving_with("notify", "", &[("WATCHDOG_USEC", "200000".into())]);
     // READY=1 only once everything is bound: the admin endpoint and each listener answer now.
@@ -251,6 +251,19 @@ fn a_port_taken_at_start_exits_71_and_says_why() {
     assert!(status.contains(&addr), "{status}");
     assert!(notify.seen.iter().all(|m| !m.contains("READY=1")));
     sg.wait_log(&addr);
+}
+
+#[test]
+fn watchdog_keep_alives_come_at_half_of_watchdog_usec() {
+    // WATCHDOG_USEC = 3 s. At the full interval, keep-alives are at least 3 s apart: never
+    // more than 2 in a window under 6 s. At half (1.5 s, plus the idle event loop's answer to
+    // a ping) there are 3 in it, unless each answer takes longer than 0.4 s; and never more
+    // than 4, as they are never less than 1.5 s apart.
+    let (_world, mut notify, sg, _, _) =
+        serving_with("watchdog-half", "", &[("WATCHDOG_USEC", "3000000".into())]);
+    let alive = notify.count_for(Duration::from_millis(5_900), "WATCHDOG=1");
+    assert!((3..=4).contains(&alive), "{alive} keep-alives in 5.9 s");
+    stop_cleanly(sg);
 }
 
 #[test]

@@ -75,6 +75,23 @@ impl Notify {
         }
     }
 
+    /// How many messages with the line `line` arrive within `window`, counting none of those
+    /// already waiting: the window starts now.
+    pub fn count_for(&mut self, window: Duration, line: &str) -> usize {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            self.seen
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.socket.set_nonblocking(false).unwrap();
+        let from = self.seen.len();
+        self.collect_for(window)[from..]
+            .iter()
+            .filter(|m| m.lines().any(|l| l == line))
+            .count()
+    }
+
     pub fn expect_line(&mut self, line: &str) -> String {
         self.expect(line, |m| m.lines().any(|l| l == line))
     }
