@@ -123,9 +123,16 @@ fn mesh_caller(inbound: SocketAddr) -> std::io::Result<Live> {
 }
 
 fn caller_as(inbound: SocketAddr, caller: Service) -> std::io::Result<Live> {
+    let (cfg, sni) = caller_config(caller);
+    tls_connect(inbound, &sni, &cfg).map(Live::tls)
+}
+
+/// A mesh caller's TLS client: its leaf as client certificate, web's identity required of
+/// the server; and the name it sends.
+fn caller_config(caller: Service) -> (std::sync::Arc<rustls::ClientConfig>, String) {
     let web = SpiffeId::service(TD, "default", "default", "dc1", "web");
     let cfg = client_config(&caller.identity(), &web).unwrap();
-    tls_connect(inbound, &format!("web.default.dc1.internal.{TD}"), &cfg).map(Live::tls)
+    (cfg, format!("web.default.dc1.internal.{TD}"))
 }
 
 /// Where the running process listens, read from its log lines.
@@ -378,6 +385,60 @@ fn reload_keeps_live_connections_and_changes_only_the_listeners_it_must() {
     let samples = scrape(addrs.admin);
     assert_eq!(
         value(&samples, "sidegate_reloads_total", &[("result", "ok")]),
+        1
+    );
+    stop_cleanly(sg);
+}
+
+#[test]
+fn handshakes_in_flight_during_a_reload_complete() {
+    let (world, mut notify, sg, addrs) = serving("in-flight", "");
+    // A gateway client and an inbound mesh caller, each with its ClientHello sent only up to
+    // the server name.
+    let sni = service_sni("api", "dc1");
+    let to_gateway = HalfHello::send(addrs.gateway[0], &sni, &world.pki.client_config());
+    let (cfg, inbound_sni) = caller_config(DB);
+    let to_inbound = HalfHello::send(addrs.inbound, &inbound_sni, &cfg);
+    // Both accepted under the running plan, neither done with its handshake.
+    let active = |role: &str| {
+        value(
+            &scrape(addrs.admin),
+            "sidegate_connections_active",
+            &[("role", role)],
+        )
+    };
+    eventually("both handshakes accepted", || {
+        active("gateway") == 1 && active("inbound") == 1
+    });
+
+    // A reload that changes the plan (a gateway listener more) while they wait.
+    world.write(&["127.0.0.1:0", "127.0.0.2:0"], "");
+    sg.signal(Signal::HUP);
+    notify.expect_line("RELOADING=1");
+    let ready = notify.expect_line("READY=1");
+    assert!(!ready.contains("reload failed"), "{ready}");
+    let samples = scrape(addrs.admin);
+    assert_eq!(
+        value(&samples, "sidegate_reloads_total", &[("result", "ok")]),
+        1
+    );
+
+    // The rest of each hello: routed, handshaken, and working end to end.
+    let tls = to_gateway.finish().unwrap();
+    assert_eq!(
+        echo_and_finish(tls, b"after the reload").unwrap(),
+        world.api.name
+    );
+    let mut caller = Live::tls(to_inbound.finish().unwrap());
+    caller.round(b"after the reload").unwrap();
+    assert_eq!(caller.finish().unwrap(), "app:web\n");
+    let samples = scrape(addrs.admin);
+    assert_eq!(
+        value(
+            &samples,
+            "sidegate_client_hello_total",
+            &[("outcome", "routed")]
+        ),
         1
     );
     stop_cleanly(sg);

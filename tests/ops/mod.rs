@@ -396,6 +396,46 @@ impl Live {
     }
 }
 
+/// A TLS client that has sent its ClientHello only up to the server name: the handshake is in
+/// flight, and no reader of the hello can have routed or answered it yet.
+pub struct HalfHello {
+    conn: rustls::ClientConnection,
+    sock: TcpStream,
+    rest: Vec<u8>,
+}
+
+impl HalfHello {
+    pub fn send(addr: SocketAddr, sni: &str, cfg: &Arc<rustls::ClientConfig>) -> HalfHello {
+        let mut sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+        sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        sock.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+        let mut conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap();
+        let cut = hello
+            .windows(sni.len())
+            .position(|w| w == sni.as_bytes())
+            .expect("the ClientHello carries the server name");
+        sock.write_all(&hello[..cut]).unwrap();
+        HalfHello {
+            conn,
+            sock,
+            rest: hello[cut..].to_vec(),
+        }
+    }
+
+    /// Sends the rest of the hello and completes the handshake.
+    pub fn finish(mut self) -> io::Result<Client> {
+        self.sock.write_all(&self.rest)?;
+        let mut tls = Client::new(self.conn, self.sock);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(tls)
+    }
+}
+
 pub trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
