@@ -281,6 +281,24 @@ pub fn scrape(admin: SocketAddr) -> Vec<Sample> {
         .collect()
 }
 
+/// Scrapes until no connection is open in any role and `also` holds: counters are updated as
+/// connections end on the event loop, after their client may already have seen the close.
+pub fn scrape_when_idle(admin: SocketAddr, also: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let s = scrape(admin);
+        let active: u64 = ["gateway", "upstream", "inbound"]
+            .iter()
+            .map(|r| value(&s, "sidegate_connections_active", &[("role", r)]))
+            .sum();
+        if active == 0 && also(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "connections still active");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The value of the sample `name` with exactly these labels; panics when absent.
 pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> u64 {
     let found = samples.iter().find(|s| {
