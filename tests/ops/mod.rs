@@ -232,6 +232,12 @@ fn tracee(strace: &Child, bin: &Path) -> rustix::process::Pid {
                 family.extend(listed.split_whitespace().map(|c| c.parse::<u32>().unwrap()));
             }
         }
+        // A sidegate that failed at start may be gone before it was seen; strace then exits
+        // with its status, and there is nothing left to signal.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", strace.id()));
+        if stat.map_or(true, |s| s.contains(") Z ")) {
+            return rustix::process::Pid::from_child(strace);
+        }
         assert!(Instant::now() < deadline, "strace started no sidegate");
         std::thread::sleep(Duration::from_millis(5));
     }
