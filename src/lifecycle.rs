@@ -1,7 +1,8 @@
 //! The life of a `sidegate run` process: start serving a configuration, then react to events
-//! until told to stop. Everything that changes what runs arrives here as an `Event` on one
-//! channel — a signal, a new snapshot from Consul — and is applied by this one thread, so the
-//! running plan has exactly one writer.
+//! until told to stop. Everything that changes what runs arrives here — a new snapshot from
+//! Consul as an `Event` on one channel, a signal as a request in `signals::Requests` (woken by
+//! an event on the same channel) — and is applied by this one thread, so the running plan has
+//! exactly one writer.
 //!
 //! systemd hears of each step (`notify`): READY=1 once every listener and the admin endpoint
 //! are bound, RELOADING=1 … READY=1 around a reload, STOPPING=1 when the drain begins, and
