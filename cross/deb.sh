@@ -38,6 +38,7 @@ for target in "${targets[@]}"; do
     install -d -m 0700 "$root/var/lib/sidegate"
     install -d -m 0755 "$root/usr/share/doc/sidegate/examples"
     install -m 0644 config/*.toml "$root/usr/share/doc/sidegate/examples/"
+    install -m 0644 config/sidegate-privileged-ports.conf "$root/usr/share/doc/sidegate/examples/"
     install -m 0644 README.md "$root/usr/share/doc/sidegate/README.md"
     printf 'sidegate\nLicense: MPL-2.0 (see /usr/share/common-licenses/MPL-2.0)\n' \
         >"$root/usr/share/doc/sidegate/copyright"

@@ -1,7 +1,8 @@
 //! The life of a `sidegate run` process: start serving a configuration, then react to events
-//! until told to stop. Everything that changes what runs arrives here as an `Event` on one
-//! channel — a signal, a new snapshot from Consul — and is applied by this one thread, so the
-//! running plan has exactly one writer.
+//! until told to stop. Everything that changes what runs arrives here — a new snapshot from
+//! Consul as an `Event` on one channel, a signal as a request in `signals::Requests` (woken by
+//! an event on the same channel) — and is applied by this one thread, so the running plan has
+//! exactly one writer.
 //!
 //! systemd hears of each step (`notify`): READY=1 once every listener and the admin endpoint
 //! are bound, RELOADING=1 … READY=1 around a reload, STOPPING=1 when the drain begins, and
@@ -17,9 +18,11 @@ use crate::mesh::snapshot::Snapshot;
 use crate::mesh::{plan, Plan};
 use crate::notify::{self, Notifier};
 use crate::proxy::{self, BindError, ListenerKey, Running};
+use crate::signals::{Requests, Step};
 
 /// Events sent to the lifecycle loop. Senders live on other threads (signal handling, Consul
-/// watches); the channel is bounded, and a full channel means a change is already pending.
+/// watches); the channel is bounded. Signals also leave their request in `signals::Requests`,
+/// which the loop reads first: their events are wake-ups and never lost to a full queue.
 #[derive(Debug)]
 pub enum Event {
     /// Read the configuration file again (SIGHUP).
@@ -30,8 +33,8 @@ pub enum Event {
     Snapshot(Box<Snapshot>),
 }
 
-/// Room for a few pending events; senders use `try_send` and drop extras of the same kind.
-const EVENT_QUEUE: usize = 16;
+/// Room for a few pending events: a Consul follower waits for room, signals never need it.
+pub const EVENT_QUEUE: usize = 16;
 
 pub fn channel() -> (SyncSender<Event>, Receiver<Event>) {
     mpsc::sync_channel(EVENT_QUEUE)
@@ -113,14 +116,14 @@ impl Lifecycle {
         self.consul.as_ref()
     }
 
-    /// Tells systemd it is ready, then handles events until a shutdown, then drains. Returns
-    /// how many connections the drain had to cut.
-    pub fn serve(mut self, events: &Receiver<Event>) -> u64 {
+    /// Tells systemd it is ready, then handles requests and events until a shutdown, then
+    /// drains. Returns how many connections the drain had to cut.
+    pub fn serve(mut self, events: &Receiver<Event>, requests: &Requests) -> u64 {
         self.notifier.ready(&self.describe());
         self._watchdog = self.start_watchdog();
-        while let Ok(event) = events.recv() {
-            match event {
-                Event::Reload => {
+        loop {
+            match requests.next(events) {
+                Step::Reload => {
                     self.notifier.reloading();
                     let outcome = match self.reload() {
                         Ok(()) => self.describe(),
@@ -131,13 +134,13 @@ impl Lifecycle {
                     };
                     self.notifier.ready(&outcome);
                 }
-                Event::Snapshot(snapshot) => {
+                Step::Apply(snapshot) => {
                     if let Err(e) = self.swap(plan(&snapshot)) {
                         crate::error!("new mesh state not applied: {e}");
                     }
                     self.notifier.status(&self.describe());
                 }
-                Event::Shutdown => break,
+                Step::Stop => break,
             }
         }
         self.drain()

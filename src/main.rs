@@ -138,9 +138,11 @@ fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
 fn run(path: std::path::PathBuf) -> ExitCode {
     let notifier = Arc::new(Notifier::from_env());
     let (events, received) = lifecycle::channel();
+    let requests = Arc::new(sidegate::signals::Requests::default());
     // Signals first: a SIGHUP during start-up waits for us instead of killing the process.
-    if let Err(e) = sidegate::signals::forward(events.clone()) {
+    if let Err(e) = sidegate::signals::forward(events.clone(), requests.clone()) {
         sidegate::error!("cannot handle signals: {e}");
+        notifier.status(&format!("not started: cannot handle signals: {e}"));
         return ExitCode::from(EX_OSERR);
     }
     let config = match config::load(&path) {
@@ -187,7 +189,7 @@ fn run(path: std::path::PathBuf) -> ExitCode {
     // Signal handling and Consul watches send on clones of `events`; this one keeps the
     // channel open while neither exists.
     let _events = events;
-    lifecycle.serve(&received);
+    lifecycle.serve(&received, &requests);
     ExitCode::SUCCESS
 }
 

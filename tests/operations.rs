@@ -123,9 +123,16 @@ fn mesh_caller(inbound: SocketAddr) -> std::io::Result<Live> {
 }
 
 fn caller_as(inbound: SocketAddr, caller: Service) -> std::io::Result<Live> {
+    let (cfg, sni) = caller_config(caller);
+    tls_connect(inbound, &sni, &cfg).map(Live::tls)
+}
+
+/// A mesh caller's TLS client: its leaf as client certificate, web's identity required of
+/// the server; and the name it sends.
+fn caller_config(caller: Service) -> (std::sync::Arc<rustls::ClientConfig>, String) {
     let web = SpiffeId::service(TD, "default", "default", "dc1", "web");
     let cfg = client_config(&caller.identity(), &web).unwrap();
-    tls_connect(inbound, &format!("web.default.dc1.internal.{TD}"), &cfg).map(Live::tls)
+    (cfg, format!("web.default.dc1.internal.{TD}"))
 }
 
 /// Where the running process listens, read from its log lines.
@@ -186,7 +193,7 @@ fn stop_cleanly(mut sg: Sidegate) {
 
 #[test]
 fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
-    // 200 ms: keep-alives every 100 ms.
+    // 200 ms: keep-alives every 100 ms (their pace has a test of its own).
     let (_world, mut notify, mut sg, addrs, ready) =
         serving_with("notify", "", &[("WATCHDOG_USEC", "200000".into())]);
     // READY=1 only once everything is bound: the admin endpoint and each listener answer now.
@@ -232,6 +239,38 @@ fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
     assert!(notify.seen[..first_ready]
         .iter()
         .all(|m| !m.contains("WATCHDOG=1")));
+}
+
+#[test]
+fn a_port_taken_at_start_exits_71_and_says_why() {
+    let world = World::new("taken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let config = world.write(&[addr.as_str()], "");
+    let mut notify = Notify::bind(&world.scratch);
+    let mut sg = Sidegate::spawn(
+        &config,
+        &[("NOTIFY_SOCKET", notify.path.display().to_string())],
+    );
+    // EX_OSERR, not EX_CONFIG: the file is fine, and systemd may restart into a free port.
+    assert_eq!(sg.wait_exit(IO_TIMEOUT).code(), Some(71));
+    let status = notify.expect("STATUS=", |m| m.starts_with("STATUS=not started"));
+    assert!(status.contains(&addr), "{status}");
+    assert!(notify.seen.iter().all(|m| !m.contains("READY=1")));
+    sg.wait_log(&addr);
+}
+
+#[test]
+fn watchdog_keep_alives_come_at_half_of_watchdog_usec() {
+    // WATCHDOG_USEC = 3 s. At the full interval, keep-alives are at least 3 s apart: never
+    // more than 2 in a window under 6 s. At half (1.5 s, plus the idle event loop's answer to
+    // a ping) there are 3 in it, unless each answer takes longer than 0.4 s; and never more
+    // than 4, as they are never less than 1.5 s apart.
+    let (_world, mut notify, sg, _, _) =
+        serving_with("watchdog-half", "", &[("WATCHDOG_USEC", "3000000".into())]);
+    let alive = notify.count_for(Duration::from_millis(5_900), "WATCHDOG=1");
+    assert!((3..=4).contains(&alive), "{alive} keep-alives in 5.9 s");
+    stop_cleanly(sg);
 }
 
 #[test]
@@ -346,6 +385,60 @@ fn reload_keeps_live_connections_and_changes_only_the_listeners_it_must() {
     let samples = scrape(addrs.admin);
     assert_eq!(
         value(&samples, "sidegate_reloads_total", &[("result", "ok")]),
+        1
+    );
+    stop_cleanly(sg);
+}
+
+#[test]
+fn handshakes_in_flight_during_a_reload_complete() {
+    let (world, mut notify, sg, addrs) = serving("in-flight", "");
+    // A gateway client and an inbound mesh caller, each with its ClientHello sent only up to
+    // the server name.
+    let sni = service_sni("api", "dc1");
+    let to_gateway = HalfHello::send(addrs.gateway[0], &sni, &world.pki.client_config());
+    let (cfg, inbound_sni) = caller_config(DB);
+    let to_inbound = HalfHello::send(addrs.inbound, &inbound_sni, &cfg);
+    // Both accepted under the running plan, neither done with its handshake.
+    let active = |role: &str| {
+        value(
+            &scrape(addrs.admin),
+            "sidegate_connections_active",
+            &[("role", role)],
+        )
+    };
+    eventually("both handshakes accepted", || {
+        active("gateway") == 1 && active("inbound") == 1
+    });
+
+    // A reload that changes the plan (a gateway listener more) while they wait.
+    world.write(&["127.0.0.1:0", "127.0.0.2:0"], "");
+    sg.signal(Signal::HUP);
+    notify.expect_line("RELOADING=1");
+    let ready = notify.expect_line("READY=1");
+    assert!(!ready.contains("reload failed"), "{ready}");
+    let samples = scrape(addrs.admin);
+    assert_eq!(
+        value(&samples, "sidegate_reloads_total", &[("result", "ok")]),
+        1
+    );
+
+    // The rest of each hello: routed, handshaken, and working end to end.
+    let tls = to_gateway.finish().unwrap();
+    assert_eq!(
+        echo_and_finish(tls, b"after the reload").unwrap(),
+        world.api.name
+    );
+    let mut caller = Live::tls(to_inbound.finish().unwrap());
+    caller.round(b"after the reload").unwrap();
+    assert_eq!(caller.finish().unwrap(), "app:web\n");
+    let samples = scrape(addrs.admin);
+    assert_eq!(
+        value(
+            &samples,
+            "sidegate_client_hello_total",
+            &[("outcome", "routed")]
+        ),
         1
     );
     stop_cleanly(sg);
@@ -541,25 +634,13 @@ fn metrics_count_exactly_the_traffic_sent() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&s_client.stdout).contains("app:web"));
 
-    // Counters are updated as connections end on the event loop: poll until all are closed.
-    let deadline = Instant::now() + IO_TIMEOUT;
-    let samples = loop {
-        let s = scrape(addrs.admin);
-        let active: u64 = ["gateway", "upstream", "inbound"]
-            .iter()
-            .map(|r| value(&s, "sidegate_connections_active", &[("role", r)]))
-            .sum();
-        let denied = value(
-            &s,
+    let samples = scrape_when_idle(addrs.admin, |s| {
+        value(
+            s,
             "sidegate_authorization_denials_total",
             &[("role", "inbound")],
-        );
-        if active == 0 && denied == 1 {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "connections still active");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        ) == 1
+    });
     let v = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
     let route = service_sni("api", "dc1");
     let route = route.as_str();
@@ -704,6 +785,131 @@ fn metrics_count_exactly_the_traffic_sent() {
     let key_body = key_pem.lines().nth(1).unwrap();
     assert!(!body.contains("PRIVATE KEY") && !body.contains(key_body));
     assert_eq!(http_get(addrs.admin, "/ready"), (200, "ready\n".into()));
+    stop_cleanly(sg);
+}
+
+#[test]
+fn metrics_count_dial_failures_skipped_endpoints_and_open_connections() {
+    let world = World::new("dial-metrics");
+    let dead = dead_addr();
+    let flaky = Backend::start(&world.pki, &service_sni("flaky", "dc1"));
+    let cache = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // flaky: a dead endpoint, then a live one. gone: only the dead one. The upstream cache:
+    // db's real leaf answers it, trusted by the mesh CA but for another service.
+    let extra = format!(
+        r#"[[sidecar.upstreams]]
+destination_name = "cache"
+local_bind_port = {cache_port}
+mesh_gateway = {{ mode = "none" }}
+[[catalog.services]]
+name = "cache"
+instances = ["{db}"]
+[[catalog.services]]
+name = "flaky"
+instances = ["{dead}", "{flaky}"]
+[[catalog.services]]
+name = "gone"
+instances = ["{dead}"]
+"#,
+        cache_port = cache.port(),
+        db = world.db.addr,
+        flaky = flaky.addr,
+    );
+    let config = world.write(&["127.0.0.1:0"], &extra);
+    let mut notify = Notify::bind(&world.scratch);
+    let (sg, addrs, _) = start_notified(&config, &mut notify, 1, &[]);
+    let gateway = addrs.gateway[0];
+    let pki = world.pki.client_config();
+
+    // Round-robin starts flaky's first connection at the dead endpoint: one connect failure.
+    // Within 10 s it is held back: the second starts at the live one, the third would start
+    // at the dead one but tries the live one first, and it answers.
+    for _ in 0..3 {
+        let tls = tls_connect(gateway, &service_sni("flaky", "dc1"), &pki).unwrap();
+        assert_eq!(echo_and_finish(tls, b"flaky").unwrap(), flaky.name);
+    }
+    // gone's first connection fails to connect; its second tries the held-back endpoint
+    // anyway, last (it is the only one): skipped, and a second failure.
+    for _ in 0..2 {
+        assert!(tls_connect(gateway, &service_sni("gone", "dc1"), &pki).is_err());
+    }
+    let mut to_cache = Live::tcp(cache).unwrap();
+    assert!(to_cache.is_closed(), "cache's wrong identity was accepted");
+
+    let s = scrape_when_idle(addrs.admin, |_| true);
+    let v = |name: &str, labels: &[(&str, &str)]| value(&s, name, labels);
+    let gw = [("role", "gateway")];
+    assert_eq!(v("sidegate_connect_failures_total", &gw), 3);
+    assert_eq!(v("sidegate_endpoints_skipped_total", &gw), 1);
+    assert_eq!(v("sidegate_no_endpoint_total", &gw), 2);
+    assert_eq!(flaky.accepted(), 3);
+    let flaky_route = service_sni("flaky", "dc1");
+    assert_eq!(
+        v(
+            "sidegate_route_connections_opened_total",
+            &[("route", &flaky_route)]
+        ),
+        3
+    );
+    let up = [("role", "upstream")];
+    assert_eq!(v("sidegate_connect_failures_total", &up), 0);
+    assert_eq!(v("sidegate_endpoints_skipped_total", &up), 0);
+    let upstream_failures: Vec<(String, u64)> = s
+        .iter()
+        .filter(|x| x.name == "sidegate_tls_handshake_failures_total")
+        .filter(|x| x.labels.contains(&("role".into(), "upstream".into())))
+        .filter(|x| x.value > 0.0)
+        .map(|x| {
+            (
+                x.labels.iter().find(|l| l.0 == "reason").unwrap().1.clone(),
+                x.value as u64,
+            )
+        })
+        .collect();
+    assert_eq!(upstream_failures, [("wrong_identity".to_owned(), 1)]);
+
+    // One connection open through each role: every gauge on its path says 1, the others 0.
+    let bind = world.upstream().to_string();
+    let cache_bind = cache.to_string();
+    let listeners = [
+        ("gateway", gateway.to_string()),
+        ("upstream", bind.clone()),
+        ("inbound", addrs.inbound.to_string()),
+    ];
+    let mut open = [
+        world.via_gateway(gateway).unwrap(),
+        Live::tcp(world.upstream()).unwrap(),
+        caller_as(addrs.inbound, WEB).unwrap(),
+    ];
+    for conn in &mut open {
+        conn.round(b"open").unwrap();
+    }
+    let gauges = |s: &[Sample], n: u64| {
+        for (role, listener) in &listeners {
+            let labels = [("role", *role), ("listener", listener.as_str())];
+            assert_eq!(value(s, "sidegate_listener_connections_active", &labels), n);
+            assert_eq!(
+                value(s, "sidegate_connections_active", &[("role", role)]),
+                n
+            );
+        }
+        let api = service_sni("api", "dc1");
+        assert_eq!(
+            value(s, "sidegate_route_connections_active", &[("route", &api)]),
+            n
+        );
+        let db = [("upstream", "db"), ("bind", bind.as_str())];
+        assert_eq!(value(s, "sidegate_upstream_connections_active", &db), n);
+        let flaky = [("route", flaky_route.as_str())];
+        assert_eq!(value(s, "sidegate_route_connections_active", &flaky), 0);
+        let cache = [("upstream", "cache"), ("bind", cache_bind.as_str())];
+        assert_eq!(value(s, "sidegate_upstream_connections_active", &cache), 0);
+    };
+    gauges(&scrape(addrs.admin), 1);
+    for conn in open {
+        conn.finish().unwrap();
+    }
+    gauges(&scrape_when_idle(addrs.admin, |_| true), 0);
     stop_cleanly(sg);
 }
 

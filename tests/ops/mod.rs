@@ -75,6 +75,23 @@ impl Notify {
         }
     }
 
+    /// How many messages with the line `line` arrive within `window`, counting none of those
+    /// already waiting: the window starts now.
+    pub fn count_for(&mut self, window: Duration, line: &str) -> usize {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            self.seen
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.socket.set_nonblocking(false).unwrap();
+        let from = self.seen.len();
+        self.collect_for(window)[from..]
+            .iter()
+            .filter(|m| m.lines().any(|l| l == line))
+            .count()
+    }
+
     pub fn expect_line(&mut self, line: &str) -> String {
         self.expect(line, |m| m.lines().any(|l| l == line))
     }
@@ -215,6 +232,12 @@ fn tracee(strace: &Child, bin: &Path) -> rustix::process::Pid {
                 family.extend(listed.split_whitespace().map(|c| c.parse::<u32>().unwrap()));
             }
         }
+        // A sidegate that failed at start may be gone before it was seen; strace then exits
+        // with its status, and there is nothing left to signal.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", strace.id()));
+        if stat.map_or(true, |s| s.contains(") Z ")) {
+            return rustix::process::Pid::from_child(strace);
+        }
         assert!(Instant::now() < deadline, "strace started no sidegate");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -262,6 +285,24 @@ pub fn scrape(admin: SocketAddr) -> Vec<Sample> {
             value: s["value"].as_f64().unwrap(),
         })
         .collect()
+}
+
+/// Scrapes until no connection is open in any role and `also` holds: counters are updated as
+/// connections end on the event loop, after their client may already have seen the close.
+pub fn scrape_when_idle(admin: SocketAddr, also: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let s = scrape(admin);
+        let active: u64 = ["gateway", "upstream", "inbound"]
+            .iter()
+            .map(|r| value(&s, "sidegate_connections_active", &[("role", r)]))
+            .sum();
+        if active == 0 && also(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "connections still active");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The value of the sample `name` with exactly these labels; panics when absent.
@@ -376,6 +417,46 @@ impl Live {
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ),
         }
+    }
+}
+
+/// A TLS client that has sent its ClientHello only up to the server name: the handshake is in
+/// flight, and no reader of the hello can have routed or answered it yet.
+pub struct HalfHello {
+    conn: rustls::ClientConnection,
+    sock: TcpStream,
+    rest: Vec<u8>,
+}
+
+impl HalfHello {
+    pub fn send(addr: SocketAddr, sni: &str, cfg: &Arc<rustls::ClientConfig>) -> HalfHello {
+        let mut sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+        sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        sock.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+        let mut conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap();
+        let cut = hello
+            .windows(sni.len())
+            .position(|w| w == sni.as_bytes())
+            .expect("the ClientHello carries the server name");
+        sock.write_all(&hello[..cut]).unwrap();
+        HalfHello {
+            conn,
+            sock,
+            rest: hello[cut..].to_vec(),
+        }
+    }
+
+    /// Sends the rest of the hello and completes the handshake.
+    pub fn finish(mut self) -> io::Result<Client> {
+        self.sock.write_all(&self.rest)?;
+        let mut tls = Client::new(self.conn, self.sock);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(tls)
     }
 }
 
