@@ -329,9 +329,14 @@ fn cross_datacenter_upstreams_through_sidegate_mesh_gateways() {
 fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_known_state() {
     let mut agent = Agent::dev("dc1");
     let dir = Scratch::new("consul-source-offline");
-    let port = free_port();
-    let mut pair = Pair::start(&agent, &dir, "web", "db", json!([upstream("db", port)]));
+    let (port, nowhere) = (free_port(), free_port());
+    // An upstream in a datacenter that does not exist: the agent refuses its instances (500
+    // "No path to datacenter"), and the state is complete — and saved — without them.
+    let far = json!({"DestinationName": "db", "Datacenter": "dc9", "LocalBindPort": nowhere});
+    let upstreams = json!([upstream("db", port), far]);
+    let mut pair = Pair::start(&agent, &dir, "web", "db", upstreams);
     assert!(carries(port));
+    assert!(refused(nowhere), "nothing to dial in dc9");
     assert_eq!(http_get(pair.web_admin, "/ready"), (200, "ready\n".into()));
     let mut held = Held::open(port);
 
@@ -342,8 +347,9 @@ fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_kn
 
     // web starts again with the agent still gone: it serves from its state_dir.
     pair.web.restart();
-    pair.web.serving(&[port]);
+    pair.web.serving(&[port, nowhere]);
     assert!(carries(port), "restarted from the last-known-good state");
+    assert!(refused(nowhere));
     // Serving, but not what the agent confirmed: not ready, and the metrics say stale.
     let (code, why) = http_get(pair.web_admin, "/ready");
     assert_eq!(code, 503);
