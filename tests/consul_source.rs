@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 use common::apps::app;
 use common::{free_port, http_get, IO_TIMEOUT};
 use consul::{
-    gateway_toml, service_with_sidecar, sidecar_toml, traffic, wait_listening, wait_not_listening,
-    Agent, Options, Scratch, Sidegate,
+    gateway_toml, saved_unix, service_with_sidecar, set_saved_unix, sidecar_toml, traffic,
+    wait_listening, wait_not_listening, Agent, Options, Scratch, Sidegate,
 };
 use serde_json::{json, Value};
+use sidegate::consul::status::now_unix;
 use traffic::{refused, within, Held};
 
 /// Changes reach the data path within this: the agent answers blocking queries at once, and
@@ -345,7 +346,12 @@ fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_kn
     // New connections too: db authorizes web from its last answer.
     assert!(carries(port));
 
-    // web starts again with the agent still gone: it serves from its state_dir.
+    // web starts again with the agent still gone: it serves from its state_dir — saved an
+    // hour ago, say — and leaves that state as it is: served again, it is no newer.
+    pair.web.kill();
+    let state = dir.path("web-state");
+    let an_hour_ago = now_unix() - 3600;
+    set_saved_unix(&state, an_hour_ago);
     pair.web.restart();
     pair.web.serving(&[port, nowhere]);
     assert!(carries(port), "restarted from the last-known-good state");
@@ -356,6 +362,11 @@ fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_kn
     assert!(why.starts_with("stale: "), "{why}");
     let (_, metrics) = http_get(pair.web_admin, "/metrics");
     assert!(metrics.contains("\nsidegate_consul_stale 1\n"), "{metrics}");
+    assert_eq!(
+        saved_unix(&state),
+        an_hour_ago,
+        "a stale state saved as new"
+    );
 }
 
 /// Issue 7's fault: the agent restarted, then stopped, in the middle of traffic. Nothing

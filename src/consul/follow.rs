@@ -1,9 +1,9 @@
 //! Following the agent: one thread that starts a watch per needed key, gathers their
 //! answers, and hands the event loop a complete `Snapshot` whenever the mesh state changes —
 //! only complete ones (identity, roots, registration and every target answered at least
-//! once). Each complete state is also saved as last-known-good — its answers and what the
-//! agent refused — and on a start with the agent unreachable that saved state is served,
-//! marked stale, while the watches keep retrying.
+//! once). Each complete state the agent confirmed in this run is also saved as last-known-good
+//! — its answers and what it refused — and on a start with the agent unreachable that saved
+//! state is served, marked stale, while the watches keep retrying.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -198,6 +198,8 @@ struct Coordinator {
     /// Something changed since the last look.
     dirty: bool,
     last_sent: Option<Snapshot>,
+    /// `last_sent` is what `STATE_FILE` holds as of this run: the agent confirmed it.
+    last_sent_saved: bool,
     last_warnings: Vec<String>,
     last_waiting: String,
     unreachable_since: Option<Instant>,
@@ -232,6 +234,7 @@ impl Coordinator {
             health: BTreeMap::new(),
             dirty: true,
             last_sent: None,
+            last_sent_saved: false,
             last_warnings: Vec::new(),
             last_waiting: String::new(),
             unreachable_since: None,
@@ -419,10 +422,21 @@ impl Coordinator {
         if self.last_sent.as_ref() == Some(&snap) {
             if confirmed {
                 self.status.confirmed();
+                // A restored state the agent now confirms unchanged is saved as of now.
+                if !self.last_sent_saved {
+                    self.save(&needed);
+                    self.last_sent_saved = true;
+                }
             }
             return true;
         }
-        self.save(&needed);
+        // Only what the agent confirmed in this run is saved: a restored (or partly restored)
+        // state saved again would claim to be as new as the save, and the next start would
+        // report its age wrong.
+        if confirmed {
+            self.save(&needed);
+        }
+        self.last_sent_saved = confirmed;
         if !confirmed && self.last_sent.is_none() {
             let when = self.restored_at.map_or("an earlier run".to_owned(), |t| {
                 format!("{} s ago", now_unix().saturating_sub(t))
@@ -528,27 +542,21 @@ mod tests {
         dir
     }
 
-    /// The state a run saves when the agent confirmed web's sidecar but refused db's
-    /// instances (as it does for an upstream in a datacenter it has no path to).
-    fn save_with_db_refused(s: &Settings) {
-        let mut world = web_1_8(s);
-        let db = connect("db", "dc1");
-        world.answers.remove(&db);
+    fn coordinator(s: &Settings) -> Coordinator {
         let (tx, _rx) = mpsc::sync_channel(1);
         let status = Arc::new(Status::default());
-        let mut c = Coordinator::new(
+        Coordinator::new(
             s.clone(),
             base(),
             Options::default(),
             status,
             tx,
             Box::new(|_| true),
-        );
-        c.answers = world.answers;
-        c.refused.insert(
-            db,
-            "GET /v1/health/connect/db?dc=dc1: HTTP 500: \"No path to datacenter\"".into(),
-        );
+        )
+    }
+
+    /// As if the agent had just answered (or refused) every needed key in this run.
+    fn all_confirmed(c: &mut Coordinator) {
         for key in c.needed() {
             let fresh = Health {
                 fresh: true,
@@ -556,6 +564,22 @@ mod tests {
             };
             c.health.insert(key, fresh);
         }
+        c.dirty = true;
+    }
+
+    /// The state a run saves when the agent confirmed web's sidecar but refused db's
+    /// instances (as it does for an upstream in a datacenter it has no path to).
+    fn save_with_db_refused(s: &Settings) {
+        let mut world = web_1_8(s);
+        let db = connect("db", "dc1");
+        world.answers.remove(&db);
+        let mut c = coordinator(s);
+        c.answers = world.answers;
+        c.refused.insert(
+            db,
+            "GET /v1/health/connect/db?dc=dc1: HTTP 500: \"No path to datacenter\"".into(),
+        );
+        all_confirmed(&mut c);
         assert!(c.maybe_send());
         assert!(
             c.last_sent.is_some() && !c.status.is_stale(),
@@ -603,6 +627,36 @@ mod tests {
         crate::config::parse("[consul]\nsidecar_service_id = \"x\"\n")
             .unwrap()
             .snapshot
+    }
+
+    /// Served again while the agent is unreachable, a restored state is not saved again:
+    /// the file keeps the time the agent confirmed it, which the next start reports.
+    #[test]
+    fn a_restored_state_keeps_the_time_it_was_saved() {
+        let dir = scratch("saved-at");
+        let s = settings(&dir, "web-sidecar-proxy");
+        save_with_db_refused(&s);
+        let mut saved = load(&s).unwrap().unwrap();
+        saved.saved_unix = 1000;
+        state_dir::write(&dir, STATE_FILE, &serde_json::to_vec(&saved).unwrap()).unwrap();
+
+        let (f, _) = serve_offline(&s);
+        f.stop();
+        let saved_at = || load(&s).unwrap().unwrap().saved_unix;
+        assert_eq!(saved_at(), 1000, "saved again as if confirmed now");
+
+        // Once the agent confirms it, unchanged, it is saved as of then.
+        let mut c = coordinator(&s);
+        c.restore();
+        c.unreachable_since = Some(Instant::now());
+        assert!(c.maybe_send());
+        assert!(c.status.is_stale());
+        assert_eq!(saved_at(), 1000);
+        all_confirmed(&mut c);
+        assert!(c.maybe_send());
+        assert!(!c.status.is_stale());
+        assert!(saved_at() > 1000, "confirmed now, saved now");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
