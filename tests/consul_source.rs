@@ -19,7 +19,7 @@ use common::apps::app;
 use common::{free_port, http_get, IO_TIMEOUT};
 use consul::{
     gateway_toml, saved_unix, service_with_sidecar, set_saved_unix, sidecar_toml, traffic,
-    wait_listening, wait_not_listening, Agent, Options, Scratch, Sidegate,
+    wait_listening, wait_not_listening, Agent, Options, Scratch, Sidegate, SERVING_WITHIN,
 };
 use serde_json::{json, Value};
 use sidegate::consul::status::now_unix;
@@ -356,6 +356,22 @@ fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_kn
     pair.web.serving(&[port, nowhere]);
     assert!(carries(port), "restarted from the last-known-good state");
     assert!(refused(nowhere));
+    // The log says what is served, how old it is, and that it is stale.
+    let line = pair.web.wait_for_line(
+        "consul: serving the last-known-good state saved ",
+        SERVING_WITHIN,
+    );
+    assert!(
+        line.contains("it is stale until the agent confirms it"),
+        "{line}"
+    );
+    let age: u64 = line
+        .split("saved ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no age in {line:?}"));
+    assert!(age >= 3600, "saved an hour ago, logged as {age} s ago");
     // Serving, but not what the agent confirmed: not ready, and the metrics say stale.
     let (code, why) = http_get(pair.web_admin, "/ready");
     assert_eq!(code, 503);

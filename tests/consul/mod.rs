@@ -28,7 +28,9 @@ pub use api::{service_with_sidecar, TlsFiles};
 pub use builtin_proxy::BuiltinProxy;
 pub use listening::{wait_listening, wait_not_listening};
 use process::Watched;
-pub use sidegate::{gateway_toml, saved_unix, set_saved_unix, sidecar_toml, Sidegate};
+pub use sidegate::{
+    gateway_toml, saved_unix, set_saved_unix, sidecar_toml, Sidegate, SERVING_WITHIN,
+};
 
 /// An agent is ready well within this (dev: ~0.3 s; persistent server: ~2 s).
 const READY_WITHIN: Duration = Duration::from_secs(30);

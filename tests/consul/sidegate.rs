@@ -82,6 +82,12 @@ impl Sidegate {
         self.start();
     }
 
+    /// Waits for a line of its output containing `needle` (from its start); panics with the
+    /// output when none comes within `within`.
+    pub fn wait_for_line(&mut self, needle: &str, within: Duration) -> String {
+        self.process.as_mut().unwrap().wait_for_line(needle, within)
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(|p| !p.has_exited())
     }
