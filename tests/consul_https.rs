@@ -1,7 +1,8 @@
 //! The connection to the agent over HTTPS with ACLs, against a real Consul 1.8.7: verified
-//! with the CA given (and only that CA), the token sent as `X-Consul-Token` and never shown,
-//! and each refusal explained — the token's missing permission, plain HTTP to an HTTPS port,
-//! a certificate nobody vouched for.
+//! with the CA given (and only that CA) in `ca_file` or `CONSUL_CACERT` (which a plain-HTTP
+//! address ignores), the token sent as `X-Consul-Token` and never shown, and each refusal
+//! explained — the token's missing permission, plain HTTP to an HTTPS port, a certificate
+//! nobody vouched for.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -70,6 +71,17 @@ fn settings(dir: &Path, address: &str, ca: &str, token: Option<&str>) -> Setting
     sidegate::config::load(&path).unwrap().consul.unwrap()
 }
 
+/// Settings for `address` with no CA in the file, `CONSUL_CACERT` set to `cacert` if given.
+fn settings_from_env(address: &str, cacert: Option<&Path>) -> Settings {
+    let text = format!("[consul]\naddress = \"{address}\"\nsidecar_service_id = \"w\"\n");
+    let cacert = cacert.map(|p| p.display().to_string());
+    let env = move |name: &str| cacert.clone().filter(|_| name == "CONSUL_CACERT");
+    sidegate::config::parse_with_env(&text, &env)
+        .unwrap()
+        .consul
+        .unwrap()
+}
+
 #[test]
 fn https_with_the_given_ca_the_token_in_a_header_and_refusals_explained() {
     let dir = Scratch::new("consul-https");
@@ -118,13 +130,23 @@ fn https_with_the_given_ca_the_token_in_a_header_and_refusals_explained() {
     assert!(e.is_unreachable(), "{e}");
     assert!(e.to_string().contains("ca_file"), "{e}");
 
+    // The CA from CONSUL_CACERT instead of ca_file: the same verification.
+    let with_cacert = |address: &str, ca: &str| {
+        let s = settings_from_env(address, Some(&dir.path(ca)));
+        Client::new(&s).get(&roots, &Blocking::No)
+    };
+    assert_eq!(with_cacert(&address, "ca.pem").unwrap().status, 200);
+    let e = with_cacert(&address, "other-ca.pem").unwrap_err();
+    assert!(
+        e.is_unreachable() && e.to_string().contains("ca_file"),
+        "{e}"
+    );
+    // Exported for every agent, it is not in the way of one reached over plain HTTP.
+    let r = with_cacert(&agent.address(), "other-ca.pem").unwrap();
+    assert_eq!(r.status, 200);
+
     // Plain HTTP to the HTTPS port: Consul answers 400; the cause says to use https://.
-    let plain = format!("127.0.0.1:{https}");
-    let text = format!("[consul]\naddress = \"{plain}\"\nsidecar_service_id = \"w\"\n");
-    let s = sidegate::config::parse_with_env(&text, &|_| None)
-        .unwrap()
-        .consul
-        .unwrap();
+    let s = settings_from_env(&format!("127.0.0.1:{https}"), None);
     let e = Client::new(&s).get(&roots, &Blocking::No).unwrap_err();
     assert!(e.to_string().contains("https://"), "{e}");
     drop(agent);
