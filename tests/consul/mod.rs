@@ -51,6 +51,8 @@ pub struct Options {
     pub persistent: bool,
     /// More agent configuration, one `-hcl` argument each (HTTPS, ACLs, ...).
     pub hcl: Vec<String>,
+    /// The ACL token the harness's own API calls carry, for an agent with ACLs enabled.
+    pub token: Option<String>,
 }
 
 impl Options {
@@ -61,6 +63,7 @@ impl Options {
             join_wan: None,
             persistent: false,
             hcl: Vec::new(),
+            token: None,
         }
     }
 }
@@ -136,11 +139,9 @@ impl Agent {
     /// datacenter), ready when its CA carries the primary's trust domain.
     pub fn secondary(datacenter: &str, primary: &Agent) -> Agent {
         let agent = Agent::start(Options {
-            datacenter: datacenter.to_owned(),
-            primary: primary.options.datacenter.clone(),
             join_wan: Some(primary.serf_wan),
-            persistent: false,
-            hcl: Vec::new(),
+            primary: primary.options.datacenter.clone(),
+            ..Options::dev(datacenter)
         });
         let td = primary.roots().trust_domain;
         assert_eq!(agent.roots().trust_domain, td, "secondary CA not federated");
@@ -219,9 +220,9 @@ impl Agent {
     }
 
     fn is_ready(&self) -> bool {
-        let leader = http::request(self.http, "GET", "/v1/status/leader", "");
+        let leader = http::request(self.http, "GET", "/v1/status/leader", "", None);
         let has_leader = matches!(leader, Ok(r) if r.status == 200 && r.body.trim() != "\"\"");
-        let roots = http::request(self.http, "GET", "/v1/agent/connect/ca/roots", "");
+        let roots = http::request(self.http, "GET", "/v1/agent/connect/ca/roots", "", None);
         has_leader
             && matches!(roots, Ok(r) if r.status == 200
                 && serde_json::from_str::<Value>(&r.body).ok()

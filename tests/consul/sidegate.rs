@@ -88,6 +88,14 @@ impl Sidegate {
         self.process.as_mut().unwrap().wait_for_line(needle, within)
     }
 
+    /// Stops it gracefully (SIGTERM) and returns everything it wrote that `wait_for_line`
+    /// has not read.
+    pub fn stop(&mut self) -> Vec<String> {
+        let process = self.process.as_mut().unwrap();
+        process.stop();
+        process.unread_output()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(|p| !p.has_exited())
     }
