@@ -2,26 +2,28 @@
 //! binary takes its identity, registration, upstreams, gateways and authorization from the
 //! agent and follows changes live — an upstream added by re-registration opens without a
 //! restart, a deny intention refuses new connections, a CA rotation is picked up without
-//! cutting an established connection, cross-datacenter upstreams go through sidegate mesh
-//! gateways registered in Consul — and keeps serving when the agent is gone, also across its
+//! cutting an established connection, a gateway's routes follow the catalog, cross-datacenter
+//! upstreams go through sidegate mesh gateways registered in Consul — and keeps serving when the agent is gone, also across its
 //! own restart (last-known-good state) and through an agent restart in the middle of traffic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod consul;
 
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::apps::app;
-use common::{free_port, http_get, IO_TIMEOUT};
+use common::{free_port, http_get, tls_connect};
 use consul::{
-    gateway_toml, service_with_sidecar, sidecar_toml, traffic, wait_listening, wait_not_listening,
-    Agent, Options, Scratch, Sidegate,
+    gateway_toml, saved_unix, service_with_sidecar, set_saved_unix, sidecar_toml, traffic,
+    wait_listening, wait_not_listening, Agent, Options, Scratch, Sidegate, SERVING_WITHIN,
 };
 use serde_json::{json, Value};
+use sidegate::consul::status::now_unix;
 use traffic::{refused, within, Held};
 
 /// Changes reach the data path within this: the agent answers blocking queries at once, and
@@ -79,8 +81,7 @@ impl Pair {
         ));
         let web_admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let sidecar = |service: &str, extra: &str| {
-            let state = dir.path(&format!("{service}-state"));
-            std::fs::create_dir_all(&state).unwrap();
+            let state = state_dir(dir, &format!("{service}-state"));
             Sidegate::run(
                 service,
                 &dir.0,
@@ -112,6 +113,13 @@ impl Pair {
             "",
         ));
     }
+}
+
+/// A sidegate's `state_dir` in the test's scratch directory.
+fn state_dir(dir: &Scratch, name: &str) -> std::path::PathBuf {
+    let d = dir.path(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
 
 fn bind_ports(upstreams: &Value) -> Vec<u16> {
@@ -192,41 +200,92 @@ fn a_ca_rotation_is_picked_up_without_dropping_an_established_connection() {
     let new = agent.rotate_ca();
     // db's public listener presents a leaf of the new root: a client trusting only that root
     // completes a handshake with it (a leaf of the old root alone would not verify).
-    let probe = new_root_client(&agent, &dir, &new.active_pem);
+    let probe = probe_client(&agent, &dir, &new.active_pem, "db");
+    let db_public = SocketAddr::from(([127, 0, 0, 1], pair.db_public));
     within("db serves a leaf of the new root", ROTATION_WITHIN, || {
-        handshake(&probe, pair.db_public)
+        tls_connect(db_public, "db", &probe).is_ok()
     });
     held.ping("after the rotation");
     assert!(carries(port), "a new connection after the rotation");
 }
 
-/// A client with a fresh leaf (issued after the rotation) trusting only `root`, expecting db.
-fn new_root_client(agent: &Agent, dir: &Scratch, root: &str) -> Arc<rustls::ClientConfig> {
+/// A client with a fresh leaf of `probe` trusting only `roots` (PEM), expecting `target`'s
+/// SPIFFE ID from the server.
+fn probe_client(
+    agent: &Agent,
+    dir: &Scratch,
+    roots: &str,
+    target: &str,
+) -> Arc<rustls::ClientConfig> {
     let files = agent.identity_files("probe", &dir.0);
     let read = |p: &std::path::Path| std::fs::read(p).unwrap();
     let identity =
-        sidegate::tls::Identity::from_pem(&read(&files.cert), &read(&files.key), root.as_bytes())
+        sidegate::tls::Identity::from_pem(&read(&files.cert), &read(&files.key), roots.as_bytes())
             .unwrap();
     let td = agent.roots().trust_domain;
-    let db =
-        sidegate::mesh::names::SpiffeId::parse(&format!("spiffe://{td}/ns/default/dc/dc1/svc/db"))
-            .unwrap();
-    sidegate::tls::configs::client_config(&identity, &db).unwrap()
+    let id = format!("spiffe://{td}/ns/default/dc/dc1/svc/{target}");
+    let target = sidegate::mesh::names::SpiffeId::parse(&id).unwrap();
+    sidegate::tls::configs::client_config(&identity, &target).unwrap()
 }
 
-fn handshake(cfg: &Arc<rustls::ClientConfig>, port: u16) -> bool {
-    let name = rustls::pki_types::ServerName::try_from("db").unwrap();
-    let Ok(mut sock) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
+/// A gateway following its registration routes what the catalog holds, live: a service
+/// registered after it started gets a route — a real mTLS connection with the service's SNI
+/// reaches its sidecar and app through the gateway — and loses it once deregistered.
+#[test]
+fn a_gateways_routes_follow_the_catalog() {
+    // Its own agent: the gateway routes every service registered there.
+    let agent = Agent::dev("dc1");
+    let dir = Scratch::new("consul-source-routes");
+    let state = |name: &str| state_dir(&dir, name);
+    let lan = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    agent.register_mesh_gateway("mesh-gateway", lan, lan, &["lan"]);
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let toml = gateway_toml(&agent, "mesh-gateway", &state("gateway"))
+        + &format!("[admin]\nlisten = \"{admin}\"\n");
+    let mut gateway = Sidegate::run("gateway", &dir.0, &toml);
+    gateway.serving(&[lan.port(), admin.port()]);
+
+    let sni = format!("api.default.dc1.internal.{}", agent.roots().trust_domain);
+    let route = || {
+        let (code, body) = http_get(admin, "/config");
+        assert_eq!(code, 200, "{body}");
+        let plan: Value = serde_json::from_str(&body).unwrap();
+        let routes = plan["gateway"]["routes"].as_array().unwrap().clone();
+        routes.into_iter().find(|r| r["match"] == sni.as_str())
     };
-    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
-    while conn.is_handshaking() {
-        if conn.complete_io(&mut sock).is_err() {
+    assert_eq!(route(), None, "no api yet");
+
+    let (api_app, api_public) = (app("api"), free_port());
+    agent.register(&service_with_sidecar(
+        "api",
+        api_app,
+        api_public,
+        json!([]),
+        "",
+    ));
+    let api_toml = sidecar_toml(&agent, "api-sidecar-proxy", &state("api"));
+    let mut api = Sidegate::run("api", &dir.0, &api_toml);
+    api.serving(&[api_public]);
+    within("a route for api", FOLLOW_WITHIN, || route().is_some());
+    let r = route().unwrap();
+    assert_eq!(r["kind"], "service");
+    assert_eq!(r["endpoints"], json!([format!("127.0.0.1:{api_public}")]));
+    let probe = probe_client(&agent, &dir, &agent.roots().pems.concat(), "api");
+    let through_gateway = || {
+        let Ok(mut tls) = tls_connect(lan, &sni, &probe) else {
             return false;
-        }
-    }
-    true
+        };
+        let mut back = [0u8; 16];
+        tls.write_all(b"via the gateway!").is_ok()
+            && tls.read_exact(&mut back).is_ok()
+            && back == *b"via the gateway!"
+    };
+    assert!(through_gateway(), "{}", gateway.output_tail());
+
+    agent.ok("PUT", "/v1/agent/service/deregister/api", &Value::Null);
+    within("api's route removed", FOLLOW_WITHIN, || route().is_none());
+    assert!(!through_gateway(), "no route: the gateway closes");
+    assert!(gateway.is_running() && api.is_running());
 }
 
 /// dc1 and dc2 WAN-federated; sidegate mesh gateways registered in each as `mesh-gateway`
@@ -241,11 +300,7 @@ fn cross_datacenter_upstreams_through_sidegate_mesh_gateways() {
     let dc1 = Agent::dev("dc1");
     let dc2 = Agent::secondary("dc2", &dc1);
     let dir = Scratch::new("consul-source-wan");
-    let state = |name: &str| {
-        let d = dir.path(name);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    };
+    let state = |name: &str| state_dir(&dir, name);
 
     let (db_app, db_public) = (app("db"), free_port());
     dc2.register(&service_with_sidecar(
@@ -329,9 +384,14 @@ fn cross_datacenter_upstreams_through_sidegate_mesh_gateways() {
 fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_known_state() {
     let mut agent = Agent::dev("dc1");
     let dir = Scratch::new("consul-source-offline");
-    let port = free_port();
-    let mut pair = Pair::start(&agent, &dir, "web", "db", json!([upstream("db", port)]));
+    let (port, nowhere) = (free_port(), free_port());
+    // An upstream in a datacenter that does not exist: the agent refuses its instances (500
+    // "No path to datacenter"), and the state is complete — and saved — without them.
+    let far = json!({"DestinationName": "db", "Datacenter": "dc9", "LocalBindPort": nowhere});
+    let upstreams = json!([upstream("db", port), far]);
+    let mut pair = Pair::start(&agent, &dir, "web", "db", upstreams);
     assert!(carries(port));
+    assert!(refused(nowhere), "nothing to dial in dc9");
     assert_eq!(http_get(pair.web_admin, "/ready"), (200, "ready\n".into()));
     let mut held = Held::open(port);
 
@@ -340,16 +400,43 @@ fn with_the_agent_gone_traffic_flows_and_a_restarted_sidegate_serves_its_last_kn
     // New connections too: db authorizes web from its last answer.
     assert!(carries(port));
 
-    // web starts again with the agent still gone: it serves from its state_dir.
+    // web starts again with the agent still gone: it serves from its state_dir — saved an
+    // hour ago, say — and leaves that state as it is: served again, it is no newer.
+    pair.web.kill();
+    let state = dir.path("web-state");
+    let an_hour_ago = now_unix() - 3600;
+    set_saved_unix(&state, an_hour_ago);
     pair.web.restart();
-    pair.web.serving(&[port]);
+    pair.web.serving(&[port, nowhere]);
     assert!(carries(port), "restarted from the last-known-good state");
+    assert!(refused(nowhere));
+    // The log says what is served, how old it is, and that it is stale.
+    let line = pair.web.wait_for_line(
+        "consul: serving the last-known-good state saved ",
+        SERVING_WITHIN,
+    );
+    assert!(
+        line.contains("it is stale until the agent confirms it"),
+        "{line}"
+    );
+    let age: u64 = line
+        .split("saved ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no age in {line:?}"));
+    assert!(age >= 3600, "saved an hour ago, logged as {age} s ago");
     // Serving, but not what the agent confirmed: not ready, and the metrics say stale.
     let (code, why) = http_get(pair.web_admin, "/ready");
     assert_eq!(code, 503);
     assert!(why.starts_with("stale: "), "{why}");
     let (_, metrics) = http_get(pair.web_admin, "/metrics");
     assert!(metrics.contains("\nsidegate_consul_stale 1\n"), "{metrics}");
+    assert_eq!(
+        saved_unix(&state),
+        an_hour_ago,
+        "a stale state saved as new"
+    );
 }
 
 /// Issue 7's fault: the agent restarted, then stopped, in the middle of traffic. Nothing

@@ -25,16 +25,17 @@ use crate::mesh::Place;
 pub const MAX_ROUTED_SERVICES: usize = 1000;
 pub const MAX_DATACENTERS: usize = 100;
 
-/// What the follower knows: answers, and keys the agent refused with no earlier answer.
+/// What the follower knows: answers, and keys the agent refused with no earlier answer
+/// (with the agent's reason, as shown in the log).
 pub struct Known<'a> {
     pub answers: &'a BTreeMap<Key, Answer>,
-    pub refused: &'a BTreeSet<Key>,
+    pub refused: &'a BTreeMap<Key, String>,
 }
 
 impl Known<'_> {
     /// Answered, or refused where going on without it is possible.
     pub fn settled(&self, key: &Key) -> bool {
-        self.answers.contains_key(key) || (self.refused.contains(key) && !key.is_core())
+        self.answers.contains_key(key) || (self.refused.contains_key(key) && !key.is_core())
     }
 
     fn registration(&self, id: Option<&String>, kind: &str) -> Option<&AgentService> {
@@ -488,4 +489,4 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
 
 #[cfg(test)]
 #[path = "assemble_tests.rs"]
-mod tests;
+pub(super) mod tests;

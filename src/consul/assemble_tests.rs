@@ -83,7 +83,7 @@ fn registration(name: &str) -> Answer {
     Answer::Service(Some(serde_json::from_str(&example(name)).unwrap()))
 }
 
-fn connect(service: &str, dc: &str) -> Key {
+pub(crate) fn connect(service: &str, dc: &str) -> Key {
     Key::Connect {
         service: service.into(),
         namespace: "default".into(),
@@ -159,16 +159,16 @@ fn web_with(registration: Answer) -> World {
         .with(leaf_key_web(), leaf())
 }
 
-struct World {
-    answers: BTreeMap<Key, Answer>,
-    refused: BTreeSet<Key>,
+pub(crate) struct World {
+    pub(crate) answers: BTreeMap<Key, Answer>,
+    pub(crate) refused: BTreeMap<Key, String>,
 }
 
 impl World {
     fn new() -> World {
         World {
             answers: BTreeMap::new(),
-            refused: BTreeSet::new(),
+            refused: BTreeMap::new(),
         }
     }
 
@@ -208,7 +208,7 @@ impl World {
 }
 
 /// 1.8.7's registration: web with upstream db in dc1, no datacenter in the registration.
-fn web_1_8(s: &Settings) -> World {
+pub(crate) fn web_1_8(s: &Settings) -> World {
     web_with(registration("agent-service-sidecar-1.8.7.json")).settle(s, |k| match k {
         Key::Connect { .. } => db_instances("10.0.0.5", "203.0.113.5"),
         Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
@@ -492,7 +492,7 @@ fn refused_targets_do_not_block_the_rest() {
     let s = settings(Some("web-sidecar-proxy"), None);
     let mut w = web_1_8(&s);
     w.answers.remove(&connect("db", "dc1"));
-    w.refused.insert(connect("db", "dc1"));
+    w.refused.insert(connect("db", "dc1"), "HTTP 403".into());
     let (snap, _) = snapshot(&s, &base(), &w.known()).unwrap();
     assert!(snap.catalog.services.is_empty());
     assert!(
@@ -501,7 +501,7 @@ fn refused_targets_do_not_block_the_rest() {
     );
     // The core keys are never skipped.
     w.answers.remove(&leaf_key_web());
-    w.refused.insert(leaf_key_web());
+    w.refused.insert(leaf_key_web(), "HTTP 403".into());
     assert!(snapshot(&s, &base(), &w.known()).is_err());
 }
 

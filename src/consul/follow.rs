@@ -1,8 +1,9 @@
 //! Following the agent: one thread that starts a watch per needed key, gathers their
 //! answers, and hands the event loop a complete `Snapshot` whenever the mesh state changes —
 //! only complete ones (identity, roots, registration and every target answered at least
-//! once). Each complete state is also saved as last-known-good; on a start with the agent
-//! unreachable that saved state is served, marked stale, while the watches keep retrying.
+//! once). Each complete state the agent confirmed in this run is also saved as last-known-good
+//! — its answers and what it refused — and on a start with the agent unreachable that saved
+//! state is served, marked stale, while the watches keep retrying.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -87,30 +88,8 @@ pub fn follow(
     sink: Sink,
 ) -> io::Result<Follower> {
     let stop = Arc::new(AtomicBool::new(false));
-    let client = Client::new(&settings);
-    let authorizer = Authorizer::new(client.clone(), status.clone(), settings.state_dir.clone());
     let (tx, rx) = mpsc::sync_channel(QUEUE);
-    let mut c = Coordinator {
-        settings,
-        base,
-        client,
-        options,
-        status: status.clone(),
-        authorizer,
-        tx,
-        watches: BTreeMap::new(),
-        answers: BTreeMap::new(),
-        refused: BTreeSet::new(),
-        health: BTreeMap::new(),
-        dirty: true,
-        last_sent: None,
-        last_warnings: Vec::new(),
-        last_waiting: String::new(),
-        unreachable_since: None,
-        started: Instant::now(),
-        restored_at: None,
-        sink,
-    };
+    let mut c = Coordinator::new(settings, base, options, status.clone(), tx, sink);
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
         .name("sidegate-consul".into())
@@ -125,18 +104,25 @@ pub fn follow(
 /// How a key's watch is doing.
 #[derive(Debug, Default)]
 struct Health {
-    /// Answered by the agent in this run and not failing since.
+    /// Settled by the agent in this run — answered, or refused with no answer known — and
+    /// not failing otherwise since. A refusal restored from the saved state is not fresh.
     fresh: bool,
     error: Option<ApiError>,
 }
 
-/// What `STATE_FILE` holds: the agent's answers, from which the same snapshot is rebuilt.
+/// What `STATE_FILE` holds: the agent's answers and refusals, from which the same snapshot
+/// is rebuilt.
 #[derive(Serialize, Deserialize)]
 struct Saved {
     saved_unix: u64,
     sidecar_service_id: Option<String>,
     gateway_service_id: Option<String>,
     answers: Vec<(Key, Answer)>,
+    /// Keys the agent refused (with its reason) and the snapshot went on without: without
+    /// them a saved state that lacks, say, an upstream in a datacenter with no path to it
+    /// would never be complete again. Absent in files of earlier versions.
+    #[serde(default)]
+    refused: Vec<(Key, String)>,
 }
 
 /// The saved state for these settings: `Ok(None)` when there is none (or no `state_dir`),
@@ -178,7 +164,7 @@ pub fn saved_snapshot(
         return Ok(None);
     };
     let answers: BTreeMap<Key, Answer> = saved.answers.into_iter().collect();
-    let refused = BTreeSet::new();
+    let refused: BTreeMap<Key, String> = saved.refused.into_iter().collect();
     let known = Known {
         answers: &answers,
         refused: &refused,
@@ -205,12 +191,15 @@ struct Coordinator {
     watches: BTreeMap<Key, Watch>,
     /// The last answer per key (this run's, or restored from the saved state).
     answers: BTreeMap<Key, Answer>,
-    /// Keys the agent answered with an error, with no answer known.
-    refused: BTreeSet<Key>,
+    /// Keys the agent answered with an error, with no answer known (this run's, or restored),
+    /// and the error as shown.
+    refused: BTreeMap<Key, String>,
     health: BTreeMap<Key, Health>,
     /// Something changed since the last look.
     dirty: bool,
     last_sent: Option<Snapshot>,
+    /// `last_sent` is what `STATE_FILE` holds as of this run: the agent confirmed it.
+    last_sent_saved: bool,
     last_warnings: Vec<String>,
     last_waiting: String,
     unreachable_since: Option<Instant>,
@@ -220,6 +209,41 @@ struct Coordinator {
 }
 
 impl Coordinator {
+    fn new(
+        settings: Settings,
+        base: Snapshot,
+        options: Options,
+        status: Arc<Status>,
+        tx: SyncSender<Update>,
+        sink: Sink,
+    ) -> Coordinator {
+        let client = Client::new(&settings);
+        let authorizer =
+            Authorizer::new(client.clone(), status.clone(), settings.state_dir.clone());
+        Coordinator {
+            settings,
+            base,
+            client,
+            options,
+            status,
+            authorizer,
+            tx,
+            watches: BTreeMap::new(),
+            answers: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            health: BTreeMap::new(),
+            dirty: true,
+            last_sent: None,
+            last_sent_saved: false,
+            last_warnings: Vec::new(),
+            last_waiting: String::new(),
+            unreachable_since: None,
+            started: Instant::now(),
+            restored_at: None,
+            sink,
+        }
+    }
+
     fn run(&mut self, rx: &Receiver<Update>, stop: &AtomicBool) {
         crate::info!(
             "consul: following agent {} ({})",
@@ -277,7 +301,7 @@ impl Coordinator {
         let needed = self.needed();
         self.watches.retain(|k, _| needed.contains(k));
         self.answers.retain(|k, _| needed.contains(k));
-        self.refused.retain(|k| needed.contains(k));
+        self.refused.retain(|k, _| needed.contains(k));
         self.health.retain(|k, _| needed.contains(k));
         for key in needed {
             if self.watches.contains_key(&key) {
@@ -347,7 +371,8 @@ impl Coordinator {
                     }
                     // The agent answered, with an error: settled, for keys that allow it.
                     if !self.answers.contains_key(&key) {
-                        self.refused.insert(key);
+                        self.refused.insert(key, e.to_string());
+                        health.fresh = true;
                     }
                 }
                 health.error = Some(e);
@@ -361,7 +386,7 @@ impl Coordinator {
         let needed = assemble::needed(&self.settings, &known);
         let confirmed = needed
             .iter()
-            .all(|k| self.refused.contains(k) || self.health.get(k).is_some_and(|h| h.fresh));
+            .all(|k| self.health.get(k).is_some_and(|h| h.fresh));
         self.status
             .set_stale(self.last_sent.is_some() && !confirmed);
         let mut snap = match assemble::snapshot(&self.settings, &self.base, &known) {
@@ -397,10 +422,21 @@ impl Coordinator {
         if self.last_sent.as_ref() == Some(&snap) {
             if confirmed {
                 self.status.confirmed();
+                // A restored state the agent now confirms unchanged is saved as of now.
+                if !self.last_sent_saved {
+                    self.save(&needed);
+                    self.last_sent_saved = true;
+                }
             }
             return true;
         }
-        self.save(&needed);
+        // Only what the agent confirmed in this run is saved: a restored (or partly restored)
+        // state saved again would claim to be as new as the save, and the next start would
+        // report its age wrong.
+        if confirmed {
+            self.save(&needed);
+        }
+        self.last_sent_saved = confirmed;
         if !confirmed && self.last_sent.is_none() {
             let when = self.restored_at.map_or("an earlier run".to_owned(), |t| {
                 format!("{} s ago", now_unix().saturating_sub(t))
@@ -431,12 +467,8 @@ impl Coordinator {
             saved_unix: now_unix(),
             sidecar_service_id: self.settings.sidecar_service_id.clone(),
             gateway_service_id: self.settings.gateway_service_id.clone(),
-            answers: self
-                .answers
-                .iter()
-                .filter(|(k, _)| needed.contains(*k))
-                .map(|(k, a)| (k.clone(), a.clone()))
-                .collect(),
+            answers: of_needed(&self.answers, needed),
+            refused: of_needed(&self.refused, needed),
         };
         state_dir::save_json(
             dir,
@@ -463,12 +495,25 @@ impl Coordinator {
             "consul: loaded the last-known-good state saved {} s ago",
             now_unix().saturating_sub(saved.saved_unix)
         );
+        for (key, why) in saved.refused {
+            crate::info!("consul: the saved state goes without what the agent refused then: {why}");
+            self.refused.insert(key, why);
+        }
     }
+}
+
+/// The entries of `map` for `needed` keys, to be saved.
+fn of_needed<V: Clone>(map: &BTreeMap<Key, V>, needed: &BTreeSet<Key>) -> Vec<(Key, V)> {
+    map.iter()
+        .filter(|(k, _)| needed.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consul::assemble::tests::{connect, web_1_8};
     use crate::consul::settings::{resolve, FileKeys};
 
     fn settings(dir: &std::path::Path, sidecar: &str) -> Settings {
@@ -476,11 +521,106 @@ mod tests {
             FileKeys {
                 sidecar_service_id: Some(sidecar.into()),
                 state_dir: Some(dir.to_path_buf()),
+                // Nothing listens there: the agent is unreachable.
+                address: Some(format!("127.0.0.1:{}", dead_port())),
                 ..FileKeys::default()
             },
             &|_| None,
         )
         .unwrap()
+    }
+
+    fn dead_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("sidegate-follow-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn coordinator(s: &Settings) -> Coordinator {
+        let (tx, _rx) = mpsc::sync_channel(1);
+        let status = Arc::new(Status::default());
+        Coordinator::new(
+            s.clone(),
+            base(),
+            Options::default(),
+            status,
+            tx,
+            Box::new(|_| true),
+        )
+    }
+
+    /// As if the agent had just answered (or refused) every needed key in this run.
+    fn all_confirmed(c: &mut Coordinator) {
+        for key in c.needed() {
+            let fresh = Health {
+                fresh: true,
+                error: None,
+            };
+            c.health.insert(key, fresh);
+        }
+        c.dirty = true;
+    }
+
+    /// The state a run saves when the agent confirmed web's sidecar but refused db's
+    /// instances (as it does for an upstream in a datacenter it has no path to).
+    fn save_with_db_refused(s: &Settings) {
+        let mut world = web_1_8(s);
+        let db = connect("db", "dc1");
+        world.answers.remove(&db);
+        let mut c = coordinator(s);
+        c.answers = world.answers;
+        c.refused.insert(
+            db,
+            "GET /v1/health/connect/db?dc=dc1: HTTP 500: \"No path to datacenter\"".into(),
+        );
+        all_confirmed(&mut c);
+        assert!(c.maybe_send());
+        assert!(
+            c.last_sent.is_some() && !c.status.is_stale(),
+            "confirmed, sent"
+        );
+    }
+
+    /// Follows with the agent unreachable; the first snapshot served.
+    fn serve_offline(s: &Settings) -> (Follower, Snapshot) {
+        let (tx, rx) = mpsc::sync_channel(4);
+        let status = Arc::new(Status::default());
+        let sink = Box::new(move |snap| tx.send(snap).is_ok());
+        let f = follow(s.clone(), base(), Options::default(), status, sink).unwrap();
+        let snap = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the saved state is served with the agent unreachable");
+        (f, snap)
+    }
+
+    #[test]
+    fn a_saved_state_with_refusals_is_served_offline() {
+        let dir = scratch("refused");
+        let s = settings(&dir, "web-sidecar-proxy");
+        save_with_db_refused(&s);
+        let (saved, _) = saved_snapshot(&s, &base())
+            .unwrap()
+            .expect("check shows the saved state");
+        assert_eq!(
+            saved.sidecar.as_ref().unwrap().upstreams[0].destination_name,
+            "db"
+        );
+        assert!(
+            saved.catalog.services.is_empty(),
+            "db was refused: nothing to dial"
+        );
+
+        let (f, served) = serve_offline(&s);
+        assert_eq!(served, saved);
+        assert!(f.status.is_stale(), "a restored refusal is no confirmation");
+        f.stop();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn base() -> Snapshot {
@@ -489,10 +629,39 @@ mod tests {
             .snapshot
     }
 
+    /// Served again while the agent is unreachable, a restored state is not saved again:
+    /// the file keeps the time the agent confirmed it, which the next start reports.
+    #[test]
+    fn a_restored_state_keeps_the_time_it_was_saved() {
+        let dir = scratch("saved-at");
+        let s = settings(&dir, "web-sidecar-proxy");
+        save_with_db_refused(&s);
+        let mut saved = load(&s).unwrap().unwrap();
+        saved.saved_unix = 1000;
+        state_dir::write(&dir, STATE_FILE, &serde_json::to_vec(&saved).unwrap()).unwrap();
+
+        let (f, _) = serve_offline(&s);
+        f.stop();
+        let saved_at = || load(&s).unwrap().unwrap().saved_unix;
+        assert_eq!(saved_at(), 1000, "saved again as if confirmed now");
+
+        // Once the agent confirms it, unchanged, it is saved as of then.
+        let mut c = coordinator(&s);
+        c.restore();
+        c.unreachable_since = Some(Instant::now());
+        assert!(c.maybe_send());
+        assert!(c.status.is_stale());
+        assert_eq!(saved_at(), 1000);
+        all_confirmed(&mut c);
+        assert!(c.maybe_send());
+        assert!(!c.status.is_stale());
+        assert!(saved_at() > 1000, "confirmed now, saved now");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn unusable_saved_state_is_reported_and_ignored() {
-        let dir = std::env::temp_dir().join(format!("sidegate-follow-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("unusable");
         let s = settings(&dir, "web-sidecar-proxy");
         assert!(
             matches!(saved_snapshot(&s, &base()), Ok(None)),
@@ -509,6 +678,7 @@ mod tests {
             sidecar_service_id: Some(id.into()),
             gateway_service_id: None,
             answers,
+            refused: Vec::new(),
         };
         let write = |s: &Saved| {
             state_dir::write(&dir, STATE_FILE, &serde_json::to_vec(s).unwrap()).unwrap()

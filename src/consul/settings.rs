@@ -183,8 +183,21 @@ pub fn resolve(
     .map_err(|e| fail("token_file", e))
     .ok();
 
+    // The CA only verifies HTTPS. CONSUL_CACERT is often exported fleet-wide, also where
+    // an agent is reached over plain HTTP, and Consul's CLI does not refuse that pair: the
+    // variable is then ignored, not even read. A `ca_file` in this file is a statement
+    // about this agent, though: next to a plain-HTTP address it most likely means the
+    // address lost its https:// — the token would travel in clear text while the operator
+    // believes the agent verified — so that stays an error.
+    let plain_http = address.as_ref().is_some_and(|a| a.scheme == Scheme::Http);
     let ca = match (&file.ca_file, env("CONSUL_CACERT")) {
         (Some(path), _) => ca_from_file(path, ""),
+        (None, Some(path)) if plain_http => {
+            crate::debug!(
+                "consul: CONSUL_CACERT ({path}) is not used: the agent address is plain HTTP"
+            );
+            Ok(Vec::new())
+        }
         (None, Some(path)) => ca_from_file(Path::new(&path), " (from CONSUL_CACERT)"),
         (None, None) => Ok(Vec::new()),
     }
@@ -376,6 +389,42 @@ mod tests {
         };
         let errors = resolve(keys, &env_of(&[])).unwrap_err();
         assert!(errors[0].message.contains("no CERTIFICATE"), "{errors:?}");
+    }
+
+    /// CONSUL_CACERT only matters for HTTPS: next to a plain-HTTP address (the default one
+    /// included) it is ignored, even when unreadable; a `ca_file` in the file is not.
+    #[test]
+    fn a_ca_from_the_environment_is_ignored_for_plain_http() {
+        let ca = format!("{}/tests/fixtures/tls/ca.pem", env!("CARGO_MANIFEST_DIR"));
+        for cacert in [ca.as_str(), "/nonexistent/ca.pem"] {
+            for addr in [None, Some("http://127.0.0.1:8500"), Some("127.0.0.1:8500")] {
+                let mut vars = vec![("CONSUL_CACERT", cacert)];
+                vars.extend(addr.map(|a| ("CONSUL_HTTP_ADDR", a)));
+                let s = resolve(sidecar(), &env_of(&vars))
+                    .unwrap_or_else(|e| panic!("{cacert} with {addr:?}: {e:?}"));
+                assert!(s.ca.is_empty(), "{cacert} with {addr:?}");
+            }
+        }
+        // HTTPS: read, and used.
+        let env = env_of(&[
+            ("CONSUL_CACERT", &ca),
+            ("CONSUL_HTTP_ADDR", "https://127.0.0.1:8501"),
+        ]);
+        assert_eq!(resolve(sidecar(), &env).unwrap().ca.len(), 1);
+        let env = env_of(&[
+            ("CONSUL_CACERT", "/nonexistent/ca.pem"),
+            ("CONSUL_HTTP_ADDR", "https://127.0.0.1:8501"),
+        ]);
+        let errors = resolve(sidecar(), &env).unwrap_err();
+        assert!(errors[0].message.contains("CONSUL_CACERT"), "{errors:?}");
+        // Written in the file next to plain HTTP: a mistake worth stopping for.
+        let keys = FileKeys {
+            ca_file: Some(ca.into()),
+            ..sidecar()
+        };
+        let errors = resolve(keys, &env_of(&[])).unwrap_err();
+        assert_eq!(errors[0].key, "ca_file");
+        assert!(errors[0].message.contains("plain HTTP"), "{errors:?}");
     }
 
     #[test]

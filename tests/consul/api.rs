@@ -13,7 +13,8 @@ use super::{Agent, READY_WITHIN};
 
 impl Agent {
     pub fn call(&self, method: &str, path: &str, body: &str) -> Response {
-        http::request(self.http, method, path, body)
+        let token = self.options.token.as_deref();
+        http::request(self.http, method, path, body, token)
             .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", self.http))
     }
 

@@ -20,13 +20,21 @@ impl Response {
     }
 }
 
-pub fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> io::Result<Response> {
+/// One request, with `token` as `X-Consul-Token` when given.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> io::Result<Response> {
     let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
+    let token = token.map_or(String::new(), |t| format!("X-Consul-Token: {t}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{token}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = Vec::new();

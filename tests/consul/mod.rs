@@ -28,7 +28,9 @@ pub use api::{service_with_sidecar, TlsFiles};
 pub use builtin_proxy::BuiltinProxy;
 pub use listening::{wait_listening, wait_not_listening};
 use process::Watched;
-pub use sidegate::{gateway_toml, sidecar_toml, Sidegate};
+pub use sidegate::{
+    gateway_toml, saved_unix, set_saved_unix, sidecar_toml, Sidegate, SERVING_WITHIN,
+};
 
 /// An agent is ready well within this (dev: ~0.3 s; persistent server: ~2 s).
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -49,6 +51,8 @@ pub struct Options {
     pub persistent: bool,
     /// More agent configuration, one `-hcl` argument each (HTTPS, ACLs, ...).
     pub hcl: Vec<String>,
+    /// The ACL token the harness's own API calls carry, for an agent with ACLs enabled.
+    pub token: Option<String>,
 }
 
 impl Options {
@@ -59,6 +63,7 @@ impl Options {
             join_wan: None,
             persistent: false,
             hcl: Vec::new(),
+            token: None,
         }
     }
 }
@@ -134,11 +139,9 @@ impl Agent {
     /// datacenter), ready when its CA carries the primary's trust domain.
     pub fn secondary(datacenter: &str, primary: &Agent) -> Agent {
         let agent = Agent::start(Options {
-            datacenter: datacenter.to_owned(),
-            primary: primary.options.datacenter.clone(),
             join_wan: Some(primary.serf_wan),
-            persistent: false,
-            hcl: Vec::new(),
+            primary: primary.options.datacenter.clone(),
+            ..Options::dev(datacenter)
         });
         let td = primary.roots().trust_domain;
         assert_eq!(agent.roots().trust_domain, td, "secondary CA not federated");
@@ -217,9 +220,9 @@ impl Agent {
     }
 
     fn is_ready(&self) -> bool {
-        let leader = http::request(self.http, "GET", "/v1/status/leader", "");
+        let leader = http::request(self.http, "GET", "/v1/status/leader", "", None);
         let has_leader = matches!(leader, Ok(r) if r.status == 200 && r.body.trim() != "\"\"");
-        let roots = http::request(self.http, "GET", "/v1/agent/connect/ca/roots", "");
+        let roots = http::request(self.http, "GET", "/v1/agent/connect/ca/roots", "", None);
         has_leader
             && matches!(roots, Ok(r) if r.status == 200
                 && serde_json::from_str::<Value>(&r.body).ok()

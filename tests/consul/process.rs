@@ -160,19 +160,32 @@ impl Watched {
     /// The last lines of output; all of them once the process has ended.
     pub fn tail(&self) -> String {
         if self.exited {
-            // The reader ends at the pipe's EOF, just after the process.
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while self
-                .output_reader
-                .as_ref()
-                .is_some_and(|r| !r.is_finished())
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            self.wait_reader();
         }
         let kept = self.tail.lock().unwrap();
         kept.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Once the process has ended: every output line `wait_for_line` has not read (all of
+    /// them if it was never called), up to `QUEUED_LINES`.
+    pub fn unread_output(&mut self) -> Vec<String> {
+        assert!(self.has_exited(), "{} is still running", self.name);
+        self.wait_reader();
+        self.output.lock().unwrap().try_iter().collect()
+    }
+
+    /// Waits (bounded) for the output reader, which ends at the pipe's EOF, just after the
+    /// process.
+    fn wait_reader(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self
+            .output_reader
+            .as_ref()
+            .is_some_and(|r| !r.is_finished())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Sends `sig` and waits up to `within` for the process to end.

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use sidegate::consul::follow::STATE_FILE;
+
 use super::process::Watched;
 use super::{wait_listening, Agent};
 
@@ -80,6 +82,20 @@ impl Sidegate {
         self.start();
     }
 
+    /// Waits for a line of its output containing `needle` (from its start); panics with the
+    /// output when none comes within `within`.
+    pub fn wait_for_line(&mut self, needle: &str, within: Duration) -> String {
+        self.process.as_mut().unwrap().wait_for_line(needle, within)
+    }
+
+    /// Stops it gracefully (SIGTERM) and returns everything it wrote that `wait_for_line`
+    /// has not read.
+    pub fn stop(&mut self) -> Vec<String> {
+        let process = self.process.as_mut().unwrap();
+        process.stop();
+        process.unread_output()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(|p| !p.has_exited())
     }
@@ -87,6 +103,26 @@ impl Sidegate {
     pub fn output_tail(&self) -> String {
         self.process.as_ref().map(Watched::tail).unwrap_or_default()
     }
+}
+
+/// When the last-known-good state in `state_dir` says it was saved (seconds since 1970).
+pub fn saved_unix(state_dir: &Path) -> u64 {
+    saved_state(state_dir)["saved_unix"].as_u64().unwrap()
+}
+
+/// Makes the last-known-good state in `state_dir` claim it was saved at `unix`, keeping
+/// its checksum right (as an older save would have it).
+pub fn set_saved_unix(state_dir: &Path, unix: u64) {
+    let mut state = saved_state(state_dir);
+    state["saved_unix"] = unix.into();
+    let bytes = serde_json::to_vec(&state).unwrap();
+    sidegate::consul::state_dir::write(state_dir, STATE_FILE, &bytes).unwrap();
+}
+
+fn saved_state(state_dir: &Path) -> serde_json::Value {
+    let bytes = sidegate::consul::state_dir::read(state_dir, STATE_FILE)
+        .unwrap_or_else(|e| panic!("{}: {e}", state_dir.display()));
+    serde_json::from_slice(&bytes).unwrap()
 }
 
 /// `[consul]` for a sidecar following its registration `sidecar_service_id` on `agent`,
