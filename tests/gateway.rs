@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use common::*;
@@ -279,4 +279,54 @@ fn closes_idle_connections_and_keeps_busy_ones() {
         "the idle connection is closed"
     );
     assert_eq!(echo_and_finish(busy, b"bye").unwrap(), m.db.name);
+}
+
+/// A service instance and another datacenter's gateway given as `localhost:PORT`: names are
+/// resolved when dialled, by the C library's resolver from `/etc/hosts`. Under
+/// `cross/test.sh` this runs as a static musl program under qemu-user, so it shows that musl's
+/// own resolver (no NSS modules) finds the name on the ARM builds too.
+#[test]
+fn dials_an_instance_and_a_gateway_given_by_host_name() {
+    // sidegate dials only the first address a name resolves to, so both named endpoints
+    // listen there: 127.0.0.1 here, ::1 on a host whose /etc/hosts lists that first.
+    let first = ("localhost", 0)
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .expect("localhost resolves to no address");
+    assert!(first.ip().is_loopback(), "localhost resolves to {first}");
+    let listen = format!("\"{}\"", SocketAddr::new(first.ip(), 0));
+
+    let pki = Pki::new();
+    let db = Backend::start(&pki, &service_sni("db", "dc1"));
+    let web2 = Backend::start(&pki, &service_sni("web", "dc2"));
+    // At that address, a gateway of each place in front of its backend (the test backends
+    // listen on 127.0.0.1 only): dc1's standing in for db's instance, and dc2's.
+    let front = |dc: &str, service: &str, backend: &Backend| {
+        start(&gateway_toml(
+            dc,
+            "default",
+            &listen,
+            &[(service, vec![backend.addr])],
+            "",
+            "",
+        ))
+    };
+    let (db_front, gw2) = (front("dc1", "db", &db), front("dc2", "web", &web2));
+    let by_name = format!(
+        "[[catalog.services]]\nname = \"db\"\ninstances = [\"localhost:{}\"]\n\
+         [[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"localhost:{}\"]\n",
+        db_front.gateway_addrs[0].port(),
+        gw2.gateway_addrs[0].port()
+    );
+    let gw = start(&gateway_toml("dc1", "default", LOOPBACK, &[], &by_name, ""));
+
+    let cfg = pki.client_config();
+    for backend in [&db, &web2] {
+        let tls = tls_connect(gw.gateway_addrs[0], &backend.name, &cfg).unwrap();
+        assert_eq!(echo_and_finish(tls, b"by name").unwrap(), backend.name);
+        assert_eq!(backend.accepted(), 1, "{}", backend.name);
+    }
+    assert_eq!(gw.metrics.gateway.hello(HelloOutcome::Routed).get(), 2);
+    assert_eq!(gw.metrics.gateway.dial.connect_failures.get(), 0);
 }

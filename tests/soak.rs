@@ -1,8 +1,8 @@
 //! Soak: mixed traffic through every role of two `sidegate run` processes (the binary of
 //! this build; `tests/soak.sh` builds it with --release) for as long as asked, with SIGHUP
 //! reloads of changed configurations every few seconds. It fails when any transfer is cut or
-//! damaged, a process dies, or memory keeps growing after warm-up. Ignored in `cargo test`;
-//! run with `tests/soak.sh DURATION`.
+//! damaged, a process dies, or memory keeps growing after warm-up. Ignored in `cargo test`
+//! (which runs only the check of the RSS verdict); run with `tests/soak.sh DURATION`.
 //!
 //! ```text
 //!  A (dc1: web's sidecar + dc1's gateway)                B (dc2: api's sidecar + dc2's gateway)
@@ -248,6 +248,57 @@ fn slope_per_hour(samples: &[(f64, u64)]) -> f64 {
     }
 }
 
+/// RSS after warm-up, first third of the samples against the last.
+#[derive(Debug)]
+struct Growth {
+    /// Means of the thirds, KiB.
+    first: f64,
+    last: f64,
+    /// The last third's lowest sample minus the first third's highest, KiB.
+    rise: i64,
+}
+
+/// The means of the thirds may differ by allocator noise at most.
+const MEAN_GROWTH_KIB: f64 = 1024.0;
+/// How far the floor may rise above the earlier ceiling: a few pages of allocator slack.
+const RISE_ALLOWANCE_KIB: i64 = 128;
+
+impl Growth {
+    fn of(samples: &[(f64, u64)]) -> Growth {
+        let third = (samples.len() / 3).max(1);
+        let (start, end) = (&samples[..third], &samples[samples.len() - third..]);
+        let ceiling = start.iter().map(|s| s.1).max().unwrap_or(0);
+        let floor = end.iter().map(|s| s.1).min().unwrap_or(0);
+        Growth {
+            first: mean(start),
+            last: mean(end),
+            rise: floor as i64 - ceiling as i64,
+        }
+    }
+
+    /// Traffic and reloads show as peaks that come and go (a transfer's buffers, two
+    /// configurations alive during a reload), so a floor above the earlier ceiling means
+    /// memory grew and stayed. The thirds are a third of the run apart, so a leak of L KiB/h
+    /// lifts the floor by L × run / 3: the longer the run, the slower the leak it catches.
+    /// With the noise a 1-minute run shows (peaks of 30 to 90 KiB), an 8-hour run fails a
+    /// leak from about 80 KiB/h, where the means alone fail one of over 1 MiB in all
+    /// (190 KiB/h).
+    fn verdict(&self) -> Result<(), String> {
+        let grew = self.last - self.first;
+        if grew > MEAN_GROWTH_KIB {
+            return Err(format!("grew by {grew:.0} KiB after warm-up"));
+        }
+        if self.rise > RISE_ALLOWANCE_KIB {
+            return Err(format!(
+                "kept growing: its lowest sample in the last third of the run is {} KiB \
+                 above its highest in the first third",
+                self.rise
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn mean(samples: &[(f64, u64)]) -> f64 {
     samples.iter().map(|s| s.1 as f64).sum::<f64>() / samples.len() as f64
 }
@@ -387,16 +438,19 @@ fn soak() {
             eprintln!("soak: RSS {name}: no samples after the warm-up");
             continue;
         }
-        let third = (s.len() / 3).max(1);
-        let (first, last) = (mean(&s[..third]), mean(&s[s.len() - third..]));
+        let g = Growth::of(s);
         let max = s.iter().map(|x| x.1).max().unwrap_or(0);
         eprintln!(
-            "soak: RSS {name}: {first:.0} KiB after warm-up, {last:.0} KiB at the end, \
-             max {max} KiB, slope {:+.0} KiB/h over {} samples",
+            "soak: RSS {name}: {:.0} KiB after warm-up, {:.0} KiB at the end, max {max} KiB, \
+             slope {:+.0} KiB/h over {} samples; lowest of the last third {:+} KiB from the \
+             highest of the first",
+            g.first,
+            g.last,
             slope_per_hour(s),
-            s.len()
+            s.len(),
+            g.rise
         );
-        growth.push((name, last - first));
+        growth.push((name, g));
     }
     assert!(
         alive.iter().all(Option::is_none),
@@ -408,11 +462,42 @@ fn soak() {
         failures.len()
     );
     // Steady traffic after warm-up: the last third may not sit above the first third by more
-    // than allocator noise.
+    // than allocator noise, nor may its lowest sample rise above the first third's highest
+    // (a slow leak: see `Growth::verdict`).
     for (name, g) in growth {
-        assert!(
-            g <= 1024.0,
-            "RSS of {name} grew by {g:.0} KiB after warm-up"
-        );
+        if let Err(e) = g.verdict() {
+            panic!("RSS of {name} {e}");
+        }
     }
+}
+
+#[test]
+fn the_rss_check_fails_a_slow_leak_and_passes_peaks_that_come_and_go() {
+    // Eight hours of one sample a second around 6 MiB, with a 64 KiB peak every 7 s (a
+    // transfer's buffers) and a 32 KiB step every 40 s that comes back (a reload).
+    let run = |leak_kib_per_hour: f64| -> Vec<(f64, u64)> {
+        (0..8 * 3600)
+            .map(|t| {
+                let noise = if t % 7 == 0 { 64 } else { 0 } + if t % 80 < 40 { 32 } else { 0 };
+                let kib = 6144.0 + leak_kib_per_hour * f64::from(t) / 3600.0 + f64::from(noise);
+                (f64::from(t), kib as u64)
+            })
+            .collect()
+    };
+    assert_eq!(Growth::of(&run(0.0)).verdict(), Ok(()));
+    assert_eq!(Growth::of(&run(-100.0)).verdict(), Ok(()));
+    // 2.4 MiB a day: under the means' 1 MiB in 8 hours, caught by the floor.
+    let slow = Growth::of(&run(100.0));
+    assert!(slow.last - slow.first < MEAN_GROWTH_KIB, "{slow:?}");
+    assert!(
+        slow.verdict().unwrap_err().contains("kept growing"),
+        "{slow:?}"
+    );
+    assert!(Growth::of(&run(1000.0)).verdict().is_err());
+    // A 1-minute run: 200 KiB more from the middle on fails; a last-moment peak does not.
+    let mut short: Vec<(f64, u64)> = (0..50).map(|t| (f64::from(t), 6144)).collect();
+    short[45..].iter_mut().for_each(|s| s.1 += 200);
+    assert_eq!(Growth::of(&short).verdict(), Ok(()));
+    short[25..].iter_mut().for_each(|s| s.1 += 200);
+    assert!(Growth::of(&short).verdict().is_err());
 }

@@ -11,7 +11,7 @@
 #                presents a leaf with the target's SPIFFE URI SAN (sidegate checks that ID; the
 #                others check the chain and the DNS name, the most they can).
 #
-#   tests/bench/run.sh                  # as root or with sudo on Debian 12: ~9 minutes
+#   tests/bench/run.sh                  # as root or with sudo on Debian 12: ~7 min (+2.5 to build)
 #   ROUNDS=1 BULK_MB=64 RATE_SECONDS=2 LAT_SECONDS=1 HOLD_COUNT=300 tests/bench/run.sh   # quick look
 #   REPORT_FROM=target/bench/bench-raw.tsv tests/bench/run.sh     # re-render a saved run
 #
@@ -27,8 +27,10 @@
 # RATE_SECONDS (5), RATE_PARALLEL (8), LAT_SECONDS (2), HOLD_COUNT (1000), PROXY_THREADS (1),
 # SCENARIOS ("passthrough origination"), PASSTHROUGH ("direct sidegate haproxy sniproxy nginx"),
 # ORIGINATION ("direct sidegate haproxy nginx stunnel"), BASE_PORT (19400),
-# SIDEGATE_TARGET (x86_64-unknown-linux-musl, the shipped static build; "host" for the host
-# toolchain's default target).
+# SIDEGATE_TARGET (x86_64-unknown-linux-musl, the shipped static build; a target of
+# cross/targets.sh, which installs its toolchain; "host" for the host toolchain's default).
+# Duration: 7 min 6 s of measuring at the defaults on a quiet 2-core machine (the last run, at
+# ef2ccfc; tests/bench/RESULTS.md), plus about 2.5 min of release builds when not yet built.
 # Output: Markdown on stdout and in $CARGO_TARGET_DIR/bench/bench.md, raw samples beside it
 # (bench-raw.tsv: scenario, path, round, metric, value; "meta" rows describe the run).
 set -euo pipefail
@@ -54,6 +56,8 @@ WEB_SPIFFE="spiffe://$TD/ns/default/dc/dc1/svc/web"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
+# cross_install, cross_env, cross_binary: the toolchain of SIDEGATE_TARGET, as for the boards.
+source cross/targets.sh
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT_DIR=$TARGET_DIR/bench
 LOADGEN=$TARGET_DIR/release/examples/loadgen
@@ -100,20 +104,22 @@ install_missing() {
 
 build() {
     command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
-    local target_args=()
-    if [[ $SIDEGATE_TARGET != host ]]; then
-        if rustup target add "$SIDEGATE_TARGET" >/dev/null 2>&1 ||
-            rustup target list --installed 2>/dev/null | grep -qx "$SIDEGATE_TARGET"; then
-            target_args=(--target "$SIDEGATE_TARGET")
-            SIDEGATE=$TARGET_DIR/$SIDEGATE_TARGET/release/sidegate
-        else
-            log "warning: cannot add target $SIDEGATE_TARGET; measuring the host build"
-            SIDEGATE_TARGET=host
-        fi
-    fi
-    [[ $SIDEGATE_TARGET == host ]] && SIDEGATE=$TARGET_DIR/release/sidegate
     log "building sidegate ($SIDEGATE_TARGET) and loadgen (release)"
-    cargo build --release --locked --quiet --bin sidegate "${target_args[@]}"
+    if [[ $SIDEGATE_TARGET == host ]]; then
+        SIDEGATE=$TARGET_DIR/release/sidegate
+        cargo build --release --locked --quiet --bin sidegate
+    else
+        # The shipped binary, built as cross/build.sh builds it: cross_install adds what the
+        # target needs (for x86_64 musl the rustup target and Debian's musl-dev, whose
+        # x86_64-linux-musl-gcc compiles ring's C), cross_env the compilers cargo is to use.
+        cross_install "$SIDEGATE_TARGET"
+        SIDEGATE=$(cross_binary "$SIDEGATE_TARGET")
+        (
+            cross_env "$SIDEGATE_TARGET"
+            "${CARGO[@]}" build --release --locked --quiet --bin sidegate --target "$SIDEGATE_TARGET" \
+                ${ZFLAGS[@]+"${ZFLAGS[@]}"}
+        )
+    fi
     cargo build --release --locked --quiet --example loadgen
     [[ -x $SIDEGATE && -x $LOADGEN ]] || die "build outputs missing under $TARGET_DIR"
 }
