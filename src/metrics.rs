@@ -117,7 +117,7 @@ impl Counter {
 /// Dialing a route's or an upstream's endpoints.
 #[derive(Debug, Default)]
 pub struct DialMetrics {
-    /// One failed attempt to connect to one endpoint.
+    /// One failed attempt to connect to one endpoint (to one of a name's addresses).
     pub connect_failures: Counter,
     /// Endpoints passed over because they failed recently.
     pub endpoints_skipped: Counter,

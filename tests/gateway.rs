@@ -281,42 +281,35 @@ fn closes_idle_connections_and_keeps_busy_ones() {
     assert_eq!(echo_and_finish(busy, b"bye").unwrap(), m.db.name);
 }
 
+/// `localhost`'s addresses in the resolver's order, and how many come before 127.0.0.1 (where
+/// the test backends listen, and only there): each is a refused attempt before a named
+/// endpoint is reached. One on a stock Debian `/etc/hosts`, which lists `::1` first.
+fn localhost_addresses() -> (Vec<SocketAddr>, u64) {
+    let addrs: Vec<SocketAddr> = ("localhost", 0).to_socket_addrs().unwrap().collect();
+    let ahead = addrs
+        .iter()
+        .position(|a| a.ip() == std::net::Ipv4Addr::LOCALHOST)
+        .unwrap_or_else(|| panic!("localhost resolves to {addrs:?}, without 127.0.0.1"));
+    // sidegate tries the first four of a name's addresses.
+    assert!(addrs.len() <= 4, "localhost resolves to {addrs:?}");
+    (addrs, ahead as u64)
+}
+
 /// A service instance and another datacenter's gateway given as `localhost:PORT`: names are
 /// resolved when dialled, by the C library's resolver from `/etc/hosts`. Under
 /// `cross/test.sh` this runs as a static musl program under qemu-user, so it shows that musl's
-/// own resolver (no NSS modules) finds the name on the ARM builds too.
+/// own resolver (no NSS modules) finds the name on the ARM builds too. Both listen on
+/// 127.0.0.1 only, so where `localhost` is `::1` first they are reached past a refusal.
 #[test]
 fn dials_an_instance_and_a_gateway_given_by_host_name() {
-    // sidegate dials only the first address a name resolves to, so both named endpoints
-    // listen there: 127.0.0.1 here, ::1 on a host whose /etc/hosts lists that first.
-    let first = ("localhost", 0)
-        .to_socket_addrs()
-        .unwrap()
-        .next()
-        .expect("localhost resolves to no address");
-    assert!(first.ip().is_loopback(), "localhost resolves to {first}");
-    let listen = format!("\"{}\"", SocketAddr::new(first.ip(), 0));
-
+    let (_, ahead) = localhost_addresses();
     let pki = Pki::new();
     let db = Backend::start(&pki, &service_sni("db", "dc1"));
-    let web2 = Backend::start(&pki, &service_sni("web", "dc2"));
-    // At that address, a gateway of each place in front of its backend (the test backends
-    // listen on 127.0.0.1 only): dc1's standing in for db's instance, and dc2's.
-    let front = |dc: &str, service: &str, backend: &Backend| {
-        start(&gateway_toml(
-            dc,
-            "default",
-            &listen,
-            &[(service, vec![backend.addr])],
-            "",
-            "",
-        ))
-    };
-    let (db_front, gw2) = (front("dc1", "db", &db), front("dc2", "web", &web2));
+    let (web2, gw2) = dc2_gateway_with_web(&pki);
     let by_name = format!(
         "[[catalog.services]]\nname = \"db\"\ninstances = [\"localhost:{}\"]\n\
          [[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"localhost:{}\"]\n",
-        db_front.gateway_addrs[0].port(),
+        db.addr.port(),
         gw2.gateway_addrs[0].port()
     );
     let gw = start(&gateway_toml("dc1", "default", LOOPBACK, &[], &by_name, ""));
@@ -328,5 +321,51 @@ fn dials_an_instance_and_a_gateway_given_by_host_name() {
         assert_eq!(backend.accepted(), 1, "{}", backend.name);
     }
     assert_eq!(gw.metrics.gateway.hello(HelloOutcome::Routed).get(), 2);
-    assert_eq!(gw.metrics.gateway.dial.connect_failures.get(), 0);
+    assert_eq!(gw.metrics.gateway.dial.connect_failures.get(), 2 * ahead);
+}
+
+/// A name is tried at each address it resolves to, in the resolver's order: past those that
+/// refuse to the one that serves (127.0.0.1, after `::1` where the hosts file lists it
+/// first), each refusal a connect failure; a name whose every address refuses is refused
+/// once all were tried. Where `localhost` has one address there is no refusal ahead to
+/// pass; `proxy::dial`'s unit tests pass one whatever the machine.
+#[test]
+fn a_name_is_dialled_at_each_address_it_resolves_to() {
+    let (addrs, ahead) = localhost_addresses();
+    if addrs.len() == 1 {
+        eprintln!("localhost resolves to {addrs:?} only: no address ahead to refuse");
+    }
+    let pki = Pki::new();
+    let db = Backend::start(&pki, &service_sni("db", "dc1"));
+    let services = format!(
+        "[[catalog.services]]\nname = \"db\"\ninstances = [\"localhost:{}\"]\n\
+         [[catalog.services]]\nname = \"gone\"\ninstances = [\"localhost:{}\"]\n",
+        db.addr.port(),
+        dead_addr().port()
+    );
+    let gw = start(&gateway_toml(
+        "dc1",
+        "default",
+        LOOPBACK,
+        &[],
+        &services,
+        "",
+    ));
+    let dial = &gw.metrics.gateway.dial;
+    let cfg = pki.client_config();
+
+    // A refused address does not make the name a failed endpoint: each connection is served.
+    for round in 1..=2 {
+        let tls = tls_connect(gw.gateway_addrs[0], &db.name, &cfg).unwrap();
+        assert_eq!(echo_and_finish(tls, b"past ::1").unwrap(), db.name);
+        assert_eq!(dial.connect_failures.get(), round * ahead);
+    }
+    assert_eq!(gw.metrics.gateway.no_endpoint.get(), 0);
+
+    assert!(tls_connect(gw.gateway_addrs[0], &service_sni("gone", "dc1"), &cfg).is_err());
+    eventually("no_endpoint = 1", || {
+        gw.metrics.gateway.no_endpoint.get() == 1
+    });
+    assert_eq!(dial.connect_failures.get(), 2 * ahead + addrs.len() as u64);
+    assert_eq!(db.accepted(), 2);
 }
