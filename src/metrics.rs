@@ -119,7 +119,8 @@ impl Counter {
 pub struct DialMetrics {
     /// One failed attempt to connect to one endpoint (to one of a name's addresses).
     pub connect_failures: Counter,
-    /// Endpoints passed over because they failed recently.
+    /// Endpoints put behind the others for a connection because they failed recently,
+    /// whether or not the connection then needed them.
     pub endpoints_skipped: Counter,
 }
 

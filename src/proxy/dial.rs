@@ -29,10 +29,15 @@ pub async fn connect_any<'a>(
     timeout: Duration,
     metrics: &DialMetrics,
 ) -> Option<(Async<TcpStream>, &'a Endpoint)> {
-    for (index, endpoint, held_back) in set.attempt_order() {
-        if held_back {
-            metrics.endpoints_skipped.inc();
-        }
+    let mut order = set.attempt_order().peekable();
+    // Recently failed endpoints come after all others. They were moved there, and are counted
+    // as skipped whether or not this connection then needs them, only if another endpoint is
+    // ahead of them: when every endpoint failed recently, the order is the plain rotation.
+    let reordered = order.peek().is_some_and(|&(_, _, held)| !held);
+    let mut held_back = 0u64;
+    let mut answered = None;
+    for (index, endpoint, held) in order.by_ref() {
+        held_back += u64::from(held);
         let failed = |addr: Option<SocketAddr>, e: &io::Error| {
             metrics.connect_failures.inc();
             log_failure(endpoint, addr, e);
@@ -40,14 +45,19 @@ pub async fn connect_any<'a>(
         match connect(endpoint, timeout, failed).await {
             Ok(stream) => {
                 set.mark_ok(index);
-                return Some((stream, endpoint));
+                answered = Some((stream, endpoint));
+                break;
             }
             // Our own shortage, not the endpoint's fault: keep its standing.
             Err(e) if out_of_fds(&e) => {}
             Err(_) => set.mark_failed(index),
         }
     }
-    None
+    if reordered {
+        held_back += order.filter(|&(_, _, held)| held).count() as u64;
+        metrics.endpoints_skipped.add(held_back);
+    }
+    answered
 }
 
 /// Connects to one endpoint (at any of a name's addresses), logging each failed attempt.
