@@ -347,7 +347,9 @@ fn web_sidecar_file(dir: &Scratch, name: &str, sidecar: &str, rest: &str) -> Pat
 /// `check --json` shows Consul's answer for each upstream: the mode, the level that decided
 /// it, the final target's SNI and SPIFFE ID in every mode, and the dial list for the mode.
 /// Here the three highest levels; `check_json_resolves_every_level_below_the_proxy` has the
-/// rest.
+/// rest. web's override `{ name = "api" }` names no partition, so, as Consul normalizes it,
+/// it is for api in web's entry's partition (`[mesh]`'s, default) only: it decides api in
+/// dc2 (a service ID has no datacenter) but not api in part2, which falls to the proxy level.
 #[test]
 fn check_json_resolves_upstreams() {
     let dir = Scratch::new("cli-sidecar");
@@ -381,6 +383,11 @@ destination_name = "billing"
 destination_partition = "part2"
 local_bind_socket_path = "/run/sidegate/billing.sock"
 mesh_gateway = { mode = "remote" }
+
+[[sidecar.upstreams]]
+destination_name = "api"
+destination_partition = "part2"
+local_bind_port = 9195
 
 [config_entries.service_defaults.web]
 upstream_config = { overrides = [ { name = "api", mesh_gateway = { mode = "none" } } ] }
@@ -433,6 +440,16 @@ upstream_config = { overrides = [ { name = "api", mesh_gateway = { mode = "none"
             "remote",
             "upstream",
             "10.0.9.9:8443",
+        ),
+        // The override is for api in the default partition: the proxy's local decides.
+        (
+            "api",
+            "dc1",
+            "part2",
+            "127.0.0.1:9195",
+            "local",
+            "proxy",
+            DC1_LAN,
         ),
     ];
     let expected = expected.map(|(name, dc, partition, bind, mode, source, dial)| {

@@ -127,7 +127,7 @@ pub fn parse_in(
     let config_entries = root
         .table("config_entries")
         .map_or(Some(ConfigEntries::default()), |c| {
-            sidecar::config_entries(&c)
+            sidecar::config_entries(&c, here.as_ref())
         });
     let identity = root.table("tls").and_then(|t| tls::identity(&t, base));
     if table.contains_key("sidecar") && !table.contains_key("tls") {

@@ -9,6 +9,7 @@ use super::fields::Fields;
 use super::sections::{endpoint_value, name_ok, name_or};
 use crate::mesh::config_entries::{ConfigEntries, ServiceDefaults, UpstreamOverride};
 use crate::mesh::mode::Mode;
+use crate::mesh::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
 use crate::mesh::sidecar::{Action, Bind, IntentionRule, Intentions, SidecarSpec, UpstreamSpec};
 use crate::mesh::snapshot::Here;
 use crate::mesh::Place;
@@ -252,8 +253,10 @@ fn mode(t: &Fields<'_>) -> Option<Option<Mode>> {
     parsed
 }
 
-/// `[config_entries]`: `proxy_defaults` and `service_defaults.<name>`.
-pub fn config_entries(t: &Fields<'_>) -> Option<ConfigEntries> {
+/// `[config_entries]`: `proxy_defaults` and `service_defaults.<name>`. The entries have no
+/// namespace or partition of their own: they are `[mesh]`'s, which is what an override that
+/// names neither means.
+pub fn config_entries(t: &Fields<'_>, here: Option<&Here>) -> Option<ConfigEntries> {
     let proxy_defaults = match t.table("proxy_defaults") {
         Some(p) => {
             let m = mode(&p);
@@ -280,6 +283,10 @@ pub fn config_entries(t: &Fields<'_>) -> Option<ConfigEntries> {
         proxy_defaults: proxy_defaults?,
         service_defaults,
         partition_proxy_defaults: BTreeMap::new(),
+        downstream_namespace: here.map_or(DEFAULT_NAMESPACE, |h| &h.namespace).to_owned(),
+        downstream_partition: here
+            .map_or(DEFAULT_PARTITION, |h| &h.place.partition)
+            .to_owned(),
     })
 }
 
@@ -323,4 +330,43 @@ fn service_defaults_entry(sd: &Fields<'_>) -> Option<ServiceDefaults> {
         upstream_defaults: defaults?,
         upstream_overrides: overrides?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fields::Errors;
+    use super::*;
+
+    /// A file's entries are `[mesh]`'s: they carry this host's namespace and partition, which
+    /// an override naming neither means; the override itself is kept as written.
+    #[test]
+    fn config_entries_are_in_this_hosts_namespace_and_partition() {
+        let table: toml::Table = r#"
+[service_defaults.web]
+upstream_config = { overrides = [ { name = "db", mesh_gateway = { mode = "remote" } } ] }
+"#
+        .parse()
+        .unwrap();
+        let here = Here {
+            place: Place::new("dc1", "part2"),
+            namespace: "ns2".into(),
+            trust_domain: String::new(),
+        };
+        for (here, namespace, partition) in
+            [(Some(&here), "ns2", "part2"), (None, "default", "default")]
+        {
+            let errs = Errors::default();
+            let entries = config_entries(&Fields::root(&table, &errs), here).unwrap();
+            assert!(errs.is_empty());
+            assert_eq!(
+                (
+                    entries.downstream_namespace.as_str(),
+                    entries.downstream_partition.as_str()
+                ),
+                (namespace, partition)
+            );
+            let o = &entries.service_defaults["web"].upstream_overrides[0];
+            assert_eq!((o.namespace.as_str(), o.partition.as_str()), ("", ""));
+        }
+    }
 }

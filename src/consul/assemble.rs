@@ -210,9 +210,15 @@ fn gateway_keys(s: &Settings, k: &Known<'_>, here: &Here, keys: &mut BTreeSet<Ke
 }
 
 /// Central config as the agent reported it. Refused or absent entries are simply unset. A
-/// target's entry is keyed by name like the file's; the downstream's own wins a clash.
+/// target's entry is keyed by name like the file's; the downstream's own wins a clash. The
+/// downstream's entry is read in the registration's namespace and partition, so those are
+/// what its overrides without one mean.
 fn config_entries(k: &Known<'_>, here: &Here, spec: &SidecarSpec) -> ConfigEntries {
-    let mut entries = ConfigEntries::default();
+    let mut entries = ConfigEntries {
+        downstream_namespace: here.namespace.clone(),
+        downstream_partition: here.place.partition.clone(),
+        ..ConfigEntries::default()
+    };
     let mode_of = |partition: &str| match k.answers.get(&Key::ProxyDefaults {
         partition: partition.to_owned(),
     }) {

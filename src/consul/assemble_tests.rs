@@ -11,6 +11,7 @@ use crate::consul::api::health::instances;
 use crate::consul::settings::{resolve, FileKeys};
 use crate::mesh::mode::{Mode, ModeSource};
 use crate::mesh::plan::plan;
+use crate::mesh::sidecar::UpstreamSpec;
 
 const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 
@@ -413,6 +414,43 @@ fn attribution_never_changes_a_mode() {
         entries.mode_levels(&spec, &spec.upstreams[0]).resolve(),
         before
     );
+}
+
+/// The downstream's entry is read in the registration's namespace and partition, and an
+/// override in it naming neither means those, as Consul normalizes it: for web in ns2/part2,
+/// `{"Name": "db"}` (as a Community Edition agent writes it, without Namespace or Partition)
+/// is for db in ns2/part2, not for db in default/default.
+#[test]
+fn an_override_without_namespace_or_partition_is_the_registrations() {
+    let s = settings(Some("web-sidecar-proxy"), None);
+    let (snap, _) = snapshot(&s, &base(), &web_1_8(&s).known()).unwrap();
+    let spec = snap.sidecar.unwrap();
+    let here = Here {
+        place: Place::new("dc1", "part2"),
+        namespace: "ns2".into(),
+        trust_domain: TD.into(),
+    };
+    let entry: ServiceDefaultsEntry = serde_json::from_str(
+        r#"{"Kind":"service-defaults","Name":"web","UpstreamConfig":{"Overrides":[{"Name":"db","MeshGateway":{"Mode":"remote"}}]}}"#,
+    )
+    .unwrap();
+    let key = Key::ServiceDefaults {
+        service: "web".into(),
+        namespace: "ns2".into(),
+        partition: "part2".into(),
+    };
+    let w = World::new().with(key, Answer::ServiceDefaults(Some(entry)));
+    let entries = config_entries(&w.known(), &here, &spec);
+    let db_default = spec.upstreams[0].clone();
+    assert_eq!(db_default.place, Place::new("dc1", "default"));
+    let db_part2 = UpstreamSpec {
+        destination_namespace: "ns2".into(),
+        place: Place::new("dc1", "part2"),
+        ..db_default.clone()
+    };
+    let override_for = |u: &UpstreamSpec| entries.mode_levels(&spec, u).upstream_config_override;
+    assert_eq!(override_for(&db_part2), Some(Mode::Remote));
+    assert_eq!(override_for(&db_default), None);
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::mode::{Mode, ModeLevels};
+use super::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
 use super::sidecar::{SidecarSpec, UpstreamSpec};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -18,6 +19,11 @@ pub struct ConfigEntries {
     /// file has one `proxy_defaults`). Consulted for upstreams into those partitions.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub partition_proxy_defaults: BTreeMap<String, Mode>,
+    /// The namespace and partition the downstream's own `service-defaults` entry belongs to:
+    /// this host's (`[mesh]` for a file, the sidecar registration's with Consul). Empty
+    /// means `default`, as in Consul.
+    pub downstream_namespace: String,
+    pub downstream_partition: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -25,17 +31,46 @@ pub struct ServiceDefaults {
     pub mesh_gateway: Option<Mode>,
     /// `upstream_config.defaults.mesh_gateway`.
     pub upstream_defaults: Option<Mode>,
-    /// `upstream_config.overrides[]`, in file order (the first match wins).
+    /// `upstream_config.overrides[]`, in file order (of two for one upstream, the last wins).
     pub upstream_overrides: Vec<UpstreamOverride>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct UpstreamOverride {
     pub name: String,
-    /// Empty: any namespace / partition.
+    /// As written. Empty: the enclosing entry's, never "any" (`UpstreamOverride::is_for`).
     pub namespace: String,
     pub partition: String,
     pub mesh_gateway: Option<Mode>,
+}
+
+impl UpstreamOverride {
+    /// Whether this override, held by an entry of `entry_namespace`/`entry_partition`, is for
+    /// `upstream`. Consul gives an override without a namespace or partition those of the
+    /// entry holding it (agent/structs/config_entry.go: `ServiceConfigEntry.Normalize` calls
+    /// `UpstreamConfig.NormalizeWithName`, which does `EnterpriseMeta.MergeNoWildcard` with
+    /// the entry's), then finds it by the upstream's exact service ID, name + namespace +
+    /// partition (agent/configentry/resolve.go `ComputeResolvedServiceConfig`). A service ID
+    /// has no datacenter, so an override applies in every datacenter.
+    fn is_for(
+        &self,
+        upstream: &UpstreamSpec,
+        entry_namespace: &str,
+        entry_partition: &str,
+    ) -> bool {
+        self.name == upstream.destination_name
+            && non_empty_or(&self.namespace, entry_namespace) == upstream.destination_namespace
+            && non_empty_or(&self.partition, entry_partition) == upstream.place.partition
+    }
+}
+
+/// `value`, or `default` when it is empty (Consul's `NamespaceOrDefault` and the like).
+fn non_empty_or<'a>(value: &'a str, default: &'a str) -> &'a str {
+    if value.is_empty() {
+        default
+    } else {
+        value
+    }
 }
 
 impl ConfigEntries {
@@ -45,15 +80,18 @@ impl ConfigEntries {
     pub fn mode_levels(&self, sidecar: &SidecarSpec, upstream: &UpstreamSpec) -> ModeLevels {
         let downstream = self.service_defaults.get(&sidecar.service);
         let target = self.service_defaults.get(&upstream.destination_name);
-        let matches = |o: &&UpstreamOverride| {
-            o.name == upstream.destination_name
-                && (o.namespace.is_empty() || o.namespace == upstream.destination_namespace)
-                && (o.partition.is_empty() || o.partition == upstream.place.partition)
-        };
+        let namespace = non_empty_or(&self.downstream_namespace, DEFAULT_NAMESPACE);
+        let partition = non_empty_or(&self.downstream_partition, DEFAULT_PARTITION);
         ModeLevels {
             upstream: upstream.mesh_gateway,
+            // Consul keeps the overrides in a map by service ID (resolve.go), so a later one
+            // for the same upstream replaces an earlier one, with its mode even when unset.
             upstream_config_override: downstream
-                .and_then(|d| d.upstream_overrides.iter().find(matches))
+                .and_then(|d| {
+                    d.upstream_overrides
+                        .iter()
+                        .rfind(|o| o.is_for(upstream, namespace, partition))
+                })
                 .and_then(|o| o.mesh_gateway),
             proxy: sidecar.mesh_gateway,
             upstream_config_defaults: downstream.and_then(|d| d.upstream_defaults),
@@ -205,5 +243,114 @@ mod tests {
             ConfigEntries::default().mode_levels(&bare, &upstream("db", "default", "part2", None)),
             ModeLevels::default()
         );
+    }
+
+    /// web's entry, in `namespace`/`partition`, with these overrides and nothing else.
+    fn web_entry_in(
+        namespace: &str,
+        partition: &str,
+        overrides: Vec<UpstreamOverride>,
+    ) -> ConfigEntries {
+        let web = ServiceDefaults {
+            upstream_overrides: overrides,
+            ..ServiceDefaults::default()
+        };
+        ConfigEntries {
+            service_defaults: [("web".to_owned(), web)].into(),
+            downstream_namespace: namespace.into(),
+            downstream_partition: partition.into(),
+            ..ConfigEntries::default()
+        }
+    }
+
+    /// Consul fills an override's missing namespace or partition with those of the entry
+    /// holding it and then wants the upstream's exact service ID: `{ name = "db" }` in an
+    /// entry of default/default is for db there, not for db in part2 or in ns2. A namespace
+    /// or partition written out is matched exactly.
+    #[test]
+    fn an_override_without_namespace_or_partition_means_its_entrys() {
+        let web = sidecar("web", None);
+        // (entry's namespace, partition), (override's), (target's), whether it applies.
+        const D: &str = "default";
+        let cases = [
+            ((D, D), ("", ""), (D, D), true),
+            ((D, D), ("", ""), (D, "part2"), false),
+            ((D, D), ("", ""), ("ns2", D), false),
+            // An entry without a namespace or partition is in default/default.
+            (("", ""), ("", ""), (D, D), true),
+            (("", ""), ("", ""), (D, "part2"), false),
+            (("", ""), ("", ""), ("ns2", D), false),
+            // The entry's own, whatever it is.
+            (("ns2", "part2"), ("", ""), ("ns2", "part2"), true),
+            (("ns2", "part2"), ("", ""), (D, "part2"), false),
+            (("ns2", "part2"), ("", ""), ("ns2", D), false),
+            (("ns2", "part2"), ("", ""), (D, D), false),
+            // One given: the other is the entry's.
+            ((D, D), ("", "part2"), (D, "part2"), true),
+            ((D, D), ("", "part2"), ("ns2", "part2"), false),
+            ((D, D), ("", "part2"), (D, D), false),
+            ((D, D), ("ns2", ""), ("ns2", D), true),
+            ((D, D), ("ns2", ""), ("ns2", "part2"), false),
+            ((D, D), ("ns2", ""), (D, D), false),
+            // Both given: exactly those, whatever the entry's.
+            ((D, D), ("ns2", "part2"), ("ns2", "part2"), true),
+            ((D, D), ("ns2", "part2"), ("ns2", D), false),
+            ((D, D), ("ns2", "part2"), (D, "part2"), false),
+            (("ns2", "part2"), (D, D), (D, D), true),
+            (("ns2", "part2"), (D, D), ("ns2", "part2"), false),
+        ];
+        for ((entry_ns, entry_ap), (ns, ap), (target_ns, target_ap), applies) in cases {
+            let entries = web_entry_in(entry_ns, entry_ap, vec![only("db", ns, ap, Remote)]);
+            let levels = entries.mode_levels(&web, &upstream("db", target_ns, target_ap, None));
+            assert_eq!(
+                levels.upstream_config_override,
+                applies.then_some(Remote),
+                "override {ns:?}/{ap:?} in an entry of {entry_ns:?}/{entry_ap:?}, for db in {target_ns}/{target_ap}"
+            );
+        }
+    }
+
+    /// Consul keeps the overrides in a map by service ID, so of two for the same upstream the
+    /// later replaces the earlier, even one that sets no mode. `{ name = "db" }` in an entry
+    /// of default/default has the same ID as db written out in default/default.
+    #[test]
+    fn of_two_overrides_for_one_upstream_the_last_wins() {
+        let web = sidecar("web", None);
+        let unset = UpstreamOverride {
+            mesh_gateway: None,
+            ..only("db", "", "", Off)
+        };
+        let cases = [
+            (
+                vec![
+                    only("db", "", "", Remote),
+                    only("db", "default", "default", Local),
+                ],
+                Some(Local),
+            ),
+            (
+                vec![
+                    only("db", "default", "default", Local),
+                    only("db", "", "", Remote),
+                ],
+                Some(Remote),
+            ),
+            (vec![only("db", "", "", Remote), unset], None),
+            // Another ID in between changes nothing for this one.
+            (
+                vec![
+                    only("db", "", "", Remote),
+                    only("db", "", "part2", Local),
+                    only("db", "", "", Off),
+                    only("db", "", "part2", Remote),
+                ],
+                Some(Off),
+            ),
+        ];
+        for (overrides, want) in cases {
+            let entries = web_entry_in("default", "default", overrides.clone());
+            let levels = entries.mode_levels(&web, &upstream("db", "default", "default", None));
+            assert_eq!(levels.upstream_config_override, want, "{overrides:?}");
+        }
     }
 }
