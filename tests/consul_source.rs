@@ -7,7 +7,7 @@
 //! own restart (last-known-good state) and through an agent restart in the middle of traffic.
 //! A SIGHUP reload tells systemd READY=1 only once the restarted follower's state is in
 //! service (or, when the agent does not confirm it in time, says so), and a SIGTERM during
-//! that wait stops at once.
+//! that wait stops at once; a SIGHUP before the first state reloads once serving.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -748,4 +748,25 @@ fn sigterm_while_a_reload_waits_for_the_agent_stops_at_once_with_status_0() {
         since.iter().all(|m| !m.lines().any(|l| l == "READY=1")),
         "{since:?}"
     );
+}
+
+/// A SIGHUP before the first state is neither lost nor said to be ignored: the log says it
+/// will run once serving, and it does (RELOADING=1 after the first READY=1).
+#[test]
+fn a_sighup_while_waiting_for_the_first_state_reloads_once_serving() {
+    let agent = shared();
+    let dir = Scratch::new("consul-reload-early");
+    let mut s = Notified::spawn(&dir, "web-early");
+    s.notify.expect("the wait for the first state", |m| {
+        m.contains("STATUS=waiting for the first state")
+    });
+    s.sg.signal(rustix::process::Signal::HUP);
+    s.sg.wait_log("reload requested while waiting for the first state from the Consul agent; it will run once serving");
+    let public = register_web(agent, "web-early", free_port());
+    s.notify.expect_line("READY=1");
+    s.notify.expect_line("RELOADING=1");
+    let status = s.ready_status(common::IO_TIMEOUT);
+    assert!(status.contains(&inbound(public)), "{status}");
+    assert!(s.sg.log().iter().all(|l| !l.contains("reload ignored")));
+    s.stop();
 }

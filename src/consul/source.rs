@@ -136,14 +136,16 @@ fn deliver(
 }
 
 /// Waits for the first complete snapshot, to start serving with. `None`: a shutdown came
-/// first. Reloads before it are ignored: nothing runs yet to reload.
+/// first. A reload requested meanwhile stays pending in `signals::Requests` and runs once
+/// serving: the file may have changed since it was read (a token file fixed because the
+/// agent refused the old one).
 pub fn first_snapshot(events: &Receiver<Event>) -> Option<Box<Snapshot>> {
     while let Ok(event) = events.recv() {
         match event {
             Event::Snapshot(_, s) => return Some(s),
             Event::Shutdown => return None,
             Event::Reload => crate::info!(
-                "reload ignored: still waiting for the first state from the Consul agent"
+                "reload requested while waiting for the first state from the Consul agent; it will run once serving"
             ),
         }
     }
