@@ -6,14 +6,19 @@
 //!
 //! systemd hears of each step (`notify`): READY=1 once every listener and the admin endpoint
 //! are bound, RELOADING=1 … READY=1 around a reload, STOPPING=1 when the drain begins, and
-//! WATCHDOG=1 keep-alives for as long as the event loop answers.
+//! WATCHDOG=1 keep-alives for as long as the event loop answers. With `[consul]` a reload's
+//! READY=1 waits (bounded) for the restarted follower's first state to be in service, so
+//! that it means the new settings are in force — or says on its STATUS= line that the agent
+//! has not confirmed them yet.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::admin::{Admin, Status};
 use crate::config::{self, Operations};
+use crate::consul::source::Generation;
 use crate::mesh::snapshot::Snapshot;
 use crate::mesh::{plan, Plan};
 use crate::notify::{self, Notifier};
@@ -29,8 +34,8 @@ pub enum Event {
     Reload,
     /// Stop accepting, drain, exit (SIGTERM, SIGINT).
     Shutdown,
-    /// A complete new mesh state (Consul).
-    Snapshot(Box<Snapshot>),
+    /// A complete new mesh state (Consul), from the follower of this generation.
+    Snapshot(Generation, Box<Snapshot>),
 }
 
 /// Room for a few pending events: a Consul follower waits for room, signals never need it.
@@ -52,6 +57,15 @@ pub struct Lifecycle {
     _watchdog: Option<mpsc::Sender<()>>,
     /// With `[consul]`: the follower sending snapshots; a reload restarts it.
     consul: Option<crate::consul::Source>,
+    /// The generation of that follower: snapshots an older one left queued are dropped.
+    generation: Generation,
+}
+
+/// How waiting for a restarted follower's first snapshot ended.
+enum Waited {
+    Applied(Result<(), BindError>),
+    TimedOut,
+    Stop,
 }
 
 /// Why a reload left the running plan in place.
@@ -95,6 +109,7 @@ impl Lifecycle {
             notifier,
             _watchdog: None,
             consul: None,
+            generation: Generation::default(),
         })
     }
 
@@ -107,6 +122,7 @@ impl Lifecycle {
     pub fn with_consul(mut self, source: Option<crate::consul::Source>) -> Lifecycle {
         if let Some(s) = &source {
             self.status.set_consul(s.status().clone());
+            self.generation = s.generation();
         }
         self.consul = source;
         self
@@ -126,7 +142,10 @@ impl Lifecycle {
                 Step::Reload => {
                     self.notifier.reloading();
                     let outcome = match self.reload() {
-                        Ok(()) => self.describe(),
+                        Ok(()) => match self.awaited(events, requests) {
+                            Some(status) => status,
+                            None => break,
+                        },
                         Err(_) => format!(
                             "reload failed, serving the previous configuration: {}",
                             self.describe()
@@ -134,16 +153,86 @@ impl Lifecycle {
                     };
                     self.notifier.ready(&outcome);
                 }
-                Step::Apply(snapshot) => {
-                    if let Err(e) = self.swap(plan(&snapshot)) {
-                        crate::error!("new mesh state not applied: {e}");
+                Step::Apply(generation, snapshot) => {
+                    if self.apply(generation, &snapshot).is_some() {
+                        self.notifier.status(&self.describe());
                     }
-                    self.notifier.status(&self.describe());
                 }
                 Step::Stop => break,
             }
         }
         self.drain()
+    }
+
+    /// After a reload: with `[consul]`, waits for the restarted follower's first snapshot
+    /// and applies it, for up to the time it may take to send one; gives the STATUS= line
+    /// for the reload's READY=1. `None`: a stop request came meanwhile (it ends the wait at
+    /// once).
+    fn awaited(&self, events: &Receiver<Event>, requests: &Requests) -> Option<String> {
+        let Some(consul) = &self.consul else {
+            return Some(self.describe());
+        };
+        let (within, freshness) = (consul.first_snapshot_within(), consul.status().clone());
+        let unconfirmed = |served: &str| {
+            format!(
+                "reloaded, but the new [consul] settings are not confirmed by the agent yet; serving {served}: {}",
+                self.describe()
+            )
+        };
+        let status = match self.await_generation(events, requests, within) {
+            Waited::Stop => return None,
+            Waited::Applied(Ok(())) if !freshness.is_stale() => self.describe(),
+            // The new follower serves its saved state: the agent it follows did not answer.
+            Waited::Applied(Ok(())) => unconfirmed("the last-known-good state"),
+            Waited::Applied(Err(e)) => format!(
+                "reloaded, but the new state from the Consul agent was not applied ({e}); serving the previous plan: {}",
+                self.describe()
+            ),
+            Waited::TimedOut => {
+                crate::warn!("consul: no state from the agent within {within:?} of the reload; serving the previous one until it comes");
+                unconfirmed("the previous state")
+            }
+        };
+        Some(status)
+    }
+
+    /// Waits up to `within` for the first snapshot of the current follower and applies it;
+    /// older followers' snapshots are dropped on the way.
+    fn await_generation(
+        &self,
+        events: &Receiver<Event>,
+        requests: &Requests,
+        within: Duration,
+    ) -> Waited {
+        let deadline = Instant::now() + within;
+        loop {
+            match requests.next_before(events, deadline) {
+                None => return Waited::TimedOut,
+                Some(Step::Stop) => return Waited::Stop,
+                Some(Step::Apply(generation, snapshot)) => {
+                    if let Some(applied) = self.apply(generation, &snapshot) {
+                        return Waited::Applied(applied);
+                    }
+                }
+                // `next_before` leaves reload requests pending, for after this one.
+                Some(Step::Reload) => {}
+            }
+        }
+    }
+
+    /// Serves a snapshot of the current Consul follower. `None`: it came from a follower a
+    /// reload replaced (queued before it was retired) and is dropped — it answers settings
+    /// no longer in force, and would undo the new follower's state.
+    fn apply(&self, generation: Generation, snapshot: &Snapshot) -> Option<Result<(), BindError>> {
+        if generation != self.generation {
+            crate::info!("consul: dropped a state sent before the reload restarted the follower");
+            return None;
+        }
+        let applied = self.swap(plan(snapshot));
+        if let Err(e) = &applied {
+            crate::error!("new mesh state not applied: {e}");
+        }
+        Some(applied)
     }
 
     /// Reads the file again and swaps in its plan, admin endpoint and settings; on any error
@@ -178,7 +267,9 @@ impl Lifecycle {
                 .map_err(ReloadError::Bind)?,
             // The agent's state is unchanged by the file: follow it again with the new
             // settings (token, address, [gateway] knobs); the new follower sends a snapshot.
-            (Some(source), true) => source.restart(&config).map_err(ReloadError::Consul)?,
+            (Some(source), true) => {
+                self.generation = source.restart(&config).map_err(ReloadError::Consul)?;
+            }
             _ => {
                 return Err(ReloadError::Consul(std::io::Error::other(
                     "switching between the file and [consul] as the source needs a restart",
@@ -313,4 +404,99 @@ fn bind_admin(
             addr: Some(addr),
             error,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::Requests;
+
+    const OLD: Generation = Generation(1);
+    const NEW: Generation = Generation(2);
+
+    /// A gateway routing one service, `name`: the states these tests tell apart.
+    fn config_of(name: &str) -> config::Config {
+        let toml = format!(
+            "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"td.consul\"\n\
+             [gateway]\nlisten = [\"127.0.0.1:0\"]\n\
+             [[catalog.services]]\nname = \"{name}\"\ninstances = [\"127.0.0.1:9\"]\n"
+        );
+        config::parse(&toml).unwrap()
+    }
+
+    fn state(name: &str) -> Box<Snapshot> {
+        Box::new(config_of(name).snapshot)
+    }
+
+    /// Serving `old` as the follower of generation `NEW`, just restarted by a reload.
+    fn restarted() -> Lifecycle {
+        let config = config_of("old");
+        let notifier = Arc::new(Notifier::disabled());
+        let mut l = Lifecycle::start(
+            PathBuf::from("unused.toml"),
+            plan(&config.snapshot),
+            config.operations,
+            notifier,
+        )
+        .unwrap();
+        l.generation = NEW;
+        l
+    }
+
+    /// The service the running gateway routes.
+    fn routed(l: &Lifecycle) -> String {
+        let plan = l.running.plan();
+        let routes = plan.gateway.as_ref().unwrap().routes.routes();
+        assert_eq!(routes.len(), 1);
+        routes[0].target.clone()
+    }
+
+    #[test]
+    fn a_state_queued_by_a_replaced_follower_is_dropped_not_taken_for_the_new_one() {
+        let l = restarted();
+        let before = routed(&l);
+        let (tx, rx) = channel();
+        let requests = Requests::default();
+        tx.send(Event::Snapshot(OLD, state("stale"))).unwrap();
+        // Nothing of the new follower's came: the wait ends at its deadline, the stale state
+        // unapplied.
+        let within = Duration::from_millis(200);
+        assert!(matches!(
+            l.await_generation(&rx, &requests, within),
+            Waited::TimedOut
+        ));
+        assert_eq!(routed(&l), before);
+
+        tx.send(Event::Snapshot(OLD, state("stale"))).unwrap();
+        tx.send(Event::Snapshot(NEW, state("new"))).unwrap();
+        let within = Duration::from_secs(600);
+        assert!(matches!(
+            l.await_generation(&rx, &requests, within),
+            Waited::Applied(Ok(()))
+        ));
+        assert!(routed(&l).contains("new"), "{}", routed(&l));
+        // After the wait too: the main loop drops it.
+        assert!(l.apply(OLD, &state("stale")).is_none());
+        assert!(routed(&l).contains("new"), "{}", routed(&l));
+        l.drain();
+    }
+
+    #[test]
+    fn a_stop_request_ends_the_wait_for_the_new_followers_state() {
+        let l = restarted();
+        let (tx, rx) = channel();
+        let requests = Requests::default();
+        std::thread::scope(|s| {
+            let poster = s.spawn(|| requests.post(true, &tx));
+            // Long before the deadline; nothing is applied.
+            let within = Duration::from_secs(600);
+            assert!(matches!(
+                l.await_generation(&rx, &requests, within),
+                Waited::Stop
+            ));
+            poster.join().unwrap().unwrap();
+        });
+        assert!(routed(&l).contains("old"));
+        l.drain();
+    }
 }

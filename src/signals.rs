@@ -6,16 +6,20 @@
 //! `TimeoutStopSec`. The flag is set first; then one event of its kind wakes the loop (a
 //! blocking send: never dropped, at most one per kind in flight). The loop reads the flags
 //! before every event it handles, so a stop waits behind no snapshot, and SIGHUPs that arrive
-//! while a reload is pending add nothing to it.
+//! while a reload is pending add nothing to it. While a reload waits for its outcome (the
+//! restarted Consul follower's first state), a stop still ends the wait at once and further
+//! SIGHUPs stay pending for after it.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SendError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SendError, SyncSender};
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_signal::{Signal, Signals};
 use smol::stream::StreamExt;
 
+use crate::consul::source::Generation;
 use crate::lifecycle::Event;
 use crate::mesh::snapshot::Snapshot;
 
@@ -31,7 +35,8 @@ pub struct Requests {
 pub enum Step {
     Stop,
     Reload,
-    Apply(Box<Snapshot>),
+    /// A snapshot, from the Consul follower of this generation.
+    Apply(Generation, Box<Snapshot>),
 }
 
 impl Requests {
@@ -53,16 +58,34 @@ impl Requests {
     /// Waits for the next thing to do: a stop request first, then a reload request, then
     /// the next snapshot. A closed channel stops the loop too.
     pub fn next(&self, events: &Receiver<Event>) -> Step {
+        self.wait(events, true, None).unwrap_or(Step::Stop)
+    }
+
+    /// While a reload waits for its outcome: a stop request, or the next snapshot, or `None`
+    /// once `deadline` has passed. Never `Step::Reload`: reload requests stay pending, for
+    /// `next` once this reload is done.
+    pub fn next_before(&self, events: &Receiver<Event>, deadline: Instant) -> Option<Step> {
+        self.wait(events, false, Some(deadline))
+    }
+
+    fn wait(&self, events: &Receiver<Event>, reload: bool, until: Option<Instant>) -> Option<Step> {
         loop {
             if self.shutdown.load(Ordering::SeqCst) {
-                return Step::Stop;
+                return Some(Step::Stop);
             }
-            if self.reload.swap(false, Ordering::SeqCst) {
-                return Step::Reload;
+            if reload && self.reload.swap(false, Ordering::SeqCst) {
+                return Some(Step::Reload);
             }
-            match events.recv() {
-                Err(_) | Ok(Event::Shutdown) => return Step::Stop,
-                Ok(Event::Snapshot(s)) => return Step::Apply(s),
+            let event = match until {
+                None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(t) => events.recv_timeout(t.saturating_duration_since(Instant::now())),
+            };
+            match event {
+                Err(RecvTimeoutError::Timeout) => return None,
+                Err(RecvTimeoutError::Disconnected) | Ok(Event::Shutdown) => {
+                    return Some(Step::Stop)
+                }
+                Ok(Event::Snapshot(g, s)) => return Some(Step::Apply(g, s)),
                 // A wake-up: the flag (checked above) says whether the reload is still to do.
                 Ok(Event::Reload) => {}
             }
@@ -103,6 +126,8 @@ mod tests {
     use crate::mesh::snapshot::{Catalog, Here};
     use crate::mesh::Place;
 
+    const FIRST: Generation = Generation(1);
+
     fn snapshot() -> Box<Snapshot> {
         Box::new(Snapshot {
             here: Here {
@@ -122,10 +147,10 @@ mod tests {
     fn full_queue() -> (SyncSender<Event>, Receiver<Event>) {
         let (tx, rx) = channel();
         for _ in 0..EVENT_QUEUE {
-            tx.try_send(Event::Snapshot(snapshot())).unwrap();
+            tx.try_send(Event::Snapshot(FIRST, snapshot())).unwrap();
         }
         assert!(
-            tx.try_send(Event::Snapshot(snapshot())).is_err(),
+            tx.try_send(Event::Snapshot(FIRST, snapshot())).is_err(),
             "not full"
         );
         (tx, rx)
@@ -185,14 +210,40 @@ mod tests {
             // The reload comes first, then every queued snapshot.
             assert!(matches!(requests.next(&rx), Step::Reload));
             for _ in 0..EVENT_QUEUE {
-                assert!(matches!(requests.next(&rx), Step::Apply(_)));
+                assert!(matches!(requests.next(&rx), Step::Apply(..)));
             }
             // The first SIGHUP's wake-up found room meanwhile; it asks for nothing more.
             poster.join().unwrap().unwrap();
-            tx.try_send(Event::Snapshot(snapshot())).unwrap();
-            assert!(matches!(requests.next(&rx), Step::Apply(_)));
+            tx.try_send(Event::Snapshot(FIRST, snapshot())).unwrap();
+            assert!(matches!(requests.next(&rx), Step::Apply(..)));
             requests.post(true, &tx).unwrap();
             assert!(matches!(requests.next(&rx), Step::Stop));
+        });
+    }
+    /// Waiting for a reload's outcome: a SIGHUP meanwhile neither ends the wait nor is lost,
+    /// a snapshot ends it, and so does a stop request (long before the deadline).
+    #[test]
+    fn a_wait_for_a_reloads_outcome_keeps_reloads_and_hears_stops() {
+        use std::time::Duration;
+        let (tx, rx) = channel();
+        let requests = Requests::default();
+        let far = Instant::now() + Duration::from_secs(600);
+        requests.post(false, &tx).unwrap();
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(
+            requests.next_before(&rx, soon).is_none(),
+            "only a SIGHUP came"
+        );
+        tx.try_send(Event::Snapshot(FIRST, snapshot())).unwrap();
+        assert!(matches!(
+            requests.next_before(&rx, far),
+            Some(Step::Apply(FIRST, _))
+        ));
+        assert!(matches!(requests.next(&rx), Step::Reload), "kept for after");
+        std::thread::scope(|s| {
+            let poster = s.spawn(|| requests.post(true, &tx));
+            assert!(matches!(requests.next_before(&rx, far), Some(Step::Stop)));
+            poster.join().unwrap().unwrap();
         });
     }
 }

@@ -301,8 +301,9 @@ fn errors_name_the_endpoint_and_the_likely_cause() {
 }
 
 /// `sidegate run`'s source: the first snapshot starts serving; a reload follows the agent
-/// again with the file's new settings (here: another agent) and its state arrives as the
-/// next event.
+/// again with the file's new settings (here: another agent) as a new generation, and the
+/// first snapshot carrying that generation is the new agent's state — whatever the old
+/// follower had queued carries an older one, for the lifecycle to drop.
 #[test]
 fn a_reload_follows_the_agent_again_with_new_settings() {
     use sidegate::consul::source::{first_snapshot, Source};
@@ -321,20 +322,28 @@ fn a_reload_follows_the_agent_again_with_new_settings() {
     let source = Source::start(&config(&one), events, Options::default())
         .unwrap()
         .unwrap();
+    let first_generation = source.generation();
     let bind_of = |s: &Snapshot| s.sidecar.as_ref().unwrap().upstreams[0].bind.to_string();
     let first = first_snapshot(&received).unwrap();
     assert_eq!(bind_of(&first), format!("127.0.0.1:{bind_one}"));
-    assert_eq!(first.here.trust_domain, one.roots().trust_domain);
+    let (td_one, td_two) = (one.roots().trust_domain, two.roots().trust_domain);
+    assert_eq!(first.here.trust_domain, td_one);
 
-    source.restart(&config(&two)).unwrap();
+    let generation = source.restart(&config(&two)).unwrap();
+    assert!(generation > first_generation, "{generation:?}");
+    assert_eq!(source.generation(), generation);
     let deadline = Instant::now() + WITHIN;
     let next = loop {
         match received.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Event::Snapshot(s)) if s.here.trust_domain == two.roots().trust_domain => break s,
+            Ok(Event::Snapshot(g, s)) if g == generation => break s,
+            Ok(Event::Snapshot(g, s)) => {
+                assert_eq!((g, &s.here.trust_domain), (first_generation, &td_one));
+            }
             Ok(_) => {}
             Err(e) => panic!("no snapshot from the second agent: {e}"),
         }
     };
+    assert_eq!(next.here.trust_domain, td_two);
     assert_eq!(bind_of(&next), format!("127.0.0.1:{bind_two}"));
     assert!(
         source.status().snapshots() >= 2,

@@ -5,10 +5,14 @@
 //! cutting an established connection, a gateway's routes follow the catalog, cross-datacenter
 //! upstreams go through sidegate mesh gateways registered in Consul — and keeps serving when the agent is gone, also across its
 //! own restart (last-known-good state) and through an agent restart in the middle of traffic.
+//! A SIGHUP reload tells systemd READY=1 only once the restarted follower's state is in
+//! service (or, when the agent does not confirm it in time, says so), and a SIGTERM during
+//! that wait stops at once; a SIGHUP before the first state reloads once serving.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod consul;
+mod ops;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -523,4 +527,246 @@ fn the_agent_restarted_and_stopped_in_the_middle_of_traffic() {
         carried_now()
     );
     assert!(carries(extra));
+}
+
+/// A reload's READY=1 comes within this when the agent never confirms the new settings: the
+/// new follower's start-up grace (10 s) and a generous margin for emulation.
+const UNCONFIRMED_READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// `sidegate run` following the sidecar of `<service>` on the shared agent as systemd runs
+/// it: a test `NOTIFY_SOCKET`, and its admin endpoint for `/config`.
+struct Notified {
+    sg: ops::Sidegate,
+    notify: ops::Notify,
+    config: std::path::PathBuf,
+    state: std::path::PathBuf,
+    admin: SocketAddr,
+}
+
+impl Notified {
+    fn spawn(dir: &Scratch, service: &str) -> Notified {
+        let config = dir.path("sidegate.toml");
+        let (state, admin) = (
+            state_dir(dir, "state"),
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+        );
+        std::fs::write(&config, web_toml(service, &state, admin)).unwrap();
+        let notify = ops::Notify::bind(dir);
+        let env = [("NOTIFY_SOCKET", notify.path.display().to_string())];
+        let sg = ops::Sidegate::spawn(&config, &env);
+        Notified {
+            sg,
+            notify,
+            config,
+            state,
+            admin,
+        }
+    }
+
+    /// Spawned and serving: READY=1 seen.
+    fn start(dir: &Scratch, service: &str) -> Notified {
+        let mut n = Notified::spawn(dir, service);
+        n.notify.expect_line("READY=1");
+        n
+    }
+
+    /// Its file, following `service`'s sidecar.
+    fn toml(&self, service: &str) -> String {
+        web_toml(service, &self.state, self.admin)
+    }
+
+    /// Reloads `toml`: the file rewritten, SIGHUP, RELOADING=1 seen.
+    fn reload_with(&mut self, toml: &str) {
+        std::fs::write(&self.config, toml).unwrap();
+        self.sg.signal(rustix::process::Signal::HUP);
+        self.notify.expect_line("RELOADING=1");
+    }
+
+    /// Follows `service`'s sidecar instead.
+    fn reload_as(&mut self, service: &str) {
+        self.reload_with(&self.toml(service));
+    }
+
+    /// The next READY=1's STATUS= line.
+    fn ready_status(&mut self, within: Duration) -> String {
+        let ready = self
+            .notify
+            .expect_within("READY=1", within, |m| m.lines().any(|l| l == "READY=1"));
+        status_of(&ready).to_owned()
+    }
+
+    /// What `/config` says the upstream listeners are.
+    fn binds(&self) -> Vec<String> {
+        let (code, body) = http_get(self.admin, "/config");
+        assert_eq!(code, 200, "{body}");
+        let plan: Value = serde_json::from_str(&body).unwrap();
+        let upstreams = plan["upstreams"].as_array().unwrap();
+        upstreams
+            .iter()
+            .map(|u| u["bind"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// SIGTERM: STOPPING=1, and exit status 0.
+    fn stop(&mut self) {
+        self.sg.signal(rustix::process::Signal::TERM);
+        self.notify.expect_line("STOPPING=1");
+        assert_eq!(self.sg.wait_exit(common::IO_TIMEOUT).code(), Some(0));
+    }
+}
+
+fn web_toml(service: &str, state: &std::path::Path, admin: SocketAddr) -> String {
+    sidecar_toml(shared(), &format!("{service}-sidecar-proxy"), state)
+        + &format!("[admin]\nlisten = \"{admin}\"\n")
+}
+
+fn status_of(message: &str) -> &str {
+    message
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS="))
+        .unwrap_or("")
+}
+
+/// Registers `service` with a sidecar whose one upstream, to `<service>-db`, listens on
+/// `bind`; returns the sidecar's public port (which systemd's STATUS= line shows).
+fn register_web(agent: &Agent, service: &str, bind: u16) -> u16 {
+    let public = free_port();
+    let upstreams = json!([upstream(&format!("{service}-db"), bind)]);
+    agent.register(&service_with_sidecar(
+        service,
+        app("web"),
+        public,
+        upstreams,
+        "",
+    ));
+    public
+}
+
+fn loopback(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// How systemd's STATUS= line shows a sidecar's public listener on `port`.
+fn inbound(port: u16) -> String {
+    format!("inbound {}", loopback(port))
+}
+
+/// A reload's STATUS= line saying that the agent has not confirmed the new settings, what is
+/// served instead, and (by its public listener) whose state that is.
+fn assert_unconfirmed(status: &str, serving: &str, public: u16) {
+    let said =
+        format!("the new [consul] settings are not confirmed by the agent yet; serving {serving}");
+    assert!(
+        status.contains(&said) && status.contains(&inbound(public)),
+        "{status}"
+    );
+}
+
+/// The new follower has nothing to send until its sidecar is registered, which happens only
+/// once RELOADING=1 is seen: a READY=1 sent as soon as the follower restarted would show the
+/// previous state.
+#[test]
+fn a_reloads_ready_comes_once_the_new_followers_state_is_in_service() {
+    let agent = shared();
+    let dir = Scratch::new("consul-reload-ready");
+    let (bind_a, bind_b) = (free_port(), free_port());
+    register_web(agent, "web-ready-a", bind_a);
+    let mut s = Notified::start(&dir, "web-ready-a");
+    assert_eq!(s.binds(), [loopback(bind_a)]);
+
+    s.reload_as("web-ready-b");
+    let public_b = register_web(agent, "web-ready-b", bind_b);
+    let status = s.ready_status(common::IO_TIMEOUT);
+    assert!(
+        status.contains(&inbound(public_b)) && status.contains("upstream web-ready-b-db"),
+        "READY=1 before the new state was in service: {status}"
+    );
+    assert!(!status.contains("not confirmed"), "{status}");
+    assert_eq!(s.binds(), [loopback(bind_b)]);
+    assert!(wait_listening(bind_b, Duration::ZERO));
+    s.stop();
+}
+
+/// The agent does not have the new registration: READY=1 comes at the end of the wait and
+/// says the new settings are not confirmed; the previous state is served until the new
+/// follower's comes.
+#[test]
+fn a_reload_the_agent_does_not_confirm_says_so_and_serves_the_previous_state_meanwhile() {
+    let agent = shared();
+    let dir = Scratch::new("consul-reload-unconfirmed");
+    let (bind_a, bind_b) = (free_port(), free_port());
+    let public_a = register_web(agent, "web-unconfirmed-a", bind_a);
+    let mut s = Notified::start(&dir, "web-unconfirmed-a");
+
+    s.reload_as("web-unconfirmed-b");
+    assert_unconfirmed(
+        &s.ready_status(UNCONFIRMED_READY_WITHIN),
+        "the previous state",
+        public_a,
+    );
+    assert_eq!(s.binds(), [loopback(bind_a)]);
+    s.sg.wait_log("consul: no state from the agent within");
+    assert!(wait_listening(bind_a, Duration::ZERO));
+
+    let public_b = register_web(agent, "web-unconfirmed-b", bind_b);
+    s.notify.expect("the new state's STATUS=", |m| {
+        m.contains(&inbound(public_b))
+    });
+    assert_eq!(s.binds(), [loopback(bind_b)]);
+    s.stop();
+}
+
+/// The agent the file now names is unreachable: the new follower serves the saved state at
+/// once, and READY=1 says the agent has not confirmed the new settings.
+#[test]
+fn a_reload_to_an_unreachable_agent_is_ready_with_the_saved_state_said_unconfirmed() {
+    let dir = Scratch::new("consul-reload-offline");
+    let bind = free_port();
+    let public = register_web(shared(), "web-offline", bind);
+    let mut s = Notified::start(&dir, "web-offline");
+    let dead = format!("http://{}", common::dead_addr());
+    let toml = s.toml("web-offline").replace(&shared().address(), &dead);
+    s.reload_with(&toml);
+    let status = s.ready_status(UNCONFIRMED_READY_WITHIN);
+    assert_unconfirmed(&status, "the last-known-good state", public);
+    assert_eq!(s.binds(), [loopback(bind)]);
+    s.stop();
+}
+
+/// A SIGTERM while a reload waits for the agent ends the wait: STOPPING=1 with no READY=1
+/// before it (a wait that ran its course would send one), and exit status 0.
+#[test]
+fn sigterm_while_a_reload_waits_for_the_agent_stops_at_once_with_status_0() {
+    let dir = Scratch::new("consul-reload-stop");
+    register_web(shared(), "web-stop-a", free_port());
+    let mut s = Notified::start(&dir, "web-stop-a");
+    s.reload_as("web-stop-b");
+    let from = s.notify.seen.len();
+    s.stop();
+    let since = &s.notify.seen[from..];
+    assert!(
+        since.iter().all(|m| !m.lines().any(|l| l == "READY=1")),
+        "{since:?}"
+    );
+}
+
+/// A SIGHUP before the first state is neither lost nor said to be ignored: the log says it
+/// will run once serving, and it does (RELOADING=1 after the first READY=1).
+#[test]
+fn a_sighup_while_waiting_for_the_first_state_reloads_once_serving() {
+    let agent = shared();
+    let dir = Scratch::new("consul-reload-early");
+    let mut s = Notified::spawn(&dir, "web-early");
+    s.notify.expect("the wait for the first state", |m| {
+        m.contains("STATUS=waiting for the first state")
+    });
+    s.sg.signal(rustix::process::Signal::HUP);
+    s.sg.wait_log("reload requested while waiting for the first state from the Consul agent; it will run once serving");
+    let public = register_web(agent, "web-early", free_port());
+    s.notify.expect_line("READY=1");
+    s.notify.expect_line("RELOADING=1");
+    let status = s.ready_status(common::IO_TIMEOUT);
+    assert!(status.contains(&inbound(public)), "{status}");
+    assert!(s.sg.log().iter().all(|l| !l.contains("reload ignored")));
+    s.stop();
 }

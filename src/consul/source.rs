@@ -1,9 +1,11 @@
 //! The Consul source inside `sidegate run`: a follower whose snapshots arrive at the
 //! lifecycle loop as `Event::Snapshot`, replaced by a new one when the configuration is
 //! reloaded (a rotated token file, another address), with one `Status` for its whole life.
+//! Each follower has a `Generation`, carried by every snapshot it sends: what a replaced one
+//! left in the queue is told apart from the new one's answers.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,10 +18,20 @@ use crate::mesh::snapshot::Snapshot;
 
 /// How long a follower waits before trying a full event queue again.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(50);
+/// Past the start-up grace, a follower sends what it has at its next look (every 250 ms);
+/// this leaves room for that look on a busy or emulated host.
+const AFTER_GRACE: Duration = Duration::from_secs(1);
+
+/// Which follower of a `Source` a snapshot came from, counting from 1; each restart starts
+/// the next one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Generation(pub u64);
 
 pub struct Source {
     /// The follower, and the flag that retires its sink when it is replaced.
     follower: Mutex<Option<(Follower, Arc<AtomicBool>)>>,
+    /// The generation of the follower in `follower`.
+    generation: AtomicU64,
     events: SyncSender<Event>,
     status: Arc<Status>,
     options: Options,
@@ -37,6 +49,7 @@ impl Source {
         }
         let source = Source {
             follower: Mutex::new(None),
+            generation: AtomicU64::new(0),
             events,
             status: Arc::new(Status::default()),
             options,
@@ -45,9 +58,10 @@ impl Source {
         Ok(Some(source))
     }
 
-    /// Replaces the follower with one for `config` (on reload). The new one sends its first
-    /// complete snapshot as soon as it has one; until then the running plan stays.
-    pub fn restart(&self, config: &Config) -> io::Result<()> {
+    /// Replaces the follower with one for `config` (on reload) and returns its generation.
+    /// The new one sends its first complete snapshot as soon as it has one (or, with only a
+    /// saved state, within `first_snapshot_within`); until then the running plan stays.
+    pub fn restart(&self, config: &Config) -> io::Result<Generation> {
         let Some(settings) = config.consul.clone() else {
             return Err(io::Error::other(
                 "the configuration no longer has [consul]; switching sources needs a restart",
@@ -66,7 +80,8 @@ impl Source {
         let events = self.events.clone();
         let retired = Arc::new(AtomicBool::new(false));
         let flag = retired.clone();
-        let sink = Box::new(move |snap: Snapshot| deliver(&events, snap, &flag));
+        let generation = Generation(self.generation.load(Ordering::SeqCst) + 1);
+        let sink = Box::new(move |snap: Snapshot| deliver(&events, generation, snap, &flag));
         let follower = follow(
             settings,
             config.snapshot.clone(),
@@ -75,7 +90,19 @@ impl Source {
             sink,
         )?;
         *slot = Some((follower, retired));
-        Ok(())
+        self.generation.store(generation.0, Ordering::SeqCst);
+        Ok(generation)
+    }
+
+    /// The generation of the follower running now: snapshots of older ones are stale.
+    pub fn generation(&self) -> Generation {
+        Generation(self.generation.load(Ordering::SeqCst))
+    }
+
+    /// How long a new follower may take to send its first snapshot when the agent answers,
+    /// or the saved state is there to serve: past this, the agent has not confirmed it.
+    pub fn first_snapshot_within(&self) -> Duration {
+        self.options.startup_grace + AFTER_GRACE
     }
 
     /// Freshness of the state served, for readiness and metrics.
@@ -86,8 +113,13 @@ impl Source {
 
 /// Hands a snapshot to the loop. A snapshot is never dropped: when the queue is full the
 /// follower waits for room — unless it was retired meanwhile, or the loop is gone.
-fn deliver(events: &SyncSender<Event>, snap: Snapshot, retired: &AtomicBool) -> bool {
-    let mut event = Event::Snapshot(Box::new(snap));
+fn deliver(
+    events: &SyncSender<Event>,
+    generation: Generation,
+    snap: Snapshot,
+    retired: &AtomicBool,
+) -> bool {
+    let mut event = Event::Snapshot(generation, Box::new(snap));
     loop {
         if retired.load(Ordering::Relaxed) {
             return false;
@@ -104,14 +136,16 @@ fn deliver(events: &SyncSender<Event>, snap: Snapshot, retired: &AtomicBool) -> 
 }
 
 /// Waits for the first complete snapshot, to start serving with. `None`: a shutdown came
-/// first. Reloads before it are ignored: nothing runs yet to reload.
+/// first. A reload requested meanwhile stays pending in `signals::Requests` and runs once
+/// serving: the file may have changed since it was read (a token file fixed because the
+/// agent refused the old one).
 pub fn first_snapshot(events: &Receiver<Event>) -> Option<Box<Snapshot>> {
     while let Ok(event) = events.recv() {
         match event {
-            Event::Snapshot(s) => return Some(s),
+            Event::Snapshot(_, s) => return Some(s),
             Event::Shutdown => return None,
             Event::Reload => crate::info!(
-                "reload ignored: still waiting for the first state from the Consul agent"
+                "reload requested while waiting for the first state from the Consul agent; it will run once serving"
             ),
         }
     }

@@ -34,7 +34,17 @@ impl Notify {
 
     /// Reads messages until one satisfies `want`, and returns it; panics after `IO_TIMEOUT`.
     pub fn expect(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + IO_TIMEOUT;
+        self.expect_within(what, IO_TIMEOUT, want)
+    }
+
+    /// `expect` for a message that may take longer than `IO_TIMEOUT` by design.
+    pub fn expect_within(
+        &mut self,
+        what: &str,
+        within: Duration,
+        want: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + within;
         let mut buf = [0u8; 4096];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
