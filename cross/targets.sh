@@ -82,11 +82,18 @@ cross_install() {
 cross_env() {
     CARGO=(cargo)
     ZFLAGS=()
+    # Every target links through cross/ordered-cc (lld, hot code together), which calls the
+    # target's own C compiler driver, SIDEGATE_LINK_CC.
+    # Its list names functions as demangled v0 symbols: unlike legacy mangling, v0 spells out
+    # a generic function's type arguments, so a name picks one instantiation, not all of them.
+    local triple_var rustflags="-C symbol-mangling-version=v0"
+    triple_var="$(tr 'a-z-' 'A-Z_' <<<"$1")"
+    export "CARGO_TARGET_${triple_var}_LINKER=$CROSS_DIR/ordered-cc"
     case "$1" in
     aarch64-unknown-linux-musl)
         # ring's C is freestanding, so the glibc cross gcc compiles it and drives the link;
         # rust-std ships musl's crt, libc and libunwind for this target.
-        export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
+        export SIDEGATE_LINK_CC=aarch64-linux-gnu-gcc
         export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
         export AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar
         export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER="$CROSS_RUNNER_aarch64"
@@ -96,8 +103,8 @@ cross_env() {
         ZFLAGS=(-Zbuild-std=std,panic_abort)
         # Debian's musl for armhf brings crt files and libc, so rustc must not look for its
         # own (link-self-contained=no); the wrapper maps -lunwind to gcc's libgcc_eh.
-        export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_LINKER="$CROSS_DIR/armv7-musl-cc"
-        export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="-C link-self-contained=no"
+        export SIDEGATE_LINK_CC="$CROSS_DIR/armv7-musl-cc"
+        rustflags+=" -C link-self-contained=no"
         export CC_armv7_unknown_linux_musleabihf=arm-linux-musleabihf-gcc
         # cc-rs would otherwise fall back to the host's ar for this target.
         export AR_armv7_unknown_linux_musleabihf=arm-linux-gnueabihf-ar
@@ -106,12 +113,16 @@ cross_env() {
     x86_64-unknown-linux-musl)
         # cc-rs would look for this name too; said here so a missing wrapper is plain to see.
         export CC_x86_64_unknown_linux_musl=x86_64-linux-musl-gcc
+        # rustc hands the link its own musl crt and libc, as for aarch64; the musl gcc wrapper
+        # would add a second set.
+        export SIDEGATE_LINK_CC=cc
         ;;
     *)
         echo "cross: unsupported target $1 (supported: ${CROSS_DEFAULT_TARGETS[*]})" >&2
         return 64
         ;;
     esac
+    export "CARGO_TARGET_${triple_var}_RUSTFLAGS=$rustflags"
 }
 
 # The runner for TRIPLE ("" for the host's own architecture).
