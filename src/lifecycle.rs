@@ -98,8 +98,10 @@ impl Lifecycle {
         crate::log::configure(operations.log_level);
         let running = proxy::start(plan)?;
         let status = Arc::new(Status::new(running.metrics.clone()));
-        let admin = bind_admin(operations.admin, &status)?;
+        // The plan before the endpoint: once it listens, /config and /ready answer for it
+        // (a scraper that came between them was told "no plan").
         status.set_plan(running.plan());
+        let admin = bind_admin(operations.admin, &status)?;
         Ok(Lifecycle {
             path,
             running,
