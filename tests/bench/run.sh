@@ -17,18 +17,21 @@
 #
 # Rounds are interleaved (every path once per round, each proxy freshly started) and the
 # tables report medians over rounds. Per round and path:
-#   idle RSS → hold HOLD_COUNT connections (RSS per held connection) → bulk (MB/s, proxy CPU
-#   per GB) → new-connection rate (conn/s) → latency without load (connection setup from one
-#   client connecting serially; small-request round trip on one established connection).
+#   idle RSS → WARM_COUNT connections held and closed, then HOLD_COUNT held (RSS per held
+#   connection) → bulk (MB/s, proxy CPU per GB) → new-connection rate (conn/s) → latency
+#   without load (connection setup from one client connecting serially; small-request round
+#   trip on one established connection).
 # Every event-loop proxy gets one loop thread/process (PROXY_THREADS); stunnel has no such
 # setting (a thread per connection).
 #
 # Environment: ROUNDS (3), BULK_MB (256 MiB per connection and direction), BULK_CONNS (4),
-# RATE_SECONDS (5), RATE_PARALLEL (8), LAT_SECONDS (2), HOLD_COUNT (1000), PROXY_THREADS (1),
+# RATE_SECONDS (5), RATE_PARALLEL (8), LAT_SECONDS (2), HOLD_COUNT (1000), WARM_COUNT (100),
+# PROXY_THREADS (1),
 # SCENARIOS ("passthrough origination"), PASSTHROUGH ("direct sidegate haproxy sniproxy nginx"),
 # ORIGINATION ("direct sidegate haproxy nginx stunnel"), BASE_PORT (19400),
 # SIDEGATE_TARGET (x86_64-unknown-linux-musl, the shipped static build; a target of
-# cross/targets.sh, which installs its toolchain; "host" for the host toolchain's default).
+# cross/targets.sh, which installs its toolchain; "host" for the host toolchain's default),
+# SIDEGATE_BINARY (measure this prebuilt binary instead of building one).
 # Duration: 7 min 6 s of measuring at the defaults on a quiet 2-core machine (the last run, at
 # ef2ccfc; tests/bench/RESULTS.md), plus about 2.5 min of release builds when not yet built.
 # Output: Markdown on stdout and in $CARGO_TARGET_DIR/bench/bench.md, raw samples beside it
@@ -42,6 +45,7 @@ RATE_SECONDS=${RATE_SECONDS:-5}
 RATE_PARALLEL=${RATE_PARALLEL:-8}
 LAT_SECONDS=${LAT_SECONDS:-2}
 HOLD_COUNT=${HOLD_COUNT:-1000}
+WARM_COUNT=${WARM_COUNT:-100}
 PROXY_THREADS=${PROXY_THREADS:-1}
 SCENARIOS=${SCENARIOS:-"passthrough origination"}
 PASSTHROUGH=${PASSTHROUGH:-"direct sidegate haproxy sniproxy nginx"}
@@ -105,7 +109,9 @@ install_missing() {
 build() {
     command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
     log "building sidegate ($SIDEGATE_TARGET) and loadgen (release)"
-    if [[ $SIDEGATE_TARGET == host ]]; then
+    if [[ -n ${SIDEGATE_BINARY:-} ]]; then
+        SIDEGATE=$SIDEGATE_BINARY   # a prebuilt binary, e.g. another commit's, for an A/B run
+    elif [[ $SIDEGATE_TARGET == host ]]; then
         SIDEGATE=$TARGET_DIR/release/sidegate
         cargo build --release --locked --quiet --bin sidegate
     else
@@ -416,13 +422,14 @@ start_proxy() {
 kv() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" | head -1; }
 client_args() { echo --connect "$ADDR" --sni "$SNI" --cert-dir "$CERTS" --client "$CLIENT"; }
 
-measure_hold() {
-    local sc=$1 name=$2 round=$3 idle=$4
+# Holds COUNT connections through the proxy; prints "HELD RSS_KIB" while they are held.
+hold_session() {
+    local sc=$1 name=$2 count=$3
     local fifo=$TMP/hold.fifo out=$TMP/hold.out
     rm -f "$fifo" "$out"
     mkfifo "$fifo"
     # shellcheck disable=SC2046
-    timeout 300 "$LOADGEN" hold $(client_args) --count "$HOLD_COUNT" --timeout-secs 120 \
+    timeout 300 "$LOADGEN" hold $(client_args) --count "$count" --timeout-secs 120 \
         <"$fifo" >"$out" 2>>"$TMP/loadgen.err" &
     local hp=$!
     PIDS+=("$hp")
@@ -441,10 +448,25 @@ measure_hold() {
     wait "$hp" || die "hold via $sc/$name failed"
     forget_pid "$hp"
     [[ $held -gt 0 ]] || die "no connection held via $sc/$name"
+    echo "$held $rss"
+}
+
+# RSS per held connection is the marginal cost: what HOLD_COUNT more connections add to a
+# proxy that has already carried some (WARM_COUNT held and let go), so that a proxy's one-time
+# costs of its first connections (code paged in, pools grown) are not spread over them. The
+# RSS at that point is recorded too (warm_idle_rss_kib).
+measure_hold() {
+    local sc=$1 name=$2 round=$3 idle=$4
+    local warm held rss
+    hold_session "$sc" "$name" "$WARM_COUNT" >/dev/null
+    sleep 1
+    warm=$(rss_kib "$PROXY_PID")
+    read -r held rss < <(hold_session "$sc" "$name" "$HOLD_COUNT")
+    record "$sc" "$name" "$round" warm_idle_rss_kib "$warm"
     record "$sc" "$name" "$round" held "$held"
     record "$sc" "$name" "$round" held_rss_kib "$rss"
-    record "$sc" "$name" "$round" per_conn_kib "$(awk -v a="$rss" -v b="$idle" -v n="$held" 'BEGIN {printf "%.2f", (a - b) / n}')"
-    log "  $held held, RSS $rss KiB (idle $idle KiB)"
+    record "$sc" "$name" "$round" per_conn_kib "$(awk -v a="$rss" -v b="$warm" -v n="$held" 'BEGIN {printf "%.2f", (a - b) / n}')"
+    log "  $held held, RSS $rss KiB (idle $idle KiB, $warm KiB after $WARM_COUNT held and closed)"
 }
 
 # Seconds of CPU between two cpu_ticks readings, per GB of `bytes` (or µs per `conns`).
@@ -564,6 +586,7 @@ measure_all() {
     meta versions "$versions"
     meta command "ROUNDS=$ROUNDS BULK_MB=$BULK_MB BULK_CONNS=$BULK_CONNS RATE_SECONDS=$RATE_SECONDS RATE_PARALLEL=$RATE_PARALLEL LAT_SECONDS=$LAT_SECONDS HOLD_COUNT=$HOLD_COUNT PROXY_THREADS=$PROXY_THREADS tests/bench/run.sh"
     meta rounds "$ROUNDS"
+    meta warm "$WARM_COUNT"
     meta bulk "$BULK_CONNS connections each sending then receiving $BULK_MB MiB"
     meta rate "${RATE_SECONDS} s, $RATE_PARALLEL parallel clients"
     meta hold "$HOLD_COUNT"
@@ -718,7 +741,7 @@ MD=$OUT_DIR/bench.md
     echo "handshake (TLS 1.3, ECDSA P-256, no resumption) + one 32-byte echo + orderly close."
     echo "Setup: one client connecting serially, connect → first echo answered (includes the proxy's"
     echo "own handshake when it originates). Request RTT: 32-byte echoes on one open connection."
-    echo "RSS: VmRSS of all the proxy's processes; per held conn = (RSS with $(meta_of hold) held − idle) / held."
+    echo "RSS: VmRSS of all the proxy's processes; per held conn = (RSS with $(meta_of hold) held − RSS after $(meta_of warm) were held and closed) / held."
     echo "CPU: the proxy's utime+stime during bulk / GB moved."
     for sc in passthrough origination; do
         [[ -n $(scenario_paths $sc) ]] || continue
