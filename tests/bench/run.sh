@@ -11,7 +11,7 @@
 #                presents a leaf with the target's SPIFFE URI SAN (sidegate checks that ID; the
 #                others check the chain and the DNS name, the most they can).
 #
-#   tests/bench/run.sh                  # as root or with sudo on Debian 12: ~7 min (+2.5 to build)
+#   tests/bench/run.sh                  # as root or with sudo on Debian 12: ~8 min (+2.5 to build)
 #   ROUNDS=1 BULK_MB=64 RATE_SECONDS=2 LAT_SECONDS=1 HOLD_COUNT=300 tests/bench/run.sh   # quick look
 #   REPORT_FROM=target/bench/bench-raw.tsv tests/bench/run.sh     # re-render a saved run
 #
@@ -32,8 +32,8 @@
 # SIDEGATE_TARGET (x86_64-unknown-linux-musl, the shipped static build; a target of
 # cross/targets.sh, which installs its toolchain; "host" for the host toolchain's default),
 # SIDEGATE_BINARY (measure this prebuilt binary instead of building one).
-# Duration: 7 min 6 s of measuring at the defaults on a quiet 2-core machine (the last run, at
-# ef2ccfc; tests/bench/RESULTS.md), plus about 2.5 min of release builds when not yet built.
+# Duration: 8 min 3 s of measuring at the defaults on a quiet 2-core machine (the last run, at
+# d2484ca; tests/bench/RESULTS.md), plus about 2.5 min of release builds when not yet built.
 # Output: Markdown on stdout and in $CARGO_TARGET_DIR/bench/bench.md, raw samples beside it
 # (bench-raw.tsv: scenario, path, round, metric, value; "meta" rows describe the run).
 set -euo pipefail
