@@ -283,6 +283,9 @@ pub fn config_entries(t: &Fields<'_>, here: Option<&Here>) -> Option<ConfigEntri
         proxy_defaults: proxy_defaults?,
         service_defaults,
         partition_proxy_defaults: BTreeMap::new(),
+        // A file's entries are by name alone (CONFIG.md).
+        target_service_defaults: BTreeMap::new(),
+        targets_by_place: false,
         downstream_namespace: here.map_or(DEFAULT_NAMESPACE, |h| &h.namespace).to_owned(),
         downstream_partition: here
             .map_or(DEFAULT_PARTITION, |h| &h.place.partition)

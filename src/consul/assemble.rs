@@ -10,7 +10,7 @@ use super::api::health::to_dial;
 use super::api::service::{self, AgentService, KIND_MESH_GATEWAY, KIND_SIDECAR};
 use super::settings::Settings;
 use super::watch::{Answer, Key};
-use crate::mesh::config_entries::ConfigEntries;
+use crate::mesh::config_entries::{target_key, ConfigEntries};
 use crate::mesh::mode::{via, ModeSource, Via};
 use crate::mesh::names::{is_label, SpiffeId};
 use crate::mesh::place::DEFAULT_PARTITION;
@@ -235,25 +235,32 @@ fn config_entries(k: &Known<'_>, here: &Here, spec: &SidecarSpec) -> ConfigEntri
             }
         }
     }
-    let targets = spec.upstreams.iter().map(|u| {
-        (
-            &u.destination_name,
-            &u.destination_namespace,
-            &u.place.partition,
-        )
-    });
-    let own = std::iter::once((&spec.service, &here.namespace, &here.place.partition));
-    for (service, namespace, partition) in targets.chain(own) {
+    entries.targets_by_place = true;
+    let defaults = |service: &String, namespace: &String, partition: &String| {
         let key = Key::ServiceDefaults {
             service: service.clone(),
             namespace: namespace.clone(),
             partition: partition.clone(),
         };
-        if let Some(Answer::ServiceDefaults(Some(sd))) = k.answers.get(&key) {
-            if let Ok(m) = sd.to_mesh() {
-                entries.service_defaults.insert(service.clone(), m);
-            }
+        match k.answers.get(&key) {
+            Some(Answer::ServiceDefaults(Some(sd))) => sd.to_mesh().ok(),
+            _ => None,
         }
+    };
+    for u in &spec.upstreams {
+        let (name, ns, part) = (
+            &u.destination_name,
+            &u.destination_namespace,
+            &u.place.partition,
+        );
+        if let Some(m) = defaults(name, ns, part) {
+            entries
+                .target_service_defaults
+                .insert(target_key(name, ns, part), m);
+        }
+    }
+    if let Some(m) = defaults(&spec.service, &here.namespace, &here.place.partition) {
+        entries.service_defaults.insert(spec.service.clone(), m);
     }
     entries
 }

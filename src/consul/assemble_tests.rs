@@ -376,6 +376,37 @@ fn precedence_with_consul_sourced_config_entries() {
     assert_eq!(dial, ["203.0.113.5:21001"]);
 }
 
+/// The target's service-defaults is read from the target's namespace: an upstream to
+/// another namespace's "web" from web's sidecar keeps its own entry, though the
+/// downstream's entry of the same name is read too.
+#[test]
+fn a_target_sharing_the_downstreams_name_keeps_its_own_service_defaults() {
+    let s = settings(Some("web-sidecar-proxy"), None);
+    let Answer::Service(Some(mut svc)) = merged("", "") else {
+        unreachable!()
+    };
+    svc.proxy.upstreams[0].destination_name = "web".into();
+    svc.proxy.upstreams[0].destination_namespace = "ns2".into();
+    let target = Key::ServiceDefaults {
+        service: "web".into(),
+        namespace: "ns2".into(),
+        partition: "default".into(),
+    };
+    let (mode, source, dial) = cross_dc(
+        &s,
+        Answer::Service(Some(svc)),
+        &[
+            (sd_key("web"), service_defaults("web", "")),
+            (target, service_defaults("web", "remote")),
+        ],
+    );
+    assert_eq!(
+        (mode, source),
+        (Mode::Remote, ModeSource::TargetServiceDefaults)
+    );
+    assert_eq!(dial, ["203.0.113.9:443"], "remote: dc2's gateways, WAN");
+}
+
 #[test]
 fn attribution_never_changes_a_mode() {
     // Proxy-level local explicitly, proxy-defaults local, but upstream_config.defaults remote:

@@ -13,8 +13,19 @@ use super::sidecar::{SidecarSpec, UpstreamSpec};
 pub struct ConfigEntries {
     /// `proxy-defaults/global` `MeshGateway` (this host's partition).
     pub proxy_defaults: Option<Mode>,
-    /// `service-defaults`, by service name.
+    /// `service-defaults`, by service name: a file's (they apply to a target of that name in
+    /// any partition), and with Consul the downstream's own.
     pub service_defaults: BTreeMap<String, ServiceDefaults>,
+    /// Consul source: the upstream targets' `service-defaults`, each read from the target's
+    /// own namespace and partition and kept by `target_key`. Two partitions may each have a
+    /// `db` with its own entry, and a target may share the downstream's name; a map by name
+    /// would give one of them the other's mode.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub target_service_defaults: BTreeMap<String, ServiceDefaults>,
+    /// Whether targets are looked up in `target_service_defaults` (the Consul source) rather
+    /// than by name in `service_defaults` (a file).
+    #[serde(skip)]
+    pub targets_by_place: bool,
     /// `proxy-defaults/global` of other partitions, by partition (Consul source only: a
     /// file has one `proxy_defaults`). Consulted for upstreams into those partitions.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -73,13 +84,29 @@ fn non_empty_or<'a>(value: &'a str, default: &'a str) -> &'a str {
     }
 }
 
+/// The key of a target's entry in `ConfigEntries::target_service_defaults`:
+/// `partition/namespace/name` (none of them can hold a `/`).
+pub fn target_key(name: &str, namespace: &str, partition: &str) -> String {
+    let namespace = non_empty_or(namespace, DEFAULT_NAMESPACE);
+    let partition = non_empty_or(partition, DEFAULT_PARTITION);
+    format!("{partition}/{namespace}/{name}")
+}
+
 impl ConfigEntries {
     /// Every level's setting for `upstream` of `sidecar` (consul-mesh.md §4.2). With one file
     /// there is one `proxy_defaults`, so the target partition's level stays unset; the agent
     /// source fills `partition_proxy_defaults` for targets in other partitions.
     pub fn mode_levels(&self, sidecar: &SidecarSpec, upstream: &UpstreamSpec) -> ModeLevels {
         let downstream = self.service_defaults.get(&sidecar.service);
-        let target = self.service_defaults.get(&upstream.destination_name);
+        let target = if self.targets_by_place {
+            self.target_service_defaults.get(&target_key(
+                &upstream.destination_name,
+                &upstream.destination_namespace,
+                &upstream.place.partition,
+            ))
+        } else {
+            self.service_defaults.get(&upstream.destination_name)
+        };
         let namespace = non_empty_or(&self.downstream_namespace, DEFAULT_NAMESPACE);
         let partition = non_empty_or(&self.downstream_partition, DEFAULT_PARTITION);
         ModeLevels {
@@ -352,5 +379,54 @@ mod tests {
             let levels = entries.mode_levels(&web, &upstream("db", "default", "default", None));
             assert_eq!(levels.upstream_config_override, want, "{overrides:?}");
         }
+    }
+
+    /// With Consul, a target's service-defaults is the one of its own namespace and
+    /// partition: a same-named service elsewhere, or the downstream itself, never lends it
+    /// its mode. A file's entries stay by name.
+    #[test]
+    fn consul_targets_take_their_own_places_service_defaults() {
+        let mode = |m| ServiceDefaults {
+            mesh_gateway: Some(m),
+            ..ServiceDefaults::default()
+        };
+        let mut entries = ConfigEntries {
+            targets_by_place: true,
+            ..ConfigEntries::default()
+        };
+        entries.service_defaults.insert("web".into(), mode(Local));
+        entries
+            .target_service_defaults
+            .insert(target_key("db", "default", "part2"), mode(Remote));
+        entries
+            .target_service_defaults
+            .insert(target_key("db", "", ""), mode(Off));
+        let web = sidecar("web", None);
+        let target = |entries: &ConfigEntries, name, ns, part| {
+            entries
+                .mode_levels(&web, &upstream(name, ns, part, None))
+                .target_service_defaults
+        };
+        assert_eq!(target(&entries, "db", "default", "part2"), Some(Remote));
+        assert_eq!(
+            target(&entries, "db", "default", "default"),
+            Some(Off),
+            "empty = default"
+        );
+        assert_eq!(
+            target(&entries, "db", "ns3", "default"),
+            None,
+            "no entry in ns3"
+        );
+        assert_eq!(
+            target(&entries, "web", "default", "part2"),
+            None,
+            "not the downstream's"
+        );
+        // The same entries read from a file: by name, whatever the place.
+        entries.targets_by_place = false;
+        entries.service_defaults.insert("db".into(), mode(Remote));
+        assert_eq!(target(&entries, "db", "ns3", "default"), Some(Remote));
+        assert_eq!(target(&entries, "web", "default", "part2"), Some(Local));
     }
 }
