@@ -87,17 +87,54 @@ pub fn follow(
     status: Arc<Status>,
     sink: Sink,
 ) -> io::Result<Follower> {
+    Ok(prepare(settings, base, options, status, sink)?.start())
+}
+
+/// A follower whose thread exists but has not looked at the agent yet. Creating the thread
+/// is the one step of following that can fail, so a reload prepares the new follower before
+/// it stops the one it replaces: a failure leaves the old one following.
+pub struct Prepared {
+    // Dropped first (fields drop in order): the waiting thread then ends, so dropping the
+    // follower, which joins it, cannot hang.
+    go: SyncSender<()>,
+    follower: Follower,
+}
+
+impl Prepared {
+    pub fn start(self) -> Follower {
+        // The thread waits for this; it cannot have gone (it exits only without it).
+        let _ = self.go.send(());
+        self.follower
+    }
+}
+
+/// `follow` up to the start: dropped instead of started, the thread ends unused.
+pub fn prepare(
+    settings: Settings,
+    base: Snapshot,
+    options: Options,
+    status: Arc<Status>,
+    sink: Sink,
+) -> io::Result<Prepared> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::sync_channel(QUEUE);
+    let (go, gate) = mpsc::sync_channel(1);
     let mut c = Coordinator::new(settings, base, options, status.clone(), tx, sink);
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
         .name("sidegate-consul".into())
-        .spawn(move || c.run(&rx, &flag))?;
-    Ok(Follower {
-        status,
-        stop,
-        thread: Some(thread),
+        .spawn(move || {
+            if gate.recv().is_ok() {
+                c.run(&rx, &flag);
+            }
+        })?;
+    Ok(Prepared {
+        go,
+        follower: Follower {
+            status,
+            stop,
+            thread: Some(thread),
+        },
     })
 }
 
@@ -597,6 +634,37 @@ mod tests {
             .recv_timeout(Duration::from_secs(30))
             .expect("the saved state is served with the agent unreachable");
         (f, snap)
+    }
+
+    /// A prepared follower looks at nothing and sends nothing until started, and one dropped
+    /// unstarted ends: a reload makes the new follower first and can still keep the old one.
+    #[test]
+    fn a_prepared_follower_waits_for_its_start() {
+        let dir = scratch("prepared");
+        let s = settings(&dir, "web-sidecar-proxy");
+        save_with_db_refused(&s);
+        let quick = Options {
+            startup_grace: Duration::from_millis(50),
+            ..Options::default()
+        };
+        let prepared = || {
+            let (tx, rx) = mpsc::sync_channel(4);
+            let sink = Box::new(move |snap| tx.send(snap).is_ok());
+            let status = Arc::new(Status::default());
+            (prepare(s.clone(), base(), quick, status, sink).unwrap(), rx)
+        };
+        let (held, rx) = prepared();
+        assert!(
+            rx.recv_timeout(Duration::from_secs(1)).is_err(),
+            "not started: the saved state is not served"
+        );
+        drop(held);
+        let (next, rx) = prepared();
+        let f = next.start();
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("started: the saved state is served");
+        f.stop();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::follow::{follow, Follower, Options};
+use super::follow::{prepare, Follower, Options};
 use super::status::Status;
 use crate::config::Config;
 use crate::lifecycle::Event;
@@ -71,24 +71,27 @@ impl Source {
             .follower
             .lock()
             .map_err(|_| io::Error::other("consul follower lock poisoned"))?;
-        if let Some((old, retired)) = slot.take() {
-            // Retired first: an old follower waiting for room in the queue gives up at once,
-            // so stopping it never waits on the loop that is running this reload.
-            retired.store(true, Ordering::Relaxed);
-            old.stop();
-        }
         let events = self.events.clone();
         let retired = Arc::new(AtomicBool::new(false));
         let flag = retired.clone();
         let generation = Generation(self.generation.load(Ordering::SeqCst) + 1);
         let sink = Box::new(move |snap: Snapshot| deliver(&events, generation, snap, &flag));
-        let follower = follow(
+        // Prepared before the old one stops: if it cannot be, the old one goes on following.
+        let next = prepare(
             settings,
             config.snapshot.clone(),
             self.options,
             self.status.clone(),
             sink,
         )?;
+        if let Some((old, retired)) = slot.take() {
+            // Retired first: an old follower waiting for room in the queue gives up at once,
+            // so stopping it never waits on the loop that is running this reload. Stopped
+            // before the new one starts, so the two never write the saved state at once.
+            retired.store(true, Ordering::Relaxed);
+            old.stop();
+        }
+        let follower = next.start();
         *slot = Some((follower, retired));
         self.generation.store(generation.0, Ordering::SeqCst);
         Ok(generation)
