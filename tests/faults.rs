@@ -766,8 +766,9 @@ fn ten_thousand_idle_connections_against_a_limit_of_five_thousand() {
     const LIMIT: usize = 5000;
     // Issue 7's target: 2 KiB per held connection. Measured here on 2026-11-26: 2,349 bytes
     // (debug and release alike: the heap objects per connection make the cost); 1,815 since
-    // the relay is one small state machine and deadlines share one sweep. The target is the
-    // bound.
+    // the relay is one small state machine and deadlines share one sweep. Paced and warmed
+    // as below (2026-12-02): 1,626-1,656 bytes (x86_64 debug), 1,774 (aarch64) and 1,091
+    // (armv7) under qemu-user. The target is the bound.
     const BUDGET_BYTES: f64 = 2.0 * 1024.0;
     // This process holds the 10,000 client sockets and the backend's 5,000 accepted ones.
     raise_own_fd_limit(3 * LIMIT as u64 + 1000);
@@ -790,22 +791,50 @@ fn ten_thousand_idle_connections_against_a_limit_of_five_thousand() {
         let samples = ops::scrape(admin);
         ops::value(&samples, name, &[("role", "gateway")])
     };
-    let idle = rss_kib(pid);
     let hello = captured_hello();
-
-    let mut held: Vec<TcpStream> = (0..LIMIT)
-        .map(|_| {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.write_all(&hello).unwrap();
-            s
-        })
-        .collect();
+    // Connections arrive in bursts of BURST, each relayed before the next: the memory a
+    // gateway keeps after a burst (the heap's high-water mark from the hellos in flight, the
+    // buffer pool) depends on how many arrive at once, and this keeps that the same in the
+    // warm-up and the measured part. Unpaced, the same code measured 1,593-2,023 bytes here
+    // and up to 2,545 under qemu-user.
+    const BURST: usize = 100;
+    let open = |held: &mut Vec<TcpStream>, n: usize| {
+        for _ in 0..n / BURST {
+            held.extend((0..BURST).map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(&hello).unwrap();
+                s
+            }));
+            eventually_within(
+                Duration::from_secs(60),
+                "every connection of the burst relayed",
+                || holder.count() == held.len(),
+            );
+        }
+    };
+    // The budget is per held connection, so the baseline is a gateway that has already
+    // carried some: one-time costs (code paged in, the pool and the heap grown to a burst,
+    // and under qemu-user the emulator translating the code) are not spread over the 5,000.
+    // This is the benchmark's method (`warm_idle_rss_kib`).
+    const WARM: usize = 2 * BURST;
+    let mut warm = Vec::with_capacity(WARM);
+    open(&mut warm, WARM);
+    for s in warm {
+        rustix::net::sockopt::set_socket_linger(&s, Some(Duration::ZERO)).unwrap();
+    }
+    holder.held.lock().unwrap().clear();
     eventually_within(
         Duration::from_secs(60),
-        "every held connection relayed",
-        || holder.count() == LIMIT,
+        "the warm-up connections closed",
+        || gateway_count("sidegate_connections_active") == 0,
     );
-    let with_held = rss_kib(pid);
+    let idle = settled_rss_kib(pid);
+
+    let mut held = Vec::with_capacity(LIMIT);
+    open(&mut held, LIMIT);
+    // Settled: the last connections' buffers may still be in use when the backend has them.
+    let first = rss_kib(pid);
+    let with_held = settled_rss_kib(pid);
 
     // One at a time, each seen closed before the next, so the listener's accept queue
     // (backlog 128) never overflows into SYN retries; the client keeps every refused socket
@@ -835,8 +864,9 @@ fn ten_thousand_idle_connections_against_a_limit_of_five_thousand() {
 
     let per_held = (with_held.saturating_sub(idle) * 1024) as f64 / LIMIT as f64;
     eprintln!(
-        "sidegate ({} build) RSS: idle {idle} KiB, {LIMIT} held {with_held} KiB \
-         ({per_held:.0} bytes each), after {LIMIT} refused {after_excess} KiB",
+        "sidegate ({} build) RSS: after {WARM} held and closed {idle} KiB, {LIMIT} held {with_held} KiB \
+         ({per_held:.0} bytes each; first reading {first} KiB), after {LIMIT} refused \
+         {after_excess} KiB",
         if cfg!(debug_assertions) {
             "debug"
         } else {

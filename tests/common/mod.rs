@@ -559,6 +559,22 @@ pub fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// `rss_kib` once it stops falling: memory a process frees just after a burst (buffers of
+/// connections still in flight when the burst's last one was seen) is not its steady
+/// state. Readings 250 ms apart, for at most 5 s.
+pub fn settled_rss_kib(pid: u32) -> u64 {
+    let mut last = rss_kib(pid);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = rss_kib(pid);
+        if now >= last {
+            return last;
+        }
+        last = now;
+    }
+    last
+}
+
 /// One GET to sidegate's admin endpoint: (status code, body).
 pub fn http_get(admin: SocketAddr, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect_timeout(&admin, IO_TIMEOUT).unwrap();
