@@ -13,7 +13,7 @@ done
 command -v prlimit >/dev/null || need+=(util-linux)
 # systemd-analyze checks the unit (tests/ops/unit.sh) and strace the calls its filter must
 # allow (tests/ops/syscalls.sh); Prometheus' own Python parser reads /metrics in
-# tests/operations.rs.
+# tests/operations/operations.rs.
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v strace >/dev/null || need+=(strace)   # tests/ops/syscalls.sh
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)

@@ -5,8 +5,8 @@
 //! errors name the endpoint and the likely cause.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod consul;
+use crate::common;
+use crate::consul;
 
 use std::net::SocketAddr;
 use std::sync::mpsc;

@@ -5,8 +5,8 @@
 //! traffic through sidegate gateways registered in Consul. These need no `[consul]` source.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod consul;
+use crate::common;
+use crate::consul;
 
 use std::sync::OnceLock;
 

@@ -5,8 +5,8 @@
 //! synchronise (the slow-loris pace is the attack's shape, not a wait).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod ops;
+use crate::common;
+use crate::ops;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

@@ -10,9 +10,9 @@
 //! that wait stops at once; a SIGHUP before the first state reloads once serving.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod consul;
-mod ops;
+use crate::common;
+use crate::consul;
+use crate::ops;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

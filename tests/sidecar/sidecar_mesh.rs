@@ -5,7 +5,7 @@
 //! processes' own counters (their admin endpoints' /metrics).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;

@@ -3,8 +3,8 @@
 //! the admin endpoint parsed by Prometheus' own parser, and the log format.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod ops;
+use crate::common;
+use crate::ops;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! leaf, the target's SNI and exactly the target's identity required of the server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

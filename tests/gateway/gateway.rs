@@ -2,7 +2,7 @@
 //! own name's certificate, sidegate in between reading only the ClientHello.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
