@@ -287,19 +287,15 @@ impl Child {
     /// Waits until the process serves, and returns its admin endpoint's address (its config
     /// needs `[admin]`); `None` when it exited first (e.g. a port it names was taken).
     pub fn serving(&mut self) -> Option<SocketAddr> {
-        let deadline = std::time::Instant::now() + IO_TIMEOUT;
-        while self.logged(ADMIN_LISTENING) == 0 {
-            if self.child.try_wait().unwrap().is_some() {
-                return None;
+        eventually("sidegate to serve (or exit)", || {
+            if self.logged(ADMIN_LISTENING) > 0 {
+                Ok(Some(self.logged_addr(ADMIN_LISTENING)))
+            } else if self.child.try_wait().unwrap().is_some() {
+                Ok(None)
+            } else {
+                Err(self.log.lock().unwrap().clone())
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "sidegate did not start serving: {:#?}",
-                self.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Some(self.logged_addr(ADMIN_LISTENING))
+        })
     }
 }
 
@@ -497,21 +493,88 @@ pub fn dead_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// Polls `cond` until it holds or a deadline passes; for counters updated by the gateway
-/// thread after the client already saw the close.
-pub fn eventually(what: &str, cond: impl Fn() -> bool) {
-    eventually_within(IO_TIMEOUT, what, cond);
+/// Bounded polling, within `IO_TIMEOUT`: see `eventually_within`. For what happens on another
+/// thread or in another process after the test saw its cause, e.g. counters updated by the
+/// event loop after the client already saw the close.
+pub fn eventually<P: Polled>(what: &str, poll: impl FnMut() -> P) -> P::Done {
+    eventually_within(IO_TIMEOUT, what, poll)
 }
 
-/// `eventually` with a deadline of its own, for waits that scale with a test's size.
-pub fn eventually_within(limit: Duration, what: &str, cond: impl Fn() -> bool) {
+/// The one way tests wait for something: calls `poll` until it reports done, and returns what
+/// it found; after `limit`, panics naming `what` and the last thing `poll` observed. `poll`
+/// returns a `bool`, or a `Result` whose `Err` is what it saw instead (shown on failure).
+pub fn eventually_within<P: Polled>(
+    limit: Duration,
+    what: &str,
+    poll: impl FnMut() -> P,
+) -> P::Done {
+    poll_within(limit, poll).unwrap_or_else(|seen| {
+        panic!("timed out after {limit:?} waiting for {what}; last observed: {seen:#?}")
+    })
+}
+
+/// `eventually_within` for a caller that handles the timeout itself (a retry, its own
+/// message): `Err` with what `poll` last observed once `limit` has passed.
+///
+/// Polls at once, then after 5 ms, doubling to at most 50 ms: quick for what is nearly
+/// there, and no busy loop on two cores for what takes seconds (a Consul agent, a scrape
+/// through Python). The last poll is at the deadline.
+pub fn poll_within<P: Polled>(
+    limit: Duration,
+    mut poll: impl FnMut() -> P,
+) -> Result<P::Done, P::Seen> {
     let deadline = std::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let seen = match poll().done() {
+            Ok(done) => return Ok(done),
+            Err(seen) => seen,
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(seen);
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Text that `eventually`'s failure message shows as it is (a log, a process's output), not
+/// escaped onto one line as a `String` would be.
+pub struct Shown(pub String);
+
+impl std::fmt::Debug for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What one poll of `eventually` observed: done (with a value), or what it saw instead.
+pub trait Polled {
+    type Done;
+    type Seen: std::fmt::Debug;
+    fn done(self) -> Result<Self::Done, Self::Seen>;
+}
+
+/// A condition: done when it holds.
+impl Polled for bool {
+    type Done = ();
+    type Seen = bool;
+    fn done(self) -> Result<(), bool> {
+        if self {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+/// `Ok(value)` when done; `Err(observed)` not yet, with what was observed instead.
+impl<T, E: std::fmt::Debug> Polled for Result<T, E> {
+    type Done = T;
+    type Seen = E;
+    fn done(self) -> Result<T, E> {
+        self
     }
 }
 

@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::common::poll_within;
 pub use crate::common::Scratch;
 pub use api::{service_with_sidecar, TlsFiles};
 pub use builtin_proxy::BuiltinProxy;
-pub use listening::{wait_listening, wait_not_listening};
+pub use listening::{listening, wait_listening, wait_not_listening};
 use process::Watched;
 pub use sidegate::{
     gateway_toml, saved_unix, set_saved_unix, sidecar_toml, Sidegate, SERVING_WITHIN,
@@ -200,23 +201,23 @@ impl Agent {
 
     /// Waits for a leader and an initialised Connect CA, or returns the agent's output.
     fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
+        let polled = poll_within(READY_WITHIN, || {
             let process = self.process.as_mut().expect("agent running");
             if process.has_exited() {
-                return Err(process.tail());
+                return Ok(Err(process.tail()));
             }
             if self.is_ready() {
-                return Ok(());
+                Ok(Ok(()))
+            } else {
+                Err(())
             }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "not ready within {READY_WITHIN:?}\n{}",
-                    self.output_tail()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        });
+        polled.unwrap_or_else(|()| {
+            Err(format!(
+                "not ready within {READY_WITHIN:?}\n{}",
+                self.output_tail()
+            ))
+        })
     }
 
     fn is_ready(&self) -> bool {

@@ -70,12 +70,3 @@ impl Held {
         assert_eq!(back, what.as_bytes());
     }
 }
-
-/// Polls `cond` until it holds, at most `limit`.
-pub fn within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}

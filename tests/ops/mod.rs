@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{http_get as get, Client, Scratch, IO_TIMEOUT};
+use crate::common::{eventually, eventually_within, http_get as get, Client, Scratch, IO_TIMEOUT};
 
 /// systemd's end of `NOTIFY_SOCKET`: every datagram the child sends, in order.
 pub struct Notify {
@@ -199,18 +199,9 @@ impl Sidegate {
 
     /// Waits (bounded) for the process to exit.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sidegate did not exit within {within:?}; log: {:#?}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        eventually_within(within, "sidegate to exit", || {
+            self.child.try_wait().unwrap().ok_or_else(|| self.log())
+        })
     }
 }
 
@@ -225,13 +216,12 @@ impl Drop for Sidegate {
 
 /// The sidegate process under `strace` (a descendant running `bin`), once it exists.
 fn tracee(strace: &Child, bin: &Path) -> rustix::process::Pid {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
+    eventually("strace to start sidegate", || {
         let mut family = vec![strace.id()];
         while let Some(pid) = family.pop() {
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
             if pid != strace.id() && exe.as_deref() == Some(bin) {
-                return rustix::process::Pid::from_raw(pid.try_into().unwrap()).unwrap();
+                return Ok(rustix::process::Pid::from_raw(pid.try_into().unwrap()).unwrap());
             }
             for task in std::fs::read_dir(format!("/proc/{pid}/task"))
                 .into_iter()
@@ -246,11 +236,10 @@ fn tracee(strace: &Child, bin: &Path) -> rustix::process::Pid {
         // with its status, and there is nothing left to signal.
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", strace.id()));
         if stat.map_or(true, |s| s.contains(") Z ")) {
-            return rustix::process::Pid::from_child(strace);
+            return Ok(rustix::process::Pid::from_child(strace));
         }
-        assert!(Instant::now() < deadline, "strace started no sidegate");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        Err("no sidegate under strace yet")
+    })
 }
 
 /// One sample of `/metrics`, as Prometheus' own Python parser read it.
@@ -300,19 +289,18 @@ pub fn scrape(admin: SocketAddr) -> Vec<Sample> {
 /// Scrapes until no connection is open in any role and `also` holds: counters are updated as
 /// connections end on the event loop, after their client may already have seen the close.
 pub fn scrape_when_idle(admin: SocketAddr, also: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
+    eventually("no connection active (and the test's condition)", || {
         let s = scrape(admin);
         let active: u64 = ["gateway", "upstream", "inbound"]
             .iter()
             .map(|r| value(&s, "sidegate_connections_active", &[("role", r)]))
             .sum();
         if active == 0 && also(&s) {
-            return s;
+            Ok(s)
+        } else {
+            Err(format!("{active} connections active"))
         }
-        assert!(Instant::now() < deadline, "connections still active");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
 }
 
 /// The value of the sample `name` with exactly these labels; panics when absent.
