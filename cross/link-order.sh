@@ -5,17 +5,17 @@
 #   cross/link-order.sh [BINARY/MODULE...]   default: the integration tests that run every role
 #
 # Each argument names one test file, tests/BINARY/MODULE.rs: the tests `MODULE::` of the test
-# binary BINARY (e.g. gateway/gateway).
+# binary BINARY (e.g. proxy/gateway).
 #
 # Not part of tests/run.sh: the list is data, committed, and a stale list only costs memory
 # (functions it misses are placed after the listed ones). Rerun it when the code a role runs
-# has changed much, then compare idle RSS (tests/budgets.rs prints it). ~5 minutes.
+# has changed much, then compare idle RSS (tests/operations/budgets.rs prints it). ~5 minutes.
 #
 # How: the shipped x86_64 musl binary is linked with its symbols (cross/ordered-cc:
 # SIDEGATE_LINK_KEEP_SYMBOLS; the code is the shipped code) and run under callgrind, which
 # records every function a process executes:
 #   1. idle: each example role (config/gateway.toml, config/sidecar.toml) started, probed with
-#      one connection and stopped, as tests/budgets.rs measures them;
+#      one connection and stopped, as tests/operations/budgets.rs measures them;
 #   2. traffic: the chosen integration tests, with every `sidegate` they start replaced by that
 #      binary under callgrind (through the runner hook the tests use for emulators:
 #      tests/common, sidegate_command). Some may fail under callgrind's slowdown; the
@@ -29,7 +29,7 @@ cd "$(dirname "$0")/.."
 source cross/targets.sh
 
 tests=("$@")
-((${#tests[@]})) || tests=(operations/operations sidecar/sidecar_mesh gateway/gateway
+((${#tests[@]})) || tests=(operations/operations proxy/sidecar_mesh proxy/gateway
     consul_agent/builtin_proxy consul_agent/source)
 command -v valgrind >/dev/null || cross_apt valgrind
 

@@ -51,7 +51,7 @@ cross/build.sh
 # packages ship (musl's calls differ from glibc's).
 CARGO_BUILD_TARGET=x86_64-unknown-linux-musl bash tests/ops/syscalls.sh
 SIDEGATE_BUDGET_BINARY="$(source cross/targets.sh && cross_binary x86_64-unknown-linux-musl)" \
-    cargo test --locked --test budgets -- --ignored --nocapture
+    cargo test --locked --test operations -- --ignored --nocapture budgets::
 cross/test.sh aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf
 cross/deb.sh
 tests/deb.sh

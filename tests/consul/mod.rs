@@ -5,7 +5,7 @@
 //! ends with the test. Consul is Debian's 1.8.7 (`tests/consul/install.sh`, run by
 //! `tests/run.sh`).
 // Each test binary uses a part of the harness.
-#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
 mod builtin_proxy;
@@ -17,9 +17,8 @@ mod sidegate;
 pub mod traffic;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -32,6 +31,16 @@ use process::Watched;
 pub use sidegate::{
     gateway_toml, saved_unix, set_saved_unix, sidecar_toml, Sidegate, SERVING_WITHIN,
 };
+
+/// Text that `eventually`'s failure message shows as it is (a log, a process's output), not
+/// escaped onto one line as a `String` would be.
+pub struct Shown(pub String);
+
+impl std::fmt::Debug for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// An agent is ready well within this (dev: ~0.3 s; persistent server: ~2 s).
 const READY_WITHIN: Duration = Duration::from_secs(30);

@@ -2,13 +2,14 @@
 //! can be killed and started again on the same configuration and state directory.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sidegate::consul::follow::STATE_FILE;
 
 use super::process::Watched;
+use super::Shown;
 use super::{listening, Agent};
-use crate::common::{eventually_within, Shown};
+use crate::common::eventually_within;
 
 /// Listeners of a sidegate started from Consul are bound within this: the agent answers in
 /// milliseconds, the rest is process start-up.

@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::{Duration, Instant};
 
 use crate::common::apps::echo_intact;
 use crate::common::IO_TIMEOUT;

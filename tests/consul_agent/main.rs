@@ -3,12 +3,41 @@
 //! the real binary, HTTPS and ACLs. One test binary (each links the whole crate); the harness
 //! is `tests/consul/`.
 
-#[path = "../common/mod.rs"]
-mod common;
+/// The parts of the shared harness (tests/common) these tests use.
+#[path = "../common"]
+mod common {
+    mod base;
+    mod inprocess;
+    mod runner;
+    mod tls;
+    mod wait;
+    pub use base::*;
+    pub use inprocess::*;
+    pub use runner::*;
+    pub use tls::*;
+    pub use wait::*;
+
+    pub mod apps {
+        mod echo;
+        pub use echo::*;
+    }
+
+    pub mod sidecars {
+        mod check;
+        pub use check::*;
+    }
+}
+
 #[path = "../consul/mod.rs"]
 mod consul;
-#[path = "../ops/mod.rs"]
-mod ops;
+
+/// The parts of the operations harness (tests/ops) these tests use: sidegate as systemd
+/// starts it.
+#[path = "../ops"]
+mod ops {
+    mod process;
+    pub use process::*;
+}
 
 mod builtin_proxy;
 mod follow;

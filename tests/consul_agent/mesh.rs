@@ -11,8 +11,7 @@ use crate::consul;
 use std::sync::OnceLock;
 
 use common::apps::{app, echo_intact};
-use common::sidecars::routed;
-use common::{eventually, free_port, start, IO_TIMEOUT};
+use common::{eventually, free_port, routed, start, IO_TIMEOUT};
 use consul::files::{header, inbound, upstream, ALLOW_WEB_ONLY};
 use consul::traffic::{connect, echoes, refused};
 use consul::{service_with_sidecar, Agent, Scratch};

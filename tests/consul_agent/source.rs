@@ -21,10 +21,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::apps::app;
-use common::{eventually_within, free_port, http_get, tls_connect, Shown};
+use common::{eventually_within, free_port, http_get, tls_connect};
 use consul::{
     gateway_toml, saved_unix, service_with_sidecar, set_saved_unix, sidecar_toml, traffic,
-    wait_listening, wait_not_listening, Agent, Options, Scratch, Sidegate, SERVING_WITHIN,
+    wait_listening, wait_not_listening, Agent, Options, Scratch, Shown, Sidegate, SERVING_WITHIN,
 };
 use serde_json::{json, Value};
 use sidegate::consul::status::now_unix;

@@ -4,9 +4,6 @@
 //!
 //! A check panics when an invariant breaks; the fuzzer reports that panic as a crash.
 
-// Each fuzz target uses a part of this file.
-#![allow(dead_code)]
-
 use std::path::Path;
 
 use sidegate::sni::{self, Hello, MAX_NAME};
