@@ -2,17 +2,20 @@
 # Regenerates cross/link-order.txt: the functions a running sidegate executes, in the order the
 # static builds lay them out (cross/ordered-cc explains why).
 #
-#   cross/link-order.sh [TEST...]     default: the integration tests that run every role
+#   cross/link-order.sh [BINARY/MODULE...]   default: the integration tests that run every role
+#
+# Each argument names one test file, tests/BINARY/MODULE.rs: the tests `MODULE::` of the test
+# binary BINARY (e.g. proxy/gateway).
 #
 # Not part of tests/run.sh: the list is data, committed, and a stale list only costs memory
 # (functions it misses are placed after the listed ones). Rerun it when the code a role runs
-# has changed much, then compare idle RSS (tests/budgets.rs prints it). ~5 minutes.
+# has changed much, then compare idle RSS (tests/operations/budgets.rs prints it). ~5 minutes.
 #
 # How: the shipped x86_64 musl binary is linked with its symbols (cross/ordered-cc:
 # SIDEGATE_LINK_KEEP_SYMBOLS; the code is the shipped code) and run under callgrind, which
 # records every function a process executes:
 #   1. idle: each example role (config/gateway.toml, config/sidecar.toml) started, probed with
-#      one connection and stopped, as tests/budgets.rs measures them;
+#      one connection and stopped, as tests/operations/budgets.rs measures them;
 #   2. traffic: the chosen integration tests, with every `sidegate` they start replaced by that
 #      binary under callgrind (through the runner hook the tests use for emulators:
 #      tests/common, sidegate_command). Some may fail under callgrind's slowdown; the
@@ -26,7 +29,8 @@ cd "$(dirname "$0")/.."
 source cross/targets.sh
 
 tests=("$@")
-((${#tests[@]})) || tests=(operations sidecar_mesh gateway consul_builtin_proxy consul_source)
+((${#tests[@]})) || tests=(operations/operations proxy/sidecar_mesh proxy/gateway
+    consul_agent/builtin_proxy consul_agent/source)
 command -v valgrind >/dev/null || cross_apt valgrind
 
 target=x86_64-unknown-linux-musl
@@ -79,10 +83,19 @@ EOF
 chmod +x "$work/runner"
 host=$(rustc -vV | sed -n 's/^host: //p')
 runner_var="CARGO_TARGET_$(tr 'a-z.-' 'A-Z__' <<<"$host")_RUNNER"
+# Test names are MODULE::test; a filter is matched in every binary given, and no two of the
+# default files' modules share a name.
+declare -A binaries=()
+filters=()
+for t in "${tests[@]}"; do
+    [[ $t == */* ]] || { echo "link-order: $t: expected BINARY/MODULE" >&2; exit 2; }
+    binaries[${t%%/*}]=1
+    filters+=("${t#*/}::")
+done
 test_args=()
-for t in "${tests[@]}"; do test_args+=(--test "$t"); done
+for b in "${!binaries[@]}"; do test_args+=(--test "$b"); done
 env "$runner_var=$work/runner" cargo test --locked --no-fail-fast "${test_args[@]}" \
-    -- --test-threads=1 ||
+    -- --test-threads=1 "${filters[@]}" ||
     echo "link-order: some tests failed under callgrind (expected; their processes still ran)" >&2
 
 # 3. The list. Names as the linker wrapper sees them: demangled (v0), without hashes.

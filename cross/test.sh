@@ -8,7 +8,7 @@
 # (tests/common: sidegate_command) and call the host's openssl and curl as they do natively.
 # Built with the `emulated` profile (Cargo.toml): optimized, debug assertions and overflow
 # checks kept. Then the memory budget tests hold the target's release binary (cross/build.sh),
-# run under the emulator, to the budget (tests/budgets.rs).
+# run under the emulator, to the budget (tests/operations/budgets.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source cross/targets.sh
@@ -27,7 +27,7 @@ for target in "${targets[@]}"; do
         built=$SECONDS
         "${test[@]}"
         SIDEGATE_BUDGET_BINARY="$(cross_binary "$target")" \
-            "${test[@]}" --test budgets -- --ignored --nocapture
+            "${test[@]}" --test operations -- --ignored --nocapture budgets::
         echo "cross: $target tests built in $((built - start)) s, ran in $((SECONDS - built)) s" >&2
     )
 done

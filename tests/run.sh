@@ -13,7 +13,7 @@ done
 command -v prlimit >/dev/null || need+=(util-linux)
 # systemd-analyze checks the unit (tests/ops/unit.sh) and strace the calls its filter must
 # allow (tests/ops/syscalls.sh); Prometheus' own Python parser reads /metrics in
-# tests/operations.rs.
+# tests/operations/operations.rs.
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v strace >/dev/null || need+=(strace)   # tests/ops/syscalls.sh
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
@@ -51,7 +51,7 @@ cross/build.sh
 # packages ship (musl's calls differ from glibc's).
 CARGO_BUILD_TARGET=x86_64-unknown-linux-musl bash tests/ops/syscalls.sh
 SIDEGATE_BUDGET_BINARY="$(source cross/targets.sh && cross_binary x86_64-unknown-linux-musl)" \
-    cargo test --locked --test budgets -- --ignored --nocapture
+    cargo test --locked --test operations -- --ignored --nocapture budgets::
 cross/test.sh aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf
 cross/deb.sh
 tests/deb.sh

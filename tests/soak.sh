@@ -7,7 +7,8 @@
 #   tests/soak.sh DURATION            # e.g. tests/soak.sh 2h
 #   SOAK_RELOAD_SECONDS=5 tests/soak.sh 10m   # reload period (default 3; 0 = no reloads)
 #
-# The test itself is `soak` in tests/soak.rs (ignored in `cargo test`).
+# The test itself is `soak::soak` in the operations test binary (tests/operations/soak.rs),
+# ignored in `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:?usage: tests/soak.sh DURATION (seconds, or e.g. 30m, 4h)}"
@@ -18,4 +19,4 @@ case "$duration" in
     *) seconds=$duration ;;
 esac
 export SOAK_SECONDS="$seconds"
-exec cargo test --release --locked --test soak -- --ignored --nocapture
+exec cargo test --release --locked --test operations -- --ignored --nocapture --exact soak::soak

@@ -4,12 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use super::http::{self, Response};
 use super::{Agent, READY_WITHIN};
+use crate::common::eventually_within;
 
 impl Agent {
     pub fn call(&self, method: &str, path: &str, body: &str) -> Response {
@@ -36,18 +36,8 @@ impl Agent {
 
     /// Polls `probe` (bounded) until it answers.
     pub fn wait_until<T>(&self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            if let Some(t) = probe() {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what} on {}",
-                self.http
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let what = format!("{what} on {}", self.http);
+        eventually_within(READY_WITHIN, &what, || probe().ok_or("no answer"))
     }
 
     /// `PUT /v1/agent/service/register`, then a TTL pass for the test's check of the

@@ -5,7 +5,7 @@
 //! ends with the test. Consul is Debian's 1.8.7 (`tests/consul/install.sh`, run by
 //! `tests/run.sh`).
 // Each test binary uses a part of the harness.
-#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
 mod builtin_proxy;
@@ -17,20 +17,30 @@ mod sidegate;
 pub mod traffic;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::common::poll_within;
 pub use crate::common::Scratch;
 pub use api::{service_with_sidecar, TlsFiles};
 pub use builtin_proxy::BuiltinProxy;
-pub use listening::{wait_listening, wait_not_listening};
+pub use listening::{listening, wait_listening, wait_not_listening};
 use process::Watched;
 pub use sidegate::{
     gateway_toml, saved_unix, set_saved_unix, sidecar_toml, Sidegate, SERVING_WITHIN,
 };
+
+/// Text that `eventually`'s failure message shows as it is (a log, a process's output), not
+/// escaped onto one line as a `String` would be.
+pub struct Shown(pub String);
+
+impl std::fmt::Debug for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// An agent is ready well within this (dev: ~0.3 s; persistent server: ~2 s).
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -200,23 +210,23 @@ impl Agent {
 
     /// Waits for a leader and an initialised Connect CA, or returns the agent's output.
     fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
+        let polled = poll_within(READY_WITHIN, || {
             let process = self.process.as_mut().expect("agent running");
             if process.has_exited() {
-                return Err(process.tail());
+                return Ok(Err(process.tail()));
             }
             if self.is_ready() {
-                return Ok(());
+                Ok(Ok(()))
+            } else {
+                Err(())
             }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "not ready within {READY_WITHIN:?}\n{}",
-                    self.output_tail()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        });
+        polled.unwrap_or_else(|()| {
+            Err(format!(
+                "not ready within {READY_WITHIN:?}\n{}",
+                self.output_tail()
+            ))
+        })
     }
 
     fn is_ready(&self) -> bool {

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
 
+use crate::common::poll_within;
+
 /// Lines of the child's output kept for failure messages.
 const KEPT_LINES: usize = 80;
 /// Output lines waiting for `wait_for_line`; an agent's log nobody reads stops queueing here.
@@ -177,15 +179,9 @@ impl Watched {
     /// Waits (bounded) for the output reader, which ends at the pipe's EOF, just after the
     /// process.
     fn wait_reader(&self) {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while self
-            .output_reader
-            .as_ref()
-            .is_some_and(|r| !r.is_finished())
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let finished = || self.output_reader.as_ref().is_none_or(|r| r.is_finished());
+        // Best effort: a reader still running leaves a shorter tail, not a failure.
+        let _ = poll_within(Duration::from_secs(2), finished);
     }
 
     /// Sends `sig` and waits up to `within` for the process to end.
@@ -195,11 +191,7 @@ impl Watched {
                 let _ = kill_process(pid, sig);
             }
         }
-        let deadline = Instant::now() + within;
-        while !self.has_exited() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.exited
+        poll_within(within, || self.has_exited()).is_ok()
     }
 
     /// Graceful stop (SIGTERM), then SIGKILL if it does not end in time.

@@ -2,12 +2,14 @@
 //! can be killed and started again on the same configuration and state directory.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sidegate::consul::follow::STATE_FILE;
 
 use super::process::Watched;
-use super::{wait_listening, Agent};
+use super::Shown;
+use super::{listening, Agent};
+use crate::common::eventually_within;
 
 /// Listeners of a sidegate started from Consul are bound within this: the agent answers in
 /// milliseconds, the rest is process start-up.
@@ -51,21 +53,17 @@ impl Sidegate {
     /// Waits until every port listens; panics with the process's output when it does not,
     /// at once when the process has ended.
     pub fn serving(&mut self, ports: &[u16]) {
-        let deadline = Instant::now() + SERVING_WITHIN;
-        for &port in ports {
-            loop {
-                let process = self.process.as_mut().unwrap();
-                if wait_listening(port, Duration::from_millis(100)) {
-                    break;
-                }
-                assert!(
-                    !process.has_exited() && Instant::now() < deadline,
-                    "sidegate {}: nothing listens on {port}:\n{}",
-                    self.name,
-                    process.tail()
-                );
+        let what = format!("sidegate {} listening on {ports:?}", self.name);
+        let process = self.process.as_mut().unwrap();
+        eventually_within(SERVING_WITHIN, &what, || {
+            let silent: Vec<u16> = ports.iter().copied().filter(|&p| !listening(p)).collect();
+            if silent.is_empty() {
+                return Ok(());
             }
-        }
+            let tail = process.tail();
+            assert!(!process.has_exited(), "{what}: it exited:\n{tail}");
+            Err(Shown(format!("nothing listens on {silent:?}:\n{tail}")))
+        });
     }
 
     /// A crash (SIGKILL): no drain, no goodbye to the agent.

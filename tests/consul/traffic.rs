@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::{Duration, Instant};
 
 use crate::common::apps::echo_intact;
 use crate::common::IO_TIMEOUT;
@@ -68,14 +67,5 @@ impl Held {
             .read_exact(&mut back)
             .unwrap_or_else(|e| panic!("held connection, {what}: {e}"));
         assert_eq!(back, what.as_bytes());
-    }
-}
-
-/// Polls `cond` until it holds, at most `limit`.
-pub fn within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }

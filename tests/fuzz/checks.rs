@@ -1,11 +1,8 @@
 //! What every fuzz input must satisfy, shared by the fuzz targets (tests/fuzz/fuzz_targets)
-//! and by `tests/fuzz_corpus.rs`, which replays the committed corpus and crash reproducers
-//! through the same checks in every `cargo test`.
+//! and by `tests/inputs/fuzz_corpus.rs`, which replays the committed corpus and crash
+//! reproducers through the same checks in every `cargo test`.
 //!
 //! A check panics when an invariant breaks; the fuzzer reports that panic as a crash.
-
-// Each fuzz target uses a part of this file.
-#![allow(dead_code)]
 
 use std::path::Path;
 

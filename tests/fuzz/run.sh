@@ -11,7 +11,7 @@
 #   config_edit  valid configurations edited as TOML trees, then validated
 # Seeds: tests/fixtures/hellos/*.bin, config/*.toml, tests/fuzz/bases/*.toml. A crash's input
 # is copied to tests/fuzz/regressions/TARGET/ (commit it with the fix); `cargo test` replays
-# tests/fuzz/corpus and tests/fuzz/regressions (tests/fuzz_corpus.rs). Exit 1 if any crashed.
+# tests/fuzz/corpus and tests/fuzz/regressions (tests/inputs/fuzz_corpus.rs). Exit 1 if any crashed.
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-600}"

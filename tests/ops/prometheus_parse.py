@@ -1,5 +1,5 @@
 """Parses a Prometheus text exposition from stdin with the Prometheus project's own Python
-client parser and prints every sample as JSON, for tests/operations.rs to check against the
+client parser and prints every sample as JSON, for tests/operations/operations.rs to check against the
 traffic it sent. Exits non-zero on anything the parser rejects."""
 
 import json

@@ -2,6 +2,10 @@
 //! TOML trees by the input's choices, then validated (see checks.rs).
 #![no_main]
 
+#[allow(
+    dead_code,
+    reason = "each fuzz target runs some of the checks; tests/inputs/fuzz_corpus.rs runs them all"
+)]
 #[path = "../checks.rs"]
 mod checks;
 

@@ -1,6 +1,10 @@
 //! `config::parse_in` on arbitrary text; file names resolve in tests/fixtures/tls.
 #![no_main]
 
+#[allow(
+    dead_code,
+    reason = "each fuzz target runs some of the checks; tests/inputs/fuzz_corpus.rs runs them all"
+)]
 #[path = "../checks.rs"]
 mod checks;
 

@@ -2,6 +2,10 @@
 //! control bytes, a limit selector, then the client's bytes.
 #![no_main]
 
+#[allow(
+    dead_code,
+    reason = "each fuzz target runs some of the checks; tests/inputs/fuzz_corpus.rs runs them all"
+)]
 #[path = "../checks.rs"]
 mod checks;
 

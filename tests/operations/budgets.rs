@@ -4,7 +4,7 @@
 //! cross/build.sh — not on a debug test build, so these tests need its path:
 //!
 //!   SIDEGATE_BUDGET_BINARY=target/x86_64-unknown-linux-musl/release/sidegate \
-//!       cargo test --test budgets -- --ignored --nocapture
+//!       cargo test --test operations -- --ignored --nocapture budgets::
 //!
 //! tests/run.sh runs them that way for x86_64 musl, and cross/test.sh for each ARM target under
 //! qemu-user. There the process is the emulator, whose own RSS (≈16 MiB, plus its cache of
@@ -15,7 +15,7 @@
 //! printed beside it for comparison.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

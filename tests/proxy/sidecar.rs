@@ -2,7 +2,7 @@
 //! leaf, the target's SNI and exactly the target's identity required of the server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use common::apps::{answer_after_eof, app, exchange, half_close_exchange, shut_tcp, shut_unix};
-use common::sidecars::{db_upstream, fixture, mesh_client, routed, DB, WEB};
+use common::sidecars::{db_upstream, fixture, mesh_client, DB, WEB};
 use common::*;
 use rustls::version::{TLS12, TLS13};
 use rustls::{AlertDescription, ProtocolVersion};

@@ -5,8 +5,8 @@
 //! synchronise (the slow-loris pace is the attack's shape, not a wait).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod ops;
+use crate::common;
+use crate::ops;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -888,14 +888,9 @@ fn ten_thousand_idle_connections_against_a_limit_of_five_thousand() {
     rustix::net::sockopt::set_socket_linger(&gone, Some(Duration::ZERO)).unwrap();
     drop(gone);
     let cfg = pki.client_config();
-    let deadline = Instant::now() + IO_TIMEOUT;
-    let tls = loop {
-        match tls_connect(addr, &web_sni, &cfg) {
-            Ok(tls) => break tls,
-            Err(e) => assert!(Instant::now() < deadline, "never served again: {e}"),
-        }
-        thread::sleep(Duration::from_millis(5)); // a bounded poll, like `eventually`
-    };
+    let tls = eventually("a TLS client served again", || {
+        tls_connect(addr, &web_sni, &cfg)
+    });
     assert_eq!(echo_and_finish(tls, b"room again").unwrap(), web.name);
     assert!(sg.child.try_wait().unwrap().is_none(), "sidegate exited");
     drop(refused);

@@ -7,8 +7,8 @@
 //! built-in proxy sends no SNI and does not carry a half-close, so exchanges are echoes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod consul;
+use crate::common;
+use crate::consul;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

@@ -5,8 +5,8 @@
 //! nobody vouched for; and `sidegate run` with a token, which it shows nowhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod consul;
+use crate::common;
+use crate::consul;
 
 use std::net::SocketAddr;
 use std::path::Path;

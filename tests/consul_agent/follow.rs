@@ -5,15 +5,15 @@
 //! errors name the endpoint and the likely cause.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod consul;
+use crate::common;
+use crate::consul;
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::apps::app;
-use common::free_port;
+use common::{eventually_within, free_port};
 use consul::{service_with_sidecar, Agent, Scratch};
 use serde_json::json;
 use sidegate::consul::authorizer::Authorizer;
@@ -271,14 +271,9 @@ fn errors_name_the_endpoint_and_the_likely_cause() {
     // Nothing listens here: the agent is "not running at ADDRESS".
     let dead = format!("http://127.0.0.1:{}", free_port());
     let (follower, _rx) = start(settings(&dead, "web-sidecar-proxy", None));
-    let deadline = Instant::now() + WITHIN;
-    let error = loop {
-        if let Some(e) = follower.status.last_error() {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "no error reported");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let error = eventually_within(WITHIN, "an error reported", || {
+        follower.status.last_error().ok_or("none")
+    });
     assert!(error.contains("GET /v1/"), "{error}");
     assert!(
         error.contains(&format!("is the Consul agent running at {dead}")),

@@ -2,7 +2,7 @@
 //! files get every error with its key path and exit 78, `explain` says why.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::sidecars::check_json_clean;
 use common::{Pki, Scratch, TD};

@@ -5,14 +5,13 @@
 //! traffic through sidegate gateways registered in Consul. These need no `[consul]` source.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod consul;
+use crate::common;
+use crate::consul;
 
 use std::sync::OnceLock;
 
 use common::apps::{app, echo_intact};
-use common::sidecars::routed;
-use common::{eventually, free_port, start, IO_TIMEOUT};
+use common::{eventually, free_port, routed, start, IO_TIMEOUT};
 use consul::files::{header, inbound, upstream, ALLOW_WEB_ONLY};
 use consul::traffic::{connect, echoes, refused};
 use consul::{service_with_sidecar, Agent, Scratch};

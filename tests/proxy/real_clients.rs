@@ -2,7 +2,7 @@
 //! have (openssl s_client, curl) reaching the right backend for every route kind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 

@@ -2,7 +2,7 @@
 //! same checks the fuzz targets run, so what fuzzing found stays fixed in every `cargo test`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "fuzz/checks.rs"]
+#[path = "../fuzz/checks.rs"]
 mod checks;
 
 use std::path::{Path, PathBuf};

@@ -13,8 +13,8 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod ops;
+use crate::common;
+use crate::ops;
 
 use std::io;
 use std::net::SocketAddr;

@@ -5,11 +5,11 @@
 //! processes' own counters (their admin endpoints' /metrics).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::apps::{answer_after_eof, app, echo_intact, half_close_exchange};
 use common::sidecars::{check_json_clean, run_on_free_ports, Service, API, DB, WEB};
@@ -304,13 +304,15 @@ fn assert_route(far: &Far, local_gateway: &Node, before: Seen, target: Service, 
         want.db_inbound += 1;
     }
     // The counters are bumped after the client saw its bytes; wait for them, boundedly.
-    let deadline = Instant::now() + IO_TIMEOUT;
-    let mut seen = Seen::of(far, local_gateway);
-    while seen != want && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        seen = Seen::of(far, local_gateway);
-    }
-    assert_eq!(seen, want, "route of {} in mode {mode}", target.name);
+    let what = format!("route of {} in mode {mode}: {want:?}", target.name);
+    eventually(&what, || {
+        let seen = Seen::of(far, local_gateway);
+        if seen == want {
+            Ok(())
+        } else {
+            Err(seen)
+        }
+    });
 }
 
 /// One of web's upstreams: to `target` on `port`, with `mode` set on the upstream itself, or

@@ -10,25 +10,25 @@
 //! that wait stops at once; a SIGHUP before the first state reloads once serving.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod consul;
-mod ops;
+use crate::common;
+use crate::consul;
+use crate::ops;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::apps::app;
-use common::{free_port, http_get, tls_connect};
+use common::{eventually_within, free_port, http_get, tls_connect};
 use consul::{
     gateway_toml, saved_unix, service_with_sidecar, set_saved_unix, sidecar_toml, traffic,
-    wait_listening, wait_not_listening, Agent, Options, Scratch, Sidegate, SERVING_WITHIN,
+    wait_listening, wait_not_listening, Agent, Options, Scratch, Shown, Sidegate, SERVING_WITHIN,
 };
 use serde_json::{json, Value};
 use sidegate::consul::status::now_unix;
-use traffic::{refused, within, Held};
+use traffic::{refused, Held};
 
 /// Changes reach the data path within this: the agent answers blocking queries at once, and
 /// Consul renews leaves within 30 s of a root rotation (its own jitter).
@@ -182,12 +182,12 @@ fn an_intention_set_to_deny_refuses_new_connections() {
     let mut held = Held::open(port);
 
     agent.set_intention("web-deny", "db-deny", "deny");
-    within("new connections refused", FOLLOW_WITHIN, || refused(port));
+    eventually_within(FOLLOW_WITHIN, "new connections refused", || refused(port));
     // Authorization is per connection, at its start (as Envoy's L4 RBAC): the established
     // connection keeps going.
     held.ping("after the deny");
     agent.set_intention("web-deny", "db-deny", "allow");
-    within("allowed again", FOLLOW_WITHIN, || carries(port));
+    eventually_within(FOLLOW_WITHIN, "allowed again", || carries(port));
     drop(pair);
 }
 
@@ -206,8 +206,8 @@ fn a_ca_rotation_is_picked_up_without_dropping_an_established_connection() {
     // completes a handshake with it (a leaf of the old root alone would not verify).
     let probe = probe_client(&agent, &dir, &new.active_pem, "db");
     let db_public = SocketAddr::from(([127, 0, 0, 1], pair.db_public));
-    within("db serves a leaf of the new root", ROTATION_WITHIN, || {
-        tls_connect(db_public, "db", &probe).is_ok()
+    eventually_within(ROTATION_WITHIN, "db serves a leaf of the new root", || {
+        tls_connect(db_public, "db", &probe).map(drop)
     });
     held.ping("after the rotation");
     assert!(carries(port), "a new connection after the rotation");
@@ -270,7 +270,7 @@ fn a_gateways_routes_follow_the_catalog() {
     let api_toml = sidecar_toml(&agent, "api-sidecar-proxy", &state("api"));
     let mut api = Sidegate::run("api", &dir.0, &api_toml);
     api.serving(&[api_public]);
-    within("a route for api", FOLLOW_WITHIN, || route().is_some());
+    eventually_within(FOLLOW_WITHIN, "a route for api", || route().is_some());
     let r = route().unwrap();
     assert_eq!(r["kind"], "service");
     assert_eq!(r["endpoints"], json!([format!("127.0.0.1:{api_public}")]));
@@ -287,7 +287,7 @@ fn a_gateways_routes_follow_the_catalog() {
     assert!(through_gateway(), "{}", gateway.output_tail());
 
     agent.ok("PUT", "/v1/agent/service/deregister/api", &Value::Null);
-    within("api's route removed", FOLLOW_WITHIN, || route().is_none());
+    eventually_within(FOLLOW_WITHIN, "api's route removed", || route().is_none());
     assert!(!through_gateway(), "no route: the gateway closes");
     assert!(gateway.is_running() && api.is_running());
 }
@@ -373,7 +373,7 @@ fn cross_datacenter_upstreams_through_sidegate_mesh_gateways() {
         (remote, "remote"),
         (inherited, "proxy-defaults local"),
     ] {
-        within(what, FOLLOW_WITHIN, || carries(port));
+        eventually_within(FOLLOW_WITHIN, what, || carries(port));
     }
     gateways[0].kill();
     assert!(refused(local), "local mode must go through dc1's gateway");
@@ -483,17 +483,18 @@ fn the_agent_restarted_and_stopped_in_the_middle_of_traffic() {
     };
     let carried_now = || carried.load(Ordering::Relaxed);
     let more_traffic = |from: usize| {
-        let deadline = Instant::now() + FOLLOW_WITHIN;
-        while carried_now() < from + 5 {
-            assert!(
-                Instant::now() < deadline,
-                "no more connections carried ({} failed); web:\n{}\ndb:\n{}",
+        eventually_within(FOLLOW_WITHIN, "more connections carried", || {
+            if carried_now() >= from + 5 {
+                return Ok(());
+            }
+            Err(Shown(format!(
+                "{} carried, {} failed; web:\n{}\ndb:\n{}",
+                carried_now(),
                 failed.load(Ordering::Relaxed),
                 pair.web.output_tail(),
                 pair.db.output_tail()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            )))
+        });
     };
 
     more_traffic(0);

@@ -1,5 +1,6 @@
-//! The services of the identity fixtures (tests/fixtures/tls), each with its place in the mesh
-//! and its leaf, and sidecars started for them in-process.
+//! Sidecars of the fixtures' services started for tests, in-process or as `sidegate run`, and
+//! mesh clients built by hand.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,84 +9,14 @@ use rustls::{ClientConfig, SupportedProtocolVersion};
 use sidegate::mesh::names::SpiffeId;
 use sidegate::proxy::Running;
 use sidegate::tls::verify::SpiffeServerVerifier;
-use sidegate::tls::Identity;
 
-use super::{start, Child, TD};
-
-pub fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// One service of the fixtures: its Consul place and its leaf (`<service>.pem`) and key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Service {
-    pub name: &'static str,
-    pub dc: &'static str,
-    pub partition: &'static str,
-    pub key: &'static str,
-}
-
-/// `web` in dc1, default partition: the downstream of most tests.
-pub const WEB: Service = Service {
-    name: "web",
-    dc: "dc1",
-    partition: "default",
-    key: "web-key-sec1.pem",
-};
-
-/// `db` in dc1, partition part2 (an RSA leaf).
-pub const DB: Service = Service {
-    name: "db",
-    dc: "dc1",
-    partition: "part2",
-    key: "db-key-pkcs1.pem",
-};
-
-/// `api` in datacenter dc2, default partition.
-pub const API: Service = Service {
-    name: "api",
-    dc: "dc2",
-    partition: "default",
-    key: "api-key-sec1.pem",
-};
+use super::Service;
+use crate::common::{start, Child, TD};
 
 impl Service {
-    pub fn identity(&self) -> Identity {
-        let read = |n: &str| std::fs::read(fixture(n)).unwrap();
-        Identity::from_pem(
-            &read(&format!("{}.pem", self.name)),
-            &read(self.key),
-            &read("ca.pem"),
-        )
-        .unwrap()
-    }
-
-    /// Consul's SNI for this service (consul-mesh.md §1.1).
-    pub fn sni(&self) -> String {
-        match self.partition {
-            "default" => format!("{}.default.{}.internal.{TD}", self.name, self.dc),
-            p => format!("{}.default.{p}.{}.internal-v1.{TD}", self.name, self.dc),
-        }
-    }
-
     /// Consul's SPIFFE ID for this service: what its leaf names and its callers require.
     pub fn spiffe_id(&self) -> SpiffeId {
         SpiffeId::service(TD, self.partition, "default", self.dc, self.name)
-    }
-
-    /// `[mesh]`, `[tls]` and `[sidecar] service` of this service's sidecar.
-    pub fn header(&self) -> String {
-        format!(
-            "[mesh]\ndatacenter = \"{}\"\npartition = \"{}\"\ntrust_domain = \"{TD}\"\n\
-             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
-             [sidecar]\nservice = \"{}\"",
-            self.dc,
-            self.partition,
-            fixture(&format!("{}.pem", self.name)),
-            fixture(self.key),
-            fixture("ca.pem"),
-            self.name,
-        )
     }
 
     /// This service's sidecar with only its inbound listener (on a loopback port), delivering
@@ -111,7 +42,7 @@ pub fn mesh_client(
     versions: &[&'static SupportedProtocolVersion],
     leaf: Option<Service>,
 ) -> Arc<ClientConfig> {
-    let provider = super::provider();
+    let provider = crate::common::provider();
     let mut roots = rustls::RootCertStore::empty();
     for root in target.identity().roots {
         roots.add(root).unwrap();
@@ -131,35 +62,6 @@ pub fn mesh_client(
         None => builder.with_no_client_auth(),
     };
     Arc::new(config)
-}
-
-/// Connections a gateway has routed.
-pub fn routed(gw: &Running) -> u64 {
-    gw.metrics
-        .gateway
-        .hello(sidegate::metrics::HelloOutcome::Routed)
-        .get()
-}
-
-/// `check --json` of `path`, run from `cwd`: it must succeed without a warning.
-pub fn check_json_clean(path: &std::path::Path, cwd: &std::path::Path) -> serde_json::Value {
-    let (plan, stderr) = check_json(path, cwd);
-    assert!(stderr.is_empty(), "warnings: {stderr}");
-    plan
-}
-
-/// `check --json` of `path`, run from `cwd`, which must succeed: the plan and what it said
-/// on stderr.
-pub fn check_json(path: &std::path::Path, cwd: &std::path::Path) -> (serde_json::Value, String) {
-    let out = super::sidegate_command()
-        .args(["check", "--json", "--config"])
-        .arg(path)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stderr}");
-    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
 }
 
 /// Starts sidegate from a configuration naming fixed local ports (`local_bind_port` cannot
@@ -192,7 +94,7 @@ pub fn run_on_free_ports<T>(
     for _ in 0..ATTEMPTS {
         let (toml, extra) = config();
         std::fs::write(path, &toml).unwrap();
-        let mut child = super::run_binary(path, 0);
+        let mut child = crate::common::run_binary(path, 0);
         match child.serving() {
             Some(admin) => return (child, admin, toml, extra),
             None => last = child.log.lock().unwrap().clone(),
