@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
+use crate::config::consul::settings::{resolve, FileKeys};
 use crate::consul::api::ca::{CaRoot, CaRoots, LeafCert};
 use crate::consul::api::config_entry::{ProxyDefaultsEntry, ServiceDefaultsEntry};
 use crate::consul::api::example;
 use crate::consul::api::health::instances;
-use crate::consul::settings::{resolve, FileKeys};
 use crate::mesh::mode::{Mode, ModeSource};
 use crate::mesh::plan::plan;
 use crate::mesh::sidecar::UpstreamSpec;

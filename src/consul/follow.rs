@@ -19,10 +19,10 @@ use super::assemble::{self, Known};
 use super::authorizer::Authorizer;
 use super::client::Client;
 use super::errors::ApiError;
-use super::settings::Settings;
 use super::state_dir;
 use super::status::{now_unix, Status};
 use super::watch::{self, Answer, Key, Timing, Update, Watch};
+use crate::config::consul::settings::Settings;
 use crate::mesh::snapshot::Snapshot;
 
 /// The saved state's file in `state_dir`.
@@ -550,8 +550,8 @@ fn of_needed<V: Clone>(map: &BTreeMap<Key, V>, needed: &BTreeSet<Key>) -> Vec<(K
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::consul::settings::{resolve, FileKeys};
     use crate::consul::assemble::tests::{connect, web_1_8};
-    use crate::consul::settings::{resolve, FileKeys};
 
     fn settings(dir: &std::path::Path, sidecar: &str) -> Settings {
         resolve(

@@ -1,4 +1,4 @@
-//! The Consul source inside `sidegate run`: a follower whose snapshots arrive at the
+//! The Consul follower's handle inside `sidegate run`: a follower whose snapshots arrive at the
 //! lifecycle loop as `Event::Snapshot`, replaced by a new one when the configuration is
 //! reloaded (a rotated token file, another address), with one `Status` for its whole life.
 //! Each follower has a `Generation`, carried by every snapshot it sends: what a replaced one
@@ -10,10 +10,10 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::follow::{prepare, Follower, Options};
-use super::status::Status;
+use super::events::{Event, Generation};
 use crate::config::Config;
-use crate::lifecycle::Event;
+use crate::consul::follow::{prepare, Follower, Options};
+use crate::consul::status::Status;
 use crate::mesh::snapshot::Snapshot;
 
 /// How long a follower waits before trying a full event queue again.
@@ -21,11 +21,6 @@ const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(50);
 /// Past the start-up grace, a follower sends what it has at its next look (every 250 ms);
 /// this leaves room for that look on a busy or emulated host.
 const AFTER_GRACE: Duration = Duration::from_secs(1);
-
-/// Which follower of a `Source` a snapshot came from, counting from 1; each restart starts
-/// the next one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Generation(pub u64);
 
 pub struct Source {
     /// The follower, and the flag that retires its sink when it is replaced.
