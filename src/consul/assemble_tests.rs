@@ -258,7 +258,10 @@ fn each_answer_reveals_the_next_keys() {
 }
 
 fn assemble_err(s: &Settings, w: &World) -> String {
-    snapshot(s, &base(), &w.known()).map(|_| ()).unwrap_err()
+    snapshot(s, &base(), &w.known())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
