@@ -7,6 +7,12 @@
 //! crate::{a, b::c}` groups and full paths) and every `super::…` chain that climbs to the
 //! crate root, where `name` is another top-level module. Comments are skipped. `lib.rs` and
 //! `main.rs` (the root and the binary) sit above everything and are not counted.
+//!
+//! Two more boundaries are checked the same way, by path, which clippy's `disallowed-methods`
+//! cannot do: `std::thread::sleep` stays out of `src/` outside tests (a thread that pauses
+//! waits on something that can end the pause: a stop request, a channel, a timer), and ureq
+//! out of everything but `consul/` (the agent's client; clippy also refuses ureq's
+//! constructors, allowed in `consul/client.rs` only).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -183,6 +189,58 @@ fn cycle(graph: &Graph) -> Option<Vec<String>> {
     graph
         .keys()
         .find_map(|start| visit(start, graph, &mut Vec::new(), &mut done))
+}
+
+/// Files that still sleep outside tests, to be moved to a wake-able wait.
+const SLEEPING: &[&str] = &["proxy/mod.rs"];
+
+/// `text` without its tests: the `#[cfg(test)]` module at the end of the file (a file
+/// included only as a test module is all test).
+fn non_test(path: &Path, text: &str) -> String {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if name == "tests.rs" || name.ends_with("_tests.rs") {
+        return String::new();
+    }
+    let end = text.find("#[cfg(test)]").unwrap_or(text.len());
+    text[..end].lines().map(code).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn src_neither_sleeps_nor_speaks_http_outside_its_place() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &[], &mut files);
+    let mut offences = Vec::new();
+    let mut still_sleeping = BTreeSet::new();
+    for (path, module) in &files {
+        let text = non_test(path, &fs::read_to_string(path).unwrap());
+        let shown = path
+            .strip_prefix(&src)
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        if text.contains("thread::sleep") {
+            if SLEEPING.contains(&shown.as_str()) {
+                still_sleeping.insert(shown.clone());
+            } else {
+                offences.push(format!("{shown}: std::thread::sleep"));
+            }
+        }
+        let in_consul = module.first().is_some_and(|m| m == "consul");
+        if !in_consul && module.first().is_some_and(|m| m != "layers") && text.contains("ureq") {
+            offences.push(format!("{shown}: ureq outside consul/"));
+        }
+    }
+    assert!(offences.is_empty(), "{offences:#?}");
+    for file in SLEEPING {
+        assert!(
+            still_sleeping.contains(*file),
+            "{file} no longer sleeps: delete it from SLEEPING"
+        );
+    }
 }
 
 #[test]

@@ -93,6 +93,10 @@ pub struct Client {
 }
 
 impl Client {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the one place that builds the Consul agent's HTTP client"
+    )]
     pub fn new(settings: &Settings) -> Arc<Client> {
         let mut tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)

@@ -19,6 +19,7 @@ pub mod errors;
 pub mod follow;
 pub mod state_dir;
 pub mod status;
+pub mod stop;
 pub mod watch;
 
 pub use crate::config::consul::settings::{self, Settings};

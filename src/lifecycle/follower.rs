@@ -5,7 +5,7 @@
 //! left in the queue is told apart from the new one's answers.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use super::events::{Event, Generation};
 use crate::config::Config;
 use crate::consul::follow::{prepare, Follower, Options};
 use crate::consul::status::Status;
+use crate::consul::stop::Stop;
 use crate::mesh::snapshot::Snapshot;
 
 /// How long a follower waits before trying a full event queue again.
@@ -24,7 +25,7 @@ const AFTER_GRACE: Duration = Duration::from_secs(1);
 
 pub struct Source {
     /// The follower, and the flag that retires its sink when it is replaced.
-    follower: Mutex<Option<(Follower, Arc<AtomicBool>)>>,
+    follower: Mutex<Option<(Follower, Arc<Stop>)>>,
     /// The generation of the follower in `follower`.
     generation: AtomicU64,
     events: SyncSender<Event>,
@@ -67,7 +68,7 @@ impl Source {
             .lock()
             .map_err(|_| io::Error::other("consul follower lock poisoned"))?;
         let events = self.events.clone();
-        let retired = Arc::new(AtomicBool::new(false));
+        let retired = Arc::new(Stop::default());
         let flag = retired.clone();
         let generation = Generation(self.generation.load(Ordering::SeqCst) + 1);
         let sink = Box::new(move |snap: Snapshot| deliver(&events, generation, snap, &flag));
@@ -83,7 +84,7 @@ impl Source {
             // Retired first: an old follower waiting for room in the queue gives up at once,
             // so stopping it never waits on the loop that is running this reload. Stopped
             // before the new one starts, so the two never write the saved state at once.
-            retired.store(true, Ordering::Relaxed);
+            retired.stop();
             old.stop();
         }
         let follower = next.start();
@@ -115,18 +116,19 @@ fn deliver(
     events: &SyncSender<Event>,
     generation: Generation,
     snap: Snapshot,
-    retired: &AtomicBool,
+    retired: &Stop,
 ) -> bool {
     let mut event = Event::Snapshot(generation, Box::new(snap));
     loop {
-        if retired.load(Ordering::Relaxed) {
+        if retired.is_stopped() {
             return false;
         }
         match events.try_send(event) {
             Ok(()) => return true,
             Err(TrySendError::Full(back)) => {
                 event = back;
-                std::thread::sleep(QUEUE_FULL_PAUSE);
+                // Retiring wakes this wait: a reload never waits on a full queue.
+                retired.wait(QUEUE_FULL_PAUSE);
             }
             Err(TrySendError::Disconnected(_)) => return false,
         }
