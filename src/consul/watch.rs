@@ -101,6 +101,24 @@ fn enterprise(mut req: Request, namespace: Option<&str>, partition: &str) -> Req
     req
 }
 
+/// Why a reply holds no answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// 404 from an endpoint where it does not mean "absent"; the agent's message.
+    NotFound(String),
+    /// Not the JSON the endpoint returns.
+    Json(String),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::NotFound(message) => write!(f, "HTTP 404: {message}"),
+            BodyError::Json(e) => f.write_str(e),
+        }
+    }
+}
+
 impl Key {
     fn request(&self) -> (Request, Style) {
         (self.http_request(), self.style())
@@ -178,15 +196,15 @@ impl Key {
     }
 
     /// The answer in a reply (2xx, or 404 where it means "absent").
-    fn parse(&self, reply: &Reply) -> Result<Answer, String> {
+    fn parse(&self, reply: &Reply) -> Result<Answer, BodyError> {
         let body = reply.body.as_str();
         let absent = reply.status == 404;
-        let json = |e: serde_json::Error| e.to_string();
+        let json = |e: serde_json::Error| BodyError::Json(e.to_string());
         Ok(match self {
             Key::Service { .. } if absent => Answer::Service(None),
             Key::ProxyDefaults { .. } if absent => Answer::ProxyDefaults(None),
             Key::ServiceDefaults { .. } if absent => Answer::ServiceDefaults(None),
-            _ if absent => return Err(format!("HTTP 404: {}", body.trim())),
+            _ if absent => return Err(BodyError::NotFound(body.trim().to_owned())),
             Key::Service { .. } => Answer::Service(Some(serde_json::from_str(body).map_err(json)?)),
             Key::Roots => Answer::Roots(serde_json::from_str(body).map_err(json)?),
             Key::Leaf { .. } => Answer::Leaf(serde_json::from_str(body).map_err(json)?),

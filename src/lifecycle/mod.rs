@@ -323,10 +323,7 @@ impl Lifecycle {
             if pinger.ping(interval / 2) {
                 Ok(())
             } else {
-                Err(format!(
-                    "the event loop did not answer within {:?}",
-                    interval / 2
-                ))
+                Err(Unanswered(interval / 2))
             }
         };
         match notify::spawn_watchdog(self.notifier.clone(), interval, alive, stopped) {
@@ -375,6 +372,15 @@ impl Lifecycle {
             parts.push(format!("admin {}", admin.addr));
         }
         format!("serving {}", parts.join("; "))
+    }
+}
+
+/// The data path's event loop did not answer a ping within this long.
+struct Unanswered(Duration);
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the event loop did not answer within {:?}", self.0)
     }
 }
 
