@@ -24,7 +24,33 @@ exit codes: 0 ok; 1 explain found no route; 64 bad usage; 66 config file unreada
             71 a listener could not be bound; 78 invalid configuration
 environment: SIDEGATE_LOG=error|warn|info|debug (wins over [log] level)";
 
-pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+/// What is wrong with the command line; printed above the usage text.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UsageError {
+    /// A flag given last, without its value.
+    NeedsValue(&'static str),
+    UnknownArgument(String),
+    NeedsConfig(String),
+    NeedsSni,
+    /// A known flag that this command does not take.
+    WrongFlag(String),
+    UnknownCommand(String),
+}
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UsageError::NeedsValue(flag) => write!(f, "{flag} needs a value"),
+            UsageError::UnknownArgument(arg) => write!(f, "unknown argument {arg:?}"),
+            UsageError::NeedsConfig(cmd) => write!(f, "{cmd} needs --config FILE"),
+            UsageError::NeedsSni => f.write_str("explain needs --sni NAME"),
+            UsageError::WrongFlag(cmd) => write!(f, "{cmd} does not take that flag"),
+            UsageError::UnknownCommand(cmd) => write!(f, "unknown command {cmd:?}"),
+        }
+    }
+}
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageError> {
     let mut args = args.into_iter();
     let Some(cmd) = args.next() else {
         return Ok(Command::Help);
@@ -37,20 +63,20 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
             _ => (arg.clone(), None),
         };
-        let mut value = |name: &str| {
+        let mut value = |name: &'static str| {
             inline
                 .clone()
                 .or_else(|| args.next())
-                .ok_or(format!("{name} needs a value"))
+                .ok_or(UsageError::NeedsValue(name))
         };
         match flag.as_str() {
             "--config" | "-c" => config = Some(PathBuf::from(value("--config")?)),
             "--sni" => sni = Some(value("--sni")?),
             "--json" if inline.is_none() => json = true,
-            _ => return Err(format!("unknown argument {arg:?}")),
+            _ => return Err(UsageError::UnknownArgument(arg)),
         }
     }
-    let need_config = |c: Option<PathBuf>| c.ok_or_else(|| format!("{cmd} needs --config FILE"));
+    let need_config = |c: Option<PathBuf>| c.ok_or_else(|| UsageError::NeedsConfig(cmd.clone()));
     match cmd.as_str() {
         "run" if !json && sni.is_none() => Ok(Command::Run {
             config: need_config(config)?,
@@ -61,12 +87,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         }),
         "explain" if !json => Ok(Command::Explain {
             config: need_config(config)?,
-            sni: sni.ok_or("explain needs --sni NAME")?,
+            sni: sni.ok_or(UsageError::NeedsSni)?,
         }),
         "--version" | "-V" | "version" => Ok(Command::Version),
         "--help" | "-h" | "help" => Ok(Command::Help),
-        "run" | "check" | "explain" => Err(format!("{cmd} does not take that flag")),
-        other => Err(format!("unknown command {other:?}")),
+        "run" | "check" | "explain" => Err(UsageError::WrongFlag(cmd)),
+        _ => Err(UsageError::UnknownCommand(cmd)),
     }
 }
 
@@ -74,7 +100,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> Result<Command, String> {
+    fn p(s: &str) -> Result<Command, UsageError> {
         parse(s.split_whitespace().map(String::from))
     }
 

@@ -8,8 +8,9 @@ pub mod lifecycle;
 pub mod log;
 pub mod mesh;
 pub mod metrics;
-pub mod notify;
 pub mod proxy;
-pub mod signals;
 pub mod sni;
 pub mod tls;
+
+#[cfg(test)]
+mod layers;

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use sidegate::cli::{self, Command};
 use sidegate::config::{self, LoadError};
 use sidegate::consul;
+use sidegate::lifecycle::notify::Notifier;
 use sidegate::lifecycle::{self, Lifecycle};
 use sidegate::mesh::snapshot::Snapshot;
 use sidegate::mesh::{explain::explain, plan};
-use sidegate::notify::Notifier;
 
 const EX_USAGE: u8 = 64;
 const EX_NOINPUT: u8 = 66;
@@ -138,9 +138,9 @@ fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
 fn run(path: std::path::PathBuf) -> ExitCode {
     let notifier = Arc::new(Notifier::from_env());
     let (events, received) = lifecycle::channel();
-    let requests = Arc::new(sidegate::signals::Requests::default());
+    let requests = Arc::new(sidegate::lifecycle::signals::Requests::default());
     // Signals first: a SIGHUP during start-up waits for us instead of killing the process.
-    if let Err(e) = sidegate::signals::forward(events.clone(), requests.clone()) {
+    if let Err(e) = sidegate::lifecycle::signals::forward(events.clone(), requests.clone()) {
         sidegate::error!("cannot handle signals: {e}");
         notifier.status(&format!("not started: cannot handle signals: {e}"));
         return ExitCode::from(EX_OSERR);
@@ -156,7 +156,8 @@ fn run(path: std::path::PathBuf) -> ExitCode {
     sidegate::log::configure(config.operations.log_level);
     // With [consul], serving starts with the first complete state from the agent (or the
     // saved one when the agent is unreachable).
-    let source = match consul::Source::start(&config, events.clone(), consul::Options::default()) {
+    let source = match lifecycle::Source::start(&config, events.clone(), consul::Options::default())
+    {
         Ok(s) => s,
         Err(e) => {
             sidegate::error!("cannot start following the Consul agent: {e}");
@@ -168,7 +169,7 @@ fn run(path: std::path::PathBuf) -> ExitCode {
         None => config.snapshot.clone(),
         Some(_) => {
             notifier.status("waiting for the first state from the Consul agent");
-            match consul::source::first_snapshot(&received) {
+            match lifecycle::follower::first_snapshot(&received) {
                 Some(s) => *s,
                 None => return ExitCode::SUCCESS,
             }

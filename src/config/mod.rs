@@ -2,7 +2,7 @@
 //!
 //! Contract: `CONFIG.md` in the shared docs. Key names are Consul's own.
 
-mod consul;
+pub mod consul;
 mod fields;
 pub mod files;
 mod operations;
@@ -29,7 +29,7 @@ pub struct Config {
     /// `[admin]`, `[shutdown]`, `[log]`.
     pub operations: Operations,
     /// `[consul]` over the environment's defaults: the mesh state comes from this agent.
-    pub consul: Option<crate::consul::Settings>,
+    pub consul: Option<consul::Settings>,
 }
 
 /// Everything wrong with a file, or why it could not be read at all.

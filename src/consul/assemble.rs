@@ -4,12 +4,13 @@
 //! Pure: the follower feeds it answers; tests feed it example bodies.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
-use super::api::ca::identity;
+use super::api::ca::{identity, CaError, CaRoots};
 use super::api::health::to_dial;
-use super::api::service::{self, AgentService, KIND_MESH_GATEWAY, KIND_SIDECAR};
-use super::settings::Settings;
+use super::api::service::{self, AgentService, RegistrationError, KIND_MESH_GATEWAY, KIND_SIDECAR};
 use super::watch::{Answer, Key};
+use crate::config::consul::settings::Settings;
 use crate::mesh::config_entries::{target_key, ConfigEntries};
 use crate::mesh::mode::{via, ModeSource, Via};
 use crate::mesh::names::{is_label, SpiffeId};
@@ -314,23 +315,95 @@ fn attribute_merged_levels(spec: &mut SidecarSpec, entries: &ConfigEntries) {
     }
 }
 
+/// Why the answers make no snapshot yet, or none at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incomplete {
+    /// Needed keys not settled yet.
+    Waiting(Vec<Key>),
+    NoRoots,
+    NoPlace,
+    NoLeaf {
+        service: String,
+    },
+    /// New roots, old leaf (or the other way round) right after the cluster changed.
+    LeafOfOtherTrustDomain {
+        leaf: String,
+        roots: String,
+    },
+    NotRegistered {
+        id: String,
+    },
+    WrongKind {
+        id: String,
+        kind: String,
+        want: &'static str,
+    },
+    Ca(CaError),
+    Registration(RegistrationError),
+}
+
+impl fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Incomplete::Waiting(keys) => {
+                f.write_str("waiting for ")?;
+                for (n, key) in keys.iter().enumerate() {
+                    let comma = if n == 0 { "" } else { ", " };
+                    write!(f, "{comma}{key:?}")?;
+                }
+                Ok(())
+            }
+            Incomplete::NoRoots => f.write_str("no CA roots yet"),
+            Incomplete::NoPlace => f.write_str("the agent's datacenter is not known yet"),
+            Incomplete::NoLeaf { service } => write!(f, "no leaf certificate for {service} yet"),
+            Incomplete::LeafOfOtherTrustDomain { leaf, roots } => write!(
+                f,
+                "the leaf is of trust domain {leaf}, the roots of {roots}: waiting for a new leaf"
+            ),
+            Incomplete::NotRegistered { id } => write!(
+                f,
+                "no service with ID {id:?} is registered on the agent; register it (consul services register)"
+            ),
+            Incomplete::WrongKind { id, kind, want } => write!(
+                f,
+                "the agent's service {id:?} is of kind {kind:?}, not {want}"
+            ),
+            Incomplete::Ca(e) => write!(f, "{e}"),
+            Incomplete::Registration(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Incomplete {}
+
+impl From<CaError> for Incomplete {
+    fn from(e: CaError) -> Incomplete {
+        Incomplete::Ca(e)
+    }
+}
+
+impl From<RegistrationError> for Incomplete {
+    fn from(e: RegistrationError) -> Incomplete {
+        Incomplete::Registration(e)
+    }
+}
+
 /// The snapshot, once `needed` keys are all settled; `Err` says what is missing or wrong.
 /// Warnings are about the agent's data (left-out upstreams, unreadable gateways).
 pub fn snapshot(
     s: &Settings,
     base: &Snapshot,
     k: &Known<'_>,
-) -> Result<(Snapshot, Vec<String>), String> {
-    let missing: Vec<String> = needed(s, k)
+) -> Result<(Snapshot, Vec<String>), Incomplete> {
+    let missing: Vec<Key> = needed(s, k)
         .into_iter()
         .filter(|key| !k.settled(key))
-        .map(|key| format!("{key:?}"))
         .collect();
     if !missing.is_empty() {
-        return Err(format!("waiting for {}", missing.join(", ")));
+        return Err(Incomplete::Waiting(missing));
     }
     let Some(Answer::Roots(roots)) = k.answers.get(&Key::Roots) else {
-        return Err("no CA roots yet".into());
+        return Err(Incomplete::NoRoots);
     };
     let trust_domain = roots.trust_domain()?;
     let sidecar = match &s.sidecar_service_id {
@@ -341,7 +414,7 @@ pub fn snapshot(
         Some(id) => Some(registration(k, id, KIND_MESH_GATEWAY)?),
         None => None,
     };
-    let (place, namespace) = place(s, k).ok_or("the agent's datacenter is not known yet")?;
+    let (place, namespace) = place(s, k).ok_or(Incomplete::NoPlace)?;
     let here = here_of(place, namespace, trust_domain);
     let mut warnings = Vec::new();
     let mut snap = Snapshot {
@@ -353,66 +426,95 @@ pub fn snapshot(
         catalog: catalog(s, k, &here, &mut warnings),
     };
     if let Some(svc) = sidecar {
-        let (mut spec, w) = service::sidecar(svc, &here)?;
-        warnings.extend(w);
-        let Some(Answer::Leaf(leaf)) = k.answers.get(&leaf_key(svc)) else {
-            return Err(format!("no leaf certificate for {} yet", spec.service));
-        };
-        let id = identity(leaf, roots)?;
-        // Right after the cluster changed (a new CA, an agent restarted with fresh state) the
-        // roots can be new while the leaf is not yet: serving that pair would fail every
-        // handshake, so wait for the leaf of this trust domain.
-        if let SpiffeId::Service { trust_domain, .. } = &id.spiffe_id {
-            if !trust_domain.eq_ignore_ascii_case(&here.trust_domain) {
-                return Err(format!(
-                    "the leaf is of trust domain {trust_domain}, the roots of {}: waiting for a new leaf",
-                    here.trust_domain
-                ));
-            }
-        }
-        snap.identity = Some(id);
-        snap.config_entries = config_entries(k, &here, &spec);
-        attribute_merged_levels(&mut spec, &snap.config_entries);
-        snap.sidecar = Some(spec);
+        add_sidecar(&mut snap, svc, k, roots, &mut warnings)?;
     }
     if let Some(svc) = gateway {
-        let mut settings = base.gateway.clone().unwrap_or_else(|| GatewaySettings {
-            connect_timeout: service::gateway_connect_timeout(svc).unwrap_or(
-                std::time::Duration::from_millis(GatewaySettings::DEFAULT_CONNECT_TIMEOUT_MS),
-            ),
-            ..default_gateway()
-        });
-        let services = Key::Services {
-            place: here.place.clone(),
-        };
-        if let Some(Answer::Names(names)) = k.answers.get(&services) {
-            if names.len() > MAX_ROUTED_SERVICES {
-                warnings.push(format!(
-                    "the partition has {} services; the gateway routes the first {MAX_ROUTED_SERVICES} by name only",
-                    names.len()
-                ));
-            }
-        }
-        if settings.listen.is_empty() {
-            let (binds, w) = service::gateway_binds(svc)?;
-            warnings.extend(w);
-            settings.listen = binds;
-        }
-        snap.gateway = Some(settings);
+        snap.gateway = Some(gateway_settings(svc, base, &here, k, &mut warnings)?);
     }
     Ok((snap, warnings))
 }
 
-fn registration<'a>(k: &'a Known<'_>, id: &str, kind: &str) -> Result<&'a AgentService, String> {
+/// The sidecar's part of the snapshot: its spec, identity and central config.
+fn add_sidecar(
+    snap: &mut Snapshot,
+    svc: &AgentService,
+    k: &Known<'_>,
+    roots: &CaRoots,
+    warnings: &mut Vec<String>,
+) -> Result<(), Incomplete> {
+    let here = &snap.here;
+    let (mut spec, w) = service::sidecar(svc, here)?;
+    warnings.extend(w);
+    let Some(Answer::Leaf(leaf)) = k.answers.get(&leaf_key(svc)) else {
+        return Err(Incomplete::NoLeaf {
+            service: spec.service,
+        });
+    };
+    let id = identity(leaf, roots)?;
+    // Right after the cluster changed (a new CA, an agent restarted with fresh state) the
+    // roots can be new while the leaf is not yet: serving that pair would fail every
+    // handshake, so wait for the leaf of this trust domain.
+    if let SpiffeId::Service { trust_domain, .. } = &id.spiffe_id {
+        if !trust_domain.eq_ignore_ascii_case(&here.trust_domain) {
+            return Err(Incomplete::LeafOfOtherTrustDomain {
+                leaf: trust_domain.clone(),
+                roots: here.trust_domain.clone(),
+            });
+        }
+    }
+    snap.identity = Some(id);
+    snap.config_entries = config_entries(k, here, &spec);
+    attribute_merged_levels(&mut spec, &snap.config_entries);
+    snap.sidecar = Some(spec);
+    Ok(())
+}
+
+/// The gateway's settings: the file's `[gateway]` knobs, else the registration's.
+fn gateway_settings(
+    svc: &AgentService,
+    base: &Snapshot,
+    here: &Here,
+    k: &Known<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<GatewaySettings, Incomplete> {
+    let mut settings = base.gateway.clone().unwrap_or_else(|| GatewaySettings {
+        connect_timeout: service::gateway_connect_timeout(svc).unwrap_or(
+            std::time::Duration::from_millis(GatewaySettings::DEFAULT_CONNECT_TIMEOUT_MS),
+        ),
+        ..default_gateway()
+    });
+    let services = Key::Services {
+        place: here.place.clone(),
+    };
+    if let Some(Answer::Names(names)) = k.answers.get(&services) {
+        if names.len() > MAX_ROUTED_SERVICES {
+            warnings.push(format!(
+                "the partition has {} services; the gateway routes the first {MAX_ROUTED_SERVICES} by name only",
+                names.len()
+            ));
+        }
+    }
+    if settings.listen.is_empty() {
+        let (binds, w) = service::gateway_binds(svc)?;
+        warnings.extend(w);
+        settings.listen = binds;
+    }
+    Ok(settings)
+}
+
+fn registration<'a>(
+    k: &'a Known<'_>,
+    id: &str,
+    kind: &'static str,
+) -> Result<&'a AgentService, Incomplete> {
     match k.answers.get(&Key::Service { id: id.to_owned() }) {
         Some(Answer::Service(Some(svc))) if svc.kind == kind => Ok(svc),
-        Some(Answer::Service(Some(svc))) => Err(format!(
-            "the agent's service {id:?} is of kind {:?}, not {kind}",
-            svc.kind
-        )),
-        _ => Err(format!(
-            "no service with ID {id:?} is registered on the agent; register it (consul services register)"
-        )),
+        Some(Answer::Service(Some(svc))) => Err(Incomplete::WrongKind {
+            id: id.to_owned(),
+            kind: svc.kind.clone(),
+            want: kind,
+        }),
+        _ => Err(Incomplete::NotRegistered { id: id.to_owned() }),
     }
 }
 

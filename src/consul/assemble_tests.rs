@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
+use crate::config::consul::settings::{resolve, FileKeys};
 use crate::consul::api::ca::{CaRoot, CaRoots, LeafCert};
 use crate::consul::api::config_entry::{ProxyDefaultsEntry, ServiceDefaultsEntry};
 use crate::consul::api::example;
 use crate::consul::api::health::instances;
-use crate::consul::settings::{resolve, FileKeys};
 use crate::mesh::mode::{Mode, ModeSource};
 use crate::mesh::plan::plan;
 use crate::mesh::sidecar::UpstreamSpec;
@@ -258,7 +258,10 @@ fn each_answer_reveals_the_next_keys() {
 }
 
 fn assemble_err(s: &Settings, w: &World) -> String {
-    snapshot(s, &base(), &w.known()).map(|_| ()).unwrap_err()
+    snapshot(s, &base(), &w.known())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use ureq::Agent;
 
 use super::blocking::{request_timeout, wait_param};
 use super::errors::ApiError;
-use super::settings::{Scheme, Settings, Token};
+use crate::config::consul::settings::{Scheme, Settings, Token};
 
 /// The largest body accepted: a gateway's catalog of a few thousand services fits; a runaway
 /// or hostile answer does not take the host's memory.
@@ -93,6 +93,10 @@ pub struct Client {
 }
 
 impl Client {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the one place that builds the Consul agent's HTTP client"
+    )]
     pub fn new(settings: &Settings) -> Arc<Client> {
         let mut tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)

@@ -6,7 +6,9 @@
 //! state is served, marked stale, while the watches keep retrying.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -15,14 +17,14 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::assemble::{self, Known};
+use super::assemble::{self, Incomplete, Known};
 use super::authorizer::Authorizer;
 use super::client::Client;
 use super::errors::ApiError;
-use super::settings::Settings;
 use super::state_dir;
 use super::status::{now_unix, Status};
 use super::watch::{self, Answer, Key, Timing, Update, Watch};
+use crate::config::consul::settings::Settings;
 use crate::mesh::snapshot::Snapshot;
 
 /// The saved state's file in `state_dir`.
@@ -162,9 +164,45 @@ struct Saved {
     refused: Vec<(Key, String)>,
 }
 
+/// Why the saved state cannot be served.
+#[derive(Debug)]
+pub enum SavedError {
+    /// The file is there but cannot be read, or fails its checks.
+    Read(PathBuf, state_dir::ReadError),
+    /// It reads, but is not a state this version wrote.
+    Json(PathBuf, serde_json::Error),
+    /// It was saved for other registrations (another `sidecar_service_id`).
+    OtherRegistrations(PathBuf),
+    /// It lacks something a snapshot needs.
+    Incomplete(Incomplete),
+}
+
+impl fmt::Display for SavedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SavedError::Read(path, e) => {
+                write!(f, "last-known-good state {}: {e}", path.display())
+            }
+            SavedError::Json(path, e) => write!(
+                f,
+                "last-known-good state {} is not readable ({e}); ignored",
+                path.display()
+            ),
+            SavedError::OtherRegistrations(path) => write!(
+                f,
+                "last-known-good state {} was saved for other registrations; ignored",
+                path.display()
+            ),
+            SavedError::Incomplete(e) => write!(f, "the saved state is incomplete: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SavedError {}
+
 /// The saved state for these settings: `Ok(None)` when there is none (or no `state_dir`),
 /// `Err` when it is there but unusable (corrupt, partial, for other registrations).
-fn load(settings: &Settings) -> Result<Option<Saved>, String> {
+fn load(settings: &Settings) -> Result<Option<Saved>, SavedError> {
     let Some(dir) = &settings.state_dir else {
         return Ok(None);
     };
@@ -172,21 +210,14 @@ fn load(settings: &Settings) -> Result<Option<Saved>, String> {
     let bytes = match state_dir::read(dir, STATE_FILE) {
         Ok(b) => b,
         Err(state_dir::ReadError::Missing) => return Ok(None),
-        Err(e) => return Err(format!("last-known-good state {}: {e}", shown.display())),
+        Err(e) => return Err(SavedError::Read(shown, e)),
     };
-    let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| {
-        format!(
-            "last-known-good state {} is not readable ({e}); ignored",
-            shown.display()
-        )
-    })?;
+    let saved: Saved =
+        serde_json::from_slice(&bytes).map_err(|e| SavedError::Json(shown.clone(), e))?;
     if saved.sidecar_service_id != settings.sidecar_service_id
         || saved.gateway_service_id != settings.gateway_service_id
     {
-        return Err(format!(
-            "last-known-good state {} was saved for other registrations; ignored",
-            shown.display()
-        ));
+        return Err(SavedError::OtherRegistrations(shown));
     }
     Ok(Some(saved))
 }
@@ -196,7 +227,7 @@ fn load(settings: &Settings) -> Result<Option<Saved>, String> {
 pub fn saved_snapshot(
     settings: &Settings,
     base: &Snapshot,
-) -> Result<Option<(Snapshot, u64)>, String> {
+) -> Result<Option<(Snapshot, u64)>, SavedError> {
     let Some(saved) = load(settings)? else {
         return Ok(None);
     };
@@ -206,8 +237,8 @@ pub fn saved_snapshot(
         answers: &answers,
         refused: &refused,
     };
-    let (mut snap, _) = assemble::snapshot(settings, base, &known)
-        .map_err(|e| format!("the saved state is incomplete: {e}"))?;
+    let (mut snap, _) =
+        assemble::snapshot(settings, base, &known).map_err(SavedError::Incomplete)?;
     if let Some(sc) = snap.sidecar.as_mut() {
         let client = Client::new(settings);
         let status = Arc::new(Status::default());
@@ -238,7 +269,8 @@ struct Coordinator {
     /// `last_sent` is what `STATE_FILE` holds as of this run: the agent confirmed it.
     last_sent_saved: bool,
     last_warnings: Vec<String>,
-    last_waiting: String,
+    /// Why the last look made no snapshot, logged once per reason.
+    last_waiting: Option<Incomplete>,
     unreachable_since: Option<Instant>,
     started: Instant,
     restored_at: Option<u64>,
@@ -273,7 +305,7 @@ impl Coordinator {
             last_sent: None,
             last_sent_saved: false,
             last_warnings: Vec::new(),
-            last_waiting: String::new(),
+            last_waiting: None,
             unreachable_since: None,
             started: Instant::now(),
             restored_at: None,
@@ -401,7 +433,7 @@ impl Coordinator {
                         );
                     }
                 } else {
-                    if health.error.as_ref().map(ToString::to_string) != Some(e.to_string()) {
+                    if health.error.as_ref() != Some(&e) {
                         crate::warn!("consul: {e}");
                     } else {
                         crate::debug!("consul: {e}");
@@ -419,30 +451,14 @@ impl Coordinator {
 
     /// Sends the snapshot if it is complete and new. False: the receiver is gone.
     fn maybe_send(&mut self) -> bool {
-        let known = self.known();
-        let needed = assemble::needed(&self.settings, &known);
+        let needed = assemble::needed(&self.settings, &self.known());
         let confirmed = needed
             .iter()
             .all(|k| self.health.get(k).is_some_and(|h| h.fresh));
         self.status
             .set_stale(self.last_sent.is_some() && !confirmed);
-        let mut snap = match assemble::snapshot(&self.settings, &self.base, &known) {
-            Ok((snap, warnings)) => {
-                if warnings != self.last_warnings {
-                    for w in warnings.iter().filter(|w| !self.last_warnings.contains(w)) {
-                        crate::warn!("consul: {w}");
-                    }
-                    self.last_warnings = warnings;
-                }
-                snap
-            }
-            Err(why) => {
-                if why != self.last_waiting {
-                    crate::debug!("consul: not complete yet: {why}");
-                    self.last_waiting = why;
-                }
-                return true;
-            }
+        let Some(mut snap) = self.assembled() else {
+            return true;
         };
         // At start, prefer a fully confirmed state; serve a restored one only once the agent
         // proved unreachable or the grace period is over.
@@ -457,14 +473,7 @@ impl Coordinator {
             sc.authority = Some(self.authorizer.for_service(&sc.service));
         }
         if self.last_sent.as_ref() == Some(&snap) {
-            if confirmed {
-                self.status.confirmed();
-                // A restored state the agent now confirms unchanged is saved as of now.
-                if !self.last_sent_saved {
-                    self.save(&needed);
-                    self.last_sent_saved = true;
-                }
-            }
+            self.unchanged(confirmed, &needed);
             return true;
         }
         // Only what the agent confirmed in this run is saved: a restored (or partly restored)
@@ -474,6 +483,47 @@ impl Coordinator {
             self.save(&needed);
         }
         self.last_sent_saved = confirmed;
+        self.send(snap, confirmed)
+    }
+
+    /// The snapshot of what is known, logging new warnings and why there is none (each
+    /// reason once).
+    fn assembled(&mut self) -> Option<Snapshot> {
+        match assemble::snapshot(&self.settings, &self.base, &self.known()) {
+            Ok((snap, warnings)) => {
+                if warnings != self.last_warnings {
+                    for w in warnings.iter().filter(|w| !self.last_warnings.contains(w)) {
+                        crate::warn!("consul: {w}");
+                    }
+                    self.last_warnings = warnings;
+                }
+                Some(snap)
+            }
+            Err(why) => {
+                if self.last_waiting.as_ref() != Some(&why) {
+                    crate::debug!("consul: not complete yet: {why}");
+                    self.last_waiting = Some(why);
+                }
+                None
+            }
+        }
+    }
+
+    /// The agent answered what was sent already: once it confirms everything, the state is
+    /// fresh again — and a restored state it confirms unchanged is saved as of now.
+    fn unchanged(&mut self, confirmed: bool, needed: &BTreeSet<Key>) {
+        if !confirmed {
+            return;
+        }
+        self.status.confirmed();
+        if !self.last_sent_saved {
+            self.save(needed);
+            self.last_sent_saved = true;
+        }
+    }
+
+    /// Hands a new snapshot to the sink. False: the receiver is gone.
+    fn send(&mut self, snap: Snapshot, confirmed: bool) -> bool {
         if !confirmed && self.last_sent.is_none() {
             let when = self.restored_at.map_or("an earlier run".to_owned(), |t| {
                 format!("{} s ago", now_unix().saturating_sub(t))
@@ -550,8 +600,8 @@ fn of_needed<V: Clone>(map: &BTreeMap<Key, V>, needed: &BTreeSet<Key>) -> Vec<(K
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::consul::settings::{resolve, FileKeys};
     use crate::consul::assemble::tests::{connect, web_1_8};
-    use crate::consul::settings::{resolve, FileKeys};
 
     fn settings(dir: &std::path::Path, sidecar: &str) -> Settings {
         resolve(
@@ -738,7 +788,10 @@ mod tests {
 
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(STATE_FILE), b"{\"truncated\": ").unwrap();
-        let err = saved_snapshot(&s, &base()).map(|_| ()).unwrap_err();
+        let err = saved_snapshot(&s, &base())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("corrupt or incomplete"), "{err}");
 
         let saved = |answers: Vec<(Key, Answer)>, id: &str| Saved {
@@ -752,11 +805,17 @@ mod tests {
             state_dir::write(&dir, STATE_FILE, &serde_json::to_vec(s).unwrap()).unwrap()
         };
         write(&saved(Vec::new(), "db-sidecar-proxy"));
-        let err = saved_snapshot(&s, &base()).map(|_| ()).unwrap_err();
+        let err = saved_snapshot(&s, &base())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("other registrations"), "{err}");
 
         write(&saved(Vec::new(), "web-sidecar-proxy"));
-        let err = saved_snapshot(&s, &base()).map(|_| ()).unwrap_err();
+        let err = saved_snapshot(&s, &base())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("incomplete"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -17,13 +17,11 @@ pub mod blocking;
 pub mod client;
 pub mod errors;
 pub mod follow;
-pub mod settings;
-pub mod source;
 pub mod state_dir;
 pub mod status;
+pub mod stop;
 pub mod watch;
 
+pub use crate::config::consul::settings::{self, Settings};
 pub use follow::{follow, saved_snapshot, Follower, Options, Sink};
-pub use settings::Settings;
-pub use source::Source;
 pub use status::Status;

@@ -1,7 +1,6 @@
 //! What is watched (`Key`), what the agent answered (`Answer`), and the thread that follows
 //! one key with blocking queries and hands every new answer or error to the follower.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use super::api::{catalog, nullable};
 use super::blocking::{next_index, Backoff, RateLimit, WAIT};
 use super::client::{segment, Blocking, Client, Reply, Request};
 use super::errors::ApiError;
+use super::stop::Stop;
 use crate::mesh::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
 use crate::mesh::Place;
 
@@ -101,100 +101,110 @@ fn enterprise(mut req: Request, namespace: Option<&str>, partition: &str) -> Req
     req
 }
 
+/// Why a reply holds no answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// 404 from an endpoint where it does not mean "absent"; the agent's message.
+    NotFound(String),
+    /// Not the JSON the endpoint returns.
+    Json(String),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::NotFound(message) => write!(f, "HTTP 404: {message}"),
+            BodyError::Json(e) => f.write_str(e),
+        }
+    }
+}
+
 impl Key {
     fn request(&self) -> (Request, Style) {
+        (self.http_request(), self.style())
+    }
+
+    /// How the key is watched: blocking on the index or hash the agent returns, or polled
+    /// (the agent offers no blocking query for these).
+    fn style(&self) -> Style {
         match self {
-            Key::Service { id } => (
-                Request::new(format!("/v1/agent/service/{}", segment(id))),
-                Style::Hash,
-            ),
-            Key::Roots => (
-                Request::new("/v1/agent/connect/ca/roots".into()),
-                Style::Index,
-            ),
+            Key::Service { .. } => Style::Hash,
+            Key::AgentSelf => Style::Poll(AGENT_SELF_EVERY),
+            Key::Datacenters => Style::Poll(DATACENTERS_EVERY),
+            Key::Roots
+            | Key::Leaf { .. }
+            | Key::Connect { .. }
+            | Key::Gateways { .. }
+            | Key::ProxyDefaults { .. }
+            | Key::ServiceDefaults { .. }
+            | Key::Services { .. } => Style::Index,
+        }
+    }
+
+    /// The endpoint and query that answer the key.
+    fn http_request(&self) -> Request {
+        match self {
+            Key::Service { id } => Request::new(format!("/v1/agent/service/{}", segment(id))),
+            Key::Roots => Request::new("/v1/agent/connect/ca/roots".into()),
             Key::Leaf {
                 service,
                 namespace,
                 partition,
-            } => (
-                enterprise(
-                    Request::new(format!("/v1/agent/connect/ca/leaf/{}", segment(service))),
-                    Some(namespace),
-                    partition,
-                ),
-                Style::Index,
+            } => enterprise(
+                Request::new(format!("/v1/agent/connect/ca/leaf/{}", segment(service))),
+                Some(namespace),
+                partition,
             ),
-            Key::AgentSelf => (
-                Request::new("/v1/agent/self".into()),
-                Style::Poll(AGENT_SELF_EVERY),
-            ),
+            Key::AgentSelf => Request::new("/v1/agent/self".into()),
             Key::Connect {
                 service,
                 namespace,
                 place,
-            } => (
-                enterprise(
-                    Request::new(format!("/v1/health/connect/{}", segment(service)))
-                        .param("dc", &place.datacenter),
-                    Some(namespace),
-                    &place.partition,
-                ),
-                Style::Index,
+            } => enterprise(
+                Request::new(format!("/v1/health/connect/{}", segment(service)))
+                    .param("dc", &place.datacenter),
+                Some(namespace),
+                &place.partition,
             ),
-            Key::Gateways { place, name } => (
-                enterprise(
-                    Request::new(format!("/v1/health/service/{}", segment(name)))
-                        .param("dc", &place.datacenter),
-                    None,
-                    &place.partition,
-                ),
-                Style::Index,
+            Key::Gateways { place, name } => enterprise(
+                Request::new(format!("/v1/health/service/{}", segment(name)))
+                    .param("dc", &place.datacenter),
+                None,
+                &place.partition,
             ),
-            Key::ProxyDefaults { partition } => (
-                enterprise(
-                    Request::new("/v1/config/proxy-defaults/global".into()),
-                    None,
-                    partition,
-                ),
-                Style::Index,
+            Key::ProxyDefaults { partition } => enterprise(
+                Request::new("/v1/config/proxy-defaults/global".into()),
+                None,
+                partition,
             ),
             Key::ServiceDefaults {
                 service,
                 namespace,
                 partition,
-            } => (
-                enterprise(
-                    Request::new(format!("/v1/config/service-defaults/{}", segment(service))),
-                    Some(namespace),
-                    partition,
-                ),
-                Style::Index,
+            } => enterprise(
+                Request::new(format!("/v1/config/service-defaults/{}", segment(service))),
+                Some(namespace),
+                partition,
             ),
-            Key::Services { place } => (
-                enterprise(
-                    Request::new("/v1/catalog/services".into()).param("dc", &place.datacenter),
-                    None,
-                    &place.partition,
-                ),
-                Style::Index,
+            Key::Services { place } => enterprise(
+                Request::new("/v1/catalog/services".into()).param("dc", &place.datacenter),
+                None,
+                &place.partition,
             ),
-            Key::Datacenters => (
-                Request::new("/v1/catalog/datacenters".into()),
-                Style::Poll(DATACENTERS_EVERY),
-            ),
+            Key::Datacenters => Request::new("/v1/catalog/datacenters".into()),
         }
     }
 
     /// The answer in a reply (2xx, or 404 where it means "absent").
-    fn parse(&self, reply: &Reply) -> Result<Answer, String> {
+    fn parse(&self, reply: &Reply) -> Result<Answer, BodyError> {
         let body = reply.body.as_str();
         let absent = reply.status == 404;
-        let json = |e: serde_json::Error| e.to_string();
+        let json = |e: serde_json::Error| BodyError::Json(e.to_string());
         Ok(match self {
             Key::Service { .. } if absent => Answer::Service(None),
             Key::ProxyDefaults { .. } if absent => Answer::ProxyDefaults(None),
             Key::ServiceDefaults { .. } if absent => Answer::ServiceDefaults(None),
-            _ if absent => return Err(format!("HTTP 404: {}", body.trim())),
+            _ if absent => return Err(BodyError::NotFound(body.trim().to_owned())),
             Key::Service { .. } => Answer::Service(Some(serde_json::from_str(body).map_err(json)?)),
             Key::Roots => Answer::Roots(serde_json::from_str(body).map_err(json)?),
             Key::Leaf { .. } => Answer::Leaf(serde_json::from_str(body).map_err(json)?),
@@ -276,12 +286,12 @@ impl Default for Timing {
 
 /// A running watch; dropping the handle (or `stop`) ends it after its current request.
 pub struct Watch {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
 }
 
 impl Watch {
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.stop();
     }
 }
 
@@ -301,7 +311,7 @@ pub fn spawn(
     timing: Timing,
     tx: SyncSender<Update>,
 ) -> std::io::Result<Watch> {
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Stop::default());
     let flag = stop.clone();
     std::thread::Builder::new()
         .name("sidegate-watch".into())
@@ -310,13 +320,7 @@ pub fn spawn(
     Ok(Watch { stop })
 }
 
-fn follow_key(
-    key: &Key,
-    client: &Client,
-    timing: Timing,
-    tx: &SyncSender<Update>,
-    stop: &AtomicBool,
-) {
+fn follow_key(key: &Key, client: &Client, timing: Timing, tx: &SyncSender<Update>, stop: &Stop) {
     let (req, style) = key.request();
     let mut index = 0u64;
     let mut hash = String::new();
@@ -324,8 +328,7 @@ fn follow_key(
     let mut limit = RateLimit::new(timing.every, 2, Instant::now());
     let mut last: Option<Answer> = None;
     let mut failing = false;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(limit.take(Instant::now()));
+    while !stop.wait(limit.take(Instant::now())) {
         let blocking = match style {
             Style::Hash => Blocking::Hash(hash.clone(), timing.wait),
             Style::Index => Blocking::Index(index, timing.wait),
@@ -337,7 +340,7 @@ fn follow_key(
                 .map_err(|e| ApiError::body(req.shown("GET", &blocking), e))?;
             Ok((reply, answer))
         });
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_stopped() {
             return;
         }
         let pause = match result {
@@ -386,20 +389,9 @@ fn follow_key(
                 backoff.next_delay(fastrand::f64())
             }
         };
-        sleep_unless_stopped(pause, stop);
-    }
-}
-
-/// Sleeps in short steps so a stopped watch ends soon even during a long back-off.
-fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {
-    let step = Duration::from_millis(250);
-    let until = Instant::now() + total;
-    while !stop.load(Ordering::Relaxed) {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if stop.wait(pause) {
             return;
         }
-        std::thread::sleep(left.min(step));
     }
 }
 

@@ -301,7 +301,7 @@ fn errors_name_the_endpoint_and_the_likely_cause() {
 /// follower had queued carries an older one, for the lifecycle to drop.
 #[test]
 fn a_reload_follows_the_agent_again_with_new_settings() {
-    use sidegate::consul::source::{first_snapshot, Source};
+    use sidegate::lifecycle::follower::{first_snapshot, Source};
     use sidegate::lifecycle::{self, Event};
     let (one, two) = (Agent::dev("dc1"), Agent::dev("dc1"));
     let (_, bind_one, _) = register_pair(&one);

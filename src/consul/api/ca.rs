@@ -48,10 +48,10 @@ impl CaRoots {
 
     /// The trust domain, lower-cased as Consul compares it; an answer without one is not a
     /// Connect CA (Connect disabled on the servers).
-    pub fn trust_domain(&self) -> Result<String, String> {
+    pub fn trust_domain(&self) -> Result<String, CaError> {
         let td = self.trust_domain.trim().to_ascii_lowercase();
         if td.is_empty() || self.roots.is_empty() {
-            return Err("the agent reports no Connect CA roots: is connect enabled on the Consul servers (connect { enabled = true })?".into());
+            return Err(CaError::NoRoots);
         }
         Ok(td)
     }
@@ -95,8 +95,34 @@ impl LeafCert {
     }
 }
 
+/// Why the agent's CA answers give no identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaError {
+    /// Connect is off on the servers: no roots, no trust domain.
+    NoRoots,
+    /// The leaf, its key or the roots did not load.
+    Identity {
+        what: &'static str,
+        service: String,
+        error: String,
+    },
+}
+
+impl fmt::Display for CaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CaError::NoRoots => f.write_str("the agent reports no Connect CA roots: is connect enabled on the Consul servers (connect { enabled = true })?"),
+            CaError::Identity { what, service, error } => {
+                write!(f, "the agent's {what} for {service:?}: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CaError {}
+
 /// Leaf, key and roots checked together, exactly as a file identity is.
-pub fn identity(leaf: &LeafCert, roots: &CaRoots) -> Result<Arc<Identity>, String> {
+pub fn identity(leaf: &LeafCert, roots: &CaRoots) -> Result<Arc<Identity>, CaError> {
     Identity::from_pem(
         leaf.cert_pem.as_bytes(),
         leaf.private_key_pem.as_bytes(),
@@ -109,7 +135,11 @@ pub fn identity(leaf: &LeafCert, roots: &CaRoots) -> Result<Arc<Identity>, Strin
             Part::Key => "leaf private key",
             Part::Roots => "CA roots",
         };
-        format!("the agent's {what} for {:?}: {e}", leaf.service)
+        CaError::Identity {
+            what,
+            service: leaf.service.clone(),
+            error: e.to_string(),
+        }
     })
 }
 
@@ -136,7 +166,11 @@ mod tests {
         assert!(r.pem().contains("BEGIN CERTIFICATE"));
 
         let none = CaRoots::default();
-        assert!(none.trust_domain().unwrap_err().contains("connect"));
+        assert!(none
+            .trust_domain()
+            .unwrap_err()
+            .to_string()
+            .contains("connect"));
     }
 
     #[test]
@@ -167,7 +201,7 @@ mod tests {
         );
         // The example's PEM bodies are elided: refused with the part named, not a panic.
         let roots: CaRoots = serde_json::from_str(&example("agent-connect-ca-roots.json")).unwrap();
-        let err = identity(&l, &roots).unwrap_err();
+        let err = identity(&l, &roots).unwrap_err().to_string();
         assert!(
             err.contains("leaf certificate") || err.contains("CA roots"),
             "{err}"

@@ -2,6 +2,7 @@
 //! holds it (with central config merged in when the agent does that).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +15,80 @@ use crate::mesh::names::is_label;
 use crate::mesh::sidecar::{Action, Bind, Intentions, SidecarSpec, UpstreamSpec};
 use crate::mesh::snapshot::Here;
 use crate::mesh::{Endpoint, Place};
+
+/// Why a registration gives no sidecar or gateway at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistrationError {
+    /// Registered, but as another kind of service.
+    Kind {
+        id: String,
+        kind: String,
+        want: &'static str,
+    },
+    /// The sidecar's destination is not a service name.
+    Destination { id: String, service: String },
+    /// The proxy's own `MeshGateway` mode does not parse.
+    Mode { id: String, error: String },
+    /// A mesh gateway with nothing it can listen on.
+    NoListenAddress { id: String },
+}
+
+impl fmt::Display for RegistrationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistrationError::Kind { id, kind, want } => {
+                write!(f, "service {id:?} is of kind {kind:?}, not a {want} registration")
+            }
+            RegistrationError::Destination { id, service } => write!(
+                f,
+                "sidecar {id:?} names destination service {service:?}, which is not a valid service name"
+            ),
+            RegistrationError::Mode { id, error } => write!(f, "sidecar {id:?}: proxy {error}"),
+            RegistrationError::NoListenAddress { id } => write!(
+                f,
+                "mesh gateway {id:?} has no address to listen on (register it with a port, or set [gateway] listen)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RegistrationError {}
+
+/// Why one upstream of a registration is left out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamError {
+    DestinationType(String),
+    Peering,
+    Name { key: &'static str, value: String },
+    NoBind,
+    BindAddress(String),
+    SocketMode(String),
+    Mode(String),
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::DestinationType(t) => {
+                write!(f, "destination_type {t:?} is not supported (only services)")
+            }
+            UpstreamError::Peering => {
+                f.write_str("cluster-peering upstreams (destination_peer) are not supported")
+            }
+            UpstreamError::Name { key, value } => write!(f, "{key} {value:?} is not a valid name"),
+            UpstreamError::NoBind => {
+                f.write_str("has neither local_bind_port nor local_bind_socket_path")
+            }
+            UpstreamError::BindAddress(a) => {
+                write!(f, "local_bind_address {a:?} is not an IP address")
+            }
+            UpstreamError::SocketMode(m) => {
+                write!(f, "local_bind_socket_mode {m:?} is not an octal mode")
+            }
+            UpstreamError::Mode(e) => f.write_str(e),
+        }
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, rename_all = "PascalCase")]
@@ -113,26 +188,33 @@ fn non_empty<'a>(v: &'a str, default: &'a str) -> &'a str {
 
 /// The sidecar role from a `connect-proxy` registration. Upstreams sidegate cannot serve are
 /// left out with a warning each; a registration that is not a sidecar at all is an error.
-pub fn sidecar(svc: &AgentService, here: &Here) -> Result<(SidecarSpec, Vec<String>), String> {
+pub fn sidecar(
+    svc: &AgentService,
+    here: &Here,
+) -> Result<(SidecarSpec, Vec<String>), RegistrationError> {
     if svc.kind != KIND_SIDECAR {
-        return Err(format!(
-            "service {:?} is of kind {:?}, not a sidecar (connect-proxy) registration",
-            svc.id, svc.kind
-        ));
+        return Err(RegistrationError::Kind {
+            id: svc.id.clone(),
+            kind: svc.kind.clone(),
+            want: "sidecar (connect-proxy)",
+        });
     }
     let proxy = &svc.proxy;
     let service = proxy.destination_service_name.as_str();
     if !is_label(service) {
-        return Err(format!(
-            "sidecar {:?} names destination service {service:?}, which is not a valid service name",
-            svc.id
-        ));
+        return Err(RegistrationError::Destination {
+            id: svc.id.clone(),
+            service: service.to_owned(),
+        });
     }
     let mut warnings = Vec::new();
     let mesh_gateway = proxy
         .mesh_gateway
         .parsed()
-        .map_err(|e| format!("sidecar {:?}: proxy {e}", svc.id))?;
+        .map_err(|error| RegistrationError::Mode {
+            id: svc.id.clone(),
+            error,
+        })?;
     let local_service_address = local_service(proxy);
     let public_listener = public_listener(svc, &mut warnings).filter(|_| {
         let ok = local_service_address.is_some();
@@ -222,21 +304,21 @@ pub fn endpoint(host: &str, port: u16) -> Option<Endpoint> {
     }
 }
 
-fn upstream(u: &Upstream, here: &Here) -> Result<UpstreamSpec, String> {
+fn upstream(u: &Upstream, here: &Here) -> Result<UpstreamSpec, UpstreamError> {
     if !u.destination_type.is_empty() && u.destination_type != "service" {
-        return Err(format!(
-            "destination_type {:?} is not supported (only services)",
-            u.destination_type
-        ));
+        return Err(UpstreamError::DestinationType(u.destination_type.clone()));
     }
     if !u.destination_peer.is_empty() {
-        return Err("cluster-peering upstreams (destination_peer) are not supported".into());
+        return Err(UpstreamError::Peering);
     }
-    let label = |what: &str, v: &str| {
+    let label = |key: &'static str, v: &str| {
         if is_label(v) {
             Ok(v.to_owned())
         } else {
-            Err(format!("{what} {v:?} is not a valid name"))
+            Err(UpstreamError::Name {
+                key,
+                value: v.to_owned(),
+            })
         }
     };
     let name = label("destination_name", &u.destination_name)?;
@@ -252,43 +334,15 @@ fn upstream(u: &Upstream, here: &Here) -> Result<UpstreamSpec, String> {
         "datacenter",
         non_empty(&u.datacenter, &here.place.datacenter),
     )?;
-    let bind = if u.local_bind_socket_path.is_empty() {
-        if u.local_bind_port == 0 {
-            return Err("has neither local_bind_port nor local_bind_socket_path".into());
-        }
-        let ip = non_empty(&u.local_bind_address, "127.0.0.1")
-            .parse::<IpAddr>()
-            .map_err(|_| {
-                format!(
-                    "local_bind_address {:?} is not an IP address",
-                    u.local_bind_address
-                )
-            })?;
-        Bind::Tcp(SocketAddr::new(ip, u.local_bind_port))
-    } else {
-        let mode = match u.local_bind_socket_mode.as_str() {
-            "" => None,
-            m => Some(
-                u32::from_str_radix(m, 8)
-                    .ok()
-                    .filter(|m| *m <= 0o777)
-                    .ok_or_else(|| format!("local_bind_socket_mode {m:?} is not an octal mode"))?,
-            ),
-        };
-        Bind::Unix {
-            path: PathBuf::from(&u.local_bind_socket_path),
-            mode,
-        }
-    };
     Ok(UpstreamSpec {
         destination_name: name,
         destination_namespace: namespace,
         place: Place::new(&datacenter, &partition),
-        bind,
+        bind: upstream_bind(u)?,
         connect_timeout: millis(&u.config, "connect_timeout_ms").unwrap_or(Duration::from_millis(
             UpstreamSpec::DEFAULT_CONNECT_TIMEOUT_MS,
         )),
-        mesh_gateway: u.mesh_gateway.parsed()?,
+        mesh_gateway: u.mesh_gateway.parsed().map_err(UpstreamError::Mode)?,
         // Consul's upstream `config.limits.max_connections` (an Envoy circuit breaker there).
         max_connections: u
             .config
@@ -301,16 +355,45 @@ fn upstream(u: &Upstream, here: &Here) -> Result<UpstreamSpec, String> {
     })
 }
 
+/// Where the upstream listens for the local application: a TCP port, or a Unix socket.
+fn upstream_bind(u: &Upstream) -> Result<Bind, UpstreamError> {
+    if !u.local_bind_socket_path.is_empty() {
+        let mode = match u.local_bind_socket_mode.as_str() {
+            "" => None,
+            m => Some(
+                u32::from_str_radix(m, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| UpstreamError::SocketMode(m.to_owned()))?,
+            ),
+        };
+        return Ok(Bind::Unix {
+            path: PathBuf::from(&u.local_bind_socket_path),
+            mode,
+        });
+    }
+    if u.local_bind_port == 0 {
+        return Err(UpstreamError::NoBind);
+    }
+    let ip = non_empty(&u.local_bind_address, "127.0.0.1")
+        .parse::<IpAddr>()
+        .map_err(|_| UpstreamError::BindAddress(u.local_bind_address.clone()))?;
+    Ok(Bind::Tcp(SocketAddr::new(ip, u.local_bind_port)))
+}
+
 /// The addresses a mesh gateway listens on, by Consul's rules (consul-mesh.md §5.1): its
 /// `Address:Port` unless `envoy_gateway_no_default_bind`, every tagged address with
 /// `envoy_gateway_bind_tagged_addresses`, every `envoy_gateway_bind_addresses` entry; sorted
 /// by name, the same address once. Host names cannot be bound and are left out.
-pub fn gateway_binds(svc: &AgentService) -> Result<(Vec<SocketAddr>, Vec<String>), String> {
+pub fn gateway_binds(
+    svc: &AgentService,
+) -> Result<(Vec<SocketAddr>, Vec<String>), RegistrationError> {
     if svc.kind != KIND_MESH_GATEWAY {
-        return Err(format!(
-            "service {:?} is of kind {:?}, not a mesh-gateway registration",
-            svc.id, svc.kind
-        ));
+        return Err(RegistrationError::Kind {
+            id: svc.id.clone(),
+            kind: svc.kind.clone(),
+            want: "mesh-gateway",
+        });
     }
     let config = &svc.proxy.config;
     let flag = |k: &str| {
@@ -368,10 +451,7 @@ pub fn gateway_binds(svc: &AgentService) -> Result<(Vec<SocketAddr>, Vec<String>
         }
     }
     if binds.is_empty() {
-        return Err(format!(
-            "mesh gateway {:?} has no address to listen on (register it with a port, or set [gateway] listen)",
-            svc.id
-        ));
+        return Err(RegistrationError::NoListenAddress { id: svc.id.clone() });
     }
     Ok((binds, warnings))
 }
@@ -506,10 +586,16 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_sidecar() {
         let gw = parse("agent-service-mesh-gateway.json");
-        assert!(sidecar(&gw, &here()).unwrap_err().contains("not a sidecar"));
+        assert!(sidecar(&gw, &here())
+            .unwrap_err()
+            .to_string()
+            .contains("not a sidecar"));
         let mut bad = parse("agent-service-sidecar.json");
         bad.proxy.mesh_gateway.mode = "sideways".into();
-        assert!(sidecar(&bad, &here()).unwrap_err().contains("sideways"));
+        assert!(sidecar(&bad, &here())
+            .unwrap_err()
+            .to_string()
+            .contains("sideways"));
         let mut bad = parse("agent-service-sidecar.json");
         bad.proxy.destination_service_name = "a.b".into();
         assert!(sidecar(&bad, &here()).is_err());

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use super::fields::Fields;
 use super::sections::name_ok;
-use crate::consul::settings::{resolve, FileKeys, Settings};
+pub mod settings;
+
+pub use settings::{resolve, FileKeys, Settings};
 
 /// Sections the agent fills, and what to do instead of writing them.
 const FROM_THE_AGENT: [(&str, &str); 5] = [

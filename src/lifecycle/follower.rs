@@ -1,19 +1,20 @@
-//! The Consul source inside `sidegate run`: a follower whose snapshots arrive at the
+//! The Consul follower's handle inside `sidegate run`: a follower whose snapshots arrive at the
 //! lifecycle loop as `Event::Snapshot`, replaced by a new one when the configuration is
 //! reloaded (a rotated token file, another address), with one `Status` for its whole life.
 //! Each follower has a `Generation`, carried by every snapshot it sends: what a replaced one
 //! left in the queue is told apart from the new one's answers.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::follow::{prepare, Follower, Options};
-use super::status::Status;
+use super::events::{Event, Generation};
 use crate::config::Config;
-use crate::lifecycle::Event;
+use crate::consul::follow::{prepare, Follower, Options};
+use crate::consul::status::Status;
+use crate::consul::stop::Stop;
 use crate::mesh::snapshot::Snapshot;
 
 /// How long a follower waits before trying a full event queue again.
@@ -22,14 +23,9 @@ const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(50);
 /// this leaves room for that look on a busy or emulated host.
 const AFTER_GRACE: Duration = Duration::from_secs(1);
 
-/// Which follower of a `Source` a snapshot came from, counting from 1; each restart starts
-/// the next one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Generation(pub u64);
-
 pub struct Source {
     /// The follower, and the flag that retires its sink when it is replaced.
-    follower: Mutex<Option<(Follower, Arc<AtomicBool>)>>,
+    follower: Mutex<Option<(Follower, Arc<Stop>)>>,
     /// The generation of the follower in `follower`.
     generation: AtomicU64,
     events: SyncSender<Event>,
@@ -72,7 +68,7 @@ impl Source {
             .lock()
             .map_err(|_| io::Error::other("consul follower lock poisoned"))?;
         let events = self.events.clone();
-        let retired = Arc::new(AtomicBool::new(false));
+        let retired = Arc::new(Stop::default());
         let flag = retired.clone();
         let generation = Generation(self.generation.load(Ordering::SeqCst) + 1);
         let sink = Box::new(move |snap: Snapshot| deliver(&events, generation, snap, &flag));
@@ -88,7 +84,7 @@ impl Source {
             // Retired first: an old follower waiting for room in the queue gives up at once,
             // so stopping it never waits on the loop that is running this reload. Stopped
             // before the new one starts, so the two never write the saved state at once.
-            retired.store(true, Ordering::Relaxed);
+            retired.stop();
             old.stop();
         }
         let follower = next.start();
@@ -120,18 +116,19 @@ fn deliver(
     events: &SyncSender<Event>,
     generation: Generation,
     snap: Snapshot,
-    retired: &AtomicBool,
+    retired: &Stop,
 ) -> bool {
     let mut event = Event::Snapshot(generation, Box::new(snap));
     loop {
-        if retired.load(Ordering::Relaxed) {
+        if retired.is_stopped() {
             return false;
         }
         match events.try_send(event) {
             Ok(()) => return true,
             Err(TrySendError::Full(back)) => {
                 event = back;
-                std::thread::sleep(QUEUE_FULL_PAUSE);
+                // Retiring wakes this wait: a reload never waits on a full queue.
+                retired.wait(QUEUE_FULL_PAUSE);
             }
             Err(TrySendError::Disconnected(_)) => return false,
         }

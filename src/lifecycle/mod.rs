@@ -11,39 +11,25 @@
 //! that it means the new settings are in force — or says on its STATUS= line that the agent
 //! has not confirmed them yet.
 
+pub mod events;
+pub mod follower;
+pub mod notify;
+pub mod signals;
+
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::admin::{Admin, Status};
 use crate::config::{self, Operations};
-use crate::consul::source::Generation;
 use crate::mesh::snapshot::Snapshot;
 use crate::mesh::{plan, Plan};
-use crate::notify::{self, Notifier};
 use crate::proxy::{self, BindError, ListenerKey, Running};
-use crate::signals::{Requests, Step};
-
-/// Events sent to the lifecycle loop. Senders live on other threads (signal handling, Consul
-/// watches); the channel is bounded. Signals also leave their request in `signals::Requests`,
-/// which the loop reads first: their events are wake-ups and never lost to a full queue.
-#[derive(Debug)]
-pub enum Event {
-    /// Read the configuration file again (SIGHUP).
-    Reload,
-    /// Stop accepting, drain, exit (SIGTERM, SIGINT).
-    Shutdown,
-    /// A complete new mesh state (Consul), from the follower of this generation.
-    Snapshot(Generation, Box<Snapshot>),
-}
-
-/// Room for a few pending events: a Consul follower waits for room, signals never need it.
-pub const EVENT_QUEUE: usize = 16;
-
-pub fn channel() -> (SyncSender<Event>, Receiver<Event>) {
-    mpsc::sync_channel(EVENT_QUEUE)
-}
+pub use events::{channel, Event, Generation, EVENT_QUEUE};
+pub use follower::Source;
+use notify::Notifier;
+use signals::{Requests, Step};
 
 /// A serving process: the file it was started from and what it serves.
 pub struct Lifecycle {
@@ -56,7 +42,7 @@ pub struct Lifecycle {
     /// Dropping it ends the watchdog thread.
     _watchdog: Option<mpsc::Sender<()>>,
     /// With `[consul]`: the follower sending snapshots; a reload restarts it.
-    consul: Option<crate::consul::Source>,
+    consul: Option<Source>,
     /// The generation of that follower: snapshots an older one left queued are dropped.
     generation: Generation,
 }
@@ -121,7 +107,7 @@ impl Lifecycle {
 
     /// Serves snapshots from this Consul source; reloads restart it with the new settings.
     /// Its freshness decides readiness (`/ready` is 503 while the state is stale).
-    pub fn with_consul(mut self, source: Option<crate::consul::Source>) -> Lifecycle {
+    pub fn with_consul(mut self, source: Option<Source>) -> Lifecycle {
         if let Some(s) = &source {
             self.status.set_consul(s.status().clone());
             self.generation = s.generation();
@@ -130,7 +116,7 @@ impl Lifecycle {
         self
     }
 
-    pub fn consul(&self) -> Option<&crate::consul::Source> {
+    pub fn consul(&self) -> Option<&Source> {
         self.consul.as_ref()
     }
 
@@ -337,10 +323,7 @@ impl Lifecycle {
             if pinger.ping(interval / 2) {
                 Ok(())
             } else {
-                Err(format!(
-                    "the event loop did not answer within {:?}",
-                    interval / 2
-                ))
+                Err(Unanswered(interval / 2))
             }
         };
         match notify::spawn_watchdog(self.notifier.clone(), interval, alive, stopped) {
@@ -392,6 +375,15 @@ impl Lifecycle {
     }
 }
 
+/// The data path's event loop did not answer a ping within this long.
+struct Unanswered(Duration);
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the event loop did not answer within {:?}", self.0)
+    }
+}
+
 fn bind_admin(
     addr: Option<std::net::SocketAddr>,
     status: &Arc<Status>,
@@ -411,7 +403,6 @@ fn bind_admin(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signals::Requests;
 
     const OLD: Generation = Generation(1);
     const NEW: Generation = Generation(2);

@@ -19,8 +19,7 @@ use std::time::Instant;
 use async_signal::{Signal, Signals};
 use smol::stream::StreamExt;
 
-use crate::consul::source::Generation;
-use crate::lifecycle::Event;
+use super::events::{Event, Generation};
 use crate::mesh::snapshot::Snapshot;
 
 /// What the signals asked for and the loop has not done yet.
@@ -122,7 +121,7 @@ pub fn forward(events: SyncSender<Event>, requests: Arc<Requests>) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::{channel, EVENT_QUEUE};
+    use crate::lifecycle::events::{channel, EVENT_QUEUE};
     use crate::mesh::snapshot::{Catalog, Here};
     use crate::mesh::Place;
 

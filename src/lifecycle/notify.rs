@@ -104,10 +104,10 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// Sends `WATCHDOG=1` every `interval` for as long as `alive` says the process still does its
 /// work, on a thread of its own; a process that stops answering is left for systemd to restart.
 /// The thread ends when `stop`'s sender is dropped.
-pub fn spawn_watchdog(
+pub fn spawn_watchdog<E: std::fmt::Display>(
     notifier: std::sync::Arc<Notifier>,
     interval: Duration,
-    alive: impl Fn() -> Result<(), String> + Send + 'static,
+    alive: impl Fn() -> Result<(), E> + Send + 'static,
     stop: std::sync::mpsc::Receiver<()>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
