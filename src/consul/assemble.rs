@@ -12,13 +12,13 @@ use super::settings::Settings;
 use super::watch::{Answer, Key};
 use crate::mesh::config_entries::{target_key, ConfigEntries};
 use crate::mesh::mode::{via, ModeSource, Via};
-use crate::mesh::names::{is_label, SpiffeId};
 use crate::mesh::place::DEFAULT_PARTITION;
 use crate::mesh::sidecar::SidecarSpec;
 use crate::mesh::snapshot::{
     Catalog, CatalogGateways, CatalogService, GatewaySettings, Here, Snapshot,
 };
 use crate::mesh::Place;
+use crate::names::{is_label, SpiffeId};
 
 /// A gateway watches each service of its partition on its own thread: beyond this many the
 /// rest get no route (and a warning), rather than a host running out of threads.

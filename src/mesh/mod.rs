@@ -1,4 +1,4 @@
-//! The mesh domain: places, endpoints, Consul names, the desired state (`Snapshot`) and what
+//! The mesh domain: places, endpoints, modes, the desired state (`Snapshot`) and what
 //! the data path serves (`Plan`).
 
 pub mod authority;
@@ -7,7 +7,6 @@ pub mod endpoint;
 pub mod endpoints;
 pub mod explain;
 pub mod mode;
-pub mod names;
 pub mod place;
 pub mod plan;
 pub mod routes;

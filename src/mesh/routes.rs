@@ -10,8 +10,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::endpoints::EndpointSet;
+use crate::client_hello::{ServerName, MAX_NAME};
 use crate::metrics::ConnStats;
-use crate::sni::{ServerName, MAX_NAME};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

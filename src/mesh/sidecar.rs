@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use super::authority::SharedAuthority;
 use super::mode::Mode;
-use super::names::SpiffeId;
 use super::{Endpoint, Place};
+use crate::names::SpiffeId;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SidecarSpec {

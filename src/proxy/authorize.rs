@@ -9,9 +9,9 @@ use smol::lock::Semaphore;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::mesh::authority::Verdict;
-use crate::mesh::names::SpiffeId;
 use crate::mesh::plan::InboundPlan;
 use crate::mesh::sidecar::Action;
+use crate::names::SpiffeId;
 
 /// Requests to the authority in flight at once.
 static ASKING: Semaphore = Semaphore::new(4);

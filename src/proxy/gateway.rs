@@ -15,12 +15,12 @@ use super::relay::{relay, RelayEnd, Relayed};
 use std::sync::Arc;
 
 use super::listener::Active;
+use crate::client_hello::{self, Hello, ServerName};
 use crate::mesh::plan::GatewayPlan;
 use crate::mesh::routes::Route;
 use crate::mesh::Endpoint;
 use crate::mesh::Plan;
 use crate::metrics::{GatewayMetrics, Held, HelloOutcome, Tally};
-use crate::sni::{self, Hello, ServerName};
 
 /// The gateway listener's entry: the plan the connection was accepted under, kept to its end.
 pub async fn accept(plan: Arc<Plan>, client: Async<TcpStream>, peer: SocketAddr, active: Active) {
@@ -158,7 +158,7 @@ async fn classify(
                 Ok(0) | Err(_) => return Err(HelloOutcome::Closed),
                 Ok(n) => hello.advance(n),
             }
-            match sni::inspect(hello.filled(), limit) {
+            match client_hello::inspect(hello.filled(), limit) {
                 Hello::Incomplete => {}
                 Hello::Sni(name) => return Ok(name),
                 Hello::NoSni => return Err(HelloOutcome::NoSni),

@@ -12,7 +12,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig, ServerConnection};
 use super::san::spiffe_uri;
 use super::verify::SpiffeServerVerifier;
 use super::Identity;
-use crate::mesh::names::SpiffeId;
+use crate::names::SpiffeId;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

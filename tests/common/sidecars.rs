@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::{ClientConfig, SupportedProtocolVersion};
-use sidegate::mesh::names::SpiffeId;
+use sidegate::names::SpiffeId;
 use sidegate::proxy::Running;
 use sidegate::tls::verify::SpiffeServerVerifier;
 use sidegate::tls::Identity;

@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{nullable, MeshGatewayConfig};
-use crate::mesh::names::is_label;
 use crate::mesh::sidecar::{Action, Bind, Intentions, SidecarSpec, UpstreamSpec};
 use crate::mesh::snapshot::Here;
 use crate::mesh::{Endpoint, Place};
+use crate::names::is_label;
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, rename_all = "PascalCase")]
