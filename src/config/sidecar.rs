@@ -236,16 +236,10 @@ fn mode(t: &Fields<'_>) -> Option<Option<Mode>> {
     let Some(mg) = t.table("mesh_gateway") else {
         return Some(None);
     };
-    let parsed = match mg.str("mode") {
-        None | Some("") => Some(None),
-        Some("none") => Some(Some(Mode::None)),
-        Some("local") => Some(Some(Mode::Local)),
-        Some("remote") => Some(Some(Mode::Remote)),
-        Some(other) => {
-            mg.error(
-                "mode",
-                format!("{other:?} is not \"none\", \"local\" or \"remote\""),
-            );
+    let parsed = match Mode::level(mg.str("mode").unwrap_or_default()) {
+        Ok(level) => Some(level),
+        Err(e) => {
+            mg.error("mode", e.to_string());
             None
         }
     };
