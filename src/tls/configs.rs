@@ -1,4 +1,4 @@
-//! rustls configurations for the sidecar, built once per plan: one client config per upstream
+//! rustls configurations for the sidecar, built once per plan (by the runtime, `proxy::Serving`): one client config per upstream
 //! (its expected server identity differs) and one server config for the inbound listener.
 //! TLS 1.2 is the floor, as in Consul's defaults; ring is the only provider.
 
@@ -27,10 +27,10 @@ fn root_store(identity: &Identity) -> Result<Arc<RootCertStore>, rustls::Error> 
 }
 
 /// Outbound mTLS to one upstream: our leaf as client certificate; the server must chain to
-/// our roots and prove exactly `expected` (the target's SPIFFE ID).
+/// our roots and prove exactly `expected` (the target's SPIFFE ID, as its URI).
 pub fn client_config(
     identity: &Identity,
-    expected: &SpiffeId,
+    expected: &dyn std::fmt::Display,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     let provider = provider();
     let verifier = SpiffeServerVerifier::new(
