@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use super::fields::Fields;
 use super::sections::{endpoint_value, name_ok, name_or};
 use crate::mesh::config_entries::{ConfigEntries, ServiceDefaults, UpstreamOverride};
+use crate::mesh::intentions::{Action, IntentionRule, Intentions};
 use crate::mesh::mode::Mode;
 use crate::mesh::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
-use crate::mesh::sidecar::{Action, Bind, IntentionRule, Intentions, SidecarSpec, UpstreamSpec};
+use crate::mesh::sidecar::{Bind, SidecarSpec, UpstreamSpec};
 use crate::mesh::snapshot::Here;
 use crate::mesh::Place;
 

@@ -1,11 +1,11 @@
 //! The mesh domain: places, endpoints, modes, the desired state (`Snapshot`) and what
 //! the data path serves (`Plan`).
 
-pub mod authority;
 pub mod config_entries;
 pub mod endpoint;
 pub mod endpoints;
 pub mod explain;
+pub mod intentions;
 pub mod mode;
 pub mod place;
 pub mod plan;

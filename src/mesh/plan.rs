@@ -7,11 +7,10 @@
 
 use serde::Serialize;
 
-use super::authority::SharedAuthority;
 use super::endpoints::EndpointSet;
+use super::intentions::{Intentions, SharedAuthority};
 use super::mode::{via, Mode, ModeSource, Via};
 use super::routes::RouteTable;
-use super::sidecar::Intentions;
 use super::sidecar::{Bind, SidecarSpec};
 use super::snapshot::{GatewaySettings, Snapshot};
 use super::Endpoint;

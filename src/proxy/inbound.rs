@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use super::listener::Active;
 use super::Serving;
+use crate::mesh::intentions::{self, Action};
 use crate::mesh::plan::InboundPlan;
-use crate::mesh::sidecar::Action;
 use crate::mesh::Endpoint;
 use crate::metrics::{InboundMetrics, Tally};
-use crate::tls::configs::caller;
+use crate::tls::configs::{caller, caller_serial};
 
 /// Time a caller has to complete its handshake; Consul's proxies use 10 s.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,7 +59,15 @@ pub async fn serve(
         crate::info!("inbound {peer}: denied, client certificate has no SPIFFE service ID");
         return;
     };
-    let (action, why) = super::authorize::authorize(inb, &id, tls.get_ref().1).await;
+    let conn = tls.get_ref().1;
+    let (action, why) = intentions::authorize(
+        &inb.intentions,
+        inb.authority.as_ref(),
+        &inb.trust_domain,
+        &id,
+        || caller_serial(conn),
+    )
+    .await;
     if action == Action::Deny {
         m.denied.inc();
         crate::info!("inbound {peer}: denied {id} ({why})");

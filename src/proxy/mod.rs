@@ -5,7 +5,6 @@
 //! are closed, listeners it keeps are left alone. Each connection keeps the plan it was
 //! accepted under to its end, so a reload never cuts one.
 
-mod authorize;
 mod buffers;
 mod deadline;
 mod dial;

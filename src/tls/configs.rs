@@ -9,6 +9,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::version::{TLS12, TLS13};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, ServerConnection};
 
+use x509_parser::prelude::{FromDer, X509Certificate};
+
 use super::san::spiffe_uri;
 use super::verify::SpiffeServerVerifier;
 use super::Identity;
@@ -65,6 +67,15 @@ pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, rustls::E
 pub fn caller(conn: &ServerConnection) -> Option<SpiffeId> {
     let leaf = conn.peer_certificates()?.first()?;
     SpiffeId::parse(&spiffe_uri(leaf).ok()??).ok()
+}
+
+/// The caller certificate's serial as Consul writes serials (`0a:1b:...`); empty if unknown.
+pub fn caller_serial(conn: &ServerConnection) -> String {
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| X509Certificate::from_der(leaf).ok())
+        .map(|(_, cert)| cert.raw_serial_as_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{nullable, MeshGatewayConfig};
-use crate::mesh::sidecar::{Action, Bind, Intentions, SidecarSpec, UpstreamSpec};
+use crate::mesh::intentions::{Action, Intentions};
+use crate::mesh::sidecar::{Bind, SidecarSpec, UpstreamSpec};
 use crate::mesh::snapshot::Here;
 use crate::mesh::{Endpoint, Place};
 use crate::names::is_label;
