@@ -345,6 +345,7 @@ mod tests {
             inbound: None,
             gateway: None,
             warnings: Vec::new(),
+            identity: None,
         }));
         assert_eq!(status_line(&get("/ready?verbose")), "HTTP/1.1 200 OK");
         let consul = Arc::new(crate::consul::Status::default());

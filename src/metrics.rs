@@ -212,20 +212,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Gives a new plan's routes and upstreams their labelled counters: the ones the running
-    /// plan already uses for the same labels, so a reload does not reset them.
-    pub fn adopt(&self, plan: &mut crate::mesh::Plan) {
-        if let Some(gw) = plan.gateway.as_mut() {
-            for route in gw.routes.routes_mut() {
-                route.stats = self.routes.get(&[&route.pattern]);
-            }
-        }
-        for up in &mut plan.upstreams {
-            up.stats = self.upstreams.get(&[&up.destination_name, &up.bind]);
-        }
-        self.prune();
-    }
-
     /// Drops labelled counters of routes, upstreams and listeners that are gone.
     pub fn prune(&self) {
         self.listeners.prune();

@@ -216,7 +216,7 @@ fn identity_fits(
     here: &crate::mesh::snapshot::Here,
     service: &str,
 ) {
-    if let crate::mesh::names::SpiffeId::Service {
+    if let crate::names::SpiffeId::Service {
         trust_domain,
         service: svc,
         ..

@@ -223,9 +223,9 @@ pub(super) fn name_or(t: &Fields<'_>, key: &'static str, default: &str) -> Optio
     }
 }
 
-/// A name that becomes one SNI label (`mesh::names::is_label`), reported at `key` if not.
+/// A name that becomes one SNI label (`names::is_label`), reported at `key` if not.
 pub(super) fn name_ok(t: &Fields<'_>, key: &str, v: &str) -> bool {
-    let ok = crate::mesh::names::is_label(v);
+    let ok = crate::names::is_label(v);
     if !ok {
         t.error(
             key,

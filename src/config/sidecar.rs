@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use super::fields::Fields;
 use super::sections::{endpoint_value, name_ok, name_or};
 use crate::mesh::config_entries::{ConfigEntries, ServiceDefaults, UpstreamOverride};
+use crate::mesh::intentions::{Action, IntentionRule, Intentions};
 use crate::mesh::mode::Mode;
 use crate::mesh::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
-use crate::mesh::sidecar::{Action, Bind, IntentionRule, Intentions, SidecarSpec, UpstreamSpec};
+use crate::mesh::sidecar::{Bind, SidecarSpec, UpstreamSpec};
 use crate::mesh::snapshot::Here;
 use crate::mesh::Place;
 
@@ -236,16 +237,10 @@ fn mode(t: &Fields<'_>) -> Option<Option<Mode>> {
     let Some(mg) = t.table("mesh_gateway") else {
         return Some(None);
     };
-    let parsed = match mg.str("mode") {
-        None | Some("") => Some(None),
-        Some("none") => Some(Some(Mode::None)),
-        Some("local") => Some(Some(Mode::Local)),
-        Some("remote") => Some(Some(Mode::Remote)),
-        Some(other) => {
-            mg.error(
-                "mode",
-                format!("{other:?} is not \"none\", \"local\" or \"remote\""),
-            );
+    let parsed = match Mode::level(mg.str("mode").unwrap_or_default()) {
+        Ok(level) => Some(level),
+        Err(e) => {
+            mg.error("mode", e.to_string());
             None
         }
     };

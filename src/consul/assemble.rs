@@ -12,14 +12,14 @@ use super::api::service::{self, AgentService, RegistrationError, KIND_MESH_GATEW
 use super::watch::{Answer, Key};
 use crate::config::consul::settings::Settings;
 use crate::mesh::config_entries::{target_key, ConfigEntries};
-use crate::mesh::mode::{via, ModeSource, Via};
-use crate::mesh::names::{is_label, SpiffeId};
+use crate::mesh::mode::{via, Via};
 use crate::mesh::place::DEFAULT_PARTITION;
 use crate::mesh::sidecar::SidecarSpec;
 use crate::mesh::snapshot::{
     Catalog, CatalogGateways, CatalogService, GatewaySettings, Here, Snapshot,
 };
 use crate::mesh::Place;
+use crate::names::{is_label, SpiffeId};
 
 /// A gateway watches each service of its partition on its own thread: beyond this many the
 /// rest get no route (and a warning), rather than a host running out of threads.
@@ -266,55 +266,6 @@ fn config_entries(k: &Known<'_>, here: &Here, spec: &SidecarSpec) -> ConfigEntri
     entries
 }
 
-/// A registration merged by the agent (Consul 1.9+ with central config) carries the
-/// config-entry levels 2–6 already resolved into each upstream's and the proxy's
-/// `MeshGateway`. Reading them as explicit would report `mode_source = upstream` for a mode
-/// that came from `proxy-defaults`. Where leaving a level unset gives the same mode for
-/// every upstream, the level is taken as merged and left unset, so the source names the
-/// config entry. The mode itself never changes.
-fn attribute_merged_levels(spec: &mut SidecarSpec, entries: &ConfigEntries) {
-    let modes = |spec: &SidecarSpec| -> Vec<_> {
-        spec.upstreams
-            .iter()
-            .map(|u| entries.mode_levels(spec, u).resolve().0)
-            .collect()
-    };
-    let before = modes(spec);
-    let merged_proxy = entries
-        .service_defaults
-        .get(&spec.service)
-        .and_then(|d| d.mesh_gateway)
-        .or(entries.proxy_defaults);
-    if spec.mesh_gateway.is_some() && spec.mesh_gateway == merged_proxy {
-        let mut candidate = spec.clone();
-        candidate.mesh_gateway = None;
-        if modes(&candidate) == before {
-            *spec = candidate;
-        }
-    }
-    for i in 0..spec.upstreams.len() {
-        let Some(own) = spec.upstreams[i].mesh_gateway else {
-            continue;
-        };
-        let mut candidate = spec.clone();
-        candidate.upstreams[i].mesh_gateway = None;
-        let (mode, source) = entries
-            .mode_levels(&candidate, &candidate.upstreams[i])
-            .resolve();
-        let agent_merges = matches!(
-            source,
-            ModeSource::UpstreamConfigOverride
-                | ModeSource::Proxy
-                | ModeSource::UpstreamConfigDefaults
-                | ModeSource::ServiceDefaults
-                | ModeSource::ProxyDefaults
-        );
-        if mode == own && agent_merges {
-            spec.upstreams[i].mesh_gateway = None;
-        }
-    }
-}
-
 /// Why the answers make no snapshot yet, or none at all.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Incomplete {
@@ -464,7 +415,7 @@ fn add_sidecar(
     }
     snap.identity = Some(id);
     snap.config_entries = config_entries(k, here, &spec);
-    attribute_merged_levels(&mut spec, &snap.config_entries);
+    crate::mesh::mode::attribute_merged_levels(&mut spec, &snap.config_entries);
     snap.sidecar = Some(spec);
     Ok(())
 }

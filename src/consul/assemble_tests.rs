@@ -438,7 +438,7 @@ fn attribution_never_changes_a_mode() {
     );
     let before = entries.mode_levels(&spec, &spec.upstreams[0]).resolve();
     assert_eq!(before, (Mode::Local, ModeSource::Proxy));
-    attribute_merged_levels(&mut spec, &entries);
+    crate::mesh::mode::attribute_merged_levels(&mut spec, &entries);
     assert_eq!(
         spec.mesh_gateway,
         Some(Mode::Local),

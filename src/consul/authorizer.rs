@@ -1,8 +1,7 @@
-//! Inbound authorization by the agent (`/v1/agent/connect/authorize`): intentions and the
-//! default policy are Consul's. Answers are cached briefly so a burst of connections from one
-//! caller costs one request, and the last answer per caller is kept (also on disk) so that
-//! callers allowed before keep working while the agent is unreachable — and callers denied
-//! before stay denied.
+//! The agent as an intentions authority (`/v1/agent/connect/authorize`): it carries the
+//! questions and keeps the answers; what they decide is `mesh::intentions`'. Answers are
+//! cached briefly so a burst of connections from one caller costs one request, and the last
+//! answer per caller is kept (also on disk) for when the agent cannot be asked.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,8 +16,9 @@ use super::client::{Blocking, Client, Request};
 use super::errors::ApiError;
 use super::state_dir;
 use super::status::{now_unix, Status};
-use crate::mesh::authority::{Authority, SharedAuthority, Verdict};
-use crate::mesh::sidecar::Action;
+use crate::mesh::intentions::{
+    agent_verdict, without_agent, Authority, NoAnswer, SharedAuthority, Verdict,
+};
 
 /// How long an answer is used without asking again: an intention changed to deny refuses new
 /// connections within this time.
@@ -186,9 +186,8 @@ impl Authorizer {
         }
     }
 
-    /// No decision from the agent. Unreachable or failing (5xx): the last answer for this
-    /// caller, however old, else deny. A refusal (4xx: the token may not ask) denies and
-    /// says why.
+    /// No decision from the agent: counted, warned about now and then, and decided by
+    /// `without_agent` from what the agent said before.
     fn without_agent(&self, target: &str, caller: &str, error: &ApiError) -> Verdict {
         self.status.authorize_error();
         self.status.watch_error(error.to_string());
@@ -197,33 +196,25 @@ impl Authorizer {
             self.last_warning.store(now, Ordering::Relaxed);
             crate::warn!("consul: cannot authorize inbound callers: {error}");
         }
-        if error.is_refusal() {
-            return (
-                Action::Deny,
-                format!("the agent refused to authorize: {error}"),
-            );
-        }
-        if let Some(r) = self.lookup(target, caller, false) {
-            let age = now.saturating_sub(r.at_unix);
-            return verdict(
-                &r,
-                &format!("agent unreachable; its answer from {age} s ago"),
-            );
-        }
-        (
-            Action::Deny,
-            format!("agent unreachable and no earlier answer for {caller}"),
-        )
+        let why = if error.is_refusal() {
+            NoAnswer::Refused(error)
+        } else {
+            NoAnswer::Unreachable
+        };
+        let last = self.lookup(target, caller, false);
+        let last = last.as_ref().map(|r| {
+            (
+                r.authorized,
+                r.reason.as_str(),
+                now.saturating_sub(r.at_unix),
+            )
+        });
+        without_agent(why, last, caller)
     }
 }
 
 fn verdict(r: &Remembered, from: &str) -> Verdict {
-    let action = if r.authorized {
-        Action::Allow
-    } else {
-        Action::Deny
-    };
-    (action, format!("{from}: {}", r.reason))
+    agent_verdict(r.authorized, &r.reason, from)
 }
 
 /// The authority of one sidecar's service.

@@ -7,7 +7,7 @@
 //!                                         ├─ assemble: answers ─▶ needed keys, Snapshot
 //!                                         ├─ state_dir: last-known-good answers, checked
 //!                                         └─ sink(Snapshot) ─▶ event loop ─▶ plan ─▶ apply
-//! inbound caller ─▶ proxy::authorize ─▶ Authorizer (cache, last answer) ─▶ /v1/agent/connect/authorize
+//! inbound caller ─▶ mesh::intentions::authorize ─▶ Authorizer (cache, last answer) ─▶ /v1/agent/connect/authorize
 //! ```
 
 pub mod api;

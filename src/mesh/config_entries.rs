@@ -138,8 +138,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::mesh::intentions::{Action, Intentions};
     use crate::mesh::mode::Mode::{Local, None as Off, Remote};
-    use crate::mesh::sidecar::{Action, Bind, Intentions};
+    use crate::mesh::sidecar::Bind;
     use crate::mesh::{Endpoint, Place};
 
     fn sidecar(service: &str, mesh_gateway: Option<Mode>) -> SidecarSpec {

@@ -1,13 +1,12 @@
-//! The mesh domain: places, endpoints, Consul names, the desired state (`Snapshot`) and what
+//! The mesh domain: places, endpoints, modes, the desired state (`Snapshot`) and what
 //! the data path serves (`Plan`).
 
-pub mod authority;
 pub mod config_entries;
 pub mod endpoint;
 pub mod endpoints;
 pub mod explain;
+pub mod intentions;
 pub mod mode;
-pub mod names;
 pub mod place;
 pub mod plan;
 pub mod routes;

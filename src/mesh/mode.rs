@@ -8,8 +8,13 @@
 //! `service_defaults.mesh_gateway`, the target partition's `proxy_defaults` (Consul source
 //! only), then nothing → `none`.
 
+use std::fmt;
+use std::str::FromStr;
+
 use serde::Serialize;
 
+use super::config_entries::ConfigEntries;
+use super::sidecar::SidecarSpec;
 use super::Place;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -18,6 +23,43 @@ pub enum Mode {
     None,
     Local,
     Remote,
+}
+
+/// A mode word that is none of Consul's three.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownMode(pub String);
+
+impl fmt::Display for UnknownMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} is not \"none\", \"local\" or \"remote\"", self.0)
+    }
+}
+
+impl std::error::Error for UnknownMode {}
+
+/// The words of Consul's `MeshGateway.Mode`, the same in the file and in the agent's JSON.
+impl FromStr for Mode {
+    type Err = UnknownMode;
+
+    fn from_str(word: &str) -> Result<Mode, UnknownMode> {
+        match word {
+            "none" => Ok(Mode::None),
+            "local" => Ok(Mode::Local),
+            "remote" => Ok(Mode::Remote),
+            other => Err(UnknownMode(other.to_owned())),
+        }
+    }
+}
+
+impl Mode {
+    /// One precedence level's setting: the empty word (Consul's default) is "not set here",
+    /// and the next level down decides.
+    pub fn level(word: &str) -> Result<Option<Mode>, UnknownMode> {
+        match word {
+            "" => Ok(None),
+            word => word.parse().map(Some),
+        }
+    }
 }
 
 /// The level that decided the mode, as `check --json` reports it (`mode_source`).
@@ -75,6 +117,55 @@ impl ModeLevels {
         .into_iter()
         .find_map(|(mode, source)| mode.map(|m| (m, source)))
         .unwrap_or((Mode::None, ModeSource::Default))
+    }
+}
+
+/// A registration merged by the agent (Consul 1.9+ with central config) carries the
+/// config-entry levels already resolved into each upstream's and the proxy's `MeshGateway`.
+/// Reading them as explicit would report `mode_source = upstream` for a mode that came from
+/// `proxy-defaults`. Where leaving a level unset gives the same mode for every upstream, the
+/// level is taken as merged and left unset, so the source names the config entry. The mode
+/// itself never changes.
+pub fn attribute_merged_levels(spec: &mut SidecarSpec, entries: &ConfigEntries) {
+    let modes = |spec: &SidecarSpec| -> Vec<_> {
+        spec.upstreams
+            .iter()
+            .map(|u| entries.mode_levels(spec, u).resolve().0)
+            .collect()
+    };
+    let before = modes(spec);
+    let merged_proxy = entries
+        .service_defaults
+        .get(&spec.service)
+        .and_then(|d| d.mesh_gateway)
+        .or(entries.proxy_defaults);
+    if spec.mesh_gateway.is_some() && spec.mesh_gateway == merged_proxy {
+        let mut candidate = spec.clone();
+        candidate.mesh_gateway = None;
+        if modes(&candidate) == before {
+            *spec = candidate;
+        }
+    }
+    for i in 0..spec.upstreams.len() {
+        let Some(own) = spec.upstreams[i].mesh_gateway else {
+            continue;
+        };
+        let mut candidate = spec.clone();
+        candidate.upstreams[i].mesh_gateway = None;
+        let (mode, source) = entries
+            .mode_levels(&candidate, &candidate.upstreams[i])
+            .resolve();
+        let agent_merges = matches!(
+            source,
+            ModeSource::UpstreamConfigOverride
+                | ModeSource::Proxy
+                | ModeSource::UpstreamConfigDefaults
+                | ModeSource::ServiceDefaults
+                | ModeSource::ProxyDefaults
+        );
+        if mode == own && agent_merges {
+            spec.upstreams[i].mesh_gateway = None;
+        }
     }
 }
 
@@ -151,6 +242,19 @@ mod tests {
         }
         assert_eq!(levels.resolve(), (Off, ModeSource::Default));
         assert_eq!(ModeLevels::default().resolve(), (Off, ModeSource::Default));
+    }
+
+    #[test]
+    fn words_parse_once_for_every_source() {
+        assert_eq!(Mode::level(""), Ok(None));
+        assert_eq!(Mode::level("local"), Ok(Some(Local)));
+        assert_eq!("remote".parse(), Ok(Remote));
+        assert_eq!("none".parse(), Ok(Off));
+        let err = Mode::level("Local").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#""Local" is not "none", "local" or "remote""#
+        );
     }
 
     #[test]

@@ -1,24 +1,23 @@
 //! `plan(&Snapshot) -> Plan`: everything the data path reads, computed once per snapshot.
 //!
 //! Pure: `check --json` prints exactly what `run` serves. Consul naming is called from here
-//! and nowhere else on the data path.
+//! and nowhere else on the data path. What only a running process has (counters, the rustls
+//! configurations built from the identity) the runtime attaches when it serves the plan
+//! (`proxy::Serving`), keyed by the positions and names this plan gives.
 
 use serde::Serialize;
 
-use super::authority::SharedAuthority;
 use super::endpoints::EndpointSet;
+use super::intentions::{Intentions, SharedAuthority};
 use super::mode::{via, Mode, ModeSource, Via};
-use super::names::{gateway_sni, service_sni, SpiffeId};
 use super::routes::RouteTable;
-use super::sidecar::Intentions;
 use super::sidecar::{Bind, SidecarSpec};
 use super::snapshot::{GatewaySettings, Snapshot};
 use super::Endpoint;
 use super::Place;
-use crate::tls::configs::{client_config, server_config};
+use crate::names::{gateway_sni, service_sni, SpiffeId};
+use crate::tls::Identity;
 use rustls::pki_types::ServerName;
-use rustls::ClientConfig;
-use rustls::ServerConfig;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +31,9 @@ pub struct Plan {
     pub gateway: Option<GatewayPlan>,
     /// Things that are valid but probably not what the operator meant.
     pub warnings: Vec<String>,
+    /// The identity the sidecar's mTLS is built from (by the runtime, not here).
+    #[serde(skip)]
+    pub identity: Option<Arc<Identity>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,8 +57,6 @@ pub struct InboundPlan {
     pub local_connect_timeout: Duration,
     #[serde(skip)]
     pub trust_domain: String,
-    #[serde(skip)]
-    pub tls: Arc<ServerConfig>,
 }
 
 /// One upstream as the data path dials it and `check --json` shows it (CONFIG.md).
@@ -85,12 +85,6 @@ pub struct UpstreamPlan {
     /// The SNI as rustls takes it, built once.
     #[serde(skip)]
     pub server_name: Option<ServerName<'static>>,
-    /// mTLS to this upstream: our leaf, and exactly `spiffe_id` required of the server.
-    #[serde(skip)]
-    pub tls: Option<Arc<ClientConfig>>,
-    /// This upstream's connections and bytes; `Metrics::adopt` shares them across reloads.
-    #[serde(skip)]
-    pub stats: Arc<crate::metrics::ConnStats>,
 }
 
 pub fn plan(snapshot: &Snapshot) -> Plan {
@@ -102,7 +96,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
     let inbound = snapshot
         .sidecar
         .as_ref()
-        .and_then(|sc| inbound(snapshot, sc, &mut warnings));
+        .and_then(|sc| inbound(snapshot, sc));
     let upstreams = snapshot
         .sidecar
         .iter()
@@ -113,21 +107,14 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         inbound,
         gateway,
         warnings,
+        identity: snapshot.identity.clone(),
     }
 }
 
-fn inbound(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) -> Option<InboundPlan> {
+/// The public listener needs an identity to present; without one it stays closed.
+fn inbound(s: &Snapshot, sidecar: &SidecarSpec) -> Option<InboundPlan> {
     let listen = sidecar.public_listener?;
-    let tls = match s.identity.as_ref().map(|id| server_config(id)) {
-        Some(Ok(tls)) => tls,
-        Some(Err(e)) => {
-            warnings.push(format!(
-                "public_listener: cannot build its TLS configuration: {e}"
-            ));
-            return None;
-        }
-        None => return None,
-    };
+    s.identity.as_ref()?;
     Some(InboundPlan {
         listen,
         local_service_address: sidecar.local_service_address.clone(),
@@ -136,7 +123,6 @@ fn inbound(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) -> O
         max_connections: sidecar.max_connections,
         local_connect_timeout: sidecar.local_connect_timeout,
         trust_domain: s.here.trust_domain.clone(),
-        tls,
     })
 }
 
@@ -175,18 +161,6 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
         }
         let sni = service_sni(name, "", ns, partition, dc, td);
         let spiffe_id = SpiffeId::service(td, partition, ns, dc, name);
-        let tls = s
-            .identity
-            .as_ref()
-            .and_then(|id| match client_config(id, &spiffe_id) {
-                Ok(cfg) => Some(cfg),
-                Err(e) => {
-                    warnings.push(format!(
-                        "upstream {name}: cannot build its TLS configuration: {e}"
-                    ));
-                    None
-                }
-            });
         out.push(UpstreamPlan {
             destination_name: name.clone(),
             destination_namespace: ns.clone(),
@@ -203,8 +177,6 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
             listen: u.bind.clone(),
             connect_timeout: u.connect_timeout,
             server_name: ServerName::try_from(sni).ok(),
-            tls,
-            stats: Arc::default(),
         });
     }
     out

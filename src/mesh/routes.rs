@@ -5,13 +5,11 @@
 //! `*.<GatewaySNI>` suffix of another place. Case-insensitive, and a lookup allocates nothing.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::endpoints::EndpointSet;
-use crate::metrics::ConnStats;
-use crate::sni::{ServerName, MAX_NAME};
+use crate::client_hello::{ServerName, MAX_NAME};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -31,9 +29,6 @@ pub struct Route {
     /// For people: what the route leads to.
     pub target: String,
     pub endpoints: EndpointSet,
-    /// This route's connections and bytes; `Metrics::adopt` shares them across reloads.
-    #[serde(skip)]
-    pub stats: Arc<ConnStats>,
 }
 
 /// How a name matched, for `explain` and debug logs.
@@ -61,7 +56,6 @@ impl RouteTable {
             kind: RouteKind::Service,
             target,
             endpoints,
-            stats: Arc::default(),
         });
     }
 
@@ -74,7 +68,6 @@ impl RouteTable {
             kind: RouteKind::Gateway,
             target,
             endpoints,
-            stats: Arc::default(),
         });
     }
 
@@ -82,15 +75,16 @@ impl RouteTable {
         &self.routes
     }
 
-    pub fn routes_mut(&mut self) -> &mut [Route] {
-        &mut self.routes
+    pub fn lookup(&self, sni: &str) -> Option<(&Route, MatchKind)> {
+        self.find(sni).map(|(i, how)| (&self.routes[i], how))
     }
 
-    pub fn lookup(&self, sni: &str) -> Option<(&Route, MatchKind)> {
+    /// The matching route's position in `routes()` (the runtime keeps per-route state by it).
+    pub fn find(&self, sni: &str) -> Option<(usize, MatchKind)> {
         let name = lowercase(sni)?;
         let name = name.as_str();
         if let Some(&i) = self.exact.get(name) {
-            return Some((&self.routes[i], MatchKind::Exact));
+            return Some((i, MatchKind::Exact));
         }
         // `<subset>.<service sni>`: Consul builds one cluster per resolver subset, all on the
         // same instances; the destination sidecar, not the gateway, knows the subsets.
@@ -98,14 +92,14 @@ impl RouteTable {
             .split_once('.')
             .and_then(|(_, rest)| self.exact.get(rest))
         {
-            return Some((&self.routes[i], MatchKind::Subset));
+            return Some((i, MatchKind::Subset));
         }
         // The first dot from the left leaves the longest suffix, so the most specific
         // wildcard wins, as in Envoy's server-name matching.
         name.match_indices('.')
             .filter(|&(at, _)| at > 0)
             .find_map(|(at, _)| self.wildcard.get(&name[at + 1..]))
-            .map(|&i| (&self.routes[i], MatchKind::Wildcard))
+            .map(|&i| (i, MatchKind::Wildcard))
     }
 }
 

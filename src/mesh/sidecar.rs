@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::authority::SharedAuthority;
+use super::intentions::{Intentions, SharedAuthority};
 use super::mode::Mode;
-use super::names::SpiffeId;
 use super::{Endpoint, Place};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -74,121 +73,5 @@ impl std::fmt::Display for Bind {
             Bind::Tcp(a) => write!(f, "{a}"),
             Bind::Unix { path, .. } => write!(f, "unix:{}", path.display()),
         }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Allow,
-    Deny,
-}
-
-/// File-source authorization of inbound callers (`[sidecar.intentions]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Intentions {
-    pub default: Action,
-    pub rules: Vec<IntentionRule>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct IntentionRule {
-    pub source: String,
-    pub source_namespace: String,
-    pub source_partition: String,
-    pub action: Action,
-}
-
-impl Intentions {
-    /// Whether `caller` may connect, and why. A rule naming the caller's service beats a `*`
-    /// rule (Consul's precedence: exact before wildcard); no rule → `default`. Callers from
-    /// another trust domain are not of this mesh and are denied.
-    pub fn authorize(&self, caller: &SpiffeId, trust_domain: &str) -> (Action, String) {
-        let SpiffeId::Service {
-            trust_domain: td,
-            partition,
-            namespace,
-            service,
-            ..
-        } = caller
-        else {
-            return (Action::Deny, format!("{caller} is not a service identity"));
-        };
-        if !td.eq_ignore_ascii_case(trust_domain) {
-            return (
-                Action::Deny,
-                format!("{caller} is from trust domain {td}, not {trust_domain}"),
-            );
-        }
-        let same_place = |r: &&IntentionRule| {
-            r.source_namespace == *namespace && r.source_partition == *partition
-        };
-        let exact = self
-            .rules
-            .iter()
-            .filter(same_place)
-            .find(|r| r.source == *service);
-        let wildcard = || {
-            self.rules
-                .iter()
-                .filter(same_place)
-                .find(|r| r.source == "*")
-        };
-        match exact.or_else(wildcard) {
-            Some(rule) => (
-                rule.action,
-                format!("intention {} => {:?}", rule.source, rule.action),
-            ),
-            None => (self.default, format!("default {:?}", self.default)),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TD: &str = "td.consul";
-
-    fn rule(source: &str, action: Action) -> IntentionRule {
-        IntentionRule {
-            source: source.into(),
-            source_namespace: "default".into(),
-            source_partition: "default".into(),
-            action,
-        }
-    }
-
-    #[test]
-    fn exact_beats_wildcard_beats_default() {
-        let svc = |name: &str| SpiffeId::service(TD, "default", "default", "dc1", name);
-        let intentions = Intentions {
-            default: Action::Deny,
-            rules: vec![rule("*", Action::Allow), rule("api", Action::Deny)],
-        };
-        let cases = [
-            (svc("web"), Action::Allow),
-            (svc("api"), Action::Deny),
-            (
-                SpiffeId::service(TD, "part2", "default", "dc1", "web"),
-                Action::Deny,
-            ),
-            (
-                SpiffeId::service("other.consul", "default", "default", "dc1", "web"),
-                Action::Deny,
-            ),
-        ];
-        for (caller, want) in cases {
-            assert_eq!(intentions.authorize(&caller, TD).0, want, "{caller}");
-        }
-        let open = Intentions {
-            default: Action::Allow,
-            rules: vec![],
-        };
-        assert_eq!(open.authorize(&svc("anyone"), TD).0, Action::Allow);
-        assert_eq!(
-            open.authorize(&SpiffeId::signing_for_cluster("td"), TD).0,
-            Action::Deny
-        );
     }
 }

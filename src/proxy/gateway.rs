@@ -15,34 +15,48 @@ use super::relay::{relay, RelayEnd, Relayed};
 use std::sync::Arc;
 
 use super::listener::Active;
+use super::Serving;
+use crate::client_hello::{self, Hello, ServerName};
 use crate::mesh::plan::GatewayPlan;
 use crate::mesh::routes::Route;
 use crate::mesh::Endpoint;
-use crate::mesh::Plan;
-use crate::metrics::{GatewayMetrics, Held, HelloOutcome, Tally};
-use crate::sni::{self, Hello, ServerName};
+use crate::metrics::{ConnStats, GatewayMetrics, Held, HelloOutcome, Tally};
 
 /// The gateway listener's entry: the plan the connection was accepted under, kept to its end.
-pub async fn accept(plan: Arc<Plan>, client: Async<TcpStream>, peer: SocketAddr, active: Active) {
-    if let Some(role) = plan.gateway.as_ref() {
-        serve(client, peer, role, &active.metrics.gateway).await;
+pub async fn accept(
+    serving: Arc<Serving>,
+    client: Async<TcpStream>,
+    peer: SocketAddr,
+    active: Active,
+) {
+    if let Some(role) = serving.plan.gateway.as_ref() {
+        serve(
+            client,
+            peer,
+            role,
+            serving.routes(),
+            &active.metrics.gateway,
+        )
+        .await;
     }
 }
 
+/// `stats`: the counters of each of `gw`'s routes, in the same order.
 pub async fn serve(
     client: Async<TcpStream>,
     peer: SocketAddr,
     gw: &GatewayPlan,
+    stats: &[Arc<ConnStats>],
     m: &GatewayMetrics,
 ) {
     let started = Instant::now();
     let _ = client.get_ref().set_nodelay(true);
     // Classifying and dialing are brief; boxing them keeps their state out of the future that
     // a held connection keeps for its whole life.
-    let Some(opened) = Box::pin(open(&client, peer, gw, m)).await else {
+    let Some(opened) = Box::pin(open(&client, peer, gw, stats, m)).await else {
         return;
     };
-    let stats = &opened.route.stats;
+    let stats = opened.stats;
     let result = forward(
         &client,
         &opened.backend,
@@ -76,6 +90,7 @@ pub async fn serve(
 struct Opened<'a> {
     backend: Async<TcpStream>,
     route: &'a Route,
+    stats: &'a ConnStats,
     endpoint: &'a Endpoint,
     hello: HelloBuf,
     /// The client's SNI, kept only when debug logging will print it.
@@ -89,6 +104,7 @@ async fn open<'a>(
     client: &Async<TcpStream>,
     peer: SocketAddr,
     gw: &'a GatewayPlan,
+    stats: &'a [Arc<ConnStats>],
     m: &GatewayMetrics,
 ) -> Option<Opened<'a>> {
     let settings = &gw.settings;
@@ -112,13 +128,17 @@ async fn open<'a>(
             return None;
         }
     };
-    let Some((route, how)) = gw.routes.lookup(&name) else {
+    let found = gw.routes.find(&name).and_then(|(i, how)| {
+        let route = gw.routes.routes().get(i)?;
+        Some((route, &**stats.get(i)?, how))
+    });
+    let Some((route, stats, how)) = found else {
         m.hello(HelloOutcome::UnknownSni).inc();
         crate::debug!("gateway {peer}: closed, unknown_sni {name:?}");
         return None;
     };
     m.hello(HelloOutcome::Routed).inc();
-    let held = route.stats.hold();
+    let held = stats.hold();
     let Some((backend, endpoint)) =
         dial::connect_any(&route.endpoints, settings.connect_timeout, &m.dial).await
     else {
@@ -133,6 +153,7 @@ async fn open<'a>(
     Some(Opened {
         backend,
         route,
+        stats,
         endpoint,
         hello,
         sni,
@@ -158,7 +179,7 @@ async fn classify(
                 Ok(0) | Err(_) => return Err(HelloOutcome::Closed),
                 Ok(n) => hello.advance(n),
             }
-            match sni::inspect(hello.filled(), limit) {
+            match client_hello::inspect(hello.filled(), limit) {
                 Hello::Incomplete => {}
                 Hello::Sni(name) => return Ok(name),
                 Hello::NoSni => return Err(HelloOutcome::NoSni),
@@ -232,7 +253,7 @@ mod tests {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let stream = Async::new(client).unwrap();
         let metrics = GatewayMetrics::default();
-        let fut = serve(stream, "127.0.0.1:1".parse().unwrap(), gw, &metrics);
+        let fut = serve(stream, "127.0.0.1:1".parse().unwrap(), gw, &[], &metrics);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1344, "connection future is {size} bytes");
     }

@@ -12,12 +12,12 @@ use super::tls_relay::relay_tls;
 use std::sync::Arc;
 
 use super::listener::Active;
+use super::Serving;
+use crate::mesh::intentions::{self, Action};
 use crate::mesh::plan::InboundPlan;
-use crate::mesh::sidecar::Action;
 use crate::mesh::Endpoint;
-use crate::mesh::Plan;
 use crate::metrics::{InboundMetrics, Tally};
-use crate::tls::configs::caller;
+use crate::tls::configs::{caller, caller_serial};
 
 /// Time a caller has to complete its handshake; Consul's proxies use 10 s.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,9 +25,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(3600);
 
 /// The inbound listener's entry: the plan the connection was accepted under, kept to its end.
-pub async fn accept(plan: Arc<Plan>, mesh: Async<TcpStream>, peer: SocketAddr, active: Active) {
-    if let Some(role) = plan.inbound.as_ref() {
-        serve(mesh, peer, role, &active.metrics.inbound).await;
+pub async fn accept(
+    serving: Arc<Serving>,
+    mesh: Async<TcpStream>,
+    peer: SocketAddr,
+    active: Active,
+) {
+    if let (Some(role), Some(tls)) = (serving.plan.inbound.as_ref(), serving.inbound_tls()) {
+        serve(mesh, peer, role, tls, &active.metrics.inbound).await;
     }
 }
 
@@ -35,11 +40,12 @@ pub async fn serve(
     mesh: Async<TcpStream>,
     peer: SocketAddr,
     inb: &InboundPlan,
+    tls: &Arc<rustls::ServerConfig>,
     m: &InboundMetrics,
 ) {
     let started = Instant::now();
     let _ = mesh.get_ref().set_nodelay(true);
-    let accept = TlsAcceptor::from(inb.tls.clone()).accept(mesh);
+    let accept = TlsAcceptor::from(tls.clone()).accept(mesh);
     let tls = match deadline::timeout(HANDSHAKE_TIMEOUT, "handshake timed out", accept).await {
         Ok(tls) => tls,
         Err(e) => {
@@ -53,7 +59,15 @@ pub async fn serve(
         crate::info!("inbound {peer}: denied, client certificate has no SPIFFE service ID");
         return;
     };
-    let (action, why) = super::authorize::authorize(inb, &id, tls.get_ref().1).await;
+    let conn = tls.get_ref().1;
+    let (action, why) = intentions::authorize(
+        &inb.intentions,
+        inb.authority.as_ref(),
+        &inb.trust_domain,
+        &id,
+        || caller_serial(conn),
+    )
+    .await;
     if action == Action::Deny {
         m.denied.inc();
         crate::info!("inbound {peer}: denied {id} ({why})");

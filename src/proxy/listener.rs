@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use smol::{Async, LocalExecutor, Timer};
 
-use super::{gateway, inbound, upstream};
+use super::{gateway, inbound, upstream, Serving};
 use crate::mesh::plan::UpstreamPlan;
 use crate::mesh::sidecar::Bind;
 use crate::mesh::Plan;
@@ -205,7 +205,7 @@ enum Conn {
 pub struct Shared {
     pub ex: Rc<LocalExecutor<'static>>,
     /// The plan new connections are accepted under; swapped whole by a reload.
-    pub current: RefCell<Arc<Plan>>,
+    pub current: RefCell<Arc<Serving>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -229,8 +229,8 @@ pub async fn accept_loop(listener: Bound, key: ListenerKey, shared: Rc<Shared>) 
         };
         let c = counters(&shared.metrics);
         c.accepted.inc();
-        let plan = shared.current.borrow().clone();
-        let Some(limit) = key.limit(&plan) else {
+        let serving = shared.current.borrow().clone();
+        let Some(limit) = key.limit(&serving.plan) else {
             continue; // closed by the reload that is in progress
         };
         let open = match key {
@@ -250,22 +250,22 @@ pub async fn accept_loop(listener: Bound, key: ListenerKey, shared: Rc<Shared>) 
             (ListenerKey::Gateway(_), Conn::Tcp(s, peer)) => {
                 shared
                     .ex
-                    .spawn(gateway::accept(plan, s, peer, active))
+                    .spawn(gateway::accept(serving, s, peer, active))
                     .detach();
             }
             (ListenerKey::Inbound(_), Conn::Tcp(s, peer)) => {
                 shared
                     .ex
-                    .spawn(inbound::accept(plan, s, peer, active))
+                    .spawn(inbound::accept(serving, s, peer, active))
                     .detach();
             }
             (ListenerKey::Upstream(_), conn) => {
-                let Some(index) = key.upstream_index(&plan) else {
+                let Some(index) = key.upstream_index(&serving.plan) else {
                     continue;
                 };
                 shared
                     .ex
-                    .spawn(serve_upstream(plan, index, conn, active))
+                    .spawn(serve_upstream(serving, index, conn, active))
                     .detach();
             }
             (_, Conn::Unix(_)) => {}
@@ -273,15 +273,17 @@ pub async fn accept_loop(listener: Bound, key: ListenerKey, shared: Rc<Shared>) 
     }
 }
 
-async fn serve_upstream(plan: Arc<Plan>, index: usize, conn: Conn, active: Active) {
-    let up = &plan.upstreams[index];
+async fn serve_upstream(serving: Arc<Serving>, index: usize, conn: Conn, active: Active) {
+    let (Some(up), Some(rt)) = (serving.plan.upstreams.get(index), serving.upstream(index)) else {
+        return;
+    };
     let m = &active.metrics.upstream;
     match conn {
         Conn::Tcp(s, _) => {
             let _ = s.get_ref().set_nodelay(true);
-            upstream::serve(s, up, m).await;
+            upstream::serve(s, up, rt, m).await;
         }
-        Conn::Unix(s) => upstream::serve(s, up, m).await,
+        Conn::Unix(s) => upstream::serve(s, up, rt, m).await,
     }
 }
 

@@ -5,7 +5,6 @@
 //! are closed, listeners it keeps are left alone. Each connection keeps the plan it was
 //! accepted under to its end, so a reload never cuts one.
 
-mod authorize;
 mod buffers;
 mod deadline;
 mod dial;
@@ -13,6 +12,7 @@ mod gateway;
 mod inbound;
 mod listener;
 mod relay;
+mod serving;
 mod tls_relay;
 mod upstream;
 
@@ -31,6 +31,7 @@ use crate::mesh::Plan;
 use crate::metrics::Metrics;
 pub use listener::{BindKey, ListenerKey};
 use listener::{Bound, Shared};
+pub use serving::Serving;
 
 /// A running sidegate: where it listens, and how to change or stop what it serves. Tests
 /// start one on port 0.
@@ -65,7 +66,7 @@ pub struct Applied {
 
 enum Control {
     Apply {
-        plan: Arc<Plan>,
+        serving: Arc<Serving>,
         add: Vec<(ListenerKey, Bound)>,
         remove: Vec<ListenerKey>,
         done: Sender<()>,
@@ -98,11 +99,11 @@ impl std::error::Error for BindError {}
 
 /// Binds every listener of the plan, then serves it on a new thread. Binding happens here,
 /// before anything is served, so a taken port is an error to the caller, not a log line.
-pub fn start(mut plan: Plan) -> Result<Running, BindError> {
+pub fn start(plan: Plan) -> Result<Running, BindError> {
     raise_fd_limit();
     let metrics = Arc::new(Metrics::default());
-    metrics.adopt(&mut plan);
-    let plan = Arc::new(plan);
+    let serving = Arc::new(Serving::new(plan, &metrics));
+    let plan = serving.plan.clone();
     let keys = ListenerKey::all(&plan);
     let add = bind_all(&keys, &plan)?;
     let listeners: HashMap<_, _> = add
@@ -124,17 +125,16 @@ pub fn start(mut plan: Plan) -> Result<Running, BindError> {
     let (done, started) = channel::bounded(1);
     control
         .try_send(Control::Apply {
-            plan: plan.clone(),
+            serving: serving.clone(),
             add,
             remove: Vec::new(),
             done,
         })
         .map_err(|_| thread_error(io::Error::other("control channel closed")))?;
     let loop_metrics = metrics.clone();
-    let loop_plan = plan.clone();
     let thread = std::thread::Builder::new()
         .name("sidegate-loop".into())
-        .spawn(move || event_loop(loop_plan, loop_metrics, controlled))
+        .spawn(move || event_loop(serving, loop_metrics, controlled))
         .map_err(thread_error)?;
     let _ = smol::block_on(started.recv());
     Ok(Running {
@@ -206,11 +206,11 @@ fn log_listening(key: &ListenerKey, bound: &Bound, plan: &Plan) {
 /// The event loop thread: applies control messages and runs every accept loop and
 /// connection. Ends when the control channel closes; dropping the executor then closes every
 /// connection.
-fn event_loop(plan: Arc<Plan>, metrics: Arc<Metrics>, controlled: Receiver<Control>) {
+fn event_loop(serving: Arc<Serving>, metrics: Arc<Metrics>, controlled: Receiver<Control>) {
     let ex = Rc::new(LocalExecutor::new());
     let shared = Rc::new(Shared {
         ex: ex.clone(),
-        current: std::cell::RefCell::new(plan),
+        current: std::cell::RefCell::new(serving),
         metrics,
     });
     let mut listeners: HashMap<ListenerKey, Task<()>> = HashMap::new();
@@ -220,12 +220,12 @@ fn event_loop(plan: Arc<Plan>, metrics: Arc<Metrics>, controlled: Receiver<Contr
         while let Ok(msg) = controlled.recv().await {
             match msg {
                 Control::Apply {
-                    plan,
+                    serving,
                     add,
                     remove,
                     done,
                 } => {
-                    *shared.current.borrow_mut() = plan;
+                    *shared.current.borrow_mut() = serving;
                     for key in remove {
                         // Cancelling drops the accept loop and with it the socket. Merely
                         // dropping the handle would leave that to a later turn of the
@@ -273,10 +273,10 @@ impl Running {
     /// Swaps in a new plan: binds the listeners it adds (on error nothing changes), closes
     /// those it drops, keeps the rest without rebinding. Established connections keep the plan
     /// they were accepted under.
-    pub fn apply(&self, mut plan: Plan) -> Result<Applied, BindError> {
-        self.metrics.adopt(&mut plan);
+    pub fn apply(&self, plan: Plan) -> Result<Applied, BindError> {
+        let serving = Arc::new(Serving::new(plan, &self.metrics));
+        let plan = serving.plan.clone();
         let mut state = self.state();
-        let plan = Arc::new(plan);
         let keys = ListenerKey::all(&plan);
         let new: Vec<ListenerKey> = keys
             .iter()
@@ -301,7 +301,7 @@ impl Running {
             .collect();
         let (done, applied) = channel::bounded(1);
         self.send(Control::Apply {
-            plan: plan.clone(),
+            serving,
             add,
             remove: remove.clone(),
             done,

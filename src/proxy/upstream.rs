@@ -8,6 +8,7 @@ use std::time::Instant;
 use futures_rustls::TlsConnector;
 use smol::Async;
 
+use super::serving::UpstreamRuntime;
 use super::tls_relay::relay_tls;
 use super::{deadline, dial};
 use crate::mesh::plan::UpstreamPlan;
@@ -16,14 +17,14 @@ use crate::metrics::{Tally, UpstreamMetrics};
 /// How long a plaintext-to-mTLS pair may stay silent both ways; Envoy's tcp_proxy default.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-pub async fn serve<L>(local: Async<L>, up: &UpstreamPlan, m: &UpstreamMetrics)
+pub async fn serve<L>(local: Async<L>, up: &UpstreamPlan, rt: &UpstreamRuntime, m: &UpstreamMetrics)
 where
     L: super::tls_relay::ShutdownWrite,
     for<'a> &'a L: Read + Write,
 {
     let started = Instant::now();
-    let _held = up.stats.hold();
-    let Some(tls) = Box::pin(open(up, m)).await else {
+    let _held = rt.stats.hold();
+    let Some(tls) = Box::pin(open(up, rt, m)).await else {
         return;
     };
     let (remote, mut tls) = tls.into_inner();
@@ -32,8 +33,8 @@ where
         &remote,
         &mut tls,
         IDLE,
-        Tally::new(&m.bytes_to_upstream, &up.stats.from_client),
-        Tally::new(&m.bytes_from_upstream, &up.stats.to_client),
+        Tally::new(&m.bytes_to_upstream, &rt.stats.from_client),
+        Tally::new(&m.bytes_from_upstream, &rt.stats.to_client),
     )
     .await
     {
@@ -56,9 +57,10 @@ where
 /// Connects and completes the mTLS handshake; every failure is counted and logged here.
 async fn open(
     up: &UpstreamPlan,
+    rt: &UpstreamRuntime,
     m: &UpstreamMetrics,
 ) -> Option<futures_rustls::client::TlsStream<Async<TcpStream>>> {
-    let (Some(cfg), Some(name)) = (up.tls.clone(), up.server_name.clone()) else {
+    let (Some(cfg), Some(name)) = (rt.tls.clone(), up.server_name.clone()) else {
         return None;
     };
     let Some((tcp, endpoint)) = dial::connect_any(&up.dial, up.connect_timeout, &m.dial).await

@@ -1,4 +1,4 @@
-//! rustls configurations for the sidecar, built once per plan: one client config per upstream
+//! rustls configurations for the sidecar, built once per plan (by the runtime, `proxy::Serving`): one client config per upstream
 //! (its expected server identity differs) and one server config for the inbound listener.
 //! TLS 1.2 is the floor, as in Consul's defaults; ring is the only provider.
 
@@ -9,10 +9,12 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::version::{TLS12, TLS13};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, ServerConnection};
 
+use x509_parser::prelude::{FromDer, X509Certificate};
+
 use super::san::spiffe_uri;
 use super::verify::SpiffeServerVerifier;
 use super::Identity;
-use crate::mesh::names::SpiffeId;
+use crate::names::SpiffeId;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -27,10 +29,10 @@ fn root_store(identity: &Identity) -> Result<Arc<RootCertStore>, rustls::Error> 
 }
 
 /// Outbound mTLS to one upstream: our leaf as client certificate; the server must chain to
-/// our roots and prove exactly `expected` (the target's SPIFFE ID).
+/// our roots and prove exactly `expected` (the target's SPIFFE ID, as its URI).
 pub fn client_config(
     identity: &Identity,
-    expected: &SpiffeId,
+    expected: &dyn std::fmt::Display,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     let provider = provider();
     let verifier = SpiffeServerVerifier::new(
@@ -65,6 +67,15 @@ pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, rustls::E
 pub fn caller(conn: &ServerConnection) -> Option<SpiffeId> {
     let leaf = conn.peer_certificates()?.first()?;
     SpiffeId::parse(&spiffe_uri(leaf).ok()??).ok()
+}
+
+/// The caller certificate's serial as Consul writes serials (`0a:1b:...`); empty if unknown.
+pub fn caller_serial(conn: &ServerConnection) -> String {
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| X509Certificate::from_der(leaf).ok())
+        .map(|(_, cert)| cert.raw_serial_as_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::mesh::names::{SpiffeError, SpiffeId};
+use crate::names::{SpiffeError, SpiffeId};
 
 /// A leaf this close to expiry gets a warning at load time.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(24 * 3600);

@@ -19,7 +19,7 @@ use serde_json::json;
 use sidegate::consul::authorizer::Authorizer;
 use sidegate::consul::client::Client;
 use sidegate::consul::{follow, saved_snapshot, Options, Settings, Status};
-use sidegate::mesh::sidecar::Action;
+use sidegate::mesh::intentions::Action;
 use sidegate::mesh::snapshot::Snapshot;
 use std::sync::Arc;
 

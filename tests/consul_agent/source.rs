@@ -228,7 +228,7 @@ fn probe_client(
             .unwrap();
     let td = agent.roots().trust_domain;
     let id = format!("spiffe://{td}/ns/default/dc/dc1/svc/{target}");
-    let target = sidegate::mesh::names::SpiffeId::parse(&id).unwrap();
+    let target = sidegate::names::SpiffeId::parse(&id).unwrap();
     sidegate::tls::configs::client_config(&identity, &target).unwrap()
 }
 

@@ -6,21 +6,21 @@
 
 use std::path::Path;
 
-use sidegate::sni::{self, Hello, MAX_NAME};
+use sidegate::client_hello::{self, Hello, MAX_NAME};
 
 /// Hello limits worth comparing: below a record header, around the smallest and usual
 /// hellos, the configurable range's ends.
 pub const LIMITS: [usize; 9] = [0, 1, 5, 9, 64, 512, 1024, 32_768, 1 << 20];
 
-/// `sni::inspect` on one byte stream under every limit in [`LIMITS`].
+/// `client_hello::inspect` on one byte stream under every limit in [`LIMITS`].
 pub fn hello(data: &[u8]) {
-    let verdicts = LIMITS.map(|limit| sni::inspect(data, limit));
+    let verdicts = LIMITS.map(|limit| client_hello::inspect(data, limit));
     for (&limit, verdict) in LIMITS.iter().zip(&verdicts) {
         sane(data, limit, verdict);
         // Only the first `limit` bytes may decide (the gateway reads no further).
         let seen = &data[..data.len().min(limit)];
         assert_eq!(
-            &sni::inspect(seen, limit),
+            &client_hello::inspect(seen, limit),
             verdict,
             "verdict depends on bytes past limit {limit}"
         );
@@ -46,7 +46,7 @@ pub fn hello_split(input: &[u8]) {
     let (seed, max_segment) = (ctl.byte(), usize::from(ctl.byte()) + 1);
     let limit = LIMITS[ctl.below(LIMITS.len())];
     let data = ctl.rest();
-    let whole = sni::inspect(data, limit);
+    let whole = client_hello::inspect(data, limit);
     sane(data, limit, &whole);
 
     // Every cut the gateway could see: Incomplete until a verdict, and that verdict is final.
@@ -56,7 +56,7 @@ pub fn hello_split(input: &[u8]) {
     while at < data.len() {
         rng = rng.wrapping_mul(181).wrapping_add(59);
         at = (at + 1 + usize::from(rng) % max_segment).min(data.len());
-        let verdict = sni::inspect(&data[..at], limit);
+        let verdict = client_hello::inspect(&data[..at], limit);
         sane(&data[..at], limit, &verdict);
         match &decided {
             Some((when, first)) => {
@@ -76,7 +76,7 @@ pub fn hello_split(input: &[u8]) {
         let message = handshake_message(data);
         let reframed = frame(&message, fragment);
         assert_eq!(
-            sni::inspect(&reframed, 1 << 20),
+            client_hello::inspect(&reframed, 1 << 20),
             whole,
             "the hello re-framed in {fragment}-byte records reads differently"
         );

@@ -1,6 +1,6 @@
 //! Consul's own naming test vectors (tests/data/*_vectors.toml, copied unchanged from
 //! /work/shared/reference, extracted from hashicorp/consul at a pinned commit) run against
-//! `sidegate::mesh::names`.
+//! `sidegate::names`.
 //!
 //! Every table is deserialized with `deny_unknown_fields`, so a table or field this file does
 //! not know about fails the test instead of being ignored. Every row is either checked or
@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use sidegate::mesh::names::*;
+use sidegate::names::*;
 
 fn read(file: &str) -> String {
     let path = format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"));

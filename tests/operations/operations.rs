@@ -14,7 +14,7 @@ use common::sidecars::{fixture, Service, DB, WEB};
 use common::*;
 use ops::*;
 use rustix::process::Signal;
-use sidegate::mesh::names::SpiffeId;
+use sidegate::names::SpiffeId;
 use sidegate::tls::configs::{client_config, server_config};
 
 /// One sidegate serving all three roles, and what sits around it: a TLS service `api` behind

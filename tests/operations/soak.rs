@@ -27,7 +27,7 @@ use common::apps::{app, pattern};
 use common::sidecars::{API, WEB};
 use common::*;
 use ops::Live;
-use sidegate::mesh::names::SpiffeId;
+use sidegate::names::SpiffeId;
 
 fn env_secs(name: &str, default: u64) -> Duration {
     let secs = std::env::var(name).map_or(default, |v| {

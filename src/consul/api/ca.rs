@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::nullable;
-use crate::mesh::names::SpiffeId;
+use crate::names::SpiffeId;
 use crate::tls::identity::Part;
 use crate::tls::Identity;
 

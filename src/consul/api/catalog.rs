@@ -62,13 +62,13 @@ mod tests {
             "203.0.113.10"
         );
         assert_eq!(f["dc3"].as_array().map(Vec::len), Some(0));
-        // The discovery chain: its target SNI is what mesh::names builds.
+        // The discovery chain: its target SNI is what `names` builds.
         let d = v("discovery-chain.json");
         let target = &d["Chain"]["Targets"]["api.default.default.dc2"];
         assert_eq!(
             target["SNI"].as_str(),
             Some(
-                crate::mesh::names::service_sni(
+                crate::names::service_sni(
                     "api",
                     "",
                     "default",

@@ -35,16 +35,7 @@ pub struct MeshGatewayConfig {
 impl MeshGatewayConfig {
     /// The mode, `Ok(None)` when unset; an unknown word is an error naming it.
     pub fn parsed(&self) -> Result<Option<crate::mesh::mode::Mode>, String> {
-        use crate::mesh::mode::Mode;
-        match self.mode.as_str() {
-            "" => Ok(None),
-            "none" => Ok(Some(Mode::None)),
-            "local" => Ok(Some(Mode::Local)),
-            "remote" => Ok(Some(Mode::Remote)),
-            other => Err(format!(
-                "mesh gateway mode {other:?} is not none, local or remote"
-            )),
-        }
+        crate::mesh::mode::Mode::level(&self.mode).map_err(|e| format!("mesh gateway mode {e}"))
     }
 }
 

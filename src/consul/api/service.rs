@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{nullable, MeshGatewayConfig};
-use crate::mesh::names::is_label;
-use crate::mesh::sidecar::{Action, Bind, Intentions, SidecarSpec, UpstreamSpec};
+use crate::mesh::intentions::{Action, Intentions};
+use crate::mesh::sidecar::{Bind, SidecarSpec, UpstreamSpec};
 use crate::mesh::snapshot::Here;
 use crate::mesh::{Endpoint, Place};
+use crate::names::is_label;
 
 /// Why a registration gives no sidecar or gateway at all.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::{ClientConfig, SupportedProtocolVersion};
-use sidegate::mesh::names::SpiffeId;
+use sidegate::names::SpiffeId;
 use sidegate::proxy::Running;
 use sidegate::tls::verify::SpiffeServerVerifier;
 

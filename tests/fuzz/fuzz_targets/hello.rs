@@ -1,4 +1,4 @@
-//! `sni::inspect` on arbitrary client bytes under every limit (see checks.rs).
+//! `client_hello::inspect` on arbitrary client bytes under every limit (see checks.rs).
 #![no_main]
 
 #[allow(

@@ -1,4 +1,4 @@
-//! `sni::inspect` fed a hello in segments and re-framed records (see checks.rs). Input: two
+//! `client_hello::inspect` fed a hello in segments and re-framed records (see checks.rs). Input: two
 //! control bytes, a limit selector, then the client's bytes.
 #![no_main]
 

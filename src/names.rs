@@ -3,7 +3,8 @@
 //! The one place where these strings are built and parsed, copied from Consul's
 //! agent/connect/sni.go and uri*.go (CE build) so that Consul's own Envoy proxies and gateways
 //! and ours agree byte for byte. `sni` builds routing names, `spiffe` the certificate
-//! identities; both are re-exported here so callers only say `mesh::names::...`.
+//! identities; both are re-exported here so callers only say `names::...`. Below both `tls` (certificates carry SPIFFE IDs) and
+//! `mesh` (routes and plans are built from names), so neither has to import the other for them.
 
 mod sni;
 mod spiffe;

@@ -1,0 +1,171 @@
+//! A plan as the event loop serves it: the plan itself (pure data, shared with `/config`)
+//! and what only a running process attaches to it, by the positions the plan gives.
+//!
+//! - Counters per gateway route and per upstream: looked up in the metrics registry by their
+//!   `/metrics` labels when a plan is put in service, so the next plan with the same route or
+//!   upstream carries on counting where this one stopped (a reload resets nothing), and
+//!   labels no plan uses any more are dropped once their last connection ends.
+//! - The rustls configurations, built from the plan's identity: one client configuration per
+//!   upstream (each requires a different server identity) and one for the inbound listener.
+
+use std::sync::Arc;
+
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::mesh::Plan;
+use crate::metrics::{ConnStats, Metrics};
+use crate::tls::configs::{client_config, server_config};
+
+pub struct Serving {
+    pub plan: Arc<Plan>,
+    /// In the order of the gateway's `routes()`.
+    routes: Box<[Arc<ConnStats>]>,
+    /// In the order of the plan's `upstreams`.
+    upstreams: Box<[UpstreamRuntime]>,
+    /// `None` without an inbound listener, or when its configuration could not be built
+    /// (logged): the listener then closes what it accepts.
+    inbound_tls: Option<Arc<ServerConfig>>,
+}
+
+/// One upstream's share of the runtime.
+pub struct UpstreamRuntime {
+    pub stats: Arc<ConnStats>,
+    /// mTLS to this upstream: our leaf, and exactly its `spiffe_id` required of the server.
+    /// `None` without an identity, or when it could not be built (logged).
+    pub tls: Option<Arc<ClientConfig>>,
+}
+
+impl Serving {
+    /// Attaches counters and TLS to `plan`. Called off the data path, once per plan.
+    pub fn new(plan: Plan, metrics: &Metrics) -> Serving {
+        let routes = plan
+            .gateway
+            .iter()
+            .flat_map(|g| g.routes.routes())
+            .map(|r| metrics.routes.get(&[&r.pattern]))
+            .collect();
+        let upstreams = plan
+            .upstreams
+            .iter()
+            .map(|u| UpstreamRuntime {
+                stats: metrics.upstreams.get(&[&u.destination_name, &u.bind]),
+                tls: plan.identity.as_ref().and_then(|id| {
+                    client_config(id, &u.spiffe_id)
+                        .map_err(|e| {
+                            crate::warn!(
+                                "upstream {}: cannot build its TLS configuration: {e}",
+                                u.destination_name
+                            );
+                        })
+                        .ok()
+                }),
+            })
+            .collect();
+        let inbound_tls = plan
+            .inbound
+            .as_ref()
+            .and(plan.identity.as_ref())
+            .and_then(|id| {
+                server_config(id)
+                    .map_err(|e| {
+                        crate::warn!("public_listener: cannot build its TLS configuration: {e}");
+                    })
+                    .ok()
+            });
+        // The plan being replaced still holds its counters; they go at a later swap if no
+        // plan takes them up again.
+        metrics.prune();
+        Serving {
+            plan: Arc::new(plan),
+            routes,
+            upstreams,
+            inbound_tls,
+        }
+    }
+
+    /// The counters of the gateway route at `index` in `routes()`.
+    pub fn routes(&self) -> &[Arc<ConnStats>] {
+        &self.routes
+    }
+
+    pub fn upstream(&self, index: usize) -> Option<&UpstreamRuntime> {
+        self.upstreams.get(index)
+    }
+
+    pub fn inbound_tls(&self) -> Option<&Arc<ServerConfig>> {
+        self.inbound_tls.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::mesh::snapshot::{Catalog, CatalogService, GatewaySettings, Here, Snapshot};
+    use crate::mesh::{Endpoint, Place};
+
+    fn gateway_of(services: &[&str]) -> Plan {
+        let place = Place::new("dc1", "");
+        crate::mesh::plan(&Snapshot {
+            here: Here {
+                place: place.clone(),
+                namespace: "default".into(),
+                trust_domain: "td.consul".into(),
+            },
+            identity: None,
+            gateway: Some(GatewaySettings {
+                listen: vec![],
+                connect_timeout: Duration::from_secs(1),
+                handshake_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(1),
+                max_connections: 1,
+                max_client_hello_bytes: 4096,
+            }),
+            sidecar: None,
+            config_entries: Default::default(),
+            catalog: Catalog {
+                services: services
+                    .iter()
+                    .map(|name| CatalogService {
+                        name: (*name).into(),
+                        namespace: "default".into(),
+                        place: place.clone(),
+                        instances: vec![Endpoint::Addr(([127, 0, 0, 1], 1).into())],
+                    })
+                    .collect(),
+                gateways: vec![],
+            },
+        })
+    }
+
+    /// A reload builds a new plan; the counters of a route it keeps carry on, and those of a
+    /// route it drops go once nothing holds them.
+    #[test]
+    fn route_counters_survive_a_new_plan_and_go_with_their_route() {
+        let metrics = Metrics::default();
+        let first = Serving::new(gateway_of(&["api", "db"]), &metrics);
+        first.routes()[1].opened.add(7);
+        let second = Serving::new(gateway_of(&["db"]), &metrics);
+        assert_eq!(second.routes().len(), 1);
+        assert_eq!(
+            second.routes()[0].opened.get(),
+            7,
+            "db's counter carried on"
+        );
+        assert_eq!(
+            metrics.routes.entries().len(),
+            2,
+            "api still held by the old plan"
+        );
+        drop(first);
+        let _third = Serving::new(gateway_of(&["db"]), &metrics);
+        let labels: Vec<_> = metrics.routes.entries().into_iter().map(|e| e.0).collect();
+        assert_eq!(
+            labels.len(),
+            1,
+            "api's counter went with its route: {labels:?}"
+        );
+        assert!(labels[0][0].starts_with("db."), "{labels:?}");
+    }
+}
