@@ -705,3 +705,64 @@ fn check_warns_of_a_leaf_that_expires_within_a_day() {
         "{plan}"
     );
 }
+
+/// A token in a line the TOML parser chokes on never reaches the terminal or the journal:
+/// the parser quotes the offending line, so the error shows only where and why.
+#[test]
+fn a_toml_syntax_error_never_echoes_a_token() {
+    let dir = Scratch::new("cli-token-leak");
+    for (name, text) in [
+        ("plain.toml", "[consul]\ntoken = \"s3cr3t-unterminated\n"),
+        (
+            "multiline.toml",
+            "[consul]\nsidecar_service_id = \"w\"\ntoken = \"\"\"\ns3cr3t-unterminated\nmore\n",
+        ),
+        (
+            "quoted-key.toml",
+            "[consul]\n\"token\" = 's3cr3t-unterminated\n",
+        ),
+    ] {
+        let path = dir.path(name);
+        std::fs::write(&path, text).unwrap();
+        let out = sidegate(&["check", "--config", path.to_str().unwrap()]);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(78), "{name}: {stderr}");
+        assert!(stderr.contains("not valid TOML"), "{name}: {stderr}");
+        assert!(stderr.contains("line "), "{name}: no position in {stderr}");
+        assert!(
+            !stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"),
+            "{name}: the token leaked:\n{stdout}{stderr}"
+        );
+    }
+}
+
+/// A closed stdout/stderr (`sidegate check --config bad.toml 2>&1 | true`) does not abort the
+/// CLI: the messages are lost, the exit code still says what happened.
+#[test]
+fn a_closed_output_pipe_keeps_the_exit_code() {
+    let dir = Scratch::new("cli-epipe");
+    let bad = dir.path("bad.toml");
+    std::fs::write(&bad, "[gateway]\nlisten = 5\n").unwrap();
+    let good = example("gateway.toml");
+    for (args, code) in [
+        (vec!["check", "--config", bad.to_str().unwrap()], 78),
+        (vec!["check", "--config", "/nonexistent.toml"], 66),
+        (vec!["check", "--config", good.as_str()], 0),
+        (vec!["check"], 64),
+    ] {
+        // A pipe whose reading end is closed before the child starts: every write fails
+        // with EPIPE (Rust ignores SIGPIPE, so the write returns the error).
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        drop(reader);
+        let out = common::sidegate_command()
+            .args(&args)
+            .stdout(std::process::Stdio::from(writer.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(writer))
+            .status()
+            .unwrap();
+        assert_eq!(out.code(), Some(code), "{args:?}");
+    }
+}

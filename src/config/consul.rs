@@ -68,7 +68,11 @@ pub fn settings(
         Ok(s) => Some(s),
         Err(errors) => {
             for e in errors {
-                t.error(e.key, e.message);
+                if e.key.is_empty() {
+                    t.error_here(e.message);
+                } else {
+                    t.error(e.key, e.message);
+                }
             }
             None
         }
@@ -181,5 +185,21 @@ mod tests {
             got[1].starts_with("consul.token_file: cannot read the token file /nonexistent"),
             "{got:?}"
         );
+    }
+
+    /// A bad token in the environment is not `consul.token_file`'s fault (none is set): it
+    /// is the section's, named by its variable, and its value is never shown.
+    #[test]
+    fn a_bad_environment_token_is_not_blamed_on_token_file() {
+        let got = errors(
+            "[consul]\nsidecar_service_id = \"w\"\n",
+            &[("CONSUL_HTTP_TOKEN", "s3cr3t with-space")],
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("consul: the token from CONSUL_HTTP_TOKEN holds spaces"),
+            "{got:?}"
+        );
+        assert!(!got[0].contains("s3cr3t"), "token leaked: {got:?}");
     }
 }
