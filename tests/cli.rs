@@ -766,3 +766,63 @@ fn a_closed_output_pipe_keeps_the_exit_code() {
         assert_eq!(out.code(), Some(code), "{args:?}");
     }
 }
+
+/// A FIFO where a key file belongs is refused at once (exit 78, naming the key) instead of
+/// hanging `check` until some writer comes along.
+#[test]
+fn check_refuses_a_fifo_as_key_file_promptly() {
+    let dir = Scratch::new("cli-fifo");
+    let pki = Pki::new();
+    let spiffe = format!("spiffe://{TD}/ns/default/dc/dc1/svc/web");
+    let (cert, _) = pki.spiffe_leaf_pem(
+        &spiffe,
+        std::time::SystemTime::now() + std::time::Duration::from_secs(86400 * 30),
+    );
+    std::fs::write(dir.path("ca.pem"), pki.ca_pem()).unwrap();
+    std::fs::write(dir.path("web.pem"), cert).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dir.path("web-key.pem"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let path = dir.path("sidecar.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
+             [tls]\ncert_file = \"web.pem\"\nkey_file = \"web-key.pem\"\nca_file = \"ca.pem\"\n\
+             [sidecar]\nservice = \"web\"\n\
+             [[sidecar.upstreams]]\ndestination_name = \"db\"\nlocal_bind_port = 9191\n{CATALOG}"
+        ),
+    )
+    .unwrap();
+    let mut child = common::sidegate_command()
+        .args(["check", "--config", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("check hung on a FIFO key_file");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("tls.key_file: cannot read ")
+            && stderr.contains("is a FIFO (named pipe), not a regular file"),
+        "{stderr}"
+    );
+}
