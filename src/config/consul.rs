@@ -202,4 +202,29 @@ mod tests {
         );
         assert!(!got[0].contains("s3cr3t"), "token leaked: {got:?}");
     }
+
+    /// A state_dir another user could write to is refused at `consul.state_dir`; one that does
+    /// not exist yet is fine (the first save makes it 0700).
+    #[test]
+    fn a_state_dir_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sidegate-open-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let text = |d: &std::path::Path| {
+            format!(
+                "[consul]\nsidecar_service_id = \"w\"\nstate_dir = \"{}\"\n",
+                d.display()
+            )
+        };
+        let got = errors(&text(&dir), &[]);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("consul.state_dir: ")
+                && got[0].contains("writable by group or others"),
+            "{got:?}"
+        );
+        assert!(errors(&text(&dir.join("not-yet")), &[]).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

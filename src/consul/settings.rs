@@ -217,6 +217,15 @@ pub fn resolve(
         }
     }
 
+    // A directory that is not there yet is made 0700 by the first save; one that is there
+    // must be ours alone (see `state_dir::check_dir`).
+    if let Some(dir) = &file.state_dir {
+        match super::state_dir::check_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => fail("state_dir", e.to_string()),
+            _ => {}
+        }
+    }
+
     if file.sidecar_service_id.is_none() && file.gateway_service_id.is_none() {
         fail(
             "sidecar_service_id",
