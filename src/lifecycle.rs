@@ -255,6 +255,9 @@ impl Lifecycle {
 
     fn try_reload(&mut self) -> Result<(), ReloadError> {
         let config = config::load(&self.path).map_err(ReloadError::Config)?;
+        for w in &config.warnings {
+            crate::warn!("{w}");
+        }
         let ops = config.operations.clone();
         // The admin endpoint first: binding it is the step that can still fail, and a new one
         // that cannot be bound must leave the old plan in place too.

@@ -113,7 +113,12 @@ fn check(config: &config::Config, json: bool) -> ExitCode {
     } else {
         out(&sidegate::mesh::plan::describe(&plan));
     }
-    for w in warnings(&snapshot, &plan) {
+    for w in config
+        .warnings
+        .iter()
+        .cloned()
+        .chain(warnings(&snapshot, &plan))
+    {
         err!("warning: {w}");
     }
     ExitCode::SUCCESS
@@ -159,6 +164,9 @@ fn run(path: std::path::PathBuf) -> ExitCode {
         }
     };
     sidegate::log::configure(config.operations.log_level);
+    for w in &config.warnings {
+        sidegate::warn!("{w}");
+    }
     // With [consul], serving starts with the first complete state from the agent (or the
     // saved one when the agent is unreachable).
     let source = match consul::Source::start(&config, events.clone(), consul::Options::default()) {

@@ -673,17 +673,7 @@ fn check_warns_of_a_leaf_that_expires_within_a_day() {
     ] {
         std::fs::write(dir.path(name), pem).unwrap();
     }
-    let path = dir.path("sidecar.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
-             [tls]\ncert_file = \"web.pem\"\nkey_file = \"web-key.pem\"\nca_file = \"ca.pem\"\n\
-             [sidecar]\nservice = \"web\"\n\
-             [[sidecar.upstreams]]\ndestination_name = \"db\"\nlocal_bind_port = 9191\n{CATALOG}"
-        ),
-    )
-    .unwrap();
+    let path = web_sidecar_toml(&dir);
     let out = sidegate(&["check", "--config", path.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -788,17 +778,7 @@ fn check_refuses_a_fifo_as_key_file_promptly() {
         0,
     )
     .unwrap();
-    let path = dir.path("sidecar.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
-             [tls]\ncert_file = \"web.pem\"\nkey_file = \"web-key.pem\"\nca_file = \"ca.pem\"\n\
-             [sidecar]\nservice = \"web\"\n\
-             [[sidecar.upstreams]]\ndestination_name = \"db\"\nlocal_bind_port = 9191\n{CATALOG}"
-        ),
-    )
-    .unwrap();
+    let path = web_sidecar_toml(&dir);
     let mut child = common::sidegate_command()
         .args(["check", "--config", path.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
@@ -825,4 +805,143 @@ fn check_refuses_a_fifo_as_key_file_promptly() {
             && stderr.contains("is a FIFO (named pipe), not a regular file"),
         "{stderr}"
     );
+}
+
+/// A CA of its own (rcgen), for identities `check` must refuse.
+fn own_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// web's mesh leaf from `issuer`, valid from `not_before` for 30 days; `ca` says what its
+/// basicConstraints say. PEM (certificate, key).
+fn web_leaf(
+    issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    not_before: std::time::SystemTime,
+    ca: rcgen::IsCa,
+) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    let spiffe = format!("spiffe://{TD}/ns/default/dc/dc1/svc/web");
+    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe.as_str().try_into().unwrap())];
+    params.not_before = not_before.into();
+    params.not_after = (not_before + std::time::Duration::from_secs(30 * 86400)).into();
+    params.is_ca = ca;
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// `check` of a web sidecar with these files (`None`: not written), key at `key_mode`.
+fn check_identity(
+    dir: &Scratch,
+    cert: Option<&str>,
+    key: &str,
+    key_mode: u32,
+    ca: &str,
+) -> (Option<i32>, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(dir.path("web.pem"));
+    if let Some(cert) = cert {
+        std::fs::write(dir.path("web.pem"), cert).unwrap();
+    }
+    std::fs::write(dir.path("web-key.pem"), key).unwrap();
+    std::fs::set_permissions(
+        dir.path("web-key.pem"),
+        std::fs::Permissions::from_mode(key_mode),
+    )
+    .unwrap();
+    std::fs::write(dir.path("ca.pem"), ca).unwrap();
+    let path = web_sidecar_toml(dir);
+    let out = sidegate(&["check", "--config", path.to_str().unwrap()]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check` refuses identities no peer would accept, each reported at its key (exit 78): a
+/// leaf another CA signed, a ca_file that is no CA (a CA:FALSE certificate, or the leaf
+/// itself), a leaf not valid yet. A key others can read is a warning. An unreadable
+/// cert_file does not hide a bad key_file.
+#[test]
+fn check_refuses_identities_that_cannot_work() {
+    let dir = Scratch::new("cli-identity");
+    let (ca, other) = (own_ca("the mesh CA"), own_ca("another CA"));
+    let now = std::time::SystemTime::now();
+    let ok = rcgen::IsCa::NoCa;
+    let (cert, key) = web_leaf(&ca, now, ok);
+
+    // The control: a leaf of the configured CA passes, silently with a private key.
+    let (code, stderr) = check_identity(&dir, Some(&cert), &key, 0o600, &ca.pem());
+    assert_eq!((code, stderr.as_str()), (Some(0), ""));
+
+    let (code, stderr) = check_identity(&dir, Some(&cert), &key, 0o640, &ca.pem());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: tls.key_file: ")
+            && stderr.contains("is readable by group or others (mode 640)"),
+        "{stderr}"
+    );
+
+    let (foreign, foreign_key) = web_leaf(&other, now, ok);
+    let (code, stderr) = check_identity(&dir, Some(&foreign), &foreign_key, 0o600, &ca.pem());
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("tls.cert_file: \"web.pem\" is not signed by any CA in ca_file"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = check_identity(&dir, Some(&cert), &key, 0o600, &cert);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("tls.ca_file: \"ca.pem\" certificate 1 is the leaf itself"),
+        "{stderr}"
+    );
+
+    let (not_ca, _) = web_leaf(&ca, now, rcgen::IsCa::ExplicitNoCa);
+    let (code, stderr) = check_identity(&dir, Some(&cert), &key, 0o600, &not_ca);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("tls.ca_file: \"ca.pem\" certificate 1 (")
+            && stderr.contains("is not a CA"),
+        "{stderr}"
+    );
+
+    let tomorrow = now + std::time::Duration::from_secs(86400);
+    let (early, early_key) = web_leaf(&ca, tomorrow, ok);
+    let (code, stderr) = check_identity(&dir, Some(&early), &early_key, 0o600, &ca.pem());
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("tls.cert_file: \"web.pem\" leaf is not valid yet"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = check_identity(&dir, None, "not a key\n", 0o600, &ca.pem());
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("tls.cert_file: cannot read "), "{stderr}");
+    assert!(
+        stderr.contains("tls.key_file: \"web-key.pem\" holds no private key"),
+        "{stderr}"
+    );
+}
+
+/// A web sidecar reading web.pem, web-key.pem and ca.pem next to it, in `dir`.
+fn web_sidecar_toml(dir: &Scratch) -> PathBuf {
+    let path = dir.path("sidecar.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
+             [tls]\ncert_file = \"web.pem\"\nkey_file = \"web-key.pem\"\nca_file = \"ca.pem\"\n\
+             [sidecar]\nservice = \"web\"\n\
+             [[sidecar.upstreams]]\ndestination_name = \"db\"\nlocal_bind_port = 9191\n{CATALOG}"
+        ),
+    )
+    .unwrap();
+    path
 }

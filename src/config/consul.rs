@@ -64,8 +64,18 @@ pub fn settings(
         );
     }
     t.finish();
+    let token_file = keys.token_file.clone().or_else(|| {
+        env("CONSUL_HTTP_TOKEN_FILE")
+            .filter(|p| !p.trim().is_empty())
+            .map(std::path::PathBuf::from)
+    });
     match resolve(keys, env) {
-        Ok(s) => Some(s),
+        Ok(s) => {
+            if let Some(path) = token_file.filter(|_| s.token.is_some()) {
+                super::tls::warn_if_others_can_read(t, "token_file", &path);
+            }
+            Some(s)
+        }
         Err(errors) => {
             for e in errors {
                 if e.key.is_empty() {
@@ -225,6 +235,34 @@ mod tests {
             "{got:?}"
         );
         assert!(errors(&text(&dir.join("not-yet")), &[]).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A token file others can read is a warning (the file stays valid); 0600 is silent.
+    #[test]
+    fn a_token_file_others_can_read_is_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sidegate-token-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "s3cr3t\n").unwrap();
+        let text = format!(
+            "[consul]\nsidecar_service_id = \"w\"\ntoken_file = \"{}\"\n",
+            token.display()
+        );
+        for (mode, warned) in [(0o644, true), (0o600, false)] {
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+            let c = parse_with_env(&text, &|_| None).unwrap();
+            assert_eq!(
+                c.warnings
+                    .iter()
+                    .any(|w| w.starts_with("consul.token_file: ")
+                        && w.contains("readable by group or others")),
+                warned,
+                "{mode:o}: {:?}",
+                c.warnings
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

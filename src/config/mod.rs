@@ -30,6 +30,8 @@ pub struct Config {
     pub operations: Operations,
     /// `[consul]` over the environment's defaults: the mesh state comes from this agent.
     pub consul: Option<crate::consul::Settings>,
+    /// What is valid but unwise (a key file others can read), as `key.path: message`.
+    pub warnings: Vec<String>,
 }
 
 /// Everything wrong with a file, or why it could not be read at all.
@@ -137,6 +139,10 @@ pub fn parse_in(
     if table.contains_key("consul") {
         return from_agent(&table, &root, base, env, operations)
             .filter(|_| errs.is_empty())
+            .map(|c| Config {
+                warnings: errs.warnings(),
+                ..c
+            })
             .ok_or_else(|| errs.into_vec());
     }
     let here = sections::here(&root);
@@ -183,6 +189,7 @@ pub fn parse_in(
             },
             operations,
             consul: None,
+            warnings: errs.warnings(),
         }),
         _ => Err(errs.into_vec()),
     }
@@ -227,6 +234,7 @@ fn from_agent(
         },
         consul: Some(settings?),
         operations: operations?,
+        warnings: Vec::new(),
     })
 }
 
