@@ -249,6 +249,8 @@ pub struct AdminMetrics {
     answered: [Counter; AdminMetrics::CODES.len()],
     /// Connections that sent no complete request in time, or went away.
     pub abandoned: Counter,
+    /// Connections closed at accept: as many as the endpoint serves at once were open.
+    pub refused: Counter,
 }
 
 impl AdminMetrics {

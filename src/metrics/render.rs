@@ -185,6 +185,16 @@ pub fn render(m: &Metrics) -> String {
         &[("code", "none")],
         m.admin.abandoned.get(),
     );
+    o.family(
+        "sidegate_admin_connections_refused_total",
+        "counter",
+        "Admin connections closed at accept: as many as it serves at once were open.",
+    );
+    o.sample(
+        "sidegate_admin_connections_refused_total",
+        &[],
+        m.admin.refused.get(),
+    );
 
     o.0
 }
