@@ -945,3 +945,44 @@ fn web_sidecar_toml(dir: &Scratch) -> PathBuf {
     .unwrap();
     path
 }
+
+/// `[gateway] max_pending_handshakes`: a quarter of max_connections unless given, and never
+/// more than max_connections (which counts those connections too).
+#[test]
+fn max_pending_handshakes_defaults_to_a_quarter_and_stays_within_max_connections() {
+    let dir = Scratch::new("cli-pending");
+    let path = dir.path("gw.toml");
+    let gateway = |extra: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
+                 [gateway]\nlisten = [\"127.0.0.1:0\"]\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        sidegate(&["check", "--json", "--config", path.to_str().unwrap()])
+    };
+    for (extra, want) in [
+        ("", 1024),
+        ("max_connections = 100", 25),
+        ("max_connections = 3", 1),
+        ("max_pending_handshakes = 64", 64),
+    ] {
+        let out = gateway(extra);
+        assert!(out.status.success(), "{extra}");
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            plan["gateway"]["max_pending_handshakes"], want,
+            "{extra}: {plan}"
+        );
+    }
+    let out = gateway("max_connections = 10\nmax_pending_handshakes = 11");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("gateway.max_pending_handshakes: 11 is more than max_connections (10)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -106,6 +106,12 @@ pub fn render(m: &Metrics) -> String {
             g.hello(outcome).get(),
         );
     }
+    o.family(
+        "sidegate_gateway_hello_shed_total",
+        "counter",
+        "Gateway connections closed while still waiting for their ClientHello, to keep those within max_pending_handshakes.",
+    );
+    o.sample("sidegate_gateway_hello_shed_total", &[], g.hello_shed.get());
     o.per_role(
         "sidegate_connect_failures_total",
         "counter",

@@ -12,6 +12,7 @@ mod dial;
 mod gateway;
 mod inbound;
 mod listener;
+mod pending;
 mod relay;
 mod tls_relay;
 mod upstream;
