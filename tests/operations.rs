@@ -1046,3 +1046,33 @@ fn an_admin_endpoint_beyond_loopback_is_warned_about() {
         );
     }
 }
+
+/// A FIFO given as key_file on a reload is refused at once; the reload fails, and SIGTERM
+/// still stops the process (before, the reload blocked opening the FIFO and SIGTERM was
+/// never acted on).
+#[test]
+fn a_fifo_key_file_on_reload_is_refused_and_sigterm_still_stops() {
+    let (world, mut notify, mut sg, addrs) = serving("fifo-reload", "");
+    let fifo = world.scratch.path("key.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let config = world.config();
+    let good = std::fs::read_to_string(&config).unwrap();
+    let with_fifo = good.replace(&fixture("web-key-sec1.pem"), fifo.to_str().unwrap());
+    assert_ne!(good, with_fifo, "the key path was not in the file");
+    std::fs::write(&config, with_fifo).unwrap();
+    sg.signal(Signal::HUP);
+    notify.expect_line("RELOADING=1");
+    let ready = notify.expect_line("READY=1");
+    assert!(ready.contains("reload failed"), "{ready}");
+    sg.wait_log("is a FIFO (named pipe), not a regular file");
+    assert_eq!(http_get(addrs.admin, "/ready").0, 200);
+    sg.signal(Signal::TERM);
+    assert_eq!(sg.wait_exit(IO_TIMEOUT).code(), Some(0));
+}
