@@ -770,14 +770,7 @@ fn check_refuses_a_fifo_as_key_file_promptly() {
     );
     std::fs::write(dir.path("ca.pem"), pki.ca_pem()).unwrap();
     std::fs::write(dir.path("web.pem"), cert).unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        dir.path("web-key.pem"),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    common::make_fifo(&dir.path("web-key.pem"));
     let path = web_sidecar_toml(&dir);
     let mut child = common::sidegate_command()
         .args(["check", "--config", path.to_str().unwrap()])

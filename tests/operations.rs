@@ -1054,14 +1054,7 @@ fn an_admin_endpoint_beyond_loopback_is_warned_about() {
 fn a_fifo_key_file_on_reload_is_refused_and_sigterm_still_stops() {
     let (world, mut notify, mut sg, addrs) = serving("fifo-reload", "");
     let fifo = world.scratch.path("key.fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    common::make_fifo(&fifo);
     let config = world.config();
     let good = std::fs::read_to_string(&config).unwrap();
     let with_fifo = good.replace(&fixture("web-key-sec1.pem"), fifo.to_str().unwrap());
