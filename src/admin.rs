@@ -1,13 +1,16 @@
 //! The admin endpoint (`[admin] listen`): `/ready`, `/metrics` (Prometheus text) and `/config`
 //! (the running plan as JSON, no key material).
 //!
-//! It runs on a thread of its own with blocking sockets and serves one connection at a time
-//! under a hard deadline and a request-size limit, so a slow or hostile scraper can delay only
-//! other scrapers, never the data path's event loop.
+//! It runs on threads of its own with blocking sockets, never on the data path's event loop:
+//! one thread accepts and hands each connection to a thread of its own, which serves it under
+//! a hard deadline and a request-size limit. So a silent or slow client holds only its own
+//! thread, for at most the deadline, and at most `MAX_CONNECTIONS` are served at once; more
+//! are closed at accept and counted. The accept thread never waits on a client, so stopping
+//! the endpoint (at exit, or when a reload moves it) is not delayed by one either.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,6 +24,12 @@ const MAX_REQUEST: usize = 8192;
 const MAX_HEADERS: usize = 32;
 /// Time one connection may take from accept to the last byte of the answer.
 const DEADLINE: Duration = Duration::from_secs(5);
+/// Connections served at once. Scrapers and health checks need a few; beyond this, a flood of
+/// silent connections would cost a thread each.
+pub const MAX_CONNECTIONS: usize = 16;
+/// A connection's thread: request parsing (an 8 KiB buffer), routing and rendering, whose
+/// bodies live on the heap.
+const CONNECTION_STACK: usize = 256 * 1024;
 
 /// What the control loop publishes for the endpoint to read.
 pub struct Status {
@@ -106,21 +115,21 @@ impl Admin {
         let thread = std::thread::Builder::new()
             .name("sidegate-admin".into())
             .spawn(move || {
+                let open = Arc::new(AtomicUsize::new(0));
                 for conn in listener.incoming() {
                     if stopping.load(Ordering::Relaxed) {
                         break;
                     }
                     match conn {
-                        Ok(stream) => {
-                            if let Err(e) = handle(stream, &status) {
-                                crate::debug!("admin: {e}");
-                            }
-                        }
+                        Ok(stream) => serve(stream, &status, &open),
                         // Out of descriptors: the data path matters more; try the next one.
                         Err(e) => crate::debug!("admin: accept failed: {e}"),
                     }
                 }
             })?;
+        if !addr.ip().is_loopback() {
+            crate::warn!("admin endpoint on {addr} is reachable from other hosts: /config and /metrics show this host's mesh (services, addresses, identities) to anyone who can connect; listen on 127.0.0.1 or ::1 unless that is meant");
+        }
         crate::info!("admin endpoint listening on {addr} (/ready, /metrics, /config)");
         Ok(Admin {
             addr,
@@ -148,6 +157,42 @@ impl Drop for Admin {
                 let _ = t.join();
             }
         }
+    }
+}
+
+/// Hands `stream` to a thread of its own, or closes it when `MAX_CONNECTIONS` are being
+/// served already (counted: the scrape that failed has a reason on `/metrics`).
+fn serve(stream: TcpStream, status: &Arc<Status>, open: &Arc<AtomicUsize>) {
+    let m = &status.metrics.admin;
+    if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+        open.fetch_sub(1, Ordering::SeqCst);
+        m.refused.inc();
+        crate::debug!("admin: refused a connection, {MAX_CONNECTIONS} already open");
+        return;
+    }
+    let slot = Slot(open.clone());
+    let status = status.clone();
+    let spawned = std::thread::Builder::new()
+        .name("sidegate-admin-conn".into())
+        .stack_size(CONNECTION_STACK)
+        .spawn(move || {
+            let _slot = slot;
+            if let Err(e) = handle(stream, &status) {
+                crate::debug!("admin: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        m.refused.inc();
+        crate::debug!("admin: refused a connection, cannot start its thread: {e}");
+    }
+}
+
+/// One of `MAX_CONNECTIONS`, given back when its connection's thread ends (or never starts).
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -400,6 +445,60 @@ mod tests {
             (count(400), count(404), count(405), count(431)),
             (1, 1, 1, 2)
         );
+        // Served on its own thread, the stalled client is given up on at its own deadline.
+        while m.abandoned.get() == 0 && started.elapsed() < DEADLINE + Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(m.abandoned.get(), 1);
+    }
+
+    /// Silent connections hold nobody else up: `/ready` answers at once past several of
+    /// them; past `MAX_CONNECTIONS` a connection is closed at accept and counted; and the
+    /// endpoint stops at once with a silent connection open.
+    #[test]
+    fn silent_connections_block_nobody() {
+        let status = Arc::new(Status::new(Arc::new(Metrics::default())));
+        let admin = Admin::start("127.0.0.1:0".parse().unwrap(), status.clone()).unwrap();
+        let silent: Vec<TcpStream> = (0..5)
+            .map(|_| TcpStream::connect(admin.addr).unwrap())
+            .collect();
+        let started = Instant::now();
+        let r = ask(admin.addr, b"GET /ready HTTP/1.1\r\n\r\n");
+        assert_eq!(status_line(&r), "HTTP/1.1 503 Service Unavailable", "{r}");
+        // Before, each silent connection held the endpoint for its whole deadline (5 s).
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let more: Vec<TcpStream> = (silent.len()..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(admin.addr).unwrap())
+            .collect();
+        let m = &status.metrics.admin;
+        let mut over = TcpStream::connect(admin.addr).unwrap();
+        over.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut byte = [0u8; 1];
+        // Closed at accept: an EOF (or a reset), long before any deadline.
+        assert!(!matches!(over.read(&mut byte), Ok(1..)));
+        assert_eq!(m.refused.get(), 1);
+        drop((silent, more));
+        // Their threads see the EOF and give their places back.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status_line(&ask(admin.addr, b"GET /ready HTTP/1.1\r\n\r\n"))
+            != "HTTP/1.1 503 Service Unavailable"
+        {
+            assert!(Instant::now() < deadline, "places never given back");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        let _idle = TcpStream::connect(admin.addr).unwrap();
+        let stopping = Instant::now();
+        drop(admin);
+        assert!(
+            stopping.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            stopping.elapsed()
+        );
     }
 }

@@ -11,6 +11,11 @@ use sidegate::lifecycle::{self, Lifecycle};
 use sidegate::mesh::snapshot::Snapshot;
 use sidegate::mesh::{explain::explain, plan};
 
+/// `eprintln!` without its panic on a closed stderr (see `err_line`).
+macro_rules! err {
+    ($($arg:tt)*) => { err_line(format_args!($($arg)*)) };
+}
+
 const EX_USAGE: u8 = 64;
 const EX_NOINPUT: u8 = 66;
 const EX_OSERR: u8 = 71;
@@ -21,7 +26,7 @@ fn main() -> ExitCode {
     let command = match cli::parse(std::env::args().skip(1)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("sidegate: {e}\n\n{}", cli::USAGE);
+            err!("sidegate: {e}\n\n{}", cli::USAGE);
             return ExitCode::from(EX_USAGE);
         }
     };
@@ -50,7 +55,7 @@ fn main() -> ExitCode {
 
 fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
     config::load(path).map_err(|e| {
-        eprintln!("sidegate: {e}");
+        err!("sidegate: {e}");
         load_failed(&e)
     })
 }
@@ -80,15 +85,15 @@ fn offline_state(config: &config::Config) -> Snapshot {
     match sidegate::consul::saved_snapshot(settings, &config.snapshot) {
         Ok(Some((snapshot, saved))) => {
             let age = sidegate::consul::status::now_unix().saturating_sub(saved);
-            eprintln!("consul: showing the last-known-good state saved {age} s ago; the agent at {} was not asked", settings.address);
+            err!("consul: showing the last-known-good state saved {age} s ago; the agent at {} was not asked", settings.address);
             snapshot
         }
         Ok(None) => {
-            eprintln!("consul: configuration valid; the mesh state comes from the agent at {} and none is saved yet to show", settings.address);
+            err!("consul: configuration valid; the mesh state comes from the agent at {} and none is saved yet to show", settings.address);
             config.snapshot.clone()
         }
         Err(e) => {
-            eprintln!("consul: {e}");
+            err!("consul: {e}");
             config.snapshot.clone()
         }
     }
@@ -101,15 +106,20 @@ fn check(config: &config::Config, json: bool) -> ExitCode {
         match serde_json::to_string_pretty(&plan) {
             Ok(text) => out(&format!("{text}\n")),
             Err(e) => {
-                eprintln!("sidegate: cannot render the plan: {e}");
+                err!("sidegate: cannot render the plan: {e}");
                 return ExitCode::FAILURE;
             }
         }
     } else {
         out(&sidegate::mesh::plan::describe(&plan));
     }
-    for w in warnings(&snapshot, &plan) {
-        eprintln!("warning: {w}");
+    for w in config
+        .warnings
+        .iter()
+        .cloned()
+        .chain(warnings(&snapshot, &plan))
+    {
+        err!("warning: {w}");
     }
     ExitCode::SUCCESS
 }
@@ -118,7 +128,7 @@ fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
     let snapshot = offline_state(config);
     let plan = plan(&snapshot);
     let Some(gw) = plan.gateway.as_ref() else {
-        eprintln!("no route: this configuration has no [gateway] section");
+        err!("no route: this configuration has no [gateway] section");
         return ExitCode::FAILURE;
     };
     match explain(gw, &snapshot.here, sni) {
@@ -154,6 +164,9 @@ fn run(path: std::path::PathBuf) -> ExitCode {
         }
     };
     sidegate::log::configure(config.operations.log_level);
+    for w in &config.warnings {
+        sidegate::warn!("{w}");
+    }
     // With [consul], serving starts with the first complete state from the agent (or the
     // saved one when the agent is unreachable).
     let source = match lifecycle::Source::start(&config, events.clone(), consul::Options::default())
@@ -198,4 +211,12 @@ fn run(path: std::path::PathBuf) -> ExitCode {
 fn out(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Writes one line to stderr. Not `eprintln!`: it panics when stderr is a closed pipe
+/// (`sidegate check 2>&1 | true`), and under `panic = "abort"` that turns exit 78 into 134.
+/// A message nobody can read is simply lost; the exit code still says what happened.
+fn err_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
 }

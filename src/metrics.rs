@@ -131,6 +131,9 @@ pub struct GatewayMetrics {
     /// Refused because `max_connections` were open.
     pub refused_limit: Counter,
     pub hello: [Counter; HelloOutcome::ALL.len()],
+    /// Closed while still waiting for their ClientHello, to make room within
+    /// `max_pending_handshakes` for a newer connection.
+    pub hello_shed: Counter,
     pub dial: DialMetrics,
     /// Routed connections closed because no endpoint could be reached.
     pub no_endpoint: Counter,
@@ -235,6 +238,8 @@ pub struct AdminMetrics {
     answered: [Counter; AdminMetrics::CODES.len()],
     /// Connections that sent no complete request in time, or went away.
     pub abandoned: Counter,
+    /// Connections closed at accept: as many as the endpoint serves at once were open.
+    pub refused: Counter,
 }
 
 impl AdminMetrics {

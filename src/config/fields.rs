@@ -29,7 +29,12 @@ impl fmt::Display for ConfigError {
 
 /// Collects errors from every part of the file.
 #[derive(Default)]
-pub struct Errors(RefCell<Vec<ConfigError>>);
+pub struct Errors(RefCell<Vec<ConfigError>>, Warnings);
+
+/// Problems that do not make the file invalid but that an operator should act on (a key
+/// file others can read): shown by `check`, logged by `run` and every reload.
+#[derive(Default)]
+struct Warnings(RefCell<Vec<ConfigError>>);
 
 impl Errors {
     pub fn push(&self, path: impl Into<String>, message: impl Into<String>) {
@@ -45,6 +50,11 @@ impl Errors {
 
     pub fn is_empty(&self) -> bool {
         self.0.borrow().is_empty()
+    }
+
+    /// The warnings so far, as `key.path: message` lines.
+    pub fn warnings(&self) -> Vec<String> {
+        self.1 .0.borrow().iter().map(ToString::to_string).collect()
     }
 }
 
@@ -82,6 +92,14 @@ impl<'a> Fields<'a> {
     /// An error at a full path already built (a list element).
     pub fn error_at(&self, path: &str, message: impl Into<String>) {
         self.errs.push(path, message);
+    }
+
+    /// A warning about `key`: the file stays valid.
+    pub fn warn(&self, key: &str, message: impl Into<String>) {
+        self.errs.1 .0.borrow_mut().push(ConfigError {
+            path: self.path_of(key),
+            message: message.into(),
+        });
     }
 
     /// An error about the table itself (e.g. a missing combination of keys).

@@ -30,6 +30,8 @@ pub struct Config {
     pub operations: Operations,
     /// `[consul]` over the environment's defaults: the mesh state comes from this agent.
     pub consul: Option<consul::Settings>,
+    /// What is valid but unwise (a key file others can read), as `key.path: message`.
+    pub warnings: Vec<String>,
 }
 
 /// Everything wrong with a file, or why it could not be read at all.
@@ -91,6 +93,28 @@ pub fn parse_with_env(
     parse_in(text, Path::new("."), env)
 }
 
+/// A TOML syntax error as shown to the operator. The parser's own text quotes the offending
+/// line, and a line that holds a token (`token = "s3cr3t...` left unterminated) would then end
+/// up in the terminal, the journal and bug reports. In a file that mentions a token anywhere
+/// — an unterminated string can run on over later lines, so the shown line need not be the
+/// key's own — only the position and the parser's reason are shown.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let mentions_token = text.to_ascii_lowercase().contains("token");
+    if !mentions_token {
+        return e.to_string().trim_end().to_owned();
+    }
+    let reason = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {reason} (the line is not shown: this file holds a token)")
+        }
+        None => format!("{reason} (the line is not shown: this file holds a token)"),
+    }
+}
+
 fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
@@ -106,7 +130,7 @@ pub fn parse_in(
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         vec![ConfigError {
             path: String::new(),
-            message: format!("not valid TOML: {}", e.to_string().trim_end()),
+            message: format!("not valid TOML: {}", toml_error(text, &e)),
         }]
     })?;
     let errs = Errors::default();
@@ -115,6 +139,10 @@ pub fn parse_in(
     if table.contains_key("consul") {
         return from_agent(&table, &root, base, env, operations)
             .filter(|_| errs.is_empty())
+            .map(|c| Config {
+                warnings: errs.warnings(),
+                ..c
+            })
             .ok_or_else(|| errs.into_vec());
     }
     let here = sections::here(&root);
@@ -161,6 +189,7 @@ pub fn parse_in(
             },
             operations,
             consul: None,
+            warnings: errs.warnings(),
         }),
         _ => Err(errs.into_vec()),
     }
@@ -205,6 +234,7 @@ fn from_agent(
         },
         consul: Some(settings?),
         operations: operations?,
+        warnings: Vec::new(),
     })
 }
 

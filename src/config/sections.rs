@@ -70,6 +70,17 @@ pub fn gateway(section: &Fields<'_>, listen_required: bool) -> Option<GatewaySet
     let idle_timeout = section.millis("idle_timeout_ms", GatewaySettings::DEFAULT_IDLE_TIMEOUT_MS);
     let max_connections =
         super::sidecar::max_connections(section, GatewaySettings::DEFAULT_MAX_CONNECTIONS);
+    let max_pending_handshakes = match section.int("max_pending_handshakes", 1, 1_000_000) {
+        Some(n) if n.unsigned_abs() as usize > max_connections => {
+            section.error(
+                "max_pending_handshakes",
+                format!("{n} is more than max_connections ({max_connections}), which counts these connections too"),
+            );
+            max_connections
+        }
+        Some(n) => n.unsigned_abs() as usize,
+        None => GatewaySettings::default_max_pending_handshakes(max_connections),
+    };
     let max_client_hello_bytes = section
         .int("max_client_hello_bytes", 1_024, 1_048_576)
         .map_or(GatewaySettings::DEFAULT_MAX_CLIENT_HELLO_BYTES, |n| {
@@ -82,6 +93,7 @@ pub fn gateway(section: &Fields<'_>, listen_required: bool) -> Option<GatewaySet
         handshake_timeout,
         idle_timeout,
         max_connections,
+        max_pending_handshakes,
         max_client_hello_bytes,
     })
 }

@@ -477,6 +477,9 @@ fn default_gateway() -> GatewaySettings {
         handshake_timeout: Duration::from_millis(GatewaySettings::DEFAULT_HANDSHAKE_TIMEOUT_MS),
         idle_timeout: Duration::from_millis(GatewaySettings::DEFAULT_IDLE_TIMEOUT_MS),
         max_connections: GatewaySettings::DEFAULT_MAX_CONNECTIONS,
+        max_pending_handshakes: GatewaySettings::default_max_pending_handshakes(
+            GatewaySettings::DEFAULT_MAX_CONNECTIONS,
+        ),
         max_client_hello_bytes: GatewaySettings::DEFAULT_MAX_CLIENT_HELLO_BYTES,
     }
 }

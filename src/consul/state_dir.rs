@@ -44,6 +44,7 @@ pub fn write(dir: &Path, name: &str, payload: &[u8]) -> io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
+    crate::config::files::check_dir(dir)?;
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let header = format!(
         "{MAGIC} {VERSION} sha256={} bytes={}\n",
@@ -51,12 +52,15 @@ pub fn write(dir: &Path, name: &str, payload: &[u8]) -> io::Result<()> {
         payload.len()
     );
     let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = match create_private(&tmp) {
+            // Left by a crash of a process with our PID (PID 1 in a container, every
+            // time): unlinking removes the entry itself, never what a link points at.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&tmp)?;
+                create_private(&tmp)?
+            }
+            other => other?,
+        };
         f.write_all(header.as_bytes())?;
         f.write_all(payload)?;
         f.sync_all()
@@ -68,6 +72,18 @@ pub fn write(dir: &Path, name: &str, payload: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, dir.join(name))?;
     // The rename is durable only once the directory entry is.
     File::open(dir)?.sync_all()
+}
+
+/// A new file at `path`, mode 0600, that did not exist before: `O_CREAT|O_EXCL` never opens an
+/// existing entry, and `O_NOFOLLOW` says so for links too. A link planted at the temporary
+/// name would otherwise have had the state, leaf key included, written to its target.
+fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
 }
 
 /// Saves `value` as JSON in `dir/name` (`write`); a failure is counted in `status` and
@@ -90,7 +106,9 @@ pub fn save_json<T: serde::Serialize>(
 
 /// The payload of `dir/name`, checked.
 pub fn read(dir: &Path, name: &str) -> Result<Vec<u8>, ReadError> {
-    let file = match File::open(dir.join(name)) {
+    let file = match crate::config::files::check_dir(dir)
+        .and_then(|()| crate::config::files::open_regular(&dir.join(name), true))
+    {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
         Err(e) => return Err(ReadError::Io(e)),
@@ -213,6 +231,50 @@ mod tests {
                 other => panic!("{want}: {other:?}"),
             }
         }
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A link planted at the temporary file's name is not followed: the state (leaf key
+    /// included) lands in the state file at 0600, the link's target is untouched.
+    #[test]
+    fn a_link_at_the_temporary_name_is_not_followed() {
+        let d = dir("link");
+        fs::DirBuilder::new().mode(0o700).create(&d).unwrap();
+        let victim = std::env::temp_dir().join(format!("sidegate-victim-{}", std::process::id()));
+        fs::write(&victim, b"victim").unwrap();
+        let tmp = d.join(format!(".s.json.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        write(&d, "s.json", b"secret state").unwrap();
+        assert_eq!(
+            fs::read(&victim).unwrap(),
+            b"victim",
+            "wrote through the link"
+        );
+        assert_eq!(read(&d, "s.json").unwrap(), b"secret state");
+        let mode = fs::metadata(path(&d, "s.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(fs::symlink_metadata(&tmp).is_err(), "the link is gone");
+        fs::remove_file(&victim).unwrap();
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A directory others can write to is refused for writing and reading alike.
+    #[test]
+    fn a_state_dir_others_can_write_is_refused() {
+        let d = dir("open");
+        write(&d, "s.json", b"x").unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = write(&d, "s.json", b"y").unwrap_err();
+        assert!(e.to_string().contains("writable by group or others"), "{e}");
+        match read(&d, "s.json") {
+            Err(ReadError::Io(e)) => assert!(e.to_string().contains("mode 777"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(read(&d, "s.json").unwrap(), b"x");
         fs::remove_dir_all(&d).unwrap();
     }
 }

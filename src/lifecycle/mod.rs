@@ -60,6 +60,8 @@ pub enum ReloadError {
     Config(config::LoadError),
     Bind(BindError),
     Consul(std::io::Error),
+    /// A stop was asked for while the file was being read; nothing changed.
+    Stopped,
 }
 
 impl std::fmt::Display for ReloadError {
@@ -68,6 +70,7 @@ impl std::fmt::Display for ReloadError {
             ReloadError::Config(e) => write!(f, "{e}"),
             ReloadError::Bind(e) => write!(f, "{e}"),
             ReloadError::Consul(e) => write!(f, "{e}"),
+            ReloadError::Stopped => f.write_str("stopping: a stop was asked for during the reload"),
         }
     }
 }
@@ -129,11 +132,12 @@ impl Lifecycle {
             match requests.next(events) {
                 Step::Reload => {
                     self.notifier.reloading();
-                    let outcome = match self.reload() {
+                    let outcome = match self.reload_heeding(requests) {
                         Ok(()) => match self.awaited(events, requests) {
                             Some(status) => status,
                             None => break,
                         },
+                        Err(ReloadError::Stopped) => break,
                         Err(_) => format!(
                             "reload failed, serving the previous configuration: {}",
                             self.describe()
@@ -226,11 +230,21 @@ impl Lifecycle {
     /// Reads the file again and swaps in its plan, admin endpoint and settings; on any error
     /// everything running stays as it was.
     pub fn reload(&mut self) -> Result<(), ReloadError> {
+        self.reload_heeding(&Requests::default())
+    }
+
+    /// `reload`, given up on (`ReloadError::Stopped`) when a stop is asked for while the
+    /// file is still being read.
+    fn reload_heeding(&mut self, requests: &Requests) -> Result<(), ReloadError> {
         crate::info!("reloading {}", self.path.display());
-        let result = self.try_reload();
+        let path = self.path.clone();
+        let result = read_apart(requests, &self.path, move || config::load(&path))
+            .and_then(|config| self.try_reload(config));
         let m = &self.running.metrics.reloads;
         match &result {
             Ok(()) => m.ok.inc(),
+            // Not a failed reload: the process is stopping.
+            Err(ReloadError::Stopped) => {}
             Err(e) => {
                 m.failed.inc();
                 crate::error!("reload failed, still serving the previous configuration: {e}");
@@ -239,8 +253,10 @@ impl Lifecycle {
         result
     }
 
-    fn try_reload(&mut self) -> Result<(), ReloadError> {
-        let config = config::load(&self.path).map_err(ReloadError::Config)?;
+    fn try_reload(&mut self, config: config::Config) -> Result<(), ReloadError> {
+        for w in &config.warnings {
+            crate::warn!("{w}");
+        }
         let ops = config.operations.clone();
         // The admin endpoint first: binding it is the step that can still fail, and a new one
         // that cannot be bound must leave the old plan in place too.
@@ -384,6 +400,47 @@ impl std::fmt::Display for Unanswered {
     }
 }
 
+/// Runs `load` (reading the configuration and the files it names) on a thread of its own and
+/// waits for it while watching for a stop request. This loop is the one that acts on SIGTERM:
+/// a read that blocks — a hung network mount; FIFOs are refused before they are read — must
+/// not keep it from stopping. A read that never ends leaves only its thread behind.
+fn read_apart(
+    requests: &Requests,
+    path: &std::path::Path,
+    load: impl FnOnce() -> Result<config::Config, config::LoadError> + Send + 'static,
+) -> Result<config::Config, ReloadError> {
+    let unread = |error| {
+        ReloadError::Config(config::LoadError::Read {
+            path: path.display().to_string(),
+            error,
+        })
+    };
+    /// How often the wait looks at the stop request; only while a reload reads.
+    const LOOK: Duration = Duration::from_millis(50);
+    let (done, read) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("sidegate-reload".into())
+        .spawn(move || {
+            let _ = done.send(load());
+        })
+        .map_err(unread)?;
+    loop {
+        match read.recv_timeout(LOOK) {
+            Ok(loaded) => return loaded.map_err(ReloadError::Config),
+            Err(mpsc::RecvTimeoutError::Timeout) if requests.stop_requested() => {
+                crate::warn!("reload abandoned: a stop was asked for while the configuration was still being read");
+                return Err(ReloadError::Stopped);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(unread(std::io::Error::other(
+                    "the thread reading it ended without an answer",
+                )))
+            }
+        }
+    }
+}
+
 fn bind_admin(
     addr: Option<std::net::SocketAddr>,
     status: &Arc<Status>,
@@ -491,5 +548,38 @@ mod tests {
         });
         assert!(routed(&l).contains("old"));
         l.drain();
+    }
+
+    /// A read that never ends (as on a hung mount) does not keep the loop from stopping: the
+    /// wait gives up as soon as a stop is asked for.
+    #[test]
+    fn a_stop_ends_the_wait_for_a_configuration_read_that_hangs() {
+        let (tx, _rx) = channel();
+        let requests = Requests::default();
+        let (_hold, hung) = mpsc::channel::<()>();
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                requests.post(true, &tx).unwrap();
+            });
+            let read = read_apart(&requests, std::path::Path::new("never"), move || {
+                let _ = hung.recv();
+                Err(config::LoadError::Read {
+                    path: "never".into(),
+                    error: std::io::Error::other("never"),
+                })
+            });
+            assert!(matches!(read, Err(ReloadError::Stopped)), "{read:?}");
+        });
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // A read that ends is the reload's, as before.
+        let read = read_apart(&Requests::default(), std::path::Path::new("x"), || {
+            config::parse("[mesh]\n").map_err(|errors| config::LoadError::Invalid {
+                path: "x".into(),
+                errors,
+            })
+        });
+        assert!(matches!(read, Err(ReloadError::Config(_))), "{read:?}");
     }
 }

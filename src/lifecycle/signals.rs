@@ -54,6 +54,11 @@ impl Requests {
         events.send(wake)
     }
 
+    /// Whether a stop (SIGTERM, SIGINT) is pending: for waits other than `next`.
+    pub fn stop_requested(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+
     /// Waits for the next thing to do: a stop request first, then a reload request, then
     /// the next snapshot. A closed channel stops the loop too.
     pub fn next(&self, events: &Receiver<Event>) -> Step {

@@ -44,6 +44,9 @@ pub struct GatewaySettings {
     #[serde(rename = "idle_timeout_ms", serialize_with = "as_millis")]
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Connections still waiting for their ClientHello, of `max_connections`; past it the
+    /// oldest waiting one is shed.
+    pub max_pending_handshakes: usize,
     pub max_client_hello_bytes: usize,
 }
 
@@ -56,6 +59,13 @@ impl GatewaySettings {
     pub const DEFAULT_MAX_CONNECTIONS: usize = 4_096;
     /// Fits the 17 KB two-record hellos post-quantum key shares produce, with room to spare.
     pub const DEFAULT_MAX_CLIENT_HELLO_BYTES: usize = 32_768;
+
+    /// A quarter of `max_connections` (at least 1): silent connections can take no more than
+    /// that from routed ones, and a real client's hello takes a round trip, so the quarter is
+    /// far more than honest clients ever have in flight at once.
+    pub fn default_max_pending_handshakes(max_connections: usize) -> usize {
+        (max_connections / 4).max(1)
+    }
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

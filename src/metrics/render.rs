@@ -106,6 +106,12 @@ pub fn render(m: &Metrics) -> String {
             g.hello(outcome).get(),
         );
     }
+    o.family(
+        "sidegate_gateway_hello_shed_total",
+        "counter",
+        "Gateway connections closed while still waiting for their ClientHello, to keep those within max_pending_handshakes.",
+    );
+    o.sample("sidegate_gateway_hello_shed_total", &[], g.hello_shed.get());
     o.per_role(
         "sidegate_connect_failures_total",
         "counter",
@@ -184,6 +190,16 @@ pub fn render(m: &Metrics) -> String {
         "sidegate_admin_requests_total",
         &[("code", "none")],
         m.admin.abandoned.get(),
+    );
+    o.family(
+        "sidegate_admin_connections_refused_total",
+        "counter",
+        "Admin connections closed at accept: as many as it serves at once were open.",
+    );
+    o.sample(
+        "sidegate_admin_connections_refused_total",
+        &[],
+        m.admin.refused.get(),
     );
 
     o.0

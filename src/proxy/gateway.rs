@@ -15,6 +15,7 @@ use super::relay::{relay, RelayEnd, Relayed};
 use std::sync::Arc;
 
 use super::listener::Active;
+use super::pending::Waiting;
 use super::Serving;
 use crate::client_hello::{self, Hello, ServerName};
 use crate::mesh::plan::GatewayPlan;
@@ -109,16 +110,29 @@ async fn open<'a>(
 ) -> Option<Opened<'a>> {
     let settings = &gw.settings;
     let mut hello = HelloBuf::default();
-    let name = match classify(
-        client,
-        &mut hello,
-        settings.max_client_hello_bytes,
-        settings.handshake_timeout,
+    let mut waiting = Waiting::enter(settings.max_pending_handshakes, &m.hello_shed);
+    let classified = future::or(
+        async {
+            let limit = settings.max_client_hello_bytes;
+            Some(classify(client, &mut hello, limit, settings.handshake_timeout).await)
+        },
+        async {
+            (&mut waiting).await;
+            None
+        },
     )
-    .await
-    {
-        Ok(name) => name,
-        Err(outcome) => {
+    .await;
+    drop(waiting);
+    let name = match classified {
+        Some(Ok(name)) => name,
+        None => {
+            crate::debug!(
+                "gateway {peer}: closed, shed: the oldest of max_pending_handshakes ({}) connections waiting for their ClientHello",
+                settings.max_pending_handshakes
+            );
+            return None;
+        }
+        Some(Err(outcome)) => {
             m.hello(outcome).inc();
             crate::debug!(
                 "gateway {peer}: closed, {} after {} bytes",
@@ -231,6 +245,7 @@ mod tests {
             handshake_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             max_connections: 1,
+            max_pending_handshakes: 1,
             max_client_hello_bytes: 4096,
         };
         let snapshot = Snapshot {

@@ -119,12 +119,14 @@ impl ListenerKey {
 /// A bound listening socket, not yet accepting.
 pub enum Bound {
     Tcp(Async<TcpListener>),
-    Unix(Async<UnixListener>, PathBuf),
+    /// The socket, its path, and the file it made there (device, inode).
+    Unix(Async<UnixListener>, PathBuf, (u64, u64)),
 }
 
 impl Bound {
     /// Binds what `key` names under `plan`. A Unix socket left by an earlier run is replaced
-    /// (any other file at that path is an error), then given its configured mode.
+    /// (any other file at that path is an error, and so is a socket another process still
+    /// listens on), then given its configured mode.
     pub fn bind(key: &ListenerKey, plan: &Plan) -> io::Result<Bound> {
         match key {
             ListenerKey::Gateway(a)
@@ -133,13 +135,11 @@ impl Bound {
                 Ok(Bound::Tcp(Async::new(TcpListener::bind(a)?)?))
             }
             ListenerKey::Upstream(BindKey::Unix(path)) => {
-                use std::os::unix::fs::FileTypeExt;
-                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                    std::fs::remove_file(path)?;
-                }
+                remove_stale_socket(path)?;
                 let l = UnixListener::bind(path)?;
+                let made = file_id(path)?;
                 set_socket_mode(key, plan)?;
-                Ok(Bound::Unix(Async::new(l)?, path.clone()))
+                Ok(Bound::Unix(Async::new(l)?, path.clone(), made))
             }
         }
     }
@@ -151,7 +151,7 @@ impl Bound {
                 .get_ref()
                 .local_addr()
                 .map_or_else(|_| "?".into(), |a| a.to_string()),
-            Bound::Unix(_, path) => format!("unix:{}", path.display()),
+            Bound::Unix(_, path, _) => format!("unix:{}", path.display()),
         }
     }
 
@@ -165,18 +165,55 @@ impl Bound {
     async fn accept(&self) -> io::Result<Conn> {
         match self {
             Bound::Tcp(l) => l.accept().await.map(|(s, peer)| Conn::Tcp(s, peer)),
-            Bound::Unix(l, _) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+            Bound::Unix(l, ..) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
         }
     }
 }
 
 impl Drop for Bound {
     /// A closed Unix listener takes its socket file with it, so a stale path does not look
-    /// like a live upstream to the local app.
+    /// like a live upstream to the local app — but only the file it made: one that another
+    /// process has bound at that path since (after removing ours) is theirs to keep.
     fn drop(&mut self) {
-        if let Bound::Unix(_, path) = self {
-            let _ = std::fs::remove_file(path);
+        if let Bound::Unix(_, path, made) = self {
+            if file_id(path).is_ok_and(|now| now == *made) {
+                let _ = std::fs::remove_file(path);
+            }
         }
+    }
+}
+
+/// The (device, inode) of the file at `path`, not following a link.
+fn file_id(path: &std::path::Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))
+}
+
+/// Makes way for binding a Unix socket at `path`: a socket nobody listens on (connecting is
+/// refused: its process is gone) is removed; a live one belongs to another process — maybe
+/// another sidegate, or the app itself — and is neither taken over nor deleted.
+fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        // Nothing there (bind makes it), or not a socket (bind refuses it: EADDRINUSE).
+        return Ok(());
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "{} is a socket another process is listening on; not taking it over",
+                path.display()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!(
+                "{} is a socket whose owner cannot be told ({e}); remove it if it is stale",
+                path.display()
+            ),
+        )),
     }
 }
 

@@ -11,6 +11,7 @@ mod dial;
 mod gateway;
 mod inbound;
 mod listener;
+mod pending;
 mod relay;
 mod serving;
 mod tls_relay;

@@ -120,6 +120,7 @@ mod tests {
                 handshake_timeout: Duration::from_secs(1),
                 idle_timeout: Duration::from_secs(1),
                 max_connections: 1,
+                max_pending_handshakes: 1,
                 max_client_hello_bytes: 4096,
             }),
             sidecar: None,

@@ -5,9 +5,12 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::ParsedCertificate;
 use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::names::{SpiffeError, SpiffeId};
@@ -80,10 +83,7 @@ impl Identity {
     ) -> Result<Identity, (Part, IdentityError)> {
         let chain = certs(chain_pem).map_err(|e| (Part::Chain, e))?;
         let roots = certs(roots_pem).map_err(|_| (Part::Roots, IdentityError::NoRoots))?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|_| (Part::Key, IdentityError::NoKey))?;
-        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-            .map_err(|e| (Part::Key, IdentityError::UnsupportedKey(e.to_string())))?;
+        let (key, signer) = read_key(key_pem).map_err(|e| (Part::Key, e))?;
         CertifiedKey::new(chain.clone(), signer)
             .keys_match()
             .map_err(|_| (Part::Key, IdentityError::KeyMismatch))?;
@@ -114,6 +114,101 @@ impl Identity {
     pub fn remaining(&self, now: SystemTime) -> Duration {
         self.not_after.duration_since(now).unwrap_or_default()
     }
+}
+
+impl Identity {
+    /// What a leaf, key and roots from files must also pass before they are served: a peer
+    /// would refuse them at every handshake, so `check` and `run` refuse them first. Every
+    /// problem found, each with the input it is about. (The Consul agent's leaf and roots do
+    /// not go through this: the agent issues them together and renews them itself.)
+    pub fn problems(&self, now: SystemTime) -> Vec<(Part, String)> {
+        let mut found = Vec::new();
+        for (i, root) in self.roots.iter().enumerate() {
+            let n = i + 1;
+            if Some(root) == self.chain.first() {
+                found.push((
+                    Part::Roots,
+                    format!("certificate {n} is the leaf itself, not the CA that signed it"),
+                ));
+                continue;
+            }
+            match X509Certificate::from_der(root) {
+                Ok((_, cert)) if cert.is_ca() => {}
+                Ok((_, cert)) => found.push((
+                    Part::Roots,
+                    format!(
+                        "certificate {n} ({}) is not a CA (its basicConstraints do not say CA:TRUE)",
+                        cert.subject()
+                    ),
+                )),
+                Err(e) => found.push((
+                    Part::Roots,
+                    format!("certificate {n} cannot be read: {e}"),
+                )),
+            }
+        }
+        let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let not_before = self
+            .chain
+            .first()
+            .and_then(|leaf| X509Certificate::from_der(leaf).ok())
+            .and_then(|(_, cert)| u64::try_from(cert.validity().not_before.timestamp()).ok())
+            .unwrap_or(0);
+        if not_before > now_secs {
+            found.push((
+                Part::Chain,
+                format!(
+                    "leaf is not valid yet: not before {not_before} (seconds since 1970), {} s from now; is this host's clock right?",
+                    not_before - now_secs
+                ),
+            ));
+        }
+        // The chain as a peer checks it (signatures, CA flags, path to a root), at a time the
+        // leaf is valid so that a leaf that is merely early still has its issuer checked.
+        let at = UnixTime::since_unix_epoch(Duration::from_secs(now_secs.max(not_before + 1)));
+        if let Err(why) = self.verify_chain(at) {
+            found.push((Part::Chain, why));
+        }
+        found
+    }
+
+    fn verify_chain(&self, at: UnixTime) -> Result<(), String> {
+        let Some((leaf, intermediates)) = self.chain.split_first() else {
+            return Err("holds no certificate".into());
+        };
+        let mut roots = RootCertStore::empty();
+        let (added, _) = roots.add_parsable_certificates(self.roots.iter().cloned());
+        if added == 0 {
+            return Err("is not signed by any CA in ca_file: ca_file holds no usable CA".into());
+        }
+        let leaf =
+            ParsedCertificate::try_from(leaf).map_err(|e| format!("leaf cannot be read: {e}"))?;
+        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        verify_server_cert_signed_by_trust_anchor(&leaf, &roots, intermediates, at, algs.all)
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+                    "is not signed by any CA in ca_file (nor through the intermediates after the leaf)".to_owned()
+                }
+                e => format!("does not verify against ca_file: {e}"),
+            })
+    }
+}
+
+/// A private key rustls can sign with, from PEM; also checked on its own when the
+/// certificate cannot be read, so that both problems are reported at once.
+pub fn read_key(
+    key_pem: &[u8],
+) -> Result<
+    (
+        PrivateKeyDer<'static>,
+        std::sync::Arc<dyn rustls::sign::SigningKey>,
+    ),
+    IdentityError,
+> {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| IdentityError::NoKey)?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| IdentityError::UnsupportedKey(e.to_string()))?;
+    Ok((key, signer))
 }
 
 fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, IdentityError> {

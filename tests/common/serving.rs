@@ -46,6 +46,10 @@ impl Child {
 
 /// One sample of an admin endpoint's `/metrics`, named with its labels as written there,
 /// e.g. `sidegate_connections_accepted_total{role="inbound"}`.
+#[allow(
+    dead_code,
+    reason = "the proxy tests read samples; the operations tests only serving and logged"
+)]
 pub fn metric(admin: SocketAddr, sample: &str) -> u64 {
     let (code, text) = http_get(admin, "/metrics");
     assert_eq!(code, 200);
@@ -59,6 +63,10 @@ pub fn metric(admin: SocketAddr, sample: &str) -> u64 {
 /// `rss_kib` once it stops falling: memory a process frees just after a burst (buffers of
 /// connections still in flight when the burst's last one was seen) is not its steady
 /// state. Readings 250 ms apart, for at most 5 s.
+#[allow(
+    dead_code,
+    reason = "the proxy tests measure memory; the operations tests only serving and logged"
+)]
 pub fn settled_rss_kib(pid: u32) -> u64 {
     let mut last = rss_kib(pid);
     for _ in 0..20 {

@@ -673,17 +673,7 @@ fn check_warns_of_a_leaf_that_expires_within_a_day() {
     ] {
         std::fs::write(dir.path(name), pem).unwrap();
     }
-    let path = dir.path("sidecar.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
-             [tls]\ncert_file = \"web.pem\"\nkey_file = \"web-key.pem\"\nca_file = \"ca.pem\"\n\
-             [sidecar]\nservice = \"web\"\n\
-             [[sidecar.upstreams]]\ndestination_name = \"db\"\nlocal_bind_port = 9191\n{CATALOG}"
-        ),
-    )
-    .unwrap();
+    let path = web_sidecar_toml(&dir);
     let out = sidegate(&["check", "--config", path.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -703,5 +693,289 @@ fn check_warns_of_a_leaf_that_expires_within_a_day() {
     assert!(
         plan.contains("upstream 127.0.0.1:9191 -> db.default.dc1.internal."),
         "{plan}"
+    );
+}
+
+/// A token in a line the TOML parser chokes on never reaches the terminal or the journal:
+/// the parser quotes the offending line, so the error shows only where and why.
+#[test]
+fn a_toml_syntax_error_never_echoes_a_token() {
+    let dir = Scratch::new("cli-token-leak");
+    for (name, text) in [
+        ("plain.toml", "[consul]\ntoken = \"s3cr3t-unterminated\n"),
+        (
+            "multiline.toml",
+            "[consul]\nsidecar_service_id = \"w\"\ntoken = \"\"\"\ns3cr3t-unterminated\nmore\n",
+        ),
+        (
+            "quoted-key.toml",
+            "[consul]\n\"token\" = 's3cr3t-unterminated\n",
+        ),
+    ] {
+        let path = dir.path(name);
+        std::fs::write(&path, text).unwrap();
+        let out = sidegate(&["check", "--config", path.to_str().unwrap()]);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(78), "{name}: {stderr}");
+        assert!(stderr.contains("not valid TOML"), "{name}: {stderr}");
+        assert!(stderr.contains("line "), "{name}: no position in {stderr}");
+        assert!(
+            !stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"),
+            "{name}: the token leaked:\n{stdout}{stderr}"
+        );
+    }
+}
+
+/// A closed stdout/stderr (`sidegate check --config bad.toml 2>&1 | true`) does not abort the
+/// CLI: the messages are lost, the exit code still says what happened.
+#[test]
+fn a_closed_output_pipe_keeps_the_exit_code() {
+    let dir = Scratch::new("cli-epipe");
+    let bad = dir.path("bad.toml");
+    std::fs::write(&bad, "[gateway]\nlisten = 5\n").unwrap();
+    let good = example("gateway.toml");
+    for (args, code) in [
+        (vec!["check", "--config", bad.to_str().unwrap()], 78),
+        (vec!["check", "--config", "/nonexistent.toml"], 66),
+        (vec!["check", "--config", good.as_str()], 0),
+        (vec!["check"], 64),
+    ] {
+        // A pipe whose reading end is closed before the child starts: every write fails
+        // with EPIPE (Rust ignores SIGPIPE, so the write returns the error).
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        drop(reader);
+        let out = common::sidegate_command()
+            .args(&args)
+            .stdout(std::process::Stdio::from(writer.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(writer))
+            .status()
+            .unwrap();
+        assert_eq!(out.code(), Some(code), "{args:?}");
+    }
+}
+
+/// A FIFO where a key file belongs is refused at once (exit 78, naming the key) instead of
+/// hanging `check` until some writer comes along.
+#[test]
+fn check_refuses_a_fifo_as_key_file_promptly() {
+    let dir = Scratch::new("cli-fifo");
+    let pki = Pki::new();
+    let spiffe = format!("spiffe://{TD}/ns/default/dc/dc1/svc/web");
+    let (cert, _) = pki.spiffe_leaf_pem(
+        &spiffe,
+        std::time::SystemTime::now() + std::time::Duration::from_secs(86400 * 30),
+    );
+    std::fs::write(dir.path("ca.pem"), pki.ca_pem()).unwrap();
+    std::fs::write(dir.path("web.pem"), cert).unwrap();
+    common::make_fifo(&dir.path("web-key.pem"));
+    let path = web_sidecar_toml(&dir);
+    let mut child = common::sidegate_command()
+        .args(["check", "--config", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("check hung on a FIFO key_file");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("tls.key_file: cannot read ")
+            && stderr.contains("is a FIFO (named pipe), not a regular file"),
+        "{stderr}"
+    );
+}
+
+/// A CA of its own (rcgen), for identities `check` must refuse.
+fn own_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// web's mesh leaf from `issuer`, valid from `not_before` for 30 days; `ca` says what its
+/// basicConstraints say. PEM (certificate, key).
+fn web_leaf(
+    issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    not_before: std::time::SystemTime,
+    ca: rcgen::IsCa,
+) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    let spiffe = format!("spiffe://{TD}/ns/default/dc/dc1/svc/web");
+    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe.as_str().try_into().unwrap())];
+    params.not_before = not_before.into();
+    params.not_after = (not_before + std::time::Duration::from_secs(30 * 86400)).into();
+    params.is_ca = ca;
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// `check` of a web sidecar with these files (`None`: not written), key at `key_mode`.
+fn check_identity(
+    dir: &Scratch,
+    cert: Option<&str>,
+    key: &str,
+    key_mode: u32,
+    ca: &str,
+) -> (Option<i32>, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(dir.path("web.pem"));
+    if let Some(cert) = cert {
+        std::fs::write(dir.path("web.pem"), cert).unwrap();
+    }
+    std::fs::write(dir.path("web-key.pem"), key).unwrap();
+    std::fs::set_permissions(
+        dir.path("web-key.pem"),
+        std::fs::Permissions::from_mode(key_mode),
+    )
+    .unwrap();
+    std::fs::write(dir.path("ca.pem"), ca).unwrap();
+    let path = web_sidecar_toml(dir);
+    let out = sidegate(&["check", "--config", path.to_str().unwrap()]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check` refuses identities no peer would accept, each reported at its key (exit 78): a
+/// leaf another CA signed, a ca_file that is no CA (a CA:FALSE certificate, or the leaf
+/// itself), a leaf not valid yet. A key others can read is a warning. An unreadable
+/// cert_file does not hide a bad key_file.
+#[test]
+fn check_refuses_identities_that_cannot_work() {
+    let dir = Scratch::new("cli-identity");
+    let (ca, other) = (own_ca("the mesh CA"), own_ca("another CA"));
+    let now = std::time::SystemTime::now();
+    let ok = rcgen::IsCa::NoCa;
+    let (cert, key) = web_leaf(&ca, now, ok);
+
+    // The control: a leaf of the configured CA passes, silently with a private key.
+    let (code, stderr) = check_identity(&dir, Some(&cert), &key, 0o600, &ca.pem());
+    assert_eq!((code, stderr.as_str()), (Some(0), ""));
+
+    let (code, stderr) = check_identity(&dir, Some(&cert), &key, 0o640, &ca.pem());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: tls.key_file: ")
+            && stderr.contains("is readable by group or others (mode 640)"),
+        "{stderr}"
+    );
+
+    let (foreign, foreign_key) = web_leaf(&other, now, ok);
+    let (code, stderr) = check_identity(&dir, Some(&foreign), &foreign_key, 0o600, &ca.pem());
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("tls.cert_file: \"web.pem\" is not signed by any CA in ca_file"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = check_identity(&dir, Some(&cert), &key, 0o600, &cert);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("tls.ca_file: \"ca.pem\" certificate 1 is the leaf itself"),
+        "{stderr}"
+    );
+
+    let (not_ca, _) = web_leaf(&ca, now, rcgen::IsCa::ExplicitNoCa);
+    let (code, stderr) = check_identity(&dir, Some(&cert), &key, 0o600, &not_ca);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("tls.ca_file: \"ca.pem\" certificate 1 (")
+            && stderr.contains("is not a CA"),
+        "{stderr}"
+    );
+
+    let tomorrow = now + std::time::Duration::from_secs(86400);
+    let (early, early_key) = web_leaf(&ca, tomorrow, ok);
+    let (code, stderr) = check_identity(&dir, Some(&early), &early_key, 0o600, &ca.pem());
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("tls.cert_file: \"web.pem\" leaf is not valid yet"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = check_identity(&dir, None, "not a key\n", 0o600, &ca.pem());
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("tls.cert_file: cannot read "), "{stderr}");
+    assert!(
+        stderr.contains("tls.key_file: \"web-key.pem\" holds no private key"),
+        "{stderr}"
+    );
+}
+
+/// A web sidecar reading web.pem, web-key.pem and ca.pem next to it, in `dir`.
+fn web_sidecar_toml(dir: &Scratch) -> PathBuf {
+    let path = dir.path("sidecar.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
+             [tls]\ncert_file = \"web.pem\"\nkey_file = \"web-key.pem\"\nca_file = \"ca.pem\"\n\
+             [sidecar]\nservice = \"web\"\n\
+             [[sidecar.upstreams]]\ndestination_name = \"db\"\nlocal_bind_port = 9191\n{CATALOG}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `[gateway] max_pending_handshakes`: a quarter of max_connections unless given, and never
+/// more than max_connections (which counts those connections too).
+#[test]
+fn max_pending_handshakes_defaults_to_a_quarter_and_stays_within_max_connections() {
+    let dir = Scratch::new("cli-pending");
+    let path = dir.path("gw.toml");
+    let gateway = |extra: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
+                 [gateway]\nlisten = [\"127.0.0.1:0\"]\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        sidegate(&["check", "--json", "--config", path.to_str().unwrap()])
+    };
+    for (extra, want) in [
+        ("", 1024),
+        ("max_connections = 100", 25),
+        ("max_connections = 3", 1),
+        ("max_pending_handshakes = 64", 64),
+    ] {
+        let out = gateway(extra);
+        assert!(out.status.success(), "{extra}");
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            plan["gateway"]["max_pending_handshakes"], want,
+            "{extra}: {plan}"
+        );
+    }
+    let out = gateway("max_connections = 10\nmax_pending_handshakes = 11");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("gateway.max_pending_handshakes: 11 is more than max_connections (10)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

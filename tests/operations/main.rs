@@ -10,13 +10,16 @@ mod common {
     mod base;
     mod child;
     mod closes;
+    mod fifo;
     mod runner;
+    mod serving;
     mod tls;
     mod wait;
     pub use backends::*;
     pub use base::*;
     pub use child::*;
     pub use closes::*;
+    pub use fifo::*;
     pub use runner::*;
     pub use tls::*;
     pub use wait::*;

@@ -993,3 +993,78 @@ fn logs_are_journald_shaped_under_systemd_and_timestamped_otherwise() {
         "{quiet}"
     );
 }
+
+/// Silent connections to the admin endpoint hold up neither a scrape nor the exit: past four
+/// of them `/ready` answers at once (before: 5 s each, one after the other), and SIGTERM with
+/// them still open exits promptly (before: up to 5 s more).
+#[test]
+fn silent_admin_connections_delay_neither_scrapes_nor_exit() {
+    let (_world, _notify, mut sg, addrs) = serving("admin-silent", "");
+    let silent: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(addrs.admin).unwrap())
+        .collect();
+    let asked = Instant::now();
+    assert_eq!(http_get(addrs.admin, "/ready").0, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "/ready took {:?}",
+        asked.elapsed()
+    );
+    let stopping = Instant::now();
+    sg.signal(Signal::TERM);
+    assert_eq!(sg.wait_exit(IO_TIMEOUT).code(), Some(0));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "exit took {:?}",
+        stopping.elapsed()
+    );
+    drop(silent);
+}
+
+/// An admin endpoint other hosts can reach is allowed, with a warning at start.
+#[test]
+fn an_admin_endpoint_beyond_loopback_is_warned_about() {
+    let dir = Scratch::new("admin-exposed");
+    let config = dir.path("gw.toml");
+    for (listen, warned) in [("0.0.0.0:0", 1), ("127.0.0.1:0", 0)] {
+        std::fs::write(
+            &config,
+            format!(
+                "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
+                 [gateway]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"{listen}\"\n"
+            ),
+        )
+        .unwrap();
+        let mut sg = run_binary(&config, 1);
+        sg.serving().expect("serving");
+        assert_eq!(
+            sg.logged("is reachable from other hosts"),
+            warned,
+            "{listen}: {:#?}",
+            sg.log.lock().unwrap()
+        );
+    }
+}
+
+/// A FIFO given as key_file on a reload is refused at once; the reload fails, and SIGTERM
+/// still stops the process (before, the reload blocked opening the FIFO and SIGTERM was
+/// never acted on).
+#[test]
+fn a_fifo_key_file_on_reload_is_refused_and_sigterm_still_stops() {
+    let (world, mut notify, mut sg, addrs) = serving("fifo-reload", "");
+    let fifo = world.scratch.path("key.fifo");
+    common::make_fifo(&fifo);
+    let config = world.config();
+    let good = std::fs::read_to_string(&config).unwrap();
+    let with_fifo = good.replace(&fixture("web-key-sec1.pem"), fifo.to_str().unwrap());
+    assert_ne!(good, with_fifo, "the key path was not in the file");
+    std::fs::write(&config, with_fifo).unwrap();
+    sg.signal(Signal::HUP);
+    notify.expect_line("RELOADING=1");
+    let ready = notify.expect_line("READY=1");
+    assert!(ready.contains("reload failed"), "{ready}");
+    sg.wait_log("is a FIFO (named pipe), not a regular file");
+    assert_eq!(http_get(addrs.admin, "/ready").0, 200);
+    sg.signal(Signal::TERM);
+    assert_eq!(sg.wait_exit(IO_TIMEOUT).code(), Some(0));
+}

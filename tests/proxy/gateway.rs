@@ -366,3 +366,44 @@ fn a_name_is_dialled_at_each_address_it_resolves_to() {
     assert_eq!(dial.connect_failures.get(), 2 * ahead + addrs.len() as u64);
     assert_eq!(db.accepted(), 2);
 }
+
+/// Silent connections cannot crowd real clients out: those still waiting for their
+/// ClientHello have a budget of their own (by default a quarter of `max_connections`, here
+/// 2 of 8), the oldest of them shed (and counted) to make room, so twice `max_connections`
+/// of silent connections leave the gateway room, and a real client still routes.
+#[test]
+fn silent_connections_cannot_crowd_out_a_real_client() {
+    let pki = Pki::new();
+    let db = Backend::start(&pki, &service_sni("db", "dc1"));
+    let gw = start(&gateway_toml(
+        "dc1",
+        "default",
+        LOOPBACK,
+        &[("db", vec![db.addr])],
+        "",
+        "max_connections = 8",
+    ));
+    let addr = gw.gateway_addrs[0];
+    let m = &gw.metrics.gateway;
+    // Each one waits to be accepted, so that none is refused at the limit instead of shed.
+    let silent: Vec<std::net::TcpStream> = (1..=16u64)
+        .map(|n| {
+            let s = raw(addr);
+            eventually("accepted", || m.accepted.get() >= n);
+            s
+        })
+        .collect();
+    eventually("silent connections beyond the budget shed", || {
+        m.active.get() == 2
+    });
+    assert_eq!(m.hello_shed.get(), 14);
+    assert_eq!(m.refused_limit.get(), 0);
+    let tls = tls_connect(addr, &service_sni("db", "dc1"), &pki.client_config()).unwrap();
+    assert_eq!(
+        echo_and_finish(tls, b"room left").unwrap(),
+        db.name,
+        "the real client was not routed"
+    );
+    assert_eq!(m.hello(HelloOutcome::Routed).get(), 1);
+    drop(silent);
+}

@@ -219,3 +219,48 @@ instances = ["{}"]
     });
     assert_eq!(m.refused_limit.get(), 1);
 }
+
+/// A web sidecar with one upstream to db on the Unix socket at `socket`.
+fn unix_upstream_plan(socket: &std::path::Path) -> sidegate::mesh::Plan {
+    plan(&format!(
+        "{}\n{}[[catalog.services]]\nname = \"db\"\npartition = \"part2\"\ninstances = [\"127.0.0.1:9\"]\n",
+        WEB.header(),
+        db_upstream(
+            &format!("local_bind_socket_path = \"{}\"", socket.display()),
+            r#"mesh_gateway = { mode = "none" }"#
+        ),
+    ))
+}
+
+/// A socket another process listens on at `local_bind_socket_path` is neither taken over
+/// nor deleted; a stale one (its process gone) is replaced; and at exit only the socket
+/// sidegate made is removed, not one another process has bound there since.
+#[test]
+fn a_live_unix_socket_of_another_process_is_left_alone() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = Scratch::new("live-socket");
+    let socket = dir.path("db.sock");
+
+    let theirs = UnixListener::bind(&socket).unwrap();
+    let e = match sidegate::proxy::start(unix_upstream_plan(&socket)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("took over a live socket"),
+    };
+    assert!(e.contains("another process is listening on"), "{e}");
+    UnixStream::connect(&socket).expect("their socket still answers");
+    theirs.accept().unwrap();
+
+    // Their process goes away, leaving its file: that one is stale and replaced.
+    drop(theirs);
+    let ours = sidegate::proxy::start(unix_upstream_plan(&socket)).unwrap();
+    UnixStream::connect(&socket).expect("ours answers");
+
+    // Someone replaces our file with a socket of their own while we run: at our exit,
+    // theirs stays.
+    std::fs::remove_file(&socket).unwrap();
+    let again = UnixListener::bind(&socket).unwrap();
+    ours.drain(Duration::from_secs(1));
+    assert!(socket.exists(), "deleted another process's socket at exit");
+    UnixStream::connect(&socket).expect("their socket still answers");
+    again.accept().unwrap();
+}

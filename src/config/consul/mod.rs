@@ -66,11 +66,25 @@ pub fn settings(
         );
     }
     t.finish();
+    let token_file = keys.token_file.clone().or_else(|| {
+        env("CONSUL_HTTP_TOKEN_FILE")
+            .filter(|p| !p.trim().is_empty())
+            .map(std::path::PathBuf::from)
+    });
     match resolve(keys, env) {
-        Ok(s) => Some(s),
+        Ok(s) => {
+            if let Some(path) = token_file.filter(|_| s.token.is_some()) {
+                super::tls::warn_if_others_can_read(t, "token_file", &path);
+            }
+            Some(s)
+        }
         Err(errors) => {
             for e in errors {
-                t.error(e.key, e.message);
+                if e.key.is_empty() {
+                    t.error_here(e.message);
+                } else {
+                    t.error(e.key, e.message);
+                }
             }
             None
         }
@@ -183,5 +197,74 @@ mod tests {
             got[1].starts_with("consul.token_file: cannot read the token file /nonexistent"),
             "{got:?}"
         );
+    }
+
+    /// A bad token in the environment is not `consul.token_file`'s fault (none is set): it
+    /// is the section's, named by its variable, and its value is never shown.
+    #[test]
+    fn a_bad_environment_token_is_not_blamed_on_token_file() {
+        let got = errors(
+            "[consul]\nsidecar_service_id = \"w\"\n",
+            &[("CONSUL_HTTP_TOKEN", "s3cr3t with-space")],
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("consul: the token from CONSUL_HTTP_TOKEN holds spaces"),
+            "{got:?}"
+        );
+        assert!(!got[0].contains("s3cr3t"), "token leaked: {got:?}");
+    }
+
+    /// A state_dir another user could write to is refused at `consul.state_dir`; one that does
+    /// not exist yet is fine (the first save makes it 0700).
+    #[test]
+    fn a_state_dir_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sidegate-open-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let text = |d: &std::path::Path| {
+            format!(
+                "[consul]\nsidecar_service_id = \"w\"\nstate_dir = \"{}\"\n",
+                d.display()
+            )
+        };
+        let got = errors(&text(&dir), &[]);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("consul.state_dir: ")
+                && got[0].contains("writable by group or others"),
+            "{got:?}"
+        );
+        assert!(errors(&text(&dir.join("not-yet")), &[]).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A token file others can read is a warning (the file stays valid); 0600 is silent.
+    #[test]
+    fn a_token_file_others_can_read_is_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sidegate-token-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "s3cr3t\n").unwrap();
+        let text = format!(
+            "[consul]\nsidecar_service_id = \"w\"\ntoken_file = \"{}\"\n",
+            token.display()
+        );
+        for (mode, warned) in [(0o644, true), (0o600, false)] {
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+            let c = parse_with_env(&text, &|_| None).unwrap();
+            assert_eq!(
+                c.warnings
+                    .iter()
+                    .any(|w| w.starts_with("consul.token_file: ")
+                        && w.contains("readable by group or others")),
+                warned,
+                "{mode:o}: {:?}",
+                c.warnings
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

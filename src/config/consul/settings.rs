@@ -149,6 +149,8 @@ pub struct FileKeys {
 /// what is wrong, naming the environment variable when the value came from there.
 #[derive(Debug, PartialEq, Eq)]
 pub struct SettingError {
+    /// The `[consul]` key at fault; empty for the section as a whole (an environment variable
+    /// that no key names).
     pub key: &'static str,
     pub message: String,
 }
@@ -173,14 +175,17 @@ pub fn resolve(
         .map_err(|e| fail("address", format!("{e}{from}")))
         .ok();
 
+    // A token given in the environment is no file: its error is the section's (key ""), not
+    // `consul.token_file`'s, which would send the operator looking for a key they never set.
     let token = match (&file.token_file, env("CONSUL_HTTP_TOKEN_FILE")) {
-        (Some(path), _) => token_from_file(path, "token_file"),
-        (None, Some(path)) => token_from_file(Path::new(&path), "CONSUL_HTTP_TOKEN_FILE"),
-        (None, None) => {
-            env("CONSUL_HTTP_TOKEN").map_or(Ok(None), |t| Token::new(&t, "CONSUL_HTTP_TOKEN"))
-        }
+        (Some(path), _) => token_from_file(path, "token_file").map_err(|e| ("token_file", e)),
+        (None, Some(path)) => token_from_file(Path::new(&path), "CONSUL_HTTP_TOKEN_FILE")
+            .map_err(|e| ("token_file", e)),
+        (None, None) => env("CONSUL_HTTP_TOKEN")
+            .map_or(Ok(None), |t| Token::new(&t, "CONSUL_HTTP_TOKEN"))
+            .map_err(|e| ("", e)),
     }
-    .map_err(|e| fail("token_file", e))
+    .map_err(|(key, e)| fail(key, e))
     .ok();
 
     // The CA only verifies HTTPS. CONSUL_CACERT is often exported fleet-wide, also where
@@ -209,6 +214,15 @@ pub fn resolve(
                 "ca_file",
                 format!("is set but the agent address {a} is plain HTTP; use https://"),
             );
+        }
+    }
+
+    // A directory that is not there yet is made 0700 by the first save; one that is there
+    // must be ours alone (see `files::check_dir`).
+    if let Some(dir) = &file.state_dir {
+        match crate::config::files::check_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => fail("state_dir", e.to_string()),
+            _ => {}
         }
     }
 
@@ -361,10 +375,8 @@ mod tests {
         ]);
         let errors = resolve(FileKeys::default(), &env).unwrap_err();
         let keys: Vec<&str> = errors.iter().map(|e| e.key).collect();
-        assert_eq!(
-            keys,
-            ["address", "token_file", "ca_file", "sidecar_service_id"]
-        );
+        // The token from the environment is the section's error: no token_file was set.
+        assert_eq!(keys, ["address", "", "ca_file", "sidecar_service_id"]);
         assert!(errors[0].message.contains("CONSUL_HTTP_ADDR"), "{errors:?}");
         assert!(
             errors[1].message.contains("CONSUL_HTTP_TOKEN"),

@@ -1,0 +1,192 @@
+//! Gateway connections still waiting for their ClientHello get a budget of their own
+//! (`[gateway] max_pending_handshakes`), smaller than `max_connections`.
+//!
+//! A connection that never sends its hello holds a place until `handshake_timeout_ms`; with
+//! only `max_connections` to bound them, a few hundred silent connections a second kept a
+//! gateway full and routed traffic out. Now when the budget is full, a new connection sheds
+//! the *oldest* one still waiting (and the shed is counted): the newest has had no time to
+//! send anything yet, while the oldest has had the most and is the likeliest to be silent.
+//! A real client sends its hello within a round trip, long before a flood could push it to
+//! the front; and silent connections can never take more than the budget from routed ones.
+//!
+//! Like the deadlines, the waiting connections are slots in a thread-local table of the event
+//! loop: entering and leaving allocate nothing once the table has grown to the budget.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use crate::metrics::Counter;
+
+thread_local! {
+    static TABLE: RefCell<Table> = const { RefCell::new(Table::new()) };
+}
+
+struct Entry {
+    /// Admission order: the smallest is the oldest.
+    admitted: u64,
+    shed: bool,
+    waker: Option<Waker>,
+}
+
+struct Table {
+    slots: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    /// Entries waiting and not shed.
+    live: usize,
+    next: u64,
+}
+
+impl Table {
+    const fn new() -> Self {
+        Table {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            next: 0,
+        }
+    }
+
+    /// Marks the oldest waiting entry shed and wakes it; false when none is left to shed.
+    fn shed_oldest(&mut self) -> bool {
+        let oldest = self
+            .slots
+            .iter_mut()
+            .flatten()
+            .filter(|e| !e.shed)
+            .min_by_key(|e| e.admitted);
+        let Some(e) = oldest else {
+            return false;
+        };
+        e.shed = true;
+        if let Some(w) = e.waker.take() {
+            w.wake();
+        }
+        self.live -= 1;
+        true
+    }
+
+    fn enter(&mut self) -> u32 {
+        let entry = Entry {
+            admitted: self.next,
+            shed: false,
+            waker: None,
+        };
+        self.next += 1;
+        self.live += 1;
+        match self.free.pop() {
+            Some(i) => {
+                if let Some(slot) = self.slots.get_mut(i as usize) {
+                    *slot = Some(entry);
+                }
+                i
+            }
+            None => {
+                self.slots.push(Some(entry));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn leave(&mut self, index: u32) {
+        if let Some(slot) = self.slots.get_mut(index as usize) {
+            if let Some(e) = slot.take() {
+                if !e.shed {
+                    self.live -= 1;
+                }
+                self.free.push(index);
+            }
+        }
+    }
+
+    /// Ready once shed; otherwise remembers who to wake.
+    fn poll(&mut self, index: u32, cx: &mut Context<'_>) -> Poll<()> {
+        match self.slots.get_mut(index as usize) {
+            Some(Some(e)) if e.shed => Poll::Ready(()),
+            Some(Some(e)) => {
+                if e.waker.as_ref().is_none_or(|w| !w.will_wake(cx.waker())) {
+                    e.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    }
+}
+
+/// A connection's place among those waiting for their hello, held until dropped. As a
+/// future it completes when the connection is shed to make room for a newer one.
+pub struct Waiting {
+    slot: u32,
+}
+
+impl Waiting {
+    /// Takes a place within `budget`, shedding the oldest waiting connections (each counted
+    /// in `shed`) while the budget is full.
+    pub fn enter(budget: usize, shed: &Counter) -> Waiting {
+        TABLE.with(|t| {
+            let mut t = t.borrow_mut();
+            while t.live >= budget.max(1) && t.shed_oldest() {
+                shed.inc();
+            }
+            Waiting { slot: t.enter() }
+        })
+    }
+}
+
+impl Future for Waiting {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let slot = self.slot;
+        TABLE.with(|t| t.borrow_mut().poll(slot, cx))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        // The table is gone only while the thread itself is ending.
+        let _ = TABLE.try_with(|t| t.borrow_mut().leave(self.slot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Wake;
+
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// The oldest waiting place is shed (and woken) when a new one comes over budget; a place
+    /// left frees room without shedding anybody.
+    #[test]
+    fn the_oldest_waiting_connection_is_shed() {
+        let shed = Counter::default();
+        let flag = std::sync::Arc::new(Flag(false.into()));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut first = Waiting::enter(2, &shed);
+        let second = Waiting::enter(2, &shed);
+        assert!(Pin::new(&mut first).poll(&mut cx).is_pending());
+        let mut third = Waiting::enter(2, &shed);
+        assert_eq!(shed.get(), 1);
+        assert!(
+            flag.0.load(std::sync::atomic::Ordering::SeqCst),
+            "not woken"
+        );
+        assert!(Pin::new(&mut first).poll(&mut cx).is_ready());
+        assert!(Pin::new(&mut third).poll(&mut cx).is_pending());
+        drop(first);
+        drop(second);
+        let _fourth = Waiting::enter(2, &shed);
+        assert_eq!(shed.get(), 1, "room was left: nobody shed");
+        let used = TABLE.with(|t| t.borrow().slots.iter().flatten().count());
+        assert_eq!(used, 2);
+    }
+}
