@@ -165,12 +165,12 @@ fn run(path: std::path::PathBuf) -> ExitCode {
             return ExitCode::from(EX_OSERR);
         }
     };
-    let snapshot = match &source {
-        None => config.snapshot.clone(),
+    let (snapshot, receipt) = match &source {
+        None => (config.snapshot.clone(), None),
         Some(_) => {
             notifier.status("waiting for the first state from the Consul agent");
             match lifecycle::follower::first_snapshot(&received) {
-                Some(s) => *s,
+                Some((s, r)) => (*s, Some(r)),
                 None => return ExitCode::SUCCESS,
             }
         }
@@ -180,7 +180,13 @@ fn run(path: std::path::PathBuf) -> ExitCode {
         sidegate::warn!("{w}");
     }
     let lifecycle = match Lifecycle::start(path, plan, config.operations, notifier.clone()) {
-        Ok(l) => l.with_consul(source),
+        Ok(l) => {
+            // In service now: only now is the agent's state saved as last-known-good.
+            if let Some(r) = receipt {
+                r.in_service();
+            }
+            l.with_consul(source)
+        }
         Err(e) => {
             sidegate::error!("{e}");
             notifier.status(&format!("not started: {e}"));

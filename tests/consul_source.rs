@@ -770,3 +770,63 @@ fn a_sighup_while_waiting_for_the_first_state_reloads_once_serving() {
     assert!(s.sg.log().iter().all(|l| !l.contains("reload ignored")));
     s.stop();
 }
+
+/// What the last-known-good state in `state_dir` holds, as compact JSON; empty when there
+/// is none yet.
+fn saved_json(state_dir: &std::path::Path) -> String {
+    sidegate::consul::state_dir::read(state_dir, sidegate::consul::follow::STATE_FILE)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// A state from the agent that could not be put in service (one of its upstreams' ports is
+/// taken) must not become the last-known-good state: the next start with the agent away
+/// would serve it. Only what was applied is saved. (Saved before applying, this failed: the
+/// state file held the taken port.)
+#[test]
+fn a_state_that_failed_to_apply_is_not_saved_as_last_known_good() {
+    let agent = shared();
+    let dir = Scratch::new("unapplied-not-saved");
+    let first = free_port();
+    let upstream = |port: u16, name: &str| json!({"DestinationName": name, "LocalBindPort": port});
+    let mut pair = Pair::start(
+        agent,
+        &dir,
+        "unapplied-web",
+        "unapplied-db",
+        json!([upstream(first, "unapplied-db")]),
+    );
+    let state = dir.path("unapplied-web-state");
+    let first_saved = format!("\"LocalBindPort\":{first}");
+    agent.wait_until("the first state saved", || {
+        saved_json(&state).contains(&first_saved).then_some(())
+    });
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    pair.reregister_web(
+        agent,
+        json!([
+            upstream(first, "unapplied-db"),
+            upstream(port, "unapplied-other")
+        ]),
+    );
+    pair.web
+        .wait_for_line("new mesh state not applied", FOLLOW_WITHIN);
+    // A save comes before or right after the apply; give a late one time to show.
+    std::thread::sleep(Duration::from_millis(500));
+    let saved = saved_json(&state);
+    assert!(
+        saved.contains(&first_saved),
+        "the applied state stays saved"
+    );
+    assert!(
+        !saved.contains(&format!("\"LocalBindPort\":{port}")),
+        "the state that failed to apply was saved"
+    );
+    assert!(
+        wait_listening(first, Duration::from_secs(1)),
+        "still serving"
+    );
+    drop(taken);
+}

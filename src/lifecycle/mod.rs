@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::admin::{Admin, Status};
 use crate::config::{self, Operations};
+use crate::consul::follow::Receipt;
 use crate::mesh::snapshot::Snapshot;
 use crate::mesh::{plan, Plan};
 use crate::proxy::{self, BindError, ListenerKey, Running};
@@ -141,8 +142,8 @@ impl Lifecycle {
                     };
                     self.notifier.ready(&outcome);
                 }
-                Step::Apply(generation, snapshot) => {
-                    if self.apply(generation, &snapshot).is_some() {
+                Step::Apply(generation, snapshot, receipt) => {
+                    if self.apply(generation, &snapshot, receipt).is_some() {
                         self.notifier.status(&self.describe());
                     }
                 }
@@ -197,8 +198,8 @@ impl Lifecycle {
             match requests.next_before(events, deadline) {
                 None => return Waited::TimedOut,
                 Some(Step::Stop) => return Waited::Stop,
-                Some(Step::Apply(generation, snapshot)) => {
-                    if let Some(applied) = self.apply(generation, &snapshot) {
+                Some(Step::Apply(generation, snapshot, receipt)) => {
+                    if let Some(applied) = self.apply(generation, &snapshot, receipt) {
                         return Waited::Applied(applied);
                     }
                 }
@@ -208,17 +209,25 @@ impl Lifecycle {
         }
     }
 
-    /// Serves a snapshot of the current Consul follower. `None`: it came from a follower a
-    /// reload replaced (queued before it was retired) and is dropped — it answers settings
-    /// no longer in force, and would undo the new follower's state.
-    fn apply(&self, generation: Generation, snapshot: &Snapshot) -> Option<Result<(), BindError>> {
+    /// Serves a snapshot of the current Consul follower, and once it serves redeems its
+    /// receipt (saving it as last-known-good): a state that failed to apply is never saved.
+    /// `None`: it came from a follower a reload replaced (queued before it was retired) and is
+    /// dropped — it answers settings no longer in force, and would undo the new follower's
+    /// state.
+    fn apply(
+        &self,
+        generation: Generation,
+        snapshot: &Snapshot,
+        receipt: Receipt,
+    ) -> Option<Result<(), BindError>> {
         if generation != self.generation {
             crate::info!("consul: dropped a state sent before the reload restarted the follower");
             return None;
         }
         let applied = self.swap(plan(snapshot));
-        if let Err(e) = &applied {
-            crate::error!("new mesh state not applied: {e}");
+        match &applied {
+            Ok(()) => receipt.in_service(),
+            Err(e) => crate::error!("new mesh state not applied: {e}"),
         }
         Some(applied)
     }
@@ -450,7 +459,8 @@ mod tests {
         let before = routed(&l);
         let (tx, rx) = channel();
         let requests = Requests::default();
-        tx.send(Event::Snapshot(OLD, state("stale"))).unwrap();
+        tx.send(Event::Snapshot(OLD, state("stale"), Receipt::none()))
+            .unwrap();
         // Nothing of the new follower's came: the wait ends at its deadline, the stale state
         // unapplied.
         let within = Duration::from_millis(200);
@@ -460,8 +470,10 @@ mod tests {
         ));
         assert_eq!(routed(&l), before);
 
-        tx.send(Event::Snapshot(OLD, state("stale"))).unwrap();
-        tx.send(Event::Snapshot(NEW, state("new"))).unwrap();
+        tx.send(Event::Snapshot(OLD, state("stale"), Receipt::none()))
+            .unwrap();
+        tx.send(Event::Snapshot(NEW, state("new"), Receipt::none()))
+            .unwrap();
         let within = Duration::from_secs(600);
         assert!(matches!(
             l.await_generation(&rx, &requests, within),
@@ -469,7 +481,7 @@ mod tests {
         ));
         assert!(routed(&l).contains("new"), "{}", routed(&l));
         // After the wait too: the main loop drops it.
-        assert!(l.apply(OLD, &state("stale")).is_none());
+        assert!(l.apply(OLD, &state("stale"), Receipt::none()).is_none());
         assert!(routed(&l).contains("new"), "{}", routed(&l));
         l.drain();
     }
