@@ -830,3 +830,90 @@ fn a_state_that_failed_to_apply_is_not_saved_as_last_known_good() {
     );
     drop(taken);
 }
+
+/// The pid of the `sidegate run` started on `config` (found by its command line).
+fn pid_of(config: &std::path::Path) -> u32 {
+    let wanted = config.display().to_string();
+    let pids = std::fs::read_dir("/proc").unwrap().flatten();
+    pids.filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.contains(&b"run".as_slice()) && args.contains(&wanted.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no sidegate runs on {wanted}"))
+}
+
+/// Threads of process `pid`, and its TCP connections to `agent` (established, from
+/// /proc/<pid>/net/tcp whose socket inodes are among the process's descriptors).
+fn threads_and_agent_connections(pid: u32, agent: SocketAddr) -> (usize, usize) {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|l| {
+            let l = l.display().to_string();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let port = format!("{:04X}", agent.port());
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap();
+    let connections = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| {
+            f.len() > 9
+                && f[2].ends_with(&format!(":{port}"))
+                && f[3] == "01"
+                && inodes.contains(f[9])
+        })
+        .count();
+    (threads, connections)
+}
+
+/// A reload replaces the Consul follower; the one it replaces must end with its watches,
+/// whose blocking queries would otherwise hold a thread and an agent connection each for up
+/// to 5 minutes (every reload adding a follower's worth, past the agent's limit of 200
+/// connections per client). Before the old follower's client was shut down, 8 reloads here
+/// took threads and agent connections up by about 5 per reload.
+#[test]
+fn reloads_do_not_leak_the_replaced_followers_threads_or_agent_connections() {
+    let agent = shared();
+    let dir = Scratch::new("consul-reload-leak");
+    register_web(agent, "web-leak", free_port());
+    let mut s = Notified::start(&dir, "web-leak");
+    let pid = pid_of(&s.config);
+    let agent_addr: SocketAddr = agent
+        .address()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    // Every watch has asked once and blocks now.
+    std::thread::sleep(Duration::from_secs(1));
+    let (threads, connections) = threads_and_agent_connections(pid, agent_addr);
+    assert!(
+        connections > 0,
+        "the follower's watches hold agent connections"
+    );
+    const RELOADS: usize = 8;
+    for _ in 0..RELOADS {
+        s.reload_as("web-leak");
+        s.ready_status(UNCONFIRMED_READY_WITHIN);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (threads_after, connections_after) = threads_and_agent_connections(pid, agent_addr);
+    // Slack for a watch between two requests, and the authorizer's own connection.
+    assert!(
+        threads_after <= threads + 3,
+        "threads {threads} → {threads_after} after {RELOADS} reloads"
+    );
+    assert!(
+        connections_after <= connections + 3,
+        "agent connections {connections} → {connections_after} after {RELOADS} reloads"
+    );
+    s.stop();
+}

@@ -378,8 +378,14 @@ impl Coordinator {
         sink: DeferredSink,
     ) -> Coordinator {
         let client = Client::new(&settings);
-        let authorizer =
-            Authorizer::new(client.clone(), status.clone(), settings.state_dir.clone());
+        // The authorizer has a client of its own: the plan in service keeps asking it after
+        // this follower is stopped (until the next follower's plan replaces it), while
+        // stopping shuts the watches' client down.
+        let authorizer = Authorizer::new(
+            Client::new(&settings),
+            status.clone(),
+            settings.state_dir.clone(),
+        );
         Coordinator {
             settings,
             base,
@@ -696,6 +702,15 @@ impl Coordinator {
             crate::info!("consul: the saved state goes without what the agent refused then: {why}");
             self.refused.insert(key, why);
         }
+    }
+}
+
+impl Drop for Coordinator {
+    /// A stopped follower's watches end now, not after their blocking queries: each is told
+    /// to stop, then their client's connections are shut down under them.
+    fn drop(&mut self) {
+        self.watches.clear();
+        self.client.shutdown();
     }
 }
 
