@@ -917,3 +917,46 @@ fn reloads_do_not_leak_the_replaced_followers_threads_or_agent_connections() {
     );
     s.stop();
 }
+
+/// With `[consul]`, nothing saved and the agent down, there is nothing to serve yet — but
+/// the admin endpoint opens at once, so that `/ready` says why (503) and the watch errors
+/// can be scraped exactly when they matter; the log does not claim to serve a state it never
+/// received. (Before, the endpoint opened only with the first state: never, here.)
+#[test]
+fn with_the_agent_down_and_nothing_saved_the_admin_endpoint_says_why_it_is_not_ready() {
+    let dir = Scratch::new("consul-down-admin");
+    let (agent_port, admin) = (free_port(), SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let config = dir.path("sidegate.toml");
+    let toml = format!(
+        "[consul]\naddress = \"127.0.0.1:{agent_port}\"\nsidecar_service_id = \"web-sidecar-proxy\"\nstate_dir = \"{}\"\n[admin]\nlisten = \"{admin}\"\n",
+        state_dir(&dir, "state").display()
+    );
+    std::fs::write(&config, toml).unwrap();
+    let mut sg = ops::Sidegate::spawn(&config, &[]);
+    let unreachable = sg.wait_log("retrying with back-off");
+    assert!(
+        unreachable.contains("nothing to serve yet") && !unreachable.contains("last state"),
+        "{unreachable}"
+    );
+    assert!(
+        wait_listening(admin.port(), SERVING_WITHIN),
+        "the admin endpoint never opened; log: {:#?}",
+        sg.log()
+    );
+    let (code, body) = http_get(admin, "/ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("waiting for the first state from the Consul agent")
+            && body.contains(&format!("127.0.0.1:{agent_port}")),
+        "{body}"
+    );
+    let (code, metrics) = http_get(admin, "/metrics");
+    assert_eq!(code, 200);
+    let errors = metrics
+        .lines()
+        .find(|l| l.starts_with("sidegate_consul_watch_errors_total "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_ne!(errors, "sidegate_consul_watch_errors_total 0", "{metrics}");
+    sg.signal(rustix::process::Signal::TERM);
+    assert_eq!(sg.wait_exit(common::IO_TIMEOUT).code(), Some(0));
+}

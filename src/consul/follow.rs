@@ -496,6 +496,7 @@ impl Coordinator {
             return;
         }
         self.dirty = true;
+        let serving = self.serving();
         let health = self.health.entry(key.clone()).or_default();
         match result {
             Ok(answer) => {
@@ -527,9 +528,7 @@ impl Coordinator {
                 if e.is_unreachable() {
                     if self.unreachable_since.is_none() {
                         self.unreachable_since = Some(Instant::now());
-                        crate::warn!(
-                            "consul: {e}; serving the last state received, retrying with back-off"
-                        );
+                        crate::warn!("consul: {e}; {serving}, retrying with back-off");
                     }
                 } else {
                     if health.error.as_ref() != Some(&e) {
@@ -545,6 +544,17 @@ impl Coordinator {
                 }
                 health.error = Some(e);
             }
+        }
+    }
+
+    /// What is served while the agent does not answer, for the log.
+    fn serving(&self) -> &'static str {
+        if self.last_sent.is_some() {
+            "serving the last state received"
+        } else if self.restored_at.is_some() {
+            "serving the last-known-good state saved earlier"
+        } else {
+            "nothing to serve yet (no state received, none saved)"
         }
     }
 

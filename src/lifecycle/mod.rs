@@ -32,6 +32,28 @@ pub use follower::Source;
 use notify::Notifier;
 use signals::{Requests, Step};
 
+/// The admin endpoint and what it reports, open before anything serves: with `[consul]` the
+/// first state may take long (the agent down, nothing saved), and `/ready` and `/metrics`
+/// (`sidegate_consul_watch_errors_total`) matter most then.
+pub struct Reporting {
+    status: Arc<Status>,
+    admin: Option<Admin>,
+}
+
+impl Reporting {
+    /// Binds `[admin] listen` (if set), reporting "no plan" until a plan serves.
+    pub fn open(operations: &Operations) -> Result<Reporting, BindError> {
+        let status = Arc::new(Status::new(Arc::new(crate::metrics::Metrics::default())));
+        let admin = bind_admin(operations.admin, &status)?;
+        Ok(Reporting { status, admin })
+    }
+
+    /// The Consul source's freshness, for `/ready` while waiting and after.
+    pub fn follow(&self, source: &Source) {
+        self.status.set_consul(source.status().clone());
+    }
+}
+
 /// A serving process: the file it was started from and what it serves.
 pub struct Lifecycle {
     path: PathBuf,
@@ -89,7 +111,38 @@ impl Lifecycle {
         // (a scraper that came between them was told "no plan").
         status.set_plan(running.plan());
         let admin = bind_admin(operations.admin, &status)?;
-        Ok(Lifecycle {
+        Ok(Lifecycle::assemble(
+            path, running, operations, status, admin, notifier,
+        ))
+    }
+
+    /// `start` with the admin endpoint opened before (`Reporting::open`), while waiting for
+    /// the Consul agent's first state: it answers `/ready` (503, with why) and `/metrics`
+    /// from the start.
+    pub fn start_reporting(
+        path: PathBuf,
+        plan: Plan,
+        operations: Operations,
+        notifier: Arc<Notifier>,
+        reporting: Reporting,
+    ) -> Result<Lifecycle, BindError> {
+        let Reporting { status, admin } = reporting;
+        let running = proxy::start_with(plan, status.metrics.clone())?;
+        status.set_plan(running.plan());
+        Ok(Lifecycle::assemble(
+            path, running, operations, status, admin, notifier,
+        ))
+    }
+
+    fn assemble(
+        path: PathBuf,
+        running: Running,
+        operations: Operations,
+        status: Arc<Status>,
+        admin: Option<Admin>,
+        notifier: Arc<Notifier>,
+    ) -> Lifecycle {
+        Lifecycle {
             path,
             running,
             operations,
@@ -99,7 +152,7 @@ impl Lifecycle {
             _watchdog: None,
             consul: None,
             generation: Generation::default(),
-        })
+        }
     }
 
     pub fn running(&self) -> &Running {
