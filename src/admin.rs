@@ -84,7 +84,17 @@ impl Status {
             return Err("draining: shutting down, not accepting connections".into());
         }
         if self.plan().is_none() {
-            return Err("no plan: not serving yet".into());
+            // With [consul] the endpoint opens before the agent's first state: say what it
+            // waits for, and why it may be long.
+            return Err(match self.consul() {
+                Some(c) => format!(
+                    "no plan: waiting for the first state from the Consul agent{}",
+                    c.last_error()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                ),
+                None => "no plan: not serving yet".into(),
+            });
         }
         match self.consul() {
             Some(c) if c.is_stale() => Err(format!(

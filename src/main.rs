@@ -6,10 +6,12 @@ use std::sync::Arc;
 use sidegate::cli::{self, Command};
 use sidegate::config::{self, LoadError};
 use sidegate::consul;
+use sidegate::consul::follow::Receipt;
 use sidegate::lifecycle::notify::Notifier;
-use sidegate::lifecycle::{self, Lifecycle};
+use sidegate::lifecycle::{self, Lifecycle, Reporting};
 use sidegate::mesh::snapshot::Snapshot;
 use sidegate::mesh::{explain::explain, plan};
+use sidegate::proxy::BindError;
 
 /// `eprintln!` without its panic on a closed stderr (see `err_line`).
 macro_rules! err {
@@ -178,33 +180,59 @@ fn run(path: std::path::PathBuf) -> ExitCode {
             return ExitCode::from(EX_OSERR);
         }
     };
-    let snapshot = match &source {
-        None => config.snapshot.clone(),
-        Some(_) => {
-            notifier.status("waiting for the first state from the Consul agent");
-            match lifecycle::follower::first_snapshot(&received) {
-                Some(s) => *s,
-                None => return ExitCode::SUCCESS,
-            }
-        }
+    let (snapshot, receipt, reporting) = match &source {
+        None => (config.snapshot.clone(), None, None),
+        Some(source) => match first_state(&config, source, &received, &notifier) {
+            Ok(Some((s, r, reporting))) => (s, Some(r), Some(reporting)),
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => return not_started(&notifier, &e),
+        },
     };
     let plan = plan(&snapshot);
     for w in warnings(&snapshot, &plan) {
         sidegate::warn!("{w}");
     }
-    let lifecycle = match Lifecycle::start(path, plan, config.operations, notifier.clone()) {
-        Ok(l) => l.with_consul(source),
-        Err(e) => {
-            sidegate::error!("{e}");
-            notifier.status(&format!("not started: {e}"));
-            return ExitCode::from(EX_OSERR);
+    let (ops, notified) = (config.operations, notifier.clone());
+    let started = match reporting {
+        None => Lifecycle::start(path, plan, ops, notified),
+        Some(reporting) => Lifecycle::start_reporting(path, plan, ops, notified, reporting),
+    };
+    let lifecycle = match started {
+        Ok(l) => {
+            // In service now: only now is the agent's state saved as last-known-good.
+            if let Some(r) = receipt {
+                r.in_service();
+            }
+            l.with_consul(source)
         }
+        Err(e) => return not_started(&notifier, &e),
     };
     // Signal handling and Consul watches send on clones of `events`; this one keeps the
     // channel open while neither exists.
     let _events = events;
     lifecycle.serve(&received, &requests);
     ExitCode::SUCCESS
+}
+
+/// With `[consul]`: opens the admin endpoint, then waits for the first complete state from
+/// the agent (or the saved one when the agent is unreachable). `None`: a shutdown came first.
+fn first_state(
+    config: &config::Config,
+    source: &lifecycle::Source,
+    received: &std::sync::mpsc::Receiver<lifecycle::Event>,
+    notifier: &Notifier,
+) -> Result<Option<(Snapshot, Receipt, Reporting)>, BindError> {
+    let reporting = Reporting::open(&config.operations)?;
+    reporting.follow(source);
+    notifier.status("waiting for the first state from the Consul agent");
+    Ok(lifecycle::follower::first_snapshot(received).map(|(s, r)| (*s, r, reporting)))
+}
+
+/// A listener (or the admin endpoint) could not be bound at start: EX_OSERR, and why.
+fn not_started(notifier: &Notifier, e: &BindError) -> ExitCode {
+    sidegate::error!("{e}");
+    notifier.status(&format!("not started: {e}"));
+    ExitCode::from(EX_OSERR)
 }
 
 /// Writes to stdout; a closed pipe (`sidegate check | head`) is not an error worth a panic.

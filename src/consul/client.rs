@@ -129,6 +129,14 @@ impl Client {
         })
     }
 
+    /// Ends every request of this client now, in whatever thread it blocks (a blocking
+    /// query waits up to 5 minutes), and refuses new ones: a replaced follower's watches end
+    /// at once instead of holding their threads and agent connections until their wait
+    /// ends. Connections are shut down, so the agent sees them close.
+    pub fn shutdown(&self) {
+        self.agent.clone().shutdown();
+    }
+
     pub fn address(&self) -> &str {
         &self.base
     }

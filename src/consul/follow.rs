@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -50,8 +50,74 @@ impl Default for Options {
     }
 }
 
-/// Receives each new snapshot; returns false when nobody listens any more.
+/// Receives each new snapshot and takes it in service at once; returns false when nobody
+/// listens any more.
 pub type Sink = Box<dyn FnMut(Snapshot) -> bool + Send>;
+
+/// Receives each new snapshot with its receipt, to redeem (`Receipt::in_service`) once the
+/// snapshot is in service; returns false when nobody listens any more.
+pub type DeferredSink = Box<dyn FnMut(Snapshot, Receipt) -> bool + Send>;
+
+/// Comes with every snapshot the follower sends. A state the agent confirmed is saved as
+/// last-known-good only when its receipt is redeemed, that is once it serves: a state that
+/// failed to apply (an upstream's port taken) must not be what the next start serves with
+/// the agent away.
+pub struct Receipt {
+    seq: u64,
+    in_service: Arc<AtomicU64>,
+    /// Boxed: the receipt travels in the event loop's queue, next to small events.
+    save: Option<Box<PendingSave>>,
+}
+
+/// A confirmed state, to be written to `STATE_FILE` once in service.
+struct PendingSave {
+    dir: PathBuf,
+    saved: Saved,
+    status: Arc<Status>,
+}
+
+impl Receipt {
+    /// A receipt with nothing to save (for snapshots that come from no follower).
+    pub fn none() -> Receipt {
+        Receipt {
+            seq: 0,
+            in_service: Arc::new(AtomicU64::new(0)),
+            save: None,
+        }
+    }
+
+    /// The snapshot it came with serves now: save it if the agent confirmed it.
+    pub fn in_service(self) {
+        if let Some(p) = self.save {
+            state_dir::save_json(
+                &p.dir,
+                STATE_FILE,
+                &p.saved,
+                &p.status,
+                "the last-known-good state",
+            );
+        }
+        self.in_service.fetch_max(self.seq, Ordering::SeqCst);
+    }
+}
+
+impl fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receipt")
+            .field("seq", &self.seq)
+            .field("saves", &self.save.is_some())
+            .finish()
+    }
+}
+
+/// A sink that takes snapshots in service as it receives them: each is saved before it is
+/// handed over, so that whoever receives it finds it saved.
+fn immediate(mut sink: Sink) -> DeferredSink {
+    Box::new(move |snap, receipt: Receipt| {
+        receipt.in_service();
+        sink(snap)
+    })
+}
 
 /// A running follower. Dropping it (or `stop`) ends the follower thread; its watches end
 /// after their current request.
@@ -92,6 +158,17 @@ pub fn follow(
     Ok(prepare(settings, base, options, status, sink)?.start())
 }
 
+/// `prepare` for a receiver that redeems each snapshot's receipt once it serves it.
+pub fn prepare_deferred(
+    settings: Settings,
+    base: Snapshot,
+    options: Options,
+    status: Arc<Status>,
+    sink: DeferredSink,
+) -> io::Result<Prepared> {
+    prepared(settings, base, options, status, sink)
+}
+
 /// A follower whose thread exists but has not looked at the agent yet. Creating the thread
 /// is the one step of following that can fail, so a reload prepares the new follower before
 /// it stops the one it replaces: a failure leaves the old one following.
@@ -117,6 +194,16 @@ pub fn prepare(
     options: Options,
     status: Arc<Status>,
     sink: Sink,
+) -> io::Result<Prepared> {
+    prepared(settings, base, options, status, immediate(sink))
+}
+
+fn prepared(
+    settings: Settings,
+    base: Snapshot,
+    options: Options,
+    status: Arc<Status>,
+    sink: DeferredSink,
 ) -> io::Result<Prepared> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::sync_channel(QUEUE);
@@ -266,15 +353,19 @@ struct Coordinator {
     /// Something changed since the last look.
     dirty: bool,
     last_sent: Option<Snapshot>,
-    /// `last_sent` is what `STATE_FILE` holds as of this run: the agent confirmed it.
+    /// `last_sent` is saved (or will be, once in service) as of this run: the agent
+    /// confirmed it.
     last_sent_saved: bool,
+    /// The receipt number of `last_sent`, and the highest the receiver redeemed.
+    sent_seq: u64,
+    in_service: Arc<AtomicU64>,
     last_warnings: Vec<String>,
     /// Why the last look made no snapshot, logged once per reason.
     last_waiting: Option<Incomplete>,
     unreachable_since: Option<Instant>,
     started: Instant,
     restored_at: Option<u64>,
-    sink: Sink,
+    sink: DeferredSink,
 }
 
 impl Coordinator {
@@ -284,11 +375,17 @@ impl Coordinator {
         options: Options,
         status: Arc<Status>,
         tx: SyncSender<Update>,
-        sink: Sink,
+        sink: DeferredSink,
     ) -> Coordinator {
         let client = Client::new(&settings);
-        let authorizer =
-            Authorizer::new(client.clone(), status.clone(), settings.state_dir.clone());
+        // The authorizer has a client of its own: the plan in service keeps asking it after
+        // this follower is stopped (until the next follower's plan replaces it), while
+        // stopping shuts the watches' client down.
+        let authorizer = Authorizer::new(
+            Client::new(&settings),
+            status.clone(),
+            settings.state_dir.clone(),
+        );
         Coordinator {
             settings,
             base,
@@ -304,6 +401,8 @@ impl Coordinator {
             dirty: true,
             last_sent: None,
             last_sent_saved: false,
+            sent_seq: 0,
+            in_service: Arc::new(AtomicU64::new(0)),
             last_warnings: Vec::new(),
             last_waiting: None,
             unreachable_since: None,
@@ -397,6 +496,7 @@ impl Coordinator {
             return;
         }
         self.dirty = true;
+        let serving = self.serving();
         let health = self.health.entry(key.clone()).or_default();
         match result {
             Ok(answer) => {
@@ -428,9 +528,7 @@ impl Coordinator {
                 if e.is_unreachable() {
                     if self.unreachable_since.is_none() {
                         self.unreachable_since = Some(Instant::now());
-                        crate::warn!(
-                            "consul: {e}; serving the last state received, retrying with back-off"
-                        );
+                        crate::warn!("consul: {e}; {serving}, retrying with back-off");
                     }
                 } else {
                     if health.error.as_ref() != Some(&e) {
@@ -446,6 +544,17 @@ impl Coordinator {
                 }
                 health.error = Some(e);
             }
+        }
+    }
+
+    /// What is served while the agent does not answer, for the log.
+    fn serving(&self) -> &'static str {
+        if self.last_sent.is_some() {
+            "serving the last state received"
+        } else if self.restored_at.is_some() {
+            "serving the last-known-good state saved earlier"
+        } else {
+            "nothing to serve yet (no state received, none saved)"
         }
     }
 
@@ -479,11 +588,13 @@ impl Coordinator {
         // Only what the agent confirmed in this run is saved: a restored (or partly restored)
         // state saved again would claim to be as new as the save, and the next start would
         // report its age wrong.
-        if confirmed {
-            self.save(&needed);
-        }
+        let save = if confirmed {
+            self.pending_save(&needed).map(Box::new)
+        } else {
+            None
+        };
         self.last_sent_saved = confirmed;
-        self.send(snap, confirmed)
+        self.send(snap, confirmed, save)
     }
 
     /// The snapshot of what is known, logging new warnings and why there is none (each
@@ -516,14 +627,26 @@ impl Coordinator {
             return;
         }
         self.status.confirmed();
-        if !self.last_sent_saved {
-            self.save(needed);
+        // Saved only once in service: until the receiver redeemed its receipt, the state
+        // may yet fail to apply (a later look saves it).
+        let serving = self.in_service.load(Ordering::SeqCst) >= self.sent_seq;
+        if !self.last_sent_saved && serving {
+            if let Some(p) = self.pending_save(needed) {
+                state_dir::save_json(
+                    &p.dir,
+                    STATE_FILE,
+                    &p.saved,
+                    &p.status,
+                    "the last-known-good state",
+                );
+            }
             self.last_sent_saved = true;
         }
     }
 
-    /// Hands a new snapshot to the sink. False: the receiver is gone.
-    fn send(&mut self, snap: Snapshot, confirmed: bool) -> bool {
+    /// Hands a new snapshot to the sink, with `save` for once it serves. False: the
+    /// receiver is gone.
+    fn send(&mut self, snap: Snapshot, confirmed: bool, save: Option<Box<PendingSave>>) -> bool {
         if !confirmed && self.last_sent.is_none() {
             let when = self.restored_at.map_or("an earlier run".to_owned(), |t| {
                 format!("{} s ago", now_unix().saturating_sub(t))
@@ -532,7 +655,13 @@ impl Coordinator {
         }
         // Status first: whoever receives the snapshot may look at it at once.
         self.status.sent(!confirmed);
-        if !(self.sink)(snap.clone()) {
+        self.sent_seq += 1;
+        let receipt = Receipt {
+            seq: self.sent_seq,
+            in_service: self.in_service.clone(),
+            save,
+        };
+        if !(self.sink)(snap.clone(), receipt) {
             return false;
         }
         crate::info!(
@@ -546,10 +675,9 @@ impl Coordinator {
         true
     }
 
-    fn save(&self, needed: &BTreeSet<Key>) {
-        let Some(dir) = &self.settings.state_dir else {
-            return;
-        };
+    /// What `STATE_FILE` is to hold for the current answers; `None` without `state_dir`.
+    fn pending_save(&self, needed: &BTreeSet<Key>) -> Option<PendingSave> {
+        let dir = self.settings.state_dir.clone()?;
         let saved = Saved {
             saved_unix: now_unix(),
             sidecar_service_id: self.settings.sidecar_service_id.clone(),
@@ -557,13 +685,11 @@ impl Coordinator {
             answers: of_needed(&self.answers, needed),
             refused: of_needed(&self.refused, needed),
         };
-        state_dir::save_json(
+        Some(PendingSave {
             dir,
-            STATE_FILE,
-            &saved,
-            &self.status,
-            "the last-known-good state",
-        );
+            saved,
+            status: self.status.clone(),
+        })
     }
 
     /// Loads the saved answers as unconfirmed entries.
@@ -586,6 +712,15 @@ impl Coordinator {
             crate::info!("consul: the saved state goes without what the agent refused then: {why}");
             self.refused.insert(key, why);
         }
+    }
+}
+
+impl Drop for Coordinator {
+    /// A stopped follower's watches end now, not after their blocking queries: each is told
+    /// to stop, then their client's connections are shut down under them.
+    fn drop(&mut self) {
+        self.watches.clear();
+        self.client.shutdown();
     }
 }
 
@@ -638,7 +773,7 @@ mod tests {
             Options::default(),
             status,
             tx,
-            Box::new(|_| true),
+            immediate(Box::new(|_| true)),
         )
     }
 

@@ -3,6 +3,7 @@
 
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
+use crate::consul::follow::Receipt;
 use crate::mesh::snapshot::Snapshot;
 
 /// Which follower of a `Source` a snapshot came from, counting from 1; each restart starts
@@ -19,8 +20,9 @@ pub enum Event {
     Reload,
     /// Stop accepting, drain, exit (SIGTERM, SIGINT).
     Shutdown,
-    /// A complete new mesh state (Consul), from the follower of this generation.
-    Snapshot(Generation, Box<Snapshot>),
+    /// A complete new mesh state (Consul), from the follower of this generation, with the
+    /// receipt to redeem once it serves (which saves it as last-known-good).
+    Snapshot(Generation, Box<Snapshot>, Receipt),
 }
 
 /// Room for a few pending events: a Consul follower waits for room, signals never need it.

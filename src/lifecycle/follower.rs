@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::events::{Event, Generation};
 use crate::config::Config;
-use crate::consul::follow::{prepare, Follower, Options};
+use crate::consul::follow::{prepare_deferred, Follower, Options, Receipt};
 use crate::consul::status::Status;
 use crate::consul::stop::Stop;
 use crate::mesh::snapshot::Snapshot;
@@ -71,9 +71,11 @@ impl Source {
         let retired = Arc::new(Stop::default());
         let flag = retired.clone();
         let generation = Generation(self.generation.load(Ordering::SeqCst) + 1);
-        let sink = Box::new(move |snap: Snapshot| deliver(&events, generation, snap, &flag));
+        let sink = Box::new(move |snap: Snapshot, receipt: Receipt| {
+            deliver(&events, generation, snap, receipt, &flag)
+        });
         // Prepared before the old one stops: if it cannot be, the old one goes on following.
-        let next = prepare(
+        let next = prepare_deferred(
             settings,
             config.snapshot.clone(),
             self.options,
@@ -116,9 +118,10 @@ fn deliver(
     events: &SyncSender<Event>,
     generation: Generation,
     snap: Snapshot,
+    receipt: Receipt,
     retired: &Stop,
 ) -> bool {
-    let mut event = Event::Snapshot(generation, Box::new(snap));
+    let mut event = Event::Snapshot(generation, Box::new(snap), receipt);
     loop {
         if retired.is_stopped() {
             return false;
@@ -139,10 +142,10 @@ fn deliver(
 /// first. A reload requested meanwhile stays pending in `signals::Requests` and runs once
 /// serving: the file may have changed since it was read (a token file fixed because the
 /// agent refused the old one).
-pub fn first_snapshot(events: &Receiver<Event>) -> Option<Box<Snapshot>> {
+pub fn first_snapshot(events: &Receiver<Event>) -> Option<(Box<Snapshot>, Receipt)> {
     while let Ok(event) = events.recv() {
         match event {
-            Event::Snapshot(_, s) => return Some(s),
+            Event::Snapshot(_, s, r) => return Some((s, r)),
             Event::Shutdown => return None,
             Event::Reload => crate::info!(
                 "reload requested while waiting for the first state from the Consul agent; it will run once serving"

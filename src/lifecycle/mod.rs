@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::admin::{Admin, Status};
 use crate::config::{self, Operations};
+use crate::consul::follow::Receipt;
 use crate::mesh::snapshot::Snapshot;
 use crate::mesh::{plan, Plan};
 use crate::proxy::{self, BindError, ListenerKey, Running};
@@ -30,6 +31,28 @@ pub use events::{channel, Event, Generation, EVENT_QUEUE};
 pub use follower::Source;
 use notify::Notifier;
 use signals::{Requests, Step};
+
+/// The admin endpoint and what it reports, open before anything serves: with `[consul]` the
+/// first state may take long (the agent down, nothing saved), and `/ready` and `/metrics`
+/// (`sidegate_consul_watch_errors_total`) matter most then.
+pub struct Reporting {
+    status: Arc<Status>,
+    admin: Option<Admin>,
+}
+
+impl Reporting {
+    /// Binds `[admin] listen` (if set), reporting "no plan" until a plan serves.
+    pub fn open(operations: &Operations) -> Result<Reporting, BindError> {
+        let status = Arc::new(Status::new(Arc::new(crate::metrics::Metrics::default())));
+        let admin = bind_admin(operations.admin, &status)?;
+        Ok(Reporting { status, admin })
+    }
+
+    /// The Consul source's freshness, for `/ready` while waiting and after.
+    pub fn follow(&self, source: &Source) {
+        self.status.set_consul(source.status().clone());
+    }
+}
 
 /// A serving process: the file it was started from and what it serves.
 pub struct Lifecycle {
@@ -91,7 +114,38 @@ impl Lifecycle {
         // (a scraper that came between them was told "no plan").
         status.set_plan(running.plan());
         let admin = bind_admin(operations.admin, &status)?;
-        Ok(Lifecycle {
+        Ok(Lifecycle::assemble(
+            path, running, operations, status, admin, notifier,
+        ))
+    }
+
+    /// `start` with the admin endpoint opened before (`Reporting::open`), while waiting for
+    /// the Consul agent's first state: it answers `/ready` (503, with why) and `/metrics`
+    /// from the start.
+    pub fn start_reporting(
+        path: PathBuf,
+        plan: Plan,
+        operations: Operations,
+        notifier: Arc<Notifier>,
+        reporting: Reporting,
+    ) -> Result<Lifecycle, BindError> {
+        let Reporting { status, admin } = reporting;
+        let running = proxy::start_with(plan, status.metrics.clone())?;
+        status.set_plan(running.plan());
+        Ok(Lifecycle::assemble(
+            path, running, operations, status, admin, notifier,
+        ))
+    }
+
+    fn assemble(
+        path: PathBuf,
+        running: Running,
+        operations: Operations,
+        status: Arc<Status>,
+        admin: Option<Admin>,
+        notifier: Arc<Notifier>,
+    ) -> Lifecycle {
+        Lifecycle {
             path,
             running,
             operations,
@@ -101,7 +155,7 @@ impl Lifecycle {
             _watchdog: None,
             consul: None,
             generation: Generation::default(),
-        })
+        }
     }
 
     pub fn running(&self) -> &Running {
@@ -145,8 +199,8 @@ impl Lifecycle {
                     };
                     self.notifier.ready(&outcome);
                 }
-                Step::Apply(generation, snapshot) => {
-                    if self.apply(generation, &snapshot).is_some() {
+                Step::Apply(generation, snapshot, receipt) => {
+                    if self.apply(generation, &snapshot, receipt).is_some() {
                         self.notifier.status(&self.describe());
                     }
                 }
@@ -201,8 +255,8 @@ impl Lifecycle {
             match requests.next_before(events, deadline) {
                 None => return Waited::TimedOut,
                 Some(Step::Stop) => return Waited::Stop,
-                Some(Step::Apply(generation, snapshot)) => {
-                    if let Some(applied) = self.apply(generation, &snapshot) {
+                Some(Step::Apply(generation, snapshot, receipt)) => {
+                    if let Some(applied) = self.apply(generation, &snapshot, receipt) {
                         return Waited::Applied(applied);
                     }
                 }
@@ -212,17 +266,25 @@ impl Lifecycle {
         }
     }
 
-    /// Serves a snapshot of the current Consul follower. `None`: it came from a follower a
-    /// reload replaced (queued before it was retired) and is dropped — it answers settings
-    /// no longer in force, and would undo the new follower's state.
-    fn apply(&self, generation: Generation, snapshot: &Snapshot) -> Option<Result<(), BindError>> {
+    /// Serves a snapshot of the current Consul follower, and once it serves redeems its
+    /// receipt (saving it as last-known-good): a state that failed to apply is never saved.
+    /// `None`: it came from a follower a reload replaced (queued before it was retired) and is
+    /// dropped — it answers settings no longer in force, and would undo the new follower's
+    /// state.
+    fn apply(
+        &self,
+        generation: Generation,
+        snapshot: &Snapshot,
+        receipt: Receipt,
+    ) -> Option<Result<(), BindError>> {
         if generation != self.generation {
             crate::info!("consul: dropped a state sent before the reload restarted the follower");
             return None;
         }
         let applied = self.swap(plan(snapshot));
-        if let Err(e) = &applied {
-            crate::error!("new mesh state not applied: {e}");
+        match &applied {
+            Ok(()) => receipt.in_service(),
+            Err(e) => crate::error!("new mesh state not applied: {e}"),
         }
         Some(applied)
     }
@@ -507,7 +569,8 @@ mod tests {
         let before = routed(&l);
         let (tx, rx) = channel();
         let requests = Requests::default();
-        tx.send(Event::Snapshot(OLD, state("stale"))).unwrap();
+        tx.send(Event::Snapshot(OLD, state("stale"), Receipt::none()))
+            .unwrap();
         // Nothing of the new follower's came: the wait ends at its deadline, the stale state
         // unapplied.
         let within = Duration::from_millis(200);
@@ -517,8 +580,10 @@ mod tests {
         ));
         assert_eq!(routed(&l), before);
 
-        tx.send(Event::Snapshot(OLD, state("stale"))).unwrap();
-        tx.send(Event::Snapshot(NEW, state("new"))).unwrap();
+        tx.send(Event::Snapshot(OLD, state("stale"), Receipt::none()))
+            .unwrap();
+        tx.send(Event::Snapshot(NEW, state("new"), Receipt::none()))
+            .unwrap();
         let within = Duration::from_secs(600);
         assert!(matches!(
             l.await_generation(&rx, &requests, within),
@@ -526,7 +591,7 @@ mod tests {
         ));
         assert!(routed(&l).contains("new"), "{}", routed(&l));
         // After the wait too: the main loop drops it.
-        assert!(l.apply(OLD, &state("stale")).is_none());
+        assert!(l.apply(OLD, &state("stale"), Receipt::none()).is_none());
         assert!(routed(&l).contains("new"), "{}", routed(&l));
         l.drain();
     }

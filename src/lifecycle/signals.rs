@@ -20,6 +20,7 @@ use async_signal::{Signal, Signals};
 use smol::stream::StreamExt;
 
 use super::events::{Event, Generation};
+use crate::consul::follow::Receipt;
 use crate::mesh::snapshot::Snapshot;
 
 /// What the signals asked for and the loop has not done yet.
@@ -34,8 +35,8 @@ pub struct Requests {
 pub enum Step {
     Stop,
     Reload,
-    /// A snapshot, from the Consul follower of this generation.
-    Apply(Generation, Box<Snapshot>),
+    /// A snapshot, from the Consul follower of this generation, and its receipt.
+    Apply(Generation, Box<Snapshot>, Receipt),
 }
 
 impl Requests {
@@ -89,7 +90,7 @@ impl Requests {
                 Err(RecvTimeoutError::Disconnected) | Ok(Event::Shutdown) => {
                     return Some(Step::Stop)
                 }
-                Ok(Event::Snapshot(g, s)) => return Some(Step::Apply(g, s)),
+                Ok(Event::Snapshot(g, s, r)) => return Some(Step::Apply(g, s, r)),
                 // A wake-up: the flag (checked above) says whether the reload is still to do.
                 Ok(Event::Reload) => {}
             }
@@ -151,10 +152,12 @@ mod tests {
     fn full_queue() -> (SyncSender<Event>, Receiver<Event>) {
         let (tx, rx) = channel();
         for _ in 0..EVENT_QUEUE {
-            tx.try_send(Event::Snapshot(FIRST, snapshot())).unwrap();
+            tx.try_send(Event::Snapshot(FIRST, snapshot(), Receipt::none()))
+                .unwrap();
         }
         assert!(
-            tx.try_send(Event::Snapshot(FIRST, snapshot())).is_err(),
+            tx.try_send(Event::Snapshot(FIRST, snapshot(), Receipt::none()))
+                .is_err(),
             "not full"
         );
         (tx, rx)
@@ -218,7 +221,8 @@ mod tests {
             }
             // The first SIGHUP's wake-up found room meanwhile; it asks for nothing more.
             poster.join().unwrap().unwrap();
-            tx.try_send(Event::Snapshot(FIRST, snapshot())).unwrap();
+            tx.try_send(Event::Snapshot(FIRST, snapshot(), Receipt::none()))
+                .unwrap();
             assert!(matches!(requests.next(&rx), Step::Apply(..)));
             requests.post(true, &tx).unwrap();
             assert!(matches!(requests.next(&rx), Step::Stop));
@@ -238,10 +242,11 @@ mod tests {
             requests.next_before(&rx, soon).is_none(),
             "only a SIGHUP came"
         );
-        tx.try_send(Event::Snapshot(FIRST, snapshot())).unwrap();
+        tx.try_send(Event::Snapshot(FIRST, snapshot(), Receipt::none()))
+            .unwrap();
         assert!(matches!(
             requests.next_before(&rx, far),
-            Some(Step::Apply(FIRST, _))
+            Some(Step::Apply(FIRST, ..))
         ));
         assert!(matches!(requests.next(&rx), Step::Reload), "kept for after");
         std::thread::scope(|s| {

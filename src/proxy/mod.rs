@@ -101,8 +101,12 @@ impl std::error::Error for BindError {}
 /// Binds every listener of the plan, then serves it on a new thread. Binding happens here,
 /// before anything is served, so a taken port is an error to the caller, not a log line.
 pub fn start(plan: Plan) -> Result<Running, BindError> {
+    start_with(plan, Arc::new(Metrics::default()))
+}
+
+/// `start`, counting into `metrics` (which an admin endpoint opened earlier already shows).
+pub fn start_with(plan: Plan, metrics: Arc<Metrics>) -> Result<Running, BindError> {
     raise_fd_limit();
-    let metrics = Arc::new(Metrics::default());
     let serving = Arc::new(Serving::new(plan, &metrics));
     let plan = serving.plan.clone();
     let keys = ListenerKey::all(&plan);

@@ -319,7 +319,7 @@ fn a_reload_follows_the_agent_again_with_new_settings() {
         .unwrap();
     let first_generation = source.generation();
     let bind_of = |s: &Snapshot| s.sidecar.as_ref().unwrap().upstreams[0].bind.to_string();
-    let first = first_snapshot(&received).unwrap();
+    let (first, _) = first_snapshot(&received).unwrap();
     assert_eq!(bind_of(&first), format!("127.0.0.1:{bind_one}"));
     let (td_one, td_two) = (one.roots().trust_domain, two.roots().trust_domain);
     assert_eq!(first.here.trust_domain, td_one);
@@ -330,8 +330,8 @@ fn a_reload_follows_the_agent_again_with_new_settings() {
     let deadline = Instant::now() + WITHIN;
     let next = loop {
         match received.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Event::Snapshot(g, s)) if g == generation => break s,
-            Ok(Event::Snapshot(g, s)) => {
+            Ok(Event::Snapshot(g, s, _)) if g == generation => break s,
+            Ok(Event::Snapshot(g, s, _)) => {
                 assert_eq!((g, &s.here.trust_domain), (first_generation, &td_one));
             }
             Ok(_) => {}
