@@ -118,6 +118,15 @@ else
     echo "docs: no tracked file outside tests/data and tests/fixtures cites the shared reference documents"
 fi
 
+# 4. Merge conflict markers left in any tracked text file (a merge resolved too quickly).
+markers=$(git grep -n -I -E '^(<{7} |>{7} |={7}$)' -- . ':!tests/data' ':!tests/fixtures' || true)
+if [[ -n $markers ]]; then
+    fail "$(wc -l <<<"$markers") lines hold merge conflict markers:"
+    sed 's/^/    /' <<<"$markers" >&2
+else
+    echo "docs: no merge conflict markers"
+fi
+
 if ((failures)); then
     echo "docs: ${failures} problem(s)" >&2
     exit 1

@@ -31,6 +31,9 @@ bash tests/consul/install.sh
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# The docs: README within 20 KB, every relative link resolving, no citation of documents
+# outside the repository, no conflict markers (under a second).
+bash tests/docs.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # The fuzz targets (tests/fuzz, a workspace of its own) are otherwise built only by

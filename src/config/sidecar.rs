@@ -1,5 +1,5 @@
 //! `[sidecar]`, `[[sidecar.upstreams]]`, `[sidecar.intentions]` and `[config_entries]`, with
-//! Consul's names and defaults (CONFIG.md, consul-mesh.md §3).
+//! Consul's names and defaults (Consul's `proxy.upstreams[]`; `config/README.md`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -278,7 +278,7 @@ pub fn config_entries(t: &Fields<'_>, here: Option<&Here>) -> Option<ConfigEntri
         proxy_defaults: proxy_defaults?,
         service_defaults,
         partition_proxy_defaults: BTreeMap::new(),
-        // A file's entries are by name alone (CONFIG.md).
+        // A file's entries are by name alone (`config/README.md`, `[config_entries]`).
         target_service_defaults: BTreeMap::new(),
         targets_by_place: false,
         downstream_namespace: here.map_or(DEFAULT_NAMESPACE, |h| &h.namespace).to_owned(),

@@ -192,7 +192,7 @@ fn gateway_keys(s: &Settings, k: &Known<'_>, here: &Here, keys: &mut BTreeSet<Ke
         }
     }
     keys.insert(services);
-    // WAN federation is default-partition only (consul-mesh.md §4.4): other datacenters are
+    // WAN federation is default-partition only (Consul's mesh gateways): other datacenters are
     // reached through their default partition's gateways.
     if here.place.partition == DEFAULT_PARTITION {
         if let Some(Answer::Names(dcs)) = k.answers.get(&Key::Datacenters) {

@@ -93,7 +93,7 @@ pub fn target_key(name: &str, namespace: &str, partition: &str) -> String {
 }
 
 impl ConfigEntries {
-    /// Every level's setting for `upstream` of `sidecar` (consul-mesh.md §4.2). With one file
+    /// Every level's setting for `upstream` of `sidecar` (order in `mesh::mode`). With one file
     /// there is one `proxy_defaults`, so the target partition's level stays unset; the agent
     /// source fills `partition_proxy_defaults` for targets in other partitions.
     pub fn mode_levels(&self, sidecar: &SidecarSpec, upstream: &UpstreamSpec) -> ModeLevels {

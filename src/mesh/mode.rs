@@ -1,7 +1,7 @@
 //! Mesh-gateway mode selection for one upstream, with Consul's exact precedence, and where
 //! that mode sends the bytes.
 //!
-//! Precedence, highest first (consul-mesh.md §4.2; CONFIG.md): the upstream's own
+//! Precedence, highest first (as Consul's proxycfg resolves it; `config/README.md`): the upstream's own
 //! `mesh_gateway`, the downstream service's `service_defaults.upstream_config.overrides[name]`,
 //! the proxy's (`[sidecar] mesh_gateway`), `upstream_config.defaults`, the downstream service's
 //! `service_defaults.mesh_gateway`, `proxy_defaults.mesh_gateway`, the target service's

@@ -59,7 +59,7 @@ pub struct InboundPlan {
     pub trust_domain: String,
 }
 
-/// One upstream as the data path dials it and `check --json` shows it (CONFIG.md).
+/// One upstream as the data path dials it and `check --json` shows it (`config/README.md`).
 #[derive(Debug, Serialize)]
 pub struct UpstreamPlan {
     pub destination_name: String,

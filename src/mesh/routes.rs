@@ -1,6 +1,6 @@
 //! The gateway's route table: SNI → endpoints, matched the way Consul's Envoy gateway does.
 //!
-//! Order (CONFIG.md, consul-mesh.md §5.1): the exact SNI of a service in the gateway's own
+//! Order (`config/README.md`, "How the gateway routes"): the exact SNI of a service in the gateway's own
 //! (datacenter, partition), also with one leading subset label; then the longest
 //! `*.<GatewaySNI>` suffix of another place. Case-insensitive, and a lookup allocates nothing.
 
@@ -22,7 +22,7 @@ pub enum RouteKind {
 
 #[derive(Debug, Serialize)]
 pub struct Route {
-    /// As CONFIG.md shows it: the exact name, or `*.<suffix>`.
+    /// As `check --json` shows it: the exact name, or `*.<suffix>`.
     #[serde(rename = "match")]
     pub pattern: String,
     pub kind: RouteKind,

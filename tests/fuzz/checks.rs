@@ -262,7 +262,7 @@ impl<'a> Bytes<'a> {
     }
 }
 
-/// Keys of the contract (CONFIG.md) and near misses, so edits land where the reader looks.
+/// Keys of the configuration (config/README.md) and near misses, so edits land where the reader looks.
 const KEYS: &[&str] = &[
     "mesh",
     "datacenter",

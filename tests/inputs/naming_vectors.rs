@@ -1,5 +1,5 @@
-//! Consul's own naming test vectors (tests/data/*_vectors.toml, copied unchanged from
-//! /work/shared/reference, extracted from hashicorp/consul at a pinned commit) run against
+//! Consul's own naming test vectors (tests/data/*_vectors.toml, copied unchanged as extracted
+//! from hashicorp/consul at a pinned commit) run against
 //! `sidegate::names`.
 //!
 //! Every table is deserialized with `deny_unknown_fields`, so a table or field this file does
@@ -524,7 +524,7 @@ fn sni_vectors() {
     }
 
     // These rows are Consul's stats-tag regexes *splitting* cluster names. sidegate does not
-    // parse SNIs (like Consul's gateway it matches suffixes/exact names, consul-mesh.md §1.3),
+    // parse SNIs (like Consul's gateway it matches suffixes/exact names),
     // so the rows are run in the other direction: building the SNI from the split components
     // must give back the cluster name (minus the "<hash>~" prefix), and the regex's "target"
     // tag must be everything before the routing type. Unmapped (1 row): the `external` sample

@@ -460,7 +460,7 @@ upstream_config = { overrides = [ { name = "api", mesh_gateway = { mode = "none"
 
 /// Below the proxy level, each level in turn. Each file sets that level and every level
 /// under it, each to another mode, so the answer names the level only if the order is
-/// Consul's (consul-mesh.md §4.2). `cache` has service-defaults of its own (the target's
+/// Consul's (`mesh::mode`). `cache` has service-defaults of its own (the target's
 /// level), `api` none, so in the last file cache is decided by its own entry and api by
 /// nothing. Every file also has overrides for `cache` in another partition and in another
 /// namespace: they are not for this upstream and must never apply. The level after the

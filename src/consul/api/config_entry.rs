@@ -1,5 +1,5 @@
 //! `GET /v1/config/proxy-defaults/global` and `GET /v1/config/service-defaults/:name`: the
-//! central-config levels of the mesh-gateway mode (consul-mesh.md §4.2, §7). A 404 means the
+//! central-config levels of the mesh-gateway mode (see `mesh::mode`). A 404 means the
 //! entry does not exist, which is an answer too.
 
 use serde::{Deserialize, Serialize};

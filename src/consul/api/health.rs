@@ -95,7 +95,7 @@ impl CheckServiceNode {
 
 /// The instances of an answer that sidegate can dial: of `kind` when given, with usable
 /// addresses, each marked healthy or not. Consul's proxies ask without `passing` and filter
-/// themselves (consul-mesh.md §4.3); so does this. Sorted, so an unchanged catalog gives an
+/// themselves (Consul's proxycfg asks `/v1/health/connect` without it); so does this. Sorted, so an unchanged catalog gives an
 /// unchanged snapshot.
 pub fn instances(body: &str, kind: Option<&str>) -> Result<Vec<Instance>, serde_json::Error> {
     let nodes: Vec<CheckServiceNode> = nullable(&mut serde_json::Deserializer::from_str(body))?;

@@ -262,7 +262,7 @@ pub fn sidecar(
 }
 
 /// The public listener: the registration's address and port, overridden by the proxy
-/// config's `bind_address`/`bind_port` as Consul's Envoy listener does (consul-mesh.md §11).
+/// config's `bind_address`/`bind_port` as Consul's Envoy listener does (agent/xds/listeners.go).
 fn public_listener(svc: &AgentService, warnings: &mut Vec<String>) -> Option<SocketAddr> {
     let config = &svc.proxy.config;
     let address = text(config, "bind_address").unwrap_or_else(|| svc.address.clone());
@@ -382,7 +382,7 @@ fn upstream_bind(u: &Upstream) -> Result<Bind, UpstreamError> {
     Ok(Bind::Tcp(SocketAddr::new(ip, u.local_bind_port)))
 }
 
-/// The addresses a mesh gateway listens on, by Consul's rules (consul-mesh.md §5.1): its
+/// The addresses a mesh gateway listens on, by Consul's rules (agent/xds/listeners.go): its
 /// `Address:Port` unless `envoy_gateway_no_default_bind`, every tagged address with
 /// `envoy_gateway_bind_tagged_addresses`, every `envoy_gateway_bind_addresses` entry; sorted
 /// by name, the same address once. Host names cannot be bound and are left out.
