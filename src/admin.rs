@@ -209,19 +209,64 @@ impl Drop for Slot {
 struct Response {
     status: &'static str,
     content_type: &'static str,
-    body: String,
+    body: Body,
     extra_header: &'static str,
 }
+
+/// `/metrics` and `/config` are written as they are made (megabytes with a large mesh), not
+/// built in memory first; the connection's close ends them.
+enum Body {
+    Text(String),
+    Metrics,
+    Config(Arc<Plan>),
+}
+
+/// The most of a streamed body held in memory at once.
+const CHUNK: usize = metrics::CHUNK;
 
 impl Response {
     fn text(status: &'static str, body: impl Into<String>) -> Self {
         Response {
             status,
             content_type: "text/plain; charset=utf-8",
-            body: body.into(),
+            body: Body::Text(body.into()),
             extra_header: "",
         }
     }
+}
+
+/// The status line, headers and body. A text body has its length; a streamed one ends when
+/// the connection closes (`Connection: close`), which HTTP/1.1 allows.
+fn write_response(stream: &mut TcpStream, response: &Response, status: &Status) -> io::Result<()> {
+    let length = match &response.body {
+        Body::Text(text) => format!("Content-Length: {}\r\n", text.len()),
+        Body::Metrics | Body::Config(_) => String::new(),
+    };
+    let head = format!(
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\n{length}Cache-Control: no-store\r\n{}Connection: close\r\n\r\n",
+        response.status, response.content_type, response.extra_header
+    );
+    stream.write_all(head.as_bytes())?;
+    match &response.body {
+        Body::Text(text) => stream.write_all(text.as_bytes())?,
+        Body::Metrics => {
+            metrics::render(&status.metrics, &mut *stream)?;
+            if let Some(consul) = status.consul() {
+                let mut text = String::new();
+                consul.render_prometheus(&mut text);
+                stream.write_all(text.as_bytes())?;
+            }
+        }
+        // The plan's serialization leaves out TLS configurations and keys (serde skip); what
+        // remains is what `check --json` prints.
+        Body::Config(plan) => {
+            let mut out = io::BufWriter::with_capacity(CHUNK, &mut *stream);
+            serde_json::to_writer_pretty(&mut out, &**plan).map_err(io::Error::other)?;
+            out.write_all(b"\n")?;
+            out.flush()?;
+        }
+    }
+    stream.flush()
 }
 
 fn handle(mut stream: TcpStream, status: &Status) -> io::Result<()> {
@@ -259,16 +304,7 @@ fn handle(mut stream: TcpStream, status: &Status) -> io::Result<()> {
             .unwrap_or_default();
         crate::debug!("admin {peer}: refused, {}", response.status);
     }
-    let head = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}Connection: close\r\n\r\n",
-        response.status,
-        response.content_type,
-        response.body.len(),
-        response.extra_header
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(response.body.as_bytes())?;
-    stream.flush()?;
+    write_response(&mut stream, &response, status)?;
     let _ = stream.shutdown(Shutdown::Write);
     Ok(())
 }
@@ -332,28 +368,16 @@ fn route(target: &str, status: &Status) -> Response {
             Ok(()) => Response::text("200 OK", "ready\n"),
             Err(why) => Response::text("503 Service Unavailable", format!("{why}\n")),
         },
-        "/metrics" => {
-            let mut text = metrics::render(&status.metrics);
-            if let Some(consul) = status.consul() {
-                consul.render_prometheus(&mut text);
-            }
-            Response {
-                content_type: metrics::CONTENT_TYPE,
-                ..Response::text("200 OK", text)
-            }
-        }
+        "/metrics" => Response {
+            content_type: metrics::CONTENT_TYPE,
+            body: Body::Metrics,
+            ..Response::text("200 OK", "")
+        },
         "/config" => match status.plan() {
-            // The plan's serialization leaves out TLS configurations and keys (serde skip);
-            // what remains is what `check --json` prints.
-            Some(plan) => match serde_json::to_string_pretty(&*plan) {
-                Ok(json) => Response {
-                    content_type: "application/json",
-                    ..Response::text("200 OK", json + "\n")
-                },
-                Err(e) => Response::text(
-                    "500 Internal Server Error",
-                    format!("cannot render the plan: {e}\n"),
-                ),
+            Some(plan) => Response {
+                content_type: "application/json",
+                body: Body::Config(plan),
+                ..Response::text("200 OK", "")
             },
             None => Response::text("503 Service Unavailable", "no plan: not serving yet\n"),
         },

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use handshake::{HandshakeFailure, HandshakeFailures};
 pub use labelled::{ConnStats, Family, Held, Tally};
-pub use render::{render, CONTENT_TYPE};
+pub use render::{render, CHUNK, CONTENT_TYPE};
 
 /// The counters every accepting listener keeps, whatever its role.
 pub struct ListenerCounters<'a> {

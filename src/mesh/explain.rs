@@ -9,10 +9,22 @@ use super::routes::{MatchKind, RouteKind};
 use super::snapshot::Here;
 use super::Place;
 
+/// No route takes the name; the text says why and what would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoRoute(pub String);
+
+impl std::fmt::Display for NoRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoRoute {}
+
 /// The answer: routed (with the text) or not (with the reason).
-pub fn explain(gw: &GatewayPlan, here: &Here, sni: &str) -> Result<String, String> {
+pub fn explain(gw: &GatewayPlan, here: &Here, sni: &str) -> Result<String, NoRoute> {
     let Some((route, how)) = gw.routes.lookup(sni) else {
-        return Err(why_not(gw, here, sni));
+        return Err(NoRoute(why_not(gw, here, sni)));
     };
     let mut out = String::new();
     let why = match (how, route.kind) {

@@ -6,6 +6,7 @@
 //! same labels, so a reload does not reset them.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::Counter;
@@ -100,6 +101,38 @@ impl<T: Default> Family<T> {
 
     pub fn label_names(&self) -> &'static [&'static str] {
         self.labels
+    }
+
+    /// Calls `f` with every current value and its label values, in label order, copying at
+    /// most `batch` entries out under the lock at a time: the registry is not held while `f`
+    /// writes to a slow scraper, and a scrape does not copy every label at once.
+    pub fn each_batched<E>(
+        &self,
+        batch: usize,
+        mut f: impl FnMut(&[String], &T) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut after: Option<Box<[String]>> = None;
+        loop {
+            let chunk: Vec<(Box<[String]>, Arc<T>)> = {
+                let entries = self.lock();
+                let from = match &after {
+                    Some(key) => Bound::Excluded(key),
+                    None => Bound::Unbounded,
+                };
+                entries
+                    .range::<Box<[String]>, _>((from, Bound::Unbounded))
+                    .take(batch.max(1))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            };
+            for (labels, value) in &chunk {
+                f(labels, value)?;
+            }
+            match chunk.into_iter().last() {
+                Some((key, _)) => after = Some(key),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Every current value with its label values, in label order.
