@@ -1,6 +1,11 @@
 //! The admin endpoint (`[admin] listen`): `/ready`, `/metrics` (Prometheus text) and `/config`
 //! (the running plan as JSON, no key material).
 //!
+//! An upstream listener that could not be bound (its port held by another process) leaves
+//! `/ready` at 200 — the rest serves, and a 503 would take the whole sidecar out of a health
+//! check for one local port — with the body naming what is not bound and why; `/config`
+//! lists it under `unbound_listeners` and `/metrics` counts the failed attempts.
+//!
 //! It runs on a thread of its own with blocking sockets and serves one connection at a time
 //! under a hard deadline and a request-size limit, so a slow or hostile scraper can delay only
 //! other scrapers, never the data path's event loop.
@@ -14,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::mesh::Plan;
 use crate::metrics::{self, Metrics};
+use crate::proxy::BindFailures;
 
 /// A request line and headers larger than this are refused (431): scrapers send a few hundred
 /// bytes.
@@ -29,6 +35,8 @@ pub struct Status {
     draining: AtomicBool,
     /// With `[consul]`: how fresh the state served is.
     consul: Mutex<Option<Arc<crate::consul::Status>>>,
+    /// Listeners of the plan in service that could not be bound.
+    bind_failures: Mutex<Option<Arc<BindFailures>>>,
 }
 
 impl Status {
@@ -38,7 +46,22 @@ impl Status {
             plan: Mutex::new(None),
             draining: AtomicBool::new(false),
             consul: Mutex::new(None),
+            bind_failures: Mutex::new(None),
         }
+    }
+
+    pub fn set_bind_failures(&self, failures: Arc<BindFailures>) {
+        *self
+            .bind_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(failures);
+    }
+
+    fn bind_failures(&self) -> Option<Arc<BindFailures>> {
+        self.bind_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The Consul source's freshness, for `/ready` and `/metrics`.
@@ -280,17 +303,55 @@ fn read_request(stream: &mut TcpStream, deadline: Instant) -> io::Result<Option<
     }
 }
 
+/// `ready`, and what is not bound (the rest serves; retried).
+fn ready_body(status: &Status) -> String {
+    let unbound = status
+        .bind_failures()
+        .map(|f| f.unbound())
+        .unwrap_or_default();
+    let mut body = String::from("ready\n");
+    for u in unbound {
+        body.push_str(&format!("not bound (retrying): {}\n", u.error));
+    }
+    body
+}
+
+/// The plan as JSON, with the listeners it names that are not bound now.
+fn config_json(plan: &Plan, status: &Status) -> serde_json::Result<String> {
+    let unbound = status
+        .bind_failures()
+        .map(|f| f.unbound())
+        .unwrap_or_default();
+    if unbound.is_empty() {
+        return serde_json::to_string_pretty(plan);
+    }
+    // Only then through a Value (whose keys come out sorted): the usual answer keeps the
+    // plan's field order.
+    let mut value = serde_json::to_value(plan)?;
+    if let Some(object) = value.as_object_mut() {
+        let list = unbound
+            .into_iter()
+            .map(|u| serde_json::json!({"listener": u.listener, "error": u.error}))
+            .collect();
+        object.insert("unbound_listeners".into(), serde_json::Value::Array(list));
+    }
+    serde_json::to_string_pretty(&value)
+}
+
 fn route(target: &str, status: &Status) -> Response {
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     match path {
         "/ready" => match status.readiness() {
-            Ok(()) => Response::text("200 OK", "ready\n"),
+            Ok(()) => Response::text("200 OK", ready_body(status)),
             Err(why) => Response::text("503 Service Unavailable", format!("{why}\n")),
         },
         "/metrics" => {
             let mut text = metrics::render(&status.metrics);
             if let Some(consul) = status.consul() {
                 consul.render_prometheus(&mut text);
+            }
+            if let Some(failures) = status.bind_failures() {
+                failures.render_prometheus(&mut text);
             }
             Response {
                 content_type: metrics::CONTENT_TYPE,
@@ -300,7 +361,7 @@ fn route(target: &str, status: &Status) -> Response {
         "/config" => match status.plan() {
             // The plan's serialization leaves out TLS configurations and keys (serde skip);
             // what remains is what `check --json` prints.
-            Some(plan) => match serde_json::to_string_pretty(&*plan) {
+            Some(plan) => match config_json(&plan, status) {
                 Ok(json) => Response {
                     content_type: "application/json",
                     ..Response::text("200 OK", json + "\n")

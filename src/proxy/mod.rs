@@ -3,7 +3,8 @@
 //! The loop serves one current plan at a time. A new plan is swapped in whole: listeners it
 //! adds are bound first (so a taken port fails the swap, not the process), listeners it drops
 //! are closed, listeners it keeps are left alone. Each connection keeps the plan it was
-//! accepted under to its end, so a reload never cuts one.
+//! accepted under to its end, so a reload never cuts one. At start, an upstream listener that
+//! cannot be bound is the exception: the rest serves and it is retried (`unbound`).
 
 mod authorize;
 mod buffers;
@@ -14,6 +15,7 @@ mod inbound;
 mod listener;
 mod relay;
 mod tls_relay;
+mod unbound;
 mod upstream;
 
 use std::collections::HashMap;
@@ -31,6 +33,7 @@ use crate::mesh::Plan;
 use crate::metrics::Metrics;
 pub use listener::{BindKey, ListenerKey};
 use listener::{Bound, Shared};
+pub use unbound::{BindFailures, Unbound, RETRY_EVERY};
 
 /// A running sidegate: where it listens, and how to change or stop what it serves. Tests
 /// start one on port 0.
@@ -41,6 +44,8 @@ pub struct Running {
     pub upstream_addrs: Vec<SocketAddr>,
     pub inbound_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    /// Upstream listeners of the plan in service that could not be bound, retried.
+    pub bind_failures: Arc<BindFailures>,
     state: Mutex<State>,
     control: Option<Sender<Control>>,
     thread: Option<JoinHandle<()>>,
@@ -107,8 +112,14 @@ pub fn start_with(mut plan: Plan, metrics: Arc<Metrics>) -> Result<Running, Bind
     raise_fd_limit();
     metrics.adopt(&mut plan);
     let plan = Arc::new(plan);
-    let keys = ListenerKey::all(&plan);
-    let add = bind_all(&keys, &plan)?;
+    let bind_failures = Arc::new(BindFailures::default());
+    // An upstream listener that cannot be bound leaves the rest serving (and is retried);
+    // the gateway's and the inbound listeners are what the host is for: those must bind.
+    let (upstreams, others): (Vec<ListenerKey>, Vec<ListenerKey>) = ListenerKey::all(&plan)
+        .into_iter()
+        .partition(|k| matches!(k, ListenerKey::Upstream(_)));
+    let mut add = bind_all(&others, &plan)?;
+    add.extend(bind_or_retry(&upstreams, &plan, &bind_failures));
     let listeners: HashMap<_, _> = add
         .iter()
         .map(|(k, b)| (k.clone(), b.local_addr()))
@@ -146,6 +157,7 @@ pub fn start_with(mut plan: Plan, metrics: Arc<Metrics>) -> Result<Running, Bind
         upstream_addrs,
         inbound_addr,
         metrics,
+        bind_failures,
         state: Mutex::new(State { plan, listeners }),
         control: Some(control),
         thread: Some(thread),
@@ -163,20 +175,50 @@ fn thread_error(error: io::Error) -> BindError {
 fn bind_all(keys: &[ListenerKey], plan: &Plan) -> Result<Vec<(ListenerKey, Bound)>, BindError> {
     keys.iter()
         .map(|key| {
-            let bound = Bound::bind(key, plan).map_err(|error| BindError {
-                listener: key.to_string(),
-                addr: match key {
-                    ListenerKey::Gateway(a)
-                    | ListenerKey::Inbound(a)
-                    | ListenerKey::Upstream(BindKey::Tcp(a)) => Some(*a),
-                    ListenerKey::Upstream(BindKey::Unix(_)) => None,
-                },
-                error,
-            })?;
+            let bound = bind_one(key, plan)?;
             log_listening(key, &bound, plan);
             Ok((key.clone(), bound))
         })
         .collect()
+}
+
+fn bind_one(key: &ListenerKey, plan: &Plan) -> Result<Bound, BindError> {
+    Bound::bind(key, plan).map_err(|error| BindError {
+        listener: key.to_string(),
+        addr: match key {
+            ListenerKey::Gateway(a)
+            | ListenerKey::Inbound(a)
+            | ListenerKey::Upstream(BindKey::Tcp(a)) => Some(*a),
+            ListenerKey::Upstream(BindKey::Unix(_)) => None,
+        },
+        error,
+    })
+}
+
+/// Binds what it can of `keys`; the rest is recorded in `failures`, to retry.
+fn bind_or_retry(
+    keys: &[ListenerKey],
+    plan: &Plan,
+    failures: &BindFailures,
+) -> Vec<(ListenerKey, Bound)> {
+    let mut add = Vec::new();
+    for key in keys {
+        match bind_one(key, plan) {
+            Ok(bound) => {
+                if failures.cleared(key) {
+                    crate::info!("{key}: bound after all");
+                }
+                log_listening(key, &bound, plan);
+                add.push((key.clone(), bound));
+            }
+            Err(e) if failures.failed(key, &e) => crate::error!(
+                "{e}; serving the rest, trying again every {} s",
+                RETRY_EVERY.as_secs()
+            ),
+            Err(e) => crate::debug!("{e}; trying again in {} s", RETRY_EVERY.as_secs()),
+        }
+    }
+    add
 }
 
 fn log_listening(key: &ListenerKey, bound: &Bound, plan: &Plan) {
@@ -282,18 +324,26 @@ impl Running {
         let mut state = self.state();
         let plan = Arc::new(plan);
         let keys = ListenerKey::all(&plan);
-        let new: Vec<ListenerKey> = keys
+        // Listeners that failed under the plan in service stay tolerated (retried); a new
+        // listener that cannot be bound refuses the whole plan, as before.
+        let failing = self.bind_failures.pending();
+        let (retry, new): (Vec<ListenerKey>, Vec<ListenerKey>) = keys
             .iter()
             .filter(|k| !state.listeners.contains_key(k))
             .cloned()
-            .collect();
+            .partition(|k| failing.contains(k));
+        let kept = keys.len() - new.len() - retry.len();
         let remove: Vec<ListenerKey> = state
             .listeners
             .keys()
             .filter(|k| !keys.contains(k))
             .cloned()
             .collect();
-        let add = bind_all(&new, &plan)?;
+        let mut add = bind_all(&new, &plan)?;
+        add.extend(bind_or_retry(&retry, &plan, &self.bind_failures));
+        for gone in failing.iter().filter(|k| !keys.contains(k)) {
+            self.bind_failures.cleared(gone);
+        }
         for key in keys.iter().filter(|k| state.listeners.contains_key(k)) {
             if let Err(e) = listener::set_socket_mode(key, &plan) {
                 crate::warn!("{key}: cannot set the socket's mode: {e}");
@@ -317,10 +367,39 @@ impl Running {
         state.listeners.extend(opened.iter().cloned());
         state.plan = plan;
         Ok(Applied {
-            kept: keys.len() - opened.len(),
+            kept,
             opened,
             closed: remove,
         })
+    }
+
+    /// Tries again to bind the listeners of the plan in service that failed; returns those
+    /// bound now.
+    pub fn retry_unbound(&self) -> Vec<ListenerKey> {
+        let pending = self.bind_failures.pending();
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        let mut state = self.state();
+        let plan = state.plan.clone();
+        let add = bind_or_retry(&pending, &plan, &self.bind_failures);
+        if add.is_empty() {
+            return Vec::new();
+        }
+        let opened: Vec<_> = add
+            .iter()
+            .map(|(k, b)| (k.clone(), b.local_addr()))
+            .collect();
+        let (done, applied) = channel::bounded(1);
+        self.send(Control::Apply {
+            plan,
+            add,
+            remove: Vec::new(),
+            done,
+        });
+        let _ = smol::block_on(applied.recv());
+        state.listeners.extend(opened.iter().cloned());
+        opened.into_iter().map(|(k, _)| k).collect()
     }
 
     /// A handle that asks the event loop to answer, from any thread.
