@@ -972,16 +972,19 @@ fn an_upstream_whose_port_is_taken_at_start_is_reported_and_retried_while_the_re
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (busy, free) = (taken.local_addr().unwrap().port(), free_port());
     let public = free_port();
-    agent.register(&service_with_sidecar(
-        "web-taken",
-        app("web"),
-        public,
-        json!([
-            upstream("web-taken-db", free),
-            upstream("web-taken-other", busy)
-        ]),
-        "",
-    ));
+    let register = |upstreams: Value| {
+        agent.register(&service_with_sidecar(
+            "web-taken",
+            app("web"),
+            public,
+            upstreams,
+            "",
+        ));
+    };
+    register(json!([
+        upstream("web-taken-db", free),
+        upstream("web-taken-other", busy)
+    ]));
     let s = Notified::start(&dir, "web-taken");
     assert!(wait_listening(public, SERVING_WITHIN), "inbound serves");
     assert!(
@@ -1011,17 +1014,11 @@ fn an_upstream_whose_port_is_taken_at_start_is_reported_and_retried_while_the_re
     // A change while it is not bound still applies: only a listener new to the change must
     // bind for it to apply.
     let third = free_port();
-    agent.register(&service_with_sidecar(
-        "web-taken",
-        app("web"),
-        public,
-        json!([
-            upstream("web-taken-db", free),
-            upstream("web-taken-other", busy),
-            upstream("web-taken-third", third)
-        ]),
-        "",
-    ));
+    register(json!([
+        upstream("web-taken-db", free),
+        upstream("web-taken-other", busy),
+        upstream("web-taken-third", third)
+    ]));
     assert!(wait_listening(third, FOLLOW_WITHIN), "the change applied");
     assert_eq!(common::metric(s.admin, "sidegate_listeners_unbound"), 1);
 

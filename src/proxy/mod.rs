@@ -349,18 +349,7 @@ impl Running {
                 crate::warn!("{key}: cannot set the socket's mode: {e}");
             }
         }
-        let opened: Vec<_> = add
-            .iter()
-            .map(|(k, b)| (k.clone(), b.local_addr()))
-            .collect();
-        let (done, applied) = channel::bounded(1);
-        self.send(Control::Apply {
-            plan: plan.clone(),
-            add,
-            remove: remove.clone(),
-            done,
-        });
-        let _ = smol::block_on(applied.recv());
+        let opened = self.hand_over(plan.clone(), add, remove.clone());
         for key in &remove {
             state.listeners.remove(key);
         }
@@ -386,6 +375,19 @@ impl Running {
         if add.is_empty() {
             return Vec::new();
         }
+        let opened = self.hand_over(plan, add, Vec::new());
+        state.listeners.extend(opened.iter().cloned());
+        opened.into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// Has the loop serve `plan` with the listeners `add`ed and `remove`d, once it did;
+    /// returns what was opened, with the addresses.
+    fn hand_over(
+        &self,
+        plan: Arc<Plan>,
+        add: Vec<(ListenerKey, Bound)>,
+        remove: Vec<ListenerKey>,
+    ) -> Vec<(ListenerKey, Option<SocketAddr>)> {
         let opened: Vec<_> = add
             .iter()
             .map(|(k, b)| (k.clone(), b.local_addr()))
@@ -394,12 +396,11 @@ impl Running {
         self.send(Control::Apply {
             plan,
             add,
-            remove: Vec::new(),
+            remove,
             done,
         });
         let _ = smol::block_on(applied.recv());
-        state.listeners.extend(opened.iter().cloned());
-        opened.into_iter().map(|(k, _)| k).collect()
+        opened
     }
 
     /// A handle that asks the event loop to answer, from any thread.
