@@ -10,6 +10,12 @@
 //! READY=1 waits (bounded) for the restarted follower's first state to be in service, so
 //! that it means the new settings are in force — or says on its STATUS= line that the agent
 //! has not confirmed them yet.
+//!
+//! Its parts: `events` (what the loop receives, and the follower generations that tell a
+//! replaced follower's snapshots apart), `signals` (signals turned into requests), `notify`
+//! (systemd) and `follower` (the Consul follower's handle, restarted by a reload). They live
+//! here, not in `consul`, so that `consul` needs nothing of the loop: data flows from the
+//! configuration and the agent to the loop, never back.
 
 pub mod events;
 pub mod follower;
