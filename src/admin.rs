@@ -1,6 +1,11 @@
 //! The admin endpoint (`[admin] listen`): `/ready`, `/metrics` (Prometheus text) and `/config`
 //! (the running plan as JSON, no key material).
 //!
+//! An upstream listener that could not be bound (its port held by another process) leaves
+//! `/ready` at 200 — the rest serves, and a 503 would take the whole sidecar out of a health
+//! check for one local port — with the body naming what is not bound and why; `/config`
+//! lists it under `unbound_listeners` and `/metrics` counts the failed attempts.
+//!
 //! It runs on threads of its own with blocking sockets, never on the data path's event loop:
 //! one thread accepts and hands each connection to a thread of its own, which serves it under
 //! a hard deadline and a request-size limit. So a silent or slow client holds only its own
@@ -17,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::mesh::Plan;
 use crate::metrics::{self, Metrics};
+use crate::proxy::BindFailures;
 
 /// A request line and headers larger than this are refused (431): scrapers send a few hundred
 /// bytes.
@@ -38,6 +44,8 @@ pub struct Status {
     draining: AtomicBool,
     /// With `[consul]`: how fresh the state served is.
     consul: Mutex<Option<Arc<crate::consul::Status>>>,
+    /// Listeners of the plan in service that could not be bound.
+    bind_failures: Mutex<Option<Arc<BindFailures>>>,
 }
 
 impl Status {
@@ -47,7 +55,22 @@ impl Status {
             plan: Mutex::new(None),
             draining: AtomicBool::new(false),
             consul: Mutex::new(None),
+            bind_failures: Mutex::new(None),
         }
+    }
+
+    pub fn set_bind_failures(&self, failures: Arc<BindFailures>) {
+        *self
+            .bind_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(failures);
+    }
+
+    fn bind_failures(&self) -> Option<Arc<BindFailures>> {
+        self.bind_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The Consul source's freshness, for `/ready` and `/metrics`.
@@ -251,17 +274,29 @@ fn write_response(stream: &mut TcpStream, response: &Response, status: &Status) 
         Body::Text(text) => stream.write_all(text.as_bytes())?,
         Body::Metrics => {
             metrics::render(&status.metrics, &mut *stream)?;
+            // Both small: a few samples each, bounded by the agent's state and the plan's
+            // listeners, not by the mesh.
+            let mut text = String::new();
             if let Some(consul) = status.consul() {
-                let mut text = String::new();
                 consul.render_prometheus(&mut text);
-                stream.write_all(text.as_bytes())?;
             }
+            if let Some(failures) = status.bind_failures() {
+                failures.render_prometheus(&mut text);
+            }
+            stream.write_all(text.as_bytes())?;
         }
         // The plan's serialization leaves out TLS configurations and keys (serde skip); what
         // remains is what `check --json` prints.
         Body::Config(plan) => {
             let mut out = io::BufWriter::with_capacity(CHUNK, &mut *stream);
-            serde_json::to_writer_pretty(&mut out, &**plan).map_err(io::Error::other)?;
+            let config = ConfigBody {
+                plan,
+                unbound_listeners: status
+                    .bind_failures()
+                    .map(|f| f.unbound())
+                    .unwrap_or_default(),
+            };
+            serde_json::to_writer_pretty(&mut out, &config).map_err(io::Error::other)?;
             out.write_all(b"\n")?;
             out.flush()?;
         }
@@ -361,11 +396,34 @@ fn read_request(stream: &mut TcpStream, deadline: Instant) -> io::Result<Option<
     }
 }
 
+/// `ready`, and what is not bound (the rest serves; retried).
+fn ready_body(status: &Status) -> String {
+    let unbound = status
+        .bind_failures()
+        .map(|f| f.unbound())
+        .unwrap_or_default();
+    let mut body = String::from("ready\n");
+    for u in unbound {
+        body.push_str(&format!("not bound (retrying): {}\n", u.error));
+    }
+    body
+}
+
+/// `/config`: the plan, then the listeners it names that are not bound now (only while there
+/// are any), written straight to the socket.
+#[derive(serde::Serialize)]
+struct ConfigBody<'a> {
+    #[serde(flatten)]
+    plan: &'a Plan,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unbound_listeners: Vec<crate::proxy::Unbound>,
+}
+
 fn route(target: &str, status: &Status) -> Response {
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     match path {
         "/ready" => match status.readiness() {
-            Ok(()) => Response::text("200 OK", "ready\n"),
+            Ok(()) => Response::text("200 OK", ready_body(status)),
             Err(why) => Response::text("503 Service Unavailable", format!("{why}\n")),
         },
         "/metrics" => Response {

@@ -76,6 +76,18 @@ struct PendingSave {
     status: Arc<Status>,
 }
 
+impl PendingSave {
+    fn write(&self) {
+        state_dir::save_json(
+            &self.dir,
+            STATE_FILE,
+            &self.saved,
+            &self.status,
+            "the last-known-good state",
+        );
+    }
+}
+
 impl Receipt {
     /// A receipt with nothing to save (for snapshots that come from no follower).
     pub fn none() -> Receipt {
@@ -89,13 +101,7 @@ impl Receipt {
     /// The snapshot it came with serves now: save it if the agent confirmed it.
     pub fn in_service(self) {
         if let Some(p) = self.save {
-            state_dir::save_json(
-                &p.dir,
-                STATE_FILE,
-                &p.saved,
-                &p.status,
-                "the last-known-good state",
-            );
+            p.write();
         }
         self.in_service.fetch_max(self.seq, Ordering::SeqCst);
     }
@@ -632,13 +638,7 @@ impl Coordinator {
         let serving = self.in_service.load(Ordering::SeqCst) >= self.sent_seq;
         if !self.last_sent_saved && serving {
             if let Some(p) = self.pending_save(needed) {
-                state_dir::save_json(
-                    &p.dir,
-                    STATE_FILE,
-                    &p.saved,
-                    &p.status,
-                    "the last-known-good state",
-                );
+                p.write();
             }
             self.last_sent_saved = true;
         }

@@ -10,6 +10,12 @@
 //! READY=1 waits (bounded) for the restarted follower's first state to be in service, so
 //! that it means the new settings are in force — or says on its STATUS= line that the agent
 //! has not confirmed them yet.
+//!
+//! Its parts: `events` (what the loop receives, and the follower generations that tell a
+//! replaced follower's snapshots apart), `signals` (signals turned into requests), `notify`
+//! (systemd) and `follower` (the Consul follower's handle, restarted by a reload). They live
+//! here, not in `consul`, so that `consul` needs nothing of the loop: data flows from the
+//! configuration and the agent to the loop, never back.
 
 pub mod events;
 pub mod follower;
@@ -145,6 +151,7 @@ impl Lifecycle {
         admin: Option<Admin>,
         notifier: Arc<Notifier>,
     ) -> Lifecycle {
+        status.set_bind_failures(running.bind_failures.clone());
         Lifecycle {
             path,
             running,
@@ -182,8 +189,21 @@ impl Lifecycle {
     pub fn serve(mut self, events: &Receiver<Event>, requests: &Requests) -> u64 {
         self.notifier.ready(&self.describe());
         self._watchdog = self.start_watchdog();
+        let mut retry_at = None;
         loop {
-            match requests.next(events) {
+            // Listeners of the plan in service that could not be bound are tried again
+            // every `RETRY_EVERY` while the loop waits.
+            if retry_at.is_none() && self.running.bind_failures.any() {
+                retry_at = Some(Instant::now() + proxy::RETRY_EVERY);
+            }
+            let Some(step) = requests.next_until(events, retry_at) else {
+                retry_at = None;
+                if !self.running.retry_unbound().is_empty() {
+                    self.notifier.status(&self.describe());
+                }
+                continue;
+            };
+            match step {
                 Step::Reload => {
                     self.notifier.reloading();
                     let outcome = match self.reload_heeding(requests) {
@@ -448,6 +468,11 @@ impl Lifecycle {
         }
         if let Some(admin) = &self.admin {
             parts.push(format!("admin {}", admin.addr));
+        }
+        let unbound = self.running.bind_failures.unbound();
+        if !unbound.is_empty() {
+            let names: Vec<&str> = unbound.iter().map(|u| u.listener.as_str()).collect();
+            parts.push(format!("NOT BOUND (retrying): {}", names.join(", ")));
         }
         format!("serving {}", parts.join("; "))
     }

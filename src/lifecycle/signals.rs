@@ -66,6 +66,11 @@ impl Requests {
         self.wait(events, true, None).unwrap_or(Step::Stop)
     }
 
+    /// `next`, or `None` once `deadline` (if any) has passed.
+    pub fn next_until(&self, events: &Receiver<Event>, deadline: Option<Instant>) -> Option<Step> {
+        self.wait(events, true, deadline)
+    }
+
     /// While a reload waits for its outcome: a stop request, or the next snapshot, or `None`
     /// once `deadline` has passed. Never `Step::Reload`: reload requests stay pending, for
     /// `next` once this reload is done.

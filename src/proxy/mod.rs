@@ -3,7 +3,8 @@
 //! The loop serves one current plan at a time. A new plan is swapped in whole: listeners it
 //! adds are bound first (so a taken port fails the swap, not the process), listeners it drops
 //! are closed, listeners it keeps are left alone. Each connection keeps the plan it was
-//! accepted under to its end, so a reload never cuts one.
+//! accepted under to its end, so a reload never cuts one. At start, an upstream listener that
+//! cannot be bound is the exception: the rest serves and it is retried (`unbound`).
 
 mod buffers;
 mod deadline;
@@ -15,6 +16,7 @@ mod pending;
 mod relay;
 mod serving;
 mod tls_relay;
+mod unbound;
 mod upstream;
 
 use std::collections::HashMap;
@@ -33,6 +35,7 @@ use crate::metrics::Metrics;
 pub use listener::{BindKey, ListenerKey};
 use listener::{Bound, Shared};
 pub use serving::Serving;
+pub use unbound::{BindFailures, Unbound, RETRY_EVERY};
 
 /// A running sidegate: where it listens, and how to change or stop what it serves. Tests
 /// start one on port 0.
@@ -43,6 +46,8 @@ pub struct Running {
     pub upstream_addrs: Vec<SocketAddr>,
     pub inbound_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    /// Upstream listeners of the plan in service that could not be bound, retried.
+    pub bind_failures: Arc<BindFailures>,
     state: Mutex<State>,
     control: Option<Sender<Control>>,
     thread: Option<JoinHandle<()>>,
@@ -50,7 +55,8 @@ pub struct Running {
 
 /// The caller's view of what the loop serves; changed only together with the loop.
 struct State {
-    plan: Arc<Plan>,
+    /// The plan in service, with its runtime part.
+    serving: Arc<Serving>,
     /// Every open listener and, for TCP ones, the address it is bound to.
     listeners: HashMap<ListenerKey, Option<SocketAddr>>,
 }
@@ -109,8 +115,14 @@ pub fn start_with(plan: Plan, metrics: Arc<Metrics>) -> Result<Running, BindErro
     raise_fd_limit();
     let serving = Arc::new(Serving::new(plan, &metrics));
     let plan = serving.plan.clone();
-    let keys = ListenerKey::all(&plan);
-    let add = bind_all(&keys, &plan)?;
+    let bind_failures = Arc::new(BindFailures::default());
+    // An upstream listener that cannot be bound leaves the rest serving (and is retried);
+    // the gateway's and the inbound listeners are what the host is for: those must bind.
+    let (upstreams, others): (Vec<ListenerKey>, Vec<ListenerKey>) = ListenerKey::all(&plan)
+        .into_iter()
+        .partition(|k| matches!(k, ListenerKey::Upstream(_)));
+    let mut add = bind_all(&others, &plan)?;
+    add.extend(bind_or_retry(&upstreams, &plan, &bind_failures));
     let listeners: HashMap<_, _> = add
         .iter()
         .map(|(k, b)| (k.clone(), b.local_addr()))
@@ -137,9 +149,10 @@ pub fn start_with(plan: Plan, metrics: Arc<Metrics>) -> Result<Running, BindErro
         })
         .map_err(|_| thread_error(io::Error::other("control channel closed")))?;
     let loop_metrics = metrics.clone();
+    let loop_serving = serving.clone();
     let thread = std::thread::Builder::new()
         .name("sidegate-loop".into())
-        .spawn(move || event_loop(serving, loop_metrics, controlled))
+        .spawn(move || event_loop(loop_serving, loop_metrics, controlled))
         .map_err(thread_error)?;
     let _ = smol::block_on(started.recv());
     Ok(Running {
@@ -147,7 +160,11 @@ pub fn start_with(plan: Plan, metrics: Arc<Metrics>) -> Result<Running, BindErro
         upstream_addrs,
         inbound_addr,
         metrics,
-        state: Mutex::new(State { plan, listeners }),
+        bind_failures,
+        state: Mutex::new(State {
+            serving: serving.clone(),
+            listeners,
+        }),
         control: Some(control),
         thread: Some(thread),
     })
@@ -164,20 +181,50 @@ fn thread_error(error: io::Error) -> BindError {
 fn bind_all(keys: &[ListenerKey], plan: &Plan) -> Result<Vec<(ListenerKey, Bound)>, BindError> {
     keys.iter()
         .map(|key| {
-            let bound = Bound::bind(key, plan).map_err(|error| BindError {
-                listener: key.to_string(),
-                addr: match key {
-                    ListenerKey::Gateway(a)
-                    | ListenerKey::Inbound(a)
-                    | ListenerKey::Upstream(BindKey::Tcp(a)) => Some(*a),
-                    ListenerKey::Upstream(BindKey::Unix(_)) => None,
-                },
-                error,
-            })?;
+            let bound = bind_one(key, plan)?;
             log_listening(key, &bound, plan);
             Ok((key.clone(), bound))
         })
         .collect()
+}
+
+fn bind_one(key: &ListenerKey, plan: &Plan) -> Result<Bound, BindError> {
+    Bound::bind(key, plan).map_err(|error| BindError {
+        listener: key.to_string(),
+        addr: match key {
+            ListenerKey::Gateway(a)
+            | ListenerKey::Inbound(a)
+            | ListenerKey::Upstream(BindKey::Tcp(a)) => Some(*a),
+            ListenerKey::Upstream(BindKey::Unix(_)) => None,
+        },
+        error,
+    })
+}
+
+/// Binds what it can of `keys`; the rest is recorded in `failures`, to retry.
+fn bind_or_retry(
+    keys: &[ListenerKey],
+    plan: &Plan,
+    failures: &BindFailures,
+) -> Vec<(ListenerKey, Bound)> {
+    let mut add = Vec::new();
+    for key in keys {
+        match bind_one(key, plan) {
+            Ok(bound) => {
+                if failures.cleared(key) {
+                    crate::info!("{key}: bound after all");
+                }
+                log_listening(key, &bound, plan);
+                add.push((key.clone(), bound));
+            }
+            Err(e) if failures.failed(key, &e) => crate::error!(
+                "{e}; serving the rest, trying again every {} s",
+                RETRY_EVERY.as_secs()
+            ),
+            Err(e) => crate::debug!("{e}; trying again in {} s", RETRY_EVERY.as_secs()),
+        }
+    }
+    add
 }
 
 fn log_listening(key: &ListenerKey, bound: &Bound, plan: &Plan) {
@@ -267,7 +314,7 @@ fn event_loop(serving: Arc<Serving>, metrics: Arc<Metrics>, controlled: Receiver
 impl Running {
     /// The plan new connections are accepted under.
     pub fn plan(&self) -> Arc<Plan> {
-        self.state().plan.clone()
+        self.state().serving.plan.clone()
     }
 
     /// The address a TCP listener is bound to (useful with port 0).
@@ -283,23 +330,70 @@ impl Running {
         let plan = serving.plan.clone();
         let mut state = self.state();
         let keys = ListenerKey::all(&plan);
-        let new: Vec<ListenerKey> = keys
+        // Listeners that failed under the plan in service stay tolerated (retried); a new
+        // listener that cannot be bound refuses the whole plan, as before.
+        let failing = self.bind_failures.pending();
+        let (retry, new): (Vec<ListenerKey>, Vec<ListenerKey>) = keys
             .iter()
             .filter(|k| !state.listeners.contains_key(k))
             .cloned()
-            .collect();
+            .partition(|k| failing.contains(k));
+        let kept = keys.len() - new.len() - retry.len();
         let remove: Vec<ListenerKey> = state
             .listeners
             .keys()
             .filter(|k| !keys.contains(k))
             .cloned()
             .collect();
-        let add = bind_all(&new, &plan)?;
+        let mut add = bind_all(&new, &plan)?;
+        add.extend(bind_or_retry(&retry, &plan, &self.bind_failures));
+        for gone in failing.iter().filter(|k| !keys.contains(k)) {
+            self.bind_failures.cleared(gone);
+        }
         for key in keys.iter().filter(|k| state.listeners.contains_key(k)) {
             if let Err(e) = listener::set_socket_mode(key, &plan) {
                 crate::warn!("{key}: cannot set the socket's mode: {e}");
             }
         }
+        let opened = self.hand_over(serving.clone(), add, remove.clone());
+        for key in &remove {
+            state.listeners.remove(key);
+        }
+        state.listeners.extend(opened.iter().cloned());
+        state.serving = serving;
+        Ok(Applied {
+            kept,
+            opened,
+            closed: remove,
+        })
+    }
+
+    /// Tries again to bind the listeners of the plan in service that failed; returns those
+    /// bound now.
+    pub fn retry_unbound(&self) -> Vec<ListenerKey> {
+        let pending = self.bind_failures.pending();
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        let mut state = self.state();
+        let serving = state.serving.clone();
+        let add = bind_or_retry(&pending, &serving.plan, &self.bind_failures);
+        if add.is_empty() {
+            return Vec::new();
+        }
+        let opened = self.hand_over(serving, add, Vec::new());
+        state.listeners.extend(opened.iter().cloned());
+        opened.into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// Has the loop serve `plan` with the listeners `add`ed and `remove`d, once it did;
+    /// returns what was opened, with the addresses.
+    fn hand_over(
+        &self,
+        serving: Arc<Serving>,
+        add: Vec<(ListenerKey, Bound)>,
+        remove: Vec<ListenerKey>,
+    ) -> Vec<(ListenerKey, Option<SocketAddr>)> {
         let opened: Vec<_> = add
             .iter()
             .map(|(k, b)| (k.clone(), b.local_addr()))
@@ -308,20 +402,11 @@ impl Running {
         self.send(Control::Apply {
             serving,
             add,
-            remove: remove.clone(),
+            remove,
             done,
         });
         let _ = smol::block_on(applied.recv());
-        for key in &remove {
-            state.listeners.remove(key);
-        }
-        state.listeners.extend(opened.iter().cloned());
-        state.plan = plan;
-        Ok(Applied {
-            kept: keys.len() - opened.len(),
-            opened,
-            closed: remove,
-        })
+        opened
     }
 
     /// A handle that asks the event loop to answer, from any thread.

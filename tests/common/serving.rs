@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{eventually, http_get, rss_kib, Child};
+use super::{eventually, rss_kib, Child};
 
 impl Child {
     /// Lines logged so far that contain `needle`.
@@ -42,22 +42,6 @@ impl Child {
             }
         })
     }
-}
-
-/// One sample of an admin endpoint's `/metrics`, named with its labels as written there,
-/// e.g. `sidegate_connections_accepted_total{role="inbound"}`.
-#[allow(
-    dead_code,
-    reason = "the proxy tests read samples; the operations tests only serving and logged"
-)]
-pub fn metric(admin: SocketAddr, sample: &str) -> u64 {
-    let (code, text) = http_get(admin, "/metrics");
-    assert_eq!(code, 200);
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"));
-    line.parse().unwrap()
 }
 
 /// `rss_kib` once it stops falling: memory a process frees just after a burst (buffers of

@@ -9,11 +9,13 @@ mod common {
     mod base;
     mod inprocess;
     mod runner;
+    mod scrape;
     mod tls;
     mod wait;
     pub use base::*;
     pub use inprocess::*;
     pub use runner::*;
+    pub use scrape::*;
     pub use tls::*;
     pub use wait::*;
 

@@ -961,3 +961,79 @@ fn with_the_agent_down_and_nothing_saved_the_admin_endpoint_says_why_it_is_not_r
     sg.signal(rustix::process::Signal::TERM);
     assert_eq!(sg.wait_exit(common::IO_TIMEOUT).code(), Some(0));
 }
+
+/// One upstream whose port another process holds must not take the sidecar down at start:
+/// the inbound listener and the other upstream serve, `/ready` stays 200 and names the
+/// listener that is not bound, `/config` and `/metrics` report it, and it is bound once the
+/// port is free. (Before, the start failed with exit 71.)
+#[test]
+fn an_upstream_whose_port_is_taken_at_start_is_reported_and_retried_while_the_rest_serves() {
+    let agent = shared();
+    let dir = Scratch::new("consul-upstream-taken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (busy, free) = (taken.local_addr().unwrap().port(), free_port());
+    let public = free_port();
+    let register = |upstreams: Value| {
+        agent.register(&service_with_sidecar(
+            "web-taken",
+            app("web"),
+            public,
+            upstreams,
+            "",
+        ));
+    };
+    register(json!([
+        upstream("web-taken-db", free),
+        upstream("web-taken-other", busy)
+    ]));
+    let s = Notified::start(&dir, "web-taken");
+    assert!(wait_listening(public, SERVING_WITHIN), "inbound serves");
+    assert!(
+        wait_listening(free, SERVING_WITHIN),
+        "the other upstream serves"
+    );
+    let busy_at = loopback(busy);
+    let (code, ready) = http_get(s.admin, "/ready");
+    assert_eq!(code, 200, "{ready}");
+    assert!(
+        ready.contains("not bound") && ready.contains(&busy_at),
+        "{ready}"
+    );
+    let (code, config) = http_get(s.admin, "/config");
+    assert_eq!(code, 200);
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(
+        config["unbound_listeners"][0]["listener"],
+        format!("upstream {busy_at}"),
+        "{config:#}"
+    );
+    let failures =
+        format!("sidegate_listener_bind_failures_total{{listener=\"upstream {busy_at}\"}}");
+    assert!(common::metric(s.admin, &failures) >= 1);
+    assert_eq!(common::metric(s.admin, "sidegate_listeners_unbound"), 1);
+
+    // A change while it is not bound still applies: only a listener new to the change must
+    // bind for it to apply.
+    let third = free_port();
+    register(json!([
+        upstream("web-taken-db", free),
+        upstream("web-taken-other", busy),
+        upstream("web-taken-third", third)
+    ]));
+    assert!(wait_listening(third, FOLLOW_WITHIN), "the change applied");
+    assert_eq!(common::metric(s.admin, "sidegate_listeners_unbound"), 1);
+
+    drop(taken);
+    assert!(
+        wait_listening(busy, RETRY_WITHIN),
+        "bound once the port is free"
+    );
+    let (_, ready) = http_get(s.admin, "/ready");
+    assert_eq!(ready, "ready\n");
+    assert_eq!(common::metric(s.admin, "sidegate_listeners_unbound"), 0);
+    let mut s = s;
+    s.stop();
+}
+
+/// Binding is retried every 5 s; the margin is for a busy host.
+const RETRY_WITHIN: Duration = Duration::from_secs(15);

@@ -14,6 +14,7 @@ mod common {
     mod inprocess;
     mod proxy;
     mod runner;
+    mod scrape;
     mod serving;
     mod tls;
     mod wait;
@@ -24,6 +25,7 @@ mod common {
     pub use inprocess::*;
     pub use proxy::*;
     pub use runner::*;
+    pub use scrape::*;
     pub use serving::*;
     pub use tls::*;
     pub use wait::*;

@@ -35,6 +35,47 @@ pub enum Scheme {
     Https,
 }
 
+/// Why an agent address is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressError {
+    pub given: String,
+    pub why: AddressProblem,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressProblem {
+    Unix,
+    Scheme,
+    NoHost,
+    /// A path, query, fragment, user or white space.
+    NotHostPort,
+    NoPort,
+}
+
+impl fmt::Display for AddressError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let given = &self.given;
+        match self.why {
+            AddressProblem::Unix => write!(
+                f,
+                "{given:?}: Unix sockets are not supported; give the agent's TCP address"
+            ),
+            AddressProblem::Scheme => write!(f, "{given:?}: the scheme must be http or https"),
+            AddressProblem::NoHost => write!(f, "{given:?} has no host"),
+            AddressProblem::NotHostPort => write!(
+                f,
+                "{given:?} must be only a host and port, e.g. 127.0.0.1:8500 (no path or user)"
+            ),
+            AddressProblem::NoPort => write!(
+                f,
+                "{given:?} has no port (write host:port, e.g. 127.0.0.1:8500)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AddressError {}
+
 /// The agent's HTTP(S) address: scheme and `host:port`, nothing else.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentAddress {
@@ -45,37 +86,33 @@ pub struct AgentAddress {
 impl AgentAddress {
     /// `host:port`, `http://host[:port]` or `https://host[:port]`. `ssl` is `CONSUL_HTTP_SSL`,
     /// which turns a bare `host:port` into HTTPS as it does for Consul's CLI.
-    pub fn parse(s: &str, ssl: bool) -> Result<AgentAddress, String> {
+    pub fn parse(s: &str, ssl: bool) -> Result<AgentAddress, AddressError> {
+        let bad = |why| AddressError {
+            given: s.to_owned(),
+            why,
+        };
         let (scheme, rest) = match s.split_once("://") {
             Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
                 "http" => (Scheme::Http, rest),
                 "https" => (Scheme::Https, rest),
-                "unix" => {
-                    return Err(format!(
-                        "{s:?}: Unix sockets are not supported; give the agent's TCP address"
-                    ))
-                }
-                _ => return Err(format!("{s:?}: the scheme must be http or https")),
+                "unix" => return Err(bad(AddressProblem::Unix)),
+                _ => return Err(bad(AddressProblem::Scheme)),
             },
             None if ssl => (Scheme::Https, s),
             None => (Scheme::Http, s),
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.is_empty() {
-            return Err(format!("{s:?} has no host"));
+            return Err(bad(AddressProblem::NoHost));
         }
         if authority.contains(['/', '?', '#', '@']) || authority.chars().any(char::is_whitespace) {
-            return Err(format!(
-                "{s:?} must be only a host and port, e.g. 127.0.0.1:8500 (no path or user)"
-            ));
+            return Err(bad(AddressProblem::NotHostPort));
         }
         let has_port = authority
             .rsplit_once(':')
             .is_some_and(|(host, port)| !host.ends_with(':') && port.parse::<u16>().is_ok());
         if !has_port && !s.contains("://") {
-            return Err(format!(
-                "{s:?} has no port (write host:port, e.g. 127.0.0.1:8500)"
-            ));
+            return Err(bad(AddressProblem::NoPort));
         }
         Ok(AgentAddress {
             scheme,
@@ -206,7 +243,7 @@ pub fn resolve(
         (None, Some(path)) => ca_from_file(Path::new(&path), " (from CONSUL_CACERT)"),
         (None, None) => Ok(Vec::new()),
     }
-    .map_err(|e| fail("ca_file", e))
+    .map_err(|e| fail("ca_file", e.to_string()))
     .ok();
     if let (Some(a), Some(ca)) = (&address, &ca) {
         if a.scheme == Scheme::Http && !ca.is_empty() {
@@ -258,17 +295,42 @@ fn token_from_file(path: &Path, source: &str) -> Result<Option<Token>, String> {
     Ok(token)
 }
 
-fn ca_from_file(path: &Path, from: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Why the agent's CA file gives no certificates. `from` names the environment variable it
+/// came from, if any.
+#[derive(Debug)]
+enum CaFileError {
+    Read(PathBuf, &'static str, std::io::Error),
+    NotPem(PathBuf, &'static str, rustls::pki_types::pem::Error),
+    NoCertificate(PathBuf, &'static str),
+}
+
+impl fmt::Display for CaFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CaFileError::Read(path, from, e) => {
+                write!(f, "cannot read {}{from}: {e}", path.display())
+            }
+            CaFileError::NotPem(path, from, e) => {
+                write!(f, "{}{from} is not PEM: {e}", path.display())
+            }
+            CaFileError::NoCertificate(path, from) => {
+                write!(f, "{}{from} holds no CERTIFICATE block", path.display())
+            }
+        }
+    }
+}
+
+fn ca_from_file(
+    path: &Path,
+    from: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, CaFileError> {
     let pem = crate::config::files::read(path)
-        .map_err(|e| format!("cannot read {}{from}: {e}", path.display()))?;
+        .map_err(|e| CaFileError::Read(path.to_owned(), from, e))?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}{from} is not PEM: {e}", path.display()))?;
+        .map_err(|e| CaFileError::NotPem(path.to_owned(), from, e))?;
     if certs.is_empty() {
-        return Err(format!(
-            "{}{from} holds no CERTIFICATE block",
-            path.display()
-        ));
+        return Err(CaFileError::NoCertificate(path.to_owned(), from));
     }
     Ok(certs)
 }
@@ -321,7 +383,7 @@ mod tests {
             ("http://user@x:1", "no path or user"),
             ("http://", "no host"),
         ] {
-            let err = AgentAddress::parse(s, false).unwrap_err();
+            let err = AgentAddress::parse(s, false).unwrap_err().to_string();
             assert!(err.contains(why), "{s}: {err}");
         }
     }
