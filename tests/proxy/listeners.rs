@@ -233,8 +233,9 @@ fn unix_upstream_plan(socket: &std::path::Path) -> sidegate::mesh::Plan {
 }
 
 /// A socket another process listens on at `local_bind_socket_path` is neither taken over
-/// nor deleted; a stale one (its process gone) is replaced; and at exit only the socket
-/// sidegate made is removed, not one another process has bound there since.
+/// nor deleted (the upstream is reported unbound and retried, the rest serves); a stale one
+/// (its process gone) is replaced; and at exit only the socket sidegate made is removed, not
+/// one another process has bound there since.
 #[test]
 fn a_live_unix_socket_of_another_process_is_left_alone() {
     use std::os::unix::net::{UnixListener, UnixStream};
@@ -242,17 +243,27 @@ fn a_live_unix_socket_of_another_process_is_left_alone() {
     let socket = dir.path("db.sock");
 
     let theirs = UnixListener::bind(&socket).unwrap();
-    let e = match sidegate::proxy::start(unix_upstream_plan(&socket)) {
-        Err(e) => e.to_string(),
-        Ok(_) => panic!("took over a live socket"),
-    };
-    assert!(e.contains("another process is listening on"), "{e}");
+    let ours = sidegate::proxy::start(unix_upstream_plan(&socket)).unwrap();
+    let unbound = ours.bind_failures.unbound();
+    assert_eq!(unbound.len(), 1, "{unbound:?}");
+    assert!(
+        unbound[0].error.contains("another process is listening on"),
+        "{unbound:?}"
+    );
     UnixStream::connect(&socket).expect("their socket still answers");
+    theirs.accept().unwrap();
+    assert!(ours.retry_unbound().is_empty(), "took over a live socket");
+    UnixStream::connect(&socket).expect("their socket still answers a retry");
     theirs.accept().unwrap();
 
     // Their process goes away, leaving its file: that one is stale and replaced.
     drop(theirs);
-    let ours = sidegate::proxy::start(unix_upstream_plan(&socket)).unwrap();
+    assert_eq!(
+        ours.retry_unbound().len(),
+        1,
+        "the stale socket was not replaced"
+    );
+    assert!(ours.bind_failures.unbound().is_empty());
     UnixStream::connect(&socket).expect("ours answers");
 
     // Someone replaces our file with a socket of their own while we run: at our exit,
