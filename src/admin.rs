@@ -13,6 +13,7 @@
 //! are closed at accept and counted. The accept thread never waits on a client, so stopping
 //! the endpoint (at exit, or when a reload moves it) is not delayed by one either.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -102,34 +103,66 @@ impl Status {
     }
 
     /// `Ok` when a plan is live and current, else why not.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         if self.draining.load(Ordering::Relaxed) {
-            return Err("draining: shutting down, not accepting connections".into());
+            return Err(NotReady::Draining);
         }
         if self.plan().is_none() {
             // With [consul] the endpoint opens before the agent's first state: say what it
             // waits for, and why it may be long.
             return Err(match self.consul() {
-                Some(c) => format!(
-                    "no plan: waiting for the first state from the Consul agent{}",
-                    c.last_error()
-                        .map(|e| format!(" (last error: {e})"))
-                        .unwrap_or_default()
-                ),
-                None => "no plan: not serving yet".into(),
+                Some(c) => NotReady::AwaitingConsul {
+                    last_error: c.last_error(),
+                },
+                None => NotReady::NoPlan,
             });
         }
         match self.consul() {
-            Some(c) if c.is_stale() => Err(format!(
-                "stale: serving state the Consul agent has not confirmed{}",
-                c.last_error()
-                    .map(|e| format!(" (last error: {e})"))
-                    .unwrap_or_default()
-            )),
+            Some(c) if c.is_stale() => Err(NotReady::Stale {
+                last_error: c.last_error(),
+            }),
             _ => Ok(()),
         }
     }
 }
+
+/// Why `/ready` answers 503; its `Display` is the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotReady {
+    /// Shutting down: the load balancer should stop sending.
+    Draining,
+    /// Nothing served yet (file source: before the first plan).
+    NoPlan,
+    /// Nothing served yet: the Consul agent has not given a first state.
+    AwaitingConsul { last_error: Option<String> },
+    /// Serving, but what the Consul agent has not confirmed lately.
+    Stale { last_error: Option<String> },
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let last_error = match self {
+            NotReady::Draining => {
+                return f.write_str("draining: shutting down, not accepting connections")
+            }
+            NotReady::NoPlan => return f.write_str("no plan: not serving yet"),
+            NotReady::AwaitingConsul { last_error } => {
+                f.write_str("no plan: waiting for the first state from the Consul agent")?;
+                last_error
+            }
+            NotReady::Stale { last_error } => {
+                f.write_str("stale: serving state the Consul agent has not confirmed")?;
+                last_error
+            }
+        };
+        match last_error {
+            Some(e) => write!(f, " (last error: {e})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for NotReady {}
 
 /// A bound, serving admin endpoint; stops when dropped.
 pub struct Admin {
@@ -466,6 +499,32 @@ mod tests {
 
     fn status_line(response: &str) -> &str {
         response.lines().next().unwrap_or_default()
+    }
+
+    /// The reasons read as the `/ready` bodies operators and health checks already match on.
+    #[test]
+    fn not_ready_reasons_read_as_before() {
+        let e = || Some("connection refused".to_owned());
+        let shown = [
+            NotReady::Draining,
+            NotReady::NoPlan,
+            NotReady::AwaitingConsul { last_error: None },
+            NotReady::AwaitingConsul { last_error: e() },
+            NotReady::Stale { last_error: None },
+            NotReady::Stale { last_error: e() },
+        ]
+        .map(|r| r.to_string());
+        assert_eq!(
+            shown,
+            [
+                "draining: shutting down, not accepting connections",
+                "no plan: not serving yet",
+                "no plan: waiting for the first state from the Consul agent",
+                "no plan: waiting for the first state from the Consul agent (last error: connection refused)",
+                "stale: serving state the Consul agent has not confirmed",
+                "stale: serving state the Consul agent has not confirmed (last error: connection refused)",
+            ]
+        );
     }
 
     #[test]

@@ -167,32 +167,62 @@ impl Identity {
         // leaf is valid so that a leaf that is merely early still has its issuer checked.
         let at = UnixTime::since_unix_epoch(Duration::from_secs(now_secs.max(not_before + 1)));
         if let Err(why) = self.verify_chain(at) {
-            found.push((Part::Chain, why));
+            found.push((Part::Chain, why.to_string()));
         }
         found
     }
 
-    fn verify_chain(&self, at: UnixTime) -> Result<(), String> {
+    fn verify_chain(&self, at: UnixTime) -> Result<(), ChainError> {
         let Some((leaf, intermediates)) = self.chain.split_first() else {
-            return Err("holds no certificate".into());
+            return Err(ChainError::NoCertificate);
         };
         let mut roots = RootCertStore::empty();
         let (added, _) = roots.add_parsable_certificates(self.roots.iter().cloned());
         if added == 0 {
-            return Err("is not signed by any CA in ca_file: ca_file holds no usable CA".into());
+            return Err(ChainError::NoUsableCa);
         }
-        let leaf =
-            ParsedCertificate::try_from(leaf).map_err(|e| format!("leaf cannot be read: {e}"))?;
+        let leaf = ParsedCertificate::try_from(leaf).map_err(ChainError::BadLeaf)?;
         let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
         verify_server_cert_signed_by_trust_anchor(&leaf, &roots, intermediates, at, algs.all)
             .map_err(|e| match e {
                 rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
-                    "is not signed by any CA in ca_file (nor through the intermediates after the leaf)".to_owned()
+                    ChainError::UnknownIssuer
                 }
-                e => format!("does not verify against ca_file: {e}"),
+                e => ChainError::Rejected(e),
             })
     }
 }
+
+/// Why a chain from files would not verify at a peer; shown after the chain's key name.
+#[derive(Debug)]
+enum ChainError {
+    NoCertificate,
+    /// `ca_file` holds nothing rustls can use as a trust anchor.
+    NoUsableCa,
+    BadLeaf(rustls::Error),
+    /// No path from the leaf to a root in `ca_file`.
+    UnknownIssuer,
+    /// A path, but one a peer refuses (expired intermediate, wrong usage, bad signature...).
+    Rejected(rustls::Error),
+}
+
+impl fmt::Display for ChainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChainError::NoCertificate => f.write_str("holds no certificate"),
+            ChainError::NoUsableCa => {
+                f.write_str("is not signed by any CA in ca_file: ca_file holds no usable CA")
+            }
+            ChainError::BadLeaf(e) => write!(f, "leaf cannot be read: {e}"),
+            ChainError::UnknownIssuer => f.write_str(
+                "is not signed by any CA in ca_file (nor through the intermediates after the leaf)",
+            ),
+            ChainError::Rejected(e) => write!(f, "does not verify against ca_file: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ChainError {}
 
 /// A private key rustls can sign with, from PEM; also checked on its own when the
 /// certificate cannot be read, so that both problems are reported at once.
@@ -234,7 +264,7 @@ fn read_leaf(leaf: &CertificateDer<'_>) -> Result<(SpiffeId, SystemTime), Identi
         return Err(IdentityError::Expired { not_after });
     }
     let uri = super::san::spiffe_uri_of(&cert)
-        .map_err(IdentityError::BadLeaf)?
+        .map_err(|e| IdentityError::BadLeaf(e.to_string()))?
         .ok_or(IdentityError::NoSpiffe)?;
     let id = SpiffeId::parse(&uri).map_err(IdentityError::BadSpiffe)?;
     if !matches!(id, SpiffeId::Service { .. }) {

@@ -145,15 +145,15 @@ impl Token {
     /// A token as read from a file or the environment: surrounding whitespace is dropped
     /// (files end in a newline); empty means "none"; anything that could not travel in an
     /// HTTP header is refused, naming the source but never the value.
-    pub fn new(raw: &str, source: &str) -> Result<Option<Token>, String> {
+    pub fn new(raw: &str, source: &str) -> Result<Option<Token>, TokenError> {
         let t = raw.trim();
         if t.is_empty() {
             return Ok(None);
         }
         if !t.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "the token from {source} holds spaces or control characters; an ACL token is one word"
-            ));
+            return Err(TokenError::NotOneWord {
+                from: source.to_owned(),
+            });
         }
         Ok(Some(Token(t.to_owned())))
     }
@@ -168,6 +168,34 @@ impl fmt::Debug for Token {
         f.write_str("Token(<redacted>)")
     }
 }
+
+/// Why no token could be read. It names where the token came from, never the value.
+#[derive(Debug)]
+pub enum TokenError {
+    /// Not one word; `from` names the source (a variable, or a key and its file).
+    NotOneWord {
+        from: String,
+    },
+    Unreadable(PathBuf, std::io::Error),
+    EmptyFile(PathBuf),
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenError::NotOneWord { from } => write!(
+                f,
+                "the token from {from} holds spaces or control characters; an ACL token is one word"
+            ),
+            TokenError::Unreadable(path, e) => {
+                write!(f, "cannot read the token file {}: {e}", path.display())
+            }
+            TokenError::EmptyFile(path) => write!(f, "the token file {} is empty", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
 
 /// What the file's `[consul]` section says; `None` where it says nothing. Paths are already
 /// relative to the configuration file's directory.
@@ -222,7 +250,7 @@ pub fn resolve(
             .map_or(Ok(None), |t| Token::new(&t, "CONSUL_HTTP_TOKEN"))
             .map_err(|e| ("", e)),
     }
-    .map_err(|(key, e)| fail(key, e))
+    .map_err(|(key, e)| fail(key, e.to_string()))
     .ok();
 
     // The CA only verifies HTTPS. CONSUL_CACERT is often exported fleet-wide, also where
@@ -285,12 +313,12 @@ pub fn resolve(
     }
 }
 
-fn token_from_file(path: &Path, source: &str) -> Result<Option<Token>, String> {
+fn token_from_file(path: &Path, source: &str) -> Result<Option<Token>, TokenError> {
     let text = crate::config::files::read_to_string(path)
-        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+        .map_err(|e| TokenError::Unreadable(path.to_owned(), e))?;
     let token = Token::new(&text, &format!("{source} {}", path.display()))?;
     if token.is_none() {
-        return Err(format!("the token file {} is empty", path.display()));
+        return Err(TokenError::EmptyFile(path.to_owned()));
     }
     Ok(token)
 }

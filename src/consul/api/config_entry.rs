@@ -2,11 +2,13 @@
 //! central-config levels of the mesh-gateway mode (see `mesh::mode`). A 404 means the
 //! entry does not exist, which is an answer too.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use super::{nullable, MeshGatewayConfig};
 use crate::mesh::config_entries::{ServiceDefaults, UpstreamOverride};
-use crate::mesh::mode::Mode;
+use crate::mesh::mode::{Mode, UnknownMode};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, rename_all = "PascalCase")]
@@ -55,19 +57,43 @@ pub struct UpstreamConfig {
     pub mesh_gateway: MeshGatewayConfig,
 }
 
+/// A config entry whose mesh-gateway mode (its own, or one of its upstreams') is not a mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryModeError {
+    /// `proxy-defaults` or `service-defaults`.
+    pub kind: &'static str,
+    pub name: String,
+    pub mode: UnknownMode,
+}
+
+impl fmt::Display for EntryModeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let EntryModeError { kind, name, mode } = self;
+        write!(f, "{kind} {name:?}: mesh gateway mode {mode}")
+    }
+}
+
+impl std::error::Error for EntryModeError {}
+
 impl ProxyDefaultsEntry {
-    pub fn mode(&self) -> Result<Option<Mode>, String> {
-        self.mesh_gateway
-            .parsed()
-            .map_err(|e| format!("proxy-defaults {:?}: {e}", self.name))
+    pub fn mode(&self) -> Result<Option<Mode>, EntryModeError> {
+        self.mesh_gateway.parsed().map_err(|mode| EntryModeError {
+            kind: "proxy-defaults",
+            name: self.name.clone(),
+            mode,
+        })
     }
 }
 
 impl ServiceDefaultsEntry {
     /// The mesh's view of the entry. Overrides for peers are left out: sidegate does not
     /// serve peered upstreams, and a peer override must not match a same-named service.
-    pub fn to_mesh(&self) -> Result<ServiceDefaults, String> {
-        let at = |e: String| format!("service-defaults {:?}: {e}", self.name);
+    pub fn to_mesh(&self) -> Result<ServiceDefaults, EntryModeError> {
+        let at = |mode| EntryModeError {
+            kind: "service-defaults",
+            name: self.name.clone(),
+            mode,
+        };
         let uc = &self.upstream_config;
         let mut overrides = Vec::with_capacity(uc.overrides.len());
         for o in uc.overrides.iter().filter(|o| o.peer.is_empty()) {
@@ -157,7 +183,11 @@ mod tests {
         assert!(m.upstream_overrides.is_empty());
         let bad: ServiceDefaultsEntry =
             serde_json::from_str(r#"{"Name":"db","MeshGateway":{"Mode":"bogus"}}"#).unwrap();
-        assert!(bad.to_mesh().unwrap_err().contains("\"db\""));
+        assert!(bad.to_mesh().unwrap_err().to_string().contains("\"db\""));
+        assert_eq!(
+            bad.to_mesh().unwrap_err().to_string(),
+            r#"service-defaults "db": mesh gateway mode "bogus" is not "none", "local" or "remote""#
+        );
         let peer: ServiceDefaultsEntry = serde_json::from_str(
             r#"{"Name":"web","UpstreamConfig":{"Overrides":[{"Name":"db","Peer":"p1","MeshGateway":{"Mode":"remote"}}]}}"#,
         )

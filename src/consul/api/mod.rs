@@ -15,6 +15,8 @@ pub mod service;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::mesh::mode::{Mode, UnknownMode};
+
 /// Go encodes an empty slice or map as `null`; read it as empty.
 pub fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
 where
@@ -33,9 +35,10 @@ pub struct MeshGatewayConfig {
 }
 
 impl MeshGatewayConfig {
-    /// The mode, `Ok(None)` when unset; an unknown word is an error naming it.
-    pub fn parsed(&self) -> Result<Option<crate::mesh::mode::Mode>, String> {
-        crate::mesh::mode::Mode::level(&self.mode).map_err(|e| format!("mesh gateway mode {e}"))
+    /// The mode, `Ok(None)` when unset; an unknown word is an error naming it (shown by
+    /// the caller after "mesh gateway mode", with the object it is on).
+    pub fn parsed(&self) -> Result<Option<Mode>, UnknownMode> {
+        Mode::level(&self.mode)
     }
 }
 

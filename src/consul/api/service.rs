@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::{nullable, MeshGatewayConfig};
 use crate::mesh::intentions::{Action, Intentions};
+use crate::mesh::mode::UnknownMode;
 use crate::mesh::sidecar::{Bind, SidecarSpec, UpstreamSpec};
 use crate::mesh::snapshot::Here;
 use crate::mesh::{Endpoint, Place};
@@ -29,7 +30,7 @@ pub enum RegistrationError {
     /// The sidecar's destination is not a service name.
     Destination { id: String, service: String },
     /// The proxy's own `MeshGateway` mode does not parse.
-    Mode { id: String, error: String },
+    Mode { id: String, error: UnknownMode },
     /// A mesh gateway with nothing it can listen on.
     NoListenAddress { id: String },
 }
@@ -44,7 +45,9 @@ impl fmt::Display for RegistrationError {
                 f,
                 "sidecar {id:?} names destination service {service:?}, which is not a valid service name"
             ),
-            RegistrationError::Mode { id, error } => write!(f, "sidecar {id:?}: proxy {error}"),
+            RegistrationError::Mode { id, error } => {
+                write!(f, "sidecar {id:?}: proxy mesh gateway mode {error}")
+            }
             RegistrationError::NoListenAddress { id } => write!(
                 f,
                 "mesh gateway {id:?} has no address to listen on (register it with a port, or set [gateway] listen)"
@@ -64,7 +67,7 @@ pub enum UpstreamError {
     NoBind,
     BindAddress(String),
     SocketMode(String),
-    Mode(String),
+    Mode(UnknownMode),
 }
 
 impl fmt::Display for UpstreamError {
@@ -86,7 +89,7 @@ impl fmt::Display for UpstreamError {
             UpstreamError::SocketMode(m) => {
                 write!(f, "local_bind_socket_mode {m:?} is not an octal mode")
             }
-            UpstreamError::Mode(e) => f.write_str(e),
+            UpstreamError::Mode(e) => write!(f, "mesh gateway mode {e}"),
         }
     }
 }
