@@ -172,7 +172,11 @@ pub fn parse_in(
             let services = sections::services(&c, here.as_ref());
             let gateways = sections::gateways(&c, here.as_ref());
             c.finish();
-            Catalog { services, gateways }
+            Catalog {
+                services,
+                gateways,
+                wan_federation: None,
+            }
         }
         None => Catalog::default(),
     };

@@ -1,6 +1,7 @@
 //! What is watched (`Key`), what the agent answered (`Answer`), and the thread that follows
 //! one key with blocking queries and hands every new answer or error to the follower.
 
+use std::collections::BTreeMap;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use super::api::ca::{CaRoots, LeafCert};
 use super::api::config_entry::{ProxyDefaultsEntry, ServiceDefaultsEntry};
 use super::api::health::{instances, Instance};
 use super::api::service::{AgentService, KIND_MESH_GATEWAY};
-use super::api::{catalog, nullable};
+use super::api::{catalog, federation, nullable};
 use super::blocking::{next_index, Backoff, RateLimit, WAIT};
 use super::client::{segment, Blocking, Client, Reply, Request};
 use super::errors::ApiError;
@@ -57,6 +58,10 @@ pub enum Key {
     Services { place: Place },
     /// `/v1/catalog/datacenters`.
     Datacenters,
+    /// `/v1/health/service/consul`: this datacenter's servers (WAN federation).
+    Servers,
+    /// `/v1/internal/federation-states/mesh-gateways`: every federated datacenter's gateways.
+    FederationStates,
 }
 
 /// What the agent said for a key.
@@ -69,12 +74,18 @@ pub enum Answer {
     Leaf(LeafCert),
     AgentSelf {
         datacenter: String,
+        /// The agent's DNS domain as configured (`consul.` by default); empty from older
+        /// saved states.
+        #[serde(default)]
+        domain: String,
     },
     Instances(Vec<Instance>),
     /// `None`: no such entry (404).
     ProxyDefaults(Option<ProxyDefaultsEntry>),
     ServiceDefaults(Option<ServiceDefaultsEntry>),
     Names(Vec<String>),
+    /// Datacenter → its mesh gateways.
+    Federated(BTreeMap<String, Vec<Instance>>),
 }
 
 /// How a key's endpoint waits for change.
@@ -137,7 +148,9 @@ impl Key {
             | Key::Gateways { .. }
             | Key::ProxyDefaults { .. }
             | Key::ServiceDefaults { .. }
-            | Key::Services { .. } => Style::Index,
+            | Key::Services { .. }
+            | Key::Servers
+            | Key::FederationStates => Style::Index,
         }
     }
 
@@ -192,6 +205,10 @@ impl Key {
                 &place.partition,
             ),
             Key::Datacenters => Request::new("/v1/catalog/datacenters".into()),
+            Key::Servers => Request::new("/v1/health/service/consul".into()),
+            Key::FederationStates => {
+                Request::new("/v1/internal/federation-states/mesh-gateways".into())
+            }
         }
     }
 
@@ -214,6 +231,14 @@ impl Key {
                 struct SelfBody {
                     #[serde(rename = "Config", deserialize_with = "nullable")]
                     config: SelfConfig,
+                    #[serde(rename = "DebugConfig", deserialize_with = "nullable")]
+                    debug: SelfDebug,
+                }
+                #[derive(Deserialize, Default)]
+                #[serde(default)]
+                struct SelfDebug {
+                    #[serde(rename = "DNSDomain", deserialize_with = "nullable")]
+                    domain: String,
                 }
                 #[derive(Deserialize, Default)]
                 #[serde(default)]
@@ -224,6 +249,7 @@ impl Key {
                 let b: SelfBody = serde_json::from_str(body).map_err(json)?;
                 Answer::AgentSelf {
                     datacenter: b.config.datacenter,
+                    domain: b.debug.domain,
                 }
             }
             Key::Connect { .. } => Answer::Instances(instances(body, None).map_err(json)?),
@@ -238,6 +264,10 @@ impl Key {
             }
             Key::Services { .. } => Answer::Names(catalog::service_names(body).map_err(json)?),
             Key::Datacenters => Answer::Names(catalog::datacenters(body).map_err(json)?),
+            Key::Servers => Answer::Instances(instances(body, None).map_err(json)?),
+            Key::FederationStates => {
+                Answer::Federated(federation::mesh_gateways(body).map_err(json)?)
+            }
         })
     }
 
@@ -474,7 +504,8 @@ mod tests {
         assert_eq!(
             Key::AgentSelf.parse(&reply(200, r#"{"Config":{"Datacenter":"dc7"}}"#)),
             Ok(Answer::AgentSelf {
-                datacenter: "dc7".into()
+                datacenter: "dc7".into(),
+                domain: String::new(),
             })
         );
         assert_eq!(

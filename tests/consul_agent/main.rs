@@ -44,3 +44,4 @@ mod follow;
 mod https;
 mod mesh;
 mod source;
+mod wanfed;
