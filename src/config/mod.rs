@@ -171,11 +171,12 @@ pub fn parse_in(
         Some(c) => {
             let services = sections::services(&c, here.as_ref());
             let gateways = sections::gateways(&c, here.as_ref());
+            let wan_federation = sections::wan_federation(&c);
             c.finish();
             Catalog {
                 services,
                 gateways,
-                wan_federation: None,
+                wan_federation,
             }
         }
         None => Catalog::default(),
