@@ -120,7 +120,7 @@ pub fn needed(s: &Settings, k: &Known<'_>) -> BTreeSet<Key> {
         if federation::carries_servers(gw) && here.place.is_default_partition() {
             // The servers to route to, the other datacenters' gateways without asking
             // through them, and the DNS domain server names end in.
-            keys.extend([Key::Servers, Key::FederationStates, Key::AgentSelf]);
+            keys.extend([Key::Servers, Key::FederationStates, Key::Domain]);
         }
     }
     keys
@@ -572,9 +572,17 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
 /// list: they are what Consul's servers dial, and they stay known while the WAN path the
 /// catalog would be asked through is down. Default partition only.
 fn federate(catalog: &mut Catalog, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>) {
-    let domain = match k.answers.get(&Key::AgentSelf) {
+    let domain = match k.answers.get(&Key::Domain) {
         Some(Answer::AgentSelf { domain, .. }) => federation::domain(domain),
-        _ => federation::domain(""),
+        _ => {
+            if let Some(why) = k.refused.get(&Key::Domain) {
+                warnings.push(format!(
+                    "the agent's DNS domain is not known ({why}): server names are routed in {}",
+                    federation::domain("")
+                ));
+            }
+            federation::domain("")
+        }
     };
     let servers = match k.answers.get(&Key::Servers) {
         Some(Answer::Instances(list)) => federation::servers(list),

@@ -62,6 +62,9 @@ pub enum Key {
     Servers,
     /// `/v1/internal/federation-states/mesh-gateways`: every federated datacenter's gateways.
     FederationStates,
+    /// `/v1/agent/self` for the DNS domain alone: unlike `AgentSelf`, a refusal (no
+    /// `agent:read`) is not fatal — the domain is then Consul's default.
+    Domain,
 }
 
 /// What the agent said for a key.
@@ -140,7 +143,7 @@ impl Key {
     fn style(&self) -> Style {
         match self {
             Key::Service { .. } => Style::Hash,
-            Key::AgentSelf => Style::Poll(AGENT_SELF_EVERY),
+            Key::AgentSelf | Key::Domain => Style::Poll(AGENT_SELF_EVERY),
             Key::Datacenters => Style::Poll(DATACENTERS_EVERY),
             Key::Roots
             | Key::Leaf { .. }
@@ -168,7 +171,7 @@ impl Key {
                 Some(namespace),
                 partition,
             ),
-            Key::AgentSelf => Request::new("/v1/agent/self".into()),
+            Key::AgentSelf | Key::Domain => Request::new("/v1/agent/self".into()),
             Key::Connect {
                 service,
                 namespace,
@@ -225,7 +228,7 @@ impl Key {
             Key::Service { .. } => Answer::Service(Some(serde_json::from_str(body).map_err(json)?)),
             Key::Roots => Answer::Roots(serde_json::from_str(body).map_err(json)?),
             Key::Leaf { .. } => Answer::Leaf(serde_json::from_str(body).map_err(json)?),
-            Key::AgentSelf => {
+            Key::AgentSelf | Key::Domain => {
                 #[derive(Deserialize, Default)]
                 #[serde(default)]
                 struct SelfBody {
@@ -512,6 +515,41 @@ mod tests {
             Key::Datacenters.parse(&reply(200, r#"["dc2","dc1"]"#)),
             Ok(Answer::Names(vec!["dc1".into(), "dc2".into()]))
         );
+    }
+
+    /// What Consul 1.8.7 answers (`/v1/agent/self` of `-domain=Example.`, the federation
+    /// states of an agent with none yet, the `consul` service at the server RPC port).
+    #[test]
+    fn wan_federation_keys() {
+        let shown = |k: Key| k.request().0.shown("GET", &Blocking::No);
+        assert_eq!(
+            shown(Key::FederationStates),
+            "GET /v1/internal/federation-states/mesh-gateways"
+        );
+        assert_eq!(shown(Key::Servers), "GET /v1/health/service/consul");
+        assert!(!Key::Domain.is_core());
+        assert_eq!(
+            Key::Domain.parse(&reply(
+                200,
+                r#"{"Config":{"Datacenter":"dc1","Version":"1.8.7"},"DebugConfig":{"DNSDomain":"Example."}}"#
+            )),
+            Ok(Answer::AgentSelf {
+                datacenter: "dc1".into(),
+                domain: "Example.".into(),
+            })
+        );
+        assert_eq!(
+            Key::FederationStates.parse(&reply(200, "{}")),
+            Ok(Answer::Federated(BTreeMap::new()))
+        );
+        assert!(Key::FederationStates.parse(&reply(404, "")).is_err());
+        let Ok(Answer::Instances(servers)) = Key::Servers.parse(&reply(
+            200,
+            r#"[{"Node":{"Node":"vm","Address":"127.0.0.1"},"Service":{"ID":"consul","Service":"consul","Address":"","Port":28596}}]"#,
+        )) else {
+            panic!("no instances")
+        };
+        assert_eq!(servers[0].lan.to_string(), "127.0.0.1:28596");
     }
 
     #[test]
