@@ -185,6 +185,52 @@ fn wan_members(agent: &Agent) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The peers of the TCP connections the `consul agent` of node `node` holds established
+/// (read from /proc: its socket inodes in /proc/net/tcp).
+fn tcp_peers_of(node: &str) -> Vec<SocketAddr> {
+    let flag = format!("-node={node}");
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            // The agent itself, not the shell that watches it.
+            args.first().is_some_and(|a| a.ends_with(b"consul")) && args.contains(&flag.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no consul process for {node}"));
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let link = std::fs::read_link(e.ok()?.path()).ok()?;
+            let link = link.to_str()?;
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            // rem_address is HEXIP:HEXPORT (the IP little-endian); state 01 is ESTABLISHED.
+            if cols.len() < 10 || cols[3] != "01" || !inodes.iter().any(|i| i == cols[9]) {
+                return None;
+            }
+            let (ip, port) = cols[2].split_once(':')?;
+            let ip = u32::from_str_radix(ip, 16).ok()?.to_le_bytes();
+            Some(SocketAddr::from((ip, u16::from_str_radix(port, 16).ok()?)))
+        })
+        .collect()
+}
+
+/// A server's RPC address as its own catalog has it (the `consul` service).
+fn server_rpc(agent: &Agent) -> SocketAddr {
+    let v = agent.get("/v1/health/service/consul").json();
+    let port = v[0]["Service"]["Port"].as_u64().unwrap();
+    SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).unwrap()))
+}
+
 fn node_name(agent: &Agent) -> String {
     agent.get("/v1/agent/self").json()["Config"]["NodeName"]
         .as_str()
@@ -322,6 +368,25 @@ fn two_datacenters_federate_only_through_sidegate_gateways() {
         saved.contains("federation_states") && saved.contains("127.0.0.3"),
         "{saved}"
     );
+
+    // No connection between the servers: each holds its cross-datacenter connections to a
+    // gateway, none to the other server's RPC or serf WAN port.
+    let (rpc1, rpc2) = (server_rpc(&dc1), server_rpc(&dc2));
+    let direct = |other: &Agent, rpc: SocketAddr| {
+        vec![rpc, SocketAddr::from(([127, 0, 0, 1], other.serf_wan))]
+    };
+    for (node, other, rpc) in [(&dc1_node, &dc2, rpc2), (&dc2_node, &dc1, rpc1)] {
+        let peers = tcp_peers_of(node);
+        let forbidden = direct(other, rpc);
+        assert!(
+            !peers.iter().any(|p| forbidden.contains(p)),
+            "{node}: {peers:?}"
+        );
+        assert!(
+            peers.iter().any(|p| *p == gw1_addr || *p == gw2_addr),
+            "{node} holds no connection to a gateway: {peers:?}"
+        );
+    }
 
     // Service traffic through the same gateways: web in dc1 (mode local: dc1's gateway)
     // to db in dc2, whose identity comes from dc2's intermediate of dc1's CA.
