@@ -171,8 +171,13 @@ pub fn parse_in(
         Some(c) => {
             let services = sections::services(&c, here.as_ref());
             let gateways = sections::gateways(&c, here.as_ref());
+            let wan_federation = sections::wan_federation(&c);
             c.finish();
-            Catalog { services, gateways }
+            Catalog {
+                services,
+                gateways,
+                wan_federation,
+            }
         }
         None => Catalog::default(),
     };

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 
 use super::fields::Fields;
 use crate::mesh::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
-use crate::mesh::snapshot::{CatalogGateways, CatalogService, GatewaySettings, Here};
+use crate::mesh::snapshot::{
+    CatalogGateways, CatalogServer, CatalogService, GatewaySettings, Here, WanFederation,
+    DEFAULT_DOMAIN,
+};
 use crate::mesh::{Endpoint, Place};
 
 /// `[mesh]`. Required for the file source, so a missing section still yields its errors.
@@ -178,6 +181,57 @@ pub fn gateways(catalog: &Fields<'_>, here: Option<&Here>) -> Vec<CatalogGateway
         }
     }
     out
+}
+
+/// `[catalog.wan_federation]`: this gateway carries Consul servers' WAN-federation traffic
+/// (what `consul-wan-federation = "1"` says of a registered one): `domain`, the agents' DNS
+/// domain, and `[[catalog.wan_federation.servers]]`, this datacenter's servers (`node`, and
+/// `address` at the server RPC port). Other datacenters' servers are reached through their
+/// `[[catalog.gateways]]` `wan` addresses.
+pub fn wan_federation(catalog: &Fields<'_>) -> Option<WanFederation> {
+    let wf = catalog.table("wan_federation")?;
+    let domain = match wf.str("domain") {
+        Some(d) if is_domain(d.trim_end_matches('.')) => {
+            Some(d.trim_end_matches('.').to_ascii_lowercase())
+        }
+        Some(d) => {
+            wf.error(
+                "domain",
+                format!("{d:?} is not a DNS domain (dot-separated labels, e.g. \"consul\")"),
+            );
+            None
+        }
+        None => Some(DEFAULT_DOMAIN.to_owned()),
+    };
+    let mut servers: Vec<CatalogServer> = Vec::new();
+    for srv in wf.tables("servers") {
+        let node = srv
+            .required_str("node")
+            .filter(|v| name_ok(&srv, "node", v));
+        let address = srv
+            .required_str("address")
+            .and_then(|a| endpoint_value(&srv, "address", a));
+        srv.finish();
+        if let (Some(node), Some(address)) = (node, address) {
+            if servers.iter().any(|s| s.node.eq_ignore_ascii_case(node)) {
+                srv.error_here(format!("server {node:?} is listed twice"));
+                continue;
+            }
+            servers.push(CatalogServer {
+                node: node.to_owned(),
+                address,
+            });
+        }
+    }
+    wf.finish();
+    Some(WanFederation {
+        domain: domain?,
+        servers,
+    })
+}
+
+fn is_domain(d: &str) -> bool {
+    d.len() <= 253 && d.split('.').all(crate::names::is_label)
 }
 
 fn place_of(t: &Fields<'_>, here: Option<&Here>) -> Option<Place> {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::api::ca::{identity, CaError, CaRoots};
+use super::api::federation;
 use super::api::health::to_dial;
 use super::api::service::{self, AgentService, RegistrationError, KIND_MESH_GATEWAY, KIND_SIDECAR};
 use super::watch::{Answer, Key};
@@ -16,7 +17,7 @@ use crate::mesh::mode::{via, Via};
 use crate::mesh::place::DEFAULT_PARTITION;
 use crate::mesh::sidecar::SidecarSpec;
 use crate::mesh::snapshot::{
-    Catalog, CatalogGateways, CatalogService, GatewaySettings, Here, Snapshot,
+    Catalog, CatalogGateways, CatalogService, GatewaySettings, Here, Snapshot, WanFederation,
 };
 use crate::mesh::Place;
 use crate::names::{is_label, SpiffeId};
@@ -70,7 +71,7 @@ fn place(s: &Settings, k: &Known<'_>) -> Option<(Place, String)> {
         _ => None,
     });
     let from_agent = match k.answers.get(&Key::AgentSelf) {
-        Some(Answer::AgentSelf { datacenter }) => Some(datacenter.clone()),
+        Some(Answer::AgentSelf { datacenter, .. }) => Some(datacenter.clone()),
         _ => None,
     };
     let dc = Some(reg.datacenter.clone())
@@ -114,8 +115,13 @@ pub fn needed(s: &Settings, k: &Known<'_>) -> BTreeSet<Key> {
     if let Some(Ok((spec, _))) = sidecar.map(|svc| service::sidecar(svc, &here)) {
         sidecar_keys(s, k, &here, &spec, &mut keys);
     }
-    if gateway.is_some() {
+    if let Some(gw) = gateway {
         gateway_keys(s, k, &here, &mut keys);
+        if federation::carries_servers(gw) && here.place.is_default_partition() {
+            // The servers to route to, the other datacenters' gateways without asking
+            // through them, and the DNS domain server names end in.
+            keys.extend([Key::Servers, Key::FederationStates, Key::Domain]);
+        }
     }
     keys
 }
@@ -381,6 +387,9 @@ pub fn snapshot(
     }
     if let Some(svc) = gateway {
         snap.gateway = Some(gateway_settings(svc, base, &here, k, &mut warnings)?);
+        if federation::carries_servers(svc) && here.place.is_default_partition() {
+            federate(&mut snap.catalog, k, &here, &mut warnings);
+        }
     }
     Ok((snap, warnings))
 }
@@ -553,7 +562,65 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
     Catalog {
         services,
         gateways: gateways.into_values().collect(),
+        wan_federation: None,
     }
+}
+
+/// A gateway registered to carry WAN federation (`consul-wan-federation = "1"`): this
+/// datacenter's servers, the agent's domain, and other datacenters' gateways from the
+/// federation states. Those win over the catalog's (`?dc=` answers) for a datacenter they
+/// list: they are what Consul's servers dial, and they stay known while the WAN path the
+/// catalog would be asked through is down. Default partition only.
+fn federate(catalog: &mut Catalog, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>) {
+    let domain = match k.answers.get(&Key::Domain) {
+        Some(Answer::AgentSelf { domain, .. }) => federation::domain(domain),
+        _ => {
+            if let Some(why) = k.refused.get(&Key::Domain) {
+                warnings.push(format!(
+                    "the agent's DNS domain is not known ({why}): server names are routed in {}",
+                    federation::domain("")
+                ));
+            }
+            federation::domain("")
+        }
+    };
+    let servers = match k.answers.get(&Key::Servers) {
+        Some(Answer::Instances(list)) => federation::servers(list),
+        _ => Vec::new(),
+    };
+    if let Some(Answer::Federated(dcs)) = k.answers.get(&Key::FederationStates) {
+        let others = dcs
+            .iter()
+            .filter(|(dc, _)| **dc != here.place.datacenter && is_label(dc));
+        for (dc, list) in others.take(MAX_DATACENTERS) {
+            let place = Place::new(dc, DEFAULT_PARTITION);
+            let (dial, all_failing) = to_dial(list);
+            if all_failing {
+                warnings.push(format!(
+                    "every WAN-federation mesh gateway of {place} fails its health checks: dialling them all anyway"
+                ));
+            }
+            let mut g = CatalogGateways {
+                place: place.clone(),
+                lan: Vec::new(),
+                wan: Vec::new(),
+            };
+            for i in dial {
+                if !g.lan.contains(&i.lan) {
+                    g.lan.push(i.lan.clone());
+                }
+                if !g.wan.contains(&i.wan) {
+                    g.wan.push(i.wan.clone());
+                }
+            }
+            match catalog.gateways.iter_mut().find(|c| c.place == place) {
+                Some(c) => *c = g,
+                None => catalog.gateways.push(g),
+            }
+        }
+        catalog.gateways.sort_by(|a, b| a.place.cmp(&b.place));
+    }
+    catalog.wan_federation = Some(WanFederation { domain, servers });
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::consul::api::example;
 use crate::consul::api::health::instances;
 use crate::mesh::mode::{Mode, ModeSource};
 use crate::mesh::plan::plan;
+use crate::mesh::routes::RouteKind;
 use crate::mesh::sidecar::UpstreamSpec;
 
 const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
@@ -577,17 +578,42 @@ fn refused_targets_do_not_block_the_rest() {
     assert!(snapshot(&s, &base(), &w.known()).is_err());
 }
 
+/// The gateway's routes of the kinds `keep` selects: (match, kind, endpoints dialled).
+fn gateway_routes(
+    p: &crate::mesh::Plan,
+    keep: impl Fn(RouteKind) -> bool,
+) -> Vec<(String, RouteKind, Vec<String>)> {
+    let Some(gateway) = p.gateway.as_ref() else {
+        return Vec::new();
+    };
+    gateway
+        .routes
+        .routes()
+        .iter()
+        .filter(|r| keep(r.kind))
+        .map(|r| {
+            let dial = r.endpoints.as_slice().iter().map(ToString::to_string);
+            (r.pattern.to_string(), r.kind, dial.collect())
+        })
+        .collect()
+}
+
 #[test]
 fn gateway_routes_its_partition_and_other_datacenters() {
     let s = settings(None, Some("mesh-gateway"));
     let gw_key = Key::Service {
         id: "mesh-gateway".into(),
     };
-    let w = World::new().with(Key::Roots, roots()).with(
-        gw_key.clone(),
-        registration("agent-service-mesh-gateway.json"),
-    );
+    // Not carrying WAN federation (see `a_wan_federation_gateway_routes_servers`).
+    let mut reg = registration("agent-service-mesh-gateway.json");
+    if let Answer::Service(Some(svc)) = &mut reg {
+        svc.meta.remove(federation::META_WAN_FEDERATION);
+    }
+    let w = World::new()
+        .with(Key::Roots, roots())
+        .with(gw_key.clone(), reg);
     let n = w.needed(&s);
+    assert!(!n.contains(&Key::FederationStates) && !n.contains(&Key::Servers));
     assert!(n.contains(&Key::Services {
         place: Place::new("dc1", "default")
     }));
@@ -614,24 +640,9 @@ fn gateway_routes_its_partition_and_other_datacenters() {
     let listen: Vec<String> = gw.listen.iter().map(ToString::to_string).collect();
     assert_eq!(listen, ["10.0.1.5:8443", "198.51.100.5:443"]);
     assert_eq!(gw.connect_timeout, std::time::Duration::from_millis(5000));
-    let p = plan(&snap);
-    let routes: Vec<(String, Vec<String>)> = p
-        .gateway
-        .as_ref()
-        .unwrap()
-        .routes
-        .routes()
-        .iter()
-        .map(|r| {
-            (
-                r.pattern.to_string(),
-                r.endpoints
-                    .as_slice()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-            )
-        })
+    let routes: Vec<(String, Vec<String>)> = gateway_routes(&plan(&snap), |_| true)
+        .into_iter()
+        .map(|(pattern, _, dial)| (pattern, dial))
         .collect();
     assert_eq!(
         routes,
@@ -727,4 +738,98 @@ fn a_huge_catalog_is_capped_not_followed_thread_by_thread() {
         warnings.iter().any(|w| w.contains("routes the first 1000")),
         "{warnings:?}"
     );
+}
+
+/// A gateway registered with `consul-wan-federation = "1"` follows this datacenter's servers,
+/// the federation states and the agent's domain, and routes Consul's server names: its own
+/// servers by node, other datacenters' through their gateways — the federation states' ones
+/// where they list the datacenter (dc2 here, though the catalog says otherwise; dc3 only
+/// they know).
+#[test]
+fn a_wan_federation_gateway_routes_servers() {
+    let s = settings(None, Some("mesh-gateway"));
+    let w = World::new()
+        .with(Key::Roots, roots())
+        .with(
+            Key::Service {
+                id: "mesh-gateway".into(),
+            },
+            registration("agent-service-mesh-gateway.json"),
+        )
+        .settle(&s, |k| match k {
+            Key::Services { .. } => Answer::Names(vec!["mesh-gateway".into()]),
+            Key::Datacenters => Answer::Names(vec!["dc1".into(), "dc2".into()]),
+            Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
+            Key::Domain => Answer::AgentSelf {
+                datacenter: "dc1".into(),
+                domain: "Example.".into(),
+            },
+            Key::Servers => Answer::Instances(
+                instances(
+                    r#"[{"Node":{"Node":"srv1","Address":"10.0.0.11"},"Service":{"ID":"consul","Service":"consul","Port":8300}},
+                        {"Node":{"Node":"srv2","Address":"10.0.0.12"},"Service":{"ID":"consul","Service":"consul","Port":8300}}]"#,
+                    None,
+                )
+                .unwrap(),
+            ),
+            Key::FederationStates => Answer::Federated(
+                federation::mesh_gateways(&federation_states()).unwrap(),
+            ),
+            _ => Answer::Instances(Vec::new()),
+        });
+    for key in [Key::Servers, Key::FederationStates, Key::Domain] {
+        assert!(w.needed(&s).contains(&key), "{key:?}");
+    }
+    let (snap, _) = snapshot(&s, &base(), &w.known()).unwrap();
+    let p = plan(&snap);
+    let routes = gateway_routes(&p, |kind| kind == RouteKind::Server);
+    let want = [
+        ("srv1.server.dc1.example", vec!["10.0.0.11:8300"]),
+        ("srv2.server.dc1.example", vec!["10.0.0.12:8300"]),
+        (
+            "server.dc1.example",
+            vec!["10.0.0.11:8300", "10.0.0.12:8300"],
+        ),
+        ("*.server.dc2.example", vec!["198.51.100.20:443"]),
+        ("server.dc2.example", vec!["198.51.100.20:443"]),
+        ("*.server.dc3.example", vec!["198.51.100.30:443"]),
+        ("server.dc3.example", vec!["198.51.100.30:443"]),
+    ];
+    let got: Vec<(&str, Vec<&str>)> = routes
+        .iter()
+        .map(|(m, _, d)| (m.as_str(), d.iter().map(String::as_str).collect()))
+        .collect();
+    assert_eq!(got, want);
+    // dc3's service traffic goes to the same gateways.
+    let gws = p.gateway.as_ref().unwrap().routes.routes();
+    assert!(gws
+        .iter()
+        .any(|r| r.pattern == format!("*.dc3.internal.{TD}")));
+
+    // A token without agent:read: the domain is Consul's default, said in a warning; the
+    // snapshot does not wait for it.
+    let mut w = w;
+    w.answers.remove(&Key::Domain);
+    w.refused
+        .insert(Key::Domain, "HTTP 403: Permission denied".into());
+    let (snap, warnings) = snapshot(&s, &base(), &w.known()).unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("DNS domain is not known")),
+        "{warnings:?}"
+    );
+    let p = plan(&snap);
+    let gws = p.gateway.as_ref().unwrap().routes.routes();
+    assert!(gws.iter().any(|r| r.pattern == "srv1.server.dc1.consul"));
+}
+
+/// The reference example's dc2 gateway at another WAN address, and a copy of it for dc3.
+fn federation_states() -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&example("federation-states-mesh-gateways.json")).unwrap();
+    let dc2 = v["dc2"].to_string();
+    v["dc2"] = serde_json::from_str(&dc2.replace("203.0.113.10", "198.51.100.20")).unwrap();
+    v["dc3"] = serde_json::from_str(&dc2.replace("203.0.113.10", "198.51.100.30")).unwrap();
+    v.to_string()
 }

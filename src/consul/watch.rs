@@ -1,6 +1,7 @@
 //! What is watched (`Key`), what the agent answered (`Answer`), and the thread that follows
 //! one key with blocking queries and hands every new answer or error to the follower.
 
+use std::collections::BTreeMap;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use super::api::ca::{CaRoots, LeafCert};
 use super::api::config_entry::{ProxyDefaultsEntry, ServiceDefaultsEntry};
 use super::api::health::{instances, Instance};
 use super::api::service::{AgentService, KIND_MESH_GATEWAY};
-use super::api::{catalog, nullable};
+use super::api::{catalog, federation, nullable};
 use super::blocking::{next_index, Backoff, RateLimit, WAIT};
 use super::client::{segment, Blocking, Client, Reply, Request};
 use super::errors::ApiError;
@@ -57,6 +58,13 @@ pub enum Key {
     Services { place: Place },
     /// `/v1/catalog/datacenters`.
     Datacenters,
+    /// `/v1/health/service/consul`: this datacenter's servers (WAN federation).
+    Servers,
+    /// `/v1/internal/federation-states/mesh-gateways`: every federated datacenter's gateways.
+    FederationStates,
+    /// `/v1/agent/self` for the DNS domain alone: unlike `AgentSelf`, a refusal (no
+    /// `agent:read`) is not fatal — the domain is then Consul's default.
+    Domain,
 }
 
 /// What the agent said for a key.
@@ -69,12 +77,18 @@ pub enum Answer {
     Leaf(LeafCert),
     AgentSelf {
         datacenter: String,
+        /// The agent's DNS domain as configured (`consul.` by default); empty from older
+        /// saved states.
+        #[serde(default)]
+        domain: String,
     },
     Instances(Vec<Instance>),
     /// `None`: no such entry (404).
     ProxyDefaults(Option<ProxyDefaultsEntry>),
     ServiceDefaults(Option<ServiceDefaultsEntry>),
     Names(Vec<String>),
+    /// Datacenter → its mesh gateways.
+    Federated(BTreeMap<String, Vec<Instance>>),
 }
 
 /// How a key's endpoint waits for change.
@@ -129,7 +143,7 @@ impl Key {
     fn style(&self) -> Style {
         match self {
             Key::Service { .. } => Style::Hash,
-            Key::AgentSelf => Style::Poll(AGENT_SELF_EVERY),
+            Key::AgentSelf | Key::Domain => Style::Poll(AGENT_SELF_EVERY),
             Key::Datacenters => Style::Poll(DATACENTERS_EVERY),
             Key::Roots
             | Key::Leaf { .. }
@@ -137,7 +151,9 @@ impl Key {
             | Key::Gateways { .. }
             | Key::ProxyDefaults { .. }
             | Key::ServiceDefaults { .. }
-            | Key::Services { .. } => Style::Index,
+            | Key::Services { .. }
+            | Key::Servers
+            | Key::FederationStates => Style::Index,
         }
     }
 
@@ -155,7 +171,7 @@ impl Key {
                 Some(namespace),
                 partition,
             ),
-            Key::AgentSelf => Request::new("/v1/agent/self".into()),
+            Key::AgentSelf | Key::Domain => Request::new("/v1/agent/self".into()),
             Key::Connect {
                 service,
                 namespace,
@@ -192,6 +208,10 @@ impl Key {
                 &place.partition,
             ),
             Key::Datacenters => Request::new("/v1/catalog/datacenters".into()),
+            Key::Servers => Request::new("/v1/health/service/consul".into()),
+            Key::FederationStates => {
+                Request::new("/v1/internal/federation-states/mesh-gateways".into())
+            }
         }
     }
 
@@ -208,12 +228,20 @@ impl Key {
             Key::Service { .. } => Answer::Service(Some(serde_json::from_str(body).map_err(json)?)),
             Key::Roots => Answer::Roots(serde_json::from_str(body).map_err(json)?),
             Key::Leaf { .. } => Answer::Leaf(serde_json::from_str(body).map_err(json)?),
-            Key::AgentSelf => {
+            Key::AgentSelf | Key::Domain => {
                 #[derive(Deserialize, Default)]
                 #[serde(default)]
                 struct SelfBody {
                     #[serde(rename = "Config", deserialize_with = "nullable")]
                     config: SelfConfig,
+                    #[serde(rename = "DebugConfig", deserialize_with = "nullable")]
+                    debug: SelfDebug,
+                }
+                #[derive(Deserialize, Default)]
+                #[serde(default)]
+                struct SelfDebug {
+                    #[serde(rename = "DNSDomain", deserialize_with = "nullable")]
+                    domain: String,
                 }
                 #[derive(Deserialize, Default)]
                 #[serde(default)]
@@ -224,6 +252,7 @@ impl Key {
                 let b: SelfBody = serde_json::from_str(body).map_err(json)?;
                 Answer::AgentSelf {
                     datacenter: b.config.datacenter,
+                    domain: b.debug.domain,
                 }
             }
             Key::Connect { .. } => Answer::Instances(instances(body, None).map_err(json)?),
@@ -238,6 +267,10 @@ impl Key {
             }
             Key::Services { .. } => Answer::Names(catalog::service_names(body).map_err(json)?),
             Key::Datacenters => Answer::Names(catalog::datacenters(body).map_err(json)?),
+            Key::Servers => Answer::Instances(instances(body, None).map_err(json)?),
+            Key::FederationStates => {
+                Answer::Federated(federation::mesh_gateways(body).map_err(json)?)
+            }
         })
     }
 
@@ -474,13 +507,49 @@ mod tests {
         assert_eq!(
             Key::AgentSelf.parse(&reply(200, r#"{"Config":{"Datacenter":"dc7"}}"#)),
             Ok(Answer::AgentSelf {
-                datacenter: "dc7".into()
+                datacenter: "dc7".into(),
+                domain: String::new(),
             })
         );
         assert_eq!(
             Key::Datacenters.parse(&reply(200, r#"["dc2","dc1"]"#)),
             Ok(Answer::Names(vec!["dc1".into(), "dc2".into()]))
         );
+    }
+
+    /// What Consul 1.8.7 answers (`/v1/agent/self` of `-domain=Example.`, the federation
+    /// states of an agent with none yet, the `consul` service at the server RPC port).
+    #[test]
+    fn wan_federation_keys() {
+        let shown = |k: Key| k.request().0.shown("GET", &Blocking::No);
+        assert_eq!(
+            shown(Key::FederationStates),
+            "GET /v1/internal/federation-states/mesh-gateways"
+        );
+        assert_eq!(shown(Key::Servers), "GET /v1/health/service/consul");
+        assert!(!Key::Domain.is_core());
+        assert_eq!(
+            Key::Domain.parse(&reply(
+                200,
+                r#"{"Config":{"Datacenter":"dc1","Version":"1.8.7"},"DebugConfig":{"DNSDomain":"Example."}}"#
+            )),
+            Ok(Answer::AgentSelf {
+                datacenter: "dc1".into(),
+                domain: "Example.".into(),
+            })
+        );
+        assert_eq!(
+            Key::FederationStates.parse(&reply(200, "{}")),
+            Ok(Answer::Federated(BTreeMap::new()))
+        );
+        assert!(Key::FederationStates.parse(&reply(404, "")).is_err());
+        let Ok(Answer::Instances(servers)) = Key::Servers.parse(&reply(
+            200,
+            r#"[{"Node":{"Node":"vm","Address":"127.0.0.1"},"Service":{"ID":"consul","Service":"consul","Address":"","Port":28596}}]"#,
+        )) else {
+            panic!("no instances")
+        };
+        assert_eq!(servers[0].lan.to_string(), "127.0.0.1:28596");
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub fn explain(gw: &GatewayPlan, here: &Here, sni: &str) -> Result<String, NoRou
     };
     let mut out = String::new();
     let why = match (how, route.kind) {
+        (MatchKind::Exact | MatchKind::Subset | MatchKind::Wildcard, RouteKind::Server) => {
+            "a Consul server's WAN-federation name: forwarded as it is, still encrypted (the servers' own TLS)".to_owned()
+        }
         (MatchKind::Exact, _) => "exact name of a service in this gateway's own place".to_owned(),
         (MatchKind::Subset, _) => format!(
             "a service of this gateway's own place with the subset label {:?} (the destination picks the subset)",
@@ -63,6 +66,9 @@ fn why_not(gw: &GatewayPlan, here: &Here, sni: &str) -> String {
     let name = sni.to_ascii_lowercase();
     let td = &here.trust_domain;
     let head = format!("no route for {sni:?}");
+    if let Some(why) = why_not_server(gw, here, &name) {
+        return format!("{head}: {why}");
+    }
     let Some(rest) = name
         .strip_suffix(td.as_str())
         .and_then(|r| r.strip_suffix('.'))
@@ -83,6 +89,44 @@ fn why_not(gw: &GatewayPlan, here: &Here, sni: &str) -> String {
         ),
         None => format!("{head}: it is not in Consul's `<service>.<namespace>[.<partition>].<dc>.internal[-v1].<td>` form"),
     }
+}
+
+/// A Consul server name (`[<node>.]server.<dc>.<domain>`) with no route: why.
+fn why_not_server(gw: &GatewayPlan, here: &Here, name: &str) -> Option<String> {
+    let servers: Vec<&str> = gw
+        .routes
+        .routes()
+        .iter()
+        .filter(|r| r.kind == RouteKind::Server)
+        .map(|r| r.pattern.as_str())
+        .collect();
+    // A service of that name (`server.default.dc1.internal.<td>`) is no server name.
+    if name.ends_with(here.trust_domain.as_str()) {
+        return None;
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    let at = labels.iter().position(|l| *l == "server")?;
+    // `server.<dc>.<domain>`: at least the datacenter and one domain label follow.
+    if labels.len() < at + 3 || at > 1 {
+        return None;
+    }
+    let dc = labels[at + 1];
+    Some(if servers.is_empty() {
+        "it looks like a Consul server's WAN-federation name, and this gateway routes none: \
+         register it with meta consul-wan-federation = \"1\" (or set [catalog.wan_federation] in a file)"
+            .to_owned()
+    } else if dc == here.place.datacenter {
+        format!(
+            "it names a Consul server of this datacenter ({dc}) that is not known here (known: {})",
+            servers.join(", ")
+        )
+    } else {
+        format!(
+            "it names Consul servers of {dc}, but no gateways with `wan` addresses are known for that datacenter, \
+             or the name is not in this gateway's domain (routed: {})",
+            servers.join(", ")
+        )
+    })
 }
 
 /// The place a Consul internal SNI (trust domain already removed) points at: `...<dc>.internal`

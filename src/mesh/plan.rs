@@ -12,7 +12,7 @@ use super::intentions::{Intentions, SharedAuthority};
 use super::mode::{via, Mode, ModeSource, Via};
 use super::routes::RouteTable;
 use super::sidecar::{Bind, SidecarSpec};
-use super::snapshot::{GatewaySettings, Snapshot};
+use super::snapshot::{GatewaySettings, Snapshot, WanFederation};
 use super::Endpoint;
 use super::Place;
 use crate::names::{gateway_sni, service_sni, SpiffeId};
@@ -235,7 +235,75 @@ fn gateway_routes(s: &Snapshot, warnings: &mut Vec<String>) -> RouteTable {
             EndpointSet::new(gw.wan.clone()),
         );
     }
+    if let Some(wf) = &s.catalog.wan_federation {
+        server_routes(s, wf, &mut routes, warnings);
+    }
     routes
+}
+
+/// Consul's WAN federation through mesh gateways, as its gateways route it: this
+/// datacenter's servers by exact name (`<node>.server.<dc>.<domain>` one server,
+/// `server.<dc>.<domain>` any of them; an unknown node is closed), and every name of another
+/// datacenter's servers (`*.server.<dc>.<domain>`, and the bare `server.<dc>.<domain>`) to
+/// that datacenter's gateways, still encrypted. Default partition only, as in Consul.
+fn server_routes(
+    s: &Snapshot,
+    wf: &WanFederation,
+    routes: &mut RouteTable,
+    warnings: &mut Vec<String>,
+) {
+    let here = &s.here;
+    if !here.place.is_default_partition() {
+        warnings.push(format!(
+            "WAN federation runs through the default partition's gateways; this one is in partition {}: no server routes",
+            here.place.partition
+        ));
+        return;
+    }
+    let domain = wf.domain.to_ascii_lowercase();
+    let local = format!("server.{}.{domain}", here.place.datacenter).to_ascii_lowercase();
+    if wf.servers.is_empty() {
+        warnings.push(format!(
+            "no Consul servers of {} are known: other datacenters' servers cannot reach them through this gateway",
+            here.place.datacenter
+        ));
+    }
+    for srv in &wf.servers {
+        routes.add_server(
+            format!("{}.{local}", srv.node.to_ascii_lowercase()),
+            false,
+            format!("Consul server {} of {}", srv.node, here.place.datacenter),
+            EndpointSet::new(vec![srv.address.clone()]),
+        );
+    }
+    let mut all: Vec<Endpoint> = Vec::with_capacity(wf.servers.len());
+    for srv in &wf.servers {
+        if !all.contains(&srv.address) {
+            all.push(srv.address.clone());
+        }
+    }
+    routes.add_server(
+        local,
+        false,
+        format!("any Consul server of {}", here.place.datacenter),
+        EndpointSet::new(all),
+    );
+    for gw in s.catalog.gateways.iter().filter(|gw| {
+        gw.place.is_default_partition()
+            && gw.place.datacenter != here.place.datacenter
+            && !gw.wan.is_empty()
+    }) {
+        let dc = &gw.place.datacenter;
+        let name = format!("server.{dc}.{domain}").to_ascii_lowercase();
+        let target = format!("Consul servers of {dc}, through its mesh gateways");
+        routes.add_server(
+            name.clone(),
+            true,
+            target.clone(),
+            EndpointSet::new(gw.wan.clone()),
+        );
+        routes.add_server(name, false, target, EndpointSet::new(gw.wan.clone()));
+    }
 }
 
 /// The plan as text for `sidegate check`: one line per listener and route.

@@ -18,6 +18,9 @@ pub enum RouteKind {
     Service,
     /// Another place: its gateways, WAN addresses.
     Gateway,
+    /// Consul servers' WAN-federation names (`<node>.server.<dc>.<domain>`): this
+    /// datacenter's servers, or another datacenter's gateways.
+    Server,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +74,34 @@ impl RouteTable {
         });
     }
 
+    /// Adds a Consul server route: the exact `name`, or with `wildcard` every name ending in
+    /// `.<name>` (another datacenter's servers, any node). Never matched with a subset label.
+    pub fn add_server(
+        &mut self,
+        name: String,
+        wildcard: bool,
+        target: String,
+        endpoints: EndpointSet,
+    ) {
+        let pattern = if wildcard {
+            format!("*.{name}")
+        } else {
+            name.clone()
+        };
+        let index = if wildcard {
+            &mut self.wildcard
+        } else {
+            &mut self.exact
+        };
+        index.insert(name, self.routes.len());
+        self.routes.push(Route {
+            pattern,
+            kind: RouteKind::Server,
+            target,
+            endpoints,
+        });
+    }
+
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
@@ -88,9 +119,12 @@ impl RouteTable {
         }
         // `<subset>.<service sni>`: Consul builds one cluster per resolver subset, all on the
         // same instances; the destination sidecar, not the gateway, knows the subsets.
+        // Only services have subsets: `<unknown node>.server.<dc>.<domain>` must not reach
+        // the exact `server.<dc>.<domain>` route of all servers (Consul closes it).
         if let Some(&i) = name
             .split_once('.')
             .and_then(|(_, rest)| self.exact.get(rest))
+            .filter(|&&i| self.routes[i].kind == RouteKind::Service)
         {
             return Some((i, MatchKind::Subset));
         }
@@ -147,6 +181,24 @@ mod tests {
             "dc2/ap1".into(),
             eps(4),
         );
+        t.add_server(
+            "node1.server.dc1.consul".into(),
+            false,
+            "node1".into(),
+            eps(5),
+        );
+        t.add_server(
+            "server.dc1.consul".into(),
+            false,
+            "dc1 servers".into(),
+            eps(5),
+        );
+        t.add_server(
+            "server.dc2.consul".into(),
+            true,
+            "dc2 servers".into(),
+            eps(3),
+        );
         t
     }
 
@@ -185,6 +237,16 @@ mod tests {
             ("web.default.dc3.internal.td.consul", None),
             ("db.default.dc1.internal.other.consul", None),
             ("", None),
+            ("NODE1.server.dc1.consul", Some(("node1", MatchKind::Exact))),
+            ("server.dc1.consul", Some(("dc1 servers", MatchKind::Exact))),
+            // An unknown node of this datacenter is closed, not sent to any server.
+            ("node2.server.dc1.consul", None),
+            (
+                "node9.server.dc2.consul",
+                Some(("dc2 servers", MatchKind::Wildcard)),
+            ),
+            ("server.dc2.consul", None),
+            ("node1.server.dc3.consul", None),
         ];
         for (sni, want) in cases {
             let got = t.lookup(sni).map(|(r, k)| (r.target.as_str(), k));

@@ -77,7 +77,34 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 pub struct Catalog {
     pub services: Vec<CatalogService>,
     pub gateways: Vec<CatalogGateways>,
+    /// Set when this gateway carries Consul's WAN-federation server traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wan_federation: Option<WanFederation>,
 }
+
+/// What a gateway needs to route Consul servers' own traffic between datacenters (WAN
+/// federation through mesh gateways): the names servers dial are
+/// `<node>.server.<dc>.<domain>` and `server.<dc>.<domain>`, in the agents' DNS domain (not the
+/// trust domain). Other datacenters' servers are reached through their gateways
+/// (`Catalog::gateways`); this datacenter's are listed here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WanFederation {
+    /// The agents' DNS `domain` (Consul's default `consul`).
+    pub domain: String,
+    /// This datacenter's Consul servers, at their server RPC address (port 8300 by default),
+    /// which also carries their WAN gossip when it comes through gateways.
+    pub servers: Vec<CatalogServer>,
+}
+
+/// One Consul server: its node name (as the servers name each other) and RPC address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CatalogServer {
+    pub node: String,
+    pub address: Endpoint,
+}
+
+/// Consul's default DNS domain, which server names end in unless the agents set `domain`.
+pub const DEFAULT_DOMAIN: &str = "consul";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CatalogService {

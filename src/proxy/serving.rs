@@ -136,6 +136,7 @@ mod tests {
                     })
                     .collect(),
                 gateways: vec![],
+                wan_federation: None,
             },
         })
     }

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::common::poll_within;
 pub use crate::common::Scratch;
-pub use api::{service_with_sidecar, TlsFiles};
+pub use api::{passing_check, service_with_sidecar, TlsFiles};
 pub use builtin_proxy::BuiltinProxy;
 pub use listening::{listening, wait_listening, wait_not_listening};
 use process::Watched;

@@ -46,3 +46,4 @@ mod follow;
 mod https;
 mod mesh;
 mod source;
+mod wanfed;

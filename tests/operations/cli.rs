@@ -284,6 +284,115 @@ fn explain_says_which_route_and_why() {
     }
 }
 
+/// A gateway carrying Consul's WAN federation: `check --json` lists its server routes (kind
+/// `server`), and `explain` says where a server name goes, or why it goes nowhere.
+#[test]
+fn check_json_and_explain_show_server_routes() {
+    let cfg = example("gateway-wan-federation.toml");
+    let out = sidegate(&["check", "--config", &cfg, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let servers: Vec<(String, serde_json::Value)> = plan["gateway"]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "server")
+        .map(|r| {
+            (
+                r["match"].as_str().unwrap().to_owned(),
+                r["endpoints"].clone(),
+            )
+        })
+        .collect();
+    let json = |v: &[&str]| serde_json::json!(v);
+    assert_eq!(
+        servers,
+        [
+            (
+                "consul-1.server.dc1.consul".to_owned(),
+                json(&["127.0.0.1:8300"])
+            ),
+            (
+                "consul-2.server.dc1.consul".to_owned(),
+                json(&["127.0.0.1:9300"])
+            ),
+            (
+                "server.dc1.consul".to_owned(),
+                json(&["127.0.0.1:8300", "127.0.0.1:9300"])
+            ),
+            ("*.server.dc2.consul".to_owned(), json(&["127.0.0.1:28443"])),
+            ("server.dc2.consul".to_owned(), json(&["127.0.0.1:28443"])),
+        ]
+    );
+
+    let explain = |sni: &str| {
+        let out = sidegate(&["explain", "--config", &cfg, "--sni", sni]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = explain("CONSUL-2.server.dc1.consul");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("(Server)") && text.contains("127.0.0.1:9300"),
+        "{text}"
+    );
+    let (code, text) = explain("consul-7.server.dc2.consul");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("*.server.dc2.consul") && text.contains("127.0.0.1:28443"),
+        "{text}"
+    );
+    for (sni, why) in [
+        ("consul-9.server.dc1.consul", "not known here"),
+        ("consul-1.server.dc3.consul", "Consul servers of dc3"),
+    ] {
+        let (code, text) = explain(sni);
+        assert_eq!(code, Some(1), "{sni}");
+        assert!(text.contains(why), "{sni}: {text}");
+    }
+    // Without [catalog.wan_federation] a server name is not routed, and explain says how.
+    let (code, text) = {
+        let out = sidegate(&[
+            "explain",
+            "--config",
+            &example("gateway.toml"),
+            "--sni",
+            "consul-1.server.dc1.consul",
+        ]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(1));
+    assert!(text.contains("consul-wan-federation"), "{text}");
+
+    // Every mistake in the section is named by its key path.
+    let bad = format!(
+        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n[gateway]\nlisten = [\"127.0.0.1:8443\"]\n\
+         [catalog.wan_federation]\ndomain = \"no such.domain\"\nservrs = []\n\
+         [[catalog.wan_federation.servers]]\naddress = \"nowhere\"\n\
+         [[catalog.wan_federation.servers]]\nnode = \"a.b\"\naddress = \"127.0.0.1:8300\"\n"
+    );
+    let errs = sidegate::config::parse(&bad).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "catalog.wan_federation.domain",
+        "catalog.wan_federation.servrs",
+        "catalog.wan_federation.servers[0].node",
+        "catalog.wan_federation.servers[0].address",
+        "catalog.wan_federation.servers[1].node",
+    ] {
+        assert!(paths.contains(&want), "{want}: {errs:?}");
+    }
+}
+
 #[test]
 fn version_names_the_target() {
     let out = sidegate(&["--version"]);

@@ -99,6 +99,11 @@ impl CheckServiceNode {
 /// unchanged snapshot.
 pub fn instances(body: &str, kind: Option<&str>) -> Result<Vec<Instance>, serde_json::Error> {
     let nodes: Vec<CheckServiceNode> = nullable(&mut serde_json::Deserializer::from_str(body))?;
+    Ok(from_nodes(&nodes, kind))
+}
+
+/// `instances` of nodes already parsed (e.g. one datacenter's list in a larger answer).
+pub fn from_nodes(nodes: &[CheckServiceNode], kind: Option<&str>) -> Vec<Instance> {
     let mut out: Vec<Instance> = nodes
         .iter()
         .filter(|n| kind.is_none_or(|k| n.service.kind == k))
@@ -115,7 +120,7 @@ pub fn instances(body: &str, kind: Option<&str>) -> Result<Vec<Instance>, serde_
         })
         .collect();
     out.sort();
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
