@@ -334,6 +334,10 @@ fn route(target: &str, status: &Status) -> Response {
         },
         "/metrics" => {
             let mut text = metrics::render(&status.metrics);
+            if let Some(plan) = status.plan() {
+                metrics::render_limits(&plan, &mut text);
+            }
+            metrics::render_process(&mut text);
             if let Some(consul) = status.consul() {
                 consul.render_prometheus(&mut text);
             }

@@ -217,11 +217,33 @@ pub fn resolve(
         }
     }
 
+    // Without the key, the directory systemd made for the unit (`StateDirectory=sidegate`):
+    // systemd names it in STATE_DIRECTORY, colon-separated when a unit has several, of which
+    // the first is ours. So the packaged unit keeps its last-known-good state with no line
+    // in the file, and a template instance keeps its own.
+    let (state_dir, from) = match (file.state_dir, env("STATE_DIRECTORY")) {
+        (Some(dir), _) => (Some(dir), ""),
+        (None, Some(dirs)) => {
+            let first = PathBuf::from(dirs.split(':').next().unwrap_or_default());
+            if first.is_absolute() {
+                (Some(first), " (from STATE_DIRECTORY)")
+            } else {
+                fail(
+                    "state_dir",
+                    format!("STATE_DIRECTORY={dirs:?} does not start with an absolute path"),
+                );
+                (None, "")
+            }
+        }
+        (None, None) => (None, ""),
+    };
     // A directory that is not there yet is made 0700 by the first save; one that is there
     // must be ours alone (see `files::check_dir`).
-    if let Some(dir) = &file.state_dir {
+    if let Some(dir) = &state_dir {
         match crate::config::files::check_dir(dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => fail("state_dir", e.to_string()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                fail("state_dir", format!("{e}{from}"));
+            }
             _ => {}
         }
     }
@@ -242,7 +264,7 @@ pub fn resolve(
             mesh_gateway_service: file
                 .mesh_gateway_service
                 .unwrap_or_else(|| DEFAULT_MESH_GATEWAY_SERVICE.to_owned()),
-            state_dir: file.state_dir,
+            state_dir,
         }),
         _ => Err(errors),
     }
@@ -364,6 +386,50 @@ mod tests {
         ]);
         let s = resolve(sidecar(), &env).unwrap();
         assert_eq!(s.token, Token::new("env-file-token", "t").unwrap());
+    }
+
+    /// systemd's StateDirectory= is the default state_dir; the file's key still wins.
+    #[test]
+    fn state_dir_defaults_to_the_units_state_directory() {
+        let none = resolve(sidecar(), &env_of(&[])).unwrap();
+        assert_eq!(none.state_dir, None, "no key, no systemd: no saved state");
+
+        let scratch = tmp("state-dirs", "").with_extension("d");
+        let unit_dir = scratch.join("unit");
+        std::fs::create_dir_all(&unit_dir).unwrap();
+        let dirs = format!("{}:/var/lib/other", unit_dir.display());
+        let env = env_of(&[("STATE_DIRECTORY", &dirs)]);
+        let s = resolve(sidecar(), &env).unwrap();
+        assert_eq!(
+            s.state_dir.as_deref(),
+            Some(unit_dir.as_path()),
+            "the first one"
+        );
+
+        let keys = FileKeys {
+            state_dir: Some("/srv/sidegate".into()),
+            ..sidecar()
+        };
+        let s = resolve(keys, &env).unwrap();
+        assert_eq!(s.state_dir.as_deref(), Some(Path::new("/srv/sidegate")));
+
+        let errors = resolve(sidecar(), &env_of(&[("STATE_DIRECTORY", "state")])).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "state_dir");
+        assert!(errors[0].message.contains("absolute"), "{errors:?}");
+
+        // A directory from systemd is held to the same rule as one from the file.
+        let open = scratch.join("open");
+        std::fs::create_dir_all(&open).unwrap();
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let env = env_of(&[("STATE_DIRECTORY", open.to_str().unwrap())]);
+        let errors = resolve(sidecar(), &env).unwrap_err();
+        assert!(
+            errors[0].message.contains("writable by group or others")
+                && errors[0].message.ends_with("(from STATE_DIRECTORY)"),
+            "{errors:?}"
+        );
     }
 
     #[test]
