@@ -89,6 +89,11 @@ for target in "${targets[@]}"; do
     install -m 0755 cross/deb/preinst cross/deb/postinst cross/deb/prerm cross/deb/postrm \
         "$root/DEBIAN/"
     echo /etc/sidegate/sidegate.toml >"$root/DEBIAN/conffiles"
+    # dpkg --verify and debsums compare installed files with these; conffiles are not listed
+    # (dpkg keeps their sums itself), as dh_md5sums does.
+    (cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z |
+        xargs -0 md5sum | grep -v '  etc/sidegate/sidegate.toml$') >"$root/DEBIAN/md5sums"
+    chmod 0644 "$root/DEBIAN/md5sums"
     cat >"$root/DEBIAN/control" <<EOF
 Package: sidegate
 Version: $debversion

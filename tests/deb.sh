@@ -71,6 +71,9 @@ check "shipped configuration is valid" valid "$root/etc/sidegate/sidegate.toml"
 check "unit runs the binary on the shipped configuration" grep -qx \
     'ExecStart=/usr/bin/sidegate run --config /etc/sidegate/sidegate.toml' \
     "$root/usr/lib/systemd/system/sidegate.service"
+check "dpkg --verify finds every installed file as shipped (md5sums)" \
+    [ -s "$root/var/lib/dpkg/info/sidegate.md5sums" \
+    -a -z "$("${fakeroot[@]}" dpkg --root="$root" --verify sidegate 2>&1)" ]
 check "config is a conffile" grep -q /etc/sidegate/sidegate.toml \
     <(dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Conffiles}' sidegate)
 check "no dependencies (static binary)" [ -z "$(dpkg-deb -f "$deb" Depends Pre-Depends)" ]
