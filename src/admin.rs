@@ -307,9 +307,13 @@ fn write_response(stream: &mut TcpStream, response: &Response, status: &Status) 
         Body::Text(text) => stream.write_all(text.as_bytes())?,
         Body::Metrics => {
             metrics::render(&status.metrics, &mut *stream)?;
-            // Both small: a few samples each, bounded by the agent's state and the plan's
-            // listeners, not by the mesh.
+            // All small: a few samples each, bounded by the process, the agent's state and the
+            // plan's listeners and upstreams, not by the mesh.
             let mut text = String::new();
+            if let Some(plan) = status.plan() {
+                metrics::render_limits(&plan, &mut text);
+            }
+            metrics::render_process(&mut text);
             if let Some(consul) = status.consul() {
                 consul.render_prometheus(&mut text);
             }

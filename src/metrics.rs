@@ -1,15 +1,20 @@
 //! Counters as fixed atomics: counting never allocates or locks on the data path.
-//! `render` writes them in Prometheus text format for the admin endpoint.
+//! `render` writes them in Prometheus text format for the admin endpoint; `render_limits`
+//! adds the running plan's limits and leaf expiry, `render_process` the standard `process_*`.
 
 mod handshake;
 mod labelled;
+mod limits;
+mod process;
 mod render;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use handshake::{HandshakeFailure, HandshakeFailures};
 pub use labelled::{ConnStats, Family, Held, Tally};
-pub use render::{render, CHUNK, CONTENT_TYPE};
+pub use limits::render_limits;
+pub use process::render_process;
+pub use render::{render, LabelValue, CHUNK, CONTENT_TYPE};
 
 /// The counters every accepting listener keeps, whatever its role.
 pub struct ListenerCounters<'a> {

@@ -17,6 +17,8 @@ command -v prlimit >/dev/null || need+=(util-linux)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v strace >/dev/null || need+=(strace)   # tests/ops/syscalls.sh
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
+command -v promtool >/dev/null || need+=(prometheus)   # tests/ops/alerts.sh: the alert rules
+command -v lintian >/dev/null || need+=(lintian)       # tests/deb.sh: the packages
 # libfuzzer-sys compiles libFuzzer's C++ in its build script, even for the fuzz check below.
 command -v c++ >/dev/null || need+=(g++)
 if ((${#need[@]})); then
@@ -44,6 +46,7 @@ cargo check --locked --manifest-path tests/fuzz/Cargo.toml --target-dir "${CARGO
 cargo test --locked
 bash tests/ops/unit.sh "${CARGO_TARGET_DIR:-target}/debug/sidegate"
 bash tests/ops/syscalls.sh
+bash tests/ops/alerts.sh
 
 # The boards' builds (cross/): static release binaries for aarch64, armv7 and x86_64 musl, each
 # checked static, stripped and within the size budget; the memory budget on the x86_64 one; the

@@ -94,7 +94,7 @@ impl Status {
     /// The counters in Prometheus text format, for the metrics endpoint.
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write;
-        let rows: [(&str, &str, &str, u64); 6] = [
+        let rows: [(&str, &str, &str, u64); 7] = [
             (
                 "sidegate_consul_stale",
                 "gauge",
@@ -102,9 +102,17 @@ impl Status {
                 u64::from(self.is_stale()),
             ),
             (
+                "sidegate_consul_last_success_timestamp_seconds",
+                "gauge",
+                "unix time of the last complete answer from the agent; 0 = none in this run",
+                self.last_success_unix(),
+            ),
+            // The old name said "duration" for a timestamp. Kept for one release so that
+            // dashboards and alerts can move; it goes in the next one.
+            (
                 "sidegate_consul_last_success_seconds",
                 "gauge",
-                "unix time of the last complete answer from the agent",
+                "DEPRECATED, removed in the next release: use sidegate_consul_last_success_timestamp_seconds (same value)",
                 self.last_success_unix(),
             ),
             (
@@ -168,6 +176,12 @@ mod tests {
         let mut text = String::new();
         s.render_prometheus(&mut text);
         assert!(text.contains("sidegate_consul_stale 0\n"), "{text}");
+        let now = s.last_success_unix();
+        assert!(text.contains(&format!(
+            "\nsidegate_consul_last_success_timestamp_seconds {now}\n"
+        )));
+        assert!(text.contains(&format!("\nsidegate_consul_last_success_seconds {now}\n")));
+        assert!(text.contains("# HELP sidegate_consul_last_success_seconds DEPRECATED"));
         assert!(
             text.contains("sidegate_consul_watch_errors_total 1\n"),
             "{text}"

@@ -338,17 +338,28 @@ fn code_text(code: u16, digits: &mut [u8; 3]) -> &str {
 
 /// Label values escape backslash, double quote and line feed (exposition format 0.0.4).
 fn escape_label(out: &mut impl Write, value: &str) -> io::Result<()> {
-    let mut rest = value.as_bytes();
-    while let Some(at) = rest.iter().position(|b| matches!(b, b'\\' | b'"' | b'\n')) {
-        out.write_all(&rest[..at])?;
-        out.write_all(match rest[at] {
-            b'\\' => b"\\\\",
-            b'"' => b"\\\"",
-            _ => b"\\n",
-        })?;
-        rest = &rest[at + 1..];
+    write!(out, "{}", LabelValue(value))
+}
+
+/// A label value as the text format (0.0.4) writes it: backslash, double quote and line feed
+/// escaped. Names, paths and addresses come from configuration and Consul: any of them may
+/// hold one. The one escaper for every part of `/metrics`.
+pub struct LabelValue<'a>(pub &'a str);
+
+impl std::fmt::Display for LabelValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some(at) = rest.find(['\\', '"', '\n']) {
+            f.write_str(&rest[..at])?;
+            f.write_str(match rest.as_bytes()[at] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[at + 1..];
+        }
+        f.write_str(rest)
     }
-    out.write_all(rest)
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ impl BindFailures {
             let _ = writeln!(
                 out,
                 "sidegate_listener_bind_failures_total{{listener=\"{}\"}} {total}",
-                escape(&listener)
+                crate::metrics::LabelValue(&listener)
             );
         }
         let _ = writeln!(
@@ -113,14 +113,6 @@ impl BindFailures {
              sidegate_listeners_unbound {unbound}"
         );
     }
-}
-
-/// A Prometheus label value: a socket path may hold anything.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

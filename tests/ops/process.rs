@@ -204,6 +204,15 @@ impl Sidegate {
         self.log.lock().unwrap().clone()
     }
 
+    /// sidegate's process id, for reading its /proc entries.
+    #[allow(
+        dead_code,
+        reason = "the operations tests use it, the Consul tests do not"
+    )]
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw_nonzero().get().unsigned_abs()
+    }
+
     pub fn signal(&self, sig: rustix::process::Signal) {
         rustix::process::kill_process(self.pid, sig).unwrap();
     }

@@ -220,6 +220,65 @@ pub struct SettingError {
     pub message: String,
 }
 
+/// `[consul] state_dir`, else the directory systemd made for the unit (`StateDirectory=`):
+/// systemd names it in STATE_DIRECTORY, colon-separated when a unit has several, of which
+/// the first is ours. So the packaged unit keeps its last-known-good state with no line in
+/// the file, and a template instance keeps its own. A directory that is not there yet is made
+/// 0700 by the first save; one that is there must be ours alone (see `files::check_dir`).
+fn state_dir(
+    configured: Option<PathBuf>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<PathBuf>, StateDirError> {
+    let (dir, from_env) = match (configured, env("STATE_DIRECTORY")) {
+        (Some(dir), _) => (dir, false),
+        (None, Some(dirs)) => {
+            let first = PathBuf::from(dirs.split(':').next().unwrap_or_default());
+            if !first.is_absolute() {
+                return Err(StateDirError::NotAbsolute(dirs));
+            }
+            (first, true)
+        }
+        (None, None) => return Ok(None),
+    };
+    match crate::config::files::check_dir(&dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(StateDirError::Unsafe { error, from_env })
+        }
+        _ => Ok(Some(dir)),
+    }
+}
+
+/// Why a state directory cannot be used.
+#[derive(Debug)]
+enum StateDirError {
+    /// STATE_DIRECTORY's first entry is not an absolute path.
+    NotAbsolute(String),
+    /// Not a directory, or one another user controls.
+    Unsafe {
+        error: std::io::Error,
+        from_env: bool,
+    },
+}
+
+impl fmt::Display for StateDirError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateDirError::NotAbsolute(dirs) => write!(
+                f,
+                "STATE_DIRECTORY={dirs:?} does not start with an absolute path"
+            ),
+            StateDirError::Unsafe { error, from_env } => {
+                let from = if *from_env {
+                    " (from STATE_DIRECTORY)"
+                } else {
+                    ""
+                };
+                write!(f, "{error}{from}")
+            }
+        }
+    }
+}
+
 /// Fills what the file leaves out from the environment (`env` looks a variable up), then
 /// from the defaults; reads the token and CA files. Every problem is returned.
 pub fn resolve(
@@ -282,14 +341,10 @@ pub fn resolve(
         }
     }
 
-    // A directory that is not there yet is made 0700 by the first save; one that is there
-    // must be ours alone (see `files::check_dir`).
-    if let Some(dir) = &file.state_dir {
-        match crate::config::files::check_dir(dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => fail("state_dir", e.to_string()),
-            _ => {}
-        }
-    }
+    let state_dir = state_dir(file.state_dir, &env)
+        .map_err(|e| fail("state_dir", e.to_string()))
+        .ok()
+        .flatten();
 
     if file.sidecar_service_id.is_none() && file.gateway_service_id.is_none() {
         fail(
@@ -307,7 +362,7 @@ pub fn resolve(
             mesh_gateway_service: file
                 .mesh_gateway_service
                 .unwrap_or_else(|| DEFAULT_MESH_GATEWAY_SERVICE.to_owned()),
-            state_dir: file.state_dir,
+            state_dir,
         }),
         _ => Err(errors),
     }
@@ -454,6 +509,50 @@ mod tests {
         ]);
         let s = resolve(sidecar(), &env).unwrap();
         assert_eq!(s.token, Token::new("env-file-token", "t").unwrap());
+    }
+
+    /// systemd's StateDirectory= is the default state_dir; the file's key still wins.
+    #[test]
+    fn state_dir_defaults_to_the_units_state_directory() {
+        let none = resolve(sidecar(), &env_of(&[])).unwrap();
+        assert_eq!(none.state_dir, None, "no key, no systemd: no saved state");
+
+        let scratch = tmp("state-dirs", "").with_extension("d");
+        let unit_dir = scratch.join("unit");
+        std::fs::create_dir_all(&unit_dir).unwrap();
+        let dirs = format!("{}:/var/lib/other", unit_dir.display());
+        let env = env_of(&[("STATE_DIRECTORY", &dirs)]);
+        let s = resolve(sidecar(), &env).unwrap();
+        assert_eq!(
+            s.state_dir.as_deref(),
+            Some(unit_dir.as_path()),
+            "the first one"
+        );
+
+        let keys = FileKeys {
+            state_dir: Some("/srv/sidegate".into()),
+            ..sidecar()
+        };
+        let s = resolve(keys, &env).unwrap();
+        assert_eq!(s.state_dir.as_deref(), Some(Path::new("/srv/sidegate")));
+
+        let errors = resolve(sidecar(), &env_of(&[("STATE_DIRECTORY", "state")])).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "state_dir");
+        assert!(errors[0].message.contains("absolute"), "{errors:?}");
+
+        // A directory from systemd is held to the same rule as one from the file.
+        let open = scratch.join("open");
+        std::fs::create_dir_all(&open).unwrap();
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let env = env_of(&[("STATE_DIRECTORY", open.to_str().unwrap())]);
+        let errors = resolve(sidecar(), &env).unwrap_err();
+        assert!(
+            errors[0].message.contains("writable by group or others")
+                && errors[0].message.ends_with("(from STATE_DIRECTORY)"),
+            "{errors:?}"
+        );
     }
 
     #[test]
