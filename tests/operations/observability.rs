@@ -224,9 +224,8 @@ fn live_names() -> BTreeSet<String> {
     let pki = Pki::new();
     let api = Backend::start(&pki, &service_sni("api", "dc1"));
     let mut names = BTreeSet::new();
-    // Each role's last log line before it serves what the test needs (the log comes in
-    // order: listeners, then the admin endpoint, then the Consul follower).
-    for (config, admin_first, ready) in [
+    // Each role's log line once it serves what the test needs.
+    for (config, follows_consul, ready) in [
         (
             file_roles(&scratch, app, free_port(), api.addr),
             false,
@@ -235,17 +234,15 @@ fn live_names() -> BTreeSet<String> {
         (consul_role(&scratch), true, "consul: following agent"),
     ] {
         let mut sg = Sidegate::spawn(&config, &[]);
-        if !admin_first {
-            sg.wait_log(ready);
-        }
         let admin = sg.wait_addr("admin endpoint listening on ");
-        if admin_first {
+        // Either order: the line may have come before the admin endpoint's.
+        if !sg.log().iter().any(|line| line.contains(ready)) {
             sg.wait_log(ready);
         }
         // Every family is written whether or not traffic has passed; the Consul family once
         // the follower is handed to the admin endpoint, just after it starts.
         let samples = scrape_when_idle(admin, |s| {
-            !admin_first || s.iter().any(|s| s.name == "sidegate_consul_stale")
+            !follows_consul || s.iter().any(|s| s.name == "sidegate_consul_stale")
         });
         names.extend(samples.into_iter().map(|s| s.name));
         sg.signal(Signal::TERM);
