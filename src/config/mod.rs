@@ -6,6 +6,7 @@ pub mod consul;
 mod fields;
 pub mod files;
 mod operations;
+mod resolvers;
 mod sections;
 mod sidecar;
 mod tls;

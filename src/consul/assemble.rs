@@ -16,7 +16,7 @@ use crate::mesh::mode::{via, Via};
 use crate::mesh::place::DEFAULT_PARTITION;
 use crate::mesh::sidecar::SidecarSpec;
 use crate::mesh::snapshot::{
-    Catalog, CatalogGateways, CatalogService, GatewaySettings, Here, Snapshot,
+    Catalog, CatalogGateways, CatalogService, GatewaySettings, Here, Instance, Snapshot,
 };
 use crate::mesh::Place;
 use crate::names::{is_label, SpiffeId};
@@ -515,7 +515,8 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
                     name: service.clone(),
                     namespace: namespace.clone(),
                     place: place.clone(),
-                    instances,
+                    // Health is already applied by `to_dial` (all dialled when all fail).
+                    instances: instances.into_iter().map(Instance::at).collect(),
                 });
             }
             Key::Gateways { place, name } if *name == s.mesh_gateway_service => {

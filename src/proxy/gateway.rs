@@ -147,8 +147,13 @@ async fn open<'a>(
         Some((route, &**stats.get(i)?, how))
     });
     let Some((route, stats, how)) = found else {
-        m.hello(HelloOutcome::UnknownSni).inc();
-        crate::debug!("gateway {peer}: closed, unknown_sni {name:?}");
+        let outcome = if gw.routes.is_unknown_subset(&name) {
+            HelloOutcome::UnknownSubset
+        } else {
+            HelloOutcome::UnknownSni
+        };
+        m.hello(outcome).inc();
+        crate::debug!("gateway {peer}: closed, {} {name:?}", outcome.label());
         return None;
     };
     m.hello(HelloOutcome::Routed).inc();
