@@ -97,6 +97,7 @@ pub fn gateway(section: &Fields<'_>, listen_required: bool) -> Option<GatewaySet
         max_connections,
         max_pending_handshakes,
         max_client_hello_bytes,
+        connect_timeout_set: section.has("connect_timeout_ms"),
     })
 }
 

@@ -428,12 +428,14 @@ fn gateway_settings(
     k: &Known<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<GatewaySettings, Incomplete> {
-    let mut settings = base.gateway.clone().unwrap_or_else(|| GatewaySettings {
-        connect_timeout: service::gateway_connect_timeout(svc).unwrap_or(
-            std::time::Duration::from_millis(GatewaySettings::DEFAULT_CONNECT_TIMEOUT_MS),
-        ),
-        ..default_gateway()
-    });
+    // The file's [gateway] overrides the registration key by key: what it leaves out, the
+    // registration (or the default) gives.
+    let mut settings = base.gateway.clone().unwrap_or_else(default_gateway);
+    if !settings.connect_timeout_set {
+        if let Some(t) = service::gateway_connect_timeout(svc) {
+            settings.connect_timeout = t;
+        }
+    }
     let services = Key::Services {
         place: here.place.clone(),
     };
@@ -481,6 +483,7 @@ fn default_gateway() -> GatewaySettings {
             GatewaySettings::DEFAULT_MAX_CONNECTIONS,
         ),
         max_client_hello_bytes: GatewaySettings::DEFAULT_MAX_CLIENT_HELLO_BYTES,
+        connect_timeout_set: false,
     }
 }
 

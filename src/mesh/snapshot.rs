@@ -49,6 +49,10 @@ pub struct GatewaySettings {
     /// oldest waiting one is shed.
     pub max_pending_handshakes: usize,
     pub max_client_hello_bytes: usize,
+    /// Whether the file set `connect_timeout_ms`: with [consul], what the file leaves out
+    /// comes from the gateway's registration, key by key.
+    #[serde(skip)]
+    pub connect_timeout_set: bool,
 }
 
 impl GatewaySettings {

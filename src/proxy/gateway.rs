@@ -252,6 +252,7 @@ mod tests {
             max_connections: 1,
             max_pending_handshakes: 1,
             max_client_hello_bytes: 4096,
+            connect_timeout_set: false,
         };
         let snapshot = Snapshot {
             here: Here {

@@ -139,6 +139,7 @@ mod tests {
                 max_connections: 1,
                 max_pending_handshakes: 1,
                 max_client_hello_bytes: 4096,
+                connect_timeout_set: false,
             }),
             sidecar: None,
             config_entries: Default::default(),
