@@ -155,7 +155,7 @@ pub fn parse_in(
         .and_then(|s| sidecar::sidecar(&s, here.as_ref()));
     let config_entries = root
         .table("config_entries")
-        .map_or(Some(ConfigEntries::default()), |c| {
+        .map_or(Some(ConfigEntries::file_default()), |c| {
             sidecar::config_entries(&c, here.as_ref())
         });
     let identity = root.table("tls").and_then(|t| tls::identity(&t, base));

@@ -103,6 +103,16 @@ pub fn target_key(name: &str, namespace: &str, partition: &str) -> String {
 }
 
 impl ConfigEntries {
+    /// A file without `[config_entries]`: no entries, and that is all of them (a file is
+    /// the whole truth, so no subset exists that the gateway does not know of).
+    pub fn file_default() -> ConfigEntries {
+        ConfigEntries {
+            targets_by_place: true,
+            resolvers_known: true,
+            ..ConfigEntries::default()
+        }
+    }
+
     /// `mode_levels` for one target of `upstream`'s chain: the levels the upstream and the
     /// downstream set apply to every target (Consul passes them to its compiler as the
     /// override), the target levels are the target's own.
