@@ -1,6 +1,6 @@
 //! The configuration file: TOML in, a validated `Config` (or every problem in it) out.
 //!
-//! Contract: `CONFIG.md` in the shared docs. Key names are Consul's own.
+//! Reference: config/README.md. Key names are Consul's own.
 
 pub mod consul;
 mod fields;

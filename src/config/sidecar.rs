@@ -1,5 +1,5 @@
 //! `[sidecar]`, `[[sidecar.upstreams]]`, `[sidecar.intentions]` and `[config_entries]`, with
-//! Consul's names and defaults (CONFIG.md, consul-mesh.md §3).
+//! Consul's names and defaults (config/README.md).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

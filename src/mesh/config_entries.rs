@@ -136,7 +136,7 @@ impl ConfigEntries {
         }
     }
 
-    /// Every level's setting for `upstream` of `sidecar` (consul-mesh.md §4.2). With one file
+    /// Every level's setting for `upstream` of `sidecar` (Consul's precedence). With one file
     /// there is one `proxy_defaults`, so the target partition's level stays unset; the agent
     /// source fills `partition_proxy_defaults` for targets in other partitions.
     pub fn mode_levels(&self, sidecar: &SidecarSpec, upstream: &UpstreamSpec) -> ModeLevels {

@@ -19,6 +19,7 @@ use super::Place;
 use crate::names::{gateway_sni, service_sni, SpiffeId};
 use crate::tls::Identity;
 use rustls::pki_types::ServerName;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +61,7 @@ pub struct InboundPlan {
     pub trust_domain: String,
 }
 
-/// One upstream as the data path dials it and `check --json` shows it (CONFIG.md).
+/// One upstream as the data path dials it and `check --json` shows it (config/README.md).
 #[derive(Debug, Serialize)]
 pub struct UpstreamPlan {
     pub destination_name: String,
@@ -155,7 +156,30 @@ fn inbound(s: &Snapshot, sidecar: &SidecarSpec) -> Option<InboundPlan> {
     })
 }
 
+/// The catalog's services by (name, namespace) in lower case (Consul's names are
+/// case-insensitive) and place: a plan looks up each target once, and a linear search per
+/// target would make a large mesh's plan quadratic.
+type ServiceIndex<'a> = HashMap<(String, String, &'a Place), &'a CatalogService>;
+
+fn service_index(s: &Snapshot) -> ServiceIndex<'_> {
+    s.catalog
+        .services
+        .iter()
+        .map(|c| {
+            (
+                (
+                    c.name.to_ascii_lowercase(),
+                    c.namespace.to_ascii_lowercase(),
+                    &c.place,
+                ),
+                c,
+            )
+        })
+        .collect()
+}
+
 fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) -> Vec<UpstreamPlan> {
+    let index = service_index(s);
     let mut out = Vec::with_capacity(sidecar.upstreams.len());
     for u in &sidecar.upstreams {
         let name = &u.destination_name;
@@ -186,7 +210,7 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
             .targets
             .iter()
             .enumerate()
-            .map(|(i, t)| target_plan(s, sidecar, u, t, i, warnings))
+            .map(|(i, t)| target_plan(s, &index, (sidecar, u), (t, i), warnings))
             .collect();
         let Some(first) = targets.first() else {
             continue;
@@ -216,10 +240,9 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
 /// One target of an upstream's chain: its names, its mode and what to dial for it.
 fn target_plan(
     s: &Snapshot,
-    sidecar: &SidecarSpec,
-    u: &UpstreamSpec,
-    t: &Target,
-    position: usize,
+    index: &ServiceIndex<'_>,
+    (sidecar, u): (&SidecarSpec, &UpstreamSpec),
+    (t, position): (&Target, usize),
     warnings: &mut Vec<String>,
 ) -> TargetPlan {
     let td = &s.here.trust_domain;
@@ -228,7 +251,7 @@ fn target_plan(
     let via = via(&s.here.place, &place, mode);
     let gateways_of = |p: &Place| s.catalog.gateways.iter().find(|g| g.place == *p);
     let dial = match &via {
-        Via::Instances => instances_of(s, t, &place),
+        Via::Instances => instances_of(s, index, t, &place),
         Via::LocalGateways(p) => gateways_of(p).map(|g| g.lan.clone()),
         Via::RemoteGateways(p) => gateways_of(p).map(|g| g.wan.clone()),
     }
@@ -276,12 +299,18 @@ fn target_plan(
 
 /// The dialable instances of `t`: its subset's (filter and `only_passing`), never a critical
 /// one. `None` when the catalog does not list the service.
-fn instances_of(s: &Snapshot, t: &Target, place: &Place) -> Option<Vec<Endpoint>> {
-    let svc = s.catalog.services.iter().find(|c| {
-        c.name.eq_ignore_ascii_case(&t.service)
-            && c.namespace.eq_ignore_ascii_case(&t.namespace)
-            && c.place == *place
-    })?;
+fn instances_of(
+    s: &Snapshot,
+    index: &ServiceIndex<'_>,
+    t: &Target,
+    place: &Place,
+) -> Option<Vec<Endpoint>> {
+    let key = (
+        t.service.to_ascii_lowercase(),
+        t.namespace.to_ascii_lowercase(),
+        place,
+    );
+    let svc = index.get(&key)?;
     let subset =
         resolver_of(&s.config_entries.service_resolvers, t).and_then(|r| r.subsets.get(&t.subset));
     Some(select(svc, subset))

@@ -1,7 +1,7 @@
 //! The gateway's route table: SNI → endpoints, matched the way Consul's Envoy gateway does.
 //!
-//! Order (CONFIG.md, consul-mesh.md §5.1): the exact SNI of a service in the gateway's own
-//! (datacenter, partition), also with one leading subset label; then the longest
+//! Order (as Consul's Envoy mesh gateway matches): the exact SNI of a service in the gateway's
+//! own (datacenter, partition), or of one of its resolver's subsets; then the longest
 //! `*.<GatewaySNI>` suffix of another place. Case-insensitive, and a lookup allocates nothing.
 
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ pub enum RouteKind {
 
 #[derive(Debug, Serialize)]
 pub struct Route {
-    /// As CONFIG.md shows it: the exact name, or `*.<suffix>`.
+    /// As `check --json` shows it: the exact name, or `*.<suffix>`.
     #[serde(rename = "match")]
     pub pattern: String,
     pub kind: RouteKind,
