@@ -434,6 +434,17 @@ pub fn describe(plan: &Plan) -> String {
             label(&u.mode_source),
             list(&u.dial)
         );
+        // The failover targets, in the order the upstream tries them.
+        for t in u.targets.iter().skip(1) {
+            let _ = writeln!(
+                out,
+                "  then {} mode {} ({}) dial {}",
+                t.sni,
+                label(&t.mode),
+                label(&t.mode_source),
+                list(&t.dial)
+            );
+        }
     }
     if let Some(inb) = &plan.inbound {
         let _ = writeln!(

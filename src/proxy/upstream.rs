@@ -63,6 +63,9 @@ async fn open(
     rt: &UpstreamRuntime,
     m: &UpstreamMetrics,
 ) -> Option<futures_rustls::client::TlsStream<Async<TcpStream>>> {
+    // `no_endpoint` counts connections for which nothing answered at all; a handshake that
+    // failed is counted as such instead.
+    let mut connected = false;
     for (t, target) in up.targets.iter().enumerate() {
         let (Some(cfg), Some(name)) = (rt.tls(t), target.server_name.as_ref()) else {
             continue;
@@ -79,6 +82,7 @@ async fn open(
             else {
                 continue;
             };
+            connected = true;
             let handshake = TlsConnector::from(cfg.clone()).connect(name.clone(), tcp);
             match deadline::timeout(up.connect_timeout, "TLS handshake timed out", handshake).await
             {
@@ -118,6 +122,8 @@ async fn open(
             }
         );
     }
-    m.no_endpoint.inc();
+    if !connected {
+        m.no_endpoint.inc();
+    }
     None
 }
