@@ -372,3 +372,84 @@ fn l7_entries_are_ignored_with_a_warning() {
         "{w}"
     );
 }
+
+/// Each target has its own mode: the levels the upstream and the downstream set apply to
+/// all of them, the target's own `service_defaults` only to that target.
+#[test]
+fn each_target_takes_its_own_target_level_mode() {
+    let plan = plan_of(&format!(
+        "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
+         [tls]\ncert_file = \"{fx}/web.pem\"\nkey_file = \"{fx}/web-key-sec1.pem\"\nca_file = \"{fx}/ca.pem\"\n\
+         [sidecar]\nservice = \"web\"\n\
+         [[sidecar.upstreams]]\ndestination_name = \"db\"\nlocal_bind_port = 9191\n\
+         [[sidecar.upstreams]]\ndestination_name = \"db\"\nlocal_bind_port = 9192\nmesh_gateway = {{ mode = \"local\" }}\n\
+         [config_entries.service_resolvers.db]\n\
+         failover = {{ \"*\" = {{ targets = [ {{ service = \"db-backup\", datacenter = \"dc2\" }} ] }} }}\n\
+         [config_entries.service_defaults.db-backup]\nmesh_gateway = {{ mode = \"remote\" }}\n\
+         [[catalog.gateways]]\nlan = [\"10.0.0.2:8443\"]\n\
+         [[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"203.0.113.10:8443\"]\n",
+        fx = fixtures()
+    ));
+    let modes = |u: usize| -> Vec<(String, String, String, Vec<String>)> {
+        plan.upstreams[u]
+            .targets
+            .iter()
+            .map(|t| {
+                let v = serde_json::to_value(t).unwrap();
+                (
+                    t.sni.clone(),
+                    v["mode"].as_str().unwrap().to_owned(),
+                    v["mode_source"].as_str().unwrap().to_owned(),
+                    t.dial.as_slice().iter().map(ToString::to_string).collect(),
+                )
+            })
+            .collect()
+    };
+    let row = |sni: String, mode: &str, source: &str, dial: &[&str]| {
+        (
+            sni,
+            mode.to_owned(),
+            source.to_owned(),
+            dial.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        modes(0),
+        [
+            row(
+                format!("db.default.dc1.internal.{TD}"),
+                "none",
+                "default",
+                &[]
+            ),
+            row(
+                format!("db-backup.default.dc2.internal.{TD}"),
+                "remote",
+                "target_service_defaults",
+                &["203.0.113.10:8443"]
+            ),
+        ]
+    );
+    // The upstream's own mode is above the target's level: it decides for both.
+    assert_eq!(
+        modes(1),
+        [
+            row(
+                format!("db.default.dc1.internal.{TD}"),
+                "local",
+                "upstream",
+                &[]
+            ),
+            row(
+                format!("db-backup.default.dc2.internal.{TD}"),
+                "local",
+                "upstream",
+                &["10.0.0.2:8443"]
+            ),
+        ]
+    );
+    assert_eq!(
+        plan.upstreams[0].targets[1].spiffe_id,
+        format!("spiffe://{TD}/ns/default/dc/dc2/svc/db-backup")
+    );
+}
