@@ -59,7 +59,7 @@ fn why_not(gw: &GatewayPlan, here: &Here, sni: &str) -> String {
     if gw.routes.is_unknown_subset(&name) {
         let (subset, service) = name.split_once('.').unwrap_or_default();
         return format!(
-            "{head}: {service} is a service of this gateway's own place, but no service_resolvers entry defines its subset {subset:?}              (Envoy has no cluster for it either; add it to the resolver's `subsets`)"
+            "{head}: {service} is a service of this gateway's own place, but no service_resolvers entry defines its subset {subset:?} (Envoy has no cluster for it either; add it to the resolver's `subsets`)"
         );
     }
     let Some(rest) = name
