@@ -61,6 +61,9 @@ impl Metrics {
 pub enum HelloOutcome {
     Routed,
     UnknownSni,
+    /// A subset label on a known service that no resolver defines (Envoy has no cluster
+    /// for it either).
+    UnknownSubset,
     NoSni,
     NotTls,
     TooLarge,
@@ -70,9 +73,10 @@ pub enum HelloOutcome {
 }
 
 impl HelloOutcome {
-    pub const ALL: [HelloOutcome; 7] = [
+    pub const ALL: [HelloOutcome; 8] = [
         HelloOutcome::Routed,
         HelloOutcome::UnknownSni,
+        HelloOutcome::UnknownSubset,
         HelloOutcome::NoSni,
         HelloOutcome::NotTls,
         HelloOutcome::TooLarge,
@@ -84,6 +88,7 @@ impl HelloOutcome {
         match self {
             HelloOutcome::Routed => "routed",
             HelloOutcome::UnknownSni => "unknown_sni",
+            HelloOutcome::UnknownSubset => "unknown_subset",
             HelloOutcome::NoSni => "no_sni",
             HelloOutcome::NotTls => "not_tls",
             HelloOutcome::TooLarge => "too_large",

@@ -174,6 +174,51 @@ impl<'a> Fields<'a> {
         Some(out)
     }
 
+    /// Whether the table holds `key` (read or not).
+    pub fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
+
+    pub fn bool(&self, key: &'a str) -> Option<bool> {
+        self.typed(key, "true or false", Value::as_bool)
+    }
+
+    /// A list whose elements may take more than one form (`"addr:port"` or a table), each
+    /// with its own key path.
+    pub fn list(&self, key: &'a str) -> Option<Vec<(String, &'a Value)>> {
+        let items = self.typed(key, "a list", Value::as_array)?;
+        Some(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{}[{i}]", self.path_of(key)), v))
+                .collect(),
+        )
+    }
+
+    /// A table met inside a list (`list`), read at its own key path.
+    pub fn table_at(&self, path: String, table: &'a Table) -> Fields<'a> {
+        self.child(path, table)
+    }
+
+    /// A table of strings (`meta = { version = "v2" }`).
+    pub fn str_map(&self, key: &'a str) -> Option<std::collections::BTreeMap<String, String>> {
+        let t = self.typed(key, "a table of strings", Value::as_table)?;
+        let mut out = std::collections::BTreeMap::new();
+        for (k, v) in t {
+            match v.as_str() {
+                Some(s) => {
+                    out.insert(k.clone(), s.to_owned());
+                }
+                None => self.errs.push(
+                    format!("{}.{k}", self.path_of(key)),
+                    format!("expected a string, found {}", v.type_str()),
+                ),
+            }
+        }
+        Some(out)
+    }
+
     pub fn table(&self, key: &'a str) -> Option<Fields<'a>> {
         let t = self.typed(key, "a table", Value::as_table)?;
         Some(self.child(self.path_of(key), t))

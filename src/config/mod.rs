@@ -6,6 +6,7 @@ pub mod consul;
 mod fields;
 pub mod files;
 mod operations;
+mod resolvers;
 mod sections;
 mod sidecar;
 mod tls;
@@ -154,7 +155,7 @@ pub fn parse_in(
         .and_then(|s| sidecar::sidecar(&s, here.as_ref()));
     let config_entries = root
         .table("config_entries")
-        .map_or(Some(ConfigEntries::default()), |c| {
+        .map_or(Some(ConfigEntries::file_default()), |c| {
             sidecar::config_entries(&c, here.as_ref())
         });
     let identity = root.table("tls").and_then(|t| tls::identity(&t, base));
@@ -181,6 +182,12 @@ pub fn parse_in(
         }
         None => Catalog::default(),
     };
+    if let (Some(entries), Some(here)) = (&config_entries, &here) {
+        chains_compile(&root, entries, sidecar.as_ref(), here);
+    }
+    if let (Some(gw), Some(here)) = (&gateway, &here) {
+        not_itself(&root, gw, &catalog, here);
+    }
     root.finish();
     match (here, operations) {
         (Some(here), Some(operations)) if errs.is_empty() => Ok(Config {
@@ -241,6 +248,82 @@ fn from_agent(
         operations: operations?,
         warnings: Vec::new(),
     })
+}
+
+/// Every chain the file describes compiles as Consul would compile it: each resolver's own
+/// service's, and each upstream's. A redirect loop or an undefined subset is refused here,
+/// as Consul refuses to store such entries, rather than found by a connection.
+fn chains_compile(
+    root: &Fields<'_>,
+    entries: &ConfigEntries,
+    sidecar: Option<&crate::mesh::sidecar::SidecarSpec>,
+    here: &crate::mesh::snapshot::Here,
+) {
+    use crate::mesh::chain::{compile, Target};
+    let resolvers = &entries.service_resolvers;
+    for r in resolvers.values() {
+        let start = Target {
+            service: r.name.clone(),
+            subset: String::new(),
+            namespace: r.namespace.clone(),
+            partition: r.partition.clone(),
+            datacenter: here.place.datacenter.clone(),
+        };
+        if let Err(e) = compile(resolvers, start, None) {
+            root.error(
+                &format!("config_entries.service_resolvers.{}", r.name),
+                e.to_string(),
+            );
+        }
+    }
+    for (i, u) in sidecar.iter().flat_map(|s| s.upstreams.iter().enumerate()) {
+        let start = Target {
+            service: u.destination_name.clone(),
+            subset: String::new(),
+            namespace: u.destination_namespace.clone(),
+            partition: u.place.partition.clone(),
+            datacenter: u.place.datacenter.clone(),
+        };
+        if let Err(e) = compile(resolvers, start, u.connect_timeout) {
+            root.error(
+                &format!("sidecar.upstreams[{i}]"),
+                format!("its discovery chain cannot be compiled: {e}"),
+            );
+        }
+    }
+}
+
+/// A gateway never forwards to itself: another place's `wan` address that is one of this
+/// gateway's own listen addresses would send every hello for that place back in, until the
+/// connection limit is full.
+fn not_itself(
+    root: &Fields<'_>,
+    gw: &crate::mesh::snapshot::GatewaySettings,
+    catalog: &Catalog,
+    here: &crate::mesh::snapshot::Here,
+) {
+    for (i, g) in catalog.gateways.iter().enumerate() {
+        if g.place == here.place {
+            continue;
+        }
+        for wan in &g.wan {
+            let crate::mesh::Endpoint::Addr(addr) = wan else {
+                continue;
+            };
+            let own = gw.listen.iter().any(|l| {
+                l == addr
+                    || (l.port() == addr.port()
+                        && l.ip().is_unspecified()
+                        && addr.ip().is_loopback())
+            });
+            if own {
+                root.error(
+                    &format!("catalog.gateways[{i}].wan"),
+                    format!("{addr} is this gateway's own listen address: as the gateway of {} it would route to itself (is this entry for this host's own place? names are compared without regard to case)", g.place),
+                );
+            }
+        }
+    }
 }
 
 /// The leaf must be this sidecar's service in this mesh: Consul issues a sidecar the

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use super::fields::Fields;
 use crate::mesh::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
 use crate::mesh::snapshot::{
-    CatalogGateways, CatalogServer, CatalogService, GatewaySettings, Here, WanFederation,
-    DEFAULT_DOMAIN,
+    CatalogGateways, CatalogServer, CatalogService, GatewaySettings, Health, Here, Instance,
+    WanFederation, DEFAULT_DOMAIN,
 };
 use crate::mesh::{Endpoint, Place};
 
@@ -98,6 +98,7 @@ pub fn gateway(section: &Fields<'_>, listen_required: bool) -> Option<GatewaySet
         max_connections,
         max_pending_handshakes,
         max_client_hello_bytes,
+        connect_timeout_set: section.has("connect_timeout_ms"),
     })
 }
 
@@ -137,14 +138,20 @@ pub fn services(catalog: &Fields<'_>, here: Option<&Here>) -> Vec<CatalogService
             here.map_or(DEFAULT_NAMESPACE, |h| &h.namespace),
         );
         let place = place_of(&svc, here);
-        let instances = endpoints(&svc, "instances", true);
+        let instances = instances(&svc);
         svc.finish();
         if let (Some(name), Some(namespace), Some(place), Some(instances)) =
             (name, namespace, place, instances)
         {
-            if !seen.insert((name.to_owned(), namespace.clone(), place.clone())) {
+            // Consul's names are case-insensitive: `db` and `DB` are one service.
+            let key = (
+                name.to_ascii_lowercase(),
+                namespace.to_ascii_lowercase(),
+                place.clone(),
+            );
+            if !seen.insert(key) {
                 svc.error_here(format!(
-                    "service {name:?} in namespace {namespace} ({place}) is listed twice"
+                    "service {name:?} in namespace {namespace} ({place}) is listed twice (names are compared without regard to case)"
                 ));
                 continue;
             }
@@ -164,8 +171,8 @@ pub fn gateways(catalog: &Fields<'_>, here: Option<&Here>) -> Vec<CatalogGateway
     let mut out: Vec<CatalogGateways> = Vec::new();
     for gw in catalog.tables("gateways") {
         let place = place_of(&gw, here);
-        let lan = endpoints(&gw, "lan", false);
-        let wan = endpoints(&gw, "wan", false);
+        let lan = endpoints(&gw, "lan");
+        let wan = endpoints(&gw, "wan");
         if matches!((&lan, &wan), (Some(l), Some(w)) if l.is_empty() && w.is_empty()) {
             gw.error_here("has neither `lan` nor `wan` addresses");
         }
@@ -234,6 +241,86 @@ fn is_domain(d: &str) -> bool {
     d.len() <= 253 && d.split('.').all(crate::names::is_label)
 }
 
+/// `instances`: each `"host:port"` (passing, nothing to filter on) or a table with
+/// `address` and what subset filters select on (`id`, `node`, `meta`, `node_meta`, `tags`,
+/// `health`).
+fn instances(svc: &Fields<'_>) -> Option<Vec<Instance>> {
+    let Some(list) = svc.list("instances") else {
+        if !svc.has("instances") {
+            svc.error(
+                "instances",
+                "is required: the addresses of the service's instances (host:port)",
+            );
+        }
+        return None;
+    };
+    let mut out = Vec::with_capacity(list.len());
+    let mut ok = true;
+    for (path, value) in list {
+        let instance = match value {
+            toml::Value::String(s) => match s.parse::<Endpoint>() {
+                Ok(e) => Some(Instance::at(e)),
+                Err(err) => {
+                    svc.error_at(&path, format!("{s:?} {err}"));
+                    None
+                }
+            },
+            toml::Value::Table(t) => instance_table(&svc.table_at(path, t)),
+            other => {
+                svc.error_at(
+                    &path,
+                    format!(
+                        "expected \"host:port\" or a table with `address`, found {}",
+                        other.type_str()
+                    ),
+                );
+                None
+            }
+        };
+        match instance {
+            Some(i) => out.push(i),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn instance_table(t: &Fields<'_>) -> Option<Instance> {
+    let address = t
+        .required_str("address")
+        .and_then(|a| endpoint_value(t, "address", a));
+    let id = t.str("id").unwrap_or_default().to_owned();
+    let node = t.str("node").unwrap_or_default().to_owned();
+    let meta = t.str_map("meta").unwrap_or_default();
+    let node_meta = t.str_map("node_meta").unwrap_or_default();
+    let tags = t
+        .str_list("tags")
+        .map(|l| l.into_iter().map(|(_, s)| s.to_owned()).collect())
+        .unwrap_or_default();
+    let health = match t.str("health") {
+        None | Some("passing") => Some(Health::Passing),
+        Some("warning") => Some(Health::Warning),
+        Some("critical") => Some(Health::Critical),
+        Some(other) => {
+            t.error(
+                "health",
+                format!("{other:?} is not \"passing\", \"warning\" or \"critical\""),
+            );
+            None
+        }
+    };
+    t.finish();
+    Some(Instance {
+        address: address?,
+        id,
+        node,
+        meta,
+        node_meta,
+        tags,
+        health: health?,
+    })
+}
+
 fn place_of(t: &Fields<'_>, here: Option<&Here>) -> Option<Place> {
     let dc = match (t.str("datacenter"), here) {
         (Some(dc), _) => name_ok(t, "datacenter", dc).then(|| dc.to_owned()),
@@ -249,16 +336,9 @@ fn place_of(t: &Fields<'_>, here: Option<&Here>) -> Option<Place> {
 }
 
 /// A list of `host:port` endpoints; every bad element is reported.
-fn endpoints(t: &Fields<'_>, key: &'static str, required: bool) -> Option<Vec<Endpoint>> {
+fn endpoints(t: &Fields<'_>, key: &'static str) -> Option<Vec<Endpoint>> {
     let Some(list) = t.str_list(key) else {
-        if required {
-            t.error(
-                key,
-                "is required: the addresses of the service's instances (host:port)",
-            );
-            return None;
-        }
-        return Some(Vec::new());
+        return (!t.has(key)).then(Vec::new);
     };
     let mut out = Vec::with_capacity(list.len());
     let mut ok = true;

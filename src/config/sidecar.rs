@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::fields::Fields;
 use super::sections::{endpoint_value, name_ok, name_or};
-use crate::mesh::config_entries::{ConfigEntries, ServiceDefaults, UpstreamOverride};
+use crate::mesh::config_entries::{target_key, ConfigEntries, ServiceDefaults, UpstreamOverride};
 use crate::mesh::intentions::{Action, IntentionRule, Intentions};
 use crate::mesh::mode::Mode;
 use crate::mesh::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
@@ -76,10 +76,9 @@ fn upstream(u: &Fields<'_>, here: Option<&Here>) -> Option<UpstreamSpec> {
         ns_and_partition(u, "destination_namespace", "destination_partition", here);
     let datacenter = name_or(u, "datacenter", here.map_or("", |h| &h.place.datacenter));
     let bind = bind(u);
-    let connect_timeout = u.millis(
-        "connect_timeout_ms",
-        UpstreamSpec::DEFAULT_CONNECT_TIMEOUT_MS,
-    );
+    let connect_timeout = u
+        .int("connect_timeout_ms", 1, 86_400_000)
+        .map(|ms| std::time::Duration::from_millis(ms.unsigned_abs()));
     let mesh_gateway = mode(u);
     let max_connections = max_connections(u, UpstreamSpec::DEFAULT_MAX_CONNECTIONS);
     u.finish();
@@ -91,6 +90,7 @@ fn upstream(u: &Fields<'_>, here: Option<&Here>) -> Option<UpstreamSpec> {
         connect_timeout,
         mesh_gateway: mesh_gateway?,
         max_connections,
+        chain: None,
     })
 }
 
@@ -248,27 +248,73 @@ fn mode(t: &Fields<'_>) -> Option<Option<Mode>> {
     parsed
 }
 
-/// `[config_entries]`: `proxy_defaults` and `service_defaults.<name>`. The entries have no
-/// namespace or partition of their own: they are `[mesh]`'s, which is what an override that
-/// names neither means.
+/// `[config_entries]`: `proxy_defaults`, `service_defaults.<name>`, `service_resolvers.<name>`.
+/// Each entry belongs to one namespace and partition — `[mesh]`'s unless it says otherwise
+/// with `namespace` / `partition` — and applies only to the service of its name there.
 pub fn config_entries(t: &Fields<'_>, here: Option<&Here>) -> Option<ConfigEntries> {
+    let here_ns = here.map_or(DEFAULT_NAMESPACE, |h| &h.namespace);
+    let here_ap = here.map_or(DEFAULT_PARTITION, |h| &h.place.partition);
     let proxy_defaults = match t.table("proxy_defaults") {
         Some(p) => {
             let m = mode(&p);
+            protocol(&p);
             p.finish();
             m
         }
         None => Some(None),
     };
     let mut service_defaults = BTreeMap::new();
+    let mut target_service_defaults = BTreeMap::new();
     let mut ok = true;
     if let Some(all) = t.table("service_defaults") {
-        for (name, sd) in all.each_table() {
-            match service_defaults_entry(&sd) {
-                Some(entry) if name_ok(&all, &name, &name) => {
-                    service_defaults.insert(name, entry);
-                }
-                _ => ok = false,
+        let mut seen = BTreeMap::new();
+        for (key, sd) in all.each_table() {
+            let Some((name, ns, ap)) = entry_place(&sd, &key, here_ns, here_ap) else {
+                ok = false;
+                continue;
+            };
+            let Some(entry) = service_defaults_entry(&sd) else {
+                ok = false;
+                continue;
+            };
+            let id = target_key(&name, &ns, &ap);
+            if let Some(first) = seen.insert(id, key.clone()) {
+                all.error(&key, format!("is the same entry as service_defaults.{first} (service {name:?} in namespace {ns}, partition {ap}; names are compared without regard to case)"));
+                ok = false;
+                continue;
+            }
+            // The downstream's own entry is the one in this host's namespace and partition.
+            if ns.eq_ignore_ascii_case(here_ns) && ap.eq_ignore_ascii_case(here_ap) {
+                service_defaults.insert(name.clone(), entry.clone());
+            }
+            target_service_defaults.insert(target_key(&name, &ns, &ap), entry);
+        }
+    }
+    let mut service_resolvers = BTreeMap::new();
+    if let Some(all) = t.table("service_resolvers") {
+        let mut seen = BTreeMap::new();
+        for (key, r) in all.each_table() {
+            let Some(entry) = super::resolvers::resolver(&r, &key, here_ns, here_ap) else {
+                ok = false;
+                continue;
+            };
+            let id = target_key(&entry.name, &entry.namespace, &entry.partition);
+            if let Some(first) = seen.insert(id.clone(), key.clone()) {
+                all.error(&key, format!("is the same entry as service_resolvers.{first} (service {:?} in namespace {}, partition {}; names are compared without regard to case)", entry.name, entry.namespace, entry.partition));
+                ok = false;
+                continue;
+            }
+            service_resolvers.insert(id, entry);
+        }
+    }
+    // Splitters and routers act on HTTP requests; at L4 there is nothing to split or route.
+    for (kind, word) in [
+        ("service_splitters", "splitter"),
+        ("service_routers", "router"),
+    ] {
+        if let Some(all) = t.table(kind) {
+            for (name, _) in all.each_table() {
+                all.warn(&name, format!("service-{word} {name:?} is ignored: it acts on HTTP requests and sidegate carries TCP (only service-resolver applies)"));
             }
         }
     }
@@ -278,18 +324,56 @@ pub fn config_entries(t: &Fields<'_>, here: Option<&Here>) -> Option<ConfigEntri
         proxy_defaults: proxy_defaults?,
         service_defaults,
         partition_proxy_defaults: BTreeMap::new(),
-        // A file's entries are by name alone (`config/README.md`, `[config_entries]`).
-        target_service_defaults: BTreeMap::new(),
-        targets_by_place: false,
-        downstream_namespace: here.map_or(DEFAULT_NAMESPACE, |h| &h.namespace).to_owned(),
-        downstream_partition: here
-            .map_or(DEFAULT_PARTITION, |h| &h.place.partition)
-            .to_owned(),
+        target_service_defaults,
+        targets_by_place: true,
+        downstream_namespace: here_ns.to_owned(),
+        downstream_partition: here_ap.to_owned(),
+        service_resolvers,
+        resolvers_known: true,
     })
+}
+
+/// An entry's `name` (default: its table key), `namespace` and `partition` (default: this
+/// host's), each a valid name.
+pub(super) fn entry_place(
+    t: &Fields<'_>,
+    key: &str,
+    namespace: &str,
+    partition: &str,
+) -> Option<(String, String, String)> {
+    let name = match t.str("name") {
+        Some(n) => name_ok(t, "name", n).then(|| n.to_owned()),
+        None => {
+            let ok = crate::names::is_label(key);
+            if !ok {
+                t.error_here(format!("{key:?} is not a valid service name (1 to 63 letters, digits, '-' or '_'); set `name`"));
+            }
+            ok.then(|| key.to_owned())
+        }
+    };
+    let ns = name_or(t, "namespace", namespace);
+    let ap = name_or(t, "partition", partition);
+    Some((name?, ns?, ap?))
+}
+
+/// `protocol`: accepted as Consul's words; anything but `tcp` is carried as TCP all the same.
+fn protocol(t: &Fields<'_>) {
+    match t.str("protocol") {
+        None | Some("tcp") => {}
+        Some(p @ ("http" | "http2" | "grpc")) => t.warn(
+            "protocol",
+            format!("{p:?} is carried as TCP: sidegate proxies at L4 (no HTTP routing, retries or L7 metrics)"),
+        ),
+        Some(other) => t.error(
+            "protocol",
+            format!("{other:?} is not one of Consul's protocols: \"tcp\", \"http\", \"http2\" or \"grpc\""),
+        ),
+    }
 }
 
 fn service_defaults_entry(sd: &Fields<'_>) -> Option<ServiceDefaults> {
     let mesh_gateway = mode(sd);
+    protocol(sd);
     let (defaults, overrides) = match sd.table("upstream_config") {
         Some(uc) => {
             let defaults = match uc.table("defaults") {

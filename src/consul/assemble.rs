@@ -17,7 +17,8 @@ use crate::mesh::mode::{via, Via};
 use crate::mesh::place::DEFAULT_PARTITION;
 use crate::mesh::sidecar::SidecarSpec;
 use crate::mesh::snapshot::{
-    Catalog, CatalogGateways, CatalogService, GatewaySettings, Here, Snapshot, WanFederation,
+    Catalog, CatalogGateways, CatalogService, GatewaySettings, Here, Instance, Snapshot,
+    WanFederation,
 };
 use crate::mesh::Place;
 use crate::names::{is_label, SpiffeId};
@@ -437,12 +438,14 @@ fn gateway_settings(
     k: &Known<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<GatewaySettings, Incomplete> {
-    let mut settings = base.gateway.clone().unwrap_or_else(|| GatewaySettings {
-        connect_timeout: service::gateway_connect_timeout(svc).unwrap_or(
-            std::time::Duration::from_millis(GatewaySettings::DEFAULT_CONNECT_TIMEOUT_MS),
-        ),
-        ..default_gateway()
-    });
+    // The file's [gateway] overrides the registration key by key: what it leaves out, the
+    // registration (or the default) gives.
+    let mut settings = base.gateway.clone().unwrap_or_else(default_gateway);
+    if !settings.connect_timeout_set {
+        if let Some(t) = service::gateway_connect_timeout(svc) {
+            settings.connect_timeout = t;
+        }
+    }
     let services = Key::Services {
         place: here.place.clone(),
     };
@@ -490,6 +493,7 @@ fn default_gateway() -> GatewaySettings {
             GatewaySettings::DEFAULT_MAX_CONNECTIONS,
         ),
         max_client_hello_bytes: GatewaySettings::DEFAULT_MAX_CLIENT_HELLO_BYTES,
+        connect_timeout_set: false,
     }
 }
 
@@ -524,7 +528,8 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
                     name: service.clone(),
                     namespace: namespace.clone(),
                     place: place.clone(),
-                    instances,
+                    // Health is already applied by `to_dial` (all dialled when all fail).
+                    instances: instances.into_iter().map(Instance::at).collect(),
                 });
             }
             Key::Gateways { place, name } if *name == s.mesh_gateway_service => {

@@ -668,6 +668,35 @@ fn gateway_routes_its_partition_and_other_datacenters() {
         snap.gateway.unwrap().listen,
         ["127.0.0.1:9443".parse().unwrap()]
     );
+
+    // The file's [gateway] overrides the registration key by key: a file that sets only
+    // max_connections keeps the registration's connect_timeout_ms; one that sets it wins.
+    let mut w = w;
+    let Some(Answer::Service(Some(reg))) = w.answers.get_mut(&gw_key) else {
+        panic!("no registration")
+    };
+    reg.proxy
+        .config
+        .insert("connect_timeout_ms".into(), serde_json::json!(1234));
+    let mut file = base();
+    file.gateway = Some(GatewaySettings {
+        max_connections: 7,
+        ..default_gateway()
+    });
+    let (snap, _) = snapshot(&s, &file, &w.known()).unwrap();
+    let gw = snap.gateway.unwrap();
+    assert_eq!(gw.connect_timeout, std::time::Duration::from_millis(1234));
+    assert_eq!(gw.max_connections, 7);
+    file.gateway = Some(GatewaySettings {
+        connect_timeout: std::time::Duration::from_millis(900),
+        connect_timeout_set: true,
+        ..default_gateway()
+    });
+    let (snap, _) = snapshot(&s, &file, &w.known()).unwrap();
+    assert_eq!(
+        snap.gateway.unwrap().connect_timeout,
+        std::time::Duration::from_millis(900)
+    );
 }
 
 #[test]

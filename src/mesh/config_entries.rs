@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::chain::{Resolvers, Target};
 use super::mode::{Mode, ModeLevels};
 use super::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
 use super::sidecar::{SidecarSpec, UpstreamSpec};
@@ -35,6 +36,14 @@ pub struct ConfigEntries {
     /// means `default`, as in Consul.
     pub downstream_namespace: String,
     pub downstream_partition: String,
+    /// `service-resolver` entries, by `target_key` of their name, namespace and partition.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_resolvers: Resolvers,
+    /// Whether `service_resolvers` holds every resolver there is (a file). Until the Consul
+    /// source takes chains from the agent, its gateways do not know the subsets and pass any
+    /// subset label of a known service to the destination, as before.
+    #[serde(skip)]
+    pub resolvers_known: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -85,15 +94,49 @@ fn non_empty_or<'a>(value: &'a str, default: &'a str) -> &'a str {
 }
 
 /// The key of a target's entry in `ConfigEntries::target_service_defaults`:
-/// `partition/namespace/name` (none of them can hold a `/`).
+/// `partition/namespace/name` (none of them can hold a `/`), lower case: Consul compares
+/// these names without regard to case.
 pub fn target_key(name: &str, namespace: &str, partition: &str) -> String {
     let namespace = non_empty_or(namespace, DEFAULT_NAMESPACE);
     let partition = non_empty_or(partition, DEFAULT_PARTITION);
-    format!("{partition}/{namespace}/{name}")
+    format!("{partition}/{namespace}/{name}").to_ascii_lowercase()
 }
 
 impl ConfigEntries {
-    /// Every level's setting for `upstream` of `sidecar` (order in `mesh::mode`). With one file
+    /// A file without `[config_entries]`: no entries, and that is all of them (a file is
+    /// the whole truth, so no subset exists that the gateway does not know of).
+    pub fn file_default() -> ConfigEntries {
+        ConfigEntries {
+            targets_by_place: true,
+            resolvers_known: true,
+            ..ConfigEntries::default()
+        }
+    }
+
+    /// `mode_levels` for one target of `upstream`'s chain: the levels the upstream and the
+    /// downstream set apply to every target (Consul passes them to its compiler as the
+    /// override), the target levels are the target's own.
+    pub fn target_mode_levels(
+        &self,
+        sidecar: &SidecarSpec,
+        upstream: &UpstreamSpec,
+        target: &Target,
+    ) -> ModeLevels {
+        let mut as_target = upstream.clone();
+        as_target.destination_name.clone_from(&target.service);
+        as_target
+            .destination_namespace
+            .clone_from(&target.namespace);
+        as_target.place = super::Place::new(&target.datacenter, &target.partition);
+        let own = self.mode_levels(sidecar, &as_target);
+        ModeLevels {
+            target_service_defaults: own.target_service_defaults,
+            target_proxy_defaults: own.target_proxy_defaults,
+            ..self.mode_levels(sidecar, upstream)
+        }
+    }
+
+    /// Every level's setting for `upstream` of `sidecar` (Consul's precedence). With one file
     /// there is one `proxy_defaults`, so the target partition's level stays unset; the agent
     /// source fills `partition_proxy_defaults` for targets in other partitions.
     pub fn mode_levels(&self, sidecar: &SidecarSpec, upstream: &UpstreamSpec) -> ModeLevels {
@@ -166,9 +209,10 @@ mod tests {
             destination_namespace: namespace.into(),
             place: Place::new("dc1", partition),
             bind: Bind::Tcp(([127, 0, 0, 1], 9191).into()),
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: None,
             mesh_gateway: mode,
             max_connections: 1,
+            chain: None,
         }
     }
 

@@ -31,9 +31,14 @@ pub fn explain(gw: &GatewayPlan, here: &Here, sni: &str) -> Result<String, NoRou
         (MatchKind::Exact | MatchKind::Subset | MatchKind::Wildcard, RouteKind::Server) => {
             "a Consul server's WAN-federation name: forwarded as it is, still encrypted (the servers' own TLS)".to_owned()
         }
-        (MatchKind::Exact, _) => "exact name of a service in this gateway's own place".to_owned(),
+        (MatchKind::Exact, _) => match &route.subset {
+            Some(subset) => format!(
+                "exact name of subset {subset:?} of a service in this gateway's own place (its resolver's filter selects the instances)"
+            ),
+            None => "exact name of a service in this gateway's own place".to_owned(),
+        },
         (MatchKind::Subset, _) => format!(
-            "a service of this gateway's own place with the subset label {:?} (the destination picks the subset)",
+            "a service of this gateway's own place with the subset label {:?} (the subsets are not known here: the destination picks the subset)",
             sni.split('.').next().unwrap_or_default()
         ),
         (MatchKind::Wildcard, RouteKind::Gateway | RouteKind::Service) => {
@@ -68,6 +73,12 @@ fn why_not(gw: &GatewayPlan, here: &Here, sni: &str) -> String {
     let head = format!("no route for {sni:?}");
     if let Some(why) = why_not_server(gw, here, &name) {
         return format!("{head}: {why}");
+    }
+    if gw.routes.is_unknown_subset(&name) {
+        let (subset, service) = name.split_once('.').unwrap_or_default();
+        return format!(
+            "{head}: {service} is a service of this gateway's own place, but no service_resolvers entry defines its subset {subset:?} (Envoy has no cluster for it either; add it to the resolver's `subsets`)"
+        );
     }
     let Some(rest) = name
         .strip_suffix(td.as_str())

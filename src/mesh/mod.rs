@@ -1,6 +1,7 @@
 //! The mesh domain: places, endpoints, modes, the desired state (`Snapshot`) and what
 //! the data path serves (`Plan`).
 
+pub mod chain;
 pub mod config_entries;
 pub mod endpoint;
 pub mod endpoints;

@@ -19,16 +19,19 @@ pub struct Place {
 }
 
 impl Place {
-    /// Builds a place, turning an empty partition into `default` as Consul does.
+    /// Builds a place, turning an empty partition into `default` as Consul does. Both names
+    /// are kept in lower case: Consul lowercases a datacenter's name and compares partitions
+    /// without regard to case, so `DC1` and `dc1` are one place (a gateway that took them
+    /// for two would route to itself).
     pub fn new(datacenter: &str, partition: &str) -> Self {
         Place {
-            datacenter: datacenter.to_owned(),
+            datacenter: datacenter.to_ascii_lowercase(),
             partition: if partition.is_empty() {
                 DEFAULT_PARTITION
             } else {
                 partition
             }
-            .to_owned(),
+            .to_ascii_lowercase(),
         }
     }
 

@@ -7,17 +7,19 @@
 
 use serde::Serialize;
 
+use super::chain::{compile, resolver_of, usable, Chain, Subset, Target, DEFAULT_CONNECT_TIMEOUT};
 use super::endpoints::EndpointSet;
 use super::intentions::{Intentions, SharedAuthority};
 use super::mode::{via, Mode, ModeSource, Via};
 use super::routes::RouteTable;
-use super::sidecar::{Bind, SidecarSpec};
-use super::snapshot::{GatewaySettings, Snapshot, WanFederation};
+use super::sidecar::{Bind, SidecarSpec, UpstreamSpec};
+use super::snapshot::{CatalogService, GatewaySettings, Snapshot, WanFederation};
 use super::Endpoint;
 use super::Place;
 use crate::names::{gateway_sni, service_sni, SpiffeId};
 use crate::tls::Identity;
 use rustls::pki_types::ServerName;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,9 +82,37 @@ pub struct UpstreamPlan {
     /// Where the local app connects.
     #[serde(skip)]
     pub listen: Bind,
-    #[serde(skip)]
+    /// The chain's: the resolver's `connect_timeout`, or the upstream's own when it sets one.
+    #[serde(
+        rename = "connect_timeout_ms",
+        serialize_with = "super::snapshot::as_millis"
+    )]
     pub connect_timeout: Duration,
     /// The SNI as rustls takes it, built once.
+    #[serde(skip)]
+    pub server_name: Option<ServerName<'static>>,
+    /// The chain's targets in dial order; the fields above describe the first. The data
+    /// path dials these.
+    pub targets: Vec<TargetPlan>,
+}
+
+/// One target of an upstream's chain (`check --json` `targets[]`).
+#[derive(Debug, Serialize)]
+pub struct TargetPlan {
+    pub service: String,
+    pub subset: String,
+    pub namespace: String,
+    pub partition: String,
+    pub datacenter: String,
+    /// With the subset label.
+    pub sni: String,
+    /// The target service's; a subset does not change it.
+    pub spiffe_id: String,
+    pub mode: Mode,
+    pub mode_source: ModeSource,
+    pub dial: EndpointSet,
+    #[serde(skip)]
+    pub via: Via,
     #[serde(skip)]
     pub server_name: Option<ServerName<'static>>,
 }
@@ -126,94 +156,236 @@ fn inbound(s: &Snapshot, sidecar: &SidecarSpec) -> Option<InboundPlan> {
     })
 }
 
+/// The catalog's services by (name, namespace) in lower case (Consul's names are
+/// case-insensitive) and place: a plan looks up each target once, and a linear search per
+/// target would make a large mesh's plan quadratic.
+type ServiceIndex<'a> = HashMap<(String, String, &'a Place), &'a CatalogService>;
+
+fn service_index(s: &Snapshot) -> ServiceIndex<'_> {
+    s.catalog
+        .services
+        .iter()
+        .map(|c| {
+            (
+                (
+                    c.name.to_ascii_lowercase(),
+                    c.namespace.to_ascii_lowercase(),
+                    &c.place,
+                ),
+                c,
+            )
+        })
+        .collect()
+}
+
 fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) -> Vec<UpstreamPlan> {
-    let td = &s.here.trust_domain;
+    let index = service_index(s);
     let mut out = Vec::with_capacity(sidecar.upstreams.len());
     for u in &sidecar.upstreams {
-        let (mode, mode_source) = s.config_entries.mode_levels(sidecar, u).resolve();
-        let via = via(&s.here.place, &u.place, mode);
         let name = &u.destination_name;
-        let (dc, partition, ns) = (
-            &u.place.datacenter,
-            &u.place.partition,
-            &u.destination_namespace,
-        );
-        let gateways_of = |p: &Place| s.catalog.gateways.iter().find(|g| g.place == *p);
-        let dial = match &via {
-            Via::Instances => s
-                .catalog
-                .services
-                .iter()
-                .find(|c| c.name == *name && c.namespace == *ns && c.place == u.place)
-                .map(|c| c.instances.clone()),
-            Via::LocalGateways(p) => gateways_of(p).map(|g| g.lan.clone()),
-            Via::RemoteGateways(p) => gateways_of(p).map(|g| g.wan.clone()),
-        }
-        .unwrap_or_default();
-        if dial.is_empty() {
-            let add = match &via {
-                // The same words serve both sources: the file's key, or Consul's registration.
-                Via::Instances => "its instances ([[catalog.services]], or in Consul an instance with a Connect sidecar)".to_owned(),
-                Via::LocalGateways(p) => format!("`lan` addresses for the gateways of {p} ([[catalog.gateways]], or a mesh-gateway registered there)"),
-                Via::RemoteGateways(p) => format!("`wan` addresses for the gateways of {p} ([[catalog.gateways]], or a mesh-gateway registered there with a `wan` tagged address)"),
-            };
-            warnings.push(format!("upstream {name} ({}, mode {mode:?} from {mode_source:?}) has nothing to dial: add {add}", u.place));
-        }
-        let sni = service_sni(name, "", ns, partition, dc, td);
-        let spiffe_id = SpiffeId::service(td, partition, ns, dc, name);
+        let start = Target {
+            service: name.clone(),
+            subset: String::new(),
+            namespace: u.destination_namespace.clone(),
+            partition: u.place.partition.clone(),
+            datacenter: u.place.datacenter.clone(),
+        };
+        let compiled = match &u.chain {
+            Some(chain) => Ok(chain.clone()),
+            None => compile(
+                &s.config_entries.service_resolvers,
+                start.clone(),
+                u.connect_timeout,
+            ),
+        };
+        // `check` refuses such entries; a plan still has to say what it serves.
+        let chain = compiled.unwrap_or_else(|e| {
+            warnings.push(format!("upstream {name}: {e}; dialling {start} itself"));
+            Chain {
+                targets: vec![start],
+                connect_timeout: u.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            }
+        });
+        let targets: Vec<TargetPlan> = chain
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| target_plan(s, &index, (sidecar, u), (t, i), warnings))
+            .collect();
+        let Some(first) = targets.first() else {
+            continue;
+        };
         out.push(UpstreamPlan {
             destination_name: name.clone(),
-            destination_namespace: ns.clone(),
-            destination_partition: partition.clone(),
-            datacenter: dc.clone(),
+            destination_namespace: u.destination_namespace.clone(),
+            destination_partition: u.place.partition.clone(),
+            datacenter: u.place.datacenter.clone(),
             bind: u.bind.to_string(),
-            mode,
-            mode_source,
-            sni: sni.clone(),
-            spiffe_id: spiffe_id.to_string(),
-            dial: EndpointSet::new(dial),
-            via,
+            mode: first.mode,
+            mode_source: first.mode_source,
+            sni: first.sni.clone(),
+            spiffe_id: first.spiffe_id.clone(),
+            dial: EndpointSet::new(first.dial.as_slice().to_vec()),
+            via: first.via.clone(),
             max_connections: u.max_connections,
             listen: u.bind.clone(),
-            connect_timeout: u.connect_timeout,
-            server_name: ServerName::try_from(sni).ok(),
+            connect_timeout: chain.connect_timeout,
+            server_name: first.server_name.clone(),
+            targets,
         });
     }
     out
 }
 
+/// One target of an upstream's chain: its names, its mode and what to dial for it.
+fn target_plan(
+    s: &Snapshot,
+    index: &ServiceIndex<'_>,
+    (sidecar, u): (&SidecarSpec, &UpstreamSpec),
+    (t, position): (&Target, usize),
+    warnings: &mut Vec<String>,
+) -> TargetPlan {
+    let td = &s.here.trust_domain;
+    let (mode, mode_source) = s.config_entries.target_mode_levels(sidecar, u, t).resolve();
+    let place = Place::new(&t.datacenter, &t.partition);
+    let via = via(&s.here.place, &place, mode);
+    let gateways_of = |p: &Place| s.catalog.gateways.iter().find(|g| g.place == *p);
+    let dial = match &via {
+        Via::Instances => instances_of(s, index, t, &place),
+        Via::LocalGateways(p) => gateways_of(p).map(|g| g.lan.clone()),
+        Via::RemoteGateways(p) => gateways_of(p).map(|g| g.wan.clone()),
+    }
+    .unwrap_or_default();
+    if dial.is_empty() {
+        let add = match &via {
+            // The same words serve both sources: the file's key, or Consul's registration.
+            Via::Instances => "its instances ([[catalog.services]], or in Consul an instance with a Connect sidecar)".to_owned(),
+            Via::LocalGateways(p) => format!("`lan` addresses for the gateways of {p} ([[catalog.gateways]], or a mesh-gateway registered there)"),
+            Via::RemoteGateways(p) => format!("`wan` addresses for the gateways of {p} ([[catalog.gateways]], or a mesh-gateway registered there with a `wan` tagged address)"),
+        };
+        let which = if position == 0 && t.subset.is_empty() && t.service == u.destination_name {
+            format!("upstream {}", u.destination_name)
+        } else {
+            format!("upstream {} target {t}", u.destination_name)
+        };
+        warnings.push(format!(
+            "{which} ({place}, mode {mode:?} from {mode_source:?}) has nothing to dial: add {add}"
+        ));
+    }
+    let sni = service_sni(
+        &t.service,
+        &t.subset,
+        &t.namespace,
+        &t.partition,
+        &t.datacenter,
+        td,
+    );
+    let spiffe_id = SpiffeId::service(td, &t.partition, &t.namespace, &t.datacenter, &t.service);
+    TargetPlan {
+        service: t.service.clone(),
+        subset: t.subset.clone(),
+        namespace: t.namespace.clone(),
+        partition: t.partition.clone(),
+        datacenter: t.datacenter.clone(),
+        server_name: ServerName::try_from(sni.clone()).ok(),
+        sni,
+        spiffe_id: spiffe_id.to_string(),
+        mode,
+        mode_source,
+        dial: EndpointSet::new(dial),
+        via,
+    }
+}
+
+/// The dialable instances of `t`: its subset's (filter and `only_passing`), never a critical
+/// one. `None` when the catalog does not list the service.
+fn instances_of(
+    s: &Snapshot,
+    index: &ServiceIndex<'_>,
+    t: &Target,
+    place: &Place,
+) -> Option<Vec<Endpoint>> {
+    let key = (
+        t.service.to_ascii_lowercase(),
+        t.namespace.to_ascii_lowercase(),
+        place,
+    );
+    let svc = index.get(&key)?;
+    let subset =
+        resolver_of(&s.config_entries.service_resolvers, t).and_then(|r| r.subsets.get(&t.subset));
+    Some(select(svc, subset))
+}
+
+/// The addresses of `svc`'s instances in `subset` (all usable ones without a subset).
+fn select(svc: &CatalogService, subset: Option<&Subset>) -> Vec<Endpoint> {
+    svc.instances
+        .iter()
+        .filter(|i| match subset {
+            Some(sub) => sub.admits(&svc.name, i),
+            None => usable(i, false),
+        })
+        .map(|i| i.address.clone())
+        .collect()
+}
+
 fn gateway_routes(s: &Snapshot, warnings: &mut Vec<String>) -> RouteTable {
     let here = &s.here;
     let td = &here.trust_domain;
+    let resolvers = &s.config_entries.service_resolvers;
     let mut routes = RouteTable::default();
+    routes.pass_any_subset = !s.config_entries.resolvers_known;
     for svc in s
         .catalog
         .services
         .iter()
         .filter(|svc| svc.place == here.place)
     {
-        let sni = service_sni(
-            &svc.name,
-            "",
-            &svc.namespace,
-            &svc.place.partition,
-            &svc.place.datacenter,
-            td,
-        );
+        let (ns, partition, dc) = (&svc.namespace, &svc.place.partition, &svc.place.datacenter);
         let target = format!(
             "service {} in namespace {} ({})",
             svc.name, svc.namespace, svc.place
         );
-        if svc.instances.is_empty() {
+        let resolver = resolver_of(
+            resolvers,
+            &Target {
+                service: svc.name.clone(),
+                subset: String::new(),
+                namespace: ns.clone(),
+                partition: partition.clone(),
+                datacenter: dc.clone(),
+            },
+        );
+        // The plain name serves the default subset's instances when there is one.
+        let default = resolver.and_then(|r| r.subsets.get(&r.default_subset));
+        let plain = select(svc, default);
+        if plain.is_empty() {
             warnings.push(format!(
                 "{target} has no instances: connections for it will be refused"
             ));
         }
+        let sni = service_sni(&svc.name, "", ns, partition, dc, td);
         routes.add_exact(
             sni.to_ascii_lowercase(),
-            target,
-            EndpointSet::new(svc.instances.clone()),
+            target.clone(),
+            EndpointSet::new(plain),
+            None,
         );
+        for (name, subset) in resolver.iter().flat_map(|r| &r.subsets) {
+            let endpoints = select(svc, Some(subset));
+            let target = format!("{target}, subset {name}");
+            if endpoints.is_empty() {
+                warnings.push(format!(
+                    "{target} has no instances: connections for it will be refused"
+                ));
+            }
+            let sni = service_sni(&svc.name, name, ns, partition, dc, td);
+            routes.add_exact(
+                sni.to_ascii_lowercase(),
+                target,
+                EndpointSet::new(endpoints),
+                Some(name.clone()),
+            );
+        }
     }
     for gw in s
         .catalog
@@ -222,6 +394,16 @@ fn gateway_routes(s: &Snapshot, warnings: &mut Vec<String>) -> RouteTable {
         .filter(|gw| gw.place != here.place)
     {
         let target = format!("mesh gateways of {}", gw.place);
+        // WAN federation joins the default partitions of datacenters: Consul builds no
+        // route between a partition of one datacenter and another datacenter.
+        if gw.place.datacenter != here.place.datacenter
+            && !(gw.place.is_default_partition() && here.place.is_default_partition())
+        {
+            warnings.push(format!(
+                "{target}: no route, WAN federation joins only the default partitions of datacenters"
+            ));
+            continue;
+        }
         if gw.wan.is_empty() {
             warnings.push(format!(
                 "{target} have no `wan` addresses: this gateway cannot forward to them"
@@ -320,6 +502,17 @@ pub fn describe(plan: &Plan) -> String {
             label(&u.mode_source),
             list(&u.dial)
         );
+        // The failover targets, in the order the upstream tries them.
+        for t in u.targets.iter().skip(1) {
+            let _ = writeln!(
+                out,
+                "  then {} mode {} ({}) dial {}",
+                t.sni,
+                label(&t.mode),
+                label(&t.mode_source),
+                list(&t.dial)
+            );
+        }
     }
     if let Some(inb) = &plan.inbound {
         let _ = writeln!(

@@ -1,7 +1,8 @@
 //! The gateway's route table: SNI → endpoints, matched the way Consul's Envoy gateway does.
 //!
-//! Order (`config/README.md`, "How the gateway routes"): the exact SNI of a service in the gateway's own
-//! (datacenter, partition), also with one leading subset label; then the longest
+//! Order (as Consul's Envoy mesh gateway matches; `config/README.md`, "How the gateway routes"):
+//! the exact SNI of a service in the gateway's own (datacenter, partition), or of one of its
+//! resolver's subsets, or a Consul server's WAN-federation name; then the longest
 //! `*.<GatewaySNI>` suffix of another place. Case-insensitive, and a lookup allocates nothing.
 
 use std::collections::HashMap;
@@ -29,6 +30,9 @@ pub struct Route {
     #[serde(rename = "match")]
     pub pattern: String,
     pub kind: RouteKind,
+    /// The resolver subset this route serves (a service route for `<subset>.<service SNI>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
     /// For people: what the route leads to.
     pub target: String,
     pub endpoints: EndpointSet,
@@ -48,15 +52,26 @@ pub struct RouteTable {
     exact: HashMap<String, usize>,
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<String, usize>,
+    /// Whether a subset label no route names is passed to the service (the destination
+    /// picks the subset) rather than refused. Only while the resolvers are not known (the
+    /// Consul source, until it takes them from the agent): Envoy refuses an undefined subset.
+    pub pass_any_subset: bool,
 }
 
 impl RouteTable {
-    /// Adds a service route for an exact (lower-case) SNI.
-    pub fn add_exact(&mut self, sni: String, target: String, endpoints: EndpointSet) {
+    /// Adds a service route for an exact (lower-case) SNI, of one subset or of the plain name.
+    pub fn add_exact(
+        &mut self,
+        sni: String,
+        target: String,
+        endpoints: EndpointSet,
+        subset: Option<String>,
+    ) {
         self.exact.insert(sni.clone(), self.routes.len());
         self.routes.push(Route {
             pattern: sni,
             kind: RouteKind::Service,
+            subset,
             target,
             endpoints,
         });
@@ -69,6 +84,7 @@ impl RouteTable {
         self.routes.push(Route {
             pattern,
             kind: RouteKind::Gateway,
+            subset: None,
             target,
             endpoints,
         });
@@ -97,6 +113,7 @@ impl RouteTable {
         self.routes.push(Route {
             pattern,
             kind: RouteKind::Server,
+            subset: None,
             target,
             endpoints,
         });
@@ -104,6 +121,21 @@ impl RouteTable {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// Whether `sni` is a subset label on a service this gateway routes, of a subset no
+    /// route serves: refused, and counted apart from names that are not ours at all.
+    pub fn is_unknown_subset(&self, sni: &str) -> bool {
+        let Some(name) = lowercase(sni) else {
+            return false;
+        };
+        !self.pass_any_subset
+            && !self.exact.contains_key(name.as_str())
+            && name.split_once('.').is_some_and(|(_, rest)| {
+                self.exact.get(rest).is_some_and(|&i| {
+                    self.routes[i].kind == RouteKind::Service && self.routes[i].subset.is_none()
+                })
+            })
     }
 
     pub fn lookup(&self, sni: &str) -> Option<(&Route, MatchKind)> {
@@ -117,16 +149,16 @@ impl RouteTable {
         if let Some(&i) = self.exact.get(name) {
             return Some((i, MatchKind::Exact));
         }
-        // `<subset>.<service sni>`: Consul builds one cluster per resolver subset, all on the
-        // same instances; the destination sidecar, not the gateway, knows the subsets.
-        // Only services have subsets: `<unknown node>.server.<dc>.<domain>` must not reach
-        // the exact `server.<dc>.<domain>` route of all servers (Consul closes it).
+        // `<subset>.<service sni>` of a subset no resolver defines: refused, as Envoy has no
+        // cluster for it (`unknown_subset`), unless the subsets are not known. Only services
+        // have subsets: `<unknown node>.server.<dc>.<domain>` must not reach the exact
+        // `server.<dc>.<domain>` route of all servers (Consul closes it).
         if let Some(&i) = name
             .split_once('.')
             .and_then(|(_, rest)| self.exact.get(rest))
             .filter(|&&i| self.routes[i].kind == RouteKind::Service)
         {
-            return Some((i, MatchKind::Subset));
+            return self.pass_any_subset.then_some((i, MatchKind::Subset));
         }
         // The first dot from the left leaves the longest suffix, so the most specific
         // wildcard wins, as in Envoy's server-name matching.
@@ -164,16 +196,21 @@ mod tests {
     }
 
     fn table() -> RouteTable {
-        let mut t = RouteTable::default();
+        let mut t = RouteTable {
+            pass_any_subset: true,
+            ..RouteTable::default()
+        };
         t.add_exact(
             "db.default.dc1.internal.td.consul".into(),
             "db".into(),
             eps(1),
+            None,
         );
         t.add_exact(
             "api.default.dc1.internal.td.consul".into(),
             "api".into(),
             eps(2),
+            None,
         );
         t.add_wildcard("dc2.internal.td.consul".into(), "dc2".into(), eps(3));
         t.add_wildcard(
@@ -253,5 +290,51 @@ mod tests {
             assert_eq!(got, *want, "{sni}");
         }
         assert!(t.lookup(&"a".repeat(254)).is_none());
+    }
+
+    /// With the resolvers known, only a defined subset routes; any other label on a known
+    /// service is refused as an unknown subset, a foreign name as unknown.
+    #[test]
+    fn with_resolvers_known_only_defined_subsets_route() {
+        let mut t = table();
+        t.pass_any_subset = false;
+        t.add_exact(
+            "v1.db.default.dc1.internal.td.consul".into(),
+            "db v1".into(),
+            eps(5),
+            Some("v1".into()),
+        );
+        type Case<'a> = (&'a str, Option<(&'a str, MatchKind)>, bool);
+        let cases: &[Case] = &[
+            (
+                "v1.db.default.dc1.internal.td.consul",
+                Some(("db v1", MatchKind::Exact)),
+                false,
+            ),
+            (
+                "V1.DB.default.dc1.internal.td.consul",
+                Some(("db v1", MatchKind::Exact)),
+                false,
+            ),
+            (
+                "db.default.dc1.internal.td.consul",
+                Some(("db", MatchKind::Exact)),
+                false,
+            ),
+            ("v2.db.default.dc1.internal.td.consul", None, true),
+            ("bogus.api.default.dc1.internal.td.consul", None, true),
+            ("x.v1.db.default.dc1.internal.td.consul", None, false),
+            ("web.default.dc3.internal.td.consul", None, false),
+            (
+                "v1.web.default.dc2.internal.td.consul",
+                Some(("dc2", MatchKind::Wildcard)),
+                false,
+            ),
+        ];
+        for (sni, want, unknown_subset) in cases {
+            let got = t.lookup(sni).map(|(r, k)| (r.target.as_str(), k));
+            assert_eq!(got, *want, "{sni}");
+            assert_eq!(t.is_unknown_subset(sni), *unknown_subset, "{sni}");
+        }
     }
 }

@@ -45,16 +45,21 @@ pub struct UpstreamSpec {
     /// The target's (datacenter, partition).
     pub place: Place,
     pub bind: Bind,
+    /// `connect_timeout_ms` when set: it wins over the resolver's `connect_timeout` (the
+    /// chain's, default 5 s), as Consul's upstream override does.
     #[serde(skip)]
-    pub connect_timeout: Duration,
+    pub connect_timeout: Option<Duration>,
     /// Upstream-level mode, the highest precedence.
     pub mesh_gateway: Option<Mode>,
     /// Local app connections held at once on this upstream; more are refused at accept.
     pub max_connections: usize,
+    /// A chain compiled elsewhere (by Consul's own compiler), taken as it is; `None`: the
+    /// plan compiles it from the snapshot's resolvers.
+    #[serde(skip)]
+    pub chain: Option<super::chain::Chain>,
 }
 
 impl UpstreamSpec {
-    pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
     /// One local app rarely needs more; a runaway one cannot take the whole fd table.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 }

@@ -3,6 +3,7 @@
 //! The file source builds it today; the Consul source will build the same value, so the plan
 //! and the data path never know where the state came from.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,10 @@ pub struct GatewaySettings {
     /// oldest waiting one is shed.
     pub max_pending_handshakes: usize,
     pub max_client_hello_bytes: usize,
+    /// Whether the file set `connect_timeout_ms`: with [consul], what the file leaves out
+    /// comes from the gateway's registration, key by key.
+    #[serde(skip)]
+    pub connect_timeout_set: bool,
 }
 
 impl GatewaySettings {
@@ -68,7 +73,7 @@ impl GatewaySettings {
     }
 }
 
-fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u128(d.as_millis())
 }
 
@@ -111,8 +116,61 @@ pub struct CatalogService {
     pub name: String,
     pub namespace: String,
     pub place: Place,
-    /// The instances' inbound (public) listeners.
-    pub instances: Vec<Endpoint>,
+    /// The instances, each at its inbound (public) listener.
+    pub instances: Vec<Instance>,
+}
+
+/// One instance of a service: where it listens and what subset filters select on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Instance {
+    pub address: Endpoint,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_meta: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    pub health: Health,
+}
+
+impl Instance {
+    /// An instance known only by its address: passing, no meta.
+    pub fn at(address: Endpoint) -> Instance {
+        Instance {
+            address,
+            id: String::new(),
+            node: String::new(),
+            meta: BTreeMap::new(),
+            node_meta: BTreeMap::new(),
+            tags: Vec::new(),
+            health: Health::Passing,
+        }
+    }
+
+    /// What a subset filter sees of this instance of `service`.
+    pub fn fields<'a>(&'a self, service: &'a str) -> super::chain::filter::Fields<'a> {
+        super::chain::filter::Fields {
+            service,
+            id: &self.id,
+            tags: &self.tags,
+            meta: &self.meta,
+            node: &self.node,
+            node_meta: &self.node_meta,
+        }
+    }
+}
+
+/// An instance's aggregated health, as Consul's health endpoints report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Passing,
+    Warning,
+    Critical,
 }
 
 /// The mesh gateways of one (datacenter, partition).

@@ -60,6 +60,31 @@ pub async fn connect_any<'a>(
     answered
 }
 
+/// Connects to the endpoint at `index` of `set` (one step of walking `attempt_order`
+/// oneself, when more than a connection must succeed before the endpoint counts as good):
+/// a failure is counted, logged and remembered; the caller marks it good or bad after.
+pub async fn connect_at(
+    set: &EndpointSet,
+    index: usize,
+    endpoint: &Endpoint,
+    timeout: Duration,
+    metrics: &DialMetrics,
+) -> Option<Async<TcpStream>> {
+    let failed = |addr: Option<SocketAddr>, e: &io::Error| {
+        metrics.connect_failures.inc();
+        log_failure(endpoint, addr, e);
+    };
+    match connect(endpoint, timeout, failed).await {
+        Ok(stream) => Some(stream),
+        // Our own shortage, not the endpoint's fault: keep its standing.
+        Err(e) if out_of_fds(&e) => None,
+        Err(_) => {
+            set.mark_failed(index);
+            None
+        }
+    }
+}
+
 /// Connects to one endpoint (at any of a name's addresses), logging each failed attempt.
 pub async fn connect_one(endpoint: &Endpoint, timeout: Duration) -> io::Result<Async<TcpStream>> {
     connect(endpoint, timeout, |addr, e| log_failure(endpoint, addr, e)).await

@@ -147,8 +147,13 @@ async fn open<'a>(
         Some((route, &**stats.get(i)?, how))
     });
     let Some((route, stats, how)) = found else {
-        m.hello(HelloOutcome::UnknownSni).inc();
-        crate::debug!("gateway {peer}: closed, unknown_sni {name:?}");
+        let outcome = if gw.routes.is_unknown_subset(&name) {
+            HelloOutcome::UnknownSubset
+        } else {
+            HelloOutcome::UnknownSni
+        };
+        m.hello(outcome).inc();
+        crate::debug!("gateway {peer}: closed, {} {name:?}", outcome.label());
         return None;
     };
     m.hello(HelloOutcome::Routed).inc();
@@ -247,6 +252,7 @@ mod tests {
             max_connections: 1,
             max_pending_handshakes: 1,
             max_client_hello_bytes: 4096,
+            connect_timeout_set: false,
         };
         let snapshot = Snapshot {
             here: Here {

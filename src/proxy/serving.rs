@@ -30,9 +30,17 @@ pub struct Serving {
 /// One upstream's share of the runtime.
 pub struct UpstreamRuntime {
     pub stats: Arc<ConnStats>,
-    /// mTLS to this upstream: our leaf, and exactly its `spiffe_id` required of the server.
-    /// `None` without an identity, or when it could not be built (logged).
-    pub tls: Option<Arc<ClientConfig>>,
+    /// mTLS to each target of this upstream's chain, in its order: our leaf, and exactly the
+    /// target's `spiffe_id` required of the server. `None` without an identity, or when it
+    /// could not be built (logged).
+    targets_tls: Box<[Option<Arc<ClientConfig>>]>,
+}
+
+impl UpstreamRuntime {
+    /// The client configuration for target `index` of the chain.
+    pub fn tls(&self, index: usize) -> Option<Arc<ClientConfig>> {
+        self.targets_tls.get(index).cloned().flatten()
+    }
 }
 
 impl Serving {
@@ -49,16 +57,23 @@ impl Serving {
             .iter()
             .map(|u| UpstreamRuntime {
                 stats: metrics.upstreams.get(&[&u.destination_name, &u.bind]),
-                tls: plan.identity.as_ref().and_then(|id| {
-                    client_config(id, &u.spiffe_id)
-                        .map_err(|e| {
-                            crate::warn!(
-                                "upstream {}: cannot build its TLS configuration: {e}",
-                                u.destination_name
-                            );
+                targets_tls: u
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        plan.identity.as_ref().and_then(|id| {
+                            client_config(id, &t.spiffe_id)
+                                .map_err(|e| {
+                                    crate::warn!(
+                                        "upstream {} target {}: cannot build its TLS configuration: {e}",
+                                        u.destination_name,
+                                        t.sni
+                                    );
+                                })
+                                .ok()
                         })
-                        .ok()
-                }),
+                    })
+                    .collect(),
             })
             .collect();
         let inbound_tls = plan
@@ -102,7 +117,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::mesh::snapshot::{Catalog, CatalogService, GatewaySettings, Here, Snapshot};
+    use crate::mesh::snapshot::{
+        Catalog, CatalogService, GatewaySettings, Here, Instance, Snapshot,
+    };
     use crate::mesh::{Endpoint, Place};
 
     fn gateway_of(services: &[&str]) -> Plan {
@@ -122,6 +139,7 @@ mod tests {
                 max_connections: 1,
                 max_pending_handshakes: 1,
                 max_client_hello_bytes: 4096,
+                connect_timeout_set: false,
             }),
             sidecar: None,
             config_entries: Default::default(),
@@ -132,7 +150,7 @@ mod tests {
                         name: (*name).into(),
                         namespace: "default".into(),
                         place: place.clone(),
-                        instances: vec![Endpoint::Addr(([127, 0, 0, 1], 1).into())],
+                        instances: vec![Instance::at(Endpoint::Addr(([127, 0, 0, 1], 1).into()))],
                     })
                     .collect(),
                 gateways: vec![],

@@ -54,36 +54,76 @@ where
     }
 }
 
-/// Connects and completes the mTLS handshake; every failure is counted and logged here.
+/// Connects and completes the mTLS handshake, walking the chain's targets in order: the next
+/// target when every endpoint of the current one failed to connect or to finish the
+/// handshake within the connect timeout (or it has none). Every failure is counted and
+/// logged here.
 async fn open(
     up: &UpstreamPlan,
     rt: &UpstreamRuntime,
     m: &UpstreamMetrics,
 ) -> Option<futures_rustls::client::TlsStream<Async<TcpStream>>> {
-    let (Some(cfg), Some(name)) = (rt.tls.clone(), up.server_name.clone()) else {
-        return None;
-    };
-    let Some((tcp, endpoint)) = dial::connect_any(&up.dial, up.connect_timeout, &m.dial).await
-    else {
-        m.no_endpoint.inc();
-        crate::debug!(
-            "upstream {}: no endpoint answered ({:?})",
-            up.destination_name,
-            up.via
-        );
-        return None;
-    };
-    let handshake = TlsConnector::from(cfg).connect(name, tcp);
-    match deadline::timeout(up.connect_timeout, "TLS handshake timed out", handshake).await {
-        Ok(tls) => Some(tls),
-        Err(e) => {
-            let why = m.handshake_failures.record(&e);
-            crate::warn!(
-                "upstream {}: mTLS to {endpoint} failed ({}): {e}",
-                up.destination_name,
-                why.label()
-            );
-            None
+    // `no_endpoint` counts connections for which nothing answered at all; a handshake that
+    // failed is counted as such instead.
+    let mut connected = false;
+    for (t, target) in up.targets.iter().enumerate() {
+        let (Some(cfg), Some(name)) = (rt.tls(t), target.server_name.as_ref()) else {
+            continue;
+        };
+        let mut order = target.dial.attempt_order().peekable();
+        // As `dial::connect_any` counts them: held-back endpoints behind a fresh one.
+        let reordered = order.peek().is_some_and(|&(_, _, held)| !held);
+        let mut held_back = 0u64;
+        let mut opened = None;
+        for (index, endpoint, held) in order.by_ref() {
+            held_back += u64::from(held);
+            let Some(tcp) =
+                dial::connect_at(&target.dial, index, endpoint, up.connect_timeout, &m.dial).await
+            else {
+                continue;
+            };
+            connected = true;
+            let handshake = TlsConnector::from(cfg.clone()).connect(name.clone(), tcp);
+            match deadline::timeout(up.connect_timeout, "TLS handshake timed out", handshake).await
+            {
+                Ok(tls) => {
+                    target.dial.mark_ok(index);
+                    opened = Some(tls);
+                    break;
+                }
+                Err(e) => {
+                    target.dial.mark_failed(index);
+                    let why = m.handshake_failures.record(&e);
+                    crate::warn!(
+                        "upstream {}: mTLS to {endpoint} ({}) failed ({}): {e}",
+                        up.destination_name,
+                        target.sni,
+                        why.label()
+                    );
+                }
+            }
         }
+        if reordered {
+            held_back += order.filter(|&(_, _, held)| held).count() as u64;
+            m.dial.endpoints_skipped.add(held_back);
+        }
+        if opened.is_some() {
+            return opened;
+        }
+        crate::debug!(
+            "upstream {}: no endpoint of target {} answered ({:?}){}",
+            up.destination_name,
+            target.sni,
+            target.via,
+            if t + 1 < up.targets.len() {
+                ", trying the next target"
+            } else {
+                ""
+            }
+        );
     }
+    if !connected {
+        m.no_endpoint.inc();
+    }
+    None
 }

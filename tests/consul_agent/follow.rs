@@ -130,7 +130,7 @@ fn a_registered_sidecar_becomes_a_complete_saved_snapshot() {
     let db = &snap.catalog.services[0];
     assert_eq!(db.name, "db");
     assert_eq!(
-        db.instances[0].to_string(),
+        db.instances[0].address.to_string(),
         format!("127.0.0.1:{db_public}")
     );
     assert!(!follower.status.is_stale());

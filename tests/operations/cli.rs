@@ -89,6 +89,16 @@ fn check_json_shows_every_route_with_endpoints() {
             vec!["127.0.0.1:21000", "127.0.0.1:21001"],
         ),
         (
+            format!("v1.db.default.dc1.internal.{TD}"),
+            "service",
+            vec!["127.0.0.1:21000"],
+        ),
+        (
+            format!("v2.db.default.dc1.internal.{TD}"),
+            "service",
+            vec!["127.0.0.1:21001"],
+        ),
+        (
             format!("web.default.dc1.internal.{TD}"),
             "service",
             vec!["127.0.0.1:21002"],
@@ -252,8 +262,9 @@ fn explain_says_which_route_and_why() {
     ]);
     assert_eq!(routed.status.code(), Some(0));
     let text = String::from_utf8_lossy(&routed.stdout);
+    // db's resolver defines v2: its route reaches only v2's instance.
     assert!(
-        text.contains("subset label") && text.contains("127.0.0.1:21000, 127.0.0.1:21001"),
+        text.contains("subset \"v2\"") && text.contains("dial:    127.0.0.1:21001"),
         "{text}"
     );
 
@@ -273,6 +284,11 @@ fn explain_says_which_route_and_why() {
             "no such service is in the catalog",
         ),
         (format!("api.default.dc9.internal.{TD}"), "datacenter dc9"),
+        // A subset no resolver defines: refused, not sent to every instance.
+        (
+            format!("bogus.db.default.dc1.internal.{TD}"),
+            "defines its subset \"bogus\"",
+        ),
         (
             "db.default.dc1.internal.other.consul".to_owned(),
             "does not end in this mesh's trust domain",

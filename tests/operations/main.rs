@@ -50,6 +50,7 @@ mod ops {
 }
 
 mod budgets;
+mod chain;
 mod cli;
 mod observability;
 mod operations;

@@ -36,9 +36,11 @@ fn mesh(extra: &str) -> Mesh {
         "",
         "",
     ));
+    // db defines the subset v2, so `v2.db...` has a route of its own.
     let gateways = format!(
         "[[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"{}\"]\n\
-         [[catalog.gateways]]\npartition = \"ap1\"\nlan = [\"{}\"]\nwan = [\"{}\"]\n",
+         [[catalog.gateways]]\npartition = \"ap1\"\nlan = [\"{}\"]\nwan = [\"{}\"]\n\
+         [config_entries.service_resolvers.db]\nsubsets = {{ v2 = {{}} }}\n",
         gw2.gateway_addrs[0],
         dead_addr(),
         gw_ap1.gateway_addrs[0]

@@ -54,6 +54,7 @@ mod ops {
     pub use metrics::*;
 }
 
+mod chain;
 mod faults;
 mod gateway;
 mod listeners;

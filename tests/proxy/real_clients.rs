@@ -24,8 +24,10 @@ fn setup(tag: &str) -> Setup {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("ca.pem"), pki.ca_pem()).unwrap();
     let config = dir.join("gateway.toml");
+    // db's resolver defines v2, so `v2.db...` is a route (an undefined subset is refused).
     let gateways = format!(
-        "[[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"{}\"]\n",
+        "[[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"{}\"]\n\
+         [config_entries.service_resolvers.db]\nsubsets = {{ v2 = {{}} }}\n",
         gw2.gateway_addrs[0]
     );
     let toml = gateway_toml(

@@ -343,9 +343,7 @@ fn upstream(u: &Upstream, here: &Here) -> Result<UpstreamSpec, UpstreamError> {
         destination_namespace: namespace,
         place: Place::new(&datacenter, &partition),
         bind: upstream_bind(u)?,
-        connect_timeout: millis(&u.config, "connect_timeout_ms").unwrap_or(Duration::from_millis(
-            UpstreamSpec::DEFAULT_CONNECT_TIMEOUT_MS,
-        )),
+        connect_timeout: millis(&u.config, "connect_timeout_ms"),
         mesh_gateway: u.mesh_gateway.parsed().map_err(UpstreamError::Mode)?,
         // Consul's upstream `config.limits.max_connections` (an Envoy circuit breaker there).
         max_connections: u
@@ -356,6 +354,7 @@ fn upstream(u: &Upstream, here: &Here) -> Result<UpstreamSpec, UpstreamError> {
             .and_then(|n| usize::try_from(n).ok())
             .filter(|n| (1..=1_000_000).contains(n))
             .unwrap_or(UpstreamSpec::DEFAULT_MAX_CONNECTIONS),
+        chain: None,
     })
 }
 
@@ -555,7 +554,7 @@ mod tests {
         let api = &spec.upstreams[0];
         assert_eq!(api.place, Place::new("dc2", "default"));
         assert_eq!(api.bind.to_string(), "127.0.0.1:9191");
-        assert_eq!(api.connect_timeout, Duration::from_millis(3000));
+        assert_eq!(api.connect_timeout, Some(Duration::from_millis(3000)));
         assert_eq!(api.mesh_gateway, Some(Mode::Remote));
         let billing = &spec.upstreams[1];
         assert_eq!(billing.place, Place::new("dc1", "finance"));
