@@ -114,7 +114,8 @@ impl Lifecycle {
         notifier: Arc<Notifier>,
     ) -> Result<Lifecycle, BindError> {
         crate::log::configure(operations.log_level);
-        let running = proxy::start(plan)?;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let running = proxy::start_handing(plan, metrics, notifier.handover())?;
         let status = Arc::new(Status::new(running.metrics.clone()));
         // The plan before the endpoint: once it listens, /config and /ready answer for it
         // (a scraper that came between them was told "no plan").
@@ -136,7 +137,7 @@ impl Lifecycle {
         reporting: Reporting,
     ) -> Result<Lifecycle, BindError> {
         let Reporting { status, admin } = reporting;
-        let running = proxy::start_with(plan, status.metrics.clone())?;
+        let running = proxy::start_handing(plan, status.metrics.clone(), notifier.handover())?;
         status.set_plan(running.plan());
         Ok(Lifecycle::assemble(
             path, running, operations, status, admin, notifier,
