@@ -52,4 +52,5 @@ mod ops {
 mod budgets;
 mod cli;
 mod operations;
+mod restarts;
 mod soak;
