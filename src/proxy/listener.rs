@@ -22,6 +22,9 @@ use crate::mesh::sidecar::Bind;
 use crate::mesh::Plan;
 use crate::metrics::{ConnStats, Counter, ListenerCounters, Metrics};
 
+/// The accept queue asked for each TCP listener (see `Bound::bind`).
+const BACKLOG: i32 = 4096;
+
 /// How long accepting pauses when the process is out of file descriptors: long enough for
 /// connections to finish, short enough that nobody notices.
 const EMFILE_PAUSE: Duration = Duration::from_millis(100);
@@ -136,8 +139,16 @@ impl Bound {
             ListenerKey::Gateway(a)
             | ListenerKey::Inbound(a)
             | ListenerKey::Upstream(BindKey::Tcp(a)) => {
-                Ok(Bound::Tcp(Async::new(TcpListener::bind(a)?)?))
+                let l = TcpListener::bind(a)?;
+                // std listens with a backlog of 128. During a restart the backlog is where
+                // new connections wait for the next process (systemd's fd store keeps the
+                // socket): a longer one lets more of them wait instead of having their SYNs
+                // dropped and retried a second later. The kernel caps it at
+                // net.core.somaxconn (4096 by default), as systemd's own `Backlog=` is.
+                rustix::net::listen(&l, BACKLOG)?;
+                Ok(Bound::Tcp(Async::new(l)?))
             }
+            // (std's Unix listeners already ask for the kernel's maximum.)
             ListenerKey::Upstream(BindKey::Unix(path)) => {
                 remove_stale_socket(path)?;
                 let l = UnixListener::bind(path)?;
