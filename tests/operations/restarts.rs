@@ -267,7 +267,8 @@ struct World {
     scratch: Scratch,
     pki: Pki,
     api: Backend,
-    _db: Backend,
+    db: Backend,
+    app: SocketAddr,
     gateway: SocketAddr,
     inbound: SocketAddr,
     upstream: PathBuf,
@@ -284,6 +285,23 @@ impl World {
         let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let upstream = scratch.path("db.sock");
         let config = scratch.path("sidegate.toml");
+        let world = World {
+            scratch,
+            pki,
+            api,
+            db,
+            app: app("web"),
+            gateway,
+            inbound,
+            upstream,
+            config,
+        };
+        world.write(gateway);
+        world
+    }
+
+    /// The configuration, with the gateway listening on `gateway`.
+    fn write(&self, gateway: SocketAddr) {
         let text = format!(
             r#"[mesh]
 datacenter = "dc1"
@@ -316,22 +334,15 @@ drain_timeout_ms = 5000
             cert = fixture("web.pem"),
             key = fixture("web-key-sec1.pem"),
             ca = fixture("ca.pem"),
-            app = app("web"),
-            upstream = upstream.display(),
-            api = api.addr,
-            db = db.addr,
+            app = self.app,
+            inbound = self.inbound,
+            upstream = self.upstream.display(),
+            api = self.api.addr,
+            db = self.db.addr,
         );
-        std::fs::write(&config, text).unwrap();
-        World {
-            scratch,
-            pki,
-            api,
-            _db: db,
-            gateway,
-            inbound,
-            upstream,
-            config,
-        }
+        let tmp = self.scratch.path("sidegate.toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
     }
 
     fn via_gateway(&self) -> io::Result<Live> {
@@ -599,4 +610,59 @@ fn socket_activated_listeners_are_taken_by_address() {
         .log()
         .iter()
         .any(|l| l.contains(&format!("inbound listening on {}", world.inbound))));
+}
+
+/// A listener the configuration no longer has leaves the store, whether a reload drops it or
+/// the file changed between two runs: its port is freed, not left queueing connections
+/// that no process will accept.
+#[test]
+fn a_listener_dropped_from_the_configuration_leaves_the_store() {
+    let world = World::new("dropped");
+    let mut systemd = Systemd::bind(&world.scratch);
+    let mut sg = systemd.start(&world.config);
+    systemd.expect_line("READY=1");
+    let name = |a: SocketAddr| format!("gateway=127.0.0.1%3A{}", a.port());
+    assert!(systemd.names().contains(&name(world.gateway)));
+
+    // A reload moves the gateway to another port.
+    let moved = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    world.write(moved);
+    sg.signal(Signal::HUP);
+    systemd.expect_line("READY=1");
+    assert!(
+        !systemd.names().contains(&name(world.gateway)),
+        "{:?}",
+        systemd.names()
+    );
+    assert!(
+        systemd.names().contains(&name(moved)),
+        "{:?}",
+        systemd.names()
+    );
+    assert!(refused(world.gateway), "the old port must be free");
+
+    // Stopped, the file edited, restarted: the socket passed for `moved` is not in it.
+    sg.signal(Signal::TERM);
+    assert_eq!(sg.wait_exit().code(), Some(0));
+    let again = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    world.write(again);
+    let sg = systemd.start(&world.config);
+    systemd.expect_line("READY=1");
+    sg.wait_log(&format!(
+        "closing the socket systemd passed as \"{}\"",
+        name(moved)
+    ));
+    assert!(
+        !systemd.names().contains(&name(moved)),
+        "{:?}",
+        systemd.names()
+    );
+    assert!(refused(moved), "the dropped listener's port must be free");
+    assert_eq!(systemd.store.len(), 3, "{:?}", systemd.names());
+    let tls = tls_connect(
+        again,
+        &service_sni("api", "dc1"),
+        &world.pki.client_config(),
+    );
+    assert_eq!(echo_and_finish(tls.unwrap(), b"x").unwrap(), world.api.name);
 }
