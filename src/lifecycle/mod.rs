@@ -10,6 +10,8 @@
 //! READY=1 waits (bounded) for the restarted follower's first state to be in service, so
 //! that it means the new settings are in force — or says on its STATUS= line that the agent
 //! has not confirmed them yet.
+//! Each listening socket also goes to systemd's file-descriptor store as it is bound and
+//! comes back from it at the next start (`proxy::handover`), so a restart refuses nothing.
 //!
 //! Its parts: `events` (what the loop receives, and the follower generations that tell a
 //! replaced follower's snapshots apart), `signals` (signals turned into requests), `notify`

@@ -71,6 +71,8 @@ pub struct Handover {
     passed: Mutex<Vec<Passed>>,
     /// The names of the sockets handed to the store by this process.
     kept: Mutex<Vec<String>>,
+    /// Where the passed sockets that listeners took are bound.
+    taken: Mutex<Vec<Place>>,
     store: Option<Box<dyn FdStore>>,
     /// Set when the process stops with its sockets in the store: the Unix sockets' files
     /// stay, for the next instance (see `listener::Bound`'s `Drop`).
@@ -83,6 +85,7 @@ impl Handover {
         Handover {
             passed: Mutex::new(Vec::new()),
             kept: Mutex::new(Vec::new()),
+            taken: Mutex::new(Vec::new()),
             store: None,
             keep_files: Arc::new(AtomicBool::new(false)),
         }
@@ -96,6 +99,7 @@ impl Handover {
         Handover {
             passed: Mutex::new(take_passed()),
             kept: Mutex::new(Vec::new()),
+            taken: Mutex::new(Vec::new()),
             store,
             keep_files: Arc::new(AtomicBool::new(false)),
         }
@@ -116,6 +120,7 @@ impl Handover {
             .position(|p| Some(&p.name) == name.as_ref() && fits(key, &p.place, true));
         let at = by_name.or_else(|| passed.iter().position(|p| fits(key, &p.place, false)))?;
         let p = passed.remove(at);
+        lock(&self.taken).push(p.place);
         Some((p.name, p.socket))
     }
 
@@ -163,12 +168,22 @@ impl Handover {
     pub fn release_unclaimed(&self) {
         let left = std::mem::take(&mut *lock(&self.passed));
         let kept = lock(&self.kept).clone();
+        let taken = std::mem::take(&mut *lock(&self.taken));
         for p in left {
-            crate::info!(
-                "closing the socket systemd passed as {:?} ({:?}): no listener of the configuration is bound there",
-                p.name,
-                p.place
-            );
+            if p.place != Place::Elsewhere && taken.contains(&p.place) {
+                // Another copy of a socket served now: a `.socket` unit's next to the
+                // store's.
+                crate::debug!(
+                    "closing the socket systemd passed as {:?}: a copy of one already served",
+                    p.name
+                );
+            } else {
+                crate::info!(
+                    "closing the socket systemd passed as {:?} ({:?}): no listener of the configuration is bound there",
+                    p.name,
+                    p.place
+                );
+            }
             // A name a listener now serves is left alone: removing it would drop that
             // listener's socket, stored again above.
             let stale = is_ours(&p.name) && !kept.contains(&p.name);
