@@ -10,6 +10,8 @@
 //! READY=1 waits (bounded) for the restarted follower's first state to be in service, so
 //! that it means the new settings are in force — or says on its STATUS= line that the agent
 //! has not confirmed them yet.
+//! Each listening socket also goes to systemd's file-descriptor store as it is bound and
+//! comes back from it at the next start (`proxy::handover`), so a restart refuses nothing.
 //!
 //! Its parts: `events` (what the loop receives, and the follower generations that tell a
 //! replaced follower's snapshots apart), `signals` (signals turned into requests), `notify`
@@ -114,7 +116,8 @@ impl Lifecycle {
         notifier: Arc<Notifier>,
     ) -> Result<Lifecycle, BindError> {
         crate::log::configure(operations.log_level);
-        let running = proxy::start(plan)?;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let running = proxy::start_handing(plan, metrics, notifier.handover())?;
         let status = Arc::new(Status::new(running.metrics.clone()));
         // The plan before the endpoint: once it listens, /config and /ready answer for it
         // (a scraper that came between them was told "no plan").
@@ -136,7 +139,7 @@ impl Lifecycle {
         reporting: Reporting,
     ) -> Result<Lifecycle, BindError> {
         let Reporting { status, admin } = reporting;
-        let running = proxy::start_with(plan, status.metrics.clone())?;
+        let running = proxy::start_handing(plan, status.metrics.clone(), notifier.handover())?;
         status.set_plan(running.plan());
         Ok(Lifecycle::assemble(
             path, running, operations, status, admin, notifier,

@@ -2,38 +2,69 @@
 //! to the Unix socket named by `NOTIFY_SOCKET`. A dozen lines of protocol do not need libsystemd
 //! (which a static musl binary could not link anyway) or a crate.
 //!
+//! The same socket carries the listening sockets to systemd's file-descriptor store
+//! (`FDSTORE=1`, the socket attached as SCM_RIGHTS), so that a restart hands them to the next
+//! instance instead of closing them (`proxy::handover`).
+//!
 //! Outside systemd (no `NOTIFY_SOCKET`) every call does nothing.
 
 use std::io;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::BorrowedFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Where systemd listens for our state changes.
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix};
+
+use crate::proxy::handover::{FdStore, Handover};
+
+/// Where systemd listens for our state changes, and the listening sockets it passed us.
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
+    handover: Arc<Handover>,
 }
 
 impl Notifier {
-    /// Reads `NOTIFY_SOCKET`: a filesystem path, or `@name` for an abstract socket.
+    /// Reads `NOTIFY_SOCKET`: a filesystem path, or `@name` for an abstract socket. Takes
+    /// the sockets systemd passed (`LISTEN_FDS`; unset after) and, under systemd, keeps
+    /// listeners in its fd store — unless it says the store is off (`FDSTORE=0`, systemd
+    /// 254 and later; earlier ones do not say, and log that they dropped the sockets).
     pub fn from_env() -> Notifier {
-        let target = std::env::var_os("NOTIFY_SOCKET").and_then(|name| {
-            match connect(&name.to_string_lossy()) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    crate::warn!(
-                        "NOTIFY_SOCKET={name:?} is unusable, systemd will not hear from us: {e}"
-                    );
-                    None
-                }
+        let name = std::env::var_os("NOTIFY_SOCKET").map(|n| n.to_string_lossy().into_owned());
+        let target = name.as_deref().and_then(|name| match connect(name) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                crate::warn!(
+                    "NOTIFY_SOCKET={name:?} is unusable, systemd will not hear from us: {e}"
+                );
+                None
             }
         });
-        Notifier { target }
+        let store_off = std::env::var("FDSTORE").is_ok_and(|n| n.trim() == "0");
+        let store = match (name, &target) {
+            (Some(name), Some(_)) if !store_off => StoreVia::open(&name),
+            _ => None,
+        };
+        let handover = Arc::new(Handover::from_env(
+            store.map(|s| Box::new(s) as Box<dyn FdStore>),
+        ));
+        Notifier { target, handover }
     }
 
     /// A notifier that sends nothing (tests, and runs outside systemd).
     pub fn disabled() -> Notifier {
-        Notifier { target: None }
+        Notifier {
+            target: None,
+            handover: Arc::new(Handover::none()),
+        }
+    }
+
+    /// The sockets systemd passed, and its fd store: for the listeners.
+    pub fn handover(&self) -> Arc<Handover> {
+        self.handover.clone()
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -72,6 +103,62 @@ impl Notifier {
                 crate::debug!("sd_notify {:?} failed: {e}", first_line(message));
             }
         }
+    }
+}
+
+/// The fd store's end of `NOTIFY_SOCKET`: datagrams with a socket attached, which std's
+/// `UnixDatagram` cannot send.
+struct StoreVia {
+    socket: UnixDatagram,
+    addr: SocketAddrUnix,
+}
+
+impl StoreVia {
+    fn open(name: &str) -> Option<StoreVia> {
+        let addr = match name.strip_prefix('@') {
+            Some(abstract_name) => SocketAddrUnix::new_abstract_name(abstract_name.as_bytes()),
+            None => SocketAddrUnix::new(name),
+        };
+        match (UnixDatagram::unbound(), addr) {
+            (Ok(socket), Ok(addr)) => Some(StoreVia { socket, addr }),
+            (Err(e), _) => {
+                crate::warn!("no socket for systemd's fd store ({e}); listeners will be closed across restarts");
+                None
+            }
+            (_, Err(e)) => {
+                crate::warn!(
+                    "NOTIFY_SOCKET={name:?}: {e}; listeners will be closed across restarts"
+                );
+                None
+            }
+        }
+    }
+
+    fn send(&self, message: &str, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("no room for the descriptor"));
+        }
+        let iov = [IoSlice::new(message.as_bytes())];
+        rustix::net::sendmsg_addr(
+            &self.socket,
+            &self.addr,
+            &iov,
+            &mut control,
+            SendFlags::empty(),
+        )?;
+        Ok(())
+    }
+}
+
+impl FdStore for StoreVia {
+    fn store(&self, name: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.send(&format!("FDSTORE=1\nFDNAME={name}"), &[fd])
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.send(&format!("FDSTOREREMOVE=1\nFDNAME={name}"), &[])
     }
 }
 
@@ -161,6 +248,7 @@ mod tests {
         let server = UnixDatagram::bind(&path).unwrap();
         let n = Notifier {
             target: Some(connect(path.to_str().unwrap()).unwrap()),
+            handover: Arc::new(Handover::none()),
         };
         n.ready("serving 2 listeners\nsecond line");
         let mut buf = [0u8; 256];
@@ -175,6 +263,7 @@ mod tests {
         let server = UnixDatagram::bind_addr(&addr).unwrap();
         let n = Notifier {
             target: Some(connect(&format!("@{name}")).unwrap()),
+            handover: Arc::new(Handover::none()),
         };
         n.reloading();
         let len = server.recv(&mut buf).unwrap();
@@ -184,5 +273,43 @@ mod tests {
         assert!(usec > 0);
         assert!(connect("relative/path").is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// FDSTORE=1 carries the socket itself: what systemd receives is the same listening
+    /// socket (same address), and FDSTOREREMOVE=1 names it.
+    #[test]
+    fn the_fd_store_receives_the_socket_and_its_name() {
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        use std::os::fd::AsFd;
+        let name = format!("sidegate-fdstore-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let systemd = UnixDatagram::bind_addr(&addr).unwrap();
+        let store = StoreVia::open(&format!("@{name}")).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        store.store("gateway=x", listener.as_fd()).unwrap();
+        store.remove("gateway=x").unwrap();
+
+        let mut buf = [0u8; 256];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let got =
+            rustix::net::recvmsg(&systemd, &mut iov, &mut control, RecvFlags::empty()).unwrap();
+        let mut fds = Vec::new();
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(r) = m {
+                fds.extend(r);
+            }
+        }
+        assert_eq!(&buf[..got.bytes], b"FDSTORE=1\nFDNAME=gateway=x");
+        assert_eq!(fds.len(), 1);
+        let kept = std::net::TcpListener::from(fds.pop().unwrap());
+        assert_eq!(kept.local_addr().unwrap(), listener.local_addr().unwrap());
+        drop(listener);
+        // systemd's copy still listens after ours is closed.
+        std::net::TcpStream::connect(kept.local_addr().unwrap()).unwrap();
+
+        let len = systemd.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"FDSTOREREMOVE=1\nFDNAME=gateway=x");
     }
 }

@@ -5,19 +5,25 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use smol::{Async, LocalExecutor, Timer};
 
+use super::handover::Socket;
 use super::{gateway, inbound, upstream, Serving};
 use crate::mesh::plan::UpstreamPlan;
 use crate::mesh::sidecar::Bind;
 use crate::mesh::Plan;
 use crate::metrics::{ConnStats, Counter, ListenerCounters, Metrics};
+
+/// The accept queue asked for each TCP listener (see `Bound::bind`).
+const BACKLOG: i32 = 4096;
 
 /// How long accepting pauses when the process is out of file descriptors: long enough for
 /// connections to finish, short enough that nobody notices.
@@ -119,28 +125,72 @@ impl ListenerKey {
 /// A bound listening socket, not yet accepting.
 pub enum Bound {
     Tcp(Async<TcpListener>),
-    /// The socket, its path, and the file it made there (device, inode).
-    Unix(Async<UnixListener>, PathBuf, (u64, u64)),
+    /// The socket, its path, the file it made there (device, inode), and whether that file
+    /// must outlive it (the socket lives on in systemd's fd store).
+    Unix(Async<UnixListener>, PathBuf, (u64, u64), Arc<AtomicBool>),
 }
 
 impl Bound {
     /// Binds what `key` names under `plan`. A Unix socket left by an earlier run is replaced
     /// (any other file at that path is an error, and so is a socket another process still
     /// listens on), then given its configured mode.
-    pub fn bind(key: &ListenerKey, plan: &Plan) -> io::Result<Bound> {
+    pub fn bind(key: &ListenerKey, plan: &Plan, keep_file: Arc<AtomicBool>) -> io::Result<Bound> {
         match key {
             ListenerKey::Gateway(a)
             | ListenerKey::Inbound(a)
             | ListenerKey::Upstream(BindKey::Tcp(a)) => {
-                Ok(Bound::Tcp(Async::new(TcpListener::bind(a)?)?))
+                let l = TcpListener::bind(a)?;
+                // std listens with a backlog of 128. During a restart the backlog is where
+                // new connections wait for the next process (systemd's fd store keeps the
+                // socket): a longer one lets more of them wait instead of having their SYNs
+                // dropped and retried a second later. The kernel caps it at
+                // net.core.somaxconn (4096 by default), as systemd's own `Backlog=` is.
+                rustix::net::listen(&l, BACKLOG)?;
+                Ok(Bound::Tcp(Async::new(l)?))
             }
+            // (std's Unix listeners already ask for the kernel's maximum.)
             ListenerKey::Upstream(BindKey::Unix(path)) => {
                 remove_stale_socket(path)?;
                 let l = UnixListener::bind(path)?;
                 let made = file_id(path)?;
                 set_socket_mode(key, plan)?;
-                Ok(Bound::Unix(Async::new(l)?, path.clone(), made))
+                Ok(Bound::Unix(Async::new(l)?, path.clone(), made, keep_file))
             }
+        }
+    }
+
+    /// Serves `key` on a socket systemd passed (already bound, already listening). A Unix
+    /// socket's file is the one at its path now, given the configured mode; none there (it
+    /// was deleted) is an error: nobody could connect to it.
+    pub fn adopt(
+        key: &ListenerKey,
+        plan: &Plan,
+        socket: Socket,
+        keep_file: Arc<AtomicBool>,
+    ) -> io::Result<Bound> {
+        match (key, socket) {
+            (ListenerKey::Upstream(BindKey::Unix(path)), Socket::Unix(l)) => {
+                let made = file_id(path)?;
+                set_socket_mode(key, plan)?;
+                Ok(Bound::Unix(Async::new(l)?, path.clone(), made, keep_file))
+            }
+            (ListenerKey::Upstream(BindKey::Unix(_)), Socket::Tcp(_)) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a TCP socket passed for a Unix socket listener",
+            )),
+            (_, Socket::Tcp(l)) => Ok(Bound::Tcp(Async::new(l)?)),
+            (_, Socket::Unix(_)) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a Unix socket passed for a TCP listener",
+            )),
+        }
+    }
+
+    /// The listening socket, for systemd's fd store.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Bound::Tcp(l) => l.get_ref().as_fd(),
+            Bound::Unix(l, ..) => l.get_ref().as_fd(),
         }
     }
 
@@ -151,7 +201,7 @@ impl Bound {
                 .get_ref()
                 .local_addr()
                 .map_or_else(|_| "?".into(), |a| a.to_string()),
-            Bound::Unix(_, path, _) => format!("unix:{}", path.display()),
+            Bound::Unix(_, path, ..) => format!("unix:{}", path.display()),
         }
     }
 
@@ -173,10 +223,11 @@ impl Bound {
 impl Drop for Bound {
     /// A closed Unix listener takes its socket file with it, so a stale path does not look
     /// like a live upstream to the local app — but only the file it made: one that another
-    /// process has bound at that path since (after removing ours) is theirs to keep.
+    /// process has bound at that path since (after removing ours) is theirs to keep. Nor
+    /// when the socket lives on in systemd's fd store: the next instance serves that file.
     fn drop(&mut self) {
-        if let Bound::Unix(_, path, made) = self {
-            if file_id(path).is_ok_and(|now| now == *made) {
+        if let Bound::Unix(_, path, made, keep) = self {
+            if !keep.load(Ordering::Relaxed) && file_id(path).is_ok_and(|now| now == *made) {
                 let _ = std::fs::remove_file(path);
             }
         }

@@ -10,6 +10,7 @@ mod buffers;
 mod deadline;
 mod dial;
 mod gateway;
+pub mod handover;
 mod inbound;
 mod listener;
 mod pending;
@@ -32,6 +33,7 @@ use smol::{LocalExecutor, Task};
 
 use crate::mesh::Plan;
 use crate::metrics::Metrics;
+pub use handover::Handover;
 pub use listener::{BindKey, ListenerKey};
 use listener::{Bound, Shared};
 pub use serving::Serving;
@@ -48,6 +50,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// Upstream listeners of the plan in service that could not be bound, retried.
     pub bind_failures: Arc<BindFailures>,
+    /// The sockets systemd passed and keeps for us (`handover`).
+    handover: Arc<Handover>,
     state: Mutex<State>,
     control: Option<Sender<Control>>,
     thread: Option<JoinHandle<()>>,
@@ -112,6 +116,17 @@ pub fn start(plan: Plan) -> Result<Running, BindError> {
 
 /// `start`, counting into `metrics` (which an admin endpoint opened earlier already shows).
 pub fn start_with(plan: Plan, metrics: Arc<Metrics>) -> Result<Running, BindError> {
+    start_handing(plan, metrics, Arc::new(Handover::none()))
+}
+
+/// `start_with`, taking the listeners' sockets from those systemd passed when it has them,
+/// and handing each listener to systemd's fd store (`handover`). Passed sockets no listener
+/// takes are closed once every listener is bound.
+pub fn start_handing(
+    plan: Plan,
+    metrics: Arc<Metrics>,
+    handover: Arc<Handover>,
+) -> Result<Running, BindError> {
     raise_fd_limit();
     let serving = Arc::new(Serving::new(plan, &metrics));
     let plan = serving.plan.clone();
@@ -121,8 +136,9 @@ pub fn start_with(plan: Plan, metrics: Arc<Metrics>) -> Result<Running, BindErro
     let (upstreams, others): (Vec<ListenerKey>, Vec<ListenerKey>) = ListenerKey::all(&plan)
         .into_iter()
         .partition(|k| matches!(k, ListenerKey::Upstream(_)));
-    let mut add = bind_all(&others, &plan)?;
-    add.extend(bind_or_retry(&upstreams, &plan, &bind_failures));
+    let mut add = bind_all(&others, &plan, &handover)?;
+    add.extend(bind_or_retry(&upstreams, &plan, &bind_failures, &handover));
+    handover.release_unclaimed();
     let listeners: HashMap<_, _> = add
         .iter()
         .map(|(k, b)| (k.clone(), b.local_addr()))
@@ -161,6 +177,7 @@ pub fn start_with(plan: Plan, metrics: Arc<Metrics>) -> Result<Running, BindErro
         inbound_addr,
         metrics,
         bind_failures,
+        handover,
         state: Mutex::new(State {
             serving: serving.clone(),
             listeners,
@@ -178,18 +195,43 @@ fn thread_error(error: io::Error) -> BindError {
     }
 }
 
-fn bind_all(keys: &[ListenerKey], plan: &Plan) -> Result<Vec<(ListenerKey, Bound)>, BindError> {
+fn bind_all(
+    keys: &[ListenerKey],
+    plan: &Plan,
+    handover: &Handover,
+) -> Result<Vec<(ListenerKey, Bound)>, BindError> {
     keys.iter()
         .map(|key| {
-            let bound = bind_one(key, plan)?;
+            let bound = bind_one(key, plan, handover)?;
             log_listening(key, &bound, plan);
             Ok((key.clone(), bound))
         })
         .collect()
 }
 
-fn bind_one(key: &ListenerKey, plan: &Plan) -> Result<Bound, BindError> {
-    Bound::bind(key, plan).map_err(|error| BindError {
+/// Binds `key`, or takes the socket systemd passed for it; then hands it to systemd's store.
+fn bind_one(key: &ListenerKey, plan: &Plan, handover: &Handover) -> Result<Bound, BindError> {
+    let keep_file = handover.keep_files();
+    let (bound, was) = match handover.take(key) {
+        Some((name, socket)) => match Bound::adopt(key, plan, socket, keep_file.clone()) {
+            Ok(bound) => {
+                crate::info!("{key}: serving the socket systemd passed as {name:?}");
+                (Ok(bound), Some(name))
+            }
+            Err(e) => {
+                crate::warn!("{key}: cannot serve the socket systemd passed as {name:?} ({e}); binding a new one");
+                (Bound::bind(key, plan, keep_file), Some(name))
+            }
+        },
+        None => (Bound::bind(key, plan, keep_file), None),
+    };
+    let bound = bound.map_err(|error| bind_error(key, error))?;
+    handover.keep(key, bound.fd(), was.as_deref());
+    Ok(bound)
+}
+
+fn bind_error(key: &ListenerKey, error: io::Error) -> BindError {
+    BindError {
         listener: key.to_string(),
         addr: match key {
             ListenerKey::Gateway(a)
@@ -198,7 +240,7 @@ fn bind_one(key: &ListenerKey, plan: &Plan) -> Result<Bound, BindError> {
             ListenerKey::Upstream(BindKey::Unix(_)) => None,
         },
         error,
-    })
+    }
 }
 
 /// Binds what it can of `keys`; the rest is recorded in `failures`, to retry.
@@ -206,10 +248,11 @@ fn bind_or_retry(
     keys: &[ListenerKey],
     plan: &Plan,
     failures: &BindFailures,
+    handover: &Handover,
 ) -> Vec<(ListenerKey, Bound)> {
     let mut add = Vec::new();
     for key in keys {
-        match bind_one(key, plan) {
+        match bind_one(key, plan, handover) {
             Ok(bound) => {
                 if failures.cleared(key) {
                     crate::info!("{key}: bound after all");
@@ -345,8 +388,13 @@ impl Running {
             .filter(|k| !keys.contains(k))
             .cloned()
             .collect();
-        let mut add = bind_all(&new, &plan)?;
-        add.extend(bind_or_retry(&retry, &plan, &self.bind_failures));
+        let mut add = bind_all(&new, &plan, &self.handover)?;
+        add.extend(bind_or_retry(
+            &retry,
+            &plan,
+            &self.bind_failures,
+            &self.handover,
+        ));
         for gone in failing.iter().filter(|k| !keys.contains(k)) {
             self.bind_failures.cleared(gone);
         }
@@ -358,6 +406,7 @@ impl Running {
         let opened = self.hand_over(serving.clone(), add, remove.clone());
         for key in &remove {
             state.listeners.remove(key);
+            self.handover.forget(key);
         }
         state.listeners.extend(opened.iter().cloned());
         state.serving = serving;
@@ -377,7 +426,7 @@ impl Running {
         }
         let mut state = self.state();
         let serving = state.serving.clone();
-        let add = bind_or_retry(&pending, &serving.plan, &self.bind_failures);
+        let add = bind_or_retry(&pending, &serving.plan, &self.bind_failures, &self.handover);
         if add.is_empty() {
             return Vec::new();
         }
@@ -422,10 +471,18 @@ impl Running {
 
     /// Closes every listener and returns once all their sockets are closed; open connections
     /// carry on. Calling it again does nothing.
+    ///
+    /// With systemd's fd store, closing is what lets the next instance start cleanly: only
+    /// our copy of each socket closes, systemd's keeps listening, and connections arriving
+    /// from now on wait in its backlog for the next process instead of being refused. Closing
+    /// (rather than keeping our copy open but unpolled) also means this process takes no new
+    /// connection it would then have to drain. Never `shutdown(2)` a listening socket here: it
+    /// would stop the shared socket for systemd's copy too.
     pub fn stop_accepting(&self) {
         if self.state().listeners.is_empty() {
             return;
         }
+        self.handover.stopping();
         let (done, stopped) = channel::bounded(1);
         self.send(Control::StopAccepting { done });
         let _ = smol::block_on(stopped.recv());

@@ -54,4 +54,5 @@ mod chain;
 mod cli;
 mod observability;
 mod operations;
+mod restarts;
 mod soak;

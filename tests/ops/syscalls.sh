@@ -3,13 +3,14 @@
 # fails with EPERM (SystemCallErrorNumber=), which no test would notice until a device did.
 # Runs the operations tests (tests/operations/operations.rs, `operations::` in the operations
 # test binary: start, traffic through every role, reloads, drains, the admin endpoint, the
-# watchdog) with each sidegate under `strace -f`, then checks every call made against what
-# config/sidegate.service allows, as systemd-analyze expands its groups.
+# watchdog) and the restart tests (tests/operations/restarts.rs: sockets taken from LISTEN_FDS,
+# handed to the fd store) with each sidegate under `strace -f`, then checks every call made
+# against what config/sidegate.service allows, as systemd-analyze expands its groups.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 traces=$(mktemp -d)
 trap 'rm -rf "$traces"' EXIT
-SIDEGATE_TEST_STRACE="$traces" cargo test --locked --test operations -- --test-threads=2 operations:: >"$traces/test.log" 2>&1 || {
+SIDEGATE_TEST_STRACE="$traces" cargo test --locked --test operations -- --test-threads=2 operations:: restarts:: >"$traces/test.log" 2>&1 || {
     tail -50 "$traces/test.log" >&2
     echo "syscalls.sh: the operations tests failed under strace" >&2
     exit 1

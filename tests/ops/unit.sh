@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=$(realpath "${1:?usage: $0 path/to/sidegate}")
 unit=config/sidegate.service
+socket=config/sidegate.socket
 drop_in=config/sidegate-privileged-ports.conf
 max_exposure=25   # tenths: systemd-analyze's --threshold scale (2.5 shown)
 
@@ -60,6 +61,22 @@ security() { # directory, what
 
 copy "$scratch/plain"
 verify "$scratch/plain" "$unit"
+# The socket-activation example, beside the service it starts.
+cp "$socket" "$scratch/plain/sidegate.socket"
+verify_socket() {
+    local out
+    out=$(systemd-analyze verify --man=no "$scratch/plain/sidegate.socket" 2>&1) || {
+        echo "$out" >&2
+        fail "systemd-analyze verify failed ($socket)"
+    }
+    [ -z "$out" ] || {
+        echo "$out" >&2
+        fail "systemd-analyze verify warned ($socket)"
+    }
+}
+verify_socket
+# The fd store keeps the listeners across restarts; without it they are refused meanwhile.
+grep -q '^FileDescriptorStoreMax=[1-9]' "$unit" || fail "$unit must enable the fd store (FileDescriptorStoreMax=)"
 copy "$scratch/ports" "$drop_in"
 verify "$scratch/ports" "$unit with $drop_in"
 
@@ -84,4 +101,4 @@ ports=$(security "$scratch/ports" "$unit with $drop_in")
 echo "$ports" | grep -q '✗ CapabilityBoundingSet=~CAP_NET_(BIND_SERVICE' ||
     fail "$drop_in was not applied: CAP_NET_BIND_SERVICE is not granted"
 echo "$ports" | tail -1
-echo "unit.sh: $unit verified, alone and with $drop_in"
+echo "unit.sh: $unit verified, alone and with $drop_in; $socket verified"
