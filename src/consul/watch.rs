@@ -287,11 +287,25 @@ impl Default for Timing {
 /// A running watch; dropping the handle (or `stop`) ends it after its current request.
 pub struct Watch {
     stop: Arc<Stop>,
+    /// A gateway's catalog is followed by a fleet of threads rather than one.
+    fleet: Option<super::fleet::Fleet>,
+}
+
+impl From<super::fleet::Fleet> for Watch {
+    fn from(fleet: super::fleet::Fleet) -> Watch {
+        Watch {
+            stop: Arc::new(Stop::default()),
+            fleet: Some(fleet),
+        }
+    }
 }
 
 impl Watch {
     pub fn stop(&self) {
         self.stop.stop();
+        if let Some(f) = &self.fleet {
+            f.stop();
+        }
     }
 }
 
@@ -317,7 +331,7 @@ pub fn spawn(
         .name("sidegate-watch".into())
         .stack_size(STACK)
         .spawn(move || follow_key(&key, &client, timing, &tx, &flag))?;
-    Ok(Watch { stop })
+    Ok(Watch { stop, fleet: None })
 }
 
 fn follow_key(key: &Key, client: &Client, timing: Timing, tx: &SyncSender<Update>, stop: &Stop) {

@@ -43,4 +43,5 @@ mod builtin_proxy;
 mod follow;
 mod https;
 mod mesh;
+mod scale;
 mod source;
