@@ -77,10 +77,20 @@ struct Shared {
     stop: Stop,
     queue: Mutex<Queue>,
     ready: Condvar,
-    /// Per name, a hash of the instances last told to the follower.
-    told: Mutex<HashMap<String, u64>>,
+    told: Mutex<Told>,
     /// Proxy service name → the services it fronts (from the instances fetched).
     proxies: Mutex<HashMap<String, BTreeSet<String>>>,
+}
+
+/// What the follower was told.
+#[derive(Default)]
+struct Told {
+    /// The names of the last list told: the follower takes a service's answer only once
+    /// it is listed, so nothing is told of a name before that (a check can name a proxy
+    /// before the names poller lists it).
+    listed: HashSet<String>,
+    /// Per name, a hash of the instances last told.
+    hashes: HashMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -160,7 +170,7 @@ pub fn spawn(
         stop: Stop::default(),
         queue: Mutex::new(Queue::default()),
         ready: Condvar::new(),
-        told: Mutex::new(HashMap::new()),
+        told: Mutex::new(Told::default()),
         proxies: Mutex::new(HashMap::new()),
     });
     let fleet = Fleet {
@@ -240,7 +250,9 @@ impl Context {
         let stop = &self.shared.stop;
         let mut index = 0u64;
         let mut backoff = Backoff::new(self.timing.retry_min, self.timing.retry_max);
-        let mut limit = RateLimit::new(self.timing.every, 2, Instant::now());
+        // Two queries in all, so a faster pace than a per-key watch's still bounds what a
+        // flapping catalog costs the agent: bursts of four, then ten a second at most.
+        let mut limit = RateLimit::new(self.timing.every / 2, 4, Instant::now());
         while !stop.wait(limit.take(Instant::now())) {
             let blocking = Blocking::Index(index, self.timing.wait);
             let result = self.client.get(req, &blocking);
@@ -303,8 +315,9 @@ impl Context {
                     return;
                 }
                 let key = self.connect_key(&job.name);
-                let told = self.shared.told.lock().map(|mut t| t.remove(&job.name));
-                drop(told);
+                if let Ok(mut t) = self.shared.told.lock() {
+                    t.hashes.remove(&job.name);
+                }
                 let sent = self.tx.send(Update {
                     key,
                     result: Err(e),
@@ -405,10 +418,10 @@ impl Context {
                 .told
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if told.get(name) == Some(&hash) {
+            if !told.listed.contains(name) || told.hashes.get(name) == Some(&hash) {
                 return Ok(());
             }
-            told.insert(name.to_owned(), hash);
+            told.hashes.insert(name.to_owned(), hash);
         }
         // A full queue blocks here: back-pressure on the workers, not unbounded memory.
         let _ = self.tx.send(Update {
@@ -463,9 +476,17 @@ impl Context {
                         changed = true;
                         self.forget(gone, &mut candidates);
                     }
-                    for added in new.difference(&names) {
-                        changed = true;
-                        candidates.insert(added.clone());
+                    {
+                        let mut told = self
+                            .shared
+                            .told
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        for added in new.difference(&names) {
+                            changed = true;
+                            told.listed.insert(added.clone());
+                            candidates.insert(added.clone());
+                        }
                     }
                     names = new;
                     if first_names {
@@ -557,11 +578,15 @@ impl Context {
     /// A name left the catalog: forget what was told of it; if it was a proxy, the services
     /// it fronted lost instances.
     fn forget(&self, name: &str, candidates: &mut BTreeSet<String>) {
-        self.shared
-            .told
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(name);
+        {
+            let mut told = self
+                .shared
+                .told
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            told.listed.remove(name);
+            told.hashes.remove(name);
+        }
         let dests = self
             .shared
             .proxies
