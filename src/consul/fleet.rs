@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -79,7 +80,11 @@ struct Shared {
     ready: Condvar,
     told: Mutex<Told>,
     /// Proxy service name → the services it fronts (from the instances fetched).
-    proxies: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// A `Vec`: a proxy fronts one service, nearly always, and a one-element set costs a
+    /// whole B-tree node per proxy.
+    proxies: Mutex<HashMap<String, Vec<String>>>,
+    /// `proxies` gained a name since the fleet thread last looked.
+    learned: AtomicBool,
 }
 
 /// What the follower was told.
@@ -129,7 +134,7 @@ impl Shared {
         }
     }
 
-    fn destinations(&self, proxy: &str) -> Option<BTreeSet<String>> {
+    fn destinations(&self, proxy: &str) -> Option<Vec<String>> {
         let p = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
         p.get(proxy).cloned()
     }
@@ -138,21 +143,22 @@ impl Shared {
 /// What the pollers and workers tell the fleet thread.
 enum Event {
     Names(u64, Vec<String>),
-    Checks(u64, Vec<CheckSeen>),
+    Checks(u64, HashMap<u64, CheckSeen>),
     /// A poller failed: after it answers again, everything is fetched again (the agent may
     /// have restarted with another state).
     PollFailed,
     /// A fetch failed: try it again later.
     FetchFailed(String),
+    /// A worker learned a new proxy name: it leaves the names told.
+    Learned,
 }
 
-/// One check as the diff needs it.
+/// One check as the diff needs it, kept for every check of the place between answers:
+/// compact (its node and ID only as a hash, the key it is kept under).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct CheckSeen {
-    node: String,
-    check_id: String,
-    service_id: String,
-    service: String,
+    /// The service's name; empty for a node's own check.
+    service: Box<str>,
     modify_index: u64,
     critical: bool,
 }
@@ -172,6 +178,7 @@ pub fn spawn(
         ready: Condvar::new(),
         told: Mutex::new(Told::default()),
         proxies: Mutex::new(HashMap::new()),
+        learned: AtomicBool::new(false),
     });
     let fleet = Fleet {
         shared: shared.clone(),
@@ -310,7 +317,13 @@ impl Context {
     /// A worker: fetches queued names until stopped.
     fn work(&self, events: &Sender<Event>) {
         while let Some(job) = self.shared.next() {
-            if let Err(e) = self.fetch(&job) {
+            let result = self.fetch(&job);
+            if self.shared.learned.swap(false, Ordering::SeqCst)
+                && events.send(Event::Learned).is_err()
+            {
+                return;
+            }
+            if let Err(e) = result {
                 if self.shared.stop.is_stopped() {
                     return;
                 }
@@ -379,7 +392,15 @@ impl Context {
                 .proxies
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            p.entry(name.to_owned()).or_default().extend(dests.clone());
+            if !p.contains_key(name) {
+                self.shared.learned.store(true, Ordering::SeqCst);
+            }
+            let known = p.entry(name.to_owned()).or_default();
+            for d in &dests {
+                if !known.contains(d) {
+                    known.push(d.clone());
+                }
+            }
         }
         for d in dests {
             self.shared.push(Job {
@@ -404,8 +425,11 @@ impl Context {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             for proxy in proxies {
-                if !p.get(proxy).is_some_and(|d| d.contains(name)) {
-                    p.entry(proxy.clone()).or_default().insert(name.to_owned());
+                if !p.contains_key(proxy) {
+                    self.shared.learned.store(true, Ordering::SeqCst);
+                }
+                if !p.get(proxy).is_some_and(|d| d.iter().any(|d| d == name)) {
+                    p.entry(proxy.clone()).or_default().push(name.to_owned());
                 }
             }
         }
@@ -434,7 +458,7 @@ impl Context {
     /// The fleet thread: turns the pollers' answers into names to fetch.
     fn diff(&self, inbox: &Receiver<Event>) {
         let mut names: BTreeSet<String> = BTreeSet::new();
-        let mut checks: HashMap<(String, String), CheckSeen> = HashMap::new();
+        let mut checks: HashMap<u64, CheckSeen> = HashMap::new();
         let mut first_names = true;
         let mut first_checks = true;
         let mut sweep_due = false;
@@ -461,34 +485,20 @@ impl Context {
             let answered = matches!(&event, Ok(Event::Names(..) | Event::Checks(..)));
             match event {
                 Ok(Event::Names(index, list)) => {
-                    // Told before any fetch for the new names: the follower takes a service's
-                    // answer only once the names list it belongs to is known.
-                    let told = self.tx.send(Update {
-                        key: self.services_key(),
-                        result: Ok(Answer::Names(list.clone())),
-                    });
-                    if told.is_err() {
-                        return;
-                    }
                     let new: BTreeSet<String> = list.into_iter().collect();
                     let mut changed = false;
                     for gone in names.difference(&new) {
                         changed = true;
                         self.forget(gone, &mut candidates);
                     }
-                    {
-                        let mut told = self
-                            .shared
-                            .told
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner);
-                        for added in new.difference(&names) {
-                            changed = true;
-                            told.listed.insert(added.clone());
-                            candidates.insert(added.clone());
-                        }
+                    for added in new.difference(&names) {
+                        changed = true;
+                        candidates.insert(added.clone());
                     }
                     names = new;
+                    if !self.tell_names(&names, first_names) {
+                        return;
+                    }
                     if first_names {
                         sweep = true;
                     } else if !changed && index > explained_upto {
@@ -496,17 +506,13 @@ impl Context {
                     }
                     first_names = false;
                 }
-                Ok(Event::Checks(index, list)) => {
-                    let mut now_checks = HashMap::with_capacity(list.len());
-                    for c in list {
-                        now_checks.insert((c.node.clone(), c.check_id.clone()), c);
-                    }
+                Ok(Event::Checks(index, now_checks)) => {
                     let mut node_level = false;
                     let mut touched = |c: &CheckSeen| {
-                        if c.service_id.is_empty() {
+                        if c.service.is_empty() {
                             node_level = true;
                         } else {
-                            candidates.insert(c.service.clone());
+                            candidates.insert(c.service.to_string());
                         }
                     };
                     for (k, old) in &checks {
@@ -536,6 +542,11 @@ impl Context {
                         // The names' first answer fetches everything already.
                         candidates.clear();
                         first_checks = false;
+                    }
+                }
+                Ok(Event::Learned) => {
+                    if !self.tell_names(&names, false) {
+                        return;
                     }
                 }
                 Ok(Event::PollFailed) => sweep_due = true,
@@ -575,6 +586,62 @@ impl Context {
         }
     }
 
+    /// Tells the follower the catalog's names that are not proxies (a proxy's own name has
+    /// no mesh instances: following it would cost as much as a service and route nothing),
+    /// when they changed. Names are listed before any answer for them is told, and unlisted
+    /// before the list goes. False: the follower is gone.
+    fn tell_names(&self, names: &BTreeSet<String>, always: bool) -> bool {
+        let visible: Vec<String> = {
+            let p = self
+                .shared
+                .proxies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            names
+                .iter()
+                .filter(|n| !p.contains_key(*n))
+                .cloned()
+                .collect()
+        };
+        let added: Vec<String> = {
+            let mut told = self
+                .shared
+                .told
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let before = told.listed.len();
+            let keep: HashSet<&String> = visible.iter().collect();
+            let Told { listed, hashes } = &mut *told;
+            listed.retain(|n| {
+                let kept = keep.contains(n);
+                if !kept {
+                    hashes.remove(n);
+                }
+                kept
+            });
+            let added: Vec<String> = visible
+                .iter()
+                .filter(|n| !listed.contains(*n))
+                .cloned()
+                .collect();
+            if !always && added.is_empty() && listed.len() == before {
+                return true;
+            }
+            added
+        };
+        let sent = self.tx.send(Update {
+            key: self.services_key(),
+            result: Ok(Answer::Names(visible)),
+        });
+        let mut told = self
+            .shared
+            .told
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        told.listed.extend(added);
+        sent.is_ok()
+    }
+
     /// A name left the catalog: forget what was told of it; if it was a proxy, the services
     /// it fronted lost instances.
     fn forget(&self, name: &str, candidates: &mut BTreeSet<String>) {
@@ -584,7 +651,7 @@ impl Context {
                 .told
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            told.listed.remove(name);
+            // Still listed: `tell_names` unlists it as it tells the list without it.
             told.hashes.remove(name);
         }
         let dests = self
@@ -598,7 +665,7 @@ impl Context {
 }
 
 /// `/v1/health/state/any`: every check, reduced to what the diff compares.
-fn checks(body: &str) -> Result<Vec<CheckSeen>, serde_json::Error> {
+fn checks(body: &str) -> Result<HashMap<u64, CheckSeen>, serde_json::Error> {
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Raw<'a> {
@@ -618,13 +685,20 @@ fn checks(body: &str) -> Result<Vec<CheckSeen>, serde_json::Error> {
     let raw: Vec<Raw<'_>> = nullable(&mut serde_json::Deserializer::from_str(body))?;
     Ok(raw
         .into_iter()
-        .map(|r| CheckSeen {
-            node: r.node.into_owned(),
-            check_id: r.check_id.into_owned(),
-            service_id: r.service_id.into_owned(),
-            service: r.service_name.into_owned(),
-            modify_index: r.modify_index,
-            critical: r.status == "critical",
+        .map(|r| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&*r.node, &*r.check_id).hash(&mut h);
+            let service: Box<str> = if r.service_id.is_empty() {
+                "".into()
+            } else {
+                r.service_name.into()
+            };
+            let seen = CheckSeen {
+                service,
+                modify_index: r.modify_index,
+                critical: r.status == "critical",
+            };
+            (h.finish(), seen)
         })
         .collect())
 }
@@ -688,10 +762,12 @@ mod tests {
                        {"Node":"n1","CheckID":"serfHealth","Status":"passing","ServiceID":"","ServiceName":"","ModifyIndex":3}]"#;
         let got = checks(body).unwrap();
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0].service, "web-sidecar-proxy");
-        assert!(got[0].critical && !got[1].critical);
-        assert_eq!(got[0].modify_index, 15);
-        assert!(got[1].service_id.is_empty(), "a node's own check");
+        let proxy = got.values().find(|c| !c.service.is_empty()).unwrap();
+        assert_eq!(&*proxy.service, "web-sidecar-proxy");
+        assert!(proxy.critical);
+        assert_eq!(proxy.modify_index, 15);
+        let node = got.values().find(|c| c.service.is_empty()).unwrap();
+        assert!(!node.critical, "a node's own check");
         assert!(checks("null").unwrap().is_empty());
         assert!(checks("{}").is_err());
     }
