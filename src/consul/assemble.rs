@@ -43,7 +43,7 @@ impl Known<'_> {
     fn registration(&self, id: Option<&String>, kind: &str) -> Option<&AgentService> {
         let key = Key::Service { id: id?.clone() };
         match self.answers.get(&key) {
-            Some(Answer::Service(Some(svc))) if svc.kind == kind => Some(svc),
+            Some(Answer::Service(Some(svc))) if svc.kind == kind => Some(svc.as_ref()),
             _ => None,
         }
     }
@@ -465,7 +465,7 @@ fn registration<'a>(
     kind: &'static str,
 ) -> Result<&'a AgentService, Incomplete> {
     match k.answers.get(&Key::Service { id: id.to_owned() }) {
-        Some(Answer::Service(Some(svc))) if svc.kind == kind => Ok(svc),
+        Some(Answer::Service(Some(svc))) if svc.kind == kind => Ok(svc.as_ref()),
         Some(Answer::Service(Some(svc))) => Err(Incomplete::WrongKind {
             id: id.to_owned(),
             kind: svc.kind.clone(),

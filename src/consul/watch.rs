@@ -63,8 +63,9 @@ pub enum Key {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
-    /// `None`: no such registration on this agent (404).
-    Service(Option<AgentService>),
+    /// `None`: no such registration on this agent (404). Boxed: a registration is large, and
+    /// every answer kept (one per service a gateway follows) is as large as the largest kind.
+    Service(Option<Box<AgentService>>),
     Roots(CaRoots),
     Leaf(LeafCert),
     AgentSelf {
@@ -205,7 +206,9 @@ impl Key {
             Key::ProxyDefaults { .. } if absent => Answer::ProxyDefaults(None),
             Key::ServiceDefaults { .. } if absent => Answer::ServiceDefaults(None),
             _ if absent => return Err(BodyError::NotFound(body.trim().to_owned())),
-            Key::Service { .. } => Answer::Service(Some(serde_json::from_str(body).map_err(json)?)),
+            Key::Service { .. } => {
+                Answer::Service(Some(Box::new(serde_json::from_str(body).map_err(json)?)))
+            }
             Key::Roots => Answer::Roots(serde_json::from_str(body).map_err(json)?),
             Key::Leaf { .. } => Answer::Leaf(serde_json::from_str(body).map_err(json)?),
             Key::AgentSelf => {
