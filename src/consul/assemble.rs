@@ -23,9 +23,10 @@ use crate::mesh::snapshot::{
 use crate::mesh::Place;
 use crate::names::{is_label, SpiffeId};
 
-/// A gateway watches each service of its partition on its own thread: beyond this many the
-/// rest get no route (and a warning), rather than a host running out of threads.
-pub const MAX_ROUTED_SERVICES: usize = 1000;
+/// A gateway follows every service name of its partition (a sidecar proxy's name among
+/// them) with a fixed number of connections; beyond this many names the rest get no route
+/// (and a warning), which bounds the memory a runaway catalog can take.
+pub const MAX_ROUTED_SERVICES: usize = 10_000;
 pub const MAX_DATACENTERS: usize = 100;
 
 /// What the follower knows: answers, and keys the agent refused with no earlier answer
@@ -44,7 +45,7 @@ impl Known<'_> {
     fn registration(&self, id: Option<&String>, kind: &str) -> Option<&AgentService> {
         let key = Key::Service { id: id?.clone() };
         match self.answers.get(&key) {
-            Some(Answer::Service(Some(svc))) if svc.kind == kind => Some(svc),
+            Some(Answer::Service(Some(svc))) if svc.kind == kind => Some(svc.as_ref()),
             _ => None,
         }
     }
@@ -81,6 +82,11 @@ fn place(s: &Settings, k: &Known<'_>) -> Option<(Place, String)> {
         .or(from_agent)
         .filter(|d| is_label(d))?;
     Some((Place::new(&dc, reg.partition()), reg.namespace().to_owned()))
+}
+
+/// The namespace this host's registration is in, once known.
+pub fn namespace(s: &Settings, k: &Known<'_>) -> Option<String> {
+    place(s, k).map(|(_, ns)| ns)
 }
 
 fn here_of(place: Place, namespace: String, trust_domain: String) -> Here {
@@ -471,7 +477,7 @@ fn registration<'a>(
     kind: &'static str,
 ) -> Result<&'a AgentService, Incomplete> {
     match k.answers.get(&Key::Service { id: id.to_owned() }) {
-        Some(Answer::Service(Some(svc))) if svc.kind == kind => Ok(svc),
+        Some(Answer::Service(Some(svc))) if svc.kind == kind => Ok(svc.as_ref()),
         Some(Answer::Service(Some(svc))) => Err(Incomplete::WrongKind {
             id: id.to_owned(),
             kind: svc.kind.clone(),

@@ -82,7 +82,9 @@ fn leaf_key_web() -> Key {
 }
 
 fn registration(name: &str) -> Answer {
-    Answer::Service(Some(serde_json::from_str(&example(name)).unwrap()))
+    Answer::Service(Some(Box::new(
+        serde_json::from_str(&example(name)).unwrap(),
+    )))
 }
 
 pub(crate) fn connect(service: &str, dc: &str) -> Key {

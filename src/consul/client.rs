@@ -18,6 +18,8 @@ pub const MAX_BODY: u64 = 16 << 20;
 /// Non-blocking requests and the connection attempt of any request.
 const SHORT_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections kept for reuse (the fleet's fetch workers').
+const IDLE_CONNECTIONS: usize = super::fleet::WORKERS;
 
 /// How a GET waits for change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,6 +120,11 @@ impl Client {
             // The agent is local; a proxy from the environment has no business in between.
             .proxy(None)
             .timeout_connect(Some(CONNECT_TIMEOUT))
+            // Connections kept open between requests count against the agent's limit per
+            // client address (`http_max_conns_per_client`) like busy ones: keep as many as
+            // a gateway's fetch workers use at once.
+            .max_idle_connections(IDLE_CONNECTIONS)
+            .max_idle_connections_per_host(IDLE_CONNECTIONS)
             .timeout_global(Some(SHORT_TIMEOUT))
             .user_agent(concat!("sidegate/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls.build())

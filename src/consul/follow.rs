@@ -21,6 +21,7 @@ use super::assemble::{self, Incomplete, Known};
 use super::authorizer::Authorizer;
 use super::client::Client;
 use super::errors::ApiError;
+use super::fleet;
 use super::state_dir;
 use super::status::{now_unix, Status};
 use super::watch::{self, Answer, Key, Timing, Update, Watch};
@@ -350,6 +351,8 @@ struct Coordinator {
     authorizer: Arc<Authorizer>,
     tx: SyncSender<Update>,
     watches: BTreeMap<Key, Watch>,
+    /// The namespace of the services a fleet (`Key::Services`) answers for.
+    fleet_namespace: Option<String>,
     /// The last answer per key (this run's, or restored from the saved state).
     answers: BTreeMap<Key, Answer>,
     /// Keys the agent answered with an error, with no answer known (this run's, or restored),
@@ -401,6 +404,7 @@ impl Coordinator {
             authorizer,
             tx,
             watches: BTreeMap::new(),
+            fleet_namespace: None,
             answers: BTreeMap::new(),
             refused: BTreeMap::new(),
             health: BTreeMap::new(),
@@ -470,23 +474,62 @@ impl Coordinator {
         assemble::needed(&self.settings, &self.known())
     }
 
+    /// Whether `key` is answered by a fleet (a gateway's catalog) rather than a watch of
+    /// its own: a service of the fleet's place and namespace that its names list holds.
+    fn covered(&self, key: &Key) -> bool {
+        let Key::Connect {
+            service,
+            namespace,
+            place,
+        } = key
+        else {
+            return false;
+        };
+        let fleet = Key::Services {
+            place: place.clone(),
+        };
+        self.watches.contains_key(&fleet)
+            && self.fleet_namespace.as_ref() == Some(namespace)
+            && matches!(self.answers.get(&fleet), Some(Answer::Names(n)) if n.binary_search(service).is_ok())
+    }
+
     /// Starts watches for newly needed keys, stops the ones no longer needed.
     fn reconcile(&mut self) {
         let needed = self.needed();
-        self.watches.retain(|k, _| needed.contains(k));
+        let covered: BTreeSet<Key> = needed.iter().filter(|k| self.covered(k)).cloned().collect();
+        self.watches
+            .retain(|k, _| needed.contains(k) && !covered.contains(k));
         self.answers.retain(|k, _| needed.contains(k));
         self.refused.retain(|k, _| needed.contains(k));
         self.health.retain(|k, _| needed.contains(k));
         for key in needed {
-            if self.watches.contains_key(&key) {
+            if self.watches.contains_key(&key) || covered.contains(&key) {
                 continue;
             }
-            match watch::spawn(
-                key.clone(),
-                self.client.clone(),
-                self.options.timing,
-                self.tx.clone(),
-            ) {
+            let started = match &key {
+                // A gateway's whole catalog: a fixed set of threads and connections, not one
+                // per service.
+                Key::Services { place } => {
+                    let namespace = assemble::namespace(&self.settings, &self.known())
+                        .unwrap_or_else(|| crate::mesh::place::DEFAULT_NAMESPACE.to_owned());
+                    self.fleet_namespace = Some(namespace.clone());
+                    fleet::spawn(
+                        place.clone(),
+                        namespace,
+                        self.client.clone(),
+                        self.options.timing,
+                        self.tx.clone(),
+                    )
+                    .map(Watch::from)
+                }
+                _ => watch::spawn(
+                    key.clone(),
+                    self.client.clone(),
+                    self.options.timing,
+                    self.tx.clone(),
+                ),
+            };
+            match started {
                 Ok(w) => {
                     crate::debug!("consul: watching {key:?}");
                     self.watches.insert(key, w);
@@ -498,7 +541,7 @@ impl Coordinator {
 
     fn apply(&mut self, update: Update) {
         let Update { key, result } = update;
-        if !self.watches.contains_key(&key) {
+        if !self.watches.contains_key(&key) && !self.covered(&key) {
             return;
         }
         self.dirty = true;

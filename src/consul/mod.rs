@@ -16,6 +16,7 @@ pub mod authorizer;
 pub mod blocking;
 pub mod client;
 pub mod errors;
+pub mod fleet;
 pub mod follow;
 pub mod state_dir;
 pub mod status;

@@ -71,8 +71,9 @@ pub enum Key {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
-    /// `None`: no such registration on this agent (404).
-    Service(Option<AgentService>),
+    /// `None`: no such registration on this agent (404). Boxed: a registration is large, and
+    /// every answer kept (one per service a gateway follows) is as large as the largest kind.
+    Service(Option<Box<AgentService>>),
     Roots(CaRoots),
     Leaf(LeafCert),
     AgentSelf {
@@ -225,7 +226,9 @@ impl Key {
             Key::ProxyDefaults { .. } if absent => Answer::ProxyDefaults(None),
             Key::ServiceDefaults { .. } if absent => Answer::ServiceDefaults(None),
             _ if absent => return Err(BodyError::NotFound(body.trim().to_owned())),
-            Key::Service { .. } => Answer::Service(Some(serde_json::from_str(body).map_err(json)?)),
+            Key::Service { .. } => {
+                Answer::Service(Some(Box::new(serde_json::from_str(body).map_err(json)?)))
+            }
             Key::Roots => Answer::Roots(serde_json::from_str(body).map_err(json)?),
             Key::Leaf { .. } => Answer::Leaf(serde_json::from_str(body).map_err(json)?),
             Key::AgentSelf | Key::Domain => {
@@ -320,11 +323,25 @@ impl Default for Timing {
 /// A running watch; dropping the handle (or `stop`) ends it after its current request.
 pub struct Watch {
     stop: Arc<Stop>,
+    /// A gateway's catalog is followed by a fleet of threads rather than one.
+    fleet: Option<super::fleet::Fleet>,
+}
+
+impl From<super::fleet::Fleet> for Watch {
+    fn from(fleet: super::fleet::Fleet) -> Watch {
+        Watch {
+            stop: Arc::new(Stop::default()),
+            fleet: Some(fleet),
+        }
+    }
 }
 
 impl Watch {
     pub fn stop(&self) {
         self.stop.stop();
+        if let Some(f) = &self.fleet {
+            f.stop();
+        }
     }
 }
 
@@ -350,7 +367,7 @@ pub fn spawn(
         .name("sidegate-watch".into())
         .stack_size(STACK)
         .spawn(move || follow_key(&key, &client, timing, &tx, &flag))?;
-    Ok(Watch { stop })
+    Ok(Watch { stop, fleet: None })
 }
 
 fn follow_key(key: &Key, client: &Client, timing: Timing, tx: &SyncSender<Update>, stop: &Stop) {

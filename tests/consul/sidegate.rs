@@ -18,17 +18,25 @@ pub const SERVING_WITHIN: Duration = Duration::from_secs(20);
 pub struct Sidegate {
     name: String,
     config: PathBuf,
+    /// The program and its first words; the binary the tests built unless told otherwise.
+    argv: Vec<String>,
     process: Option<Watched>,
 }
 
 impl Sidegate {
     /// Runs `sidegate run` on `toml`, written to `<dir>/<name>.toml`.
     pub fn run(name: &str, dir: &Path, toml: &str) -> Sidegate {
+        Sidegate::run_with(crate::common::sidegate_argv(), name, dir, toml)
+    }
+
+    /// `run` with another binary (a benchmark's release build).
+    pub fn run_with(argv: Vec<String>, name: &str, dir: &Path, toml: &str) -> Sidegate {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml).unwrap();
         let mut s = Sidegate {
             name: name.to_owned(),
             config,
+            argv,
             process: None,
         };
         s.start();
@@ -36,7 +44,7 @@ impl Sidegate {
     }
 
     fn start(&mut self) {
-        let mut args = crate::common::sidegate_argv();
+        let mut args = self.argv.clone();
         let program = args.remove(0);
         args.extend([
             "run".to_owned(),
@@ -92,6 +100,11 @@ impl Sidegate {
         let process = self.process.as_mut().unwrap();
         process.stop();
         process.unread_output()
+    }
+
+    /// The process id of `sidegate run` itself (not its watchdog).
+    pub fn pid(&self) -> i32 {
+        self.process.as_ref().unwrap().pid
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -45,5 +45,6 @@ mod builtin_proxy;
 mod follow;
 mod https;
 mod mesh;
+mod scale;
 mod source;
 mod wanfed;

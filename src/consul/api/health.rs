@@ -41,7 +41,7 @@ pub struct Check {
 
 /// One instance as sidegate keeps it: the address used from inside its own (datacenter,
 /// partition), the one used from elsewhere, and whether its checks pass.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 pub struct Instance {
     pub id: String,
     pub node: String,

@@ -1,0 +1,789 @@
+//! A gateway's view of every service of its place, with a fixed number of agent connections
+//! and threads whatever the size of the mesh.
+//!
+//! ```text
+//! names poller  ── GET /v1/catalog/services?index ──┐   (which names exist)
+//! checks poller ── GET /v1/health/state/any?index ──┼─▶ fleet thread: diff ─▶ queue of names
+//!                                                   │                            │
+//! WORKERS × ── GET /v1/health/connect/:name (once per changed name) ◀────────────┘
+//!                 └─▶ Update { Key::Connect } to the follower, only when it changed
+//! ```
+//!
+//! A blocking query holds a connection (and here a thread) for as long as it waits, so only
+//! the two pollers block; they say *that* something changed. What changed comes from their
+//! diffs: a name that appeared or went, a check that appeared, went or changed its status or
+//! index (each check names its service; a sidecar's check names the proxy, which is mapped to
+//! the service it fronts). A change of the service table that neither diff explains (an
+//! instance without checks, a new port) makes a sweep: every name fetched once, through the
+//! same bounded workers. Connections to the agent: 2 blocking + `WORKERS` short requests.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::api::health::instances;
+use super::api::{catalog, nullable};
+use super::blocking::{next_index, Backoff, RateLimit};
+use super::client::{segment, Blocking, Client, Reply, Request};
+use super::errors::ApiError;
+use super::stop::Stop;
+use super::watch::{Answer, Key, Timing, Update};
+use crate::mesh::place::DEFAULT_PARTITION;
+use crate::mesh::Place;
+
+/// Short requests in flight at once (`/v1/health/connect/:name`, `/v1/catalog/service/:name`).
+pub const WORKERS: usize = 2;
+/// Blocking queries held open (the service names, the checks).
+pub const POLLERS: usize = 2;
+/// Threads a fleet runs: pollers, workers and the thread that diffs.
+pub const THREADS: usize = POLLERS + WORKERS + 1;
+/// How long a change of the service table may wait for the checks to explain it before
+/// every name is fetched again.
+const SETTLE: Duration = Duration::from_millis(300);
+/// Thread stacks: these threads wait on sockets and parse JSON of bounded depth.
+const STACK: usize = 256 << 10;
+
+/// The handle kept by the follower; dropping it ends every thread of the fleet (their
+/// current request ends with the client's shutdown).
+pub struct Fleet {
+    shared: Arc<Shared>,
+}
+
+impl Fleet {
+    pub fn stop(&self) {
+        self.shared.stop();
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.shared.stop();
+    }
+}
+
+/// A name to fetch; `resolve`: when it has no mesh instances, ask the catalog whether it is a
+/// proxy, and of which service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Job {
+    name: String,
+    resolve: bool,
+}
+
+struct Shared {
+    stop: Stop,
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    told: Mutex<Told>,
+    /// Proxy service name → the services it fronts (from the instances fetched).
+    /// A `Vec`: a proxy fronts one service, nearly always, and a one-element set costs a
+    /// whole B-tree node per proxy.
+    proxies: Mutex<HashMap<String, Vec<String>>>,
+    /// `proxies` gained a name since the fleet thread last looked.
+    learned: AtomicBool,
+}
+
+/// What the follower was told.
+#[derive(Default)]
+struct Told {
+    /// The names of the last list told: the follower takes a service's answer only once
+    /// it is listed, so nothing is told of a name before that (a check can name a proxy
+    /// before the names poller lists it).
+    listed: HashSet<String>,
+    /// Per name, a hash of the instances last told.
+    hashes: HashMap<String, u64>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    queued: HashSet<Job>,
+}
+
+impl Shared {
+    fn stop(&self) {
+        self.stop.stop();
+        let _guard = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        self.ready.notify_all();
+    }
+
+    fn push(&self, job: Job) {
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.queued.insert(job.clone()) {
+            q.jobs.push_back(job);
+            self.ready.notify_one();
+        }
+    }
+
+    /// The next job; `None` once stopped.
+    fn next(&self) -> Option<Job> {
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if self.stop.is_stopped() {
+                return None;
+            }
+            if let Some(job) = q.jobs.pop_front() {
+                q.queued.remove(&job);
+                return Some(job);
+            }
+            q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn destinations(&self, proxy: &str) -> Option<Vec<String>> {
+        let p = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
+        p.get(proxy).cloned()
+    }
+}
+
+/// What the pollers and workers tell the fleet thread.
+enum Event {
+    Names(u64, Vec<String>),
+    Checks(u64, HashMap<u64, CheckSeen>),
+    /// A poller failed: after it answers again, everything is fetched again (the agent may
+    /// have restarted with another state).
+    PollFailed,
+    /// A fetch failed: try it again later.
+    FetchFailed(String),
+    /// A worker learned a new proxy name: it leaves the names told.
+    Learned,
+}
+
+/// One check as the diff needs it, kept for every check of the place between answers:
+/// compact (its node and ID only as a hash, the key it is kept under).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CheckSeen {
+    /// The service's name; empty for a node's own check.
+    service: Box<str>,
+    modify_index: u64,
+    critical: bool,
+}
+
+/// Starts following every service of `place` (in `namespace`); answers go to `tx` as
+/// `Key::Services` and `Key::Connect` updates.
+pub fn spawn(
+    place: Place,
+    namespace: String,
+    client: Arc<Client>,
+    timing: Timing,
+    tx: SyncSender<Update>,
+) -> std::io::Result<Fleet> {
+    let shared = Arc::new(Shared {
+        stop: Stop::default(),
+        queue: Mutex::new(Queue::default()),
+        ready: Condvar::new(),
+        told: Mutex::new(Told::default()),
+        proxies: Mutex::new(HashMap::new()),
+        learned: AtomicBool::new(false),
+    });
+    let fleet = Fleet {
+        shared: shared.clone(),
+    };
+    let (events, inbox) = mpsc::channel();
+    let ctx = Arc::new(Context {
+        place,
+        namespace,
+        client,
+        timing,
+        tx,
+        shared,
+    });
+    for n in 0..WORKERS {
+        let c = ctx.clone();
+        let events = events.clone();
+        thread(&format!("sidegate-fetch{n}"), move || c.work(&events))?;
+    }
+    let c = ctx.clone();
+    let e = events.clone();
+    thread("sidegate-names", move || c.poll_names(&e))?;
+    let c = ctx.clone();
+    thread("sidegate-checks", move || c.poll_checks(&events))?;
+    thread("sidegate-fleet", move || ctx.diff(&inbox))?;
+    Ok(fleet)
+}
+
+fn thread(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(STACK)
+        .spawn(f)
+        .map(|_| ())
+}
+
+struct Context {
+    place: Place,
+    namespace: String,
+    client: Arc<Client>,
+    timing: Timing,
+    tx: SyncSender<Update>,
+    shared: Arc<Shared>,
+}
+
+impl Context {
+    fn enterprise(&self, mut req: Request) -> Request {
+        req = req.param("dc", &self.place.datacenter);
+        if self.place.partition != DEFAULT_PARTITION {
+            req = req.param("partition", &self.place.partition);
+        }
+        req
+    }
+
+    fn connect_key(&self, service: &str) -> Key {
+        Key::Connect {
+            service: service.to_owned(),
+            namespace: self.namespace.clone(),
+            place: self.place.clone(),
+        }
+    }
+
+    fn services_key(&self) -> Key {
+        Key::Services {
+            place: self.place.clone(),
+        }
+    }
+
+    /// One blocking query, followed with Consul's client rules; `seen` gets each answer
+    /// whose index moved (false: stop).
+    fn poll(
+        &self,
+        req: &Request,
+        events: &Sender<Event>,
+        mut seen: impl FnMut(u64, &Reply) -> Result<bool, ApiError>,
+    ) {
+        let stop = &self.shared.stop;
+        let mut index = 0u64;
+        let mut backoff = Backoff::new(self.timing.retry_min, self.timing.retry_max);
+        // Two queries in all, so a faster pace than a per-key watch's still bounds what a
+        // flapping catalog costs the agent: bursts of four, then ten a second at most.
+        let mut limit = RateLimit::new(self.timing.every / 2, 4, Instant::now());
+        while !stop.wait(limit.take(Instant::now())) {
+            let blocking = Blocking::Index(index, self.timing.wait);
+            let result = self.client.get(req, &blocking);
+            if stop.is_stopped() {
+                return;
+            }
+            let result = result.and_then(|reply| {
+                let next = next_index(index, reply.index);
+                if next == index && index != 0 {
+                    // The wait ended with nothing new.
+                    return Ok(true);
+                }
+                index = next;
+                seen(next, &reply)
+            });
+            match result {
+                Ok(true) => backoff.reset(),
+                Ok(false) => return,
+                Err(e) => {
+                    index = 0;
+                    let failed = events.send(Event::PollFailed).is_err()
+                        || self
+                            .tx
+                            .send(Update {
+                                key: self.services_key(),
+                                result: Err(e),
+                            })
+                            .is_err();
+                    if failed || stop.wait(backoff.next_delay(fastrand::f64())) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_names(&self, events: &Sender<Event>) {
+        let req = self.enterprise(Request::new("/v1/catalog/services".into()));
+        self.poll(&req, events, |index, reply| {
+            let names = catalog::service_names(&reply.body)
+                .map_err(|e| ApiError::body(req.shown("GET", &Blocking::No), e))?;
+            Ok(events.send(Event::Names(index, names)).is_ok())
+        });
+    }
+
+    fn poll_checks(&self, events: &Sender<Event>) {
+        let req = self.enterprise(Request::new("/v1/health/state/any".into()));
+        self.poll(&req, events, |index, reply| {
+            let checks = checks(&reply.body)
+                .map_err(|e| ApiError::body(req.shown("GET", &Blocking::No), e))?;
+            Ok(events.send(Event::Checks(index, checks)).is_ok())
+        });
+    }
+
+    /// A worker: fetches queued names until stopped.
+    fn work(&self, events: &Sender<Event>) {
+        while let Some(job) = self.shared.next() {
+            let result = self.fetch(&job);
+            if self.shared.learned.swap(false, Ordering::SeqCst)
+                && events.send(Event::Learned).is_err()
+            {
+                return;
+            }
+            if let Err(e) = result {
+                if self.shared.stop.is_stopped() {
+                    return;
+                }
+                let key = self.connect_key(&job.name);
+                if let Ok(mut t) = self.shared.told.lock() {
+                    t.hashes.remove(&job.name);
+                }
+                let sent = self.tx.send(Update {
+                    key,
+                    result: Err(e),
+                });
+                if sent.is_err() || events.send(Event::FetchFailed(job.name)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn fetch(&self, job: &Job) -> Result<(), ApiError> {
+        if let Some(dests) = self.shared.destinations(&job.name) {
+            // A proxy's name: its own answer is empty; the services it fronts changed.
+            for d in dests {
+                self.shared.push(Job {
+                    name: d,
+                    resolve: false,
+                });
+            }
+            return self.tell(&job.name, Vec::new(), &[]);
+        }
+        let req = self.enterprise(Request::new(format!(
+            "/v1/health/connect/{}",
+            segment(&job.name)
+        )));
+        let reply = self.client.get(&req, &Blocking::No)?;
+        let shown = || req.shown("GET", &Blocking::No);
+        if reply.status == 404 {
+            return Err(ApiError::body(
+                shown(),
+                format!("HTTP 404: {}", reply.body.trim()),
+            ));
+        }
+        let (list, proxies) =
+            instances_and_proxies(&reply.body).map_err(|e| ApiError::body(shown(), e))?;
+        if list.is_empty() && job.resolve {
+            self.resolve(&job.name)?;
+        }
+        self.tell(&job.name, list, &proxies)
+    }
+
+    /// Asks the catalog what `name` is: when it is a proxy, the services it fronts are
+    /// fetched (their instances changed) and the name is remembered as a proxy.
+    fn resolve(&self, name: &str) -> Result<(), ApiError> {
+        let req = self.enterprise(Request::new(format!(
+            "/v1/catalog/service/{}",
+            segment(name)
+        )));
+        let reply = self.client.get(&req, &Blocking::No)?;
+        let dests = proxy_destinations(&reply.body)
+            .map_err(|e| ApiError::body(req.shown("GET", &Blocking::No), e))?;
+        if dests.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut p = self
+                .shared
+                .proxies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !p.contains_key(name) {
+                self.shared.learned.store(true, Ordering::SeqCst);
+            }
+            let known = p.entry(name.to_owned()).or_default();
+            for d in &dests {
+                if !known.contains(d) {
+                    known.push(d.clone());
+                }
+            }
+        }
+        for d in dests {
+            self.shared.push(Job {
+                name: d,
+                resolve: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends the answer for `name` unless it is what was told last.
+    fn tell(
+        &self,
+        name: &str,
+        list: Vec<super::api::health::Instance>,
+        proxies: &[String],
+    ) -> Result<(), ApiError> {
+        if !proxies.is_empty() {
+            let mut p = self
+                .shared
+                .proxies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for proxy in proxies {
+                if !p.contains_key(proxy) {
+                    self.shared.learned.store(true, Ordering::SeqCst);
+                }
+                if !p.get(proxy).is_some_and(|d| d.iter().any(|d| d == name)) {
+                    p.entry(proxy.clone()).or_default().push(name.to_owned());
+                }
+            }
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        list.hash(&mut h);
+        let hash = h.finish();
+        {
+            let mut told = self
+                .shared
+                .told
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !told.listed.contains(name) || told.hashes.get(name) == Some(&hash) {
+                return Ok(());
+            }
+            told.hashes.insert(name.to_owned(), hash);
+        }
+        // A full queue blocks here: back-pressure on the workers, not unbounded memory.
+        let _ = self.tx.send(Update {
+            key: self.connect_key(name),
+            result: Ok(Answer::Instances(list)),
+        });
+        Ok(())
+    }
+
+    /// The fleet thread: turns the pollers' answers into names to fetch.
+    fn diff(&self, inbox: &Receiver<Event>) {
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        let mut checks: HashMap<u64, CheckSeen> = HashMap::new();
+        let mut first_names = true;
+        let mut first_checks = true;
+        let mut sweep_due = false;
+        // The highest check index whose diff explained something, and a change of the
+        // service table not explained yet (its index, and since when).
+        let mut explained_upto = 0u64;
+        let mut unexplained: Option<(u64, Instant)> = None;
+        let mut retries: Vec<(Instant, String)> = Vec::new();
+        loop {
+            let now = Instant::now();
+            let mut until = unexplained.map(|(_, at)| at + SETTLE);
+            if let Some(r) = retries.iter().map(|(at, _)| *at).min() {
+                until = Some(until.map_or(r, |u| u.min(r)));
+            }
+            let event = match until {
+                Some(u) => inbox.recv_timeout(u.saturating_duration_since(now)),
+                None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            if self.shared.stop.is_stopped() {
+                return;
+            }
+            let mut candidates: BTreeSet<String> = BTreeSet::new();
+            let mut sweep = false;
+            let answered = matches!(&event, Ok(Event::Names(..) | Event::Checks(..)));
+            match event {
+                Ok(Event::Names(index, list)) => {
+                    let new: BTreeSet<String> = list.into_iter().collect();
+                    let mut changed = false;
+                    for gone in names.difference(&new) {
+                        changed = true;
+                        self.forget(gone, &mut candidates);
+                    }
+                    for added in new.difference(&names) {
+                        changed = true;
+                        candidates.insert(added.clone());
+                    }
+                    names = new;
+                    if !self.tell_names(&names, first_names) {
+                        return;
+                    }
+                    if first_names {
+                        sweep = true;
+                    } else if !changed && index > explained_upto {
+                        unexplained.get_or_insert((index, Instant::now()));
+                    }
+                    first_names = false;
+                }
+                Ok(Event::Checks(index, now_checks)) => {
+                    let mut node_level = false;
+                    let mut touched = |c: &CheckSeen| {
+                        if c.service.is_empty() {
+                            node_level = true;
+                        } else {
+                            candidates.insert(c.service.to_string());
+                        }
+                    };
+                    for (k, old) in &checks {
+                        match now_checks.get(k) {
+                            None => touched(old),
+                            Some(c) if c != old => touched(c),
+                            Some(_) => {}
+                        }
+                    }
+                    for (k, c) in &now_checks {
+                        if !checks.contains_key(k) {
+                            touched(c);
+                        }
+                    }
+                    checks = now_checks;
+                    if !first_checks && node_level {
+                        // A node's own check changes every instance on it.
+                        sweep = true;
+                    }
+                    if !candidates.is_empty() || node_level {
+                        explained_upto = explained_upto.max(index);
+                        if unexplained.is_some_and(|(i, _)| i <= index) {
+                            unexplained = None;
+                        }
+                    }
+                    if first_checks {
+                        // The names' first answer fetches everything already.
+                        candidates.clear();
+                        first_checks = false;
+                    }
+                }
+                Ok(Event::Learned) => {
+                    if !self.tell_names(&names, false) {
+                        return;
+                    }
+                }
+                Ok(Event::PollFailed) => sweep_due = true,
+                Ok(Event::FetchFailed(name)) => {
+                    retries.push((Instant::now() + self.timing.retry_min, name));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if sweep_due && answered && !first_names {
+                sweep_due = false;
+                sweep = true;
+            }
+            let now = Instant::now();
+            if unexplained.is_some_and(|(_, at)| now >= at + SETTLE) {
+                unexplained = None;
+                sweep = true;
+            }
+            retries.retain(|(at, name)| {
+                let due = *at <= now;
+                if due {
+                    candidates.insert(name.clone());
+                }
+                !due
+            });
+            if sweep {
+                candidates.extend(names.iter().cloned());
+            }
+            for name in candidates {
+                if names.contains(&name) || self.shared.destinations(&name).is_some() {
+                    self.shared.push(Job {
+                        name,
+                        resolve: true,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Tells the follower the catalog's names that are not proxies (a proxy's own name has
+    /// no mesh instances: following it would cost as much as a service and route nothing),
+    /// when they changed. Names are listed before any answer for them is told, and unlisted
+    /// before the list goes. False: the follower is gone.
+    fn tell_names(&self, names: &BTreeSet<String>, always: bool) -> bool {
+        let visible: Vec<String> = {
+            let p = self
+                .shared
+                .proxies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            names
+                .iter()
+                .filter(|n| !p.contains_key(*n))
+                .cloned()
+                .collect()
+        };
+        let added: Vec<String> = {
+            let mut told = self
+                .shared
+                .told
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let before = told.listed.len();
+            let keep: HashSet<&String> = visible.iter().collect();
+            let Told { listed, hashes } = &mut *told;
+            listed.retain(|n| {
+                let kept = keep.contains(n);
+                if !kept {
+                    hashes.remove(n);
+                }
+                kept
+            });
+            let added: Vec<String> = visible
+                .iter()
+                .filter(|n| !listed.contains(*n))
+                .cloned()
+                .collect();
+            if !always && added.is_empty() && listed.len() == before {
+                return true;
+            }
+            added
+        };
+        let sent = self.tx.send(Update {
+            key: self.services_key(),
+            result: Ok(Answer::Names(visible)),
+        });
+        let mut told = self
+            .shared
+            .told
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        told.listed.extend(added);
+        sent.is_ok()
+    }
+
+    /// A name left the catalog: forget what was told of it; if it was a proxy, the services
+    /// it fronted lost instances.
+    fn forget(&self, name: &str, candidates: &mut BTreeSet<String>) {
+        {
+            let mut told = self
+                .shared
+                .told
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Still listed: `tell_names` unlists it as it tells the list without it.
+            told.hashes.remove(name);
+        }
+        let dests = self
+            .shared
+            .proxies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        candidates.extend(dests.into_iter().flatten());
+    }
+}
+
+/// `/v1/health/state/any`: every check, reduced to what the diff compares.
+fn checks(body: &str) -> Result<HashMap<u64, CheckSeen>, serde_json::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Raw<'a> {
+        #[serde(borrow, default)]
+        node: std::borrow::Cow<'a, str>,
+        #[serde(borrow, rename = "CheckID", default)]
+        check_id: std::borrow::Cow<'a, str>,
+        #[serde(borrow, rename = "ServiceID", default)]
+        service_id: std::borrow::Cow<'a, str>,
+        #[serde(borrow, default)]
+        service_name: std::borrow::Cow<'a, str>,
+        #[serde(borrow, default)]
+        status: std::borrow::Cow<'a, str>,
+        #[serde(default)]
+        modify_index: u64,
+    }
+    let raw: Vec<Raw<'_>> = nullable(&mut serde_json::Deserializer::from_str(body))?;
+    Ok(raw
+        .into_iter()
+        .map(|r| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&*r.node, &*r.check_id).hash(&mut h);
+            let service: Box<str> = if r.service_id.is_empty() {
+                "".into()
+            } else {
+                r.service_name.into()
+            };
+            let seen = CheckSeen {
+                service,
+                modify_index: r.modify_index,
+                critical: r.status == "critical",
+            };
+            (h.finish(), seen)
+        })
+        .collect())
+}
+
+/// `/v1/health/connect/:name`: the instances, and the names of the proxies they are.
+fn instances_and_proxies(
+    body: &str,
+) -> Result<(Vec<super::api::health::Instance>, Vec<String>), serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Node {
+        #[serde(rename = "Service", default)]
+        service: Svc,
+    }
+    #[derive(Deserialize, Default)]
+    struct Svc {
+        #[serde(rename = "Service", default, deserialize_with = "nullable")]
+        name: String,
+    }
+    let list = instances(body, None)?;
+    let nodes: Vec<Node> = nullable(&mut serde_json::Deserializer::from_str(body))?;
+    let mut proxies: Vec<String> = nodes.into_iter().map(|n| n.service.name).collect();
+    proxies.sort();
+    proxies.dedup();
+    proxies.retain(|p| !p.is_empty());
+    Ok((list, proxies))
+}
+
+/// `/v1/catalog/service/:name`: the services its proxy instances front (none when it is no
+/// proxy).
+fn proxy_destinations(body: &str) -> Result<BTreeSet<String>, serde_json::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Raw {
+        #[serde(default, deserialize_with = "nullable")]
+        service_kind: String,
+        #[serde(default, deserialize_with = "nullable")]
+        service_proxy: RawProxy,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "PascalCase")]
+    struct RawProxy {
+        #[serde(default, deserialize_with = "nullable")]
+        destination_service_name: String,
+    }
+    let raw: Vec<Raw> = nullable(&mut serde_json::Deserializer::from_str(body))?;
+    Ok(raw
+        .into_iter()
+        .filter(|r| r.service_kind == "connect-proxy")
+        .map(|r| r.service_proxy.destination_service_name)
+        .filter(|d| !d.is_empty())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_are_read_compactly_and_null_is_empty() {
+        let body = r#"[{"Node":"n1","CheckID":"service:web-sidecar-proxy:1","Name":"x","Status":"critical","Notes":"","Output":"long","ServiceID":"web-sidecar-proxy","ServiceName":"web-sidecar-proxy","ServiceTags":[],"Type":"tcp","CreateIndex":14,"ModifyIndex":15},
+                       {"Node":"n1","CheckID":"serfHealth","Status":"passing","ServiceID":"","ServiceName":"","ModifyIndex":3}]"#;
+        let got = checks(body).unwrap();
+        assert_eq!(got.len(), 2);
+        let proxy = got.values().find(|c| !c.service.is_empty()).unwrap();
+        assert_eq!(&*proxy.service, "web-sidecar-proxy");
+        assert!(proxy.critical);
+        assert_eq!(proxy.modify_index, 15);
+        let node = got.values().find(|c| c.service.is_empty()).unwrap();
+        assert!(!node.critical, "a node's own check");
+        assert!(checks("null").unwrap().is_empty());
+        assert!(checks("{}").is_err());
+    }
+
+    #[test]
+    fn proxies_are_told_apart_from_services() {
+        let body = r#"[{"ServiceKind":"connect-proxy","ServiceName":"web-sidecar-proxy","ServiceProxy":{"DestinationServiceName":"web"}},
+                       {"ServiceKind":"","ServiceName":"web","ServiceProxy":null}]"#;
+        assert_eq!(
+            proxy_destinations(body).unwrap(),
+            BTreeSet::from(["web".to_owned()])
+        );
+        assert!(proxy_destinations("null").unwrap().is_empty());
+        let body = r#"[{"Node":{"Node":"a","Address":"10.0.0.1"},"Service":{"ID":"w1","Service":"web-sidecar-proxy","Port":21000},"Checks":[]}]"#;
+        let (list, proxies) = instances_and_proxies(body).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(proxies, ["web-sidecar-proxy"]);
+    }
+}
