@@ -170,7 +170,7 @@ fn run(path: std::path::PathBuf) -> ExitCode {
             return load_failed(&e);
         }
     };
-    sidegate::log::configure(config.operations.log_level);
+    sidegate::log::configure(config.operations.log_level, config.operations.log_format);
     for w in &config.warnings {
         sidegate::warn!("{w}");
     }

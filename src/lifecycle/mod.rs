@@ -113,7 +113,7 @@ impl Lifecycle {
         operations: Operations,
         notifier: Arc<Notifier>,
     ) -> Result<Lifecycle, BindError> {
-        crate::log::configure(operations.log_level);
+        crate::log::configure(operations.log_level, operations.log_format);
         let running = proxy::start(plan)?;
         let status = Arc::new(Status::new(running.metrics.clone()));
         // The plan before the endpoint: once it listens, /config and /ready answer for it
@@ -366,7 +366,7 @@ impl Lifecycle {
             // The old endpoint (if any) closes as it is replaced.
             self.admin = admin;
         }
-        crate::log::configure(ops.log_level);
+        crate::log::configure(ops.log_level, ops.log_format);
         self.operations = ops;
         Ok(())
     }

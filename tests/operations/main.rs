@@ -51,5 +51,6 @@ mod ops {
 
 mod budgets;
 mod cli;
+mod logs;
 mod operations;
 mod soak;
