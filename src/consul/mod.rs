@@ -17,6 +17,7 @@ pub mod blocking;
 pub mod client;
 pub mod errors;
 pub mod follow;
+pub mod preflight;
 pub mod state_dir;
 pub mod status;
 pub mod stop;
