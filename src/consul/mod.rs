@@ -10,6 +10,7 @@
 //! inbound caller ─▶ mesh::intentions::authorize ─▶ Authorizer (cache, last answer) ─▶ /v1/agent/connect/authorize
 //! ```
 
+pub mod agent_check;
 pub mod api;
 pub mod assemble;
 pub mod authorizer;

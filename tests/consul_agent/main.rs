@@ -45,4 +45,5 @@ mod builtin_proxy;
 mod follow;
 mod https;
 mod mesh;
+mod onboarding;
 mod source;
