@@ -117,6 +117,15 @@ impl Client {
             .build();
         let shown = settings.address.base();
         let (agent, base) = match &settings.tls_server_name {
+            // The socket is the agent; the URL's host only fills the Host header.
+            _ if settings.address.scheme == Scheme::Unix => (
+                Agent::with_parts(
+                    config,
+                    super::unix::UnixConnector(settings.address.authority.clone().into()),
+                    super::unix::NoResolve,
+                ),
+                "http://localhost".to_owned(),
+            ),
             // The URL names the server name, so that ureq sends it as SNI and verifies the
             // certificate for it; the connection still goes to the configured address.
             Some(name) => (

@@ -22,6 +22,7 @@ pub mod preflight;
 pub mod state_dir;
 pub mod status;
 pub mod stop;
+pub mod unix;
 pub mod watch;
 
 pub use crate::config::consul::settings::{self, Settings};

@@ -80,3 +80,70 @@ fn client_certificates_server_name_capath_and_no_verify() {
     .unwrap();
     assert_eq!(ok.status, 200);
 }
+
+/// `unix:///path`: HTTP over the agent's Unix socket (Consul's `addresses { http }` naming
+/// both loopback, for the harness, and the socket), from the file's address and from
+/// `CONSUL_HTTP_ADDR`.
+#[test]
+fn the_agent_over_a_unix_socket() {
+    let dir = Scratch::new("consul-unix");
+    let socket = dir.path("http.sock");
+    let agent = consul::Agent::start(consul::Options {
+        hcl: vec![format!(
+            "addresses {{ http = \"127.0.0.1 unix://{}\" }}",
+            socket.display()
+        )],
+        ..consul::Options::dev("dc1")
+    });
+    assert_eq!(agent.get("/v1/agent/connect/ca/roots").status, 200);
+    let address = format!("unix://{}", socket.display());
+    let from_file = format!("[consul]\naddress = \"{address}\"\nsidecar_service_id = \"w\"\n");
+    let env_address = address.clone();
+    let env = move |name: &str| (name == "CONSUL_HTTP_ADDR").then(|| env_address.clone());
+    for (text, env) in [
+        (
+            from_file.as_str(),
+            &(|_: &str| None) as &dyn Fn(&str) -> Option<String>,
+        ),
+        ("[consul]\nsidecar_service_id = \"w\"\n", &env),
+    ] {
+        let settings = sidegate::config::parse_with_env(text, env)
+            .unwrap()
+            .consul
+            .unwrap();
+        let client = Client::new(&settings);
+        assert_eq!(client.address(), address);
+        let r = client
+            .get(
+                &Request::new("/v1/agent/connect/ca/roots".into()),
+                &Blocking::No,
+            )
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("TrustDomain"), "{}", r.body);
+        // A registration that is not there: the agent's 404, over the socket too.
+        let r = client
+            .get(
+                &Request::new("/v1/agent/service/nothing".into()),
+                &Blocking::No,
+            )
+            .unwrap();
+        assert_eq!(r.status, 404);
+    }
+    // Nothing listening at that path: unreachable, naming it.
+    let gone = format!(
+        "[consul]\naddress = \"unix://{}/none.sock\"\nsidecar_service_id = \"w\"\n",
+        dir.0.display()
+    );
+    let settings = sidegate::config::parse_with_env(&gone, &|_| None)
+        .unwrap()
+        .consul
+        .unwrap();
+    let e = Client::new(&settings)
+        .get(&Request::new("/v1/agent/self".into()), &Blocking::No)
+        .unwrap_err();
+    assert!(
+        e.is_unreachable() && e.to_string().contains("none.sock"),
+        "{e}"
+    );
+}

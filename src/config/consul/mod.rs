@@ -196,7 +196,7 @@ mod tests {
         let got = errors(
             "[consul]\nsidecar_service_id = \"w\"\n",
             &[
-                ("CONSUL_HTTP_ADDR", "unix:///run/consul.sock"),
+                ("CONSUL_HTTP_ADDR", "unix://run/consul.sock"),
                 ("CONSUL_HTTP_TOKEN_FILE", "/nonexistent"),
             ],
         );

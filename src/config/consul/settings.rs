@@ -48,6 +48,8 @@ pub struct Settings {
 pub enum Scheme {
     Http,
     Https,
+    /// HTTP over the Unix socket at `authority` (an absolute path).
+    Unix,
 }
 
 /// Why an agent address is refused.
@@ -73,7 +75,7 @@ impl fmt::Display for AddressError {
         match self.why {
             AddressProblem::Unix => write!(
                 f,
-                "{given:?}: Unix sockets are not supported; give the agent's TCP address"
+                "{given:?}: a Unix socket needs an absolute path, e.g. unix:///run/consul/http.sock"
             ),
             AddressProblem::Scheme => write!(f, "{given:?}: the scheme must be http or https"),
             AddressProblem::NoHost => write!(f, "{given:?} has no host"),
@@ -110,6 +112,12 @@ impl AgentAddress {
             Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
                 "http" => (Scheme::Http, rest),
                 "https" => (Scheme::Https, rest),
+                "unix" if rest.starts_with('/') && !rest.contains(['?', '#']) => {
+                    return Ok(AgentAddress {
+                        scheme: Scheme::Unix,
+                        authority: rest.to_owned(),
+                    })
+                }
                 "unix" => return Err(bad(AddressProblem::Unix)),
                 _ => return Err(bad(AddressProblem::Scheme)),
             },
@@ -135,11 +143,13 @@ impl AgentAddress {
         })
     }
 
-    /// `scheme://authority`, the prefix of every request URL.
+    /// `scheme://authority`, the prefix of every request URL (`unix://` with the socket's
+    /// path, shown as Consul writes it; requests go to `http://localhost` over the socket).
     pub fn base(&self) -> String {
         let scheme = match self.scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
+            Scheme::Unix => "unix",
         };
         format!("{scheme}://{}", self.authority)
     }
@@ -287,7 +297,7 @@ pub fn resolve(
     // about this agent, though: next to a plain-HTTP address it most likely means the
     // address lost its https:// — the token would travel in clear text while the operator
     // believes the agent verified — so that stays an error.
-    let plain_http = address.as_ref().is_some_and(|a| a.scheme == Scheme::Http);
+    let plain_http = address.as_ref().is_some_and(|a| a.scheme != Scheme::Https);
     let ca = match (&file.ca_file, env("CONSUL_CACERT")) {
         (Some(path), _) => ca_from_file(path, ""),
         (None, Some(path)) if plain_http => {
@@ -302,7 +312,7 @@ pub fn resolve(
     .map_err(|e| fail("ca_file", e.to_string()))
     .ok();
     if let (Some(a), Some(ca)) = (&address, &ca) {
-        if a.scheme == Scheme::Http && !ca.is_empty() {
+        if a.scheme != Scheme::Https && !ca.is_empty() {
             fail(
                 "ca_file",
                 format!("is set but the agent address {a} is plain HTTP; use https://"),
@@ -496,8 +506,12 @@ mod tests {
         for (s, ssl, want) in ok {
             assert_eq!(AgentAddress::parse(s, ssl).unwrap().base(), want, "{s}");
         }
+        let unix = AgentAddress::parse("unix:///var/run/consul.sock", false).unwrap();
+        assert_eq!(unix.scheme, Scheme::Unix);
+        assert_eq!(unix.authority, "/var/run/consul.sock");
+        assert_eq!(unix.base(), "unix:///var/run/consul.sock");
         for (s, why) in [
-            ("unix:///var/run/consul.sock", "Unix sockets"),
+            ("unix://consul.sock", "absolute path"),
             ("ftp://x:1", "scheme"),
             ("localhost", "no port"),
             ("http://x:1/v1", "no path"),
@@ -552,7 +566,7 @@ mod tests {
     #[test]
     fn bad_settings_name_their_key_and_source() {
         let env = env_of(&[
-            ("CONSUL_HTTP_ADDR", "unix:///tmp/c.sock"),
+            ("CONSUL_HTTP_ADDR", "unix://tmp/c.sock"),
             ("CONSUL_CACERT", "/nonexistent/ca.pem"),
             ("CONSUL_HTTP_TOKEN", "two words"),
         ]);
