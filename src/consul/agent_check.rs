@@ -36,6 +36,8 @@ pub struct Report {
     pub snapshot: Option<Snapshot>,
     /// Why there is no snapshot.
     pub incomplete: Option<String>,
+    /// A registration or the leaf is missing: the follower could never complete a state.
+    core_missing: bool,
 }
 
 impl Report {
@@ -95,19 +97,25 @@ pub fn check(settings: &Settings, base: &Snapshot, wait: Duration) -> Report {
     if let Some(service) = &settings.sidecar_for {
         match sidecar_id(&client, service) {
             Ok(id) => resolved.sidecar_service_id = Some(id),
-            Err(e) => report.say("sidecar", false, e.to_string()),
+            Err(e) => {
+                report.core_missing = true;
+                report.say("sidecar", false, e.to_string());
+            }
         }
     }
     if let Some(id) = &resolved.sidecar_service_id {
-        sidecar(&client, id, &mut report);
+        sidecar(&client, id, &settings.mesh_gateway_service, &mut report);
     }
     if let Some(id) = &resolved.gateway_service_id {
         gateway(&client, id, &settings.mesh_gateway_service, &mut report);
     }
     client.shutdown();
-    // Nothing found to follow: the follower would only wait for registrations in vain.
-    if resolved.sidecar_service_id.is_some() || resolved.gateway_service_id.is_some() {
+    // Without a registration or the leaf the follower would only wait in vain.
+    let something = resolved.sidecar_service_id.is_some() || resolved.gateway_service_id.is_some();
+    if something && !report.core_missing {
         plan(resolved, base, wait, &mut report);
+    } else {
+        report.incomplete = Some("not asked: a registration or the leaf is missing".into());
     }
     report
 }
@@ -135,6 +143,7 @@ fn registration(
             Some(reg)
         }
         Ok(Some(reg)) => {
+            report.core_missing = true;
             report.say(
                 role,
                 false,
@@ -146,6 +155,7 @@ fn registration(
             None
         }
         Ok(None) => {
+            report.core_missing = true;
             report.say(
                 role,
                 false,
@@ -156,13 +166,24 @@ fn registration(
             None
         }
         Err(e) => {
+            report.core_missing = true;
             report.say(role, false, format!("registration {id:?}: {e}"));
             None
         }
     }
 }
 
-fn sidecar(client: &Client, id: &str, report: &mut Report) {
+/// A mesh-gateway mode that dials through gateways (`local` or `remote`), at the proxy's
+/// level or an upstream's.
+fn uses_gateways(reg: &Value) -> bool {
+    let mode = |v: &Value| matches!(v["MeshGateway"]["Mode"].as_str(), Some("local" | "remote"));
+    mode(&reg["Proxy"])
+        || reg["Proxy"]["Upstreams"]
+            .as_array()
+            .is_some_and(|ups| ups.iter().any(mode))
+}
+
+fn sidecar(client: &Client, id: &str, gateways: &str, report: &mut Report) {
     let role = "sidecar";
     let Some(reg) = registration(client, role, id, "connect-proxy", report) else {
         return;
@@ -201,6 +222,14 @@ fn sidecar(client: &Client, id: &str, report: &mut Report) {
             "",
             "read",
             "the upstreams' instances",
+        ));
+    }
+    if uses_gateways(&reg) {
+        needs.push(Permission::new(
+            "service",
+            gateways,
+            "read",
+            "the mesh gateways its upstreams' modes dial through",
         ));
     }
     permissions(client, role, &needs, report);
@@ -278,15 +307,13 @@ fn permissions(client: &Client, role: &'static str, needs: &[Permission], report
 
 fn leaf(client: &Client, role: &'static str, service: &str, report: &mut Report) {
     let req = Request::new(format!("/v1/agent/connect/ca/leaf/{}", segment(service)));
-    match client.get(&req, &Blocking::No) {
-        Ok(r) if r.status == 200 => report.say(role, true, format!("leaf for {service:?} issued")),
-        Ok(r) => report.say(
-            role,
-            false,
-            format!("leaf for {service:?}: HTTP {}", r.status),
-        ),
-        Err(e) => report.say(role, false, format!("leaf for {service:?}: {e}")),
-    }
+    let (ok, what) = match client.get(&req, &Blocking::No) {
+        Ok(r) if r.status == 200 => (true, format!("leaf for {service:?} issued")),
+        Ok(r) => (false, format!("leaf for {service:?}: HTTP {}", r.status)),
+        Err(e) => (false, format!("leaf for {service:?}: {e}")),
+    };
+    report.core_missing |= !ok;
+    report.say(role, ok, what);
 }
 
 /// The follower once, as `run` starts it but without a state directory (nothing saved, no
@@ -314,5 +341,27 @@ fn plan(mut settings: Settings, base: &Snapshot, wait: Duration, report: &mut Re
             }
         }
         Err(e) => report.incomplete = Some(format!("cannot follow the agent: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_modes_that_need_the_gateways() {
+        let reg = |proxy: Value| json!({"Kind": "connect-proxy", "Proxy": proxy});
+        assert!(!uses_gateways(&reg(
+            json!({"Upstreams": [{"DestinationName": "db"}]})
+        )));
+        assert!(uses_gateways(&reg(
+            json!({"MeshGateway": {"Mode": "local"}})
+        )));
+        assert!(uses_gateways(&reg(json!({"Upstreams": [
+            {"DestinationName": "db", "MeshGateway": {"Mode": "remote"}}
+        ]}))));
+        assert!(!uses_gateways(&reg(
+            json!({"MeshGateway": {"Mode": "none"}})
+        )));
     }
 }
