@@ -4,9 +4,19 @@ use std::path::PathBuf;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Run { config: PathBuf },
-    Check { config: PathBuf, json: bool },
-    Explain { config: PathBuf, sni: String },
+    Run {
+        config: PathBuf,
+    },
+    Check {
+        config: PathBuf,
+        json: bool,
+        /// `--agent`: ask the Consul agent whether the token and registrations will work.
+        agent: bool,
+    },
+    Explain {
+        config: PathBuf,
+        sni: String,
+    },
     Version,
     Help,
 }
@@ -14,13 +24,16 @@ pub enum Command {
 pub const USAGE: &str = "\
 usage: sidegate run --config FILE              run every configured role
        sidegate check --config FILE [--json]   validate and print the resolved plan
+       sidegate check --agent --config FILE    ask the Consul agent: registrations, ACL
+                                               permissions, leaf, and the resulting plan
        sidegate explain --config FILE --sni NAME
                                                which gateway route NAME takes, and why
        sidegate --version
 
 signals (run): SIGHUP reloads the file; SIGTERM/SIGINT drain, then exit 0
 
-exit codes: 0 ok; 1 explain found no route; 64 bad usage; 66 config file unreadable;
+exit codes: 0 ok; 1 explain found no route, or check --agent found something missing;
+            64 bad usage; 66 config file unreadable; 69 check --agent reached no agent;
             71 a listener could not be bound; 78 invalid configuration
 environment: SIDEGATE_LOG=error|warn|info|debug (wins over [log] level)";
 
@@ -57,6 +70,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
     };
     let mut config = None;
     let mut json = false;
+    let mut agent = false;
     let mut sni = None;
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -73,19 +87,21 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
             "--config" | "-c" => config = Some(PathBuf::from(value("--config")?)),
             "--sni" => sni = Some(value("--sni")?),
             "--json" if inline.is_none() => json = true,
+            "--agent" if inline.is_none() => agent = true,
             _ => return Err(UsageError::UnknownArgument(arg)),
         }
     }
     let need_config = |c: Option<PathBuf>| c.ok_or_else(|| UsageError::NeedsConfig(cmd.clone()));
     match cmd.as_str() {
-        "run" if !json && sni.is_none() => Ok(Command::Run {
+        "run" if !json && !agent && sni.is_none() => Ok(Command::Run {
             config: need_config(config)?,
         }),
-        "check" if sni.is_none() => Ok(Command::Check {
+        "check" if sni.is_none() && !(json && agent) => Ok(Command::Check {
             config: need_config(config)?,
             json,
+            agent,
         }),
-        "explain" if !json => Ok(Command::Explain {
+        "explain" if !json && !agent => Ok(Command::Explain {
             config: need_config(config)?,
             sni: sni.ok_or(UsageError::NeedsSni)?,
         }),
@@ -116,9 +132,20 @@ mod tests {
             p("check --config=a.toml --json"),
             Ok(Command::Check {
                 config: "a.toml".into(),
-                json: true
+                json: true,
+                agent: false
             })
         );
+        assert_eq!(
+            p("check --agent --config a.toml"),
+            Ok(Command::Check {
+                config: "a.toml".into(),
+                json: false,
+                agent: true
+            })
+        );
+        assert!(p("check --agent --json --config a").is_err());
+        assert!(p("run --agent --config a").is_err());
         assert_eq!(
             p("explain -c a.toml --sni x.y"),
             Ok(Command::Explain {

@@ -2,7 +2,12 @@
 //!
 //! Under systemd (stderr is the stream `JOURNAL_STREAM` names) each line starts with a `<N>`
 //! syslog priority and has no timestamp (the journal adds its own); elsewhere lines carry an
-//! RFC 3339 UTC timestamp and the level.
+//! RFC 3339 UTC timestamp and the level. `[log] format = "json"` writes one JSON object per
+//! line instead (`timestamp`, `level`, `target`, `message`), for log shippers.
+//!
+//! The libraries sidegate links (rustls, ureq) log through the `log` crate; `init_from_env`
+//! installs a bridge that writes their records here, capped at debug: at trace, ureq writes
+//! request heads and URLs unredacted, and the Consul token travels in a request header.
 
 use std::fmt;
 use std::io::Write;
@@ -48,14 +53,35 @@ impl Level {
     }
 }
 
+/// How lines are written: for people and journald, or for log shippers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Some(Format::Text),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 static JOURNAL: AtomicBool = AtomicBool::new(false);
+static JSON: AtomicBool = AtomicBool::new(false);
 /// `SIDEGATE_LOG` set a level, which the configuration file then does not override.
 static FROM_ENV: AtomicBool = AtomicBool::new(false);
 
-/// Reads `SIDEGATE_LOG` (error, warn, info, debug) and `JOURNAL_STREAM`.
+/// Reads `SIDEGATE_LOG` (error, warn, info, debug) and `JOURNAL_STREAM`, and installs the
+/// bridge for the `log` crate's records.
 pub fn init_from_env() {
     JOURNAL.store(stderr_is_journal(), Ordering::Relaxed);
+    install_bridge();
     if let Ok(value) = std::env::var("SIDEGATE_LOG") {
         match Level::parse(&value) {
             Some(level) => {
@@ -72,9 +98,52 @@ pub fn init_from_env() {
 /// Applies the configuration file's `[log] level` (info when absent), unless `SIDEGATE_LOG`
 /// chose one: the environment is how an operator turns on debug for one run without editing
 /// the file.
-pub fn configure(level: Option<Level>) {
+pub fn configure(level: Option<Level>, format: Format) {
     if !FROM_ENV.load(Ordering::Relaxed) {
         set_level(level.unwrap_or(Level::Info));
+    }
+    set_format(format);
+}
+
+pub fn set_format(format: Format) {
+    JSON.store(format == Format::Json, Ordering::Relaxed);
+}
+
+/// The `log` crate's records (rustls, ureq) into this logger.
+struct Bridge;
+
+static BRIDGE: Bridge = Bridge;
+
+/// Trace has no level here: it is never written (see the module's comment).
+fn from_log(level: log::Level) -> Option<Level> {
+    match level {
+        log::Level::Error => Some(Level::Error),
+        log::Level::Warn => Some(Level::Warn),
+        log::Level::Info => Some(Level::Info),
+        log::Level::Debug => Some(Level::Debug),
+        log::Level::Trace => None,
+    }
+}
+
+impl log::Log for Bridge {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        from_log(metadata.level()).is_some_and(enabled)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if let Some(level) = from_log(record.level()).filter(|l| enabled(*l)) {
+            write_from(level, record.target(), *record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the bridge once; the `log` crate's own ceiling is debug, so `log_enabled!(Trace)`
+/// is false in every library whatever the level.
+pub fn install_bridge() {
+    if log::set_logger(&BRIDGE).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
     }
 }
 
@@ -110,11 +179,25 @@ pub fn enabled(level: Level) -> bool {
 }
 
 pub fn write(level: Level, args: fmt::Arguments<'_>) {
+    write_from(level, "sidegate", args);
+}
+
+/// Writes one record; `target` is the module it came from (a library's, for bridged records).
+pub fn write_from(level: Level, target: &str, args: fmt::Arguments<'_>) {
+    if JSON.load(Ordering::Relaxed) {
+        let line = json_line(Utc(SystemTime::now()), level, target, args);
+        // A closed stderr must not take the proxy down; the line is simply lost.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        return;
+    }
     let head = if JOURNAL.load(Ordering::Relaxed) {
         Head::Journal(level.syslog_priority())
     } else {
         Head::Human(Utc(SystemTime::now()), level.name())
     };
+    // sidegate's own lines read as they always did; a library's name its module.
+    let own = target == "sidegate" || target.starts_with("sidegate::");
+    let (target, sep) = if own { ("", "") } else { (target, ": ") };
     let mut out = Lines {
         out: std::io::stderr().lock(),
         buf: [0; LINE_BUF],
@@ -123,8 +206,23 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
         fresh: true,
     };
     // A closed stderr must not take the proxy down; the line is simply lost.
-    let _ = fmt::Write::write_fmt(&mut out, format_args!("{args}\n"));
+    let _ = fmt::Write::write_fmt(&mut out, format_args!("{target}{sep}{args}\n"));
     out.flush();
+}
+
+/// One JSON object and a newline. It allocates, unlike the text lines: the format is chosen
+/// for shippers, and serde_json escapes whatever a message holds (quotes, control
+/// characters, names from the network) so that every line parses.
+fn json_line(at: Utc, level: Level, target: &str, args: fmt::Arguments<'_>) -> String {
+    let record = serde_json::json!({
+        "timestamp": at.to_string(),
+        "level": level.name().to_ascii_lowercase(),
+        "target": target,
+        "message": args.to_string(),
+    });
+    let mut line = record.to_string();
+    line.push('\n');
+    line
 }
 
 /// Most lines fit: one write(2) per line, without allocating.
@@ -193,7 +291,7 @@ impl<W: Write> fmt::Write for Lines<W> {
 macro_rules! log_at {
     ($level:expr, $($arg:tt)*) => {
         if $crate::log::enabled($level) {
-            $crate::log::write($level, format_args!($($arg)*));
+            $crate::log::write_from($level, module_path!(), format_args!($($arg)*));
         }
     };
 }
@@ -287,6 +385,45 @@ mod tests {
             format!("1970-01-01T00:00:00.000Z WARN  {long}\n1970-01-01T00:00:00.000Z WARN  end\n"),
             "a line longer than the buffer"
         );
+    }
+
+    #[test]
+    fn json_lines_parse_and_escape() {
+        let line = json_line(
+            Utc(UNIX_EPOCH),
+            Level::Warn,
+            "rustls::conn",
+            format_args!("a \"quoted\" name\nsecond line \u{1b}[31m"),
+        );
+        assert!(
+            line.ends_with('\n') && line.matches('\n').count() == 1,
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["target"], "rustls::conn");
+        assert_eq!(v["message"], "a \"quoted\" name\nsecond line \u{1b}[31m");
+    }
+
+    #[test]
+    fn the_bridge_never_passes_trace() {
+        install_bridge();
+        assert_eq!(log::max_level(), log::LevelFilter::Debug);
+        assert_eq!(from_log(log::Level::Trace), None);
+        assert_eq!(from_log(log::Level::Warn), Some(Level::Warn));
+        let trace = log::Metadata::builder()
+            .level(log::Level::Trace)
+            .target("ureq::run")
+            .build();
+        assert!(!log::Log::enabled(&BRIDGE, &trace));
+    }
+
+    #[test]
+    fn parses_formats() {
+        assert_eq!(Format::parse("JSON"), Some(Format::Json));
+        assert_eq!(Format::parse("text"), Some(Format::Text));
+        assert_eq!(Format::parse("logfmt"), None);
     }
 
     #[test]

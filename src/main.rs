@@ -50,7 +50,12 @@ fn main() -> ExitCode {
             ));
             ExitCode::SUCCESS
         }
-        Command::Check { config, json } => {
+        Command::Check {
+            config,
+            json: _,
+            agent: true,
+        } => load(&config).map_or_else(|code| code, |c| check_agent(&c)),
+        Command::Check { config, json, .. } => {
             load(&config).map_or_else(|code| code, |c| check(&c, json))
         }
         Command::Explain { config, sni } => {
@@ -131,6 +136,46 @@ fn check(config: &config::Config, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// How long `check --agent` waits for the agent's complete state.
+const AGENT_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const EX_UNAVAILABLE: u8 = 69;
+
+/// `check --agent`: a line per thing each role needs (`ok` or `MISSING`), then the plan the
+/// agent's state gives. Exit 0 only when everything would work.
+fn check_agent(config: &config::Config) -> ExitCode {
+    let Some(settings) = &config.consul else {
+        err!("sidegate: check --agent needs a [consul] section: this file does not use an agent");
+        return ExitCode::from(EX_CONFIG);
+    };
+    for w in &config.warnings {
+        err!("warning: {w}");
+    }
+    let report = sidegate::consul::agent_check::check(settings, &config.snapshot, AGENT_CHECK_WAIT);
+    let mut text = format!("agent {}:\n", settings.address);
+    for f in &report.findings {
+        let mark = if f.ok { "ok     " } else { "MISSING" };
+        text.push_str(&format!("  {mark} {}: {}\n", f.role, f.what));
+    }
+    match (&report.snapshot, &report.incomplete) {
+        (Some(snapshot), _) => {
+            text.push_str("plan from the agent's state:\n");
+            text.push_str(&sidegate::mesh::plan::describe(&plan(snapshot)));
+        }
+        (None, Some(why)) if !report.unreachable => {
+            text.push_str(&format!("  MISSING plan: {why}\n"));
+        }
+        _ => {}
+    }
+    out(&text);
+    if report.all_ok() {
+        ExitCode::SUCCESS
+    } else if report.unreachable {
+        ExitCode::from(EX_UNAVAILABLE)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn explain_sni(config: &config::Config, sni: &str) -> ExitCode {
     let snapshot = offline_state(config);
     let plan = plan(&snapshot);
@@ -170,7 +215,7 @@ fn run(path: std::path::PathBuf) -> ExitCode {
             return load_failed(&e);
         }
     };
-    sidegate::log::configure(config.operations.log_level);
+    sidegate::log::configure(config.operations.log_level, config.operations.log_format);
     for w in &config.warnings {
         sidegate::warn!("{w}");
     }

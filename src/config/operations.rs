@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::fields::Fields;
-use crate::log::Level;
+use crate::log::{Format, Level};
 
 /// How the process is run: the admin endpoint, the drain grace period, the log level.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct Operations {
     pub drain_timeout: Duration,
     /// `[log] level`; `SIDEGATE_LOG` in the environment wins over it.
     pub log_level: Option<Level>,
+    /// `[log] format`: text (the default) or json.
+    pub log_format: Format,
 }
 
 impl Operations {
@@ -31,6 +33,7 @@ impl Default for Operations {
             admin: None,
             drain_timeout: Duration::from_millis(Self::DEFAULT_DRAIN_TIMEOUT_MS),
             log_level: None,
+            log_format: Format::Text,
         }
     }
 }
@@ -66,8 +69,15 @@ pub fn operations(root: &Fields<'_>) -> Option<Operations> {
         }
         None => defaults.drain_timeout,
     };
+    let mut log_format = Format::Text;
     let log_level = match root.table("log") {
         Some(t) => {
+            if let Some(f) = t.str("format") {
+                match Format::parse(f) {
+                    Some(format) => log_format = format,
+                    None => t.error("format", format!("{f:?} is not \"text\" or \"json\"")),
+                }
+            }
             let level = t.str("level").map(|l| {
                 let parsed = Level::parse(l);
                 if parsed.is_none() {
@@ -87,6 +97,7 @@ pub fn operations(root: &Fields<'_>) -> Option<Operations> {
         admin: admin?,
         drain_timeout,
         log_level,
+        log_format,
     })
 }
 
@@ -109,6 +120,8 @@ mod tests {
         assert_eq!(set.admin, Some("127.0.0.1:19100".parse().unwrap()));
         assert_eq!(set.drain_timeout, Duration::ZERO);
         assert_eq!(set.log_level, Some(Level::Debug));
+        assert_eq!(set.log_format, Format::Text);
+        assert_eq!(ops("[log]\nformat = \"json\"\n").log_format, Format::Json);
         let admin = ops("[admin]\nlisten = \"[::1]:9100\"\n");
         assert_eq!(admin.admin, Some("[::1]:9100".parse().unwrap()));
     }
@@ -116,7 +129,7 @@ mod tests {
     #[test]
     fn every_error_has_its_key_path() {
         let text = format!(
-            "{GATEWAY}[admin]\nlisten = \"localhost:9100\"\nlisen = 1\n[shutdown]\ndrain_timeout_ms = -1\n[log]\nlevel = \"loud\"\n"
+            "{GATEWAY}[admin]\nlisten = \"localhost:9100\"\nlisen = 1\n[shutdown]\ndrain_timeout_ms = -1\n[log]\nlevel = \"loud\"\nformat = \"xml\"\n"
         );
         let errors: Vec<String> = crate::config::parse(&text)
             .unwrap_err()
@@ -128,6 +141,7 @@ mod tests {
             "admin.lisen: unknown key (did you mean `listen`?)",
             "shutdown.drain_timeout_ms: -1 is out of range (0 to 86400000)",
             "log.level: \"loud\" is not one of",
+            "log.format: \"xml\" is not \"text\" or \"json\"",
         ] {
             assert!(
                 errors.iter().any(|e| e.starts_with(want)),

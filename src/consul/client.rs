@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use ureq::Agent;
 
 use super::blocking::{request_timeout, wait_param};
@@ -90,7 +92,11 @@ pub struct Reply {
 
 pub struct Client {
     agent: Agent,
+    /// The prefix of request URLs: the agent's address, or with `CONSUL_TLS_SERVER_NAME`
+    /// that name (which `AgentAt` resolves to the address).
     base: String,
+    /// The agent's address as configured, for logs and errors.
+    shown: String,
     token: Option<Token>,
 }
 
@@ -100,19 +106,6 @@ impl Client {
         reason = "the one place that builds the Consul agent's HTTP client"
     )]
     pub fn new(settings: &Settings) -> Arc<Client> {
-        let mut tls = TlsConfig::builder()
-            .provider(TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()));
-        if settings.address.scheme == Scheme::Https {
-            let roots: Vec<Certificate<'static>> = settings
-                .ca
-                .iter()
-                .map(|c| Certificate::from_der(c.as_ref()).to_owned())
-                .collect();
-            // No CA given: an empty root set refuses every certificate, and the error says to
-            // set ca_file, rather than trusting a bundle nobody chose.
-            tls = tls.root_certs(RootCerts::new_with_certs(&roots));
-        }
         let config = Agent::config_builder()
             .http_status_as_error(false)
             // A redirect could carry the token to another host; the agent never redirects.
@@ -127,11 +120,35 @@ impl Client {
             .max_idle_connections_per_host(IDLE_CONNECTIONS)
             .timeout_global(Some(SHORT_TIMEOUT))
             .user_agent(concat!("sidegate/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls.build())
+            .tls_config(tls_config(settings))
             .build();
+        let shown = settings.address.base();
+        let (agent, base) = match &settings.tls_server_name {
+            // The socket is the agent; the URL's host only fills the Host header.
+            _ if settings.address.scheme == Scheme::Unix => (
+                Agent::with_parts(
+                    config,
+                    super::unix::UnixConnector(settings.address.authority.clone().into()),
+                    super::unix::NoResolve,
+                ),
+                "http://localhost".to_owned(),
+            ),
+            // The URL names the server name, so that ureq sends it as SNI and verifies the
+            // certificate for it; the connection still goes to the configured address.
+            Some(name) => (
+                Agent::with_parts(
+                    config,
+                    DefaultConnector::new(),
+                    AgentAt(settings.address.authority.clone()),
+                ),
+                with_host(&settings.address.authority, name),
+            ),
+            None => (Agent::new_with_config(config), shown.clone()),
+        };
         Arc::new(Client {
-            agent: Agent::new_with_config(config),
-            base: settings.address.base(),
+            agent,
+            base,
+            shown,
             token: settings.token.clone(),
         })
     }
@@ -145,7 +162,7 @@ impl Client {
     }
 
     pub fn address(&self) -> &str {
-        &self.base
+        &self.shown
     }
 
     pub fn get(&self, req: &Request, blocking: &Blocking) -> Result<Reply, ApiError> {
@@ -199,7 +216,7 @@ impl Client {
         answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Reply, ApiError> {
         let mut resp =
-            answer.map_err(|e| ApiError::unreachable(shown.clone(), &self.base, e.to_string()))?;
+            answer.map_err(|e| ApiError::unreachable(shown.clone(), &self.shown, e.to_string()))?;
         let status = resp.status().as_u16();
         let header = |name: &str| {
             resp.headers()
@@ -215,7 +232,7 @@ impl Client {
             .limit(MAX_BODY)
             .lossy_utf8(true)
             .read_to_string()
-            .map_err(|e| ApiError::unreachable(shown.clone(), &self.base, e.to_string()))?;
+            .map_err(|e| ApiError::unreachable(shown.clone(), &self.shown, e.to_string()))?;
         match status {
             200..=299 | 404 => Ok(Reply {
                 status,
@@ -231,9 +248,82 @@ impl Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("address", &self.base)
+            .field("address", &self.shown)
             .field("token", &self.token)
             .finish()
+    }
+}
+
+fn tls_config(settings: &Settings) -> TlsConfig {
+    let mut tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()));
+    if settings.address.scheme != Scheme::Https {
+        return tls.build();
+    }
+    let roots: Vec<Certificate<'static>> = settings
+        .ca
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    // No CA given: an empty root set refuses every certificate, and the error says to
+    // set ca_file, rather than trusting a bundle nobody chose.
+    tls = tls.root_certs(RootCerts::new_with_certs(&roots));
+    if !settings.verify {
+        crate::warn!(
+            "consul: CONSUL_HTTP_SSL_VERIFY=false: the certificate of the agent at {} is NOT verified; whoever is on the path can read the ACL token",
+            settings.address
+        );
+        tls = tls.disable_verification(true);
+    }
+    if let Some(c) = &settings.client_cert {
+        let chain: Vec<Certificate<'static>> = c
+            .chain
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
+        // Checked when the settings were read; should it fail here, the agent refuses the
+        // handshake and says so.
+        match PrivateKey::from_pem(c.key_pem()) {
+            Ok(key) => tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key))),
+            Err(e) => crate::error!("consul: the client key (CONSUL_CLIENT_KEY) is unusable: {e}"),
+        }
+    }
+    tls.build()
+}
+
+/// `scheme://name[:port]` with the port of `authority` (`host:port` or `[v6]:port`).
+fn with_host(authority: &str, name: &str) -> String {
+    let port = authority
+        .rsplit_once(':')
+        .filter(|(host, port)| !host.ends_with(':') && port.parse::<u16>().is_ok())
+        .map(|(_, port)| format!(":{port}"))
+        .unwrap_or_default();
+    let host = if name.contains(':') {
+        format!("[{name}]")
+    } else {
+        name.to_owned()
+    };
+    format!("https://{host}{port}")
+}
+
+/// Resolves every request's host to the agent's configured address: with
+/// `CONSUL_TLS_SERVER_NAME`, the URL carries the name the certificate is verified for, which
+/// need not resolve at all (Consul's own default is `server.<dc>.consul`).
+#[derive(Debug)]
+struct AgentAt(String);
+
+impl Resolver for AgentAt {
+    fn resolve(
+        &self,
+        _uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let uri: ureq::http::Uri = format!("https://{}", self.0)
+            .parse()
+            .map_err(|_| ureq::Error::HostNotFound)?;
+        DefaultResolver::default().resolve(&uri, config, timeout)
     }
 }
 
@@ -266,6 +356,19 @@ mod tests {
         assert_eq!(
             Request::new("/v1/agent/connect/ca/roots".into()).shown("GET", &Blocking::No),
             "GET /v1/agent/connect/ca/roots"
+        );
+    }
+
+    #[test]
+    fn server_name_keeps_the_port() {
+        assert_eq!(
+            with_host("127.0.0.1:8501", "consul.local"),
+            "https://consul.local:8501"
+        );
+        assert_eq!(with_host("[::1]:8501", "::1"), "https://[::1]:8501");
+        assert_eq!(
+            with_host("agent", "server.dc1.consul"),
+            "https://server.dc1.consul"
         );
     }
 

@@ -10,6 +10,7 @@
 //! inbound caller ─▶ mesh::intentions::authorize ─▶ Authorizer (cache, last answer) ─▶ /v1/agent/connect/authorize
 //! ```
 
+pub mod agent_check;
 pub mod api;
 pub mod assemble;
 pub mod authorizer;
@@ -18,9 +19,11 @@ pub mod client;
 pub mod errors;
 pub mod fleet;
 pub mod follow;
+pub mod preflight;
 pub mod state_dir;
 pub mod status;
 pub mod stop;
+pub mod unix;
 pub mod watch;
 
 pub use crate::config::consul::settings::{self, Settings};

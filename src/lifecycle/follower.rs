@@ -63,6 +63,9 @@ impl Source {
                 "the configuration no longer has [consul]; switching sources needs a restart",
             ));
         };
+        // sidecar_for: which registration, looked up once per start or reload.
+        let settings =
+            crate::consul::preflight::resolve_sidecar_for(settings).map_err(io::Error::other)?;
         let mut slot = self
             .follower
             .lock()

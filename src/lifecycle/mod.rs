@@ -115,7 +115,7 @@ impl Lifecycle {
         operations: Operations,
         notifier: Arc<Notifier>,
     ) -> Result<Lifecycle, BindError> {
-        crate::log::configure(operations.log_level);
+        crate::log::configure(operations.log_level, operations.log_format);
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let running = proxy::start_handing(plan, metrics, notifier.handover())?;
         let status = Arc::new(Status::new(running.metrics.clone()));
@@ -369,7 +369,7 @@ impl Lifecycle {
             // The old endpoint (if any) closes as it is replaced.
             self.admin = admin;
         }
-        crate::log::configure(ops.log_level);
+        crate::log::configure(ops.log_level, ops.log_format);
         self.operations = ops;
         Ok(())
     }

@@ -19,10 +19,10 @@ use serde_json::json;
 use sidegate::consul::client::{Blocking, Client, Request};
 use sidegate::consul::Settings;
 
-const MASTER: &str = "8a8e8e0b-6f43-4bde-9d1c-3c9e2d0d7a11";
+pub(crate) const MASTER: &str = "8a8e8e0b-6f43-4bde-9d1c-3c9e2d0d7a11";
 
 /// A CA and an HTTPS certificate for 127.0.0.1, as files for the agent and for sidegate.
-fn pki(dir: &Path) {
+pub(crate) fn pki(dir: &Path) {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name
@@ -45,15 +45,24 @@ fn pki(dir: &Path) {
 }
 
 fn https_agent(dir: &Path, https: u16) -> Agent {
+    https_agent_with(dir, https, &[])
+}
+
+/// The HTTPS agent with more configuration (e.g. `verify_incoming_https`).
+pub(crate) fn https_agent_with(dir: &Path, https: u16, more: &[&str]) -> Agent {
     let d = dir.display();
+    let mut hcl = vec![
+        format!("ports {{ https = {https} }}"),
+        format!("ca_file = \"{d}/ca.pem\""),
+        format!("cert_file = \"{d}/agent.pem\""),
+        format!("key_file = \"{d}/agent-key.pem\""),
+        format!(
+            "acl {{ enabled = true default_policy = \"deny\" tokens {{ master = \"{MASTER}\" }} }}"
+        ),
+    ];
+    hcl.extend(more.iter().map(|m| (*m).to_owned()));
     Agent::start(Options {
-        hcl: vec![
-            format!("ports {{ https = {https} }}"),
-            format!("ca_file = \"{d}/ca.pem\""),
-            format!("cert_file = \"{d}/agent.pem\""),
-            format!("key_file = \"{d}/agent-key.pem\""),
-            format!("acl {{ enabled = true default_policy = \"deny\" tokens {{ master = \"{MASTER}\" }} }}"),
-        ],
+        hcl,
         // The harness registers services with it.
         token: Some(MASTER.to_owned()),
         ..Options::dev("dc1")

@@ -42,9 +42,11 @@ mod ops {
 }
 
 mod builtin_proxy;
+mod environment;
 mod follow;
 mod https;
 mod mesh;
+mod onboarding;
 mod scale;
 mod source;
 mod wanfed;

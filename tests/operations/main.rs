@@ -52,6 +52,7 @@ mod ops {
 mod budgets;
 mod chain;
 mod cli;
+mod logs;
 mod observability;
 mod operations;
 mod restarts;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::fields::Fields;
 use super::sections::name_ok;
+pub mod environment;
 pub mod settings;
 
 pub use settings::{resolve, FileKeys, Settings};
@@ -20,7 +21,7 @@ const FROM_THE_AGENT: [(&str, &str); 5] = [
     ("tls", "the leaf and roots come from the agent"),
     (
         "sidecar",
-        "the sidecar comes from its registration (sidecar_service_id)",
+        "the sidecar comes from its registration (sidecar_service_id or sidecar_for)",
     ),
     ("config_entries", "config entries come from the agent"),
     (
@@ -52,6 +53,10 @@ pub fn settings(
         token_file: path("token_file"),
         ca_file: path("ca_file"),
         sidecar_service_id: id("sidecar_service_id").map(str::to_owned),
+        sidecar_for: t
+            .str("sidecar_for")
+            .filter(|v| name_ok(t, "sidecar_for", v))
+            .map(str::to_owned),
         gateway_service_id: id("gateway_service_id").map(str::to_owned),
         mesh_gateway_service: t
             .str("mesh_gateway_service")
@@ -73,6 +78,12 @@ pub fn settings(
     });
     match resolve(keys, env) {
         Ok(s) => {
+            if !s.verify {
+                t.warn(
+                    "address",
+                    "CONSUL_HTTP_SSL_VERIFY=false: the agent's certificate is NOT verified; whoever is on the path to the agent can read the ACL token",
+                );
+            }
             if let Some(path) = token_file.filter(|_| s.token.is_some()) {
                 super::tls::warn_if_others_can_read(t, "token_file", &path);
             }
@@ -185,7 +196,7 @@ mod tests {
         let got = errors(
             "[consul]\nsidecar_service_id = \"w\"\n",
             &[
-                ("CONSUL_HTTP_ADDR", "unix:///run/consul.sock"),
+                ("CONSUL_HTTP_ADDR", "unix://run/consul.sock"),
                 ("CONSUL_HTTP_TOKEN_FILE", "/nonexistent"),
             ],
         );

@@ -1,6 +1,8 @@
 //! How to reach the local Consul agent and what to follow there: `[consul]` over the usual
 //! environment defaults (`CONSUL_HTTP_ADDR`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_TOKEN`,
-//! `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT`), as Consul's own CLI reads them.
+//! `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT`, `CONSUL_CAPATH`, `CONSUL_HTTP_SSL_VERIFY`,
+//! `CONSUL_TLS_SERVER_NAME`, `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY`), as Consul's own CLI
+//! reads them.
 //!
 //! Precedence, highest first: the file's key, the environment, the built-in default. Between
 //! the two token sources Consul's rule holds: a token file wins over a token value.
@@ -10,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+
+use super::environment::{self, ClientCert};
 
 /// Consul's default HTTP address.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8500";
@@ -22,7 +26,18 @@ pub struct Settings {
     pub token: Option<Token>,
     /// Roots trusted for the agent's HTTPS certificate (`ca_file` / `CONSUL_CACERT`).
     pub ca: Vec<CertificateDer<'static>>,
+    /// `CONSUL_HTTP_SSL_VERIFY=false`: the agent's certificate is not verified at all.
+    pub verify: bool,
+    /// `CONSUL_TLS_SERVER_NAME`: the name the agent's certificate is verified for (and sent
+    /// as SNI) instead of the address's host.
+    pub tls_server_name: Option<String>,
+    /// `CONSUL_CLIENT_CERT`/`CONSUL_CLIENT_KEY`, for an agent that verifies incoming HTTPS.
+    pub client_cert: Option<ClientCert>,
     pub sidecar_service_id: Option<String>,
+    /// `sidecar_for`: the service whose sidecar registration this is, as Consul's
+    /// `-sidecar-for`; found on the agent (`consul::preflight`) before following, which
+    /// then fills `sidecar_service_id`.
+    pub sidecar_for: Option<String>,
     pub gateway_service_id: Option<String>,
     /// The service name mesh gateways are registered under in every datacenter.
     pub mesh_gateway_service: String,
@@ -33,6 +48,8 @@ pub struct Settings {
 pub enum Scheme {
     Http,
     Https,
+    /// HTTP over the Unix socket at `authority` (an absolute path).
+    Unix,
 }
 
 /// Why an agent address is refused.
@@ -58,7 +75,7 @@ impl fmt::Display for AddressError {
         match self.why {
             AddressProblem::Unix => write!(
                 f,
-                "{given:?}: Unix sockets are not supported; give the agent's TCP address"
+                "{given:?}: a Unix socket needs an absolute path, e.g. unix:///run/consul/http.sock"
             ),
             AddressProblem::Scheme => write!(f, "{given:?}: the scheme must be http or https"),
             AddressProblem::NoHost => write!(f, "{given:?} has no host"),
@@ -95,6 +112,12 @@ impl AgentAddress {
             Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
                 "http" => (Scheme::Http, rest),
                 "https" => (Scheme::Https, rest),
+                "unix" if rest.starts_with('/') && !rest.contains(['?', '#']) => {
+                    return Ok(AgentAddress {
+                        scheme: Scheme::Unix,
+                        authority: rest.to_owned(),
+                    })
+                }
                 "unix" => return Err(bad(AddressProblem::Unix)),
                 _ => return Err(bad(AddressProblem::Scheme)),
             },
@@ -120,11 +143,13 @@ impl AgentAddress {
         })
     }
 
-    /// `scheme://authority`, the prefix of every request URL.
+    /// `scheme://authority`, the prefix of every request URL (`unix://` with the socket's
+    /// path, shown as Consul writes it; requests go to `http://localhost` over the socket).
     pub fn base(&self) -> String {
         let scheme = match self.scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
+            Scheme::Unix => "unix",
         };
         format!("{scheme}://{}", self.authority)
     }
@@ -205,6 +230,7 @@ pub struct FileKeys {
     pub token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
     pub sidecar_service_id: Option<String>,
+    pub sidecar_for: Option<String>,
     pub gateway_service_id: Option<String>,
     pub mesh_gateway_service: Option<String>,
     pub state_dir: Option<PathBuf>,
@@ -289,7 +315,19 @@ pub fn resolve(
     let mut fail = |key: &'static str, message: String| errors.push(SettingError { key, message });
     let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
 
-    let ssl = env("CONSUL_HTTP_SSL").is_some_and(|v| matches!(v.trim(), "1" | "true" | "TRUE"));
+    // Go's ParseBool, as Consul's CLI: "True" and "t" mean HTTPS too, and a value it would
+    // refuse is an error here, not plain HTTP.
+    let mut flag = |name: &'static str, default: bool| {
+        environment::bool_var(name, env(name))
+            .map_err(|e| fail("", e.0))
+            .ok()
+            .flatten()
+            .unwrap_or(default)
+    };
+    let (ssl, verify) = (
+        flag("CONSUL_HTTP_SSL", false),
+        flag("CONSUL_HTTP_SSL_VERIFY", true),
+    );
     let (address_text, from) = match (&file.address, env("CONSUL_HTTP_ADDR")) {
         (Some(a), _) => (a.clone(), String::new()),
         (None, Some(a)) => (a, " (from CONSUL_HTTP_ADDR)".to_owned()),
@@ -318,7 +356,7 @@ pub fn resolve(
     // about this agent, though: next to a plain-HTTP address it most likely means the
     // address lost its https:// — the token would travel in clear text while the operator
     // believes the agent verified — so that stays an error.
-    let plain_http = address.as_ref().is_some_and(|a| a.scheme == Scheme::Http);
+    let plain_http = address.as_ref().is_some_and(|a| a.scheme != Scheme::Https);
     let ca = match (&file.ca_file, env("CONSUL_CACERT")) {
         (Some(path), _) => ca_from_file(path, ""),
         (None, Some(path)) if plain_http => {
@@ -333,31 +371,31 @@ pub fn resolve(
     .map_err(|e| fail("ca_file", e.to_string()))
     .ok();
     if let (Some(a), Some(ca)) = (&address, &ca) {
-        if a.scheme == Scheme::Http && !ca.is_empty() {
+        if a.scheme != Scheme::Https && !ca.is_empty() {
             fail(
                 "ca_file",
                 format!("is set but the agent address {a} is plain HTTP; use https://"),
             );
         }
     }
+    let https = !plain_http && address.is_some();
+    let (ca, client_cert, tls_server_name) = https_from_env(&env, https, ca, &mut fail);
 
-    let state_dir = state_dir(file.state_dir, &env)
+    let state_dir = state_dir(file.state_dir.clone(), &env)
         .map_err(|e| fail("state_dir", e.to_string()))
         .ok()
         .flatten();
-
-    if file.sidecar_service_id.is_none() && file.gateway_service_id.is_none() {
-        fail(
-            "sidecar_service_id",
-            "with [consul], name what to follow: sidecar_service_id (a connect-proxy registration) and/or gateway_service_id (a mesh-gateway registration)".to_owned(),
-        );
-    }
+    check_targets(&file, &mut fail);
     match (address, token, ca) {
         (Some(address), Some(token), Some(ca)) if errors.is_empty() => Ok(Settings {
             address,
             token,
             ca,
+            verify,
+            tls_server_name,
+            client_cert,
             sidecar_service_id: file.sidecar_service_id,
+            sidecar_for: file.sidecar_for,
             gateway_service_id: file.gateway_service_id,
             mesh_gateway_service: file
                 .mesh_gateway_service
@@ -365,6 +403,70 @@ pub fn resolve(
             state_dir,
         }),
         _ => Err(errors),
+    }
+}
+
+/// The rest of the agent's TLS settings, which come only from the environment and, like
+/// CONSUL_CACERT, mean nothing to a plain-HTTP agent (Consul's CLI ignores them there).
+/// CONSUL_CAPATH is read when no CA file was given.
+#[allow(
+    clippy::type_complexity,
+    reason = "one private call site, which destructures it"
+)]
+fn https_from_env(
+    env: &dyn Fn(&str) -> Option<String>,
+    https: bool,
+    ca: Option<Vec<CertificateDer<'static>>>,
+    fail: &mut dyn FnMut(&'static str, String),
+) -> (
+    Option<Vec<CertificateDer<'static>>>,
+    Option<ClientCert>,
+    Option<String>,
+) {
+    let ca = match (ca, env("CONSUL_CAPATH")) {
+        (Some(ca), Some(dir)) if ca.is_empty() && https => environment::ca_dir(Path::new(&dir))
+            .map_err(|e| fail("", e.0))
+            .ok(),
+        (ca, _) => ca,
+    };
+    let client_cert = if https {
+        environment::client_cert(env("CONSUL_CLIENT_CERT"), env("CONSUL_CLIENT_KEY"))
+            .map_err(|e| fail("", e.0))
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    let tls_server_name = env("CONSUL_TLS_SERVER_NAME")
+        .map(|n| n.trim().to_owned())
+        .filter(|_| https);
+    if let Some(name) = &tls_server_name {
+        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            fail(
+                "",
+                format!("CONSUL_TLS_SERVER_NAME={name:?} is not a DNS name or IP address"),
+            );
+        }
+    }
+    (ca, client_cert, tls_server_name)
+}
+
+/// What to follow: one sidecar (by ID or by the service it is for) and/or a gateway.
+fn check_targets(file: &FileKeys, fail: &mut dyn FnMut(&'static str, String)) {
+    if file.sidecar_for.is_some() && file.sidecar_service_id.is_some() {
+        fail(
+            "sidecar_for",
+            "and sidecar_service_id both name the sidecar; keep one".to_owned(),
+        );
+    }
+    if file.sidecar_service_id.is_none()
+        && file.sidecar_for.is_none()
+        && file.gateway_service_id.is_none()
+    {
+        fail(
+            "sidecar_service_id",
+            "with [consul], name what to follow: sidecar_service_id (a connect-proxy registration) or sidecar_for (the service it is for), and/or gateway_service_id (a mesh-gateway registration)".to_owned(),
+        );
     }
 }
 
@@ -458,8 +560,12 @@ mod tests {
         for (s, ssl, want) in ok {
             assert_eq!(AgentAddress::parse(s, ssl).unwrap().base(), want, "{s}");
         }
+        let unix = AgentAddress::parse("unix:///var/run/consul.sock", false).unwrap();
+        assert_eq!(unix.scheme, Scheme::Unix);
+        assert_eq!(unix.authority, "/var/run/consul.sock");
+        assert_eq!(unix.base(), "unix:///var/run/consul.sock");
         for (s, why) in [
-            ("unix:///var/run/consul.sock", "Unix sockets"),
+            ("unix://consul.sock", "absolute path"),
             ("ftp://x:1", "scheme"),
             ("localhost", "no port"),
             ("http://x:1/v1", "no path"),
@@ -558,7 +664,7 @@ mod tests {
     #[test]
     fn bad_settings_name_their_key_and_source() {
         let env = env_of(&[
-            ("CONSUL_HTTP_ADDR", "unix:///tmp/c.sock"),
+            ("CONSUL_HTTP_ADDR", "unix://tmp/c.sock"),
             ("CONSUL_CACERT", "/nonexistent/ca.pem"),
             ("CONSUL_HTTP_TOKEN", "two words"),
         ]);
@@ -626,6 +732,99 @@ mod tests {
         let errors = resolve(keys, &env_of(&[])).unwrap_err();
         assert_eq!(errors[0].key, "ca_file");
         assert!(errors[0].message.contains("plain HTTP"), "{errors:?}");
+    }
+
+    /// Consul's CLI reads CONSUL_HTTP_SSL with Go's ParseBool: "True" and "t" are HTTPS, and
+    /// what it refuses is an error naming the variable, never plain HTTP in silence.
+    #[test]
+    fn ssl_is_a_go_boolean() {
+        for (v, scheme) in [
+            ("True", Scheme::Https),
+            ("t", Scheme::Https),
+            ("1", Scheme::Https),
+        ]
+        .into_iter()
+        .chain([("F", Scheme::Http), ("false", Scheme::Http)])
+        {
+            let env = env_of(&[
+                ("CONSUL_HTTP_SSL", v),
+                ("CONSUL_HTTP_ADDR", "10.0.0.1:8501"),
+            ]);
+            assert_eq!(
+                resolve(sidecar(), &env).unwrap().address.scheme,
+                scheme,
+                "{v}"
+            );
+        }
+        let env = env_of(&[("CONSUL_HTTP_SSL", "yes")]);
+        let errors = resolve(sidecar(), &env).unwrap_err();
+        assert!(
+            errors[0].message.starts_with("CONSUL_HTTP_SSL=\"yes\""),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn the_agents_tls_from_the_environment() {
+        let fixture = |n: &str| format!("{}/tests/fixtures/tls/{n}", env!("CARGO_MANIFEST_DIR"));
+        let (cert, key) = (fixture("web.pem"), fixture("web-key-sec1.pem"));
+        let dir = std::env::temp_dir().join(format!("sidegate-env-capath-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(fixture("ca.pem"), dir.join("ca.pem")).unwrap();
+        let vars = [
+            ("CONSUL_HTTP_ADDR", "https://127.0.0.1:8501"),
+            ("CONSUL_HTTP_SSL_VERIFY", "False"),
+            ("CONSUL_TLS_SERVER_NAME", "consul.example"),
+            ("CONSUL_CLIENT_CERT", cert.as_str()),
+            ("CONSUL_CLIENT_KEY", key.as_str()),
+            ("CONSUL_CAPATH", dir.to_str().unwrap()),
+        ];
+        let s = resolve(sidecar(), &env_of(&vars)).unwrap();
+        assert!(!s.verify);
+        assert_eq!(s.tls_server_name.as_deref(), Some("consul.example"));
+        assert_eq!(s.client_cert.unwrap().chain.len(), 1);
+        assert_eq!(s.ca.len(), 1, "from CONSUL_CAPATH");
+        // Defaults: verified, no name, no client certificate.
+        let s = resolve(sidecar(), &env_of(&vars[..1])).unwrap();
+        assert!(s.verify && s.tls_server_name.is_none() && s.client_cert.is_none());
+        // Plain HTTP: all of them ignored, as Consul's CLI does.
+        let mut plain = vars;
+        plain[0] = ("CONSUL_HTTP_ADDR", "127.0.0.1:8500");
+        plain[3] = ("CONSUL_CLIENT_CERT", "/nonexistent");
+        let s = resolve(sidecar(), &env_of(&plain)).unwrap();
+        assert!(s.client_cert.is_none() && s.tls_server_name.is_none() && s.ca.is_empty());
+        // Errors name their variable.
+        let mut bad = vars;
+        bad[1] = ("CONSUL_HTTP_SSL_VERIFY", "no");
+        bad[2] = ("CONSUL_TLS_SERVER_NAME", "not a name");
+        bad[4] = ("CONSUL_CLIENT_KEY", "/nonexistent");
+        let errors = resolve(sidecar(), &env_of(&bad)).unwrap_err();
+        let all = format!("{errors:?}");
+        for name in [
+            "CONSUL_HTTP_SSL_VERIFY",
+            "CONSUL_TLS_SERVER_NAME",
+            "CONSUL_CLIENT_KEY",
+        ] {
+            assert!(all.contains(name), "{name} in {all}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sidecar_for_is_one_way_to_name_the_sidecar() {
+        let keys = |id: Option<&str>, web: Option<&str>| FileKeys {
+            sidecar_service_id: id.map(Into::into),
+            sidecar_for: web.map(Into::into),
+            ..FileKeys::default()
+        };
+        let s = resolve(keys(None, Some("web")), &env_of(&[])).unwrap();
+        assert_eq!(s.sidecar_for.as_deref(), Some("web"));
+        assert_eq!(s.sidecar_service_id, None);
+        let errors =
+            resolve(keys(Some("web-sidecar-proxy"), Some("web")), &env_of(&[])).unwrap_err();
+        assert_eq!(errors[0].key, "sidecar_for", "{errors:?}");
+        let errors = resolve(keys(None, None), &env_of(&[])).unwrap_err();
+        assert!(errors[0].message.contains("sidecar_for"), "{errors:?}");
     }
 
     #[test]
