@@ -14,78 +14,10 @@ use crate::mesh::chain::{Failover, Resolver, Subset, TargetOpts};
 pub fn resolver(r: &Fields<'_>, key: &str, namespace: &str, partition: &str) -> Option<Resolver> {
     let mut ok = true;
     let (name, namespace, partition) = super::sidecar::entry_place(r, key, namespace, partition)?;
-    let subsets = match r.table("subsets") {
-        Some(all) => {
-            let mut out = BTreeMap::new();
-            for (subset_name, s) in all.each_table() {
-                if !crate::names::is_label(&subset_name) || subset_name.contains('_') {
-                    // A subset name becomes the first SNI label, which Consul requires to be
-                    // a DNS label (letters, digits, '-').
-                    all.error(
-                        &subset_name,
-                        "is not a valid subset name (1 to 63 letters, digits or '-')",
-                    );
-                    ok = false;
-                }
-                match subset(&s) {
-                    Some(v) => {
-                        out.insert(subset_name, v);
-                    }
-                    None => ok = false,
-                }
-            }
-            all.finish();
-            out
-        }
-        None => BTreeMap::new(),
-    };
-    let default_subset = r.str("default_subset").unwrap_or_default().to_owned();
-    if !default_subset.is_empty() && !subsets.contains_key(&default_subset) {
-        r.error(
-            "default_subset",
-            format!("{default_subset:?} is not one of this entry's subsets"),
-        );
-        ok = false;
-    }
-    let redirect = match r.table("redirect") {
-        Some(t) => {
-            let opts = target_opts(&t, true);
-            t.finish();
-            match opts {
-                Some(o) if o == TargetOpts::default() => {
-                    t.error_here("is empty: name a service, service_subset, namespace, partition or datacenter");
-                    ok = false;
-                    None
-                }
-                Some(o) => Some(o),
-                None => {
-                    ok = false;
-                    None
-                }
-            }
-        }
-        None => None,
-    };
-    let failover = match r.table("failover") {
-        Some(all) => {
-            let mut out = BTreeMap::new();
-            for (which, f) in all.each_table() {
-                if which != "*" && !subsets.contains_key(&which) {
-                    all.error(&which, "is neither \"*\" nor one of this entry's subsets");
-                    ok = false;
-                }
-                match failover(&f) {
-                    Some(v) => {
-                        out.insert(which, v);
-                    }
-                    None => ok = false,
-                }
-            }
-            all.finish();
-            out
-        }
-        None => BTreeMap::new(),
-    };
+    let subsets = subsets(r, &mut ok);
+    let default_subset = default_subset(r, &subsets, &mut ok);
+    let redirect = redirect(r, &mut ok);
+    let failover = failovers(r, &subsets, &mut ok);
     if redirect.is_some() && !subsets.is_empty() {
         r.error(
             "redirect",
@@ -100,25 +32,7 @@ pub fn resolver(r: &Fields<'_>, key: &str, namespace: &str, partition: &str) -> 
         );
         ok = false;
     }
-    let connect_timeout = match r.str("connect_timeout") {
-        Some(text) => match go_duration(text) {
-            Some(d) if d > Duration::ZERO => Some(d),
-            Some(_) => {
-                r.error("connect_timeout", "must be more than zero");
-                ok = false;
-                None
-            }
-            None => {
-                r.error(
-                    "connect_timeout",
-                    format!("{text:?} is not a duration like \"5s\", \"500ms\" or \"1m30s\""),
-                );
-                ok = false;
-                None
-            }
-        },
-        None => None,
-    };
+    let connect_timeout = connect_timeout(r, &mut ok);
     for l7 in ["request_timeout", "load_balancer"] {
         if r.has(l7) {
             r.str(l7);
@@ -137,6 +51,114 @@ pub fn resolver(r: &Fields<'_>, key: &str, namespace: &str, partition: &str) -> 
         failover,
         connect_timeout,
     })
+}
+
+/// `subsets`: each name a DNS label, each table a subset. Clears `ok` on any problem.
+fn subsets(r: &Fields<'_>, ok: &mut bool) -> BTreeMap<String, Subset> {
+    let Some(all) = r.table("subsets") else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for (subset_name, s) in all.each_table() {
+        if !crate::names::is_label(&subset_name) || subset_name.contains('_') {
+            // A subset name becomes the first SNI label, which Consul requires to be
+            // a DNS label (letters, digits, '-').
+            all.error(
+                &subset_name,
+                "is not a valid subset name (1 to 63 letters, digits or '-')",
+            );
+            *ok = false;
+        }
+        match subset(&s) {
+            Some(v) => {
+                out.insert(subset_name, v);
+            }
+            None => *ok = false,
+        }
+    }
+    all.finish();
+    out
+}
+
+/// `default_subset`: empty when absent, else one of `subsets`.
+fn default_subset(r: &Fields<'_>, subsets: &BTreeMap<String, Subset>, ok: &mut bool) -> String {
+    let default_subset = r.str("default_subset").unwrap_or_default().to_owned();
+    if !default_subset.is_empty() && !subsets.contains_key(&default_subset) {
+        r.error(
+            "default_subset",
+            format!("{default_subset:?} is not one of this entry's subsets"),
+        );
+        *ok = false;
+    }
+    default_subset
+}
+
+/// `redirect`: a target that names at least one thing.
+fn redirect(r: &Fields<'_>, ok: &mut bool) -> Option<TargetOpts> {
+    let t = r.table("redirect")?;
+    let opts = target_opts(&t, true);
+    t.finish();
+    match opts {
+        Some(o) if o == TargetOpts::default() => {
+            t.error_here(
+                "is empty: name a service, service_subset, namespace, partition or datacenter",
+            );
+            *ok = false;
+            None
+        }
+        Some(o) => Some(o),
+        None => {
+            *ok = false;
+            None
+        }
+    }
+}
+
+/// `failover`: keyed by `"*"` or one of `subsets`.
+fn failovers(
+    r: &Fields<'_>,
+    subsets: &BTreeMap<String, Subset>,
+    ok: &mut bool,
+) -> BTreeMap<String, Failover> {
+    let Some(all) = r.table("failover") else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for (which, f) in all.each_table() {
+        if which != "*" && !subsets.contains_key(&which) {
+            all.error(&which, "is neither \"*\" nor one of this entry's subsets");
+            *ok = false;
+        }
+        match failover(&f) {
+            Some(v) => {
+                out.insert(which, v);
+            }
+            None => *ok = false,
+        }
+    }
+    all.finish();
+    out
+}
+
+/// `connect_timeout`: a Go duration above zero.
+fn connect_timeout(r: &Fields<'_>, ok: &mut bool) -> Option<Duration> {
+    let text = r.str("connect_timeout")?;
+    match go_duration(text) {
+        Some(d) if d > Duration::ZERO => Some(d),
+        Some(_) => {
+            r.error("connect_timeout", "must be more than zero");
+            *ok = false;
+            None
+        }
+        None => {
+            r.error(
+                "connect_timeout",
+                format!("{text:?} is not a duration like \"5s\", \"500ms\" or \"1m30s\""),
+            );
+            *ok = false;
+            None
+        }
+    }
 }
 
 fn subset(s: &Fields<'_>) -> Option<Subset> {

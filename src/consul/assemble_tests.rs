@@ -600,13 +600,12 @@ fn gateway_routes(
         .collect()
 }
 
-#[test]
-fn gateway_routes_its_partition_and_other_datacenters() {
-    let s = settings(None, Some("mesh-gateway"));
+/// What a mesh gateway knows first: its registration, not carrying WAN federation (see
+/// `a_wan_federation_gateway_routes_servers`), and the roots. Returns the registration's key.
+fn gateway_world() -> (Key, World) {
     let gw_key = Key::Service {
         id: "mesh-gateway".into(),
     };
-    // Not carrying WAN federation (see `a_wan_federation_gateway_routes_servers`).
     let mut reg = registration("agent-service-mesh-gateway.json");
     if let Answer::Service(Some(svc)) = &mut reg {
         svc.meta.remove(federation::META_WAN_FEDERATION);
@@ -614,13 +613,12 @@ fn gateway_routes_its_partition_and_other_datacenters() {
     let w = World::new()
         .with(Key::Roots, roots())
         .with(gw_key.clone(), reg);
-    let n = w.needed(&s);
-    assert!(!n.contains(&Key::FederationStates) && !n.contains(&Key::Servers));
-    assert!(n.contains(&Key::Services {
-        place: Place::new("dc1", "default")
-    }));
-    assert!(n.contains(&Key::Datacenters));
-    let w = w.settle(&s, |k| match k {
+    (gw_key, w)
+}
+
+/// `w` answered: dc1 lists db (one instance), mesh-gateway and web; dc2 has gateways.
+fn settle_gateway_world(w: World, s: &Settings) -> World {
+    w.settle(s, |k| match k {
         Key::Services { .. } => {
             Answer::Names(vec!["db".into(), "mesh-gateway".into(), "web".into()])
         }
@@ -629,7 +627,20 @@ fn gateway_routes_its_partition_and_other_datacenters() {
         Key::Connect { .. } => Answer::Instances(Vec::new()),
         Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
         other => panic!("unexpected {other:?}"),
-    });
+    })
+}
+
+#[test]
+fn gateway_routes_its_partition_and_other_datacenters() {
+    let s = settings(None, Some("mesh-gateway"));
+    let (_, w) = gateway_world();
+    let n = w.needed(&s);
+    assert!(!n.contains(&Key::FederationStates) && !n.contains(&Key::Servers));
+    assert!(n.contains(&Key::Services {
+        place: Place::new("dc1", "default")
+    }));
+    assert!(n.contains(&Key::Datacenters));
+    let w = settle_gateway_world(w, &s);
     assert!(w.needed(&s).contains(&gateways("dc2")));
     assert!(
         !w.needed(&s).contains(&gateways("dc1")),
@@ -670,10 +681,15 @@ fn gateway_routes_its_partition_and_other_datacenters() {
         snap.gateway.unwrap().listen,
         ["127.0.0.1:9443".parse().unwrap()]
     );
+}
 
+#[test]
+fn gateway_file_settings_override_the_registration_key_by_key() {
+    let s = settings(None, Some("mesh-gateway"));
+    let (gw_key, w) = gateway_world();
+    let mut w = settle_gateway_world(w, &s);
     // The file's [gateway] overrides the registration key by key: a file that sets only
     // max_connections keeps the registration's connect_timeout_ms; one that sets it wins.
-    let mut w = w;
     let Some(Answer::Service(Some(reg))) = w.answers.get_mut(&gw_key) else {
         panic!("no registration")
     };

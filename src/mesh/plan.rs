@@ -329,11 +329,22 @@ fn select(svc: &CatalogService, subset: Option<&Subset>) -> Vec<Endpoint> {
 }
 
 fn gateway_routes(s: &Snapshot, warnings: &mut Vec<String>) -> RouteTable {
+    let mut routes = RouteTable::default();
+    routes.pass_any_subset = !s.config_entries.resolvers_known;
+    service_routes(s, &mut routes, warnings);
+    gateway_place_routes(s, &mut routes, warnings);
+    if let Some(wf) = &s.catalog.wan_federation {
+        server_routes(s, wf, &mut routes, warnings);
+    }
+    routes
+}
+
+/// This place's services by exact name: the plain name (its default subset's instances when
+/// the resolver names one), and one name per subset of its resolver.
+fn service_routes(s: &Snapshot, routes: &mut RouteTable, warnings: &mut Vec<String>) {
     let here = &s.here;
     let td = &here.trust_domain;
     let resolvers = &s.config_entries.service_resolvers;
-    let mut routes = RouteTable::default();
-    routes.pass_any_subset = !s.config_entries.resolvers_known;
     for svc in s
         .catalog
         .services
@@ -387,6 +398,12 @@ fn gateway_routes(s: &Snapshot, warnings: &mut Vec<String>) -> RouteTable {
             );
         }
     }
+}
+
+/// Every other place's mesh gateways by wildcard, where Consul would route to them.
+fn gateway_place_routes(s: &Snapshot, routes: &mut RouteTable, warnings: &mut Vec<String>) {
+    let here = &s.here;
+    let td = &here.trust_domain;
     for gw in s
         .catalog
         .gateways
@@ -417,10 +434,6 @@ fn gateway_routes(s: &Snapshot, warnings: &mut Vec<String>) -> RouteTable {
             EndpointSet::new(gw.wan.clone()),
         );
     }
-    if let Some(wf) = &s.catalog.wan_federation {
-        server_routes(s, wf, &mut routes, warnings);
-    }
-    routes
 }
 
 /// Consul's WAN federation through mesh gateways, as its gateways route it: this

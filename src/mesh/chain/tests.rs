@@ -59,10 +59,21 @@ fn failover(f: impl FnOnce(&mut Failover)) -> Failover {
     out
 }
 
+/// One case: what it shows, the resolvers, and the targets `db` compiles to, in order.
+type Case = (&'static str, Vec<Resolver>, Vec<Target>);
+
+/// Compiles `db` against each case's resolvers and checks its targets.
+fn compiles_each(cases: Vec<Case>) {
+    for (what, resolvers, want) in cases {
+        let chain = compile(&set(resolvers), db(), None).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(chain.targets, want, "{what}");
+    }
+}
+
+/// With no redirect or failover: the service, or the default subset its resolver names.
 #[test]
-fn compiles_targets_in_order() {
-    let cases: Vec<(&str, Vec<Resolver>, Vec<Target>)> =
-        vec![
+fn compiles_the_service_itself_or_its_default_subset() {
+    compiles_each(vec![
         ("no resolver: the service itself", vec![], vec![db()]),
         (
             "default subset",
@@ -72,9 +83,18 @@ fn compiles_targets_in_order() {
             })],
             vec![t("db", "v1", "default", "default", "dc1")],
         ),
+    ]);
+}
+
+/// A redirect replaces the target, then the new target's resolver applies.
+#[test]
+fn compiles_redirects() {
+    compiles_each(vec![
         (
             "redirect to another service drops nothing it did not have",
-            vec![resolver("db", |r| r.redirect = Some(to("db2", "", "", "", "")))],
+            vec![resolver("db", |r| {
+                r.redirect = Some(to("db2", "", "", "", ""))
+            })],
             vec![t("db2", "", "default", "default", "dc1")],
         ),
         (
@@ -101,7 +121,9 @@ fn compiles_targets_in_order() {
         ),
         (
             "redirect to another namespace, partition and datacenter",
-            vec![resolver("db", |r| r.redirect = Some(to("", "", "ns2", "part2", "dc3")))],
+            vec![resolver("db", |r| {
+                r.redirect = Some(to("", "", "ns2", "part2", "dc3"))
+            })],
             vec![t("db", "", "ns2", "part2", "dc3")],
         ),
         (
@@ -112,6 +134,13 @@ fn compiles_targets_in_order() {
             ],
             vec![t("db3", "", "default", "default", "dc2")],
         ),
+    ]);
+}
+
+/// Failover by datacenters: the primary, then each other datacenter in order.
+#[test]
+fn compiles_failover_datacenters() {
+    compiles_each(vec![
         (
             "failover datacenters in order",
             vec![resolver("db", |r| {
@@ -139,6 +168,27 @@ fn compiles_targets_in_order() {
             vec![db(), t("db", "", "default", "default", "dc2")],
         ),
         (
+            "failover with service and datacenters",
+            vec![resolver("db", |r| {
+                r.failover = [(
+                    "*".to_owned(),
+                    failover(|f| {
+                        f.opts.service = "db-ro".into();
+                        f.datacenters = vec!["dc2".into()];
+                    }),
+                )]
+                .into();
+            })],
+            vec![db(), t("db-ro", "", "default", "default", "dc2")],
+        ),
+    ]);
+}
+
+/// Failover of a subset: to another subset, or by the subset's own entry before `*`.
+#[test]
+fn compiles_failover_between_subsets() {
+    compiles_each(vec![
+        (
             "failover of the default subset to another subset",
             vec![resolver("db", |r| {
                 r.subsets = subsets(&["v1", "v2"]);
@@ -160,8 +210,14 @@ fn compiles_targets_in_order() {
                 r.subsets = subsets(&["v1", "v2"]);
                 r.default_subset = "v1".into();
                 r.failover = [
-                    ("v1".to_owned(), failover(|f| f.datacenters = vec!["dc2".into()])),
-                    ("*".to_owned(), failover(|f| f.datacenters = vec!["dc3".into()])),
+                    (
+                        "v1".to_owned(),
+                        failover(|f| f.datacenters = vec!["dc2".into()]),
+                    ),
+                    (
+                        "*".to_owned(),
+                        failover(|f| f.datacenters = vec!["dc3".into()]),
+                    ),
                 ]
                 .into();
             })],
@@ -170,24 +226,29 @@ fn compiles_targets_in_order() {
                 t("db", "v1", "default", "default", "dc2"),
             ],
         ),
+    ]);
+}
+
+/// Failover to other services and places: each target rewritten from the primary, under its own resolver.
+#[test]
+fn compiles_failover_targets() {
+    compiles_each(vec![
         (
             "failover targets, each rewritten from the primary; another service drops the subset",
-            vec![
-                resolver("db", |r| {
-                    r.subsets = subsets(&["v1"]);
-                    r.default_subset = "v1".into();
-                    r.failover = [(
-                        "*".to_owned(),
-                        failover(|f| {
-                            f.targets = vec![
-                                to("", "", "", "", "dc2"),
-                                to("db-backup", "", "ops", "", ""),
-                            ]
-                        }),
-                    )]
-                    .into();
-                }),
-            ],
+            vec![resolver("db", |r| {
+                r.subsets = subsets(&["v1"]);
+                r.default_subset = "v1".into();
+                r.failover = [(
+                    "*".to_owned(),
+                    failover(|f| {
+                        f.targets = vec![
+                            to("", "", "", "", "dc2"),
+                            to("db-backup", "", "ops", "", ""),
+                        ]
+                    }),
+                )]
+                .into();
+            })],
             vec![
                 t("db", "v1", "default", "default", "dc1"),
                 t("db", "v1", "default", "default", "dc2"),
@@ -216,20 +277,13 @@ fn compiles_targets_in_order() {
             ],
             vec![db(), t("db-backup", "hot", "default", "default", "dc1")],
         ),
-        (
-            "failover with service and datacenters",
-            vec![resolver("db", |r| {
-                r.failover = [(
-                    "*".to_owned(),
-                    failover(|f| {
-                        f.opts.service = "db-ro".into();
-                        f.datacenters = vec!["dc2".into()];
-                    }),
-                )]
-                .into();
-            })],
-            vec![db(), t("db-ro", "", "default", "default", "dc2")],
-        ),
+    ]);
+}
+
+/// Which resolver applies: the one of the target's place, its name matched without case.
+#[test]
+fn compiles_with_the_resolver_of_the_targets_place_and_name() {
+    compiles_each(vec![
         (
             "a resolver in another partition does not apply here",
             vec![Resolver {
@@ -240,14 +294,12 @@ fn compiles_targets_in_order() {
         ),
         (
             "names are compared without regard to case",
-            vec![resolver("DB", |r| r.redirect = Some(to("db2", "", "", "", "")))],
+            vec![resolver("DB", |r| {
+                r.redirect = Some(to("db2", "", "", "", ""))
+            })],
             vec![t("db2", "", "default", "default", "dc1")],
         ),
-    ];
-    for (what, resolvers, want) in cases {
-        let chain = compile(&set(resolvers), db(), None).unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(chain.targets, want, "{what}");
-    }
+    ]);
 }
 
 #[test]
