@@ -496,6 +496,15 @@ impl Coordinator {
     /// Starts watches for newly needed keys, stops the ones no longer needed.
     fn reconcile(&mut self) {
         let needed = self.needed();
+        // Fleets first: the services a fleet answers for need no watch of their own, also in
+        // the pass that starts it. A gateway started from its saved state knows its names
+        // before its fleet runs; deciding coverage first gave every service a watch, and an
+        // agent connection, of its own for a moment.
+        for key in needed.iter().filter(|k| matches!(k, Key::Services { .. })) {
+            if !self.watches.contains_key(key) {
+                self.start(key.clone());
+            }
+        }
         let covered: BTreeSet<Key> = needed.iter().filter(|k| self.covered(k)).cloned().collect();
         self.watches
             .retain(|k, _| needed.contains(k) && !covered.contains(k));
@@ -503,39 +512,42 @@ impl Coordinator {
         self.refused.retain(|k, _| needed.contains(k));
         self.health.retain(|k, _| needed.contains(k));
         for key in needed {
-            if self.watches.contains_key(&key) || covered.contains(&key) {
-                continue;
+            if !self.watches.contains_key(&key) && !covered.contains(&key) {
+                self.start(key);
             }
-            let started = match &key {
-                // A gateway's whole catalog: a fixed set of threads and connections, not one
-                // per service.
-                Key::Services { place } => {
-                    let namespace = assemble::namespace(&self.settings, &self.known())
-                        .unwrap_or_else(|| crate::mesh::place::DEFAULT_NAMESPACE.to_owned());
-                    self.fleet_namespace = Some(namespace.clone());
-                    fleet::spawn(
-                        place.clone(),
-                        namespace,
-                        self.client.clone(),
-                        self.options.timing,
-                        self.tx.clone(),
-                    )
-                    .map(Watch::from)
-                }
-                _ => watch::spawn(
-                    key.clone(),
+        }
+    }
+
+    /// Starts the watch of `key`: a gateway's whole catalog is a fleet (a fixed set of
+    /// threads and connections, not one per service), any other key a watch of its own.
+    fn start(&mut self, key: Key) {
+        let started = match &key {
+            Key::Services { place } => {
+                let namespace = assemble::namespace(&self.settings, &self.known())
+                    .unwrap_or_else(|| crate::mesh::place::DEFAULT_NAMESPACE.to_owned());
+                self.fleet_namespace = Some(namespace.clone());
+                fleet::spawn(
+                    place.clone(),
+                    namespace,
                     self.client.clone(),
                     self.options.timing,
                     self.tx.clone(),
-                ),
-            };
-            match started {
-                Ok(w) => {
-                    crate::debug!("consul: watching {key:?}");
-                    self.watches.insert(key, w);
-                }
-                Err(e) => crate::warn!("consul: cannot start a watch thread for {key:?}: {e}"),
+                )
+                .map(Watch::from)
             }
+            _ => watch::spawn(
+                key.clone(),
+                self.client.clone(),
+                self.options.timing,
+                self.tx.clone(),
+            ),
+        };
+        match started {
+            Ok(w) => {
+                crate::debug!("consul: watching {key:?}");
+                self.watches.insert(key, w);
+            }
+            Err(e) => crate::warn!("consul: cannot start a watch thread for {key:?}: {e}"),
         }
     }
 

@@ -463,6 +463,43 @@ fn a_gateway_follows_a_thousand_services_with_a_few_connections() {
         got.sort();
         assert_eq!(got, want, "{name}");
     }
+    restarted_from_its_saved_state(s, r.len());
+}
+
+/// Restarted with the agent up, the gateway knows its names from its saved state before its
+/// fleet runs; still no service gets a watch (an agent connection) of its own. Each watch it
+/// starts is logged at debug level, so the log tells, however short-lived one would be.
+fn restarted_from_its_saved_state(mut s: Setup, routes_before: usize) {
+    let config = s._dir.path("gateway.toml");
+    let toml = std::fs::read_to_string(&config).unwrap() + "[log]\nlevel = \"debug\"\n";
+    std::fs::write(&config, toml).unwrap();
+    s.gateway.restart();
+    s.gateway.serving(&[s.admin.port()]);
+    eventually_within(RAMP_WITHIN, "the routes again after a restart", || {
+        // 503 until the saved state is in service.
+        let (code, _) = http_get(s.admin, "/config");
+        if code != 200 {
+            return Err(format!("/config answers {code}"));
+        }
+        let n = routes(s.admin).len();
+        if n == routes_before {
+            Ok(())
+        } else {
+            Err(format!("{n} routes"))
+        }
+    });
+    let log = s.gateway.stop();
+    let watching = |what: &str| {
+        log.iter()
+            .filter(|l| l.contains(&format!("consul: watching {what}")))
+            .count()
+    };
+    assert!(watching("Services") >= 1, "no fleet started: {log:#?}");
+    assert_eq!(
+        watching("Connect"),
+        0,
+        "services watched one by one after a restart"
+    );
 }
 
 /// `tests/bench/consul_scale.sh` runs this with `SIDEGATE_BENCH_BIN` (the release build):
