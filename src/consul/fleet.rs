@@ -457,126 +457,37 @@ impl Context {
 
     /// The fleet thread: turns the pollers' answers into names to fetch.
     fn diff(&self, inbox: &Receiver<Event>) {
-        let mut names: BTreeSet<String> = BTreeSet::new();
-        let mut checks: HashMap<u64, CheckSeen> = HashMap::new();
-        let mut first_names = true;
-        let mut first_checks = true;
-        let mut sweep_due = false;
-        // The highest check index whose diff explained something, and a change of the
-        // service table not explained yet (its index, and since when).
-        let mut explained_upto = 0u64;
-        let mut unexplained: Option<(u64, Instant)> = None;
-        let mut retries: Vec<(Instant, String)> = Vec::new();
+        let mut diff = Diff::new();
         loop {
             let now = Instant::now();
-            let mut until = unexplained.map(|(_, at)| at + SETTLE);
-            if let Some(r) = retries.iter().map(|(at, _)| *at).min() {
-                until = Some(until.map_or(r, |u| u.min(r)));
-            }
-            let event = match until {
+            let event = match diff.deadline() {
                 Some(u) => inbox.recv_timeout(u.saturating_duration_since(now)),
                 None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             if self.shared.stop.is_stopped() {
                 return;
             }
-            let mut candidates: BTreeSet<String> = BTreeSet::new();
-            let mut sweep = false;
+            let mut todo = Todo::default();
             let answered = matches!(&event, Ok(Event::Names(..) | Event::Checks(..)));
             match event {
                 Ok(Event::Names(index, list)) => {
-                    let new: BTreeSet<String> = list.into_iter().collect();
-                    let mut changed = false;
-                    for gone in names.difference(&new) {
-                        changed = true;
-                        self.forget(gone, &mut candidates);
-                    }
-                    for added in new.difference(&names) {
-                        changed = true;
-                        candidates.insert(added.clone());
-                    }
-                    names = new;
-                    if !self.tell_names(&names, first_names) {
+                    if !diff.on_names(self, index, list, &mut todo) {
                         return;
                     }
-                    if first_names {
-                        sweep = true;
-                    } else if !changed && index > explained_upto {
-                        unexplained.get_or_insert((index, Instant::now()));
-                    }
-                    first_names = false;
                 }
-                Ok(Event::Checks(index, now_checks)) => {
-                    let mut node_level = false;
-                    let mut touched = |c: &CheckSeen| {
-                        if c.service.is_empty() {
-                            node_level = true;
-                        } else {
-                            candidates.insert(c.service.to_string());
-                        }
-                    };
-                    for (k, old) in &checks {
-                        match now_checks.get(k) {
-                            None => touched(old),
-                            Some(c) if c != old => touched(c),
-                            Some(_) => {}
-                        }
-                    }
-                    for (k, c) in &now_checks {
-                        if !checks.contains_key(k) {
-                            touched(c);
-                        }
-                    }
-                    checks = now_checks;
-                    if !first_checks && node_level {
-                        // A node's own check changes every instance on it.
-                        sweep = true;
-                    }
-                    if !candidates.is_empty() || node_level {
-                        explained_upto = explained_upto.max(index);
-                        if unexplained.is_some_and(|(i, _)| i <= index) {
-                            unexplained = None;
-                        }
-                    }
-                    if first_checks {
-                        // The names' first answer fetches everything already.
-                        candidates.clear();
-                        first_checks = false;
-                    }
-                }
+                Ok(Event::Checks(index, answer)) => diff.on_checks(index, answer, &mut todo),
                 Ok(Event::Learned) => {
-                    if !self.tell_names(&names, false) {
+                    if !self.tell_names(&diff.names, false) {
                         return;
                     }
                 }
-                Ok(Event::PollFailed) => sweep_due = true,
-                Ok(Event::FetchFailed(name)) => {
-                    retries.push((Instant::now() + self.timing.retry_min, name));
-                }
+                Ok(Event::PollFailed) => diff.sweep_due = true,
+                Ok(Event::FetchFailed(name)) => diff.on_fetch_failed(name, self.timing.retry_min),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            if sweep_due && answered && !first_names {
-                sweep_due = false;
-                sweep = true;
-            }
-            let now = Instant::now();
-            if unexplained.is_some_and(|(_, at)| now >= at + SETTLE) {
-                unexplained = None;
-                sweep = true;
-            }
-            retries.retain(|(at, name)| {
-                let due = *at <= now;
-                if due {
-                    candidates.insert(name.clone());
-                }
-                !due
-            });
-            if sweep {
-                candidates.extend(names.iter().cloned());
-            }
-            for name in candidates {
-                if names.contains(&name) || self.shared.destinations(&name).is_some() {
+            for name in diff.due(answered, todo) {
+                if diff.names.contains(&name) || self.shared.destinations(&name).is_some() {
                     self.shared.push(Job {
                         name,
                         resolve: true,
@@ -661,6 +572,160 @@ impl Context {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(name);
         candidates.extend(dests.into_iter().flatten());
+    }
+}
+
+/// The fleet thread's memory between events: the pollers' last answers and what is owed.
+struct Diff {
+    names: BTreeSet<String>,
+    checks: HashMap<u64, CheckSeen>,
+    first_names: bool,
+    first_checks: bool,
+    /// A poller failed: sweep at the next answer of either poller (once the names have
+    /// answered at all).
+    sweep_due: bool,
+    /// The highest check index whose diff explained something, and a change of the
+    /// service table not explained yet (its index, and since when).
+    explained_upto: u64,
+    unexplained: Option<(u64, Instant)>,
+    /// Names whose fetch failed, and when to fetch them again.
+    retries: Vec<(Instant, String)>,
+}
+
+/// What one event asks for: the names it touched, and whether every name is to be fetched.
+/// Fresh for each event: `on_checks` reads an empty `names` as "touched no service".
+#[derive(Default)]
+struct Todo {
+    names: BTreeSet<String>,
+    sweep: bool,
+}
+
+impl Diff {
+    fn new() -> Self {
+        Diff {
+            names: BTreeSet::new(),
+            checks: HashMap::new(),
+            first_names: true,
+            first_checks: true,
+            sweep_due: false,
+            explained_upto: 0,
+            unexplained: None,
+            retries: Vec::new(),
+        }
+    }
+
+    /// When the fleet thread must wake without an event: an unexplained change has waited
+    /// `SETTLE`, or a retry is due. `None`: only an event.
+    fn deadline(&self) -> Option<Instant> {
+        let mut until = self.unexplained.map(|(_, at)| at + SETTLE);
+        if let Some(r) = self.retries.iter().map(|(at, _)| *at).min() {
+            until = Some(until.map_or(r, |u| u.min(r)));
+        }
+        until
+    }
+
+    /// The names poller answered: names that came or went are fetched (a gone proxy's
+    /// services with them) and the follower is told the list. The first answer sweeps; a
+    /// later one that changed no name is a change of the service table the checks must
+    /// explain within `SETTLE`. False: the follower is gone.
+    fn on_names(&mut self, ctx: &Context, index: u64, list: Vec<String>, todo: &mut Todo) -> bool {
+        let new: BTreeSet<String> = list.into_iter().collect();
+        let mut changed = false;
+        for gone in self.names.difference(&new) {
+            changed = true;
+            ctx.forget(gone, &mut todo.names);
+        }
+        for added in new.difference(&self.names) {
+            changed = true;
+            todo.names.insert(added.clone());
+        }
+        self.names = new;
+        if !ctx.tell_names(&self.names, self.first_names) {
+            return false;
+        }
+        if self.first_names {
+            todo.sweep = true;
+        } else if !changed && index > self.explained_upto {
+            self.unexplained.get_or_insert((index, Instant::now()));
+        }
+        self.first_names = false;
+        true
+    }
+
+    /// The checks poller answered: every check that appeared, went or changed names its
+    /// service; a node's own check sweeps. Any of them explains the service table's changes
+    /// up to `index`.
+    fn on_checks(&mut self, index: u64, now_checks: HashMap<u64, CheckSeen>, todo: &mut Todo) {
+        let mut node_level = false;
+        let mut touched = |c: &CheckSeen| {
+            if c.service.is_empty() {
+                node_level = true;
+            } else {
+                todo.names.insert(c.service.to_string());
+            }
+        };
+        for (k, old) in &self.checks {
+            match now_checks.get(k) {
+                None => touched(old),
+                Some(c) if c != old => touched(c),
+                Some(_) => {}
+            }
+        }
+        for (k, c) in &now_checks {
+            if !self.checks.contains_key(k) {
+                touched(c);
+            }
+        }
+        self.checks = now_checks;
+        if !self.first_checks && node_level {
+            // A node's own check changes every instance on it.
+            todo.sweep = true;
+        }
+        if !todo.names.is_empty() || node_level {
+            self.explained_upto = self.explained_upto.max(index);
+            if self.unexplained.is_some_and(|(i, _)| i <= index) {
+                self.unexplained = None;
+            }
+        }
+        if self.first_checks {
+            // The names' first answer fetches everything already.
+            todo.names.clear();
+            self.first_checks = false;
+        }
+    }
+
+    fn on_fetch_failed(&mut self, name: String, after: Duration) {
+        self.retries.push((Instant::now() + after, name));
+    }
+
+    /// After an event (`answered`: a poller's answer): the names to fetch now, with the
+    /// sweep owed since a poller failed, an unexplained change that waited long enough and
+    /// the retries that are due.
+    fn due(&mut self, answered: bool, todo: Todo) -> BTreeSet<String> {
+        let Todo {
+            names: mut candidates,
+            mut sweep,
+        } = todo;
+        if self.sweep_due && answered && !self.first_names {
+            self.sweep_due = false;
+            sweep = true;
+        }
+        let now = Instant::now();
+        if self.unexplained.is_some_and(|(_, at)| now >= at + SETTLE) {
+            self.unexplained = None;
+            sweep = true;
+        }
+        self.retries.retain(|(at, name)| {
+            let due = *at <= now;
+            if due {
+                candidates.insert(name.clone());
+            }
+            !due
+        });
+        if sweep {
+            candidates.extend(self.names.iter().cloned());
+        }
+        candidates
     }
 }
 
@@ -770,6 +835,75 @@ mod tests {
         assert!(!node.critical, "a node's own check");
         assert!(checks("null").unwrap().is_empty());
         assert!(checks("{}").is_err());
+    }
+
+    fn check(service: &str, modify_index: u64, critical: bool) -> CheckSeen {
+        CheckSeen {
+            service: service.into(),
+            modify_index,
+            critical,
+        }
+    }
+
+    #[test]
+    fn checks_name_what_to_fetch_and_explain_the_service_table() {
+        let mut d = Diff::new();
+        let first = HashMap::from([(1, check("web", 5, false)), (2, check("", 3, false))]);
+        let mut todo = Todo::default();
+        d.on_checks(7, first, &mut todo);
+        assert!(
+            todo.names.is_empty() && !todo.sweep,
+            "the names' first answer sweeps"
+        );
+        assert_eq!(d.explained_upto, 7);
+        // A change of the service table no name explains waits for the checks.
+        d.first_names = false;
+        d.names = BTreeSet::from(["web".to_owned(), "db".to_owned()]);
+        d.unexplained = Some((9, Instant::now()));
+        let mut todo = Todo::default();
+        let later = HashMap::from([(1, check("web", 9, true)), (2, check("", 3, false))]);
+        d.on_checks(9, later, &mut todo);
+        assert_eq!(todo.names, BTreeSet::from(["web".to_owned()]));
+        assert!(!todo.sweep);
+        assert_eq!((d.explained_upto, d.unexplained), (9, None));
+        // A node's own check changes every instance on it.
+        let mut todo = Todo::default();
+        let node = HashMap::from([(1, check("web", 9, true)), (2, check("", 10, true))]);
+        d.on_checks(10, node, &mut todo);
+        assert!(todo.sweep && todo.names.is_empty());
+        assert_eq!(d.due(true, todo).len(), 2);
+    }
+
+    #[test]
+    fn sweeps_and_retries_come_due() {
+        let mut d = Diff::new();
+        assert_eq!(d.deadline(), None);
+        d.names = BTreeSet::from(["web".to_owned(), "db".to_owned()]);
+        d.sweep_due = true;
+        assert!(
+            d.due(true, Todo::default()).is_empty(),
+            "before the names answer"
+        );
+        d.first_names = false;
+        assert!(
+            d.due(false, Todo::default()).is_empty(),
+            "until a poller answers"
+        );
+        assert_eq!(d.due(true, Todo::default()).len(), 2);
+        assert!(!d.sweep_due);
+        let long_ago = Instant::now() - SETTLE;
+        d.unexplained = Some((4, long_ago));
+        assert_eq!(d.deadline(), Some(long_ago + SETTLE));
+        assert_eq!(d.due(false, Todo::default()).len(), 2);
+        assert_eq!(d.unexplained, None);
+        d.on_fetch_failed("db".into(), Duration::ZERO);
+        d.on_fetch_failed("web".into(), Duration::from_secs(60));
+        assert!(d.deadline().is_some_and(|at| at <= Instant::now()));
+        assert_eq!(
+            d.due(false, Todo::default()),
+            BTreeSet::from(["db".to_owned()])
+        );
+        assert_eq!(d.retries.len(), 1, "the later retry waits");
     }
 
     #[test]
