@@ -422,6 +422,14 @@ pub fn changes(s: &Setup, fleet: &mut Fleet, k: usize, within: Duration) -> [Dur
 
 #[test]
 fn a_gateway_follows_a_thousand_services_with_a_few_connections() {
+    // What this holds sidegate to (agent connections, threads, propagation) is not about the
+    // instruction set, and under qemu-user the binary is an order of magnitude slower than
+    // the agent it follows, so its timing bounds would measure the emulator. The native run
+    // of the same suite checks it.
+    if let Some(runner) = common::runner() {
+        eprintln!("not run under {runner}: the native run checks the follower at scale");
+        return;
+    }
     let s = Setup::start(common::sidegate_argv());
     let (pid, port) = (s.pid(), s.agent.http.port());
     let mut fleet = Fleet::new(&s.agent);
