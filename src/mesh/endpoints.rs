@@ -5,6 +5,7 @@
 //! marks are atomics and nothing is allocated per connection.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::{Serialize, Serializer};
@@ -19,21 +20,26 @@ const HELD_WORDS: usize = 4;
 
 #[derive(Debug)]
 pub struct EndpointSet {
-    endpoints: Vec<Endpoint>,
-    /// Milliseconds since `epoch` at the last failure, plus one (0 = never failed).
+    endpoints: Box<[Endpoint]>,
+    /// Milliseconds since [`epoch`] at the last failure, plus one (0 = never failed).
     failed_at: Box<[AtomicU64]>,
     next: AtomicUsize,
-    epoch: Instant,
+}
+
+/// One clock origin for every set: a gateway holds a set per route, so a per-set origin
+/// would cost each of them 16 bytes for nothing.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 impl EndpointSet {
     pub fn new(endpoints: Vec<Endpoint>) -> Self {
         let failed_at = endpoints.iter().map(|_| AtomicU64::new(0)).collect();
         EndpointSet {
-            endpoints,
+            endpoints: endpoints.into_boxed_slice(),
             failed_at,
             next: AtomicUsize::new(0),
-            epoch: Instant::now(),
         }
     }
 
@@ -85,8 +91,21 @@ impl EndpointSet {
         }
     }
 
+    /// What the set holds on the heap (see `RouteTable::heap_bytes`).
+    pub fn heap_bytes(&self) -> usize {
+        let hosts: usize = self
+            .endpoints
+            .iter()
+            .map(|e| match e {
+                Endpoint::Host { host, .. } => host.len(),
+                Endpoint::Addr(_) => 0,
+            })
+            .sum();
+        std::mem::size_of_val(&*self.endpoints) + hosts + std::mem::size_of_val(&*self.failed_at)
+    }
+
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 

@@ -10,6 +10,8 @@ use serde::Serialize;
 use super::endpoints::EndpointSet;
 use super::intentions::{Intentions, SharedAuthority};
 use super::mode::{via, Mode, ModeSource, Via};
+#[cfg(test)]
+use super::routes::Route;
 use super::routes::RouteTable;
 use super::sidecar::{Bind, SidecarSpec};
 use super::snapshot::{GatewaySettings, Snapshot};
@@ -185,7 +187,7 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
 fn gateway_routes(s: &Snapshot, warnings: &mut Vec<String>) -> RouteTable {
     let here = &s.here;
     let td = &here.trust_domain;
-    let mut routes = RouteTable::default();
+    let mut routes = RouteTable::with_capacity(s.catalog.services.len() + s.catalog.gateways.len());
     for svc in s
         .catalog
         .services
@@ -235,6 +237,7 @@ fn gateway_routes(s: &Snapshot, warnings: &mut Vec<String>) -> RouteTable {
             EndpointSet::new(gw.wan.clone()),
         );
     }
+    routes.finish();
     routes
 }
 
@@ -295,5 +298,64 @@ fn label<T: Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(s)) => s,
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::snapshot::{Catalog, CatalogService, Here};
+
+    /// A gateway of a large mesh holds one route per service, rebuilt at every reload: what a
+    /// route costs is what the process holds per service. Names as long as real ones (a
+    /// 36-character trust domain), three instances each.
+    #[test]
+    fn a_route_stays_small() {
+        let place = Place::new("dc1", "");
+        let n = 10_000;
+        let snapshot = Snapshot {
+            here: Here {
+                place: place.clone(),
+                namespace: "default".into(),
+                trust_domain: "11111111-2222-3333-4444-555555555555.consul".into(),
+            },
+            identity: None,
+            gateway: Some(GatewaySettings {
+                listen: vec![],
+                connect_timeout: Duration::from_secs(1),
+                handshake_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(1),
+                max_connections: 1,
+                max_client_hello_bytes: 4096,
+            }),
+            sidecar: None,
+            config_entries: Default::default(),
+            catalog: Catalog {
+                services: (0..n)
+                    .map(|i| CatalogService {
+                        name: format!("service-{i:05}"),
+                        namespace: "default".into(),
+                        place: place.clone(),
+                        instances: (1..=3)
+                            .map(|j| Endpoint::Addr(([10, j, (i / 250) as u8, 1], 21000).into()))
+                            .collect(),
+                    })
+                    .collect(),
+                gateways: vec![],
+            },
+        };
+        let plan = plan(&snapshot);
+        let routes = &plan.gateway.as_ref().unwrap().routes;
+        assert_eq!(routes.routes().len(), n);
+        let per_route = routes.heap_bytes() / n;
+        // 375 at this commit: the route itself (96), its name and its target, three instances
+        // with their failure marks, 4 for the index. A second copy of the names (a map keyed
+        // by them, as before), slack from growing the list, or per-route counters fail it.
+        assert!(per_route <= 400, "{per_route} bytes per route");
+        assert!(
+            std::mem::size_of::<Route>() <= 112,
+            "{}",
+            std::mem::size_of::<Route>()
+        );
     }
 }

@@ -39,24 +39,88 @@ pub enum MatchKind {
     Wildcard,
 }
 
+/// A gateway may route tens of thousands of services, so a route holds its strings once: the
+/// exact-name index is the routes' positions sorted by their pattern (searched by binary
+/// search), not a map with a second copy of every name.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    exact: HashMap<String, usize>,
+    /// Positions in `routes` of the service routes, sorted by pattern; for equal patterns
+    /// only the last added.
+    exact: Box<[u32]>,
+    /// Added since `exact` was last sorted (see `finish`).
+    unsorted: bool,
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<String, usize>,
 }
 
 impl RouteTable {
-    /// Adds a service route for an exact (lower-case) SNI.
-    pub fn add_exact(&mut self, sni: String, target: String, endpoints: EndpointSet) {
-        self.exact.insert(sni.clone(), self.routes.len());
+    /// A table about to receive `routes` routes.
+    pub fn with_capacity(routes: usize) -> Self {
+        RouteTable {
+            routes: Vec::with_capacity(routes),
+            ..RouteTable::default()
+        }
+    }
+
+    /// Adds a service route for an exact (lower-case) SNI; a later route for the same name
+    /// replaces an earlier one in lookups.
+    pub fn add_exact(&mut self, sni: String, mut target: String, endpoints: EndpointSet) {
+        target.shrink_to_fit();
         self.routes.push(Route {
             pattern: sni,
             kind: RouteKind::Service,
             target,
             endpoints,
         });
+        self.unsorted = true;
+    }
+
+    /// Builds the exact-name index; called once all routes are in (lookups before that see
+    /// only the wildcard routes and the index as last built).
+    pub fn finish(&mut self) {
+        if !self.unsorted {
+            return;
+        }
+        let routes = &self.routes;
+        let mut exact: Vec<u32> = (0..routes.len())
+            .filter(|&i| routes[i].kind == RouteKind::Service)
+            .filter_map(|i| u32::try_from(i).ok())
+            .collect();
+        // Stable, so among equal patterns the last added is last; keep only that one.
+        exact.sort_by(|&a, &b| routes[a as usize].pattern.cmp(&routes[b as usize].pattern));
+        exact.reverse();
+        exact.dedup_by(|a, b| routes[*a as usize].pattern == routes[*b as usize].pattern);
+        exact.reverse();
+        self.exact = exact.into_boxed_slice();
+        self.unsorted = false;
+    }
+
+    /// What the table holds on the heap, counted from its parts' sizes and capacities (the
+    /// allocator's own overhead aside): a bound tests keep per-route state to.
+    pub fn heap_bytes(&self) -> usize {
+        let routes: usize = self
+            .routes
+            .iter()
+            .map(|r| r.pattern.capacity() + r.target.capacity() + r.endpoints.heap_bytes())
+            .sum();
+        let wildcard: usize = self
+            .wildcard
+            .keys()
+            .map(|k| k.capacity() + std::mem::size_of::<(String, usize)>())
+            .sum();
+        self.routes.capacity() * std::mem::size_of::<Route>()
+            + routes
+            + std::mem::size_of_val(&*self.exact)
+            + wildcard
+    }
+
+    fn exact(&self, name: &str) -> Option<usize> {
+        let at = self
+            .exact
+            .binary_search_by(|&i| self.routes[i as usize].pattern.as_str().cmp(name))
+            .ok()?;
+        self.exact.get(at).map(|&i| i as usize)
     }
 
     /// Adds a gateway route for every name ending in `.<suffix>`.
@@ -83,15 +147,12 @@ impl RouteTable {
     pub fn find(&self, sni: &str) -> Option<(usize, MatchKind)> {
         let name = lowercase(sni)?;
         let name = name.as_str();
-        if let Some(&i) = self.exact.get(name) {
+        if let Some(i) = self.exact(name) {
             return Some((i, MatchKind::Exact));
         }
         // `<subset>.<service sni>`: Consul builds one cluster per resolver subset, all on the
         // same instances; the destination sidecar, not the gateway, knows the subsets.
-        if let Some(&i) = name
-            .split_once('.')
-            .and_then(|(_, rest)| self.exact.get(rest))
-        {
+        if let Some(i) = name.split_once('.').and_then(|(_, rest)| self.exact(rest)) {
             return Some((i, MatchKind::Subset));
         }
         // The first dot from the left leaves the longest suffix, so the most specific
@@ -147,6 +208,17 @@ mod tests {
             "dc2/ap1".into(),
             eps(4),
         );
+        t.add_exact(
+            "db.default.dc1.internal.td.consul".into(),
+            "db again".into(),
+            eps(5),
+        );
+        t.add_exact(
+            "aaa.default.dc1.internal.td.consul".into(),
+            "aaa".into(),
+            eps(6),
+        );
+        t.finish();
         t
     }
 
@@ -156,16 +228,25 @@ mod tests {
         let cases: &[(&str, Option<(&str, MatchKind)>)] = &[
             (
                 "db.default.dc1.internal.td.consul",
-                Some(("db", MatchKind::Exact)),
+                Some(("db again", MatchKind::Exact)),
             ),
             (
                 "DB.Default.DC1.internal.TD.consul",
-                Some(("db", MatchKind::Exact)),
+                Some(("db again", MatchKind::Exact)),
             ),
             (
                 "v2.db.default.dc1.internal.td.consul",
-                Some(("db", MatchKind::Subset)),
+                Some(("db again", MatchKind::Subset)),
             ),
+            (
+                "api.default.dc1.internal.td.consul",
+                Some(("api", MatchKind::Exact)),
+            ),
+            (
+                "aaa.default.dc1.internal.td.consul",
+                Some(("aaa", MatchKind::Exact)),
+            ),
+            ("ab.default.dc1.internal.td.consul", None),
             ("x.v2.db.default.dc1.internal.td.consul", None),
             (
                 "web.default.dc2.internal.td.consul",
