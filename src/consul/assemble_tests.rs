@@ -618,7 +618,6 @@ fn gateway_routes_its_partition_and_other_datacenters() {
         .unwrap()
         .routes
         .routes()
-        .iter()
         .map(|r| {
             (
                 r.pattern.to_string(),

@@ -75,7 +75,7 @@ fn why_not(gw: &GatewayPlan, here: &Here, sni: &str) -> String {
         Some(place) if place == here.place => format!(
             "{head}: it names a service in this gateway's own place ({place}), but no such service is in the catalog \
              (known here: {})",
-            gw.routes.routes().iter().filter(|r| r.kind == RouteKind::Service).count()
+            gw.routes.routes().filter(|r| r.kind == RouteKind::Service).count()
         ),
         Some(place) => format!(
             "{head}: it names {place}, but no gateways with `wan` addresses are known for it \

@@ -5,10 +5,13 @@
 //! `*.<GatewaySNI>` suffix of another place. Case-insensitive, and a lookup allocates nothing.
 
 use std::collections::HashMap;
+use std::fmt::{self, Write};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use serde::Serialize;
 
-use super::endpoints::EndpointSet;
+use super::endpoints::Endpoints;
+use super::Endpoint;
 use crate::client_hello::{ServerName, MAX_NAME};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -20,15 +23,16 @@ pub enum RouteKind {
     Gateway,
 }
 
-#[derive(Debug, Serialize)]
-pub struct Route {
-    /// As CONFIG.md shows it: the exact name, or `*.<suffix>`.
+/// One route as the table's users see it, borrowed from the table.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Route<'a> {
+    /// The exact name, or `*.<suffix>` (lower case).
     #[serde(rename = "match")]
-    pub pattern: String,
+    pub pattern: &'a str,
     pub kind: RouteKind,
     /// For people: what the route leads to.
-    pub target: String,
-    pub endpoints: EndpointSet,
+    pub target: &'a str,
+    pub endpoints: Endpoints<'a>,
 }
 
 /// How a name matched, for `explain` and debug logs.
@@ -39,13 +43,22 @@ pub enum MatchKind {
     Wildcard,
 }
 
-/// A gateway may route tens of thousands of services, so a route holds its strings once: the
-/// exact-name index is the routes' positions sorted by their pattern (searched by binary
-/// search), not a map with a second copy of every name.
+/// A gateway may route tens of thousands of services, and builds its table again at every
+/// reload. So the table keeps every route's strings in one buffer and every endpoint in one
+/// list, a route being positions in them: a few large allocations, whatever the number of
+/// routes, which the allocator hands back whole when the table goes (many small ones, mixed
+/// with the configuration's while it is read, would leave the heap fragmented at every
+/// reload). The exact-name index is the routes' positions sorted by name, searched by binary
+/// search, not a map with a second copy of every name.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    routes: Vec<Route>,
-    /// Positions in `routes` of the service routes, sorted by pattern; for equal patterns
+    entries: Vec<Entry>,
+    /// Every route's pattern and target.
+    names: String,
+    endpoints: Vec<Endpoint>,
+    /// One failure mark per endpoint (see `Endpoints`).
+    failed_at: Vec<AtomicU64>,
+    /// Positions in `entries` of the service routes, sorted by pattern; for equal patterns
     /// only the last added.
     exact: Box<[u32]>,
     /// Added since `exact` was last sorted (see `finish`).
@@ -54,63 +67,185 @@ pub struct RouteTable {
     wildcard: HashMap<String, usize>,
 }
 
+#[derive(Debug)]
+struct Entry {
+    pattern: Span,
+    target: Span,
+    endpoints: Span,
+    kind: RouteKind,
+    /// Where the next connection starts in the round robin over the endpoints.
+    next: AtomicUsize,
+}
+
+/// A range of `names` or `endpoints`.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    /// From where a buffer ended before something was added to where it ends now. Buffers
+    /// beyond 4 GiB do not occur (the configuration and the agent's answers are bounded far
+    /// below); such a span would read as empty.
+    fn since(start: usize, end: usize) -> Span {
+        Span {
+            start: u32::try_from(start).unwrap_or(u32::MAX),
+            len: u32::try_from(end.saturating_sub(start)).unwrap_or(0),
+        }
+    }
+
+    fn range(self) -> std::ops::Range<usize> {
+        let start = self.start as usize;
+        start..start + self.len as usize
+    }
+}
+
 impl RouteTable {
-    /// A table about to receive `routes` routes.
-    pub fn with_capacity(routes: usize) -> Self {
+    /// A table about to receive `routes` routes with `endpoints` endpoints in all.
+    pub fn with_capacity(routes: usize, endpoints: usize) -> Self {
         RouteTable {
-            routes: Vec::with_capacity(routes),
+            entries: Vec::with_capacity(routes),
+            endpoints: Vec::with_capacity(endpoints),
+            failed_at: Vec::with_capacity(endpoints),
             ..RouteTable::default()
         }
     }
 
-    /// Adds a service route for an exact (lower-case) SNI; a later route for the same name
-    /// replaces an earlier one in lookups.
-    pub fn add_exact(&mut self, sni: String, mut target: String, endpoints: EndpointSet) {
-        target.shrink_to_fit();
-        self.routes.push(Route {
-            pattern: sni,
-            kind: RouteKind::Service,
-            target,
-            endpoints,
-        });
+    /// Adds a service route for an exact SNI (matched in lower case); a later route for the
+    /// same name replaces an earlier one in lookups.
+    pub fn add_exact(&mut self, sni: &str, target: impl fmt::Display, endpoints: &[Endpoint]) {
+        let start = self.names.len();
+        self.names
+            .extend(sni.chars().map(|c| c.to_ascii_lowercase()));
+        let pattern = Span::since(start, self.names.len());
+        self.push(RouteKind::Service, pattern, target, endpoints);
         self.unsorted = true;
     }
 
-    /// Builds the exact-name index; called once all routes are in (lookups before that see
-    /// only the wildcard routes and the index as last built).
+    /// Adds a gateway route for every name ending in `.<suffix>` (matched in lower case).
+    pub fn add_wildcard(
+        &mut self,
+        suffix: &str,
+        target: impl fmt::Display,
+        endpoints: &[Endpoint],
+    ) {
+        let suffix = suffix.to_ascii_lowercase();
+        let start = self.names.len();
+        self.names.push_str("*.");
+        self.names.push_str(&suffix);
+        let pattern = Span::since(start, self.names.len());
+        self.wildcard.insert(suffix, self.entries.len());
+        self.push(RouteKind::Gateway, pattern, target, endpoints);
+    }
+
+    fn push(
+        &mut self,
+        kind: RouteKind,
+        pattern: Span,
+        target: impl fmt::Display,
+        endpoints: &[Endpoint],
+    ) {
+        let start = self.names.len();
+        let _ = write!(self.names, "{target}");
+        let target = Span::since(start, self.names.len());
+        let start = self.endpoints.len();
+        self.endpoints.extend_from_slice(endpoints);
+        self.failed_at
+            .extend(endpoints.iter().map(|_| AtomicU64::new(0)));
+        self.entries.push(Entry {
+            pattern,
+            target,
+            endpoints: Span::since(start, self.endpoints.len()),
+            kind,
+            next: AtomicUsize::new(0),
+        });
+    }
+
+    /// Builds the exact-name index and gives back unused capacity; called once all routes are
+    /// in (lookups before that see only the wildcard routes and the index as last built).
     pub fn finish(&mut self) {
+        self.names.shrink_to_fit();
+        self.endpoints.shrink_to_fit();
+        self.failed_at.shrink_to_fit();
+        self.entries.shrink_to_fit();
         if !self.unsorted {
             return;
         }
-        let routes = &self.routes;
-        let mut exact: Vec<u32> = (0..routes.len())
-            .filter(|&i| routes[i].kind == RouteKind::Service)
+        let mut exact: Vec<u32> = (0..self.entries.len())
+            .filter(|&i| self.entries[i].kind == RouteKind::Service)
             .filter_map(|i| u32::try_from(i).ok())
             .collect();
         // Stable, so among equal patterns the last added is last; keep only that one.
-        exact.sort_by(|&a, &b| routes[a as usize].pattern.cmp(&routes[b as usize].pattern));
+        exact.sort_by(|&a, &b| self.pattern(a as usize).cmp(self.pattern(b as usize)));
         exact.reverse();
-        exact.dedup_by(|a, b| routes[*a as usize].pattern == routes[*b as usize].pattern);
+        exact.dedup_by(|a, b| self.pattern(*a as usize) == self.pattern(*b as usize));
         exact.reverse();
         self.exact = exact.into_boxed_slice();
         self.unsorted = false;
     }
 
-    /// What the table holds on the heap, counted from its parts' sizes and capacities (the
-    /// allocator's own overhead aside): a bound tests keep per-route state to.
+    fn pattern(&self, i: usize) -> &str {
+        self.entries
+            .get(i)
+            .and_then(|e| self.names.get(e.pattern.range()))
+            .unwrap_or_default()
+    }
+
+    /// The route at a position of `routes()`.
+    pub fn route(&self, i: usize) -> Option<Route<'_>> {
+        self.entries.get(i).map(|e| self.view(e))
+    }
+
+    /// Every route, in the order added.
+    pub fn routes(&self) -> impl ExactSizeIterator<Item = Route<'_>> + '_ {
+        self.entries.iter().map(|e| self.view(e))
+    }
+
+    fn view<'a>(&'a self, e: &'a Entry) -> Route<'a> {
+        let name = |span: Span| self.names.get(span.range()).unwrap_or_default();
+        let range = e.endpoints.range();
+        Route {
+            pattern: name(e.pattern),
+            kind: e.kind,
+            target: name(e.target),
+            endpoints: Endpoints::new(
+                self.endpoints.get(range.clone()).unwrap_or_default(),
+                self.failed_at.get(range).unwrap_or_default(),
+                &e.next,
+            ),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// What the table holds on the heap, counted from its parts' capacities (the allocator's
+    /// own overhead aside): a bound tests keep per-route state to.
     pub fn heap_bytes(&self) -> usize {
-        let routes: usize = self
-            .routes
+        let hosts: usize = self
+            .endpoints
             .iter()
-            .map(|r| r.pattern.capacity() + r.target.capacity() + r.endpoints.heap_bytes())
+            .map(|e| match e {
+                Endpoint::Host { host, .. } => host.len(),
+                Endpoint::Addr(_) => 0,
+            })
             .sum();
         let wildcard: usize = self
             .wildcard
             .keys()
             .map(|k| k.capacity() + std::mem::size_of::<(String, usize)>())
             .sum();
-        self.routes.capacity() * std::mem::size_of::<Route>()
-            + routes
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.names.capacity()
+            + self.endpoints.capacity() * std::mem::size_of::<Endpoint>()
+            + hosts
+            + self.failed_at.capacity() * std::mem::size_of::<AtomicU64>()
             + std::mem::size_of_val(&*self.exact)
             + wildcard
     }
@@ -118,29 +253,14 @@ impl RouteTable {
     fn exact(&self, name: &str) -> Option<usize> {
         let at = self
             .exact
-            .binary_search_by(|&i| self.routes[i as usize].pattern.as_str().cmp(name))
+            .binary_search_by(|&i| self.pattern(i as usize).cmp(name))
             .ok()?;
         self.exact.get(at).map(|&i| i as usize)
     }
 
-    /// Adds a gateway route for every name ending in `.<suffix>`.
-    pub fn add_wildcard(&mut self, suffix: String, target: String, endpoints: EndpointSet) {
-        let pattern = format!("*.{suffix}");
-        self.wildcard.insert(suffix, self.routes.len());
-        self.routes.push(Route {
-            pattern,
-            kind: RouteKind::Gateway,
-            target,
-            endpoints,
-        });
-    }
-
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
-    }
-
-    pub fn lookup(&self, sni: &str) -> Option<(&Route, MatchKind)> {
-        self.find(sni).map(|(i, how)| (&self.routes[i], how))
+    pub fn lookup(&self, sni: &str) -> Option<(Route<'_>, MatchKind)> {
+        let (i, how) = self.find(sni)?;
+        Some((self.route(i)?, how))
     }
 
     /// The matching route's position in `routes()` (the runtime keeps per-route state by it).
@@ -177,47 +297,26 @@ fn lowercase(sni: &str) -> Option<ServerName> {
 
 impl Serialize for RouteTable {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.routes.serialize(s)
+        s.collect_seq(self.routes())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::Endpoint;
 
-    fn eps(port: u16) -> EndpointSet {
-        EndpointSet::new(vec![Endpoint::Addr(([127, 0, 0, 1], port).into())])
+    fn eps(port: u16) -> Vec<Endpoint> {
+        vec![Endpoint::Addr(([127, 0, 0, 1], port).into())]
     }
 
     fn table() -> RouteTable {
         let mut t = RouteTable::default();
-        t.add_exact(
-            "db.default.dc1.internal.td.consul".into(),
-            "db".into(),
-            eps(1),
-        );
-        t.add_exact(
-            "api.default.dc1.internal.td.consul".into(),
-            "api".into(),
-            eps(2),
-        );
-        t.add_wildcard("dc2.internal.td.consul".into(), "dc2".into(), eps(3));
-        t.add_wildcard(
-            "ap1.dc2.internal-v1.td.consul".into(),
-            "dc2/ap1".into(),
-            eps(4),
-        );
-        t.add_exact(
-            "db.default.dc1.internal.td.consul".into(),
-            "db again".into(),
-            eps(5),
-        );
-        t.add_exact(
-            "aaa.default.dc1.internal.td.consul".into(),
-            "aaa".into(),
-            eps(6),
-        );
+        t.add_exact("db.default.dc1.internal.td.consul", "db", &eps(1));
+        t.add_exact("api.default.dc1.internal.td.consul", "api", &eps(2));
+        t.add_wildcard("dc2.internal.td.consul", "dc2", &eps(3));
+        t.add_wildcard("ap1.dc2.internal-v1.td.consul", "dc2/ap1", &eps(4));
+        t.add_exact("db.default.dc1.internal.td.consul", "db again", &eps(5));
+        t.add_exact("aaa.default.dc1.internal.td.consul", "aaa", &eps(6));
         t.finish();
         t
     }
@@ -268,7 +367,7 @@ mod tests {
             ("", None),
         ];
         for (sni, want) in cases {
-            let got = t.lookup(sni).map(|(r, k)| (r.target.as_str(), k));
+            let got = t.lookup(sni).map(|(r, k)| (r.target, k));
             assert_eq!(got, *want, "{sni}");
         }
         assert!(t.lookup(&"a".repeat(254)).is_none());

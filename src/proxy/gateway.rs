@@ -89,7 +89,7 @@ pub async fn serve(
 /// A routed connection with its backend connected, ready to relay.
 struct Opened<'a> {
     backend: Async<TcpStream>,
-    route: &'a Route,
+    route: Route<'a>,
     stats: &'a ConnStats,
     endpoint: &'a Endpoint,
     hello: HelloBuf,
@@ -129,7 +129,7 @@ async fn open<'a>(
         }
     };
     let found = gw.routes.find(&name).and_then(|(i, how)| {
-        let route = gw.routes.routes().get(i)?;
+        let route = gw.routes.route(i)?;
         Some((route, &**stats.get(i)?, how))
     });
     let Some((route, stats, how)) = found else {
@@ -140,7 +140,7 @@ async fn open<'a>(
     m.hello(HelloOutcome::Routed).inc();
     let held = stats.hold();
     let Some((backend, endpoint)) =
-        dial::connect_any(&route.endpoints, settings.connect_timeout, &m.dial).await
+        dial::connect_any(route.endpoints, settings.connect_timeout, &m.dial).await
     else {
         m.no_endpoint.inc();
         crate::debug!(

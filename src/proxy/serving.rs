@@ -42,7 +42,7 @@ impl Serving {
             .gateway
             .iter()
             .flat_map(|g| g.routes.routes())
-            .map(|r| metrics.routes.get(&[&r.pattern]))
+            .map(|r| metrics.routes.get(&[r.pattern]))
             .collect();
         let upstreams = plan
             .upstreams

@@ -63,7 +63,8 @@ async fn open(
     let (Some(cfg), Some(name)) = (rt.tls.clone(), up.server_name.clone()) else {
         return None;
     };
-    let Some((tcp, endpoint)) = dial::connect_any(&up.dial, up.connect_timeout, &m.dial).await
+    let Some((tcp, endpoint)) =
+        dial::connect_any(up.dial.view(), up.connect_timeout, &m.dial).await
     else {
         m.no_endpoint.inc();
         crate::debug!(
