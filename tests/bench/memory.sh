@@ -15,6 +15,13 @@
 # its toolchain; "host" for the host's), SIDEGATE_BINARY (measure this binary, build nothing).
 # Prints one line per measurement point and a verdict against the budget: at most
 # BUDGET_KIB (24 MiB) anywhere, and the end within GROWTH_PCT (5 %) of the start.
+#
+# Results (x86_64 musl, cross/targets.sh's build, 2-core VM shared with other work), KiB of
+# VmRSS at start → after 20 reloads → after 20 scrapes of each:
+#   before the compact route table and streamed bodies (59091db): 16,684 → 20,100 → 20,232 (+21.2 %)
+#   with them (this script's commit):                             13,492 → 14,028 → 14,048 (+4.1 %)
+# The bodies were 5.3 MB (/metrics) and 3.6 MB (/config) in both; RSS after the first reload
+# stays flat to the end (VERBOSE=1 shows each step).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
