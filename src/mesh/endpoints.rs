@@ -158,16 +158,20 @@ impl<'a> Endpoints<'a> {
 
     /// What these endpoints hold on the heap, their marks included.
     pub fn heap_bytes(&self) -> usize {
-        let hosts: usize = self
-            .endpoints
-            .iter()
-            .map(|e| match e {
-                Endpoint::Host { host, .. } => host.len(),
-                Endpoint::Addr(_) => 0,
-            })
-            .sum();
-        std::mem::size_of_val(self.endpoints) + hosts + std::mem::size_of_val(self.failed_at)
+        heap_bytes(self.endpoints) + std::mem::size_of_val(self.failed_at)
     }
+}
+
+/// What a list of endpoints holds on the heap: the list and its host names.
+pub fn heap_bytes(endpoints: &[Endpoint]) -> usize {
+    let hosts: usize = endpoints
+        .iter()
+        .map(|e| match e {
+            Endpoint::Host { host, .. } => host.len(),
+            Endpoint::Addr(_) => 0,
+        })
+        .sum();
+    std::mem::size_of_val(endpoints) + hosts
 }
 
 fn now_ms() -> u64 {

@@ -317,46 +317,16 @@ fn label<T: Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::snapshot::{Catalog, CatalogService, Here};
 
     /// A gateway of a large mesh holds one route per service, rebuilt at every reload: what a
     /// route costs is what the process holds per service. Names as long as real ones (a
     /// 36-character trust domain), three instances each.
     #[test]
     fn a_route_stays_small() {
-        let place = Place::new("dc1", "");
         let n = 10_000;
-        let snapshot = Snapshot {
-            here: Here {
-                place: place.clone(),
-                namespace: "default".into(),
-                trust_domain: "11111111-2222-3333-4444-555555555555.consul".into(),
-            },
-            identity: None,
-            gateway: Some(GatewaySettings {
-                listen: vec![],
-                connect_timeout: Duration::from_secs(1),
-                handshake_timeout: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(1),
-                max_connections: 1,
-                max_client_hello_bytes: 4096,
-            }),
-            sidecar: None,
-            config_entries: Default::default(),
-            catalog: Catalog {
-                services: (0..n)
-                    .map(|i| CatalogService {
-                        name: format!("service-{i:05}"),
-                        namespace: "default".into(),
-                        place: place.clone(),
-                        instances: (1..=3)
-                            .map(|j| Endpoint::Addr(([10, j, (i / 250) as u8, 1], 21000).into()))
-                            .collect(),
-                    })
-                    .collect(),
-                gateways: vec![],
-            },
-        };
+        let names: Vec<String> = (0..n).map(|i| format!("service-{i:05}")).collect();
+        let td = "11111111-2222-3333-4444-555555555555.consul";
+        let snapshot = crate::mesh::snapshot::testing::gateway(td, &names, 3);
         let plan = plan(&snapshot);
         let routes = &plan.gateway.as_ref().unwrap().routes;
         assert_eq!(routes.len(), n);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use serde::Serialize;
 
-use super::endpoints::Endpoints;
+use super::endpoints::{self, Endpoints};
 use super::Endpoint;
 use crate::client_hello::{ServerName, MAX_NAME};
 
@@ -228,14 +228,6 @@ impl RouteTable {
     /// What the table holds on the heap, counted from its parts' capacities (the allocator's
     /// own overhead aside): a bound tests keep per-route state to.
     pub fn heap_bytes(&self) -> usize {
-        let hosts: usize = self
-            .endpoints
-            .iter()
-            .map(|e| match e {
-                Endpoint::Host { host, .. } => host.len(),
-                Endpoint::Addr(_) => 0,
-            })
-            .sum();
         let wildcard: usize = self
             .wildcard
             .keys()
@@ -243,8 +235,8 @@ impl RouteTable {
             .sum();
         self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.names.capacity()
-            + self.endpoints.capacity() * std::mem::size_of::<Endpoint>()
-            + hosts
+            + endpoints::heap_bytes(&self.endpoints)
+            + (self.endpoints.capacity() - self.endpoints.len()) * std::mem::size_of::<Endpoint>()
             + self.failed_at.capacity() * std::mem::size_of::<AtomicU64>()
             + std::mem::size_of_val(&*self.exact)
             + wildcard

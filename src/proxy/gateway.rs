@@ -218,33 +218,12 @@ async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::snapshot::{Catalog, GatewaySettings, Here, Snapshot};
-    use crate::mesh::Place;
 
     /// The connection future is what every held connection costs on the heap (besides its
     /// sockets' reactor entries): keep large buffers out of it.
     #[test]
     fn connection_future_stays_small() {
-        let settings = GatewaySettings {
-            listen: vec![],
-            connect_timeout: Duration::from_secs(1),
-            handshake_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            max_connections: 1,
-            max_client_hello_bytes: 4096,
-        };
-        let snapshot = Snapshot {
-            here: Here {
-                place: Place::new("dc1", ""),
-                namespace: "default".into(),
-                trust_domain: "td.consul".into(),
-            },
-            identity: None,
-            gateway: Some(settings),
-            sidecar: None,
-            config_entries: Default::default(),
-            catalog: Catalog::default(),
-        };
+        let snapshot = crate::mesh::snapshot::testing::gateway("td.consul", &[], 0);
         let plan = crate::mesh::plan(&snapshot);
         let Some(gw) = plan.gateway.as_ref() else {
             panic!("no gateway plan")

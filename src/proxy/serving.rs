@@ -99,44 +99,15 @@ impl Serving {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::mesh::snapshot::{Catalog, CatalogService, GatewaySettings, Here, Snapshot};
-    use crate::mesh::{Endpoint, Place};
 
     fn gateway_of(services: &[&str]) -> Plan {
-        let place = Place::new("dc1", "");
-        crate::mesh::plan(&Snapshot {
-            here: Here {
-                place: place.clone(),
-                namespace: "default".into(),
-                trust_domain: "td.consul".into(),
-            },
-            identity: None,
-            gateway: Some(GatewaySettings {
-                listen: vec![],
-                connect_timeout: Duration::from_secs(1),
-                handshake_timeout: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(1),
-                max_connections: 1,
-                max_client_hello_bytes: 4096,
-            }),
-            sidecar: None,
-            config_entries: Default::default(),
-            catalog: Catalog {
-                services: services
-                    .iter()
-                    .map(|name| CatalogService {
-                        name: (*name).into(),
-                        namespace: "default".into(),
-                        place: place.clone(),
-                        instances: vec![Endpoint::Addr(([127, 0, 0, 1], 1).into())],
-                    })
-                    .collect(),
-                gateways: vec![],
-            },
-        })
+        let names: Vec<String> = services.iter().map(|s| (*s).to_owned()).collect();
+        crate::mesh::plan(&crate::mesh::snapshot::testing::gateway(
+            "td.consul",
+            &names,
+            1,
+        ))
     }
 
     /// A reload builds a new plan; the counters of a route it keeps carry on, and those of a
