@@ -591,7 +591,6 @@ fn gateway_routes(
     gateway
         .routes
         .routes()
-        .iter()
         .filter(|r| keep(r.kind))
         .map(|r| {
             let dial = r.endpoints.as_slice().iter().map(ToString::to_string);
@@ -848,10 +847,8 @@ fn a_wan_federation_gateway_routes_servers() {
         .collect();
     assert_eq!(got, want);
     // dc3's service traffic goes to the same gateways.
-    let gws = p.gateway.as_ref().unwrap().routes.routes();
-    assert!(gws
-        .iter()
-        .any(|r| r.pattern == format!("*.dc3.internal.{TD}")));
+    let mut gws = p.gateway.as_ref().unwrap().routes.routes();
+    assert!(gws.any(|r| r.pattern == format!("*.dc3.internal.{TD}")));
 
     // A token without agent:read: the domain is Consul's default, said in a warning; the
     // snapshot does not wait for it.
@@ -867,8 +864,8 @@ fn a_wan_federation_gateway_routes_servers() {
         "{warnings:?}"
     );
     let p = plan(&snap);
-    let gws = p.gateway.as_ref().unwrap().routes.routes();
-    assert!(gws.iter().any(|r| r.pattern == "srv1.server.dc1.consul"));
+    let mut gws = p.gateway.as_ref().unwrap().routes.routes();
+    assert!(gws.any(|r| r.pattern == "srv1.server.dc1.consul"));
 }
 
 /// The reference example's dc2 gateway at another WAN address, and a copy of it for dc3.

@@ -586,9 +586,9 @@ mod tests {
     /// The service the running gateway routes.
     fn routed(l: &Lifecycle) -> String {
         let plan = l.running.plan();
-        let routes = plan.gateway.as_ref().unwrap().routes.routes();
+        let mut routes = plan.gateway.as_ref().unwrap().routes.routes();
         assert_eq!(routes.len(), 1);
-        routes[0].target.clone()
+        routes.next().unwrap().target.to_owned()
     }
 
     #[test]

@@ -92,7 +92,7 @@ fn why_not(gw: &GatewayPlan, here: &Here, sni: &str) -> String {
         Some(place) if place == here.place => format!(
             "{head}: it names a service in this gateway's own place ({place}), but no such service is in the catalog \
              (known here: {})",
-            gw.routes.routes().iter().filter(|r| r.kind == RouteKind::Service).count()
+            gw.routes.routes().filter(|r| r.kind == RouteKind::Service).count()
         ),
         Some(place) => format!(
             "{head}: it names {place}, but no gateways with `wan` addresses are known for it \
@@ -107,9 +107,8 @@ fn why_not_server(gw: &GatewayPlan, here: &Here, name: &str) -> Option<String> {
     let servers: Vec<&str> = gw
         .routes
         .routes()
-        .iter()
         .filter(|r| r.kind == RouteKind::Server)
-        .map(|r| r.pattern.as_str())
+        .map(|r| r.pattern)
         .collect();
     // A service of that name (`server.default.dc1.internal.<td>`) is no server name.
     if name.ends_with(here.trust_domain.as_str()) {

@@ -182,3 +182,54 @@ pub struct CatalogGateways {
     /// Used from other places (mode `remote`, gateway to gateway).
     pub wan: Vec<Endpoint>,
 }
+
+/// Snapshots for tests.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+
+    /// A gateway in dc1's default partition with these services (namespace `default`, in
+    /// its place), each with `instances` instances; no sidecar, no identity.
+    pub fn gateway(trust_domain: &str, names: &[String], instances: u8) -> Snapshot {
+        let place = Place::new("dc1", "");
+        Snapshot {
+            here: Here {
+                place: place.clone(),
+                namespace: "default".into(),
+                trust_domain: trust_domain.into(),
+            },
+            identity: None,
+            gateway: Some(GatewaySettings {
+                listen: vec![],
+                connect_timeout: Duration::from_secs(1),
+                handshake_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(1),
+                max_connections: 1,
+                max_pending_handshakes: 1,
+                max_client_hello_bytes: 4096,
+                connect_timeout_set: false,
+            }),
+            sidecar: None,
+            config_entries: Default::default(),
+            catalog: Catalog {
+                services: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| CatalogService {
+                        name: name.clone(),
+                        namespace: "default".into(),
+                        place: place.clone(),
+                        instances: (1..=instances)
+                            .map(|j| {
+                                let ip = [10, j, (i / 250) as u8, 1];
+                                Instance::at(Endpoint::Addr((ip, 21000).into()))
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                gateways: vec![],
+                wan_federation: None,
+            },
+        }
+    }
+}

@@ -72,55 +72,91 @@ impl<'a> Tally<'a> {
 }
 
 /// Values of `T` by label values, for one metric family.
+///
+/// A gateway may have tens of thousands of routes, each with an entry here, looked up again at
+/// every reload: an entry's labels are one string (the values joined by NUL, which no label
+/// holds; the joined order sorts like the tuples), and a lookup of an existing entry builds
+/// its key in a reused buffer, allocating nothing.
 #[derive(Debug)]
 pub struct Family<T> {
     labels: &'static [&'static str],
-    entries: Mutex<BTreeMap<Box<[String]>, Arc<T>>>,
+    entries: Mutex<Entries<T>>,
+}
+
+#[derive(Debug)]
+struct Entries<T> {
+    map: BTreeMap<Box<str>, Arc<T>>,
+    /// The key being looked up.
+    scratch: String,
+}
+
+const SEPARATOR: char = '\0';
+
+/// One entry's label values, in the order of the family's label names.
+pub fn values(key: &str) -> impl Iterator<Item = &str> {
+    key.split(SEPARATOR)
 }
 
 impl<T: Default> Family<T> {
     pub const fn new(labels: &'static [&'static str]) -> Self {
         Family {
             labels,
-            entries: Mutex::new(BTreeMap::new()),
+            entries: Mutex::new(Entries {
+                map: BTreeMap::new(),
+                scratch: String::new(),
+            }),
         }
     }
 
     /// The value for these label values, created on first use. Called when plans are built
     /// and listeners bound, never per connection.
     pub fn get(&self, values: &[&str]) -> Arc<T> {
-        let key: Box<[String]> = values.iter().map(|v| (*v).to_owned()).collect();
-        self.lock().entry(key).or_default().clone()
+        let mut guard = self.lock();
+        let Entries { map, scratch } = &mut *guard;
+        scratch.clear();
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                scratch.push(SEPARATOR);
+            }
+            scratch.push_str(v);
+        }
+        if let Some(v) = map.get(scratch.as_str()) {
+            return v.clone();
+        }
+        let v = Arc::<T>::default();
+        map.insert(scratch.as_str().into(), v.clone());
+        v
     }
 
     /// Forgets values nothing holds any more (a removed route once its last connection ended),
     /// so a mesh whose names churn does not grow the registry without end.
     pub fn prune(&self) {
-        self.lock().retain(|_, v| Arc::strong_count(v) > 1);
+        self.lock().map.retain(|_, v| Arc::strong_count(v) > 1);
     }
 
     pub fn label_names(&self) -> &'static [&'static str] {
         self.labels
     }
 
-    /// Calls `f` with every current value and its label values, in label order, copying at
-    /// most `batch` entries out under the lock at a time: the registry is not held while `f`
-    /// writes to a slow scraper, and a scrape does not copy every label at once.
+    /// Calls `f` with every current value and its labels (see [`values`]), in label order,
+    /// copying at most `batch` entries out under the lock at a time: the registry is not held
+    /// while `f` writes to a slow scraper, and a scrape does not copy every label at once.
     pub fn each_batched<E>(
         &self,
         batch: usize,
-        mut f: impl FnMut(&[String], &T) -> Result<(), E>,
+        mut f: impl FnMut(&str, &T) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut after: Option<Box<[String]>> = None;
+        let mut after: Option<Box<str>> = None;
         loop {
-            let chunk: Vec<(Box<[String]>, Arc<T>)> = {
+            let chunk: Vec<(Box<str>, Arc<T>)> = {
                 let entries = self.lock();
-                let from = match &after {
+                let from = match after.as_deref() {
                     Some(key) => Bound::Excluded(key),
                     None => Bound::Unbounded,
                 };
                 entries
-                    .range::<Box<[String]>, _>((from, Bound::Unbounded))
+                    .map
+                    .range::<str, _>((from, Bound::Unbounded))
                     .take(batch.max(1))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect()
@@ -138,12 +174,13 @@ impl<T: Default> Family<T> {
     /// Every current value with its label values, in label order.
     pub fn entries(&self) -> Vec<(Box<[String]>, Arc<T>)> {
         self.lock()
+            .map
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (values(k).map(str::to_owned).collect(), v.clone()))
             .collect()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<Box<[String]>, Arc<T>>> {
+    fn lock(&self) -> MutexGuard<'_, Entries<T>> {
         // Nothing panics while holding it; if something did, the map itself is still whole.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -169,6 +206,15 @@ mod tests {
         f.prune();
         assert!(f.entries().is_empty());
         assert_eq!(f.get(&["db"]).opened.get(), 0);
+    }
+
+    #[test]
+    fn labels_keep_their_values_and_tuple_order() {
+        let f: Family<ConnStats> = Family::new(&["upstream", "bind"]);
+        let _held = [f.get(&["ab", ""]), f.get(&["a", "b"]), f.get(&["a", ""])];
+        let keys: Vec<Vec<String>> = f.entries().into_iter().map(|e| e.0.into()).collect();
+        assert_eq!(keys, [["a", ""], ["a", "b"], ["ab", ""]]);
+        assert!(Arc::ptr_eq(&f.get(&["a", "b"]), &_held[1]));
     }
 
     #[test]

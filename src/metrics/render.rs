@@ -8,6 +8,7 @@
 
 use std::io::{self, BufWriter, Write};
 
+use super::labelled::values;
 use super::{
     ConnStats, Counter, Family, HandshakeFailures, HelloOutcome, ListenerCounters, Metrics,
 };
@@ -296,7 +297,7 @@ impl<W: Write> Out<W> {
             let name = format!("{prefix}_{suffix}");
             self.family(&name, kind, &format!("{help} per {what}."))?;
             family.each_batched(BATCH, |labels, s| {
-                let labels = names.iter().copied().zip(labels.iter().map(|l| &**l));
+                let labels = names.iter().copied().zip(values(labels));
                 self.labelled(&name, labels, value(s))
             })?;
         }
@@ -308,7 +309,7 @@ impl<W: Write> Out<W> {
         self.family(&total, "counter", &help)?;
         family.each_batched(BATCH, |labels, s| {
             for (dir, c) in [("from_client", &s.from_client), ("to_client", &s.to_client)] {
-                let labels = names.iter().copied().zip(labels.iter().map(|l| &**l));
+                let labels = names.iter().copied().zip(values(labels));
                 self.labelled(&total, labels.chain([("direction", dir)]), c.get())?;
             }
             Ok(())

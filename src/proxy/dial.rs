@@ -14,7 +14,7 @@ use smol::{future, Async};
 
 use super::deadline::Deadline;
 
-use crate::mesh::endpoints::EndpointSet;
+use crate::mesh::endpoints::Endpoints;
 use crate::mesh::Endpoint;
 use crate::metrics::DialMetrics;
 
@@ -25,7 +25,7 @@ const NAME_ADDRESSES: usize = 4;
 
 /// Connects to the first endpoint that answers, or `None` when none did.
 pub async fn connect_any<'a>(
-    set: &'a EndpointSet,
+    set: Endpoints<'a>,
     timeout: Duration,
     metrics: &DialMetrics,
 ) -> Option<(Async<TcpStream>, &'a Endpoint)> {
@@ -64,7 +64,7 @@ pub async fn connect_any<'a>(
 /// oneself, when more than a connection must succeed before the endpoint counts as good):
 /// a failure is counted, logged and remembered; the caller marks it good or bad after.
 pub async fn connect_at(
-    set: &EndpointSet,
+    set: Endpoints<'_>,
     index: usize,
     endpoint: &Endpoint,
     timeout: Duration,

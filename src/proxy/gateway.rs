@@ -90,7 +90,7 @@ pub async fn serve(
 /// A routed connection with its backend connected, ready to relay.
 struct Opened<'a> {
     backend: Async<TcpStream>,
-    route: &'a Route,
+    route: Route<'a>,
     stats: &'a ConnStats,
     endpoint: &'a Endpoint,
     hello: HelloBuf,
@@ -143,7 +143,7 @@ async fn open<'a>(
         }
     };
     let found = gw.routes.find(&name).and_then(|(i, how)| {
-        let route = gw.routes.routes().get(i)?;
+        let route = gw.routes.route(i)?;
         Some((route, &**stats.get(i)?, how))
     });
     let Some((route, stats, how)) = found else {
@@ -159,7 +159,7 @@ async fn open<'a>(
     m.hello(HelloOutcome::Routed).inc();
     let held = stats.hold();
     let Some((backend, endpoint)) =
-        dial::connect_any(&route.endpoints, settings.connect_timeout, &m.dial).await
+        dial::connect_any(route.endpoints, settings.connect_timeout, &m.dial).await
     else {
         m.no_endpoint.inc();
         crate::debug!(
@@ -237,35 +237,12 @@ async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::snapshot::{Catalog, GatewaySettings, Here, Snapshot};
-    use crate::mesh::Place;
 
     /// The connection future is what every held connection costs on the heap (besides its
     /// sockets' reactor entries): keep large buffers out of it.
     #[test]
     fn connection_future_stays_small() {
-        let settings = GatewaySettings {
-            listen: vec![],
-            connect_timeout: Duration::from_secs(1),
-            handshake_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            max_connections: 1,
-            max_pending_handshakes: 1,
-            max_client_hello_bytes: 4096,
-            connect_timeout_set: false,
-        };
-        let snapshot = Snapshot {
-            here: Here {
-                place: Place::new("dc1", ""),
-                namespace: "default".into(),
-                trust_domain: "td.consul".into(),
-            },
-            identity: None,
-            gateway: Some(settings),
-            sidecar: None,
-            config_entries: Default::default(),
-            catalog: Catalog::default(),
-        };
+        let snapshot = crate::mesh::snapshot::testing::gateway("td.consul", &[], 0);
         let plan = crate::mesh::plan(&snapshot);
         let Some(gw) = plan.gateway.as_ref() else {
             panic!("no gateway plan")

@@ -50,7 +50,7 @@ impl Serving {
             .gateway
             .iter()
             .flat_map(|g| g.routes.routes())
-            .map(|r| metrics.routes.get(&[&r.pattern]))
+            .map(|r| metrics.routes.get(&[r.pattern]))
             .collect();
         let upstreams = plan
             .upstreams
@@ -114,49 +114,15 @@ impl Serving {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::mesh::snapshot::{
-        Catalog, CatalogService, GatewaySettings, Here, Instance, Snapshot,
-    };
-    use crate::mesh::{Endpoint, Place};
 
     fn gateway_of(services: &[&str]) -> Plan {
-        let place = Place::new("dc1", "");
-        crate::mesh::plan(&Snapshot {
-            here: Here {
-                place: place.clone(),
-                namespace: "default".into(),
-                trust_domain: "td.consul".into(),
-            },
-            identity: None,
-            gateway: Some(GatewaySettings {
-                listen: vec![],
-                connect_timeout: Duration::from_secs(1),
-                handshake_timeout: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(1),
-                max_connections: 1,
-                max_pending_handshakes: 1,
-                max_client_hello_bytes: 4096,
-                connect_timeout_set: false,
-            }),
-            sidecar: None,
-            config_entries: Default::default(),
-            catalog: Catalog {
-                services: services
-                    .iter()
-                    .map(|name| CatalogService {
-                        name: (*name).into(),
-                        namespace: "default".into(),
-                        place: place.clone(),
-                        instances: vec![Instance::at(Endpoint::Addr(([127, 0, 0, 1], 1).into()))],
-                    })
-                    .collect(),
-                gateways: vec![],
-                wan_federation: None,
-            },
-        })
+        let names: Vec<String> = services.iter().map(|s| (*s).to_owned()).collect();
+        crate::mesh::plan(&crate::mesh::snapshot::testing::gateway(
+            "td.consul",
+            &names,
+            1,
+        ))
     }
 
     /// A reload builds a new plan; the counters of a route it keeps carry on, and those of a

@@ -77,8 +77,14 @@ async fn open(
         let mut opened = None;
         for (index, endpoint, held) in order.by_ref() {
             held_back += u64::from(held);
-            let Some(tcp) =
-                dial::connect_at(&target.dial, index, endpoint, up.connect_timeout, &m.dial).await
+            let Some(tcp) = dial::connect_at(
+                target.dial.view(),
+                index,
+                endpoint,
+                up.connect_timeout,
+                &m.dial,
+            )
+            .await
             else {
                 continue;
             };

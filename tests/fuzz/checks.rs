@@ -197,7 +197,7 @@ fn plan_sane(config: &sidegate::config::Config) {
     for route in gw.routes.routes() {
         let name = match route.pattern.strip_prefix("*.") {
             Some(suffix) => format!("x.{suffix}"),
-            None => route.pattern.clone(),
+            None => route.pattern.to_owned(),
         };
         if name.len() > MAX_NAME {
             continue; // no client can send it (see the report on long trust domains)

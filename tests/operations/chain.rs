@@ -256,12 +256,7 @@ fn no_partitioned_wan_route() {
          [[catalog.gateways]]\ndatacenter = \"dc1\"\npartition = \"ap2\"\nwan = [\"10.0.9.9:8443\"]\n"
     ));
     let gw = plan.gateway.unwrap();
-    let patterns: Vec<&str> = gw
-        .routes
-        .routes()
-        .iter()
-        .map(|r| r.pattern.as_str())
-        .collect();
+    let patterns: Vec<&str> = gw.routes.routes().map(|r| r.pattern).collect();
     assert_eq!(patterns, [format!("*.ap2.dc1.internal-v1.{TD}")]);
     assert!(
         plan.warnings.iter().any(|w| w.contains("WAN federation")),
@@ -295,7 +290,7 @@ fn names_compare_without_regard_to_case() {
     let plan = plan_of(&format!(
         "{mesh}[[catalog.gateways]]\ndatacenter = \"dc1\"\nwan = [\"127.0.0.1:8443\"]\n"
     ));
-    assert!(plan.gateway.unwrap().routes.routes().is_empty());
+    assert!(plan.gateway.unwrap().routes.is_empty());
     // Another place's WAN address that is this gateway itself is refused.
     let errors = errors_of(&format!(
         "{mesh}[[catalog.gateways]]\ndatacenter = \"dc2\"\nwan = [\"127.0.0.1:8443\"]\n"
