@@ -13,10 +13,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source cross/targets.sh
 
-# Budget per binary (issue 6). With the Consul client and the admin endpoint in, today's builds
-# take 1.9 (armv7) to 2.8 MiB (x86_64: 2.77) of it at opt-level "z" (README, "Sizes and
-# memory"); x86_64 is the one near the edge. Raising it needs a reason in the commit.
-BUDGET_BYTES=$((3 * 1024 * 1024))
+# Budget per binary (issue 6): 3 MiB for the boards' targets (aarch64, armv7). The x86_64 build
+# (tests, benchmarks, amd64 hosts) holds more of ring's and std's x86 code and went past 3 MiB
+# with the discovery chain, the Consul fleet, onboarding and fd-store restarts (3.26 MiB at
+# 2026-12-06): its budget is 3.5 MiB until it is brought back under 3 (cross/README.md).
+# Raising either needs a reason in the commit.
+budget_bytes() {
+    case "$1" in
+    x86_64-*) echo $((7 * 512 * 1024)) ;;
+    *) echo $((3 * 1024 * 1024)) ;;
+    esac
+}
 
 targets=("$@")
 ((${#targets[@]})) || targets=("${CROSS_DEFAULT_TARGETS[@]}")
@@ -35,6 +42,7 @@ for target in "${targets[@]}"; do
     )
     bin="$(cross_binary "$target")"
     size=$(stat -c %s "$bin")
+    BUDGET_BYTES=$(budget_bytes "$target")
     headers="$(readelf -lW "$bin")"
     problems=()
     grep -q 'Requesting program interpreter' <<<"$headers" && problems+=("dynamically linked")
@@ -49,8 +57,8 @@ for target in "${targets[@]}"; do
         printf 'cross: %s: %s\n' "$bin" "${problems[@]}" >&2
         fail=1
     else
-        printf 'cross: %s: %d bytes (%.2f MiB of %d MiB), static, stripped, runs: %s\n' \
-            "$target" "$size" "$(awk "BEGIN{print $size / 1048576}")" $((BUDGET_BYTES / 1048576)) "$version" >&2
+        printf 'cross: %s: %d bytes (%.2f MiB of %.1f MiB), static, stripped, runs: %s\n' \
+            "$target" "$size" "$(awk "BEGIN{print $size / 1048576}")" "$(awk "BEGIN{print $BUDGET_BYTES / 1048576}")" "$version" >&2
     fi
 done
 exit $fail
