@@ -3,8 +3,8 @@
 # following a Consul 1.8.7 `-dev` agent that holds SERVICES connect services of INSTANCES
 # sidecar-proxy instances each, measured as an operator sees it (VmRSS of the process):
 #
-#   1. at start: once `/config` shows every route, RSS settled;
-#   2. after each of ANSWERS unchanged answers, RSS settled.
+#   1. at start: once `/config` shows every route and the process is idle, RSS settled;
+#   2. after each of ANSWERS unchanged answers, idle again, RSS settled.
 #
 # An unchanged answer: one instance's check is re-registered passing with a new output. That
 # moves the agent's check index, so the gateway's blocking query on /v1/health/state/any
@@ -74,6 +74,24 @@ EOF
 }
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# Waits (at most 600 s) until the process is idle: under 5 ticks of CPU in 2 s. Routes are in
+# service before the gateway has digested the first answers (at 10,000 services its fleet
+# thread works for a minute or more after them, with later answers queued), and RSS taken
+# then is not the state at rest.
+idle() {
+    local pid=$1 a b i
+    a=$(cpu_ticks "$pid")
+    for ((i = 0; i < 300; i++)); do
+        sleep 2
+        b=$(cpu_ticks "$pid")
+        ((b - a < 5)) && return 0
+        a=$b
+    done
+    log "process $pid still busy after 600 s"
+}
 
 # RSS once it holds still: the same (±16 KiB) over two samples a second apart, at most 20 s.
 settled_rss() {
@@ -218,6 +236,8 @@ main() {
         sleep 2
     done
     log "$n routes in service $((SECONDS - t0)) s after start"
+    idle "$gateway"
+    log "idle $((SECONDS - t0)) s after start"
     start=$(settled_rss "$gateway")
     worst=$start
     log "RSS at start $start KiB"
@@ -231,6 +251,7 @@ main() {
         done
         (($(answered "$work/consul.log") > before)) ||
             { log "answer $k: the gateway's blocking query did not return"; return 1; }
+        idle "$gateway"
         rss=$(settled_rss "$gateway")
         ((rss > worst)) && worst=$rss
         log "answer $k: RSS $rss KiB"
