@@ -229,9 +229,19 @@ main() {
     local t0=$SECONDS
     "$bin" run --config "$work/gateway.toml" 2>"$work/sidegate.log" &
     gateway=$!
+    # A gateway routes at most 10,000 names, by name; a proxy's name not yet known as one
+    # can hold a place for a while, so at the cap the count may settle a little below n.
+    local got last=-1 same=0
     for ((i = 0; ; i++)); do
         kill -0 "$gateway" 2>/dev/null || { tail -20 "$work/sidegate.log" >&2; return 1; }
-        (($(routes "$admin" 2>/dev/null || echo 0) == n)) && break
+        got=$(routes "$admin" 2>/dev/null || echo 0)
+        ((got == n)) && break
+        if ((got == last && got > 0)) && grep -q "by name only" "$work/sidegate.log"; then
+            ((++same >= 5)) && { log "at the gateway's cap: $got of $n services routed"; n=$got; break; }
+        else
+            same=0
+        fi
+        last=$got
         ((SECONDS - t0 < 600)) || { log "no $n routes within 600 s"; return 1; }
         sleep 2
     done
