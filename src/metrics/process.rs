@@ -2,8 +2,11 @@
 //! them, read from `/proc/self` at each scrape: memory and file descriptors are the budgets a
 //! board runs sidegate within, and every Prometheus dashboard already knows these names.
 //!
-//! Cheap and allocation-free: `/proc/self/stat` is read into a stack buffer, `/proc/self/fd`
-//! is counted with `getdents` into another, the limit is one `getrlimit`. The unit's
+//! Cheap and allocation-free: `/proc/self/statm` and `/proc/self/stat` are read into a stack
+//! buffer, `/proc/self/fd` is counted with `getdents` into another, the limit is one
+//! `getrlimit`. Memory comes from `statm`, not `stat`'s fields: qemu-user (the emulated test
+//! runs) answers `/proc/self/stat` itself with those fields zero, while `statm` is the real
+//! one on a board and under the emulator alike. The unit's
 //! `ProcSubset=pid` hides `/proc/stat` (boot time), so the start time is derived from the
 //! clocks instead. A value that cannot be read is left out with its family, as the Go client
 //! does: a missing series is plainer than a false zero.
@@ -18,35 +21,20 @@ use rustix::fs::{openat, Mode, OFlags, RawDir, CWD};
 use rustix::process::{getrlimit, Resource};
 use rustix::time::{clock_gettime, ClockId};
 
-/// The fields of `/proc/self/stat` these metrics use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stat {
-    /// Field 22: clock ticks from boot to the process's start.
-    start_ticks: u64,
-    /// Field 23: bytes of virtual memory.
-    vsize: u64,
-    /// Field 24: resident pages.
-    rss_pages: u64,
-}
-
-/// Parses a `/proc/<pid>/stat` line. The command name (field 2) is in parentheses and may
-/// hold spaces and parentheses itself, so the fields are counted from the last `)`.
-fn parse_stat(text: &str) -> Option<Stat> {
+/// Field 22 of a `/proc/<pid>/stat` line: clock ticks from boot to the process's start. The
+/// command name (field 2) is in parentheses and may hold spaces and parentheses itself, so
+/// the fields are counted from the last `)`.
+fn parse_start_ticks(text: &str) -> Option<u64> {
     let rest = &text[text.rfind(')')? + 1..];
     // After the name, field 3 (state) is the first; field N is at index N - 3.
-    let mut fields = rest.split_ascii_whitespace().skip(22 - 3);
-    let mut next = || fields.next()?.parse::<u64>().ok();
-    Some(Stat {
-        start_ticks: next()?,
-        vsize: next()?,
-        rss_pages: next()?,
-    })
+    rest.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
 }
 
-fn read_stat() -> Option<Stat> {
-    // A stat line is about 300 bytes; the name is at most 64.
+/// Reads a small `/proc/self` file into `buf` and hands its text to `parse`.
+fn read_proc<T>(path: &str, parse: impl FnOnce(&str) -> Option<T>) -> Option<T> {
+    // A stat line is about 300 bytes (the name is at most 64); statm's is shorter.
     let mut buf = [0u8; 1024];
-    let mut file = std::fs::File::open("/proc/self/stat").ok()?;
+    let mut file = std::fs::File::open(path).ok()?;
     let mut len = 0;
     while len < buf.len() {
         match file.read(&mut buf[len..]) {
@@ -56,7 +44,14 @@ fn read_stat() -> Option<Stat> {
             Err(_) => return None,
         }
     }
-    parse_stat(std::str::from_utf8(buf.get(..len)?).ok()?)
+    parse(std::str::from_utf8(buf.get(..len)?).ok()?)
+}
+
+/// `/proc/self/statm`'s first two fields: pages of virtual memory, resident pages.
+fn parse_statm(text: &str) -> Option<(u64, u64)> {
+    let mut fields = text.split_ascii_whitespace();
+    let mut next = || fields.next()?.parse::<u64>().ok();
+    Some((next()?, next()?))
 }
 
 /// Open file descriptors, not counting the one this count reads the directory through.
@@ -91,30 +86,35 @@ fn open_fds() -> Option<u64> {
 fn start_time_seconds() -> Option<u64> {
     static START: OnceLock<Option<u64>> = OnceLock::new();
     *START.get_or_init(|| {
-        let stat = read_stat()?;
-        let ticks = rustix::param::clock_ticks_per_second().max(1);
+        let start_ticks = read_proc("/proc/self/stat", parse_start_ticks)?;
         let now = clock_gettime(ClockId::Realtime);
+        if start_ticks == 0 {
+            // qemu-user's stand-in for /proc/self/stat: the first look is close enough for
+            // an emulated test run (a kernel never reports 0 for a process it started).
+            return u64::try_from(now.tv_sec).ok();
+        }
+        let ticks = rustix::param::clock_ticks_per_second().max(1);
         let since_boot = clock_gettime(ClockId::Boottime);
         let boot = u64::try_from(now.tv_sec.checked_sub(since_boot.tv_sec)?).ok()?;
-        Some(boot + stat.start_ticks / ticks)
+        Some(boot + start_ticks / ticks)
     })
 }
 
 /// The `process_*` families, appended to the exposition.
 pub fn render_process(out: &mut String) {
-    let stat = read_stat();
+    let statm = read_proc("/proc/self/statm", parse_statm);
     let page = rustix::param::page_size() as u64;
     let max_fds = getrlimit(Resource::Nofile).current;
     let rows: [(&str, &str, Option<u64>); 5] = [
         (
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
-            stat.map(|s| s.rss_pages.saturating_mul(page)),
+            statm.map(|(_, resident)| resident.saturating_mul(page)),
         ),
         (
             "process_virtual_memory_bytes",
             "Virtual memory size in bytes.",
-            stat.map(|s| s.vsize),
+            statm.map(|(size, _)| size.saturating_mul(page)),
         ),
         (
             "process_open_fds",
@@ -151,16 +151,11 @@ mod tests {
         // A command name with spaces and a ")" must not shift the fields.
         let line = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 \
                     98765 12345678 321 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0";
-        assert_eq!(
-            parse_stat(line),
-            Some(Stat {
-                start_ticks: 98765,
-                vsize: 12345678,
-                rss_pages: 321
-            })
-        );
-        assert_eq!(parse_stat("4242 (truncated"), None);
-        assert_eq!(parse_stat("4242 (x) S 1 2"), None);
+        assert_eq!(parse_start_ticks(line), Some(98765));
+        assert_eq!(parse_start_ticks("4242 (truncated"), None);
+        assert_eq!(parse_start_ticks("4242 (x) S 1 2"), None);
+        assert_eq!(parse_statm("5000 321 100 20 0 900 0\n"), Some((5000, 321)));
+        assert_eq!(parse_statm("5000"), None);
     }
 
     #[test]
