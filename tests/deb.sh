@@ -182,4 +182,15 @@ command -v lintian >/dev/null || (source cross/targets.sh && cross_apt lintian)
 lintian --pedantic --fail-on error "$deb" >"$scratch/lintian.out" 2>&1 || true
 sed 's/^/deb: lintian: /' "$scratch/lintian.out"
 check "lintian reports no errors" lintian --fail-on error "$deb"
+# The boards' packages, built beside it by cross/deb.sh: the same archive checks (lintian reads
+# a foreign architecture's binary as well; it does not run it).
+for arch in arm64 armhf; do
+    other="$(dirname "$deb")/sidegate_${version}_${arch}.deb"
+    if [ -f "$other" ]; then
+        check "lintian reports no errors on the $arch package" lintian --fail-on error "$other"
+    else
+        echo "deb: no $arch package beside $deb (cross/deb.sh builds all three)" >&2
+        fails=$((fails + 1))
+    fi
+done
 exit $fails
