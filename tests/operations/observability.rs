@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::sidecars::{fixture, WEB};
+use common::sidecars::WEB;
 use common::*;
 use ops::*;
 use rustix::process::Signal;
@@ -26,15 +26,7 @@ fn file_roles(
     api: SocketAddr,
 ) -> std::path::PathBuf {
     let text = format!(
-        r#"[mesh]
-datacenter = "dc1"
-trust_domain = "{TD}"
-[tls]
-cert_file = "{cert}"
-key_file = "{key}"
-ca_file = "{ca}"
-[sidecar]
-service = "web"
+        r#"{header}
 public_listener = "127.0.0.1:0"
 local_service_address = "{app}"
 max_connections = 30
@@ -55,9 +47,7 @@ instances = ["{api}"]
 [admin]
 listen = "127.0.0.1:0"
 "#,
-        cert = fixture("web.pem"),
-        key = fixture("web-key-sec1.pem"),
-        ca = fixture("ca.pem"),
+        header = WEB.header(),
     );
     let path = scratch.path("roles.toml");
     std::fs::write(&path, text).unwrap();

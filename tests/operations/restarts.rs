@@ -21,7 +21,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::apps::app;
-use common::sidecars::{fixture, DB};
+use common::sidecars::{DB, WEB};
 use common::*;
 use ops::*;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
@@ -309,15 +309,7 @@ impl World {
     /// The configuration, with the gateway listening on `gateway`.
     fn write(&self, gateway: SocketAddr) {
         let text = format!(
-            r#"[mesh]
-datacenter = "dc1"
-trust_domain = "{TD}"
-[tls]
-cert_file = "{cert}"
-key_file = "{key}"
-ca_file = "{ca}"
-[sidecar]
-service = "web"
+            r#"{header}
 public_listener = "{inbound}"
 local_service_address = "{app}"
 [[sidecar.upstreams]]
@@ -337,9 +329,7 @@ instances = ["{db}"]
 [shutdown]
 drain_timeout_ms = 5000
 "#,
-            cert = fixture("web.pem"),
-            key = fixture("web-key-sec1.pem"),
-            ca = fixture("ca.pem"),
+            header = WEB.header(),
             app = self.app,
             inbound = self.inbound,
             upstream = self.upstream.display(),
