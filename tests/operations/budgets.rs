@@ -126,7 +126,7 @@ fn check_idle_rss(role: &str, config: &Path, listeners: usize) {
         }
         Some(runner) => {
             let guest = guest_rss_kib(pid);
-            let (total, base) = (vm_rss_kib(pid), emulator_baseline_kib(role, &bin));
+            let (total, base) = (vm_rss_kib(pid), emulator_baseline_kib(&bin));
             eprintln!(
                 "{role}: idle RSS under `{runner}`: guest {guest} KiB; emulator total {total} \
                  KiB, baseline {base} KiB, difference {} KiB ({})",
@@ -151,6 +151,11 @@ const GUEST_SIZE: u64 = 0x1_0000_0000;
 
 /// `bin` under the tests' runner; for qemu-user, with the guest's memory at a known place.
 fn budget_command(bin: &Path) -> std::process::Command {
+    budget_command_with(bin, &[])
+}
+
+/// As `budget_command`, with `emulator_args` given to the emulator before the binary.
+fn budget_command_with(bin: &Path, emulator_args: &[&str]) -> std::process::Command {
     let Some(runner) = runner() else {
         return command_for(bin);
     };
@@ -167,7 +172,7 @@ fn budget_command(bin: &Path) -> std::process::Command {
     if cfg!(target_pointer_width = "64") {
         command.args(["-R", &format!("{GUEST_SIZE:#x}")]);
     }
-    command.arg(bin);
+    command.args(emulator_args).arg(bin);
     command
 }
 
@@ -226,37 +231,45 @@ fn wait_listening(child: &mut std::process::Child, listeners: usize) -> SocketAd
         .expect("no gateway or inbound listener in the log")
 }
 
-/// The emulator's own share: the same binary started on a configuration that is a FIFO, measured
-/// while it is blocked opening it (our opening the write end returns only once it has).
-fn emulator_baseline_kib(role: &str, bin: &Path) -> u64 {
-    let fifo = scratch(role).join("baseline.fifo");
-    let _ = std::fs::remove_file(&fifo);
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success(), "mkfifo failed");
+/// The emulator's own share: the same binary under the same emulator options, held by qemu's gdb
+/// stub (`-g PORT`) before the guest's first instruction. (A configuration that is a FIFO held it
+/// once; sidegate now refuses a FIFO at once and exits, so that process could be gone before it was
+/// measured.) The stub's listening socket is the sign that the binary is loaded and waiting.
+fn emulator_baseline_kib(bin: &Path) -> u64 {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
     let child = Killed(
-        command_for(bin)
-            .args(["check", "--config"])
-            .arg(&fifo)
+        budget_command_with(bin, &["-g", &port.to_string()])
             .stderr(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let (tx, rx) = mpsc::channel();
-    let path = fifo.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::fs::OpenOptions::new().write(true).open(path));
-    });
-    let writer = rx
-        .recv_timeout(IO_TIMEOUT)
-        .expect("the baseline process did not open its configuration")
-        .unwrap();
-    let rss = vm_rss_kib(child.0.id());
-    drop(writer);
-    rss
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while !listening_on(port) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the baseline emulator did not open its gdb stub on port {port}"
+        );
+        std::thread::yield_now();
+    }
+    vm_rss_kib(child.0.id())
+}
+
+/// Whether a TCP socket is listening on `port` (qemu's stub binds every address), read from
+/// /proc/net/tcp: connecting to the gdb stub would start the guest.
+fn listening_on(port: u16) -> bool {
+    let wanted = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let mut fields = l.split_whitespace().skip(1);
+            fields.next().is_some_and(|local| local.ends_with(&wanted))
+                && fields.nth(1) == Some("0A")
+        })
 }
 
 fn vm_rss_kib(pid: u32) -> u64 {
