@@ -136,6 +136,22 @@ impl ConfigEntries {
         }
     }
 
+    /// The mode Consul's compiler takes as the chain's override (`OverrideMeshGateway`): the
+    /// levels the upstream and the downstream set, which the agent resolves before it asks
+    /// for the chain; `None` leaves each target to its own service-defaults and its
+    /// partition's proxy-defaults, as the compiler does.
+    pub fn chain_override(&self, sidecar: &SidecarSpec, upstream: &UpstreamSpec) -> Option<Mode> {
+        let levels = ModeLevels {
+            target_service_defaults: None,
+            target_proxy_defaults: None,
+            ..self.mode_levels(sidecar, upstream)
+        };
+        match levels.resolve() {
+            (_, super::mode::ModeSource::Default) => None,
+            (mode, _) => Some(mode),
+        }
+    }
+
     /// Every level's setting for `upstream` of `sidecar` (Consul's precedence). With one file
     /// there is one `proxy_defaults`, so the target partition's level stays unset; the agent
     /// source fills `partition_proxy_defaults` for targets in other partitions.

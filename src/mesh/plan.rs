@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use super::chain::{
-    compile, resolver_of, usable, Chain, Resolver, Resolvers, Subset, Target,
+    compile, resolver_of, usable, Chain, Compiled, Resolver, Resolvers, Subset, Target,
     DEFAULT_CONNECT_TIMEOUT,
 };
 use super::config_entries::target_key;
@@ -208,13 +208,17 @@ fn upstreams(s: &Snapshot, sidecar: &SidecarSpec, warnings: &mut Vec<String>) ->
             Chain {
                 targets: vec![start],
                 connect_timeout: u.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                compiled: Vec::new(),
             }
         });
         let targets: Vec<TargetPlan> = chain
             .targets
             .iter()
             .enumerate()
-            .map(|(i, t)| target_plan(s, &index, (sidecar, u), (t, i), warnings))
+            .map(|(i, t)| {
+                let compiled = chain.compiled.get(i);
+                target_plan(s, &index, (sidecar, u), (t, i, compiled), warnings)
+            })
             .collect();
         let Some(first) = targets.first() else {
             continue;
@@ -246,16 +250,36 @@ fn target_plan(
     s: &Snapshot,
     index: &ServiceIndex<'_>,
     (sidecar, u): (&SidecarSpec, &UpstreamSpec),
-    (t, position): (&Target, usize),
+    (t, position, compiled): (&Target, usize, Option<&Compiled>),
     warnings: &mut Vec<String>,
 ) -> TargetPlan {
     let td = &s.here.trust_domain;
-    let (mode, mode_source) = s.config_entries.target_mode_levels(sidecar, u, t).resolve();
+    let (mut mode, mut mode_source) = s.config_entries.target_mode_levels(sidecar, u, t).resolve();
     let place = Place::new(&t.datacenter, &t.partition);
+    // Consul's compiler resolved the mode with the target's own service-defaults and its
+    // partition's proxy-defaults, which the Consul source reads only for the upstream's
+    // destination: where Consul's answer differs, those target levels decided it.
+    if let Some(m) = compiled.and_then(|c| c.mesh_gateway) {
+        if m != mode && place != s.here.place {
+            mode = m;
+            mode_source = ModeSource::TargetServiceDefaults;
+        }
+    }
     let via = via(&s.here.place, &place, mode);
     let gateways_of = |p: &Place| s.catalog.gateways.iter().find(|g| g.place == *p);
     let dial = match &via {
-        Via::Instances => instances_of(s, index, t, &place),
+        Via::Instances => match compiled.and_then(|c| c.subset.as_ref()) {
+            Some(Err(why)) => {
+                warnings.push(format!(
+                    "upstream {} target {t}: its subset's filter cannot be evaluated ({why}): no instance of it is dialled",
+                    u.destination_name
+                ));
+                Some(Vec::new())
+            }
+            Some(Ok(subset)) => instances_in(index, t, &place, Some(subset)),
+            None if compiled.is_some() => instances_in(index, t, &place, None),
+            None => instances_of(s, index, t, &place),
+        },
         Via::LocalGateways(p) => gateways_of(p).map(|g| g.lan.clone()),
         Via::RemoteGateways(p) => gateways_of(p).map(|g| g.wan.clone()),
     }
@@ -309,14 +333,24 @@ fn instances_of(
     t: &Target,
     place: &Place,
 ) -> Option<Vec<Endpoint>> {
+    let subset =
+        resolver_of(&s.config_entries.service_resolvers, t).and_then(|r| r.subsets.get(&t.subset));
+    instances_in(index, t, place, subset)
+}
+
+/// `t`'s instances in `subset` (a chain compiled by Consul carries the subset itself).
+fn instances_in(
+    index: &ServiceIndex<'_>,
+    t: &Target,
+    place: &Place,
+    subset: Option<&Subset>,
+) -> Option<Vec<Endpoint>> {
     let key = (
         t.service.to_ascii_lowercase(),
         t.namespace.to_ascii_lowercase(),
         place,
     );
     let svc = index.get(&key)?;
-    let subset =
-        resolver_of(&s.config_entries.service_resolvers, t).and_then(|r| r.subsets.get(&t.subset));
     Some(select(svc, subset))
 }
 

@@ -42,6 +42,7 @@ mod ops {
 }
 
 mod builtin_proxy;
+mod chain;
 mod environment;
 mod follow;
 mod https;

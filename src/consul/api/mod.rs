@@ -10,6 +10,7 @@ pub mod authorize;
 pub mod ca;
 pub mod catalog;
 pub mod config_entry;
+pub mod discovery_chain;
 pub mod federation;
 pub mod health;
 pub mod service;

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use self::filter::Filter;
 use super::config_entries::target_key;
+use super::mode::Mode;
 use super::snapshot::{Health, Instance};
 
 /// Consul's connect timeout when the resolver sets none.
@@ -146,6 +147,24 @@ pub struct Chain {
     /// In dial order: the primary, then failover targets.
     pub targets: Vec<Target>,
     pub connect_timeout: Duration,
+    /// A chain compiled by Consul: per target, in `targets` order, what Consul resolved for
+    /// it. Empty for a chain compiled here, whose plan reads the snapshot's resolvers and
+    /// config entries instead (with the Consul source the snapshot holds no resolvers).
+    pub compiled: Vec<Compiled>,
+}
+
+/// What Consul's compiler says of one target beyond its names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compiled {
+    /// The subset's definition; `None` for a target without a subset. `Err`: a filter
+    /// sidegate cannot evaluate (the reason) — the target then selects no instance, never
+    /// every instance.
+    pub subset: Option<Result<Subset, String>>,
+    /// Consul's `MeshGateway.Mode` for the target; Consul leaves it empty for a target in
+    /// the datacenter the chain is used in.
+    pub mesh_gateway: Option<Mode>,
+    /// The target's SNI as Consul names it.
+    pub sni: String,
 }
 
 /// Why a chain cannot be compiled (Consul refuses these entries the same way).
@@ -265,6 +284,7 @@ pub fn compile(
     Ok(Chain {
         targets,
         connect_timeout,
+        compiled: Vec::new(),
     })
 }
 
