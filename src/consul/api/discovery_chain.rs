@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{nullable, MeshGatewayConfig};
 use crate::mesh::chain::filter::Filter;
-use crate::mesh::chain::{Chain, Compiled, Subset, Target};
+use crate::mesh::chain::{Chain, Compiled, Subset, Target, UnsupportedFilter};
 use crate::mesh::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
 
 /// The chain as the agent answered it, kept as saved state in the shape it was read from.
@@ -189,10 +189,13 @@ impl CompiledChain {
 impl ChainSubset {
     /// The subset in sidegate's terms; an expression outside the supported language is an
     /// error naming it, never a filter that selects everything.
-    fn to_subset(&self) -> Result<Subset, String> {
+    fn to_subset(&self) -> Result<Subset, UnsupportedFilter> {
         let filter = match self.filter.trim() {
             "" => None,
-            text => Some(Filter::parse(text).map_err(|e| format!("filter {text:?}: {e}"))?),
+            text => Some(Filter::parse(text).map_err(|error| UnsupportedFilter {
+                text: text.to_owned(),
+                error,
+            })?),
         };
         Ok(Subset {
             filter,
@@ -299,7 +302,7 @@ mod tests {
         let Some(Err(why)) = &chain.compiled[1].subset else {
             panic!("{:?}", chain.compiled[1])
         };
-        assert!(why.contains("matches"), "{why}");
+        assert!(why.to_string().contains("matches"), "{why}");
         assert_eq!(
             chain.compiled[2].subset,
             Some(Ok(Subset {

@@ -159,12 +159,25 @@ pub struct Compiled {
     /// The subset's definition; `None` for a target without a subset. `Err`: a filter
     /// sidegate cannot evaluate (the reason) — the target then selects no instance, never
     /// every instance.
-    pub subset: Option<Result<Subset, String>>,
+    pub subset: Option<Result<Subset, UnsupportedFilter>>,
     /// Consul's `MeshGateway.Mode` for the target; Consul leaves it empty for a target in
     /// the datacenter the chain is used in.
     pub mesh_gateway: Option<Mode>,
     /// The target's SNI as Consul names it.
     pub sni: String,
+}
+
+/// A subset filter from Consul that sidegate's filter language cannot evaluate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsupportedFilter {
+    pub text: String,
+    pub error: filter::FilterError,
+}
+
+impl fmt::Display for UnsupportedFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "filter {:?}: {}", self.text, self.error)
+    }
 }
 
 /// Why a chain cannot be compiled (Consul refuses these entries the same way).
