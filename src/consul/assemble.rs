@@ -7,17 +7,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::api::ca::{identity, CaError, CaRoots};
+use super::api::discovery_chain::ChainError;
 use super::api::federation;
 use super::api::health::to_dial;
 use super::api::service::{self, AgentService, RegistrationError, KIND_MESH_GATEWAY, KIND_SIDECAR};
 use super::watch::{Answer, Key};
 use crate::config::consul::settings::Settings;
+use crate::mesh::chain::Chain;
 use crate::mesh::config_entries::{target_key, ConfigEntries};
-use crate::mesh::mode::{via, Via};
+use crate::mesh::mode::{via, Mode, Via};
 use crate::mesh::place::DEFAULT_PARTITION;
-use crate::mesh::sidecar::SidecarSpec;
+use crate::mesh::plan::target_mode;
+use crate::mesh::sidecar::{SidecarSpec, UpstreamSpec};
 use crate::mesh::snapshot::{
-    Catalog, CatalogGateways, CatalogService, GatewaySettings, Here, Instance, Snapshot,
+    Catalog, CatalogGateways, CatalogService, GatewaySettings, Health, Here, Instance, Snapshot,
     WanFederation,
 };
 use crate::mesh::Place;
@@ -151,11 +154,6 @@ fn sidecar_keys(
         },
     ];
     for u in &spec.upstreams {
-        keys.insert(Key::Connect {
-            service: u.destination_name.clone(),
-            namespace: u.destination_namespace.clone(),
-            place: u.place.clone(),
-        });
         entry_keys.push(Key::ServiceDefaults {
             service: u.destination_name.clone(),
             namespace: u.destination_namespace.clone(),
@@ -170,18 +168,89 @@ fn sidecar_keys(
     let entries_known = entry_keys.iter().all(|key| k.settled(key));
     keys.extend(entry_keys);
     if !entries_known {
-        // Modes are not known yet, nor which gateways they need.
+        // Modes are not known yet, nor which gateways they need; nor the chains' overrides.
+        for u in &spec.upstreams {
+            keys.insert(connect_key(
+                &u.destination_name,
+                &u.destination_namespace,
+                &u.place,
+            ));
+        }
         return;
     }
     let entries = config_entries(k, here, spec);
-    for u in &spec.upstreams {
-        let (mode, _) = entries.mode_levels(spec, u).resolve();
-        if let Via::LocalGateways(p) | Via::RemoteGateways(p) = via(&here.place, &u.place, mode) {
+    let mut gateways = |place: &Place, mode| {
+        if let Via::LocalGateways(p) | Via::RemoteGateways(p) = via(&here.place, place, mode) {
             keys.insert(Key::Gateways {
                 place: p,
                 name: s.mesh_gateway_service.clone(),
             });
         }
+    };
+    let mut wanted = Vec::new();
+    for u in &spec.upstreams {
+        let key = chain_key(&entries, spec, u);
+        match chain_of(k, &key) {
+            // Each target's instances, and the gateways its mode needs.
+            Some(Ok(chain)) => {
+                for (t, c) in chain.targets.iter().zip(&chain.compiled) {
+                    let place = Place::new(&t.datacenter, &t.partition);
+                    let levels = entries.target_mode_levels(spec, u, t).resolve();
+                    let (mode, _) = target_mode(levels, Some(c), &here.place, &place);
+                    gateways(&place, mode);
+                    wanted.push(connect_key(&t.service, &t.namespace, &place));
+                }
+            }
+            // No chain (yet, or refused): the destination itself, as sidegate compiles a
+            // chain without resolvers.
+            _ => {
+                let (mode, _) = entries.mode_levels(spec, u).resolve();
+                gateways(&u.place, mode);
+                wanted.push(connect_key(
+                    &u.destination_name,
+                    &u.destination_namespace,
+                    &u.place,
+                ));
+            }
+        }
+        wanted.push(key);
+    }
+    keys.extend(wanted);
+}
+
+fn connect_key(service: &str, namespace: &str, place: &Place) -> Key {
+    Key::Connect {
+        service: service.to_owned(),
+        namespace: namespace.to_owned(),
+        place: place.clone(),
+    }
+}
+
+/// The key of `u`'s chain: compiled by Consul with the mode the upstream and the downstream
+/// set (as the agent's own proxies ask for it) and the upstream's connect timeout.
+fn chain_key(entries: &ConfigEntries, spec: &SidecarSpec, u: &UpstreamSpec) -> Key {
+    let mesh_gateway = match entries.chain_override(spec, u) {
+        None => "",
+        Some(Mode::None) => "none",
+        Some(Mode::Local) => "local",
+        Some(Mode::Remote) => "remote",
+    };
+    Key::Chain {
+        service: u.destination_name.clone(),
+        namespace: u.destination_namespace.clone(),
+        place: u.place.clone(),
+        mesh_gateway: mesh_gateway.to_owned(),
+        connect_timeout_ms: u
+            .connect_timeout
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+/// The chain Consul compiled for `key`, if it answered.
+fn chain_of(k: &Known<'_>, key: &Key) -> Option<Result<Chain, ChainError>> {
+    match k.answers.get(key) {
+        Some(Answer::Chain(c)) => Some(c.to_chain()),
+        _ => None,
     }
 }
 
@@ -431,6 +500,23 @@ fn add_sidecar(
     }
     snap.identity = Some(id);
     snap.config_entries = config_entries(k, here, &spec);
+    // Each upstream's chain as Consul compiled it; without one (refused, or not a chain
+    // sidegate can carry) the plan dials the destination itself.
+    let chain_keys: Vec<Key> = spec
+        .upstreams
+        .iter()
+        .map(|u| chain_key(&snap.config_entries, &spec, u))
+        .collect();
+    for (u, key) in spec.upstreams.iter_mut().zip(&chain_keys) {
+        match chain_of(k, key) {
+            Some(Ok(chain)) => u.chain = Some(chain),
+            Some(Err(e)) => warnings.push(format!(
+                "upstream {}: Consul's discovery chain is not used ({e}): dialling {} itself",
+                u.destination_name, u.destination_name
+            )),
+            None => {}
+        }
+    }
     crate::mesh::mode::attribute_merged_levels(&mut spec, &snap.config_entries);
     snap.sidecar = Some(spec);
     Ok(())
@@ -525,17 +611,30 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
                         "every instance of {service} ({place}) fails its health checks: dialling them all anyway"
                     ));
                 }
-                let mut instances: Vec<_> = dial
+                let mut instances: Vec<Instance> = dial
                     .iter()
-                    .map(|i| if wan { i.wan.clone() } else { i.lan.clone() })
+                    .map(|i| Instance {
+                        id: i.id.clone(),
+                        node: i.node.clone(),
+                        meta: i.meta.clone(),
+                        node_meta: i.node_meta.clone(),
+                        tags: i.tags.clone(),
+                        // Critical is already applied by `to_dial` (all dialled when all
+                        // fail); warning matters to `only_passing` subsets.
+                        health: if i.warning && i.healthy {
+                            Health::Warning
+                        } else {
+                            Health::Passing
+                        },
+                        ..Instance::at(if wan { i.wan.clone() } else { i.lan.clone() })
+                    })
                     .collect();
-                instances.dedup();
+                instances.dedup_by(|a, b| a.address == b.address);
                 services.push(CatalogService {
                     name: service.clone(),
                     namespace: namespace.clone(),
                     place: place.clone(),
-                    // Health is already applied by `to_dial` (all dialled when all fail).
-                    instances: instances.into_iter().map(Instance::at).collect(),
+                    instances,
                 });
             }
             Key::Gateways { place, name } if *name == s.mesh_gateway_service => {

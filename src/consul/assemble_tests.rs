@@ -217,8 +217,47 @@ pub(crate) fn web_1_8(s: &Settings) -> World {
         Key::Connect { .. } => db_instances("10.0.0.5", "203.0.113.5"),
         Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
         Key::ServiceDefaults { .. } => Answer::ServiceDefaults(None),
+        Key::Chain { .. } => plain_chain(k),
         other => panic!("unexpected {other:?}"),
     })
+}
+
+/// What Consul 1.8.7 compiles for `key` without a resolver: the service itself, with the
+/// override's mode outside dc1 and the override's timeout.
+pub(crate) fn plain_chain(key: &Key) -> Answer {
+    let Key::Chain {
+        service,
+        place,
+        mesh_gateway,
+        connect_timeout_ms,
+        ..
+    } = key
+    else {
+        panic!("{key:?}")
+    };
+    let dc = &place.datacenter;
+    let id = format!("{service}.default.{dc}");
+    let mode = if dc == "dc1" {
+        ""
+    } else {
+        mesh_gateway.as_str()
+    };
+    let timeout = match connect_timeout_ms {
+        0 => "5s".to_owned(),
+        ms => format!("{ms}ms"),
+    };
+    let body = serde_json::json!({"Chain": {
+        "ServiceName": service, "Datacenter": dc, "Protocol": "tcp",
+        "StartNode": format!("resolver:{id}"),
+        "Nodes": {format!("resolver:{id}"): {"Type": "resolver", "Name": id,
+            "Resolver": {"ConnectTimeout": timeout, "Default": true, "Target": id}}},
+        "Targets": {id.clone(): {"ID": id, "Service": service, "Namespace": "default",
+            "Datacenter": dc, "MeshGateway": {"Mode": mode}, "Subset": {},
+            "SNI": format!("{service}.default.{dc}.internal.{TD}")}}
+    }});
+    Answer::Chain(Box::new(
+        crate::consul::api::discovery_chain::parse(&body.to_string()).unwrap(),
+    ))
 }
 
 #[test]
@@ -876,4 +915,112 @@ fn federation_states() -> String {
     v["dc2"] = serde_json::from_str(&dc2.replace("203.0.113.10", "198.51.100.20")).unwrap();
     v["dc3"] = serde_json::from_str(&dc2.replace("203.0.113.10", "198.51.100.30")).unwrap();
     v.to_string()
+}
+
+/// db's chain as Consul 1.8.7 compiles it for a resolver with default subset v1 (`filter`,
+/// `only_passing`) and failover to dc2 through this place's gateways.
+fn db_chain(filter: &str) -> Answer {
+    let target = |dc: &str, mode: &str| {
+        serde_json::json!({"ID": format!("v1.db.default.{dc}"), "Service": "db", "ServiceSubset": "v1",
+            "Namespace": "default", "Datacenter": dc, "MeshGateway": {"Mode": mode},
+            "Subset": {"Filter": filter, "OnlyPassing": true},
+            "SNI": format!("v1.db.default.{dc}.internal.{TD}")})
+    };
+    let body = serde_json::json!({"Chain": {"ServiceName": "db", "StartNode": "resolver:v1.db.default.dc1",
+        "Nodes": {"resolver:v1.db.default.dc1": {"Type": "resolver", "Name": "v1.db.default.dc1",
+            "Resolver": {"ConnectTimeout": "3s", "Target": "v1.db.default.dc1",
+                "Failover": {"Targets": ["v1.db.default.dc2"]}}}},
+        "Targets": {"v1.db.default.dc1": target("dc1", ""), "v1.db.default.dc2": target("dc2", "local")}}});
+    Answer::Chain(Box::new(
+        crate::consul::api::discovery_chain::parse(&body.to_string()).unwrap(),
+    ))
+}
+
+/// dc1's db instances: v1 passing, v2 passing, v1 warning.
+fn db_versions() -> Answer {
+    let one = |ip: &str, version: &str, status: &str| {
+        format!(
+            r#"{{"Node":{{"Node":"n{ip}","Address":"10.0.0.{ip}"}},"Service":{{"Kind":"connect-proxy","ID":"db-sidecar-proxy-{ip}","Address":"10.0.0.{ip}","Port":21000,"Meta":{{"version":"{version}"}},"Tags":null}},"Checks":[{{"CheckID":"c","Status":"{status}"}}]}}"#
+        )
+    };
+    let body = format!(
+        "[{},{},{}]",
+        one("5", "v1", "passing"),
+        one("6", "v2", "passing"),
+        one("7", "v1", "warning")
+    );
+    Answer::Instances(instances(&body, None).unwrap())
+}
+
+fn web_with_chain(s: &Settings, chain: Answer) -> World {
+    web_with(registration("agent-service-sidecar-1.8.7.json")).settle(s, |k| match k {
+        Key::Connect { place, .. } if place.datacenter == "dc1" => db_versions(),
+        Key::Connect { .. } => db_instances("10.2.0.5", "203.0.113.5"),
+        Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
+        Key::ServiceDefaults { .. } => Answer::ServiceDefaults(None),
+        Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
+        Key::Chain { .. } => chain.clone(),
+        other => panic!("unexpected {other:?}"),
+    })
+}
+
+/// With `[consul]` the upstream's chain is Consul's: each target's instances and gateways
+/// are followed, the subset's filter and `only_passing` select the instances, and the
+/// failover target's mode is the one Consul compiled.
+#[test]
+fn an_upstream_dials_the_chain_consul_compiled() {
+    let s = settings(Some("web-sidecar-proxy"), None);
+    let w = web_with_chain(&s, db_chain("Service.Meta.version == v1"));
+    let n = w.needed(&s);
+    let chains = n.iter().filter(|k| matches!(k, Key::Chain { .. })).count();
+    assert_eq!(chains, 1, "one chain watch per upstream: {n:?}");
+    assert!(n.contains(&connect("db", "dc2")), "{n:?}");
+    assert!(n.contains(&Key::Gateways {
+        place: Place::new("dc1", "default"),
+        name: "mesh-gateway".into()
+    }));
+    let (snap, warnings) = snapshot(&s, &base(), &w.known()).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let p = plan(&snap);
+    let db = &p.upstreams[0];
+    assert_eq!(db.connect_timeout, std::time::Duration::from_secs(3));
+    let rows: Vec<(String, Mode, Vec<String>)> = db
+        .targets
+        .iter()
+        .map(|t| {
+            (
+                t.sni.clone(),
+                t.mode,
+                t.dial.as_slice().iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                format!("v1.db.default.dc1.internal.{TD}"),
+                Mode::None,
+                vec!["10.0.0.5:21000".to_owned()]
+            ),
+            (
+                format!("v1.db.default.dc2.internal.{TD}"),
+                Mode::Local,
+                vec!["10.1.0.9:8443".to_owned()]
+            ),
+        ]
+    );
+
+    // A filter outside sidegate's language selects nothing, with a warning, never all.
+    let w = web_with_chain(&s, db_chain("Service.Meta.version matches \"v1.*\""));
+    let (snap, _) = snapshot(&s, &base(), &w.known()).unwrap();
+    let p = plan(&snap);
+    assert!(p.upstreams[0].targets[0].dial.as_slice().is_empty());
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("cannot be evaluated") && w.contains("matches")),
+        "{:?}",
+        p.warnings
+    );
 }

@@ -167,7 +167,45 @@ impl Client {
 
     pub fn get(&self, req: &Request, blocking: &Blocking) -> Result<Reply, ApiError> {
         let shown = req.shown("GET", blocking);
-        let mut call = self.agent.get(format!("{}{}", self.base, req.path));
+        let call = self.agent.get(format!("{}{}", self.base, req.path));
+        let (call, timeout) = self.prepare(call, req, blocking);
+        let answer = call.config().timeout_global(Some(timeout)).build().call();
+        self.reply(shown, answer)
+    }
+
+    pub fn post(&self, req: &Request, body: &str) -> Result<Reply, ApiError> {
+        self.post_blocking(req, body, &Blocking::No)
+    }
+
+    /// A POST that blocks like a GET: the endpoints that compile something from the
+    /// request's body (`/v1/discovery-chain/:service` with overrides) wait for change too.
+    pub fn post_blocking(
+        &self,
+        req: &Request,
+        body: &str,
+        blocking: &Blocking,
+    ) -> Result<Reply, ApiError> {
+        let shown = req.shown("POST", blocking);
+        let call = self
+            .agent
+            .post(format!("{}{}", self.base, req.path))
+            .content_type("application/json");
+        let (call, timeout) = self.prepare(call, req, blocking);
+        let answer = call
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .send(body);
+        self.reply(shown, answer)
+    }
+
+    /// The query, the blocking parameters, the token, and how long the request may take.
+    fn prepare<B>(
+        &self,
+        mut call: ureq::RequestBuilder<B>,
+        req: &Request,
+        blocking: &Blocking,
+    ) -> (ureq::RequestBuilder<B>, Duration) {
         for (k, v) in &req.query {
             call = call.query(*k, v);
         }
@@ -191,23 +229,7 @@ impl Client {
         if let Some(t) = &self.token {
             call = call.header("X-Consul-Token", t.expose());
         }
-        let answer = call.config().timeout_global(Some(timeout)).build().call();
-        self.reply(shown, answer)
-    }
-
-    pub fn post(&self, req: &Request, body: &str) -> Result<Reply, ApiError> {
-        let shown = req.shown("POST", &Blocking::No);
-        let mut call = self
-            .agent
-            .post(format!("{}{}", self.base, req.path))
-            .content_type("application/json");
-        for (k, v) in &req.query {
-            call = call.query(*k, v);
-        }
-        if let Some(t) = &self.token {
-            call = call.header("X-Consul-Token", t.expose());
-        }
-        self.reply(shown, call.send(body))
+        (call, timeout)
     }
 
     fn reply(

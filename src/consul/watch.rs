@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::api::ca::{CaRoots, LeafCert};
 use super::api::config_entry::{ProxyDefaultsEntry, ServiceDefaultsEntry};
+use super::api::discovery_chain::{self, CompiledChain};
 use super::api::health::{instances, Instance};
 use super::api::service::{AgentService, KIND_MESH_GATEWAY};
 use super::api::{catalog, federation, nullable};
@@ -65,6 +66,20 @@ pub enum Key {
     /// `/v1/agent/self` for the DNS domain alone: unlike `AgentSelf`, a refusal (no
     /// `agent:read`) is not fatal — the domain is then Consul's default.
     Domain,
+    /// `POST /v1/discovery-chain/:service?compile-dc=`: an upstream's chain compiled by
+    /// Consul with the upstream's overrides. One per upstream; the chain's targets are
+    /// followed with `Connect` keys.
+    Chain {
+        service: String,
+        namespace: String,
+        /// The upstream's datacenter (`compile-dc`) and partition.
+        place: Place,
+        /// `OverrideMeshGateway`: the mode word the upstream and the downstream set; empty
+        /// for none.
+        mesh_gateway: String,
+        /// `OverrideConnectTimeout` in milliseconds; 0 for none.
+        connect_timeout_ms: u64,
+    },
 }
 
 /// What the agent said for a key.
@@ -90,6 +105,8 @@ pub enum Answer {
     Names(Vec<String>),
     /// Datacenter → its mesh gateways.
     Federated(BTreeMap<String, Vec<Instance>>),
+    /// Boxed: a chain is large, and every answer kept is as large as the largest kind.
+    Chain(Box<CompiledChain>),
 }
 
 /// How a key's endpoint waits for change.
@@ -135,8 +152,8 @@ impl std::fmt::Display for BodyError {
 }
 
 impl Key {
-    fn request(&self) -> (Request, Style) {
-        (self.http_request(), self.style())
+    fn request(&self) -> (Request, Style, Option<String>) {
+        (self.http_request(), self.style(), self.body())
     }
 
     /// How the key is watched: blocking on the index or hash the agent returns, or polled
@@ -154,7 +171,8 @@ impl Key {
             | Key::ServiceDefaults { .. }
             | Key::Services { .. }
             | Key::Servers
-            | Key::FederationStates => Style::Index,
+            | Key::FederationStates
+            | Key::Chain { .. } => Style::Index,
         }
     }
 
@@ -213,7 +231,48 @@ impl Key {
             Key::FederationStates => {
                 Request::new("/v1/internal/federation-states/mesh-gateways".into())
             }
+            Key::Chain {
+                service,
+                namespace,
+                place,
+                ..
+            } => enterprise(
+                Request::new(format!("/v1/discovery-chain/{}", segment(service)))
+                    .param("compile-dc", &place.datacenter),
+                Some(namespace),
+                &place.partition,
+            ),
         }
+    }
+
+    /// The JSON body of keys asked with POST.
+    fn body(&self) -> Option<String> {
+        let Key::Chain {
+            mesh_gateway,
+            connect_timeout_ms,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let mut body = serde_json::Map::new();
+        // sidegate carries TCP: the chain of a service whose protocol is HTTP would start
+        // at its routers and splitters, which act on requests. Compiled as TCP it is the
+        // resolver's chain, the part that applies to connections.
+        body.insert("OverrideProtocol".into(), "tcp".into());
+        if !mesh_gateway.is_empty() {
+            body.insert(
+                "OverrideMeshGateway".into(),
+                serde_json::json!({ "Mode": mesh_gateway }),
+            );
+        }
+        if *connect_timeout_ms > 0 {
+            body.insert(
+                "OverrideConnectTimeout".into(),
+                format!("{connect_timeout_ms}ms").into(),
+            );
+        }
+        Some(serde_json::Value::Object(body).to_string())
     }
 
     /// The answer in a reply (2xx, or 404 where it means "absent").
@@ -273,6 +332,9 @@ impl Key {
             Key::Servers => Answer::Instances(instances(body, None).map_err(json)?),
             Key::FederationStates => {
                 Answer::Federated(federation::mesh_gateways(body).map_err(json)?)
+            }
+            Key::Chain { .. } => {
+                Answer::Chain(Box::new(discovery_chain::parse(body).map_err(json)?))
             }
         })
     }
@@ -371,7 +433,8 @@ pub fn spawn(
 }
 
 fn follow_key(key: &Key, client: &Client, timing: Timing, tx: &SyncSender<Update>, stop: &Stop) {
-    let (req, style) = key.request();
+    let (req, style, body) = key.request();
+    let method = if body.is_some() { "POST" } else { "GET" };
     let mut index = 0u64;
     let mut hash = String::new();
     let mut backoff = Backoff::new(timing.retry_min, timing.retry_max);
@@ -384,10 +447,14 @@ fn follow_key(key: &Key, client: &Client, timing: Timing, tx: &SyncSender<Update
             Style::Index => Blocking::Index(index, timing.wait),
             Style::Poll(_) => Blocking::No,
         };
-        let result = client.get(&req, &blocking).and_then(|reply| {
+        let reply = match &body {
+            Some(b) => client.post_blocking(&req, b, &blocking),
+            None => client.get(&req, &blocking),
+        };
+        let result = reply.and_then(|reply| {
             let answer = key
                 .parse(&reply)
-                .map_err(|e| ApiError::body(req.shown("GET", &blocking), e))?;
+                .map_err(|e| ApiError::body(req.shown(method, &blocking), e))?;
             Ok((reply, answer))
         });
         if stop.is_stopped() {
@@ -460,7 +527,7 @@ mod tests {
 
     #[test]
     fn requests_carry_enterprise_params_only_when_not_default() {
-        let shown = |k: Key| k.request().0.shown("GET", &Blocking::No);
+        let shown = |k: Key| k.http_request().shown("GET", &Blocking::No);
         let here = Place::new("dc1", "default");
         assert_eq!(
             shown(Key::Connect {
@@ -538,7 +605,7 @@ mod tests {
     /// states of an agent with none yet, the `consul` service at the server RPC port).
     #[test]
     fn wan_federation_keys() {
-        let shown = |k: Key| k.request().0.shown("GET", &Blocking::No);
+        let shown = |k: Key| k.http_request().shown("GET", &Blocking::No);
         assert_eq!(
             shown(Key::FederationStates),
             "GET /v1/internal/federation-states/mesh-gateways"
@@ -567,6 +634,51 @@ mod tests {
             panic!("no instances")
         };
         assert_eq!(servers[0].lan.to_string(), "127.0.0.1:28596");
+    }
+
+    /// The chain is asked with POST, its overrides in the body, compiled as TCP; its answer
+    /// is kept as saved state in the shape it was read.
+    #[test]
+    fn chain_key_posts_its_overrides() {
+        let k = Key::Chain {
+            service: "db".into(),
+            namespace: "default".into(),
+            place: Place::new("dc2", "default"),
+            mesh_gateway: "local".into(),
+            connect_timeout_ms: 7000,
+        };
+        let (req, style, body) = k.request();
+        assert_eq!(style, Style::Index);
+        assert_eq!(
+            req.shown("POST", &Blocking::Index(9, WAIT)),
+            "POST /v1/discovery-chain/db?compile-dc=dc2&index=9"
+        );
+        let body: serde_json::Value = serde_json::from_str(&body.unwrap()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"OverrideProtocol": "tcp", "OverrideMeshGateway": {"Mode": "local"}, "OverrideConnectTimeout": "7000ms"})
+        );
+        let plain = Key::Chain {
+            service: "db".into(),
+            namespace: "default".into(),
+            place: Place::new("dc1", "default"),
+            mesh_gateway: String::new(),
+            connect_timeout_ms: 0,
+        };
+        assert_eq!(plain.body().unwrap(), r#"{"OverrideProtocol":"tcp"}"#);
+        assert_eq!(Key::Roots.body(), None);
+        let a = k
+            .parse(&reply(
+                200,
+                &super::super::api::example("discovery-chain.json"),
+            ))
+            .unwrap();
+        let text = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<Answer>(&text).unwrap(), a);
+        let text = serde_json::to_string(&k).unwrap();
+        assert_eq!(serde_json::from_str::<Key>(&text).unwrap(), k);
+        assert!(k.parse(&reply(404, "")).is_err());
+        assert!(!k.is_core());
     }
 
     #[test]

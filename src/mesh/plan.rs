@@ -254,17 +254,13 @@ fn target_plan(
     warnings: &mut Vec<String>,
 ) -> TargetPlan {
     let td = &s.here.trust_domain;
-    let (mut mode, mut mode_source) = s.config_entries.target_mode_levels(sidecar, u, t).resolve();
     let place = Place::new(&t.datacenter, &t.partition);
-    // Consul's compiler resolved the mode with the target's own service-defaults and its
-    // partition's proxy-defaults, which the Consul source reads only for the upstream's
-    // destination: where Consul's answer differs, those target levels decided it.
-    if let Some(m) = compiled.and_then(|c| c.mesh_gateway) {
-        if m != mode && place != s.here.place {
-            mode = m;
-            mode_source = ModeSource::TargetServiceDefaults;
-        }
-    }
+    let (mode, mode_source) = target_mode(
+        s.config_entries.target_mode_levels(sidecar, u, t).resolve(),
+        compiled,
+        &s.here.place,
+        &place,
+    );
     let via = via(&s.here.place, &place, mode);
     let gateways_of = |p: &Place| s.catalog.gateways.iter().find(|g| g.place == *p);
     let dial = match &via {
@@ -322,6 +318,27 @@ fn target_plan(
         mode_source,
         dial: EndpointSet::new(dial),
         via,
+    }
+}
+
+/// A target's mode: its levels, unless Consul compiled the chain. Consul's compiler resolved
+/// the mode with the target's own service-defaults and its partition's proxy-defaults, which
+/// the Consul source reads only for the upstream's destination: where Consul's answer
+/// differs, those target levels decided it. In this host's place the mode does not matter
+/// (Consul leaves it empty there).
+pub fn target_mode(
+    levels: (Mode, ModeSource),
+    compiled: Option<&Compiled>,
+    here: &Place,
+    place: &Place,
+) -> (Mode, ModeSource) {
+    let Some(c) = compiled.filter(|_| here != place) else {
+        return levels;
+    };
+    match c.mesh_gateway {
+        Some(m) if m != levels.0 => (m, ModeSource::TargetServiceDefaults),
+        None if levels.0 != Mode::None => (Mode::None, ModeSource::Default),
+        _ => levels,
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Node {
     pub partition: String,
     #[serde(deserialize_with = "nullable")]
     pub tagged_addresses: BTreeMap<String, String>,
+    #[serde(deserialize_with = "nullable")]
+    pub meta: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -49,6 +51,17 @@ pub struct Instance {
     pub wan: Endpoint,
     /// No critical check (Consul's own rule for an endpoint's health).
     pub healthy: bool,
+    /// A check in `warning`: a subset with `only_passing` leaves the instance out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
+    /// What a subset filter selects on: the registration's (a sidecar's inherits its
+    /// service's tags and meta, and Consul filters these same instances) and its node's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_meta: BTreeMap<String, String>,
 }
 
 /// The instances to dial: the healthy ones; when none is healthy, all of them, as Envoy
@@ -116,6 +129,10 @@ pub fn from_nodes(nodes: &[CheckServiceNode], kind: Option<&str>) -> Vec<Instanc
                 lan: endpoint(&lan_host, lan_port)?,
                 wan: endpoint(&wan_host, wan_port)?,
                 healthy: !n.critical(),
+                warning: n.checks.iter().any(|c| c.status == "warning"),
+                meta: n.service.meta.clone(),
+                tags: n.service.tags.clone(),
+                node_meta: n.node.meta.clone(),
             })
         })
         .collect();
