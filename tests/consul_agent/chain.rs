@@ -6,6 +6,8 @@
 //! connect timeout, and mesh-gateway mode for each target outside this datacenter (Consul
 //! leaves it empty for a target in the datacenter the chain is used in).
 //!
+//! Then the real binary following the agent dials per the chain it follows.
+//!
 //! Not covered, because Consul 1.8.7 has no such key: failover `targets` (Consul 1.13+) and
 //! any namespace or partition other than `default` (Enterprise). `redirect.namespace` and
 //! `failover.namespace` are therefore only ever `default` here.
@@ -16,7 +18,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::consul::Agent;
+use crate::common::apps::app;
+use crate::common::{eventually_within, free_port};
+use crate::consul::traffic::{carries, refused};
+use crate::consul::{service_with_sidecar, sidecar_toml, Agent, Scratch, Shown, Sidegate};
 use sidegate::consul::api::discovery_chain;
 use sidegate::mesh::chain::filter::Filter;
 use sidegate::mesh::chain::{resolver_of, Subset, Target};
@@ -547,4 +552,85 @@ fn sidegate_and_consul_compile_the_same_chains() {
         delete_all(&agent, &c.entries);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Chains reach the data path (`[consul]`, the real binary): web's upstream `db` follows
+/// db's resolver live — to db itself, then redirected to db2, then to db2's subset `v1`,
+/// which selects none of db2's instances (db2's registration has `version = v2`, which its
+/// sidecar inherits): nothing is dialled then, never every instance; then to subset `v2`,
+/// db2 again.
+#[test]
+fn a_sidecar_following_the_agent_dials_per_the_chain() {
+    let agent = Agent::dev("dc1");
+    let dir = Scratch::new("consul-chain-e2e");
+    let within = Duration::from_secs(20);
+    let sidecar = |service: &str| {
+        let state = dir.path(&format!("{service}-state"));
+        std::fs::create_dir_all(&state).unwrap();
+        Sidegate::run(
+            service,
+            &dir.0,
+            &sidecar_toml(&agent, &format!("{service}-sidecar-proxy"), &state),
+        )
+    };
+    let mut backends = Vec::new();
+    for name in ["db", "db2"] {
+        let public = free_port();
+        let mut reg = service_with_sidecar(name, app(name), public, json!([]), "");
+        reg["Meta"] = json!({"version": "v2"});
+        agent.register(&reg);
+        let mut sg = sidecar(name);
+        sg.serving(&[public]);
+        backends.push(sg);
+    }
+    let port = free_port();
+    agent.register(&service_with_sidecar(
+        "web",
+        app("web"),
+        free_port(),
+        json!([{"DestinationName": "db", "LocalBindPort": port}]),
+        "",
+    ));
+    let mut web = sidecar("web");
+    web.serving(&[port]);
+    let reaches = |name: &str, web: &Sidegate| {
+        eventually_within(
+            within,
+            &format!("web's upstream db reaching {name}"),
+            || {
+                if carries(port, name) {
+                    Ok(())
+                } else {
+                    Err(Shown(web.output_tail()))
+                }
+            },
+        );
+    };
+    reaches("db", &web);
+    agent.config_entry(&resolver("db", json!({"Redirect": {"Service": "db2"}})));
+    reaches("db2", &web);
+    agent.config_entry(&resolver(
+        "db2",
+        json!({"Subsets": {
+            "v1": {"Filter": "Service.Meta.version == v1"},
+            "v2": {"Filter": "Service.Meta.version == v2"}
+        }}),
+    ));
+    agent.config_entry(&resolver(
+        "db",
+        json!({"Redirect": {"Service": "db2", "ServiceSubset": "v1"}}),
+    ));
+    eventually_within(within, "subset v1 selecting no instance", || {
+        if refused(port) {
+            Ok(())
+        } else {
+            Err(Shown(web.output_tail()))
+        }
+    });
+    agent.config_entry(&resolver(
+        "db",
+        json!({"Redirect": {"Service": "db2", "ServiceSubset": "v2"}}),
+    ));
+    reaches("db2", &web);
+    assert!(web.is_running());
 }
