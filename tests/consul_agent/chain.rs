@@ -292,6 +292,19 @@ fn cases() -> Vec<Case> {
                 )],
             )
         },
+        case(
+            "an HTTP service's routers and splitters are L7",
+            vec![
+                json!({"Kind": "service-defaults", "Name": "db", "Protocol": "http"}),
+                json!({"Kind": "service-defaults", "Name": "db2", "Protocol": "http"}),
+                r("db", json!({"Failover": {"*": {"Datacenters": ["dc2"]}}})),
+                json!({"Kind": "service-splitter", "Name": "db",
+                       "Splits": [{"Weight": 50, "Service": "db2"}, {"Weight": 50}]}),
+                json!({"Kind": "service-router", "Name": "db", "Routes": [
+                    {"Match": {"HTTP": {"PathPrefix": "/admin"}}, "Destination": {"Service": "db2"}}
+                ]}),
+            ],
+        ),
         Case {
             upstream: "api",
             ..case(
@@ -383,6 +396,12 @@ fn file_for(case: &Case) -> String {
             "service-resolver" => {
                 writeln!(text, "service_resolvers.{name} = {value}").unwrap();
             }
+            "service-splitter" => {
+                writeln!(text, "service_splitters.{name} = {value}").unwrap();
+            }
+            "service-router" => {
+                writeln!(text, "service_routers.{name} = {value}").unwrap();
+            }
             other => panic!("{other}"),
         }
     }
@@ -473,7 +492,10 @@ fn consul_side(
     over: Option<&str>,
     consul_td: &str,
 ) -> (Vec<Row>, Duration) {
+    // As the `[consul]` source asks: compiled as TCP, the chain of an HTTP service is its
+    // resolver part (routers and splitters act on requests).
     let mut body = serde_json::Map::new();
+    body.insert("OverrideProtocol".into(), json!("tcp"));
     if let Some(m) = over {
         body.insert("OverrideMeshGateway".into(), json!({"Mode": m}));
     }
