@@ -633,10 +633,12 @@ fn a_sidecar_following_the_agent_dials_per_the_chain() {
     reaches("db2", &web);
     agent.config_entry(&resolver(
         "db2",
+        // The failover target is in a datacenter the agent has no path to: its refusal
+        // does not hold the chain's first target back.
         json!({"Subsets": {
             "v1": {"Filter": "Service.Meta.version == v1"},
             "v2": {"Filter": "Service.Meta.version == v2"}
-        }}),
+        }, "Failover": {"*": {"Datacenters": ["dc9"]}}}),
     ));
     agent.config_entry(&resolver(
         "db",
