@@ -312,6 +312,7 @@ fn instance_table(t: &Fields<'_>) -> Option<Instance> {
     t.finish();
     Some(Instance {
         address: address?,
+        service: String::new(),
         id,
         node,
         meta,

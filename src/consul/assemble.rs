@@ -611,24 +611,8 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
                         "every instance of {service} ({place}) fails its health checks: dialling them all anyway"
                     ));
                 }
-                let mut instances: Vec<Instance> = dial
-                    .iter()
-                    .map(|i| Instance {
-                        id: i.id.clone(),
-                        node: i.node.clone(),
-                        meta: i.meta.clone(),
-                        node_meta: i.node_meta.clone(),
-                        tags: i.tags.clone(),
-                        // Critical is already applied by `to_dial` (all dialled when all
-                        // fail); warning matters to `only_passing` subsets.
-                        health: if i.warning && i.healthy {
-                            Health::Warning
-                        } else {
-                            Health::Passing
-                        },
-                        ..Instance::at(if wan { i.wan.clone() } else { i.lan.clone() })
-                    })
-                    .collect();
+                let mut instances: Vec<Instance> =
+                    dial.iter().map(|i| mesh_instance(i, wan)).collect();
                 instances.dedup_by(|a, b| a.address == b.address);
                 services.push(CatalogService {
                     name: service.clone(),
@@ -673,6 +657,27 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
         services,
         gateways: gateways.into_values().collect(),
         wan_federation: None,
+    }
+}
+
+/// One instance as the plan sees it: at its LAN address from inside its place, WAN from
+/// outside, with what subset filters select on.
+fn mesh_instance(i: &super::api::health::Instance, wan: bool) -> Instance {
+    Instance {
+        service: i.service.clone(),
+        id: i.id.clone(),
+        node: i.node.clone(),
+        meta: i.meta.clone(),
+        node_meta: i.node_meta.clone(),
+        tags: i.tags.clone(),
+        // Critical is already applied by `to_dial` (all dialled when all fail); warning
+        // matters to `only_passing` subsets.
+        health: if i.warning && i.healthy {
+            Health::Warning
+        } else {
+            Health::Passing
+        },
+        ..Instance::at(if wan { i.wan.clone() } else { i.lan.clone() })
     }
 }
 

@@ -940,7 +940,7 @@ fn db_chain(filter: &str) -> Answer {
 fn db_versions() -> Answer {
     let one = |ip: &str, version: &str, status: &str| {
         format!(
-            r#"{{"Node":{{"Node":"n{ip}","Address":"10.0.0.{ip}"}},"Service":{{"Kind":"connect-proxy","ID":"db-sidecar-proxy-{ip}","Address":"10.0.0.{ip}","Port":21000,"Meta":{{"version":"{version}"}},"Tags":null}},"Checks":[{{"CheckID":"c","Status":"{status}"}}]}}"#
+            r#"{{"Node":{{"Node":"n{ip}","Address":"10.0.0.{ip}"}},"Service":{{"Kind":"connect-proxy","ID":"db-sidecar-proxy-{ip}","Service":"db-sidecar-proxy","Address":"10.0.0.{ip}","Port":21000,"Meta":{{"version":"{version}"}},"Tags":null}},"Checks":[{{"CheckID":"c","Status":"{status}"}}]}}"#
         )
     };
     let body = format!(
@@ -1010,6 +1010,25 @@ fn an_upstream_dials_the_chain_consul_compiled() {
             ),
         ]
     );
+
+    // Consul filters the sidecars' registrations: `Service.Service` is the proxy's name.
+    let dial_of = |filter: &str| -> Vec<String> {
+        let w = web_with_chain(&s, db_chain(filter));
+        let (snap, _) = snapshot(&s, &base(), &w.known()).unwrap();
+        let p = plan(&snap);
+        let first = &p.upstreams[0].targets[0];
+        first
+            .dial
+            .as_slice()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(
+        dial_of(r#"Service.Service == "db-sidecar-proxy" and Service.ID != "db-sidecar-proxy-6""#),
+        ["10.0.0.5:21000"]
+    );
+    assert!(dial_of("Service.Service == db").is_empty());
 
     // A filter outside sidegate's language selects nothing, with a warning, never all.
     let w = web_with_chain(&s, db_chain("Service.Meta.version matches \"v1.*\""));

@@ -124,6 +124,11 @@ pub struct CatalogService {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Instance {
     pub address: Endpoint,
+    /// The registration's service name where it is not the catalog entry's: with Consul the
+    /// sidecar proxy's (`db-sidecar-proxy`), which is what Consul's subset filters see as
+    /// `Service.Service`. Empty: the entry's name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub service: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub id: String,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -142,6 +147,7 @@ impl Instance {
     pub fn at(address: Endpoint) -> Instance {
         Instance {
             address,
+            service: String::new(),
             id: String::new(),
             node: String::new(),
             meta: BTreeMap::new(),
@@ -154,7 +160,11 @@ impl Instance {
     /// What a subset filter sees of this instance of `service`.
     pub fn fields<'a>(&'a self, service: &'a str) -> super::chain::filter::Fields<'a> {
         super::chain::filter::Fields {
-            service,
+            service: if self.service.is_empty() {
+                service
+            } else {
+                &self.service
+            },
             id: &self.id,
             tags: &self.tags,
             meta: &self.meta,

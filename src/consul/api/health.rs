@@ -54,6 +54,9 @@ pub struct Instance {
     /// A check in `warning`: a subset with `only_passing` leaves the instance out.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub warning: bool,
+    /// The registration's service name (a sidecar's: `db-sidecar-proxy`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
     /// What a subset filter selects on: the registration's (a sidecar's inherits its
     /// service's tags and meta, and Consul filters these same instances) and its node's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -130,6 +133,7 @@ pub fn from_nodes(nodes: &[CheckServiceNode], kind: Option<&str>) -> Vec<Instanc
                 wan: endpoint(&wan_host, wan_port)?,
                 healthy: !n.critical(),
                 warning: n.checks.iter().any(|c| c.status == "warning"),
+                service: n.service.service.clone(),
                 meta: n.service.meta.clone(),
                 tags: n.service.tags.clone(),
                 node_meta: n.node.meta.clone(),
