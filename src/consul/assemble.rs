@@ -9,6 +9,7 @@ use std::fmt;
 use super::api::ca::{identity, CaError, CaRoots};
 use super::api::federation;
 use super::api::health::to_dial;
+use super::api::resolver;
 use super::api::service::{self, AgentService, RegistrationError, KIND_MESH_GATEWAY, KIND_SIDECAR};
 use super::watch::{Answer, Key};
 use crate::config::consul::settings::Settings;
@@ -205,6 +206,10 @@ fn gateway_keys(s: &Settings, k: &Known<'_>, here: &Here, keys: &mut BTreeSet<Ke
         }
     }
     keys.insert(services);
+    // The partition's subsets: which names the gateway routes, and to which instances.
+    keys.insert(Key::Resolvers {
+        partition: here.place.partition.clone(),
+    });
     // WAN federation is default-partition only (Consul's mesh gateways): other datacenters are
     // reached through their default partition's gateways.
     if here.place.partition == DEFAULT_PARTITION {
@@ -397,6 +402,7 @@ pub fn snapshot(
         if federation::carries_servers(svc) && here.place.is_default_partition() {
             federate(&mut snap.catalog, k, &here, &mut warnings);
         }
+        gateway_resolvers(&mut snap.config_entries, k, &here, &mut warnings);
     }
     Ok((snap, warnings))
 }
@@ -471,6 +477,35 @@ fn gateway_settings(
     Ok(settings)
 }
 
+/// The partition's resolvers, for the gateway's subset routes. Until the agent answers (or
+/// when it refuses: no `service:read`), the subsets are not known and a subset label of a
+/// known service is passed to it, as before resolvers were read.
+fn gateway_resolvers(
+    entries: &mut ConfigEntries,
+    k: &Known<'_>,
+    here: &Here,
+    warnings: &mut Vec<String>,
+) {
+    let key = Key::Resolvers {
+        partition: here.place.partition.clone(),
+    };
+    match k.answers.get(&key) {
+        Some(Answer::Resolvers(list)) => {
+            let mut found = resolver::resolvers(list, warnings);
+            // A sidecar in the same process keeps what it knew of other resolvers.
+            entries.service_resolvers.append(&mut found);
+            entries.resolvers_known = true;
+        }
+        _ => {
+            if let Some(why) = k.refused.get(&key) {
+                warnings.push(format!(
+                    "the service-resolver entries are not readable ({why}): the gateway passes any subset label of a known service to it"
+                ));
+            }
+        }
+    }
+}
+
 fn registration<'a>(
     k: &'a Known<'_>,
     id: &str,
@@ -525,17 +560,16 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
                         "every instance of {service} ({place}) fails its health checks: dialling them all anyway"
                     ));
                 }
-                let mut instances: Vec<_> = dial
+                let mut instances: Vec<Instance> = dial
                     .iter()
-                    .map(|i| if wan { i.wan.clone() } else { i.lan.clone() })
+                    .map(|i| instance(i, if wan { &i.wan } else { &i.lan }))
                     .collect();
-                instances.dedup();
+                instances.dedup_by(|a, b| a.address == b.address);
                 services.push(CatalogService {
                     name: service.clone(),
                     namespace: namespace.clone(),
                     place: place.clone(),
-                    // Health is already applied by `to_dial` (all dialled when all fail).
-                    instances: instances.into_iter().map(Instance::at).collect(),
+                    instances,
                 });
             }
             Key::Gateways { place, name } if *name == s.mesh_gateway_service => {
@@ -575,6 +609,22 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
         gateways: gateways.into_values().collect(),
         wan_federation: None,
     }
+}
+
+/// One instance to dial at `address`, with what a subset filter selects on. Critical ones
+/// are already left out by `to_dial` (or all kept, when all are): none is marked critical,
+/// which would keep it from every route.
+fn instance(i: &super::api::health::Instance, address: &crate::mesh::Endpoint) -> Instance {
+    let mut out = Instance::at(address.clone());
+    out.id.clone_from(&i.id);
+    out.node.clone_from(&i.node);
+    out.tags.clone_from(&i.tags);
+    out.meta.clone_from(&i.meta);
+    out.node_meta.clone_from(&i.node_meta);
+    if i.warning {
+        out.health = crate::mesh::snapshot::Health::Warning;
+    }
+    out
 }
 
 /// A gateway registered to carry WAN federation (`consul-wan-federation = "1"`): this

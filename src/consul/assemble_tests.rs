@@ -625,8 +625,79 @@ fn settle_gateway_world(w: World, s: &Settings) -> World {
         Key::Connect { service, .. } if service == "db" => db_instances("10.0.0.5", "203.0.113.5"),
         Key::Connect { .. } => Answer::Instances(Vec::new()),
         Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
+        Key::Resolvers { .. } => Answer::Resolvers(Vec::new()),
         other => panic!("unexpected {other:?}"),
     })
+}
+
+/// The gateway reads its partition's resolvers: one route per subset, to the instances its
+/// filter selects (the sidecars carry their service's meta), the plain name to the default
+/// subset's; with the resolvers known an undefined subset is refused, and while the agent
+/// refuses them any label passes (as before resolvers were read), with a warning.
+#[test]
+fn gateway_routes_the_subsets_of_its_partitions_resolvers() {
+    let s = settings(None, Some("mesh-gateway"));
+    let (_, w) = gateway_world();
+    let resolvers = Key::Resolvers {
+        partition: "default".into(),
+    };
+    let w = settle_gateway_world(w, &s);
+    assert!(w.needed(&s).contains(&resolvers));
+    let two = r#"[
+      {"Node":{"Node":"n1","Address":"10.0.0.5"},"Service":{"Kind":"connect-proxy","ID":"db1","Port":21000,"Meta":{"version":"v1"}},"Checks":[]},
+      {"Node":{"Node":"n2","Address":"10.0.0.6"},"Service":{"Kind":"connect-proxy","ID":"db2","Port":21000,"Meta":{"version":"v2"},"Tags":["canary"]},"Checks":[{"Status":"warning"}]}
+    ]"#;
+    let db = Key::Connect {
+        service: "db".into(),
+        namespace: "default".into(),
+        place: Place::new("dc1", "default"),
+    };
+    let body = r#"[{"Kind":"service-resolver","Name":"db","DefaultSubset":"v1",
+        "Subsets":{"v1":{"Filter":"Service.Meta.version == v1"},
+                   "v2":{"Filter":"canary in Service.Tags"},
+                   "v2-passing":{"Filter":"canary in Service.Tags","OnlyPassing":true}}}]"#;
+    let entries = crate::consul::api::resolver::entries(body).unwrap();
+    let w = w
+        .with(db.clone(), Answer::Instances(instances(two, None).unwrap()))
+        .with(resolvers.clone(), Answer::Resolvers(entries));
+    let mut file = base();
+    file.gateway = None;
+    let (snap, _) = snapshot(&s, &file, &w.known()).unwrap();
+    let p = plan(&snap);
+    let routes: Vec<(String, Vec<String>)> = gateway_routes(&p, |k| k == RouteKind::Service)
+        .into_iter()
+        .map(|(pattern, _, dial)| (pattern, dial))
+        .collect();
+    let db = |subset: &str| format!("{subset}db.default.dc1.internal.{TD}");
+    assert_eq!(
+        routes,
+        [
+            (db(""), vec!["10.0.0.5:21000".to_string()]),
+            (db("v1."), vec!["10.0.0.5:21000".to_string()]),
+            (db("v2."), vec!["10.0.0.6:21000".to_string()]),
+            // Its one instance has a warning check.
+            (db("v2-passing."), vec![]),
+        ]
+    );
+    assert!(!p.gateway.as_ref().unwrap().routes.pass_any_subset);
+
+    // Refused (no service:read): not known, so any label passes, and the log says why.
+    let mut refused = BTreeMap::new();
+    refused.insert(resolvers.clone(), "HTTP 403: Permission denied".to_string());
+    let mut answers = w.answers.clone();
+    answers.remove(&resolvers);
+    let known = Known {
+        answers: &answers,
+        refused: &refused,
+    };
+    let (snap, warnings) = snapshot(&s, &file, &known).unwrap();
+    assert!(plan(&snap).gateway.unwrap().routes.pass_any_subset);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("service-resolver") && w.contains("403")),
+        "{warnings:?}"
+    );
 }
 
 #[test]

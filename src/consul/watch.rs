@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::api::ca::{CaRoots, LeafCert};
 use super::api::config_entry::{ProxyDefaultsEntry, ServiceDefaultsEntry};
 use super::api::health::{instances, Instance};
+use super::api::resolver::{self, ResolverEntry};
 use super::api::service::{AgentService, KIND_MESH_GATEWAY};
 use super::api::{catalog, federation, nullable};
 use super::blocking::{next_index, Backoff, RateLimit, WAIT};
@@ -65,6 +66,8 @@ pub enum Key {
     /// `/v1/agent/self` for the DNS domain alone: unlike `AgentSelf`, a refusal (no
     /// `agent:read`) is not fatal — the domain is then Consul's default.
     Domain,
+    /// `/v1/config/service-resolver`: every resolver of a partition (a gateway's subsets).
+    Resolvers { partition: String },
 }
 
 /// What the agent said for a key.
@@ -90,6 +93,7 @@ pub enum Answer {
     Names(Vec<String>),
     /// Datacenter → its mesh gateways.
     Federated(BTreeMap<String, Vec<Instance>>),
+    Resolvers(Vec<ResolverEntry>),
 }
 
 /// How a key's endpoint waits for change.
@@ -154,7 +158,8 @@ impl Key {
             | Key::ServiceDefaults { .. }
             | Key::Services { .. }
             | Key::Servers
-            | Key::FederationStates => Style::Index,
+            | Key::FederationStates
+            | Key::Resolvers { .. } => Style::Index,
         }
     }
 
@@ -213,6 +218,11 @@ impl Key {
             Key::FederationStates => {
                 Request::new("/v1/internal/federation-states/mesh-gateways".into())
             }
+            Key::Resolvers { partition } => enterprise(
+                Request::new("/v1/config/service-resolver".into()),
+                None,
+                partition,
+            ),
         }
     }
 
@@ -274,6 +284,7 @@ impl Key {
             Key::FederationStates => {
                 Answer::Federated(federation::mesh_gateways(body).map_err(json)?)
             }
+            Key::Resolvers { .. } => Answer::Resolvers(resolver::entries(body).map_err(json)?),
         })
     }
 

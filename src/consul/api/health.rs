@@ -29,6 +29,8 @@ pub struct Node {
     pub partition: String,
     #[serde(deserialize_with = "nullable")]
     pub tagged_addresses: BTreeMap<String, String>,
+    #[serde(deserialize_with = "nullable")]
+    pub meta: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -40,7 +42,10 @@ pub struct Check {
 }
 
 /// One instance as sidegate keeps it: the address used from inside its own (datacenter,
-/// partition), the one used from elsewhere, and whether its checks pass.
+/// partition), the one used from elsewhere, whether its checks pass, and what a resolver's
+/// subset filter selects on (the service's tags and meta — a sidecar registration carries
+/// its service's — and its node's meta). Empty fields are left out of the saved state, and
+/// absent in one saved before they were kept.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 pub struct Instance {
     pub id: String,
@@ -49,6 +54,19 @@ pub struct Instance {
     pub wan: Endpoint,
     /// No critical check (Consul's own rule for an endpoint's health).
     pub healthy: bool,
+    /// A warning check and no critical one: usable, except by a subset with `OnlyPassing`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub warning: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_meta: BTreeMap<String, String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The instances to dial: the healthy ones; when none is healthy, all of them, as Envoy
@@ -91,6 +109,10 @@ impl CheckServiceNode {
     fn critical(&self) -> bool {
         self.checks.iter().any(|c| c.status == "critical")
     }
+
+    fn warning(&self) -> bool {
+        !self.critical() && self.checks.iter().any(|c| c.status == "warning")
+    }
 }
 
 /// The instances of an answer that sidegate can dial: of `kind` when given, with usable
@@ -116,6 +138,10 @@ pub fn from_nodes(nodes: &[CheckServiceNode], kind: Option<&str>) -> Vec<Instanc
                 lan: endpoint(&lan_host, lan_port)?,
                 wan: endpoint(&wan_host, wan_port)?,
                 healthy: !n.critical(),
+                warning: n.warning(),
+                tags: n.service.tags.clone(),
+                meta: n.service.meta.clone(),
+                node_meta: n.node.meta.clone(),
             })
         })
         .collect();

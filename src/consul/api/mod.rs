@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod config_entry;
 pub mod federation;
 pub mod health;
+pub mod resolver;
 pub mod service;
 
 use serde::{Deserialize, Deserializer};

@@ -108,6 +108,9 @@ pub struct AgentService {
     pub tagged_addresses: BTreeMap<String, ServiceAddress>,
     #[serde(deserialize_with = "nullable")]
     pub meta: BTreeMap<String, String>,
+    /// What a resolver's subset filter sees as `Service.Tags`.
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     #[serde(deserialize_with = "nullable")]
     pub proxy: ProxyConfig,
     /// Enterprise only; absent means `default`.
