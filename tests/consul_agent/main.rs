@@ -44,6 +44,7 @@ mod ops {
 mod builtin_proxy;
 mod environment;
 mod follow;
+mod gateway_subsets;
 mod https;
 mod mesh;
 mod onboarding;
