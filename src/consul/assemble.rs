@@ -29,6 +29,8 @@ use crate::names::{is_label, SpiffeId};
 /// (and a warning), which bounds the memory a runaway catalog can take.
 pub const MAX_ROUTED_SERVICES: usize = 10_000;
 pub const MAX_DATACENTERS: usize = 100;
+/// Service names of kind `mesh-gateway` followed per place (each is one watch).
+pub const MAX_GATEWAY_NAMES: usize = 8;
 
 /// What the follower knows: answers, and keys the agent refused with no earlier answer
 /// (with the agent's reason, as shown in the log).
@@ -218,14 +220,37 @@ fn gateway_keys(s: &Settings, k: &Known<'_>, here: &Here, keys: &mut BTreeSet<Ke
                 .iter()
                 .filter(|dc| **dc != here.place.datacenter && is_label(dc));
             for dc in others.take(MAX_DATACENTERS) {
-                keys.insert(Key::Gateways {
-                    place: Place::new(dc, DEFAULT_PARTITION),
-                    name: s.mesh_gateway_service.clone(),
-                });
+                gateways_by_kind(s, k, Place::new(dc, DEFAULT_PARTITION), keys);
             }
         }
         keys.insert(Key::Datacenters);
     }
+}
+
+/// A gateway finds the gateways of another place by kind (`mesh-gateway`), whatever name
+/// they were registered under, as Consul's own gateways do; only while the agent refuses the
+/// list (no `service:read` on them all) by the configured name.
+fn gateways_by_kind(s: &Settings, k: &Known<'_>, place: Place, keys: &mut BTreeSet<Key>) {
+    let names_key = Key::GatewayNames {
+        place: place.clone(),
+    };
+    let names: Vec<String> = match k.answers.get(&names_key) {
+        Some(Answer::Names(names)) => names
+            .iter()
+            .filter(|n| is_label(n))
+            .take(MAX_GATEWAY_NAMES)
+            .cloned()
+            .collect(),
+        _ if k.refused.contains_key(&names_key) => vec![s.mesh_gateway_service.clone()],
+        _ => Vec::new(),
+    };
+    for name in names {
+        keys.insert(Key::Gateways {
+            place: place.clone(),
+            name,
+        });
+    }
+    keys.insert(names_key);
 }
 
 /// Central config as the agent reported it. Refused or absent entries are simply unset. A
@@ -392,7 +417,7 @@ pub fn snapshot(
         gateway: None,
         sidecar: None,
         config_entries: ConfigEntries::default(),
-        catalog: catalog(s, k, &here, &mut warnings),
+        catalog: catalog(k, &here, &mut warnings),
     };
     if let Some(svc) = sidecar {
         add_sidecar(&mut snap, svc, k, roots, &mut warnings)?;
@@ -540,7 +565,7 @@ fn default_gateway() -> GatewaySettings {
 
 /// Instances of every watched service (LAN addresses from inside their place, WAN from
 /// outside, as Consul's `BestAddress`) and gateways of every watched place.
-fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>) -> Catalog {
+fn catalog(k: &Known<'_>, here: &Here, warnings: &mut Vec<String>) -> Catalog {
     let mut services = Vec::new();
     let mut gateways: BTreeMap<Place, CatalogGateways> = BTreeMap::new();
     for (key, answer) in k.answers {
@@ -572,7 +597,9 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
                     instances,
                 });
             }
-            Key::Gateways { place, name } if *name == s.mesh_gateway_service => {
+            // By the configured name (a sidecar's places) or found by kind (a gateway's):
+            // the instances are of kind `mesh-gateway` either way.
+            Key::Gateways { place, name } => {
                 if list.is_empty() && place.partition != here.place.partition {
                     warnings.push(format!(
                         "no mesh gateways of {place} are visible: partition {} must export the {name} service to partition {} (exported-services), or none is registered or healthy",

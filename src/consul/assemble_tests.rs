@@ -626,8 +626,60 @@ fn settle_gateway_world(w: World, s: &Settings) -> World {
         Key::Connect { .. } => Answer::Instances(Vec::new()),
         Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
         Key::Resolvers { .. } => Answer::Resolvers(Vec::new()),
+        Key::GatewayNames { .. } => Answer::Names(vec!["mesh-gateway".into()]),
         other => panic!("unexpected {other:?}"),
     })
+}
+
+/// Another datacenter's gateways are found by kind: every name the agent lists as a
+/// `mesh-gateway` is followed, the configured name only while the list is refused.
+#[test]
+fn gateway_finds_other_datacenters_gateways_by_kind() {
+    let s = settings(None, Some("mesh-gateway"));
+    let (_, w) = gateway_world();
+    let names = Key::GatewayNames {
+        place: Place::new("dc2", "default"),
+    };
+    let gw = |name: &str| Key::Gateways {
+        place: Place::new("dc2", "default"),
+        name: name.into(),
+    };
+    let w = settle_gateway_world(w, &s).with(
+        names.clone(),
+        Answer::Names(vec!["edge-gw".into(), "gw-b".into()]),
+    );
+    let n = w.needed(&s);
+    assert!(n.contains(&names) && n.contains(&gw("edge-gw")) && n.contains(&gw("gw-b")));
+    assert!(!n.contains(&gw("mesh-gateway")), "not by its name");
+    let mut w = w
+        .with(gw("edge-gw"), gateway_instances("10.1.0.7", "203.0.113.7"))
+        .with(gw("gw-b"), gateway_instances("10.1.0.8", "203.0.113.8"));
+    // The follower drops the answer of a key no longer needed.
+    w.answers.remove(&gw("mesh-gateway"));
+    let mut file = base();
+    file.gateway = None;
+    let (snap, _) = snapshot(&s, &file, &w.known()).unwrap();
+    let routes = gateway_routes(&plan(&snap), |k| k != RouteKind::Service);
+    assert_eq!(
+        routes
+            .into_iter()
+            .map(|(pattern, _, dial)| (pattern, dial))
+            .collect::<Vec<_>>(),
+        [(
+            format!("*.dc2.internal.{TD}"),
+            vec!["203.0.113.7:443".to_string(), "203.0.113.8:443".to_string()]
+        )]
+    );
+
+    let mut answers = w.answers.clone();
+    answers.remove(&names);
+    let refused = BTreeMap::from([(names.clone(), "HTTP 403: Permission denied".to_string())]);
+    let known = Known {
+        answers: &answers,
+        refused: &refused,
+    };
+    let n = needed(&s, &known);
+    assert!(n.contains(&gw("mesh-gateway")) && !n.contains(&gw("edge-gw")));
 }
 
 /// The gateway reads its partition's resolvers: one route per subset, to the instances its

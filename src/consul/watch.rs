@@ -47,6 +47,8 @@ pub enum Key {
     },
     /// `/v1/health/service/:name`: the mesh gateways of one place.
     Gateways { place: Place, name: String },
+    /// `/v1/internal/ui/services`: the names of one place's services of kind `mesh-gateway`.
+    GatewayNames { place: Place },
     /// `/v1/config/proxy-defaults/global` of a partition.
     ProxyDefaults { partition: String },
     /// `/v1/config/service-defaults/:service`.
@@ -159,7 +161,8 @@ impl Key {
             | Key::Services { .. }
             | Key::Servers
             | Key::FederationStates
-            | Key::Resolvers { .. } => Style::Index,
+            | Key::Resolvers { .. }
+            | Key::GatewayNames { .. } => Style::Index,
         }
     }
 
@@ -218,6 +221,11 @@ impl Key {
             Key::FederationStates => {
                 Request::new("/v1/internal/federation-states/mesh-gateways".into())
             }
+            Key::GatewayNames { place } => enterprise(
+                Request::new("/v1/internal/ui/services".into()).param("dc", &place.datacenter),
+                None,
+                &place.partition,
+            ),
             Key::Resolvers { partition } => enterprise(
                 Request::new("/v1/config/service-resolver".into()),
                 None,
@@ -284,6 +292,7 @@ impl Key {
             Key::FederationStates => {
                 Answer::Federated(federation::mesh_gateways(body).map_err(json)?)
             }
+            Key::GatewayNames { .. } => Answer::Names(catalog::gateway_names(body).map_err(json)?),
             Key::Resolvers { .. } => Answer::Resolvers(resolver::entries(body).map_err(json)?),
         })
     }

@@ -44,7 +44,7 @@ mod ops {
 mod builtin_proxy;
 mod environment;
 mod follow;
-mod gateway_subsets;
+mod gateway_consul;
 mod https;
 mod mesh;
 mod onboarding;

@@ -1,8 +1,9 @@
-//! A mesh gateway following a real Consul agent (1.8.7) routes the subsets of its
-//! partition's `service-resolver` entries, as Envoy gateways do: each subset's name to the
+//! A mesh gateway following a real Consul agent (1.8.7) routes as Envoy gateways do: the
+//! subsets of its partition's `service-resolver` entries — each subset's name to the
 //! instances its filter selects (the filter sees the sidecar's meta, which Consul copies from
-//! the service), the plain name to the default subset's, and no other subset label. The
-//! entries are followed live: a new default subset moves the plain name.
+//! the service), the plain name to the default subset's, and no other subset label, followed
+//! live — and another datacenter through that datacenter's gateways found by kind, whatever
+//! name they were registered under.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
@@ -151,4 +152,45 @@ impl Refused for std::io::Result<String> {
     fn is_err_or_empty(&self) -> bool {
         self.as_ref().map_or(true, String::is_empty)
     }
+}
+
+/// dc2's gateways registered as `edge-gw` and `edge-gw-b` (kind `mesh-gateway`): dc1's
+/// sidegate gateway routes dc2's names to both WAN addresses, which it can only have found by
+/// kind (it is configured with no gateway name at all, so `mesh-gateway` would be the name).
+#[test]
+fn a_gateway_finds_another_datacenters_gateways_by_kind() {
+    let dc1 = Agent::dev("dc1");
+    let dc2 = Agent::secondary("dc2", &dc1);
+    let dir = Scratch::new("consul-gateway-kind");
+    let addr = |host: u8| SocketAddr::from(([127, 0, 0, host], free_port()));
+    let (wan_a, wan_b) = (addr(2), addr(2));
+    dc2.register_mesh_gateway_named("edge-gw", "edge-a", addr(1), wan_a, &["wan"]);
+    dc2.register_mesh_gateway_named("edge-gw-b", "edge-b", addr(1), wan_b, &["wan"]);
+    let lan = addr(1);
+    dc1.register_mesh_gateway("mesh-gateway", lan, addr(2), &["lan"]);
+    let admin = addr(1);
+    let toml = gateway_toml(&dc1, "mesh-gateway", &dir.path("state"))
+        + &format!("[admin]\nlisten = \"{admin}\"\n");
+    let mut gateway = Sidegate::run("gateway", &dir.0, &toml);
+    gateway.serving(&[lan.port(), admin.port()]);
+
+    let td = dc1.roots().trust_domain;
+    let pattern = format!("*.dc2.internal.{td}");
+    let mut want = vec![wan_a.to_string(), wan_b.to_string()];
+    want.sort();
+    eventually_within(FOLLOW_WITHIN, "dc2's gateways by kind", || {
+        let seen = route(admin, &pattern);
+        let mut dial: Vec<String> = seen
+            .iter()
+            .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+            .filter_map(|e| Some(e.as_str()?.to_owned()))
+            .collect();
+        dial.sort();
+        if dial == want {
+            Ok(())
+        } else {
+            Err(seen)
+        }
+    });
+    assert!(gateway.is_running(), "{}", gateway.output_tail());
 }
