@@ -29,6 +29,7 @@ use crate::names::{is_label, SpiffeId};
 /// (and a warning), which bounds the memory a runaway catalog can take.
 pub const MAX_ROUTED_SERVICES: usize = 10_000;
 pub const MAX_DATACENTERS: usize = 100;
+pub const MAX_PARTITIONS: usize = 100;
 /// Service names of kind `mesh-gateway` followed per place (each is one watch).
 pub const MAX_GATEWAY_NAMES: usize = 8;
 
@@ -208,6 +209,17 @@ fn gateway_keys(s: &Settings, k: &Known<'_>, here: &Here, keys: &mut BTreeSet<Ke
         }
     }
     keys.insert(services);
+    // The other partitions of this datacenter (Enterprise), through their gateways' WAN
+    // addresses: a sidecar here in mode `local` reaches them through this gateway.
+    if let Some(Answer::Names(partitions)) = k.answers.get(&Key::Partitions) {
+        let others = partitions
+            .iter()
+            .filter(|p| !p.eq_ignore_ascii_case(&here.place.partition) && is_label(p));
+        for p in others.take(MAX_PARTITIONS) {
+            gateways_by_kind(s, k, Place::new(&here.place.datacenter, p), keys);
+        }
+    }
+    keys.insert(Key::Partitions);
     // The partition's subsets: which names the gateway routes, and to which instances.
     keys.insert(Key::Resolvers {
         partition: here.place.partition.clone(),

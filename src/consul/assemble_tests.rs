@@ -627,8 +627,69 @@ fn settle_gateway_world(w: World, s: &Settings) -> World {
         Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
         Key::Resolvers { .. } => Answer::Resolvers(Vec::new()),
         Key::GatewayNames { .. } => Answer::Names(vec!["mesh-gateway".into()]),
+        // Community Edition: no partitions endpoint (404), no other partition.
+        Key::Partitions => Answer::Names(Vec::new()),
         other => panic!("unexpected {other:?}"),
     })
+}
+
+/// Enterprise: the gateway routes the other partitions of its datacenter to their gateways'
+/// WAN addresses (found by kind, as the documented gateway body is), and none of its own.
+#[test]
+fn gateway_routes_the_other_partitions_of_its_datacenter() {
+    let s = settings(None, Some("mesh-gateway"));
+    let (_, w) = gateway_world();
+    let w = settle_gateway_world(w, &s).with(
+        Key::Partitions,
+        Answer::Names(
+            crate::consul::api::catalog::partitions(
+                r#"[{"Name":"default"},{"Name":"part2"},{"Name":"DEFAULT"}]"#,
+            )
+            .unwrap(),
+        ),
+    );
+    let part2 = Place::new("dc1", "part2");
+    let names = Key::GatewayNames {
+        place: part2.clone(),
+    };
+    let n = w.needed(&s);
+    assert!(n.contains(&names));
+    assert!(
+        !n.iter()
+            .any(|k| matches!(k, Key::GatewayNames { place } if place.partition != "part2" && place.datacenter == "dc1")),
+        "not its own partition, whatever the case: {n:?}"
+    );
+    let gw = Key::Gateways {
+        place: part2.clone(),
+        name: "mesh-gateway".into(),
+    };
+    let w = w
+        .with(names, Answer::Names(vec!["mesh-gateway".into()]))
+        .with(
+            gw,
+            Answer::Instances(
+                instances(
+                    &example("health-service-mesh-gateway.json"),
+                    Some("mesh-gateway"),
+                )
+                .unwrap(),
+            ),
+        );
+    let mut file = base();
+    file.gateway = None;
+    let (snap, _) = snapshot(&s, &file, &w.known()).unwrap();
+    let routes: Vec<(String, Vec<String>)> =
+        gateway_routes(&plan(&snap), |k| k != RouteKind::Service)
+            .into_iter()
+            .map(|(pattern, _, dial)| (pattern, dial))
+            .collect();
+    assert!(
+        routes.contains(&(
+            format!("*.part2.dc1.internal-v1.{TD}"),
+            vec!["203.0.113.10:443".to_string()]
+        )),
+        "{routes:?}"
+    );
 }
 
 /// Another datacenter's gateways are found by kind: every name the agent lists as a

@@ -49,6 +49,8 @@ pub enum Key {
     Gateways { place: Place, name: String },
     /// `/v1/internal/ui/services`: the names of one place's services of kind `mesh-gateway`.
     GatewayNames { place: Place },
+    /// `/v1/partitions` (Enterprise): the admin partitions of this datacenter.
+    Partitions,
     /// `/v1/config/proxy-defaults/global` of a partition.
     ProxyDefaults { partition: String },
     /// `/v1/config/service-defaults/:service`.
@@ -151,7 +153,7 @@ impl Key {
         match self {
             Key::Service { .. } => Style::Hash,
             Key::AgentSelf | Key::Domain => Style::Poll(AGENT_SELF_EVERY),
-            Key::Datacenters => Style::Poll(DATACENTERS_EVERY),
+            Key::Datacenters | Key::Partitions => Style::Poll(DATACENTERS_EVERY),
             Key::Roots
             | Key::Leaf { .. }
             | Key::Connect { .. }
@@ -217,6 +219,7 @@ impl Key {
                 &place.partition,
             ),
             Key::Datacenters => Request::new("/v1/catalog/datacenters".into()),
+            Key::Partitions => Request::new("/v1/partitions".into()),
             Key::Servers => Request::new("/v1/health/service/consul".into()),
             Key::FederationStates => {
                 Request::new("/v1/internal/federation-states/mesh-gateways".into())
@@ -243,6 +246,8 @@ impl Key {
             Key::Service { .. } if absent => Answer::Service(None),
             Key::ProxyDefaults { .. } if absent => Answer::ProxyDefaults(None),
             Key::ServiceDefaults { .. } if absent => Answer::ServiceDefaults(None),
+            // Community Edition has no such endpoint: one partition, no other to route to.
+            Key::Partitions if absent => Answer::Names(Vec::new()),
             _ if absent => return Err(BodyError::NotFound(body.trim().to_owned())),
             Key::Service { .. } => {
                 Answer::Service(Some(Box::new(serde_json::from_str(body).map_err(json)?)))
@@ -288,6 +293,7 @@ impl Key {
             }
             Key::Services { .. } => Answer::Names(catalog::service_names(body).map_err(json)?),
             Key::Datacenters => Answer::Names(catalog::datacenters(body).map_err(json)?),
+            Key::Partitions => Answer::Names(catalog::partitions(body).map_err(json)?),
             Key::Servers => Answer::Instances(instances(body, None).map_err(json)?),
             Key::FederationStates => {
                 Answer::Federated(federation::mesh_gateways(body).map_err(json)?)

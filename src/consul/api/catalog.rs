@@ -37,6 +37,20 @@ pub fn gateway_names(body: &str) -> Result<Vec<String>, serde_json::Error> {
     Ok(names)
 }
 
+/// `GET /v1/partitions` (Enterprise): `[{"Name": "default", ...}, ...]`, names sorted.
+pub fn partitions(body: &str) -> Result<Vec<String>, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Partition {
+        #[serde(rename = "Name")]
+        name: String,
+    }
+    let all: Vec<Partition> = nullable(&mut serde_json::Deserializer::from_str(body))?;
+    let mut names: Vec<String> = all.into_iter().map(|p| p.name).collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
 pub fn datacenters(body: &str) -> Result<Vec<String>, serde_json::Error> {
     let mut dcs: Vec<String> = nullable(&mut serde_json::Deserializer::from_str(body))?;
     dcs.sort();
@@ -70,6 +84,9 @@ mod tests {
                      {"Kind":"connect-proxy","Name":"web-sidecar-proxy"},{"Kind":"mesh-gateway","Name":"gw-b"}]"#;
         assert_eq!(gateway_names(ui).unwrap(), ["edge-gw", "gw-b"]);
         assert!(gateway_names("null").unwrap().is_empty());
+        let parts = r#"[{"Name":"part2","Description":"","ModifyIndex":20},{"Name":"default","Description":"Builtin Default Partition"}]"#;
+        assert_eq!(partitions(parts).unwrap(), ["default", "part2"]);
+        assert!(partitions("{}").is_err());
         assert!(datacenters("{}").is_err());
     }
 
