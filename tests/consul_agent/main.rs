@@ -45,6 +45,7 @@ mod builtin_proxy;
 mod environment;
 mod follow;
 mod gateway_consul;
+mod gateway_enterprise;
 mod https;
 mod mesh;
 mod onboarding;
