@@ -5,12 +5,12 @@
 #
 # `sidegate check --agent` names any of these the token lacks.
 
-# Its registration (write: the token can also register it), and the gateways of the other
-# datacenters, which are registered under the same name.
+# Its registration (write: the token can also register it).
 service "mesh-gateway" {
   policy = "write"
 }
-# Every service of its datacenter: one exact route each.
+# Every service of its datacenter: one exact route each, and one per subset of its
+# service-resolver entry; and the gateways of other datacenters, found by kind.
 service_prefix "" {
   policy = "read"
 }
@@ -22,3 +22,5 @@ node_prefix "" {
 agent_prefix "" {
   policy = "read"
 }
+# Enterprise only, to route the other admin partitions of its datacenter (/v1/partitions):
+# operator = "read"

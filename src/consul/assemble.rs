@@ -10,6 +10,7 @@ use super::api::ca::{identity, CaError, CaRoots};
 use super::api::discovery_chain::ChainError;
 use super::api::federation;
 use super::api::health::to_dial;
+use super::api::resolver;
 use super::api::service::{self, AgentService, RegistrationError, KIND_MESH_GATEWAY, KIND_SIDECAR};
 use super::watch::{Answer, Key};
 use crate::config::consul::settings::Settings;
@@ -31,6 +32,9 @@ use crate::names::{is_label, SpiffeId};
 /// (and a warning), which bounds the memory a runaway catalog can take.
 pub const MAX_ROUTED_SERVICES: usize = 10_000;
 pub const MAX_DATACENTERS: usize = 100;
+pub const MAX_PARTITIONS: usize = 100;
+/// Service names of kind `mesh-gateway` followed per place (each is one watch).
+pub const MAX_GATEWAY_NAMES: usize = 8;
 
 /// What the follower knows: answers, and keys the agent refused with no earlier answer
 /// (with the agent's reason, as shown in the log).
@@ -274,6 +278,21 @@ fn gateway_keys(s: &Settings, k: &Known<'_>, here: &Here, keys: &mut BTreeSet<Ke
         }
     }
     keys.insert(services);
+    // The other partitions of this datacenter (Enterprise), through their gateways' WAN
+    // addresses: a sidecar here in mode `local` reaches them through this gateway.
+    if let Some(Answer::Names(partitions)) = k.answers.get(&Key::Partitions) {
+        let others = partitions
+            .iter()
+            .filter(|p| !p.eq_ignore_ascii_case(&here.place.partition) && is_label(p));
+        for p in others.take(MAX_PARTITIONS) {
+            gateways_by_kind(s, k, Place::new(&here.place.datacenter, p), keys);
+        }
+    }
+    keys.insert(Key::Partitions);
+    // The partition's subsets: which names the gateway routes, and to which instances.
+    keys.insert(Key::Resolvers {
+        partition: here.place.partition.clone(),
+    });
     // WAN federation is default-partition only (Consul's mesh gateways): other datacenters are
     // reached through their default partition's gateways.
     if here.place.partition == DEFAULT_PARTITION {
@@ -282,14 +301,37 @@ fn gateway_keys(s: &Settings, k: &Known<'_>, here: &Here, keys: &mut BTreeSet<Ke
                 .iter()
                 .filter(|dc| **dc != here.place.datacenter && is_label(dc));
             for dc in others.take(MAX_DATACENTERS) {
-                keys.insert(Key::Gateways {
-                    place: Place::new(dc, DEFAULT_PARTITION),
-                    name: s.mesh_gateway_service.clone(),
-                });
+                gateways_by_kind(s, k, Place::new(dc, DEFAULT_PARTITION), keys);
             }
         }
         keys.insert(Key::Datacenters);
     }
+}
+
+/// A gateway finds the gateways of another place by kind (`mesh-gateway`), whatever name
+/// they were registered under, as Consul's own gateways do; only while the agent refuses the
+/// list (no `service:read` on them all) by the configured name.
+fn gateways_by_kind(s: &Settings, k: &Known<'_>, place: Place, keys: &mut BTreeSet<Key>) {
+    let names_key = Key::GatewayNames {
+        place: place.clone(),
+    };
+    let names: Vec<String> = match k.answers.get(&names_key) {
+        Some(Answer::Names(names)) => names
+            .iter()
+            .filter(|n| is_label(n))
+            .take(MAX_GATEWAY_NAMES)
+            .cloned()
+            .collect(),
+        _ if k.refused.contains_key(&names_key) => vec![s.mesh_gateway_service.clone()],
+        _ => Vec::new(),
+    };
+    for name in names {
+        keys.insert(Key::Gateways {
+            place: place.clone(),
+            name,
+        });
+    }
+    keys.insert(names_key);
 }
 
 /// Central config as the agent reported it. Refused or absent entries are simply unset. A
@@ -456,7 +498,7 @@ pub fn snapshot(
         gateway: None,
         sidecar: None,
         config_entries: ConfigEntries::default(),
-        catalog: catalog(s, k, &here, &mut warnings),
+        catalog: catalog(k, &here, &mut warnings),
     };
     if let Some(svc) = sidecar {
         add_sidecar(&mut snap, svc, k, roots, &mut warnings)?;
@@ -466,6 +508,7 @@ pub fn snapshot(
         if federation::carries_servers(svc) && here.place.is_default_partition() {
             federate(&mut snap.catalog, k, &here, &mut warnings);
         }
+        gateway_resolvers(&mut snap.config_entries, k, &here, &mut warnings);
     }
     Ok((snap, warnings))
 }
@@ -557,6 +600,35 @@ fn gateway_settings(
     Ok(settings)
 }
 
+/// The partition's resolvers, for the gateway's subset routes. Until the agent answers (or
+/// when it refuses: no `service:read`), the subsets are not known and a subset label of a
+/// known service is passed to it, as before resolvers were read.
+fn gateway_resolvers(
+    entries: &mut ConfigEntries,
+    k: &Known<'_>,
+    here: &Here,
+    warnings: &mut Vec<String>,
+) {
+    let key = Key::Resolvers {
+        partition: here.place.partition.clone(),
+    };
+    match k.answers.get(&key) {
+        Some(Answer::Resolvers(list)) => {
+            let mut found = resolver::resolvers(list, warnings);
+            // A sidecar in the same process keeps what it knew of other resolvers.
+            entries.service_resolvers.append(&mut found);
+            entries.resolvers_known = true;
+        }
+        _ => {
+            if let Some(why) = k.refused.get(&key) {
+                warnings.push(format!(
+                    "the service-resolver entries are not readable ({why}): the gateway passes any subset label of a known service to it"
+                ));
+            }
+        }
+    }
+}
+
 fn registration<'a>(
     k: &'a Known<'_>,
     id: &str,
@@ -591,7 +663,7 @@ fn default_gateway() -> GatewaySettings {
 
 /// Instances of every watched service (LAN addresses from inside their place, WAN from
 /// outside, as Consul's `BestAddress`) and gateways of every watched place.
-fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>) -> Catalog {
+fn catalog(k: &Known<'_>, here: &Here, warnings: &mut Vec<String>) -> Catalog {
     let mut services = Vec::new();
     let mut gateways: BTreeMap<Place, CatalogGateways> = BTreeMap::new();
     for (key, answer) in k.answers {
@@ -621,7 +693,9 @@ fn catalog(s: &Settings, k: &Known<'_>, here: &Here, warnings: &mut Vec<String>)
                     instances,
                 });
             }
-            Key::Gateways { place, name } if *name == s.mesh_gateway_service => {
+            // By the configured name (a sidecar's places) or found by kind (a gateway's):
+            // the instances are of kind `mesh-gateway` either way.
+            Key::Gateways { place, name } => {
                 if list.is_empty() && place.partition != here.place.partition {
                     warnings.push(format!(
                         "no mesh gateways of {place} are visible: partition {} must export the {name} service to partition {} (exported-services), or none is registered or healthy",

@@ -664,8 +664,192 @@ fn settle_gateway_world(w: World, s: &Settings) -> World {
         Key::Connect { service, .. } if service == "db" => db_instances("10.0.0.5", "203.0.113.5"),
         Key::Connect { .. } => Answer::Instances(Vec::new()),
         Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
+        Key::Resolvers { .. } => Answer::Resolvers(Vec::new()),
+        Key::GatewayNames { .. } => Answer::Names(vec!["mesh-gateway".into()]),
+        // Community Edition: no partitions endpoint (404), no other partition.
+        Key::Partitions => Answer::Names(Vec::new()),
         other => panic!("unexpected {other:?}"),
     })
+}
+
+/// Enterprise: the gateway routes the other partitions of its datacenter to their gateways'
+/// WAN addresses (found by kind, as the documented gateway body is), and none of its own.
+#[test]
+fn gateway_routes_the_other_partitions_of_its_datacenter() {
+    let s = settings(None, Some("mesh-gateway"));
+    let (_, w) = gateway_world();
+    let w = settle_gateway_world(w, &s).with(
+        Key::Partitions,
+        Answer::Names(
+            crate::consul::api::catalog::partitions(
+                r#"[{"Name":"default"},{"Name":"part2"},{"Name":"DEFAULT"}]"#,
+            )
+            .unwrap(),
+        ),
+    );
+    let part2 = Place::new("dc1", "part2");
+    let names = Key::GatewayNames {
+        place: part2.clone(),
+    };
+    let n = w.needed(&s);
+    assert!(n.contains(&names));
+    assert!(
+        !n.iter()
+            .any(|k| matches!(k, Key::GatewayNames { place } if place.partition != "part2" && place.datacenter == "dc1")),
+        "not its own partition, whatever the case: {n:?}"
+    );
+    let gw = Key::Gateways {
+        place: part2.clone(),
+        name: "mesh-gateway".into(),
+    };
+    let w = w
+        .with(names, Answer::Names(vec!["mesh-gateway".into()]))
+        .with(
+            gw,
+            Answer::Instances(
+                instances(
+                    &example("health-service-mesh-gateway.json"),
+                    Some("mesh-gateway"),
+                )
+                .unwrap(),
+            ),
+        );
+    let mut file = base();
+    file.gateway = None;
+    let (snap, _) = snapshot(&s, &file, &w.known()).unwrap();
+    let routes: Vec<(String, Vec<String>)> =
+        gateway_routes(&plan(&snap), |k| k != RouteKind::Service)
+            .into_iter()
+            .map(|(pattern, _, dial)| (pattern, dial))
+            .collect();
+    assert!(
+        routes.contains(&(
+            format!("*.part2.dc1.internal-v1.{TD}"),
+            vec!["203.0.113.10:443".to_string()]
+        )),
+        "{routes:?}"
+    );
+}
+
+/// Another datacenter's gateways are found by kind: every name the agent lists as a
+/// `mesh-gateway` is followed, the configured name only while the list is refused.
+#[test]
+fn gateway_finds_other_datacenters_gateways_by_kind() {
+    let s = settings(None, Some("mesh-gateway"));
+    let (_, w) = gateway_world();
+    let names = Key::GatewayNames {
+        place: Place::new("dc2", "default"),
+    };
+    let gw = |name: &str| Key::Gateways {
+        place: Place::new("dc2", "default"),
+        name: name.into(),
+    };
+    let w = settle_gateway_world(w, &s).with(
+        names.clone(),
+        Answer::Names(vec!["edge-gw".into(), "gw-b".into()]),
+    );
+    let n = w.needed(&s);
+    assert!(n.contains(&names) && n.contains(&gw("edge-gw")) && n.contains(&gw("gw-b")));
+    assert!(!n.contains(&gw("mesh-gateway")), "not by its name");
+    let mut w = w
+        .with(gw("edge-gw"), gateway_instances("10.1.0.7", "203.0.113.7"))
+        .with(gw("gw-b"), gateway_instances("10.1.0.8", "203.0.113.8"));
+    // The follower drops the answer of a key no longer needed.
+    w.answers.remove(&gw("mesh-gateway"));
+    let mut file = base();
+    file.gateway = None;
+    let (snap, _) = snapshot(&s, &file, &w.known()).unwrap();
+    let routes = gateway_routes(&plan(&snap), |k| k != RouteKind::Service);
+    assert_eq!(
+        routes
+            .into_iter()
+            .map(|(pattern, _, dial)| (pattern, dial))
+            .collect::<Vec<_>>(),
+        [(
+            format!("*.dc2.internal.{TD}"),
+            vec!["203.0.113.7:443".to_string(), "203.0.113.8:443".to_string()]
+        )]
+    );
+
+    let mut answers = w.answers.clone();
+    answers.remove(&names);
+    let refused = BTreeMap::from([(names.clone(), "HTTP 403: Permission denied".to_string())]);
+    let known = Known {
+        answers: &answers,
+        refused: &refused,
+    };
+    let n = needed(&s, &known);
+    assert!(n.contains(&gw("mesh-gateway")) && !n.contains(&gw("edge-gw")));
+}
+
+/// The gateway reads its partition's resolvers: one route per subset, to the instances its
+/// filter selects (the sidecars carry their service's meta), the plain name to the default
+/// subset's; with the resolvers known an undefined subset is refused, and while the agent
+/// refuses them any label passes (as before resolvers were read), with a warning.
+#[test]
+fn gateway_routes_the_subsets_of_its_partitions_resolvers() {
+    let s = settings(None, Some("mesh-gateway"));
+    let (_, w) = gateway_world();
+    let resolvers = Key::Resolvers {
+        partition: "default".into(),
+    };
+    let w = settle_gateway_world(w, &s);
+    assert!(w.needed(&s).contains(&resolvers));
+    let two = r#"[
+      {"Node":{"Node":"n1","Address":"10.0.0.5"},"Service":{"Kind":"connect-proxy","ID":"db1","Port":21000,"Meta":{"version":"v1"}},"Checks":[]},
+      {"Node":{"Node":"n2","Address":"10.0.0.6"},"Service":{"Kind":"connect-proxy","ID":"db2","Port":21000,"Meta":{"version":"v2"},"Tags":["canary"]},"Checks":[{"Status":"warning"}]}
+    ]"#;
+    let db = Key::Connect {
+        service: "db".into(),
+        namespace: "default".into(),
+        place: Place::new("dc1", "default"),
+    };
+    let body = r#"[{"Kind":"service-resolver","Name":"db","DefaultSubset":"v1",
+        "Subsets":{"v1":{"Filter":"Service.Meta.version == v1"},
+                   "v2":{"Filter":"canary in Service.Tags"},
+                   "v2-passing":{"Filter":"canary in Service.Tags","OnlyPassing":true}}}]"#;
+    let entries = crate::consul::api::resolver::entries(body).unwrap();
+    let w = w
+        .with(db.clone(), Answer::Instances(instances(two, None).unwrap()))
+        .with(resolvers.clone(), Answer::Resolvers(entries));
+    let mut file = base();
+    file.gateway = None;
+    let (snap, _) = snapshot(&s, &file, &w.known()).unwrap();
+    let p = plan(&snap);
+    let routes: Vec<(String, Vec<String>)> = gateway_routes(&p, |k| k == RouteKind::Service)
+        .into_iter()
+        .map(|(pattern, _, dial)| (pattern, dial))
+        .collect();
+    let db = |subset: &str| format!("{subset}db.default.dc1.internal.{TD}");
+    assert_eq!(
+        routes,
+        [
+            (db(""), vec!["10.0.0.5:21000".to_string()]),
+            (db("v1."), vec!["10.0.0.5:21000".to_string()]),
+            (db("v2."), vec!["10.0.0.6:21000".to_string()]),
+            // Its one instance has a warning check.
+            (db("v2-passing."), vec![]),
+        ]
+    );
+    assert!(!p.gateway.as_ref().unwrap().routes.pass_any_subset);
+
+    // Refused (no service:read): not known, so any label passes, and the log says why.
+    let mut refused = BTreeMap::new();
+    refused.insert(resolvers.clone(), "HTTP 403: Permission denied".to_string());
+    let mut answers = w.answers.clone();
+    answers.remove(&resolvers);
+    let known = Known {
+        answers: &answers,
+        refused: &refused,
+    };
+    let (snap, warnings) = snapshot(&s, &file, &known).unwrap();
+    assert!(plan(&snap).gateway.unwrap().routes.pass_any_subset);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("service-resolver") && w.contains("403")),
+        "{warnings:?}"
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ use super::api::ca::{CaRoots, LeafCert};
 use super::api::config_entry::{ProxyDefaultsEntry, ServiceDefaultsEntry};
 use super::api::discovery_chain::{self, CompiledChain};
 use super::api::health::{instances, Instance};
+use super::api::resolver::{self, ResolverEntry};
 use super::api::service::{AgentService, KIND_MESH_GATEWAY};
 use super::api::{catalog, federation, nullable};
 use super::blocking::{next_index, Backoff, RateLimit, WAIT};
@@ -47,6 +48,10 @@ pub enum Key {
     },
     /// `/v1/health/service/:name`: the mesh gateways of one place.
     Gateways { place: Place, name: String },
+    /// `/v1/internal/ui/services`: the names of one place's services of kind `mesh-gateway`.
+    GatewayNames { place: Place },
+    /// `/v1/partitions` (Enterprise): the admin partitions of this datacenter.
+    Partitions,
     /// `/v1/config/proxy-defaults/global` of a partition.
     ProxyDefaults { partition: String },
     /// `/v1/config/service-defaults/:service`.
@@ -80,6 +85,8 @@ pub enum Key {
         /// `OverrideConnectTimeout` in milliseconds; 0 for none.
         connect_timeout_ms: u64,
     },
+    /// `/v1/config/service-resolver`: every resolver of a partition (a gateway's subsets).
+    Resolvers { partition: String },
 }
 
 /// What the agent said for a key.
@@ -107,6 +114,7 @@ pub enum Answer {
     Federated(BTreeMap<String, Vec<Instance>>),
     /// Boxed: a chain is large, and every answer kept is as large as the largest kind.
     Chain(Box<CompiledChain>),
+    Resolvers(Vec<ResolverEntry>),
 }
 
 /// How a key's endpoint waits for change.
@@ -162,7 +170,7 @@ impl Key {
         match self {
             Key::Service { .. } => Style::Hash,
             Key::AgentSelf | Key::Domain => Style::Poll(AGENT_SELF_EVERY),
-            Key::Datacenters => Style::Poll(DATACENTERS_EVERY),
+            Key::Datacenters | Key::Partitions => Style::Poll(DATACENTERS_EVERY),
             Key::Roots
             | Key::Leaf { .. }
             | Key::Connect { .. }
@@ -172,7 +180,9 @@ impl Key {
             | Key::Services { .. }
             | Key::Servers
             | Key::FederationStates
-            | Key::Chain { .. } => Style::Index,
+            | Key::Chain { .. }
+            | Key::Resolvers { .. }
+            | Key::GatewayNames { .. } => Style::Index,
         }
     }
 
@@ -227,6 +237,7 @@ impl Key {
                 &place.partition,
             ),
             Key::Datacenters => Request::new("/v1/catalog/datacenters".into()),
+            Key::Partitions => Request::new("/v1/partitions".into()),
             Key::Servers => Request::new("/v1/health/service/consul".into()),
             Key::FederationStates => {
                 Request::new("/v1/internal/federation-states/mesh-gateways".into())
@@ -241,6 +252,16 @@ impl Key {
                     .param("compile-dc", &place.datacenter),
                 Some(namespace),
                 &place.partition,
+            ),
+            Key::GatewayNames { place } => enterprise(
+                Request::new("/v1/internal/ui/services".into()).param("dc", &place.datacenter),
+                None,
+                &place.partition,
+            ),
+            Key::Resolvers { partition } => enterprise(
+                Request::new("/v1/config/service-resolver".into()),
+                None,
+                partition,
             ),
         }
     }
@@ -284,6 +305,8 @@ impl Key {
             Key::Service { .. } if absent => Answer::Service(None),
             Key::ProxyDefaults { .. } if absent => Answer::ProxyDefaults(None),
             Key::ServiceDefaults { .. } if absent => Answer::ServiceDefaults(None),
+            // Community Edition has no such endpoint: one partition, no other to route to.
+            Key::Partitions if absent => Answer::Names(Vec::new()),
             _ if absent => return Err(BodyError::NotFound(body.trim().to_owned())),
             Key::Service { .. } => {
                 Answer::Service(Some(Box::new(serde_json::from_str(body).map_err(json)?)))
@@ -329,6 +352,7 @@ impl Key {
             }
             Key::Services { .. } => Answer::Names(catalog::service_names(body).map_err(json)?),
             Key::Datacenters => Answer::Names(catalog::datacenters(body).map_err(json)?),
+            Key::Partitions => Answer::Names(catalog::partitions(body).map_err(json)?),
             Key::Servers => Answer::Instances(instances(body, None).map_err(json)?),
             Key::FederationStates => {
                 Answer::Federated(federation::mesh_gateways(body).map_err(json)?)
@@ -336,6 +360,8 @@ impl Key {
             Key::Chain { .. } => {
                 Answer::Chain(Box::new(discovery_chain::parse(body).map_err(json)?))
             }
+            Key::GatewayNames { .. } => Answer::Names(catalog::gateway_names(body).map_err(json)?),
+            Key::Resolvers { .. } => Answer::Resolvers(resolver::entries(body).map_err(json)?),
         })
     }
 

@@ -68,7 +68,7 @@ impl Pki {
     /// from now until `not_after`.
     #[allow(
         dead_code,
-        reason = "the operations tests use it, the proxy tests do not"
+        reason = "the operations and proxy tests use it, other test binaries do not"
     )]
     pub fn spiffe_leaf_pem(
         &self,

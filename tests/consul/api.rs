@@ -186,6 +186,19 @@ impl Agent {
         wan: SocketAddr,
         listen_on: &[&str],
     ) {
+        self.register_mesh_gateway_named("mesh-gateway", id, lan, wan, listen_on);
+    }
+
+    /// `register_mesh_gateway` under another service name (the kind is what makes it a
+    /// gateway).
+    pub fn register_mesh_gateway_named(
+        &self,
+        name: &str,
+        id: &str,
+        lan: SocketAddr,
+        wan: SocketAddr,
+        listen_on: &[&str],
+    ) {
         let addr = |a: SocketAddr| json!({"Address": a.ip().to_string(), "Port": a.port()});
         let binds: serde_json::Map<String, Value> = listen_on
             .iter()
@@ -200,7 +213,7 @@ impl Agent {
         self.register(&json!({
             "Kind": "mesh-gateway",
             "ID": id,
-            "Name": "mesh-gateway",
+            "Name": name,
             "Address": lan.ip().to_string(),
             "Port": lan.port(),
             "TaggedAddresses": {"lan": addr(lan), "wan": addr(wan)},

@@ -45,6 +45,8 @@ mod builtin_proxy;
 mod chain;
 mod environment;
 mod follow;
+mod gateway_consul;
+mod gateway_enterprise;
 mod https;
 mod mesh;
 mod onboarding;

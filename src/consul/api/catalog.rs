@@ -13,6 +13,44 @@ pub fn service_names(body: &str) -> Result<Vec<String>, serde_json::Error> {
     Ok(map.into_keys().filter(|n| n != "consul").collect())
 }
 
+/// `GET /v1/internal/ui/services`: the names of the services of kind `mesh-gateway`, sorted
+/// — gateways are found by kind, whatever they were registered as. Consul 1.8 ignores the
+/// documented `filter=ServiceKind == "mesh-gateway"` on `/v1/catalog/services` (it answers
+/// every name, without kinds), while this summary carries each service's `Kind` in every
+/// release; a newer agent's filter would only make the list shorter.
+pub fn gateway_names(body: &str) -> Result<Vec<String>, serde_json::Error> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default, rename_all = "PascalCase")]
+    struct Summary {
+        #[serde(deserialize_with = "nullable")]
+        kind: String,
+        name: String,
+    }
+    let all: Vec<Summary> = nullable(&mut serde_json::Deserializer::from_str(body))?;
+    let mut names: Vec<String> = all
+        .into_iter()
+        .filter(|s| s.kind == super::service::KIND_MESH_GATEWAY)
+        .map(|s| s.name)
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// `GET /v1/partitions` (Enterprise): `[{"Name": "default", ...}, ...]`, names sorted.
+pub fn partitions(body: &str) -> Result<Vec<String>, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Partition {
+        #[serde(rename = "Name")]
+        name: String,
+    }
+    let all: Vec<Partition> = nullable(&mut serde_json::Deserializer::from_str(body))?;
+    let mut names: Vec<String> = all.into_iter().map(|p| p.name).collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
 pub fn datacenters(body: &str) -> Result<Vec<String>, serde_json::Error> {
     let mut dcs: Vec<String> = nullable(&mut serde_json::Deserializer::from_str(body))?;
     dcs.sort();
@@ -41,6 +79,14 @@ mod tests {
             ["dc1", "dc2"]
         );
         assert!(datacenters("null").unwrap().is_empty());
+        // As Consul 1.8.7 answers: Kind absent for a plain service.
+        let ui = r#"[{"Name":"consul","Tags":null},{"Kind":"mesh-gateway","Name":"edge-gw"},
+                     {"Kind":"connect-proxy","Name":"web-sidecar-proxy"},{"Kind":"mesh-gateway","Name":"gw-b"}]"#;
+        assert_eq!(gateway_names(ui).unwrap(), ["edge-gw", "gw-b"]);
+        assert!(gateway_names("null").unwrap().is_empty());
+        let parts = r#"[{"Name":"part2","Description":"","ModifyIndex":20},{"Name":"default","Description":"Builtin Default Partition"}]"#;
+        assert_eq!(partitions(parts).unwrap(), ["default", "part2"]);
+        assert!(partitions("{}").is_err());
         assert!(datacenters("{}").is_err());
     }
 

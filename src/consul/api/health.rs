@@ -42,7 +42,10 @@ pub struct Check {
 }
 
 /// One instance as sidegate keeps it: the address used from inside its own (datacenter,
-/// partition), the one used from elsewhere, and whether its checks pass.
+/// partition), the one used from elsewhere, whether its checks pass, and what a resolver's
+/// subset filter selects on (the service's tags and meta — a sidecar registration carries
+/// its service's — and its node's meta). Empty fields are left out of the saved state, and
+/// absent in one saved before they were kept.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 pub struct Instance {
     pub id: String,
@@ -107,6 +110,10 @@ impl CheckServiceNode {
     fn critical(&self) -> bool {
         self.checks.iter().any(|c| c.status == "critical")
     }
+
+    fn warning(&self) -> bool {
+        !self.critical() && self.checks.iter().any(|c| c.status == "warning")
+    }
 }
 
 /// The instances of an answer that sidegate can dial: of `kind` when given, with usable
@@ -132,7 +139,7 @@ pub fn from_nodes(nodes: &[CheckServiceNode], kind: Option<&str>) -> Vec<Instanc
                 lan: endpoint(&lan_host, lan_port)?,
                 wan: endpoint(&wan_host, wan_port)?,
                 healthy: !n.critical(),
-                warning: n.checks.iter().any(|c| c.status == "warning"),
+                warning: n.warning(),
                 service: n.service.service.clone(),
                 meta: n.service.meta.clone(),
                 tags: n.service.tags.clone(),

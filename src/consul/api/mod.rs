@@ -13,6 +13,7 @@ pub mod config_entry;
 pub mod discovery_chain;
 pub mod federation;
 pub mod health;
+pub mod resolver;
 pub mod service;
 
 use serde::{Deserialize, Deserializer};

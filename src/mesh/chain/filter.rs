@@ -98,6 +98,16 @@ impl Filter {
         })
     }
 
+    /// A filter no instance passes, kept with `text`: for an expression from the agent that
+    /// this evaluator refuses (a file's is refused outright), so its subset fails closed.
+    pub fn nothing(text: &str) -> Filter {
+        let id = |op| Box::new(Expr::Match(Selector::ServiceId, op, String::new()));
+        Filter {
+            text: text.to_owned(),
+            expr: Expr::And(id(Op::IsEmpty), id(Op::IsNotEmpty)),
+        }
+    }
+
     pub fn text(&self) -> &str {
         &self.text
     }
