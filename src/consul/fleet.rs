@@ -646,10 +646,19 @@ impl Diff {
         if self.first_names {
             todo.sweep = true;
         } else if !changed && index > self.explained_upto {
-            self.unexplained.get_or_insert((index, Instant::now()));
+            self.note_unexplained(index);
         }
         self.first_names = false;
         true
+    }
+
+    /// A change of the service table at `index` waits for the checks to explain it: what
+    /// they must reach is the newest index, the wait began with the oldest change.
+    fn note_unexplained(&mut self, index: u64) {
+        self.unexplained = Some(match self.unexplained {
+            Some((newest, since)) => (newest.max(index), since),
+            None => (index, Instant::now()),
+        });
     }
 
     /// The checks poller answered: every check that appeared, went or changed names its
@@ -904,6 +913,34 @@ mod tests {
             BTreeSet::from(["db".to_owned()])
         );
         assert_eq!(d.retries.len(), 1, "the later retry waits");
+    }
+
+    /// A change of the service table the checks have not explained yet is kept as the
+    /// newest index seen (what the checks must reach to explain it) with the oldest time
+    /// (when the wait for them began): keeping the oldest index let checks that explained
+    /// only the first change clear the later ones, which then never made a sweep.
+    #[test]
+    fn unexplained_changes_keep_the_newest_index_and_the_oldest_time() {
+        let mut d = Diff::new();
+        d.first_names = false;
+        d.explained_upto = 3;
+        let first = Instant::now() - Duration::from_millis(100);
+        d.unexplained = Some((5, first));
+        d.note_unexplained(9);
+        assert_eq!(d.unexplained, Some((9, first)));
+        d.note_unexplained(7);
+        assert_eq!(
+            d.unexplained,
+            Some((9, first)),
+            "an older index moves nothing"
+        );
+        // Checks up to 5 explain the first change only: the wait goes on.
+        let mut todo = Todo::default();
+        d.on_checks(5, HashMap::from([(1, check("web", 5, false))]), &mut todo);
+        assert_eq!(d.unexplained, Some((9, first)));
+        let mut todo = Todo::default();
+        d.on_checks(9, HashMap::from([(1, check("web", 9, false))]), &mut todo);
+        assert_eq!(d.unexplained, None);
     }
 
     #[test]
