@@ -48,21 +48,23 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// Thread stacks: these threads wait on sockets and parse JSON of bounded depth.
 const STACK: usize = 256 << 10;
 
-/// The handle kept by the follower; dropping it ends every thread of the fleet (their
-/// current request ends with the client's shutdown).
+/// The handle kept by the follower; dropping it ends every thread of the fleet at once,
+/// with their requests in flight: the fleet's client is its own, and is shut down.
 pub struct Fleet {
     shared: Arc<Shared>,
+    client: Arc<Client>,
 }
 
 impl Fleet {
     pub fn stop(&self) {
         self.shared.stop();
+        self.client.shutdown();
     }
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        self.shared.stop();
+        self.stop();
     }
 }
 
@@ -238,10 +240,12 @@ struct CheckSeen {
 pub fn spawn(
     place: Place,
     namespace: String,
-    client: Arc<Client>,
+    client: &Client,
     timing: Timing,
     tx: SyncSender<Update>,
 ) -> std::io::Result<Fleet> {
+    // Its own connections: the pollers' two, and the workers' kept between fetches.
+    let client = client.own(WORKERS);
     let shared = Arc::new(Shared {
         stop: Stop::default(),
         inbox: Inbox::default(),
@@ -253,6 +257,7 @@ pub fn spawn(
     });
     let fleet = Fleet {
         shared: shared.clone(),
+        client: client.clone(),
     };
     let ctx = Arc::new(Context {
         place,
@@ -991,6 +996,27 @@ mod tests {
             BTreeSet::from(["db".to_owned()])
         );
         assert_eq!(d.retries.len(), 1, "the later retry waits");
+    }
+
+    /// A stopped fleet (a gateway's catalog no longer followed, or its follower replaced)
+    /// closes its long-polls' connections at once, not when their waits end.
+    #[test]
+    fn a_stopped_fleet_closes_its_connections_at_once() {
+        use super::super::watch::tests::{closed_within, silent_agent};
+        let (client, accepted) = silent_agent();
+        let (tx, _updates) = std::sync::mpsc::sync_channel(4);
+        let place = Place::new("dc1", DEFAULT_PARTITION);
+        let fleet = spawn(place, "default".into(), &client, Timing::default(), tx).unwrap();
+        let polls: Vec<_> = (0..POLLERS)
+            .map(|_| accepted.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        drop(fleet);
+        for conn in polls {
+            assert!(
+                closed_within(conn, Duration::from_secs(5)).is_some(),
+                "a stopped fleet's long-poll still holds its connection"
+            );
+        }
     }
 
     /// However many answers the pollers give while the fleet thread is busy, one per poller
