@@ -335,13 +335,19 @@ pub struct Setup {
 
 impl Setup {
     pub fn start(argv: Vec<String>) -> Setup {
+        Setup::start_with(argv, "")
+    }
+
+    /// `start` with `extra` appended to the gateway's configuration.
+    pub fn start_with(argv: Vec<String>, extra: &str) -> Setup {
         let agent = Agent::dev("dc1");
         let dir = Scratch::new("consul-scale");
         let lan = SocketAddr::from(([127, 0, 0, 1], free_port()));
         agent.register_mesh_gateway("mesh-gateway", lan, lan, &["lan"]);
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let toml = gateway_toml(&agent, "mesh-gateway", &dir.0)
-            + &format!("[admin]\nlisten = \"{admin}\"\n");
+            + &format!("[admin]\nlisten = \"{admin}\"\n")
+            + extra;
         let mut gateway = Sidegate::run_with(argv, "gateway", &dir.0, &toml);
         gateway.serving(&[lan.port(), admin.port()]);
         Setup {
@@ -458,7 +464,9 @@ fn a_gateway_follows_a_thousand_services_with_a_few_connections() {
         eprintln!("not run under {runner}: the native run checks the follower at scale");
         return;
     }
-    let s = Setup::start(common::sidegate_argv());
+    // Each watch it starts is logged at debug level, so the log tells whether any service
+    // got a watch (an agent connection) of its own, however short-lived.
+    let s = Setup::start_with(common::sidegate_argv(), "[log]\nlevel = \"debug\"\n");
     let (pid, port) = (s.pid(), s.agent.http.port());
     // Sampled from the first service on: the follower reconciles its watches with every
     // new names list, and the bound holds at every moment, not only at rest.
@@ -514,13 +522,24 @@ fn a_gateway_follows_a_thousand_services_with_a_few_connections() {
     restarted_from_its_saved_state(s, r.len());
 }
 
+/// The watches a gateway's log says it started for `what` (`Services`: a fleet, `Connect`: a
+/// service of its own).
+fn watching(log: &[String], what: &str) -> usize {
+    log.iter()
+        .filter(|l| l.contains(&format!("consul: watching {what}")))
+        .count()
+}
+
 /// Restarted with the agent up, the gateway knows its names from its saved state before its
-/// fleet runs; still no service gets a watch (an agent connection) of its own. Each watch it
-/// starts is logged at debug level, so the log tells, however short-lived one would be.
+/// fleet runs; still no service gets a watch (an agent connection) of its own.
 fn restarted_from_its_saved_state(mut s: Setup, routes_before: usize) {
-    let config = s._dir.path("gateway.toml");
-    let toml = std::fs::read_to_string(&config).unwrap() + "[log]\nlevel = \"debug\"\n";
-    std::fs::write(&config, toml).unwrap();
+    let log = s.gateway.stop();
+    assert_eq!(watching(&log, "Services"), 1, "one fleet: {log:#?}");
+    assert_eq!(
+        watching(&log, "Connect"),
+        0,
+        "services watched one by one while 1,000 came and changed"
+    );
     s.gateway.restart();
     // The restarted gateway reconciles its saved names first: sampled from its start.
     let sampler = Sampler::start(s.pid(), s.agent.http.port());
@@ -546,14 +565,12 @@ fn restarted_from_its_saved_state(mut s: Setup, routes_before: usize) {
     );
     drop(sampler);
     let log = s.gateway.stop();
-    let watching = |what: &str| {
-        log.iter()
-            .filter(|l| l.contains(&format!("consul: watching {what}")))
-            .count()
-    };
-    assert!(watching("Services") >= 1, "no fleet started: {log:#?}");
+    assert!(
+        watching(&log, "Services") >= 1,
+        "no fleet started: {log:#?}"
+    );
     assert_eq!(
-        watching("Connect"),
+        watching(&log, "Connect"),
         0,
         "services watched one by one after a restart"
     );
