@@ -92,6 +92,8 @@ pub struct Reply {
 
 pub struct Client {
     agent: Agent,
+    /// How this client's agent was made, to make another like it (`own`).
+    maker: Arc<Maker>,
     /// The prefix of request URLs: the agent's address, or with `CONSUL_TLS_SERVER_NAME`
     /// that name (which `AgentAt` resolves to the address).
     base: String,
@@ -100,12 +102,30 @@ pub struct Client {
     token: Option<Token>,
 }
 
-impl Client {
+/// What a ureq agent for the Consul agent is made of, kept so that each watch can have one
+/// of its own (`Client::own`). The TLS settings are made (and their warnings logged) once.
+struct Maker {
+    tls: TlsConfig,
+    route: Route,
+}
+
+/// How a connection reaches the agent.
+enum Route {
+    /// The agent's Unix socket; the URL's host only fills the Host header.
+    Unix(String),
+    /// The configured address, whatever host the URL names (`CONSUL_TLS_SERVER_NAME`).
+    At(String),
+    /// The URL's host and port.
+    Direct,
+}
+
+impl Maker {
+    /// A ureq agent keeping up to `idle` connections open between requests.
     #[allow(
         clippy::disallowed_methods,
         reason = "the one place that builds the Consul agent's HTTP client"
     )]
-    pub fn new(settings: &Settings) -> Arc<Client> {
+    fn agent(&self, idle: usize) -> Agent {
         let config = Agent::config_builder()
             .http_status_as_error(false)
             // A redirect could carry the token to another host; the agent never redirects.
@@ -114,42 +134,68 @@ impl Client {
             .proxy(None)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             // Connections kept open between requests count against the agent's limit per
-            // client address (`http_max_conns_per_client`) like busy ones: keep as many as
-            // a gateway's fetch workers use at once.
-            .max_idle_connections(IDLE_CONNECTIONS)
-            .max_idle_connections_per_host(IDLE_CONNECTIONS)
+            // client address (`http_max_conns_per_client`) like busy ones.
+            .max_idle_connections(idle)
+            .max_idle_connections_per_host(idle)
             .timeout_global(Some(SHORT_TIMEOUT))
             .user_agent(concat!("sidegate/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls_config(settings))
+            .tls_config(self.tls.clone())
             .build();
-        let shown = settings.address.base();
-        let (agent, base) = match &settings.tls_server_name {
-            // The socket is the agent; the URL's host only fills the Host header.
-            _ if settings.address.scheme == Scheme::Unix => (
-                Agent::with_parts(
-                    config,
-                    super::unix::UnixConnector(settings.address.authority.clone().into()),
-                    super::unix::NoResolve,
-                ),
-                "http://localhost".to_owned(),
+        match &self.route {
+            Route::Unix(path) => Agent::with_parts(
+                config,
+                super::unix::UnixConnector(path.into()),
+                super::unix::NoResolve,
             ),
             // The URL names the server name, so that ureq sends it as SNI and verifies the
             // certificate for it; the connection still goes to the configured address.
-            Some(name) => (
-                Agent::with_parts(
-                    config,
-                    DefaultConnector::new(),
-                    AgentAt(settings.address.authority.clone()),
-                ),
-                with_host(&settings.address.authority, name),
-            ),
-            None => (Agent::new_with_config(config), shown.clone()),
+            Route::At(authority) => {
+                Agent::with_parts(config, DefaultConnector::new(), AgentAt(authority.clone()))
+            }
+            Route::Direct => Agent::new_with_config(config),
+        }
+    }
+}
+
+impl Client {
+    pub fn new(settings: &Settings) -> Arc<Client> {
+        let shown = settings.address.base();
+        let authority = settings.address.authority.clone();
+        let (route, base) = match &settings.tls_server_name {
+            _ if settings.address.scheme == Scheme::Unix => {
+                (Route::Unix(authority), "http://localhost".to_owned())
+            }
+            Some(name) => {
+                let base = with_host(&authority, name);
+                (Route::At(authority), base)
+            }
+            None => (Route::Direct, shown.clone()),
         };
+        let maker = Arc::new(Maker {
+            tls: tls_config(settings),
+            route,
+        });
         Arc::new(Client {
-            agent,
+            agent: maker.agent(IDLE_CONNECTIONS),
+            maker,
             base,
             shown,
             token: settings.token.clone(),
+        })
+    }
+
+    /// A client for the same agent, with the same settings and token, but connections of its
+    /// own (up to `idle` kept between requests): its `shutdown` ends its own requests only.
+    /// Each watch has one, so that a watch no longer needed closes its connection at once
+    /// rather than when its blocking query's wait ends (up to 5 minutes), which a shared
+    /// pool of connections cannot do for one request.
+    pub fn own(&self, idle: usize) -> Arc<Client> {
+        Arc::new(Client {
+            agent: self.maker.agent(idle),
+            maker: self.maker.clone(),
+            base: self.base.clone(),
+            shown: self.shown.clone(),
+            token: self.token.clone(),
         })
     }
 

@@ -20,7 +20,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -48,21 +48,23 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// Thread stacks: these threads wait on sockets and parse JSON of bounded depth.
 const STACK: usize = 256 << 10;
 
-/// The handle kept by the follower; dropping it ends every thread of the fleet (their
-/// current request ends with the client's shutdown).
+/// The handle kept by the follower; dropping it ends every thread of the fleet at once,
+/// with their requests in flight: the fleet's client is its own, and is shut down.
 pub struct Fleet {
     shared: Arc<Shared>,
+    client: Arc<Client>,
 }
 
 impl Fleet {
     pub fn stop(&self) {
         self.shared.stop();
+        self.client.shutdown();
     }
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        self.shared.stop();
+        self.stop();
     }
 }
 
@@ -76,6 +78,7 @@ struct Job {
 
 struct Shared {
     stop: Stop,
+    inbox: Inbox,
     queue: Mutex<Queue>,
     ready: Condvar,
     told: Mutex<Told>,
@@ -107,6 +110,7 @@ struct Queue {
 impl Shared {
     fn stop(&self) {
         self.stop.stop();
+        self.inbox.close();
         let _guard = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         self.ready.notify_all();
     }
@@ -140,17 +144,85 @@ impl Shared {
     }
 }
 
-/// What the pollers and workers tell the fleet thread.
-enum Event {
-    Names(u64, Vec<String>),
-    Checks(u64, HashMap<u64, CheckSeen>),
+/// What the pollers and workers tell the fleet thread, coalesced: of each poller only its
+/// newest answer waits (a newer one replaces it), so a slow fleet thread holds at most two
+/// answers besides the one it diffs, however fast the agent answers (a queue of them held
+/// 88 MiB once: every `/v1/health/state/any` answer for 30,000 checks is about 2.6 MiB).
+/// The diff compares with the last answer it took, so a skipped answer loses nothing.
+#[derive(Default)]
+struct Pending {
+    names: Option<(u64, Vec<String>)>,
+    checks: Option<(u64, HashMap<u64, CheckSeen>)>,
     /// A poller failed: after it answers again, everything is fetched again (the agent may
     /// have restarted with another state).
-    PollFailed,
-    /// A fetch failed: try it again later.
-    FetchFailed(String),
+    poll_failed: bool,
+    /// Fetches that failed: try them again later.
+    fetch_failed: BTreeSet<String>,
     /// A worker learned a new proxy name: it leaves the names told.
-    Learned,
+    learned: bool,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.names.is_none()
+            && self.checks.is_none()
+            && !self.poll_failed
+            && self.fetch_failed.is_empty()
+            && !self.learned
+    }
+}
+
+/// The fleet thread's inbox; once closed (the fleet stopped), nothing more is taken in.
+#[derive(Default)]
+struct Inbox {
+    pending: Mutex<(Pending, bool)>,
+    arrived: Condvar,
+}
+
+impl Inbox {
+    /// Adds to what is pending; false once closed.
+    fn put(&self, f: impl FnOnce(&mut Pending)) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if p.1 {
+            return false;
+        }
+        f(&mut p.0);
+        self.arrived.notify_one();
+        true
+    }
+
+    fn close(&self) {
+        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        p.1 = true;
+        self.arrived.notify_all();
+    }
+
+    /// Everything pending, once something is or `until` passed (then possibly nothing);
+    /// `None` once closed.
+    fn take(&self, until: Option<Instant>) -> Option<Pending> {
+        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if p.1 {
+                return None;
+            }
+            if !p.0.is_empty() {
+                return Some(std::mem::take(&mut p.0));
+            }
+            p = match until {
+                None => self.arrived.wait(p).unwrap_or_else(PoisonError::into_inner),
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Some(Pending::default());
+                    }
+                    self.arrived
+                        .wait_timeout(p, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
 }
 
 /// One check as the diff needs it, kept for every check of the place between answers:
@@ -168,12 +240,15 @@ struct CheckSeen {
 pub fn spawn(
     place: Place,
     namespace: String,
-    client: Arc<Client>,
+    client: &Client,
     timing: Timing,
     tx: SyncSender<Update>,
 ) -> std::io::Result<Fleet> {
+    // Its own connections: the pollers' two, and the workers' kept between fetches.
+    let client = client.own(WORKERS);
     let shared = Arc::new(Shared {
         stop: Stop::default(),
+        inbox: Inbox::default(),
         queue: Mutex::new(Queue::default()),
         ready: Condvar::new(),
         told: Mutex::new(Told::default()),
@@ -182,8 +257,8 @@ pub fn spawn(
     });
     let fleet = Fleet {
         shared: shared.clone(),
+        client: client.clone(),
     };
-    let (events, inbox) = mpsc::channel();
     let ctx = Arc::new(Context {
         place,
         namespace,
@@ -194,15 +269,17 @@ pub fn spawn(
     });
     for n in 0..WORKERS {
         let c = ctx.clone();
-        let events = events.clone();
-        thread(&format!("sidegate-fetch{n}"), move || c.work(&events))?;
+        thread(&format!("sidegate-fetch{n}"), move || c.work())?;
     }
     let c = ctx.clone();
-    let e = events.clone();
-    thread("sidegate-names", move || c.poll_names(&e))?;
+    thread("sidegate-names", move || c.poll_names())?;
     let c = ctx.clone();
-    thread("sidegate-checks", move || c.poll_checks(&events))?;
-    thread("sidegate-fleet", move || ctx.diff(&inbox))?;
+    thread("sidegate-checks", move || c.poll_checks())?;
+    thread("sidegate-fleet", move || {
+        ctx.diff();
+        // The follower is gone (or the fleet stopped): the other threads end too.
+        ctx.shared.stop();
+    })?;
     Ok(fleet)
 }
 
@@ -248,12 +325,7 @@ impl Context {
 
     /// One blocking query, followed with Consul's client rules; `seen` gets each answer
     /// whose index moved (false: stop).
-    fn poll(
-        &self,
-        req: &Request,
-        events: &Sender<Event>,
-        mut seen: impl FnMut(u64, &Reply) -> Result<bool, ApiError>,
-    ) {
+    fn poll(&self, req: &Request, mut seen: impl FnMut(u64, &Reply) -> Result<bool, ApiError>) {
         let stop = &self.shared.stop;
         let mut index = 0u64;
         let mut backoff = Backoff::new(self.timing.retry_min, self.timing.retry_max);
@@ -280,7 +352,8 @@ impl Context {
                 Ok(false) => return,
                 Err(e) => {
                     index = 0;
-                    let failed = events.send(Event::PollFailed).is_err()
+                    let inbox = &self.shared.inbox;
+                    let failed = !inbox.put(|p| p.poll_failed = true)
                         || self
                             .tx
                             .send(Update {
@@ -296,30 +369,30 @@ impl Context {
         }
     }
 
-    fn poll_names(&self, events: &Sender<Event>) {
+    fn poll_names(&self) {
         let req = self.enterprise(Request::new("/v1/catalog/services".into()));
-        self.poll(&req, events, |index, reply| {
+        self.poll(&req, |index, reply| {
             let names = catalog::service_names(&reply.body)
                 .map_err(|e| ApiError::body(req.shown("GET", &Blocking::No), e))?;
-            Ok(events.send(Event::Names(index, names)).is_ok())
+            Ok(self.shared.inbox.put(|p| p.names = Some((index, names))))
         });
     }
 
-    fn poll_checks(&self, events: &Sender<Event>) {
+    fn poll_checks(&self) {
         let req = self.enterprise(Request::new("/v1/health/state/any".into()));
-        self.poll(&req, events, |index, reply| {
+        self.poll(&req, |index, reply| {
             let checks = checks(&reply.body)
                 .map_err(|e| ApiError::body(req.shown("GET", &Blocking::No), e))?;
-            Ok(events.send(Event::Checks(index, checks)).is_ok())
+            Ok(self.shared.inbox.put(|p| p.checks = Some((index, checks))))
         });
     }
 
     /// A worker: fetches queued names until stopped.
-    fn work(&self, events: &Sender<Event>) {
+    fn work(&self) {
+        let inbox = &self.shared.inbox;
         while let Some(job) = self.shared.next() {
             let result = self.fetch(&job);
-            if self.shared.learned.swap(false, Ordering::SeqCst)
-                && events.send(Event::Learned).is_err()
+            if self.shared.learned.swap(false, Ordering::SeqCst) && !inbox.put(|p| p.learned = true)
             {
                 return;
             }
@@ -335,7 +408,11 @@ impl Context {
                     key,
                     result: Err(e),
                 });
-                if sent.is_err() || events.send(Event::FetchFailed(job.name)).is_err() {
+                if sent.is_err()
+                    || !inbox.put(|p| {
+                        p.fetch_failed.insert(job.name);
+                    })
+                {
                     return;
                 }
             }
@@ -455,36 +532,42 @@ impl Context {
         Ok(())
     }
 
-    /// The fleet thread: turns the pollers' answers into names to fetch.
-    fn diff(&self, inbox: &Receiver<Event>) {
+    /// The fleet thread: turns the pollers' answers into names to fetch. Returns once the
+    /// fleet stopped or the follower is gone.
+    fn diff(&self) {
         let mut diff = Diff::new();
-        loop {
-            let now = Instant::now();
-            let event = match diff.deadline() {
-                Some(u) => inbox.recv_timeout(u.saturating_duration_since(now)),
-                None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
+        while let Some(got) = self.shared.inbox.take(diff.deadline()) {
             if self.shared.stop.is_stopped() {
                 return;
             }
+            let Pending {
+                names,
+                checks,
+                poll_failed,
+                fetch_failed,
+                learned,
+            } = got;
+            if learned && !self.tell_names(&diff.names, false) {
+                return;
+            }
+            diff.sweep_due |= poll_failed;
+            for name in fetch_failed {
+                diff.on_fetch_failed(name, self.timing.retry_min);
+            }
+            let answered = names.is_some() || checks.is_some();
+            // The names first: checks taken with them may explain the change they show.
             let mut todo = Todo::default();
-            let answered = matches!(&event, Ok(Event::Names(..) | Event::Checks(..)));
-            match event {
-                Ok(Event::Names(index, list)) => {
-                    if !diff.on_names(self, index, list, &mut todo) {
-                        return;
-                    }
+            if let Some((index, list)) = names {
+                if !diff.on_names(self, index, list, &mut todo) {
+                    return;
                 }
-                Ok(Event::Checks(index, answer)) => diff.on_checks(index, answer, &mut todo),
-                Ok(Event::Learned) => {
-                    if !self.tell_names(&diff.names, false) {
-                        return;
-                    }
-                }
-                Ok(Event::PollFailed) => diff.sweep_due = true,
-                Ok(Event::FetchFailed(name)) => diff.on_fetch_failed(name, self.timing.retry_min),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if let Some((index, answer)) = checks {
+                // `on_checks` reads a fresh `Todo`'s empty names as "touched no service".
+                let mut touched = Todo::default();
+                diff.on_checks(index, answer, &mut touched);
+                todo.names.extend(touched.names);
+                todo.sweep |= touched.sweep;
             }
             for name in diff.due(answered, todo) {
                 if diff.names.contains(&name) || self.shared.destinations(&name).is_some() {
@@ -646,10 +729,19 @@ impl Diff {
         if self.first_names {
             todo.sweep = true;
         } else if !changed && index > self.explained_upto {
-            self.unexplained.get_or_insert((index, Instant::now()));
+            self.note_unexplained(index);
         }
         self.first_names = false;
         true
+    }
+
+    /// A change of the service table at `index` waits for the checks to explain it: what
+    /// they must reach is the newest index, the wait began with the oldest change.
+    fn note_unexplained(&mut self, index: u64) {
+        self.unexplained = Some(match self.unexplained {
+            Some((newest, since)) => (newest.max(index), since),
+            None => (index, Instant::now()),
+        });
     }
 
     /// The checks poller answered: every check that appeared, went or changed names its
@@ -904,6 +996,86 @@ mod tests {
             BTreeSet::from(["db".to_owned()])
         );
         assert_eq!(d.retries.len(), 1, "the later retry waits");
+    }
+
+    /// A stopped fleet (a gateway's catalog no longer followed, or its follower replaced)
+    /// closes its long-polls' connections at once, not when their waits end.
+    #[test]
+    fn a_stopped_fleet_closes_its_connections_at_once() {
+        use super::super::watch::tests::{closed_within, silent_agent};
+        let (client, accepted) = silent_agent();
+        let (tx, _updates) = std::sync::mpsc::sync_channel(4);
+        let place = Place::new("dc1", DEFAULT_PARTITION);
+        let fleet = spawn(place, "default".into(), &client, Timing::default(), tx).unwrap();
+        let polls: Vec<_> = (0..POLLERS)
+            .map(|_| accepted.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        drop(fleet);
+        for conn in polls {
+            assert!(
+                closed_within(conn, Duration::from_secs(5)).is_some(),
+                "a stopped fleet's long-poll still holds its connection"
+            );
+        }
+    }
+
+    /// However many answers the pollers give while the fleet thread is busy, one per poller
+    /// waits, the newest; what the workers report waits with them, once per name.
+    #[test]
+    fn the_inbox_keeps_only_each_pollers_newest_answer() {
+        let inbox = Inbox::default();
+        for i in 1..=50u64 {
+            let checks = HashMap::from([(i, check("web", i, false))]);
+            assert!(inbox.put(|p| p.checks = Some((i, checks))));
+            assert!(inbox.put(|p| p.names = Some((i, vec![format!("svc-{i}")]))));
+            assert!(inbox.put(|p| {
+                p.fetch_failed.insert("db".into());
+            }));
+        }
+        let got = inbox.take(None).unwrap();
+        let (index, checks) = got.checks.unwrap();
+        assert_eq!((index, checks.len()), (50, 1));
+        assert!(checks.contains_key(&50));
+        assert_eq!(got.names, Some((50, vec!["svc-50".to_owned()])));
+        assert_eq!(got.fetch_failed, BTreeSet::from(["db".to_owned()]));
+        assert!(!got.poll_failed && !got.learned);
+        // Taken: nothing waits; a deadline ends the wait with nothing.
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(inbox.take(Some(soon)).unwrap().is_empty());
+        // What comes after a take is the next take's; once closed, nothing is taken in.
+        assert!(inbox.put(|p| p.learned = true));
+        assert!(inbox.take(Some(soon)).unwrap().learned);
+        inbox.close();
+        assert!(!inbox.put(|p| p.poll_failed = true));
+        assert!(inbox.take(None).is_none(), "closed: the fleet thread ends");
+    }
+
+    /// A change of the service table the checks have not explained yet is kept as the
+    /// newest index seen (what the checks must reach to explain it) with the oldest time
+    /// (when the wait for them began): keeping the oldest index let checks that explained
+    /// only the first change clear the later ones, which then never made a sweep.
+    #[test]
+    fn unexplained_changes_keep_the_newest_index_and_the_oldest_time() {
+        let mut d = Diff::new();
+        d.first_names = false;
+        d.explained_upto = 3;
+        let first = Instant::now() - Duration::from_millis(100);
+        d.unexplained = Some((5, first));
+        d.note_unexplained(9);
+        assert_eq!(d.unexplained, Some((9, first)));
+        d.note_unexplained(7);
+        assert_eq!(
+            d.unexplained,
+            Some((9, first)),
+            "an older index moves nothing"
+        );
+        // Checks up to 5 explain the first change only: the wait goes on.
+        let mut todo = Todo::default();
+        d.on_checks(5, HashMap::from([(1, check("web", 5, false))]), &mut todo);
+        assert_eq!(d.unexplained, Some((9, first)));
+        let mut todo = Todo::default();
+        d.on_checks(9, HashMap::from([(1, check("web", 9, false))]), &mut todo);
+        assert_eq!(d.unexplained, None);
     }
 
     #[test]

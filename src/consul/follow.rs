@@ -529,7 +529,7 @@ impl Coordinator {
                 fleet::spawn(
                     place.clone(),
                     namespace,
-                    self.client.clone(),
+                    &self.client,
                     self.options.timing,
                     self.tx.clone(),
                 )
@@ -537,7 +537,7 @@ impl Coordinator {
             }
             _ => watch::spawn(
                 key.clone(),
-                self.client.clone(),
+                &self.client,
                 self.options.timing,
                 self.tx.clone(),
             ),

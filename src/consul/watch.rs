@@ -408,9 +408,13 @@ impl Default for Timing {
     }
 }
 
-/// A running watch; dropping the handle (or `stop`) ends it after its current request.
+/// A running watch; dropping the handle (or `stop`) ends it at once, its request in flight
+/// too: the key is no longer needed, and its blocking query would otherwise hold a thread
+/// and an agent connection until its wait ends (up to 5 minutes).
 pub struct Watch {
     stop: Arc<Stop>,
+    /// The watch's own client (`None` for a fleet, which has its own).
+    client: Option<Arc<Client>>,
     /// A gateway's catalog is followed by a fleet of threads rather than one.
     fleet: Option<super::fleet::Fleet>,
 }
@@ -419,6 +423,7 @@ impl From<super::fleet::Fleet> for Watch {
     fn from(fleet: super::fleet::Fleet) -> Watch {
         Watch {
             stop: Arc::new(Stop::default()),
+            client: None,
             fleet: Some(fleet),
         }
     }
@@ -426,7 +431,11 @@ impl From<super::fleet::Fleet> for Watch {
 
 impl Watch {
     pub fn stop(&self) {
+        // Stop first: the thread, woken by the shutdown, then ends instead of retrying.
         self.stop.stop();
+        if let Some(c) = &self.client {
+            c.shutdown();
+        }
         if let Some(f) = &self.fleet {
             f.stop();
         }
@@ -443,19 +452,32 @@ impl Drop for Watch {
 /// hundreds of them cheap.
 const STACK: usize = 256 << 10;
 
+/// Starts following `key` with a client of its own made from `client` (the same agent and
+/// settings), so that stopping the watch closes its connection.
 pub fn spawn(
     key: Key,
-    client: Arc<Client>,
+    client: &Client,
     timing: Timing,
     tx: SyncSender<Update>,
 ) -> std::io::Result<Watch> {
+    // A blocking query asks again as soon as it is answered: its connection is kept for
+    // that. A poll asks again after minutes: it keeps none open in between.
+    let idle = match key.style() {
+        Style::Poll(_) => 0,
+        Style::Hash | Style::Index => 1,
+    };
+    let own = client.own(idle);
     let stop = Arc::new(Stop::default());
-    let flag = stop.clone();
+    let (flag, c) = (stop.clone(), own.clone());
     std::thread::Builder::new()
         .name("sidegate-watch".into())
         .stack_size(STACK)
-        .spawn(move || follow_key(&key, &client, timing, &tx, &flag))?;
-    Ok(Watch { stop, fleet: None })
+        .spawn(move || follow_key(&key, &c, timing, &tx, &flag))?;
+    Ok(Watch {
+        stop,
+        client: Some(own),
+        fleet: None,
+    })
 }
 
 fn follow_key(key: &Key, client: &Client, timing: Timing, tx: &SyncSender<Update>, stop: &Stop) {
@@ -539,8 +561,9 @@ fn follow_key(key: &Key, client: &Client, timing: Timing, tx: &SyncSender<Update
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use std::sync::mpsc;
 
     fn reply(status: u16, body: &str) -> Reply {
         Reply {
@@ -549,6 +572,78 @@ mod tests {
             index: Some(1),
             hash: None,
         }
+    }
+
+    /// An "agent" that takes connections and never answers, as one holding a blocking
+    /// query does; each accepted connection is handed over.
+    pub(crate) fn silent_agent() -> (Arc<Client>, mpsc::Receiver<std::net::TcpStream>) {
+        use crate::config::consul::settings::{resolve, FileKeys};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let settings = resolve(
+            FileKeys {
+                address: Some(listener.local_addr().unwrap().to_string()),
+                gateway_service_id: Some("gw".into()),
+                ..FileKeys::default()
+            },
+            &|_| None,
+        )
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                if tx.send(s.unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        (Client::new(&settings), rx)
+    }
+
+    /// How long until the peer of `s` closes it (its read sees the end), up to `within`.
+    pub(crate) fn closed_within(mut s: std::net::TcpStream, within: Duration) -> Option<Duration> {
+        use std::io::Read;
+        let started = Instant::now();
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Some(started.elapsed()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Some(started.elapsed())
+                }
+                Err(_) => return None,
+            }
+            if started.elapsed() > within {
+                return None;
+            }
+        }
+    }
+
+    /// A watch no longer needed closes its connection at once, its request in flight
+    /// included: it waited for its blocking query to end (up to 5 minutes), an agent
+    /// connection held for nothing, while the client's other watches go on.
+    #[test]
+    fn a_stopped_watch_closes_its_connection_at_once() {
+        let (client, accepted) = silent_agent();
+        let (tx, _updates) = mpsc::sync_channel(4);
+        let timing = Timing::default();
+        let kept = spawn(Key::Roots, &client, timing, tx.clone()).unwrap();
+        let kept_conn = accepted.recv_timeout(Duration::from_secs(10)).unwrap();
+        let dropped = spawn(Key::Roots, &client, timing, tx).unwrap();
+        let conn = accepted.recv_timeout(Duration::from_secs(10)).unwrap();
+        drop(dropped);
+        let took = closed_within(conn, Duration::from_secs(5));
+        assert!(
+            took.is_some(),
+            "the stopped watch's request still holds its connection"
+        );
+        assert_eq!(
+            closed_within(kept_conn, Duration::from_millis(300)),
+            None,
+            "the other watch's request was ended too"
+        );
+        drop(kept);
     }
 
     #[test]

@@ -335,13 +335,19 @@ pub struct Setup {
 
 impl Setup {
     pub fn start(argv: Vec<String>) -> Setup {
+        Setup::start_with(argv, "")
+    }
+
+    /// `start` with `extra` appended to the gateway's configuration.
+    pub fn start_with(argv: Vec<String>, extra: &str) -> Setup {
         let agent = Agent::dev("dc1");
         let dir = Scratch::new("consul-scale");
         let lan = SocketAddr::from(([127, 0, 0, 1], free_port()));
         agent.register_mesh_gateway("mesh-gateway", lan, lan, &["lan"]);
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let toml = gateway_toml(&agent, "mesh-gateway", &dir.0)
-            + &format!("[admin]\nlisten = \"{admin}\"\n");
+            + &format!("[admin]\nlisten = \"{admin}\"\n")
+            + extra;
         let mut gateway = Sidegate::run_with(argv, "gateway", &dir.0, &toml);
         gateway.serving(&[lan.port(), admin.port()]);
         Setup {
@@ -393,9 +399,21 @@ impl Setup {
     }
 }
 
+/// What one round of `changes` measured.
+pub struct Round {
+    /// How long each change took to reach the plan in service.
+    pub times: [Duration; 4],
+    /// The most agent connections counted right after each change reached the plan: the
+    /// follower has just reconciled its watches with the new names.
+    pub connections: usize,
+}
+
 /// The four changes the issue names, each timed from the agent's answer to the change until
 /// the gateway's plan in service shows it. `k` makes names unique per round.
-pub fn changes(s: &Setup, fleet: &mut Fleet, k: usize, within: Duration) -> [Duration; 4] {
+pub fn changes(s: &Setup, fleet: &mut Fleet, k: usize, within: Duration) -> Round {
+    let (pid, port) = (s.pid(), s.agent.http.port());
+    let mut connections = 0;
+    let mut count = || connections = connections.max(connections_to(pid, port));
     // Every instance has a port of its own, so its endpoint in the plan is its route's; the
     // routes are checked in full at the end of the test.
     let endpoint = |port: u16| format!("\"127.0.0.1:{port}\"");
@@ -403,21 +421,37 @@ pub fn changes(s: &Setup, fleet: &mut Fleet, k: usize, within: Duration) -> [Dur
     let svc = format!("svc-{}", 3 * k);
     let port = fleet.add_instance(&svc);
     let new_instance = s.time_until("a new instance", within, |c| c.contains(&endpoint(port)));
+    count();
     // A service with two instances: its first one goes critical and leaves the route.
     let svc = format!("svc-{}", 3 * k + 1);
     let port = fleet.make_critical(&svc);
     let critical = s.time_until("an instance going critical", within, |c| {
         !c.contains(&endpoint(port))
     });
+    count();
     let svc = format!("new-{k}");
     fleet.add_service(&svc, 1);
     let port = fleet.instances[&svc][0].2;
     let new_service = s.time_until("a new service", within, |c| c.contains(&endpoint(port)));
+    count();
     let svc = format!("svc-{}", 3 * k + 2);
     let route = format!("\"svc-{}.default.", 3 * k + 2);
     fleet.remove_service(&svc);
     let removed = s.time_until("a removed service", within, |c| !c.contains(&route));
-    [new_instance, critical, new_service, removed]
+    count();
+    Round {
+        times: [new_instance, critical, new_service, removed],
+        connections,
+    }
+}
+
+/// Sidegate's connections to the agent now, held to the bound; `when` names the moment.
+fn assert_bound(s: &Setup, when: &str) {
+    let n = connections_to(s.pid(), s.agent.http.port());
+    assert!(
+        n <= MAX_AGENT_CONNECTIONS,
+        "{n} agent connections {when} (bound {MAX_AGENT_CONNECTIONS})"
+    );
 }
 
 #[test]
@@ -430,24 +464,38 @@ fn a_gateway_follows_a_thousand_services_with_a_few_connections() {
         eprintln!("not run under {runner}: the native run checks the follower at scale");
         return;
     }
-    let s = Setup::start(common::sidegate_argv());
+    // Each watch it starts is logged at debug level, so the log tells whether any service
+    // got a watch (an agent connection) of its own, however short-lived.
+    let s = Setup::start_with(common::sidegate_argv(), "[log]\nlevel = \"debug\"\n");
     let (pid, port) = (s.pid(), s.agent.http.port());
+    // Sampled from the first service on: the follower reconciles its watches with every
+    // new names list, and the bound holds at every moment, not only at rest.
+    let sampler = Sampler::start(pid, port);
     let mut fleet = Fleet::new(&s.agent);
     fleet.add_services(0..10);
     s.wait_routes(10, RAMP_WITHIN);
+    assert_bound(&s, "right after the first 10 services were routed");
     let threads_at_10 = threads(pid);
 
-    let sampler = Sampler::start(pid, port);
     let started = Instant::now();
     fleet.add_services(10..1000);
     let registered = started.elapsed();
+    assert_bound(&s, "right after 990 services were registered");
     s.wait_routes(1000, RAMP_WITHIN);
     let followed = started.elapsed();
-    let times = changes(&s, &mut fleet, 0, FOLLOW_WITHIN);
+    assert_bound(&s, "right after 1,000 services were routed");
+    let round = changes(&s, &mut fleet, 0, FOLLOW_WITHIN);
     eprintln!(
-        "1,000 services: registered in {registered:?}, routed after {followed:?}; changes (new instance, critical, new service, removed): {times:?}; at most {} agent connections; threads {threads_at_10} → {}",
+        "1,000 services: registered in {registered:?}, routed after {followed:?}; changes (new instance, critical, new service, removed): {:?}, {} agent connections right after them; at most {} agent connections; threads {threads_at_10} → {}",
+        round.times,
+        round.connections,
         sampler.max(),
         threads(pid)
+    );
+    assert!(
+        round.connections <= MAX_AGENT_CONNECTIONS,
+        "{} agent connections right after a change",
+        round.connections
     );
     assert!(sampler.max() >= 2, "the sampler sees the blocking queries");
     assert!(
@@ -474,14 +522,27 @@ fn a_gateway_follows_a_thousand_services_with_a_few_connections() {
     restarted_from_its_saved_state(s, r.len());
 }
 
+/// The watches a gateway's log says it started for `what` (`Services`: a fleet, `Connect`: a
+/// service of its own).
+fn watching(log: &[String], what: &str) -> usize {
+    log.iter()
+        .filter(|l| l.contains(&format!("consul: watching {what}")))
+        .count()
+}
+
 /// Restarted with the agent up, the gateway knows its names from its saved state before its
-/// fleet runs; still no service gets a watch (an agent connection) of its own. Each watch it
-/// starts is logged at debug level, so the log tells, however short-lived one would be.
+/// fleet runs; still no service gets a watch (an agent connection) of its own.
 fn restarted_from_its_saved_state(mut s: Setup, routes_before: usize) {
-    let config = s._dir.path("gateway.toml");
-    let toml = std::fs::read_to_string(&config).unwrap() + "[log]\nlevel = \"debug\"\n";
-    std::fs::write(&config, toml).unwrap();
+    let log = s.gateway.stop();
+    assert_eq!(watching(&log, "Services"), 1, "one fleet: {log:#?}");
+    assert_eq!(
+        watching(&log, "Connect"),
+        0,
+        "services watched one by one while 1,000 came and changed"
+    );
     s.gateway.restart();
+    // The restarted gateway reconciles its saved names first: sampled from its start.
+    let sampler = Sampler::start(s.pid(), s.agent.http.port());
     s.gateway.serving(&[s.admin.port()]);
     eventually_within(RAMP_WITHIN, "the routes again after a restart", || {
         // 503 until the saved state is in service.
@@ -496,15 +557,20 @@ fn restarted_from_its_saved_state(mut s: Setup, routes_before: usize) {
             Err(format!("{n} routes"))
         }
     });
+    assert_bound(&s, "right after a restart routed the saved names");
+    assert!(
+        sampler.max() <= MAX_AGENT_CONNECTIONS,
+        "{} connections to the agent after a restart",
+        sampler.max()
+    );
+    drop(sampler);
     let log = s.gateway.stop();
-    let watching = |what: &str| {
-        log.iter()
-            .filter(|l| l.contains(&format!("consul: watching {what}")))
-            .count()
-    };
-    assert!(watching("Services") >= 1, "no fleet started: {log:#?}");
+    assert!(
+        watching(&log, "Services") >= 1,
+        "no fleet started: {log:#?}"
+    );
     assert_eq!(
-        watching("Connect"),
+        watching(&log, "Connect"),
         0,
         "services watched one by one after a restart"
     );
@@ -555,9 +621,11 @@ fn consul_scale_benchmark() {
     drop(sampler);
     let sampler = Sampler::start(pid, port);
     let mut kinds: [Vec<Duration>; 4] = Default::default();
+    let mut after_changes = 0;
     for k in 0..rounds {
-        let times = changes(&s, &mut fleet, k, Duration::from_secs(30));
-        for (all, t) in kinds.iter_mut().zip(times) {
+        let round = changes(&s, &mut fleet, k, Duration::from_secs(30));
+        after_changes = after_changes.max(round.connections);
+        for (all, t) in kinds.iter_mut().zip(round.times) {
             all.push(t);
         }
     }
@@ -581,7 +649,7 @@ fn consul_scale_benchmark() {
         );
     }
     println!(
-        "\nMost agent connections seen at once (sampled every 5 ms): {ramp_max} while the services were registered, {} during the changes; threads after the changes: {}",
+        "\nMost agent connections seen at once (sampled every 5 ms): {ramp_max} while the services were registered, {} during the changes ({after_changes} counted right after a change); threads after the changes: {}",
         sampler.max(),
         threads(pid)
     );
