@@ -117,7 +117,8 @@ impl Lifecycle {
     ) -> Result<Lifecycle, BindError> {
         crate::log::configure(operations.log_level, operations.log_format);
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let running = proxy::start_handing(plan, metrics, notifier.handover())?;
+        let threads = threads_of(&operations);
+        let running = proxy::start_handing(plan, metrics, notifier.handover(), threads)?;
         let status = Arc::new(Status::new(running.metrics.clone()));
         // The plan before the endpoint: once it listens, /config and /ready answer for it
         // (a scraper that came between them was told "no plan").
@@ -139,7 +140,9 @@ impl Lifecycle {
         reporting: Reporting,
     ) -> Result<Lifecycle, BindError> {
         let Reporting { status, admin } = reporting;
-        let running = proxy::start_handing(plan, status.metrics.clone(), notifier.handover())?;
+        let threads = threads_of(&operations);
+        let running =
+            proxy::start_handing(plan, status.metrics.clone(), notifier.handover(), threads)?;
         status.set_plan(running.plan());
         Ok(Lifecycle::assemble(
             path, running, operations, status, admin, notifier,
@@ -370,6 +373,12 @@ impl Lifecycle {
             self.admin = admin;
         }
         crate::log::configure(ops.log_level, ops.log_format);
+        if ops.threads != self.operations.threads {
+            crate::warn!(
+                "runtime.threads: still serving on {} event loops; a new number takes effect at the next restart",
+                self.running.threads()
+            );
+        }
         self.operations = ops;
         Ok(())
     }
@@ -529,6 +538,11 @@ fn read_apart(
             }
         }
     }
+}
+
+/// `[runtime] threads`, or the CPUs this process may use (up to 4).
+fn threads_of(operations: &Operations) -> usize {
+    operations.threads.unwrap_or_else(proxy::default_threads)
 }
 
 fn bind_admin(
