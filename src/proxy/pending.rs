@@ -193,4 +193,34 @@ mod tests {
         let used = pending.table().slots.iter().flatten().count();
         assert_eq!(used, 2);
     }
+
+    /// One budget for every loop: a connection entering on one thread sheds the oldest,
+    /// waiting on another, and wakes it there.
+    #[test]
+    fn the_budget_is_shared_by_every_loop_thread() {
+        let shed = Counter::default();
+        let pending = Pending::default();
+        let flag = std::sync::Arc::new(Flag(false.into()));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let waker = Waker::from(flag.clone());
+                let mut cx = Context::from_waker(&waker);
+                let mut oldest = Waiting::enter(&pending, 1, &shed);
+                assert!(Pin::new(&mut oldest).poll(&mut cx).is_pending());
+                std::mem::forget(oldest);
+            });
+        });
+        let newest = std::thread::scope(|s| {
+            s.spawn(|| Waiting::enter(&pending, 1, &shed).slot)
+                .join()
+                .unwrap()
+        });
+        assert_eq!(shed.get(), 1);
+        assert!(
+            flag.0.load(std::sync::atomic::Ordering::SeqCst),
+            "the other thread's waiter was not woken"
+        );
+        let live = pending.table().live;
+        assert_eq!(live, 0, "the newest left as its thread ended: {newest}");
+    }
 }
