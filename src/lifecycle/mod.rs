@@ -6,7 +6,7 @@
 //!
 //! systemd hears of each step (`notify`): READY=1 once every listener and the admin endpoint
 //! are bound, RELOADING=1 … READY=1 around a reload, STOPPING=1 when the drain begins, and
-//! WATCHDOG=1 keep-alives for as long as the event loop answers. With `[consul]` a reload's
+//! WATCHDOG=1 keep-alives for as long as every event loop answers. With `[consul]` a reload's
 //! READY=1 waits (bounded) for the restarted follower's first state to be in service, so
 //! that it means the new settings are in force — or says on its STATUS= line that the agent
 //! has not confirmed them yet.

@@ -215,7 +215,7 @@ type Others = Vec<(JoinHandle<()>, channel::WeakSender<Work>)>;
 
 /// Starts the loops after the first (`threads - 1`); returns them and the channels the first
 /// loop hands them connections on. None with one thread. A loop that cannot be started fails
-/// the start: the ones started end as their senders drop.
+/// the start: the ones already started end as their senders are dropped with the error.
 fn start_others(
     threads: usize,
     pending: &Arc<Pending>,
@@ -348,7 +348,7 @@ fn log_listening(key: &ListenerKey, bound: &Bound, plan: &Plan) {
 
 /// The first event loop's thread: applies control messages, runs every accept loop and its
 /// share of the connections. Ends when the control channel closes; dropping the executor then
-/// closes its connections, and dropping `spread` ends the other loops.
+/// closes its connections, and closing `spread` ends the other loops.
 fn event_loop(
     serving: Arc<Serving>,
     metrics: Arc<Metrics>,
