@@ -138,6 +138,14 @@ mod tests {
         assert_eq!(admin.admin, Some("[::1]:9100".parse().unwrap()));
         assert_eq!(ops("[runtime]\nthreads = 2\n").threads, Some(2));
         assert_eq!(ops("[runtime]\n").threads, None);
+        assert_eq!(ops("[runtime]\nthreads = 64\n").threads, Some(64));
+        let too_many = crate::config::parse(&format!("{GATEWAY}[runtime]\nthreads = 65\n"));
+        let errors: Vec<String> = too_many
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors, ["runtime.threads: 65 is out of range (1 to 64)"]);
     }
 
     #[test]
