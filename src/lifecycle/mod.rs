@@ -373,10 +373,10 @@ impl Lifecycle {
             self.admin = admin;
         }
         crate::log::configure(ops.log_level, ops.log_format);
-        if ops.threads != self.operations.threads {
+        let (now, asked) = (self.running.threads(), threads_of(&ops));
+        if asked != now {
             crate::warn!(
-                "runtime.threads: still serving on {} event loops; a new number takes effect at the next restart",
-                self.running.threads()
+                "runtime.threads: still serving on {now} event loops; {asked} take effect at the next restart"
             );
         }
         self.operations = ops;
@@ -688,5 +688,41 @@ mod tests {
             })
         });
         assert!(matches!(read, Err(ReloadError::Config(_))), "{read:?}");
+    }
+
+    /// `[runtime] threads` is read at start; a reload asking for another number serves on
+    /// (warned about), with the rest of the file applied.
+    #[test]
+    fn the_loops_are_started_as_configured_and_kept_by_a_reload() {
+        let dir = std::env::temp_dir().join(format!("sidegate-loops-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        let head = "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"td.consul\"\n\
+                    [gateway]\nlisten = [\"127.0.0.1:0\"]\n";
+        std::fs::write(&path, format!("{head}[runtime]\nthreads = 3\n")).unwrap();
+        let config = config::load(&path).unwrap();
+        let notifier = Arc::new(Notifier::disabled());
+        let started = Lifecycle::start(
+            path.clone(),
+            plan(&config.snapshot),
+            config.operations,
+            notifier,
+        );
+        let mut l = started.unwrap();
+        assert_eq!(l.running().threads(), 3);
+        std::fs::write(
+            &path,
+            format!("{head}[runtime]\nthreads = 1\n[shutdown]\ndrain_timeout_ms = 5\n"),
+        )
+        .unwrap();
+        l.reload().unwrap();
+        assert_eq!(
+            l.running().threads(),
+            3,
+            "the loops are the process's to the end"
+        );
+        assert_eq!(l.operations.drain_timeout, Duration::from_millis(5));
+        assert_eq!(l.drain(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
