@@ -376,7 +376,7 @@ impl Lifecycle {
         let (now, asked) = (self.running.threads(), threads_of(&ops));
         if asked != now {
             crate::warn!(
-                "runtime.threads: still serving on {now} event loops; {asked} take effect at the next restart"
+                "runtime.threads: threads = {asked} takes effect at the next restart; still serving on {now} event loops"
             );
         }
         self.operations = ops;
