@@ -205,6 +205,8 @@ pub struct Metrics {
     pub routes: Family<ConnStats>,
     /// Per sidecar upstream: `upstream` (destination name) and `bind`.
     pub upstreams: Family<ConnStats>,
+    /// Per event loop (`[runtime] threads`): `loop` is its index, 0 the one that accepts.
+    pub loops: Family<ConnStats>,
     pub reloads: ReloadMetrics,
     pub admin: AdminMetrics,
 }
@@ -218,6 +220,7 @@ impl Default for Metrics {
             listeners: Family::new(&["role", "listener"]),
             routes: Family::new(&["route"]),
             upstreams: Family::new(&["upstream", "bind"]),
+            loops: Family::new(&["loop"]),
             reloads: ReloadMetrics::default(),
             admin: AdminMetrics::default(),
         }
@@ -230,6 +233,7 @@ impl Metrics {
         self.listeners.prune();
         self.routes.prune();
         self.upstreams.prune();
+        self.loops.prune();
     }
 }
 

@@ -44,6 +44,9 @@ cargo clippy --all-targets --locked -- -D warnings
 # ~75 s cold on 2 cores).
 cargo check --locked --manifest-path tests/fuzz/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}"
 cargo test --locked
+# The data path again on two event loops ([runtime] threads = 2): gateway, sidecars, faults,
+# listeners, the mesh of processes (~45 s).
+SIDEGATE_TEST_THREADS=2 cargo test --locked --test proxy
 bash tests/ops/unit.sh "${CARGO_TARGET_DIR:-target}/debug/sidegate"
 bash tests/ops/syscalls.sh
 bash tests/ops/alerts.sh

@@ -1,5 +1,5 @@
-//! `[admin]`, `[shutdown]` and `[log]`: how the process is operated, as opposed to what it
-//! serves. None of them is needed; each has the default an edge host wants.
+//! `[admin]`, `[shutdown]`, `[log]` and `[runtime]`: how the process is operated, as opposed
+//! to what it serves. None of them is needed; each has the default an edge host wants.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,6 +18,9 @@ pub struct Operations {
     pub log_level: Option<Level>,
     /// `[log] format`: text (the default) or json.
     pub log_format: Format,
+    /// `[runtime] threads`: how many event loops serve connections. `None`: as many as the
+    /// process may use CPUs, up to 4 (`proxy::default_threads`, read when serving starts).
+    pub threads: Option<usize>,
 }
 
 impl Operations {
@@ -25,6 +28,8 @@ impl Operations {
     pub const DEFAULT_ADMIN_LISTEN: &'static str = "127.0.0.1:19100";
     /// Below systemd's default stop timeout (90 s) and the unit's `TimeoutStopSec`.
     pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
+    /// More loops than this is a typing mistake on any board sidegate runs on.
+    pub const MAX_THREADS: i64 = 64;
 }
 
 impl Default for Operations {
@@ -34,6 +39,7 @@ impl Default for Operations {
             drain_timeout: Duration::from_millis(Self::DEFAULT_DRAIN_TIMEOUT_MS),
             log_level: None,
             log_format: Format::Text,
+            threads: None,
         }
     }
 }
@@ -93,11 +99,17 @@ pub fn operations(root: &Fields<'_>) -> Option<Operations> {
         }
         None => None,
     };
+    let threads = root.table("runtime").and_then(|t| {
+        let n = t.int("threads", 1, Operations::MAX_THREADS);
+        t.finish();
+        n.and_then(|n| usize::try_from(n).ok())
+    });
     Some(Operations {
         admin: admin?,
         drain_timeout,
         log_level,
         log_format,
+        threads,
     })
 }
 
@@ -124,12 +136,22 @@ mod tests {
         assert_eq!(ops("[log]\nformat = \"json\"\n").log_format, Format::Json);
         let admin = ops("[admin]\nlisten = \"[::1]:9100\"\n");
         assert_eq!(admin.admin, Some("[::1]:9100".parse().unwrap()));
+        assert_eq!(ops("[runtime]\nthreads = 2\n").threads, Some(2));
+        assert_eq!(ops("[runtime]\n").threads, None);
+        assert_eq!(ops("[runtime]\nthreads = 64\n").threads, Some(64));
+        let too_many = crate::config::parse(&format!("{GATEWAY}[runtime]\nthreads = 65\n"));
+        let errors: Vec<String> = too_many
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors, ["runtime.threads: 65 is out of range (1 to 64)"]);
     }
 
     #[test]
     fn every_error_has_its_key_path() {
         let text = format!(
-            "{GATEWAY}[admin]\nlisten = \"localhost:9100\"\nlisen = 1\n[shutdown]\ndrain_timeout_ms = -1\n[log]\nlevel = \"loud\"\nformat = \"xml\"\n"
+            "{GATEWAY}[admin]\nlisten = \"localhost:9100\"\nlisen = 1\n[shutdown]\ndrain_timeout_ms = -1\n[log]\nlevel = \"loud\"\nformat = \"xml\"\n[runtime]\nthreads = 0\n"
         );
         let errors: Vec<String> = crate::config::parse(&text)
             .unwrap_err()
@@ -142,6 +164,7 @@ mod tests {
             "shutdown.drain_timeout_ms: -1 is out of range (0 to 86400000)",
             "log.level: \"loud\" is not one of",
             "log.format: \"xml\" is not \"text\" or \"json\"",
+            "runtime.threads: 0 is out of range (1 to 64)",
         ] {
             assert!(
                 errors.iter().any(|e| e.starts_with(want)),

@@ -6,7 +6,7 @@
 //!
 //! systemd hears of each step (`notify`): READY=1 once every listener and the admin endpoint
 //! are bound, RELOADING=1 … READY=1 around a reload, STOPPING=1 when the drain begins, and
-//! WATCHDOG=1 keep-alives for as long as the event loop answers. With `[consul]` a reload's
+//! WATCHDOG=1 keep-alives for as long as every event loop answers. With `[consul]` a reload's
 //! READY=1 waits (bounded) for the restarted follower's first state to be in service, so
 //! that it means the new settings are in force — or says on its STATUS= line that the agent
 //! has not confirmed them yet.
@@ -117,7 +117,8 @@ impl Lifecycle {
     ) -> Result<Lifecycle, BindError> {
         crate::log::configure(operations.log_level, operations.log_format);
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let running = proxy::start_handing(plan, metrics, notifier.handover())?;
+        let threads = threads_of(&operations);
+        let running = proxy::start_handing(plan, metrics, notifier.handover(), threads)?;
         let status = Arc::new(Status::new(running.metrics.clone()));
         // The plan before the endpoint: once it listens, /config and /ready answer for it
         // (a scraper that came between them was told "no plan").
@@ -139,7 +140,9 @@ impl Lifecycle {
         reporting: Reporting,
     ) -> Result<Lifecycle, BindError> {
         let Reporting { status, admin } = reporting;
-        let running = proxy::start_handing(plan, status.metrics.clone(), notifier.handover())?;
+        let threads = threads_of(&operations);
+        let running =
+            proxy::start_handing(plan, status.metrics.clone(), notifier.handover(), threads)?;
         status.set_plan(running.plan());
         Ok(Lifecycle::assemble(
             path, running, operations, status, admin, notifier,
@@ -370,6 +373,12 @@ impl Lifecycle {
             self.admin = admin;
         }
         crate::log::configure(ops.log_level, ops.log_format);
+        let (now, asked) = (self.running.threads(), threads_of(&ops));
+        if asked != now {
+            crate::warn!(
+                "runtime.threads: threads = {asked} takes effect at the next restart; still serving on {now} event loops"
+            );
+        }
         self.operations = ops;
         Ok(())
     }
@@ -531,6 +540,11 @@ fn read_apart(
     }
 }
 
+/// `[runtime] threads`, or the CPUs this process may use (up to 4).
+fn threads_of(operations: &Operations) -> usize {
+    operations.threads.unwrap_or_else(proxy::default_threads)
+}
+
 fn bind_admin(
     addr: Option<std::net::SocketAddr>,
     status: &Arc<Status>,
@@ -674,5 +688,41 @@ mod tests {
             })
         });
         assert!(matches!(read, Err(ReloadError::Config(_))), "{read:?}");
+    }
+
+    /// `[runtime] threads` is read at start; a reload asking for another number serves on
+    /// (warned about), with the rest of the file applied.
+    #[test]
+    fn the_loops_are_started_as_configured_and_kept_by_a_reload() {
+        let dir = std::env::temp_dir().join(format!("sidegate-loops-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        let head = "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"td.consul\"\n\
+                    [gateway]\nlisten = [\"127.0.0.1:0\"]\n";
+        std::fs::write(&path, format!("{head}[runtime]\nthreads = 3\n")).unwrap();
+        let config = config::load(&path).unwrap();
+        let notifier = Arc::new(Notifier::disabled());
+        let started = Lifecycle::start(
+            path.clone(),
+            plan(&config.snapshot),
+            config.operations,
+            notifier,
+        );
+        let mut l = started.unwrap();
+        assert_eq!(l.running().threads(), 3);
+        std::fs::write(
+            &path,
+            format!("{head}[runtime]\nthreads = 1\n[shutdown]\ndrain_timeout_ms = 5\n"),
+        )
+        .unwrap();
+        l.reload().unwrap();
+        assert_eq!(
+            l.running().threads(),
+            3,
+            "the loops are the process's to the end"
+        );
+        assert_eq!(l.operations.drain_timeout, Duration::from_millis(5));
+        assert_eq!(l.drain(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

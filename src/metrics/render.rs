@@ -33,6 +33,7 @@ pub fn render(m: &Metrics, to: impl Write) -> io::Result<()> {
     o.conn_family("sidegate_listener", "listener", &m.listeners, false)?;
     o.conn_family("sidegate_route", "gateway route", &m.routes, true)?;
     o.conn_family("sidegate_upstream", "sidecar upstream", &m.upstreams, true)?;
+    o.conn_family("sidegate_loop", "event loop", &m.loops, false)?;
     o.bytes_and_hellos(m)?;
     o.failures(m)?;
     o.operations(m)?;

@@ -15,7 +15,7 @@ use super::relay::{relay, RelayEnd, Relayed};
 use std::sync::Arc;
 
 use super::listener::Active;
-use super::pending::Waiting;
+use super::pending::{Pending, Waiting};
 use super::Serving;
 use crate::client_hello::{self, Hello, ServerName};
 use crate::mesh::plan::GatewayPlan;
@@ -23,12 +23,14 @@ use crate::mesh::routes::Route;
 use crate::mesh::Endpoint;
 use crate::metrics::{ConnStats, GatewayMetrics, Held, HelloOutcome, Tally};
 
-/// The gateway listener's entry: the plan the connection was accepted under, kept to its end.
+/// The gateway listener's entry: the plan the connection was accepted under, kept to its end;
+/// `pending`, the process's connections waiting for their ClientHello.
 pub async fn accept(
     serving: Arc<Serving>,
     client: Async<TcpStream>,
     peer: SocketAddr,
     active: Active,
+    pending: Arc<Pending>,
 ) {
     if let Some(role) = serving.plan.gateway.as_ref() {
         serve(
@@ -36,7 +38,7 @@ pub async fn accept(
             peer,
             role,
             serving.routes(),
-            &active.metrics.gateway,
+            (&active.metrics.gateway, &pending),
         )
         .await;
     }
@@ -48,13 +50,13 @@ pub async fn serve(
     peer: SocketAddr,
     gw: &GatewayPlan,
     stats: &[Arc<ConnStats>],
-    m: &GatewayMetrics,
+    (m, pending): (&GatewayMetrics, &Pending),
 ) {
     let started = Instant::now();
     let _ = client.get_ref().set_nodelay(true);
     // Classifying and dialing are brief; boxing them keeps their state out of the future that
     // a held connection keeps for its whole life.
-    let Some(opened) = Box::pin(open(&client, peer, gw, stats, m)).await else {
+    let Some(opened) = Box::pin(open(&client, peer, gw, stats, (m, pending))).await else {
         return;
     };
     let stats = opened.stats;
@@ -106,11 +108,11 @@ async fn open<'a>(
     peer: SocketAddr,
     gw: &'a GatewayPlan,
     stats: &'a [Arc<ConnStats>],
-    m: &GatewayMetrics,
+    (m, pending): (&GatewayMetrics, &Pending),
 ) -> Option<Opened<'a>> {
     let settings = &gw.settings;
     let mut hello = HelloBuf::default();
-    let mut waiting = Waiting::enter(settings.max_pending_handshakes, &m.hello_shed);
+    let mut waiting = Waiting::enter(pending, settings.max_pending_handshakes, &m.hello_shed);
     let classified = future::or(
         async {
             let limit = settings.max_client_hello_bytes;
@@ -251,7 +253,9 @@ mod tests {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let stream = Async::new(client).unwrap();
         let metrics = GatewayMetrics::default();
-        let fut = serve(stream, "127.0.0.1:1".parse().unwrap(), gw, &[], &metrics);
+        let pending = Pending::default();
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let fut = serve(stream, peer, gw, &[], (&metrics, &pending));
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1344, "connection future is {size} bytes");
     }

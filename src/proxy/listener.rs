@@ -16,7 +16,9 @@ use std::time::Duration;
 use smol::{Async, LocalExecutor, Timer};
 
 use super::handover::Socket;
-use super::{gateway, inbound, upstream, Serving};
+use super::loops::{Handoff, Role, Spread};
+use super::pending::Pending;
+use super::{upstream, Serving};
 use crate::mesh::plan::UpstreamPlan;
 use crate::mesh::sidecar::Bind;
 use crate::mesh::Plan;
@@ -284,17 +286,22 @@ pub fn set_socket_mode(key: &ListenerKey, plan: &Plan) -> io::Result<()> {
     }
 }
 
-enum Conn {
+pub enum Conn {
     Tcp(Async<TcpStream>, SocketAddr),
     Unix(Async<UnixStream>),
 }
 
-/// What every accept loop on the event loop thread shares.
+/// What every accept loop on the (first) event loop thread shares.
 pub struct Shared {
     pub ex: Rc<LocalExecutor<'static>>,
-    /// The plan new connections are accepted under; swapped whole by a reload.
+    /// The plan new connections are accepted under; swapped whole by a reload. Only the first
+    /// loop accepts, so this is the process's one current plan.
     pub current: RefCell<Arc<Serving>>,
     pub metrics: Arc<Metrics>,
+    /// The loops accepted connections are served on.
+    pub spread: Spread,
+    /// Gateway connections waiting for their ClientHello, on every loop.
+    pub pending: Arc<Pending>,
 }
 
 /// Accepts on one listener until its task is dropped: the connection limit first (refuse,
@@ -331,37 +338,31 @@ pub async fn accept_loop(listener: Bound, key: ListenerKey, shared: Rc<Shared>) 
             crate::debug!("{key}: refused a connection, {open} open (max_connections {limit})");
             continue;
         }
-        // The guard travels inside the connection's own future: wrapping that future in
-        // another one to hold the guard would lay it out twice per connection.
-        let active = Active::new(shared.metrics.clone(), counters, held.clone());
-        match (&key, conn) {
-            (ListenerKey::Gateway(_), Conn::Tcp(s, peer)) => {
-                shared
-                    .ex
-                    .spawn(gateway::accept(serving, s, peer, active))
-                    .detach();
-            }
-            (ListenerKey::Inbound(_), Conn::Tcp(s, peer)) => {
-                shared
-                    .ex
-                    .spawn(inbound::accept(serving, s, peer, active))
-                    .detach();
-            }
-            (ListenerKey::Upstream(_), conn) => {
-                let Some(index) = key.upstream_index(&serving.plan) else {
-                    continue;
-                };
-                shared
-                    .ex
-                    .spawn(serve_upstream(serving, index, conn, active))
-                    .detach();
-            }
-            (_, Conn::Unix(_)) => {}
-        }
+        let role = match key {
+            ListenerKey::Gateway(_) => Role::Gateway,
+            ListenerKey::Inbound(_) => Role::Inbound,
+            ListenerKey::Upstream(_) => match key.upstream_index(&serving.plan) {
+                Some(index) => Role::Upstream(index),
+                None => continue,
+            },
+        };
+        // Counted here, on the one thread that accepts, before it goes to its loop: the limit
+        // above and this count never race another loop. The guard travels inside the
+        // connection's own future: wrapping that future in another one to hold the guard
+        // would lay it out twice per connection.
+        let (on, on_loop) = shared.spread.pick();
+        let active = Active::new(shared.metrics.clone(), counters, held.clone(), on_loop);
+        let handoff = Handoff {
+            serving,
+            role,
+            conn,
+            active,
+        };
+        shared.spread.hand(on, handoff, &shared.ex, &shared.pending);
     }
 }
 
-async fn serve_upstream(serving: Arc<Serving>, index: usize, conn: Conn, active: Active) {
+pub async fn serve_upstream(serving: Arc<Serving>, index: usize, conn: Conn, active: Active) {
     let (Some(up), Some(rt)) = (serving.plan.upstreams.get(index), serving.upstream(index)) else {
         return;
     };
@@ -392,6 +393,8 @@ pub struct Active {
     pub metrics: Arc<Metrics>,
     counters: fn(&Metrics) -> ListenerCounters<'_>,
     held: Arc<ConnStats>,
+    /// The counters of the loop serving it (`loops`).
+    on_loop: Arc<ConnStats>,
 }
 
 impl Active {
@@ -399,15 +402,22 @@ impl Active {
         metrics: Arc<Metrics>,
         counters: fn(&Metrics) -> ListenerCounters<'_>,
         held: Arc<ConnStats>,
+        on_loop: Arc<ConnStats>,
     ) -> Self {
         counters(&metrics).active.inc();
         held.opened.inc();
         held.active.inc();
+        on_loop.active.inc();
         Active {
             metrics,
             counters,
             held,
+            on_loop,
         }
+    }
+
+    pub fn on_loop(&self) -> &ConnStats {
+        &self.on_loop
     }
 }
 
@@ -415,5 +425,6 @@ impl Drop for Active {
     fn drop(&mut self) {
         (self.counters)(&self.metrics).active.dec();
         self.held.active.dec();
+        self.on_loop.active.dec();
     }
 }

@@ -1,4 +1,5 @@
-//! The data path: listeners and the per-connection pipelines, on one event loop thread.
+//! The data path: listeners and the per-connection pipelines, on `[runtime] threads` event
+//! loop threads (`loops`: the first accepts, every loop serves).
 //!
 //! The loop serves one current plan at a time. A new plan is swapped in whole: listeners it
 //! adds are bound first (so a taken port fails the swap, not the process), listeners it drops
@@ -7,12 +8,14 @@
 //! cannot be bound is the exception: the rest serves and it is retried (`unbound`).
 
 mod buffers;
+mod cpus;
 mod deadline;
 mod dial;
 mod gateway;
 pub mod handover;
 mod inbound;
 mod listener;
+mod loops;
 mod pending;
 mod relay;
 mod serving;
@@ -33,9 +36,12 @@ use smol::{LocalExecutor, Task};
 
 use crate::mesh::Plan;
 use crate::metrics::Metrics;
+pub use cpus::{default_threads, usable_cpus, DEFAULT_MAX_THREADS};
 pub use handover::Handover;
 pub use listener::{BindKey, ListenerKey};
 use listener::{Bound, Shared};
+use loops::{Spread, Work};
+use pending::Pending;
 pub use serving::Serving;
 pub use unbound::{BindFailures, Unbound, RETRY_EVERY};
 
@@ -55,6 +61,9 @@ pub struct Running {
     state: Mutex<State>,
     control: Option<Sender<Control>>,
     thread: Option<JoinHandle<()>>,
+    /// The loops other than the first, each with the channel it is handed connections on
+    /// (weakly: the first loop holds the senders, so they end with it).
+    others: Vec<(JoinHandle<()>, channel::WeakSender<Work>)>,
 }
 
 /// The caller's view of what the loop serves; changed only together with the loop.
@@ -111,12 +120,17 @@ impl std::error::Error for BindError {}
 /// Binds every listener of the plan, then serves it on a new thread. Binding happens here,
 /// before anything is served, so a taken port is an error to the caller, not a log line.
 pub fn start(plan: Plan) -> Result<Running, BindError> {
-    start_with(plan, Arc::new(Metrics::default()))
+    start_on(plan, 1)
 }
 
-/// `start`, counting into `metrics` (which an admin endpoint opened earlier already shows).
-pub fn start_with(plan: Plan, metrics: Arc<Metrics>) -> Result<Running, BindError> {
-    start_handing(plan, metrics, Arc::new(Handover::none()))
+/// `start` on `threads` event loops.
+pub fn start_on(plan: Plan, threads: usize) -> Result<Running, BindError> {
+    start_with(plan, Arc::new(Metrics::default()), threads)
+}
+
+/// `start_on`, counting into `metrics` (which an admin endpoint opened earlier already shows).
+pub fn start_with(plan: Plan, metrics: Arc<Metrics>, threads: usize) -> Result<Running, BindError> {
+    start_handing(plan, metrics, Arc::new(Handover::none()), threads)
 }
 
 /// `start_with`, taking the listeners' sockets from those systemd passed when it has them,
@@ -126,6 +140,7 @@ pub fn start_handing(
     plan: Plan,
     metrics: Arc<Metrics>,
     handover: Arc<Handover>,
+    threads: usize,
 ) -> Result<Running, BindError> {
     raise_fd_limit();
     let serving = Arc::new(Serving::new(plan, &metrics));
@@ -164,13 +179,21 @@ pub fn start_handing(
             done,
         })
         .map_err(|_| thread_error(io::Error::other("control channel closed")))?;
+    let pending = Arc::new(Pending::default());
+    let (others, senders) = start_others(threads, &pending)?;
     let loop_metrics = metrics.clone();
     let loop_serving = serving.clone();
     let thread = std::thread::Builder::new()
         .name("sidegate-loop".into())
-        .spawn(move || event_loop(loop_serving, loop_metrics, controlled))
+        .spawn(move || {
+            let spread = Spread::new(&loop_metrics, senders);
+            event_loop(loop_serving, loop_metrics, controlled, (spread, pending));
+        })
         .map_err(thread_error)?;
     let _ = smol::block_on(started.recv());
+    if threads > 1 {
+        crate::info!("serving on {threads} event loops");
+    }
     Ok(Running {
         gateway_addrs,
         upstream_addrs,
@@ -184,7 +207,32 @@ pub fn start_handing(
         }),
         control: Some(control),
         thread: Some(thread),
+        others,
     })
+}
+
+type Others = Vec<(JoinHandle<()>, channel::WeakSender<Work>)>;
+
+/// Starts the loops after the first (`threads - 1`); returns them and the channels the first
+/// loop hands them connections on. None with one thread. A loop that cannot be started fails
+/// the start: the ones already started end as their senders are dropped with the error.
+fn start_others(
+    threads: usize,
+    pending: &Arc<Pending>,
+) -> Result<(Others, Vec<Sender<Work>>), BindError> {
+    let mut others = Vec::new();
+    let mut senders = Vec::new();
+    for index in 1..threads.max(1) {
+        let (to, work) = channel::unbounded();
+        let pending = pending.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("sidegate-loop{index}"))
+            .spawn(move || loops::other_loop(index, work, pending))
+            .map_err(thread_error)?;
+        others.push((thread, to.downgrade()));
+        senders.push(to);
+    }
+    Ok((others, senders))
 }
 
 fn thread_error(error: io::Error) -> BindError {
@@ -298,15 +346,22 @@ fn log_listening(key: &ListenerKey, bound: &Bound, plan: &Plan) {
     }
 }
 
-/// The event loop thread: applies control messages and runs every accept loop and
-/// connection. Ends when the control channel closes; dropping the executor then closes every
-/// connection.
-fn event_loop(serving: Arc<Serving>, metrics: Arc<Metrics>, controlled: Receiver<Control>) {
+/// The first event loop's thread: applies control messages, runs every accept loop and its
+/// share of the connections. Ends when the control channel closes; dropping the executor then
+/// closes its connections, and closing `spread` ends the other loops.
+fn event_loop(
+    serving: Arc<Serving>,
+    metrics: Arc<Metrics>,
+    controlled: Receiver<Control>,
+    (spread, pending): (Spread, Arc<Pending>),
+) {
     let ex = Rc::new(LocalExecutor::new());
     let shared = Rc::new(Shared {
         ex: ex.clone(),
         current: std::cell::RefCell::new(serving),
         metrics,
+        spread,
+        pending,
     });
     let mut listeners: HashMap<ListenerKey, Task<()>> = HashMap::new();
     // Fires every connection's deadlines (handshake, connect, idle) from one timer.
@@ -349,6 +404,7 @@ fn event_loop(serving: Arc<Serving>, metrics: Arc<Metrics>, controlled: Receiver
             }
         }
     }));
+    shared.spread.close();
     // The accept loops hold the executor through `shared`; drop them first so it is freed.
     listeners.clear();
     drop(shared);
@@ -458,9 +514,17 @@ impl Running {
         opened
     }
 
-    /// A handle that asks the event loop to answer, from any thread.
+    /// A handle that asks every event loop to answer, from any thread.
     pub fn pinger(&self) -> Pinger {
-        Pinger(self.control.as_ref().map(Sender::downgrade))
+        Pinger(
+            self.control.as_ref().map(Sender::downgrade),
+            self.others.iter().map(|(_, to)| to.clone()).collect(),
+        )
+    }
+
+    /// How many event loops serve connections.
+    pub fn threads(&self) -> usize {
+        1 + self.others.len()
     }
 
     /// Connections open now, every role together.
@@ -508,9 +572,17 @@ impl Running {
         self.shutdown();
     }
 
-    /// Blocks until the event loop ends.
+    /// Blocks until every event loop ends.
     pub fn wait(mut self) {
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.join_others();
+    }
+
+    /// The other loops end once the first has (it holds their senders).
+    fn join_others(&mut self) {
+        for (t, _) in self.others.drain(..) {
             let _ = t.join();
         }
     }
@@ -530,6 +602,7 @@ impl Running {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.join_others();
     }
 }
 
@@ -539,22 +612,46 @@ impl Drop for Running {
     }
 }
 
-/// Asks the event loop whether it still runs its tasks. Holds the control channel weakly, so
+/// Asks every event loop whether it still runs its tasks. Holds their channels weakly, so
 /// that it never keeps a stopped loop alive.
-pub struct Pinger(Option<channel::WeakSender<Control>>);
+pub struct Pinger(
+    Option<channel::WeakSender<Control>>,
+    Vec<channel::WeakSender<Work>>,
+);
 
 impl Pinger {
-    /// True when the loop answered within `timeout`.
+    /// True when every loop answered within `timeout`: one wedged loop is reason enough for
+    /// systemd to restart the process.
     pub fn ping(&self, timeout: Duration) -> bool {
         let Some(control) = self.0.as_ref().and_then(channel::WeakSender::upgrade) else {
             return false;
         };
-        let (done, answered) = channel::bounded(1);
-        if control.try_send(Control::Ping { done }).is_err() {
+        let loops = 1 + self.1.len();
+        let (done, answered) = channel::bounded(loops);
+        if control
+            .try_send(Control::Ping { done: done.clone() })
+            .is_err()
+        {
             return false;
         }
+        for other in &self.1 {
+            let sent = other
+                .upgrade()
+                .is_some_and(|to| to.try_send(Work::Ping(done.clone())).is_ok());
+            if !sent {
+                return false;
+            }
+        }
+        drop(done);
         smol::block_on(smol::future::or(
-            async { answered.recv().await.is_ok() },
+            async {
+                for _ in 0..loops {
+                    if answered.recv().await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            },
             async {
                 smol::Timer::after(timeout).await;
                 false

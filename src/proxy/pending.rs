@@ -9,18 +9,29 @@
 //! A real client sends its hello within a round trip, long before a flood could push it to
 //! the front; and silent connections can never take more than the budget from routed ones.
 //!
-//! Like the deadlines, the waiting connections are slots in a thread-local table of the event
-//! loop: entering and leaving allocate nothing once the table has grown to the budget.
+//! The waiting connections are slots in one table for the whole `Running` (`Pending`), not
+//! one per event loop: the budget holds for the process however many loops serve it, and the
+//! oldest waiting connection is shed whichever loop it is on (its waker is woken from the loop
+//! that took the new one). The lock is taken only on entering, on a wake-up and on leaving,
+//! never while bytes move; entering and leaving allocate nothing once the table has grown to
+//! the budget.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use crate::metrics::Counter;
 
-thread_local! {
-    static TABLE: RefCell<Table> = const { RefCell::new(Table::new()) };
+/// Every gateway connection waiting for its ClientHello, on whichever loop it is.
+#[derive(Default)]
+pub struct Pending(Mutex<Table>);
+
+impl Pending {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // Nothing panics while holding it; a poisoned table is still consistent.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 struct Entry {
@@ -30,6 +41,7 @@ struct Entry {
     waker: Option<Waker>,
 }
 
+#[derive(Default)]
 struct Table {
     slots: Vec<Option<Entry>>,
     free: Vec<u32>,
@@ -39,15 +51,6 @@ struct Table {
 }
 
 impl Table {
-    const fn new() -> Self {
-        Table {
-            slots: Vec::new(),
-            free: Vec::new(),
-            live: 0,
-            next: 0,
-        }
-    }
-
     /// Marks the oldest waiting entry shed and wakes it; false when none is left to shed.
     fn shed_oldest(&mut self) -> bool {
         let oldest = self
@@ -117,37 +120,37 @@ impl Table {
 
 /// A connection's place among those waiting for their hello, held until dropped. As a
 /// future it completes when the connection is shed to make room for a newer one.
-pub struct Waiting {
+pub struct Waiting<'p> {
+    pending: &'p Pending,
     slot: u32,
 }
 
-impl Waiting {
-    /// Takes a place within `budget`, shedding the oldest waiting connections (each counted
-    /// in `shed`) while the budget is full.
-    pub fn enter(budget: usize, shed: &Counter) -> Waiting {
-        TABLE.with(|t| {
-            let mut t = t.borrow_mut();
-            while t.live >= budget.max(1) && t.shed_oldest() {
-                shed.inc();
-            }
-            Waiting { slot: t.enter() }
-        })
+impl<'p> Waiting<'p> {
+    /// Takes a place in `pending` within `budget`, shedding the oldest waiting connections
+    /// (each counted in `shed`) while the budget is full.
+    pub fn enter(pending: &'p Pending, budget: usize, shed: &Counter) -> Waiting<'p> {
+        let mut t = pending.table();
+        while t.live >= budget.max(1) && t.shed_oldest() {
+            shed.inc();
+        }
+        Waiting {
+            pending,
+            slot: t.enter(),
+        }
     }
 }
 
-impl Future for Waiting {
+impl Future for Waiting<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let slot = self.slot;
-        TABLE.with(|t| t.borrow_mut().poll(slot, cx))
+        self.pending.table().poll(self.slot, cx)
     }
 }
 
-impl Drop for Waiting {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        // The table is gone only while the thread itself is ending.
-        let _ = TABLE.try_with(|t| t.borrow_mut().leave(self.slot));
+        self.pending.table().leave(self.slot);
     }
 }
 
@@ -168,13 +171,14 @@ mod tests {
     #[test]
     fn the_oldest_waiting_connection_is_shed() {
         let shed = Counter::default();
+        let pending = Pending::default();
         let flag = std::sync::Arc::new(Flag(false.into()));
         let waker = Waker::from(flag.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut first = Waiting::enter(2, &shed);
-        let second = Waiting::enter(2, &shed);
+        let mut first = Waiting::enter(&pending, 2, &shed);
+        let second = Waiting::enter(&pending, 2, &shed);
         assert!(Pin::new(&mut first).poll(&mut cx).is_pending());
-        let mut third = Waiting::enter(2, &shed);
+        let mut third = Waiting::enter(&pending, 2, &shed);
         assert_eq!(shed.get(), 1);
         assert!(
             flag.0.load(std::sync::atomic::Ordering::SeqCst),
@@ -184,9 +188,39 @@ mod tests {
         assert!(Pin::new(&mut third).poll(&mut cx).is_pending());
         drop(first);
         drop(second);
-        let _fourth = Waiting::enter(2, &shed);
+        let _fourth = Waiting::enter(&pending, 2, &shed);
         assert_eq!(shed.get(), 1, "room was left: nobody shed");
-        let used = TABLE.with(|t| t.borrow().slots.iter().flatten().count());
+        let used = pending.table().slots.iter().flatten().count();
         assert_eq!(used, 2);
+    }
+
+    /// One budget for every loop: a connection entering on one thread sheds the oldest,
+    /// waiting on another, and wakes it there.
+    #[test]
+    fn the_budget_is_shared_by_every_loop_thread() {
+        let shed = Counter::default();
+        let pending = Pending::default();
+        let flag = std::sync::Arc::new(Flag(false.into()));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let waker = Waker::from(flag.clone());
+                let mut cx = Context::from_waker(&waker);
+                let mut oldest = Waiting::enter(&pending, 1, &shed);
+                assert!(Pin::new(&mut oldest).poll(&mut cx).is_pending());
+                std::mem::forget(oldest);
+            });
+        });
+        let newest = std::thread::scope(|s| {
+            s.spawn(|| Waiting::enter(&pending, 1, &shed).slot)
+                .join()
+                .unwrap()
+        });
+        assert_eq!(shed.get(), 1);
+        assert!(
+            flag.0.load(std::sync::atomic::Ordering::SeqCst),
+            "the other thread's waiter was not woken"
+        );
+        let live = pending.table().live;
+        assert_eq!(live, 0, "the newest left as its thread ended: {newest}");
     }
 }

@@ -10,6 +10,21 @@ use std::time::Duration;
 /// Every socket operation in tests is bounded in time.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The event loops the tests serve on: `SIDEGATE_TEST_THREADS` (so the same tests run with
+/// `threads = 1` and `threads = 2`), 1 when unset. An invalid value fails loudly rather than
+/// quietly testing the other mode.
+pub fn test_threads() -> usize {
+    match std::env::var("SIDEGATE_TEST_THREADS") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .unwrap_or_else(|| panic!("SIDEGATE_TEST_THREADS={v:?} is not 1 to 64")),
+        Err(_) => 1,
+    }
+}
+
 /// A free loopback port for a listener a configuration must name (`local_bind_port` cannot
 /// be 0). It comes from below the kernel's ephemeral range (32768 and up by default), so the
 /// local end of some test's outgoing connection cannot take it before sidegate binds it.

@@ -44,6 +44,14 @@ pub fn run_binary_with(
     listeners: usize,
 ) -> Child {
     use std::io::BufRead;
+    // The tests' number of event loops goes into the file the child reads (and stays there:
+    // a test that rewrites it for a reload keeps the process's loops, with a warning).
+    if let Some(threaded) = std::fs::read_to_string(config)
+        .ok()
+        .and_then(|t| with_test_threads(&t))
+    {
+        std::fs::write(config, threaded).unwrap();
+    }
     // The wrapper first, then the runner when emulated (tests/common: sidegate_argv).
     let argv: Vec<String> = wrapper
         .iter()
@@ -79,6 +87,19 @@ pub fn run_binary_with(
         gateway_addrs,
         log,
     }
+}
+
+/// Configuration text for a `sidegate run` child: as written, plus `[runtime] threads` from
+/// `SIDEGATE_TEST_THREADS` when that is set and the text has no `[runtime]` of its own.
+pub fn with_test_threads(toml: &str) -> Option<String> {
+    std::env::var_os("SIDEGATE_TEST_THREADS")?;
+    if toml.contains("[runtime]") {
+        return None;
+    }
+    Some(format!(
+        "{toml}\n[runtime]\nthreads = {}\n",
+        super::test_threads()
+    ))
 }
 
 /// Resident memory of process `pid` in KiB (VmRSS).

@@ -61,3 +61,4 @@ mod listeners;
 mod real_clients;
 mod sidecar;
 mod sidecar_mesh;
+mod threads;

@@ -73,7 +73,11 @@ pub fn start_on_free_ports<T>(config: impl Fn() -> (String, T)) -> (Running, Str
     for _ in 0..ATTEMPTS {
         let (toml, extra) = config();
         let parsed = sidegate::config::parse(&toml).unwrap_or_else(|e| panic!("config: {e:?}"));
-        match sidegate::proxy::start(sidegate::mesh::plan(&parsed.snapshot)) {
+        let threads = parsed
+            .operations
+            .threads
+            .unwrap_or_else(crate::common::test_threads);
+        match sidegate::proxy::start_on(sidegate::mesh::plan(&parsed.snapshot), threads) {
             Ok(running) => return (running, toml, extra),
             Err(e) if e.error.kind() == std::io::ErrorKind::AddrInUse => continue,
             Err(e) => panic!("{e}"),
