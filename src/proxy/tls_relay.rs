@@ -3,12 +3,17 @@
 //! write shutdown, and the peer's close_notify (or bare EOF, as some proxies send) a local
 //! write shutdown.
 //!
-//! The socket I/O is ours, not a stream wrapper's: rustls reads at most 4 KiB per call from a
-//! socket it is handed, so TLS bytes are read here a pooled buffer at a time (one syscall per
-//! 32 KiB) and fed to rustls from memory; plaintext is written from rustls' own buffer
-//! straight to the local socket; encrypted records leave in one vectored write. Like the
-//! plain relay, a direction holds a pooled buffer only while bytes move, so an idle
-//! connection keeps only rustls' state.
+//! The socket I/O is ours, not a stream wrapper's. TLS bytes go from the socket into rustls'
+//! record buffer (`Incoming`): straight there once that buffer has room for a record, else a
+//! pooled buffer at a time; plaintext is written from rustls' own buffer straight to the local
+//! socket; encrypted records leave in one vectored write. Like the plain relay, a direction
+//! holds a pooled buffer only while bytes move, so an idle connection keeps only rustls' state.
+//!
+//! rustls' unbuffered API (`rustls::unbuffered`) would not save copies with rustls 0.23: it
+//! still copies each received record's plaintext out into a buffer it allocates, and encrypts
+//! each record into one it allocates before copying it into the caller's buffer (a copy more
+//! than `write_tls` needs). So this stays with the buffered API and avoids the one copy that
+//! is ours to avoid: ciphertext staged in a buffer of ours on its way into rustls'.
 
 use std::cell::RefCell;
 use std::io::{self, BufRead, Read, Write};
@@ -144,40 +149,97 @@ where
     for<'a> &'a L: Write,
 {
     let mut pace = Pace::default();
+    let mut from = Incoming::new(remote.get_ref());
     loop {
-        // Whatever rustls already holds (from the handshake's last read, or below).
+        // Whatever rustls already holds (from the handshake's last read, or below). Records
+        // need delivering before rustls accepts more (it buffers 16 KiB of plaintext).
         if deliver(tls, local, total, flow).await? == Peer::Finished {
             return local.get_ref().shutdown_write();
         }
-        let mut buf = Buf::take();
-        let read = step(remote.get_ref().read(buf.as_mut()))?;
+        let read = {
+            let mut tls = tls.borrow_mut();
+            let read = step(tls.read_tls(&mut from))?;
+            if let Step::Moved(_) = read {
+                tls.process_new_packets().map_err(io::Error::other)?;
+            }
+            read
+        };
         match read {
             // A peer that closes TCP without close_notify has still finished sending; an
             // incomplete record it left is dropped.
             Step::Eof => return local.get_ref().shutdown_write(),
-            Step::Moved(n) => {
-                let mut fed = &buf.as_mut()[..n];
-                while !fed.is_empty() {
-                    {
-                        let mut tls = tls.borrow_mut();
-                        tls.read_tls(&mut fed)?;
-                        tls.process_new_packets().map_err(io::Error::other)?;
-                    }
-                    // Alerts or key updates may need an answer: sent if the socket takes it now,
-                    // else by the other direction, which flushes before it reads. Waiting for
-                    // the socket here would tie this direction to the other's backlog: a peer
-                    // that stops reading until it can write would deadlock the pair.
-                    try_send(remote, tls)?;
-                    // Records need delivering before rustls accepts more (it buffers 16 KiB).
-                    if deliver(tls, local, total, flow).await? == Peer::Finished {
-                        return local.get_ref().shutdown_write();
-                    }
-                }
-            }
+            // Alerts or key updates may need an answer: sent if the socket takes it now, else
+            // by the other direction, which flushes before it reads. Waiting for the socket
+            // here would tie this direction to the other's backlog: a peer that stops reading
+            // until it can write would deadlock the pair.
+            Step::Moved(_) => try_send(remote, tls)?,
             Step::Wait | Step::Again => {}
         }
-        drop(buf);
-        pace.next(read == Step::Wait, remote.readable()).await?;
+        // Bytes already read from the socket are fed on without waiting or yielding.
+        if !from.holds_bytes() {
+            pace.next(read == Step::Wait, remote.readable()).await?;
+        }
+    }
+}
+
+/// Below this much room in rustls' record buffer, a read goes through a pooled buffer.
+const DIRECT: usize = 8 * 1024;
+
+/// The socket as rustls' `read_tls` sees it. rustls hands `read_tls` the free end of its
+/// record buffer: 4 KiB at a time while it grows that buffer (after the handshake, and again
+/// whenever it has emptied it), then room for about a whole record. Small offers are served
+/// from one read into a pooled buffer (one syscall per 32 KiB rather than per 4 KiB); large
+/// ones by reading the socket straight into rustls' buffer, so a bulk transfer's ciphertext
+/// is not copied through ours. The pooled buffer is held only while it has bytes rustls has
+/// not taken, so an idle connection holds none.
+struct Incoming<'s> {
+    socket: &'s TcpStream,
+    /// Read from the socket, not yet given to rustls: `spill[start..end]`.
+    spill: Option<Buf>,
+    start: usize,
+    end: usize,
+}
+
+impl<'s> Incoming<'s> {
+    fn new(socket: &'s TcpStream) -> Self {
+        Incoming {
+            socket,
+            spill: None,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn holds_bytes(&self) -> bool {
+        self.spill.is_some()
+    }
+
+    /// Gives `out` what it takes of `spill[start..end]`, and the buffer back once empty.
+    fn hand_over(&mut self, mut spill: Buf, out: &mut [u8]) -> usize {
+        let held = spill.as_mut().get(self.start..self.end).unwrap_or_default();
+        let n = held.len().min(out.len());
+        out[..n].copy_from_slice(&held[..n]);
+        self.start += n;
+        if self.start < self.end {
+            self.spill = Some(spill);
+        }
+        n
+    }
+}
+
+impl Read for Incoming<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if let Some(spill) = self.spill.take() {
+            return Ok(self.hand_over(spill, out));
+        }
+        if out.len() >= DIRECT {
+            return self.socket.read(out);
+        }
+        let mut spill = Buf::take();
+        // An error or the end of the stream leaves nothing held: the buffer goes back.
+        let n = self.socket.read(spill.as_mut())?;
+        (self.start, self.end) = (0, n);
+        Ok(self.hand_over(spill, out))
     }
 }
 
@@ -224,5 +286,100 @@ where
             Some(n) => flow.moved(total, &flow.b_to_a, n),
             None => local.writable().await?,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A connected pair of loopback sockets: (writer, reader).
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (reader, _) = listener.accept().unwrap();
+        (writer, reader)
+    }
+
+    /// Small offers (rustls growing its buffer) and large ones (room for a record) both get
+    /// the stream's bytes in order, whichever way each is served; the pooled buffer is let go
+    /// once rustls has taken it all; the end of the stream reads as 0.
+    #[test]
+    fn incoming_hands_over_the_stream_in_order() {
+        let (mut writer, reader) = pair();
+        let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        writer.write_all(&sent).unwrap();
+        drop(writer);
+        let mut from = Incoming::new(&reader);
+        let mut got = Vec::new();
+        let mut offers = [4096, 4096, 16 * 1024, 20_000, 100, 4096]
+            .into_iter()
+            .cycle();
+        let mut out = vec![0u8; 20_000];
+        loop {
+            let offer = offers.next().unwrap();
+            let n = from.read(&mut out[..offer]).unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(n <= offer);
+            got.extend_from_slice(&out[..n]);
+        }
+        assert!(!from.holds_bytes(), "a buffer is still held at the end");
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "the stream arrived reordered or altered");
+    }
+
+    /// Waits until `reader` has `n` bytes waiting, so that one read can take them all.
+    fn wait_for(reader: &TcpStream, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut peek = vec![0u8; n];
+        let waiting = |peek: &mut [u8]| {
+            rustix::net::recv(reader, peek, rustix::net::RecvFlags::PEEK).map_or(0, |(n, _)| n)
+        };
+        while waiting(&mut peek) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the bytes never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A small offer reads the socket once into the pooled buffer and hands the rest over
+    /// later without reading the socket again; a large offer with nothing held reads the
+    /// socket straight into it, taking no more than it offers.
+    #[test]
+    fn incoming_serves_small_offers_from_one_read_and_large_ones_directly() {
+        let (mut writer, reader) = pair();
+        reader.set_nonblocking(true).unwrap();
+        let mut from = Incoming::new(&reader);
+        writer.write_all(&[7u8; 10_000]).unwrap();
+        wait_for(&reader, 10_000);
+        let mut small = [0u8; 4096];
+        assert_eq!(from.read(&mut small).unwrap(), 4096);
+        assert!(from.holds_bytes());
+        // The socket is empty now: the rest can only come from the pooled buffer.
+        let mut big = vec![0u8; DIRECT];
+        assert_eq!(from.read(&mut big).unwrap(), 10_000 - 4096);
+        assert!(!from.holds_bytes());
+        let err = from.read(&mut big).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(!from.holds_bytes(), "a read that would block held a buffer");
+        // More waiting than a large offer takes: read straight, the rest left in the socket.
+        writer.write_all(&[9u8; 20_000]).unwrap();
+        wait_for(&reader, 20_000);
+        assert_eq!(from.read(&mut big).unwrap(), DIRECT);
+        assert!(big.iter().all(|&b| b == 9));
+        assert!(
+            !from.holds_bytes(),
+            "a large offer went through the pooled buffer"
+        );
+        let mut rest = 0;
+        while rest < 20_000 - DIRECT {
+            rest += from.read(&mut big).unwrap();
+        }
+        assert_eq!(rest, 20_000 - DIRECT);
     }
 }
