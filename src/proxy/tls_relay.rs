@@ -3,20 +3,21 @@
 //! write shutdown, and the peer's close_notify (or bare EOF, as some proxies send) a local
 //! write shutdown.
 //!
-//! The socket I/O is ours, not a stream wrapper's. TLS bytes go from the socket into rustls'
-//! record buffer (`Incoming`): straight there once that buffer has room for a record, else a
-//! pooled buffer at a time; plaintext is written from rustls' own buffer straight to the local
-//! socket; encrypted records leave in one vectored write. Like the plain relay, a direction
-//! holds a pooled buffer only while bytes move, so an idle connection keeps only rustls' state.
+//! The socket I/O is ours, not a stream wrapper's. TLS bytes are read from the socket up to
+//! 32 KiB at a time, as much as fits straight into rustls' record buffer and the rest into a
+//! pooled buffer (`Incoming`); plaintext is written from rustls' own buffer straight to the
+//! local socket; encrypted records leave in one vectored write. Like the plain relay, a
+//! direction holds a pooled buffer only while bytes move, so an idle connection keeps only
+//! rustls' state.
 //!
 //! rustls' unbuffered API (`rustls::unbuffered`) would not save copies with rustls 0.23: it
 //! still copies each received record's plaintext out into a buffer it allocates, and encrypts
 //! each record into one it allocates before copying it into the caller's buffer (a copy more
-//! than `write_tls` needs). So this stays with the buffered API and avoids the one copy that
-//! is ours to avoid: ciphertext staged in a buffer of ours on its way into rustls'.
+//! than `write_tls` needs). So this stays with the buffered API and avoids what copying is ours
+//! to avoid: ciphertext staged in a buffer of ours on its way into rustls'.
 
 use std::cell::RefCell;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, IoSliceMut, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use rustls::ConnectionCommon;
 use smol::{future, Async};
 
-use super::buffers::Buf;
+use super::buffers::{Buf, BUF_SIZE};
 use super::relay::{step, Flow, Pace, Relayed, Step};
 use crate::metrics::Tally;
 
@@ -182,16 +183,13 @@ where
     }
 }
 
-/// Below this much room in rustls' record buffer, a read goes through a pooled buffer.
-const DIRECT: usize = 8 * 1024;
-
 /// The socket as rustls' `read_tls` sees it. rustls hands `read_tls` the free end of its
 /// record buffer: 4 KiB at a time while it grows that buffer (after the handshake, and again
-/// whenever it has emptied it), then room for about a whole record. Small offers are served
-/// from one read into a pooled buffer (one syscall per 32 KiB rather than per 4 KiB); large
-/// ones by reading the socket straight into rustls' buffer, so a bulk transfer's ciphertext
-/// is not copied through ours. The pooled buffer is held only while it has bytes rustls has
-/// not taken, so an idle connection holds none.
+/// whenever it has emptied it), then room for about a whole record. One vectored read fills
+/// that room and, up to 32 KiB in all, a pooled buffer behind it: each syscall still takes up
+/// to 32 KiB (not rustls' 4 KiB), and the bytes that land in rustls' room are copied by the
+/// kernel only, not once more by us. The pooled buffer is held only while it has bytes rustls
+/// has not taken, so an idle connection holds none.
 struct Incoming<'s> {
     socket: &'s TcpStream,
     /// Read from the socket, not yet given to rustls: `spill[start..end]`.
@@ -230,16 +228,29 @@ impl<'s> Incoming<'s> {
 impl Read for Incoming<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if let Some(spill) = self.spill.take() {
+            // Bytes already read come first.
             return Ok(self.hand_over(spill, out));
         }
-        if out.len() >= DIRECT {
+        let behind = BUF_SIZE.saturating_sub(out.len());
+        if behind == 0 {
             return self.socket.read(out);
         }
         let mut spill = Buf::take();
-        // An error or the end of the stream leaves nothing held: the buffer goes back.
-        let n = self.socket.read(spill.as_mut())?;
-        (self.start, self.end) = (0, n);
-        Ok(self.hand_over(spill, out))
+        let into = spill.as_mut();
+        let behind = behind.min(into.len());
+        let into = &mut into[..behind];
+        // An error, the end of the stream or a read that fits in `out` leaves nothing held:
+        // the buffer goes back to the pool.
+        let n = self
+            .socket
+            .read_vectored(&mut [IoSliceMut::new(out), IoSliceMut::new(into)])?;
+        // `spill` holds what did not fit in `out`.
+        let direct = n.min(out.len());
+        (self.start, self.end) = (0, n - direct);
+        if self.start < self.end {
+            self.spill = Some(spill);
+        }
+        Ok(direct)
     }
 }
 
@@ -302,9 +313,10 @@ mod tests {
         (writer, reader)
     }
 
-    /// Small offers (rustls growing its buffer) and large ones (room for a record) both get
-    /// the stream's bytes in order, whichever way each is served; the pooled buffer is let go
-    /// once rustls has taken it all; the end of the stream reads as 0.
+    /// Small offers (rustls growing its buffer), large ones (room for a record) and ones
+    /// larger than the pooled buffer all get the stream's bytes in order, whichever way each
+    /// is served; the pooled buffer is let go once rustls has taken it all; the end of the
+    /// stream reads as 0.
     #[test]
     fn incoming_hands_over_the_stream_in_order() {
         let (mut writer, reader) = pair();
@@ -313,10 +325,10 @@ mod tests {
         drop(writer);
         let mut from = Incoming::new(&reader);
         let mut got = Vec::new();
-        let mut offers = [4096, 4096, 16 * 1024, 20_000, 100, 4096]
+        let mut offers = [4096, 4096, 16 * 1024, 20_000, 100, 40_000, 4096]
             .into_iter()
             .cycle();
-        let mut out = vec![0u8; 20_000];
+        let mut out = vec![0u8; 40_000];
         loop {
             let offer = offers.next().unwrap();
             let n = from.read(&mut out[..offer]).unwrap();
@@ -347,39 +359,47 @@ mod tests {
         }
     }
 
-    /// A small offer reads the socket once into the pooled buffer and hands the rest over
-    /// later without reading the socket again; a large offer with nothing held reads the
-    /// socket straight into it, taking no more than it offers.
+    /// One read takes what a small offer fits and, up to 32 KiB in all, keeps the rest for
+    /// later offers, which get it without reading the socket again; an offer of 32 KiB or
+    /// more reads the socket straight into it.
     #[test]
-    fn incoming_serves_small_offers_from_one_read_and_large_ones_directly() {
+    fn incoming_reads_32_kib_at_a_time_into_the_offer_first() {
         let (mut writer, reader) = pair();
         reader.set_nonblocking(true).unwrap();
         let mut from = Incoming::new(&reader);
-        writer.write_all(&[7u8; 10_000]).unwrap();
+        let block = |n, b| vec![b; n];
+        writer.write_all(&block(10_000, 7u8)).unwrap();
         wait_for(&reader, 10_000);
         let mut small = [0u8; 4096];
         assert_eq!(from.read(&mut small).unwrap(), 4096);
         assert!(from.holds_bytes());
         // The socket is empty now: the rest can only come from the pooled buffer.
-        let mut big = vec![0u8; DIRECT];
+        let mut big = vec![0u8; 16 * 1024];
         assert_eq!(from.read(&mut big).unwrap(), 10_000 - 4096);
+        assert!(big[..10_000 - 4096].iter().all(|&b| b == 7));
         assert!(!from.holds_bytes());
         let err = from.read(&mut big).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         assert!(!from.holds_bytes(), "a read that would block held a buffer");
-        // More waiting than a large offer takes: read straight, the rest left in the socket.
-        writer.write_all(&[9u8; 20_000]).unwrap();
-        wait_for(&reader, 20_000);
-        assert_eq!(from.read(&mut big).unwrap(), DIRECT);
-        assert!(big.iter().all(|&b| b == 9));
+        // 40,000 waiting, 16 KiB offered: one read takes 32 KiB, the offer first.
+        writer.write_all(&block(40_000, 9u8)).unwrap();
+        wait_for(&reader, 40_000);
+        assert_eq!(from.read(&mut big).unwrap(), big.len());
+        assert!(from.holds_bytes());
+        assert_eq!(from.read(&mut big).unwrap(), BUF_SIZE - big.len());
+        assert!(!from.holds_bytes());
+        // A read that fits in the offer holds nothing.
+        assert_eq!(from.read(&mut big).unwrap(), 40_000 - BUF_SIZE);
         assert!(
             !from.holds_bytes(),
-            "a large offer went through the pooled buffer"
+            "a read that fit in the offer held a buffer"
         );
-        let mut rest = 0;
-        while rest < 20_000 - DIRECT {
-            rest += from.read(&mut big).unwrap();
-        }
-        assert_eq!(rest, 20_000 - DIRECT);
+        // An offer of 32 KiB or more is read into directly.
+        writer.write_all(&block(50_000, 3u8)).unwrap();
+        wait_for(&reader, 50_000);
+        let mut huge = vec![0u8; 40_000];
+        assert_eq!(from.read(&mut huge).unwrap(), 40_000);
+        assert!(!from.holds_bytes());
+        assert!(huge.iter().all(|&b| b == 3));
     }
 }
