@@ -3,9 +3,9 @@
 //! write shutdown, and the peer's close_notify (or bare EOF, as some proxies send) a local
 //! write shutdown.
 //!
-//! The socket I/O is ours, not a stream wrapper's. TLS bytes are read from the socket up to
-//! 32 KiB at a time, as much as fits straight into rustls' record buffer and the rest into a
-//! pooled buffer (`Incoming`); plaintext is written from rustls' own buffer straight to the
+//! The socket I/O is ours, not a stream wrapper's. TLS bytes are read from the socket about
+//! two records at a time, as much as fits straight into rustls' record buffer and the rest
+//! into a pooled buffer (`Incoming`, `Records`); plaintext is written from rustls' own buffer straight to the
 //! local socket; encrypted records leave in one vectored write. Like the plain relay, a
 //! direction holds a pooled buffer only while bytes move, so an idle connection keeps only
 //! rustls' state.
@@ -186,16 +186,18 @@ where
 /// The socket as rustls' `read_tls` sees it. rustls hands `read_tls` the free end of its
 /// record buffer: 4 KiB at a time while it grows that buffer (after the handshake, and again
 /// whenever it has emptied it), then room for about a whole record. One vectored read fills
-/// that room and, up to 32 KiB in all, a pooled buffer behind it: each syscall still takes up
-/// to 32 KiB (not rustls' 4 KiB), and the bytes that land in rustls' room are copied by the
-/// kernel only, not once more by us. The pooled buffer is held only while it has bytes rustls
-/// has not taken, so an idle connection holds none.
+/// that room and a pooled buffer behind it, so that the bytes landing in rustls' room are
+/// copied by the kernel only, not once more by us. How much goes behind is steered by
+/// `Records`; without it, up to 32 KiB in all per syscall (not rustls' 4 KiB). The pooled
+/// buffer is held only while it has bytes rustls has not taken, so an idle connection holds
+/// none.
 struct Incoming<'s> {
     socket: &'s TcpStream,
     /// Read from the socket, not yet given to rustls: `spill[start..end]`.
     spill: Option<Buf>,
     start: usize,
     end: usize,
+    records: Records,
 }
 
 impl<'s> Incoming<'s> {
@@ -205,6 +207,7 @@ impl<'s> Incoming<'s> {
             spill: None,
             start: 0,
             end: 0,
+            records: Records::default(),
         }
     }
 
@@ -217,6 +220,7 @@ impl<'s> Incoming<'s> {
         let held = spill.as_mut().get(self.start..self.end).unwrap_or_default();
         let n = held.len().min(out.len());
         out[..n].copy_from_slice(&held[..n]);
+        self.records.pass(&out[..n]);
         self.start += n;
         if self.start < self.end {
             self.spill = Some(spill);
@@ -231,9 +235,14 @@ impl Read for Incoming<'_> {
             // Bytes already read come first.
             return Ok(self.hand_over(spill, out));
         }
-        let behind = BUF_SIZE.saturating_sub(out.len());
+        let behind = match self.records.behind(out.len()) {
+            Some(behind) => behind,
+            None => BUF_SIZE.saturating_sub(out.len()),
+        };
         if behind == 0 {
-            return self.socket.read(out);
+            let n = self.socket.read(out)?;
+            self.records.pass(&out[..n]);
+            return Ok(n);
         }
         let mut spill = Buf::take();
         let into = spill.as_mut();
@@ -246,11 +255,112 @@ impl Read for Incoming<'_> {
             .read_vectored(&mut [IoSliceMut::new(out), IoSliceMut::new(into)])?;
         // `spill` holds what did not fit in `out`.
         let direct = n.min(out.len());
+        self.records.pass(&out[..direct]);
         (self.start, self.end) = (0, n - direct);
         if self.start < self.end {
             self.spill = Some(spill);
         }
         Ok(direct)
+    }
+}
+
+/// The largest TLS record rustls accepts, header included.
+const MAX_RECORD: usize = 5 + 16 * 1024 + 2048;
+
+/// Where TLS record boundaries fall in the bytes handed to rustls, to end each read just
+/// past a record's header: rustls then completes every record it was given and keeps only
+/// those five bytes, so the next read's room in its buffer is a whole record (and none of it
+/// a partial record rustls must first move down), while a buffer left empty would be shrunk
+/// and grown back 4 KiB a read. It only steers how reads are split: bytes still go to rustls
+/// exactly as they came. The relay joins the stream wherever the handshake left it, often
+/// inside a record (a client's first data arrives with its Finished): until a header that
+/// makes sense is found, or after one that does not, reads are not steered, and the bytes
+/// passing are searched for a header, up to `SEARCH` of them.
+#[derive(Default)]
+struct Records {
+    /// The next record's header, `seen` bytes of it so far (while `body` is 0).
+    header: [u8; 5],
+    seen: usize,
+    /// Bytes of the current record's body still to come.
+    body: usize,
+    /// The size of the last record whose header was seen, header included; 0 before any.
+    last: usize,
+    lost: bool,
+    /// Bytes searched for a header while lost.
+    searched: usize,
+}
+
+/// How far to search for a record header before giving up on steering a connection.
+const SEARCH: usize = 64 * 1024;
+
+/// Whether five bytes look like the header of an encrypted record: after the handshake every
+/// record is application data (TLS 1.3) or an alert, handshake message or application data
+/// (TLS 1.2), all labelled TLS 1.2, and no longer than rustls accepts.
+fn plausible_header(header: &[u8]) -> bool {
+    match *header {
+        [kind, 3, 3, high, low] => {
+            (21..=23).contains(&kind)
+                && 5 + usize::from(u16::from_be_bytes([high, low])) <= MAX_RECORD
+        }
+        _ => false,
+    }
+}
+
+impl Records {
+    /// Follows `bytes`, the next ones handed to rustls.
+    fn pass(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.lost {
+                if self.searched > SEARCH {
+                    return;
+                }
+                // A header split between two passes is missed; the next one will do.
+                match bytes.windows(5).position(plausible_header) {
+                    Some(at) => {
+                        self.searched += at;
+                        bytes = &bytes[at..];
+                        (self.lost, self.seen, self.body) = (false, 0, 0);
+                    }
+                    None => {
+                        self.searched += bytes.len();
+                        return;
+                    }
+                }
+            }
+            if self.body > 0 {
+                let n = self.body.min(bytes.len());
+                self.body -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (5 - self.seen).min(bytes.len());
+            self.header[self.seen..self.seen + n].copy_from_slice(&bytes[..n]);
+            self.seen += n;
+            bytes = &bytes[n..];
+            if self.seen == 5 {
+                let [_, _, _, high, low] = self.header;
+                self.seen = 0;
+                self.body = usize::from(u16::from_be_bytes([high, low]));
+                self.last = 5 + self.body;
+                if !plausible_header(&self.header) {
+                    (self.lost, self.body, self.last) = (true, 0, 0);
+                }
+            }
+        }
+    }
+
+    /// How many bytes to read past an `offer` so that the read ends five bytes into a record,
+    /// taking records still to come to be as long as the last one; `None` when unknown.
+    fn behind(&self, offer: usize) -> Option<usize> {
+        if self.lost || self.seen != 0 || self.last == 0 {
+            return None;
+        }
+        let mut end = self.body + 5;
+        if end < offer {
+            end += (offer - end).div_ceil(self.last) * self.last;
+        }
+        let behind = end - offer;
+        (behind <= BUF_SIZE).then_some(behind)
     }
 }
 
@@ -401,5 +511,75 @@ mod tests {
         assert_eq!(from.read(&mut huge).unwrap(), 40_000);
         assert!(!from.holds_bytes());
         assert!(huge.iter().all(|&b| b == 3));
+    }
+
+    /// `count` application-data records of `body` bytes each, header included.
+    fn records(count: usize, body: usize) -> Vec<u8> {
+        let mut stream = Vec::new();
+        for r in 0..count {
+            stream.extend_from_slice(&[23, 3, 3]);
+            stream.extend_from_slice(&(body as u16).to_be_bytes());
+            stream.extend((0..body).map(|i| (i * 7 + r) as u8));
+        }
+        stream
+    }
+
+    /// Once a record header has been handed over, a read ends five bytes into a record,
+    /// taking the records to come to be as long as the last: what does not fit in the offer
+    /// is held for the next offers, and nothing more is read from the socket meanwhile.
+    #[test]
+    fn incoming_ends_reads_just_past_a_record_header() {
+        let (mut writer, reader) = pair();
+        reader.set_nonblocking(true).unwrap();
+        let mut from = Incoming::new(&reader);
+        // Four records of 1005 bytes; a first small offer is not steered yet (32 KiB in all).
+        writer.write_all(&records(4, 1000)).unwrap();
+        wait_for(&reader, 4020);
+        let mut out = vec![0u8; 10_000];
+        assert_eq!(from.read(&mut out[..100]).unwrap(), 100);
+        assert_eq!(from.read(&mut out[..2000]).unwrap(), 2000);
+        assert_eq!(from.read(&mut out[..3000]).unwrap(), 4020 - 2100);
+        assert!(!from.holds_bytes());
+        // At a record boundary now: an offer of 500 reads to five bytes past the next record.
+        writer.write_all(&records(3, 1000)).unwrap();
+        wait_for(&reader, 3015);
+        assert_eq!(from.read(&mut out[..500]).unwrap(), 500);
+        assert!(from.holds_bytes());
+        assert_eq!(
+            from.read(&mut out).unwrap(),
+            1010 - 500,
+            "the read was not split"
+        );
+        assert!(!from.holds_bytes());
+        // The next header is known: an offer larger than what waits takes it all directly.
+        assert_eq!(from.read(&mut out).unwrap(), 3015 - 1010);
+        assert!(!from.holds_bytes());
+    }
+
+    /// A stream joined inside a record (where the handshake left it) is not steered until a
+    /// header turns up in what passes, and then it is.
+    #[test]
+    fn incoming_finds_the_records_when_joined_inside_one() {
+        let (mut writer, reader) = pair();
+        reader.set_nonblocking(true).unwrap();
+        let mut from = Incoming::new(&reader);
+        let stream = records(3, 2000);
+        // 700 bytes into the first record's body.
+        writer.write_all(&stream[705..]).unwrap();
+        wait_for(&reader, stream.len() - 705);
+        let mut out = vec![0u8; 10_000];
+        // Unsteered: one read takes everything waiting (less than 32 KiB).
+        assert_eq!(from.read(&mut out[..1000]).unwrap(), 1000);
+        assert_eq!(from.read(&mut out).unwrap(), stream.len() - 1705);
+        assert!(
+            from.records.behind(100).is_some(),
+            "no header found in the stream"
+        );
+        // Found: two more records, an offer of 100 reads to five bytes past the first.
+        writer.write_all(&records(2, 2000)).unwrap();
+        wait_for(&reader, 4010);
+        assert_eq!(from.read(&mut out[..100]).unwrap(), 100);
+        assert_eq!(from.read(&mut out).unwrap(), 2010 - 100);
+        assert_eq!(from.read(&mut out).unwrap(), 2000);
     }
 }
