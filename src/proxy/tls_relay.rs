@@ -193,10 +193,11 @@ where
 /// none.
 struct Incoming<'s> {
     socket: &'s TcpStream,
-    /// Read from the socket, not yet given to rustls: `spill[start..end]`.
+    /// Read from the socket, not yet given to rustls: `spill[start..end]` (32 KiB at most,
+    /// so offsets fit in 16 bits: every held connection keeps these).
     spill: Option<Buf>,
-    start: usize,
-    end: usize,
+    start: u16,
+    end: u16,
     records: Records,
 }
 
@@ -217,11 +218,13 @@ impl<'s> Incoming<'s> {
 
     /// Gives `out` what it takes of `spill[start..end]`, and the buffer back once empty.
     fn hand_over(&mut self, mut spill: Buf, out: &mut [u8]) -> usize {
-        let held = spill.as_mut().get(self.start..self.end).unwrap_or_default();
+        let (start, end) = (usize::from(self.start), usize::from(self.end));
+        let held = spill.as_mut().get(start..end).unwrap_or_default();
         let n = held.len().min(out.len());
         out[..n].copy_from_slice(&held[..n]);
         self.records.pass(&out[..n]);
-        self.start += n;
+        // No more than was held.
+        self.start += n as u16;
         if self.start < self.end {
             self.spill = Some(spill);
         }
@@ -256,7 +259,9 @@ impl Read for Incoming<'_> {
         // `spill` holds what did not fit in `out`.
         let direct = n.min(out.len());
         self.records.pass(&out[..direct]);
-        (self.start, self.end) = (0, n - direct);
+        // No more than the pooled buffer holds (32 KiB); never dropped if it were more.
+        let held = u16::try_from(n - direct).map_err(|_| io::Error::other("read overran"))?;
+        (self.start, self.end) = (0, held);
         if self.start < self.end {
             self.spill = Some(spill);
         }
@@ -275,23 +280,24 @@ const MAX_RECORD: usize = 5 + 16 * 1024 + 2048;
 /// exactly as they came. The relay joins the stream wherever the handshake left it, often
 /// inside a record (a client's first data arrives with its Finished): until a header that
 /// makes sense is found, or after one that does not, reads are not steered, and the bytes
-/// passing are searched for a header, up to `SEARCH` of them.
+/// passing are searched for a header, up to `SEARCH` of them. Every held connection keeps
+/// one, hence the small integers (a record is at most `MAX_RECORD` long).
 #[derive(Default)]
 struct Records {
     /// The next record's header, `seen` bytes of it so far (while `body` is 0).
     header: [u8; 5],
-    seen: usize,
+    seen: u8,
     /// Bytes of the current record's body still to come.
-    body: usize,
+    body: u16,
     /// The size of the last record whose header was seen, header included; 0 before any.
-    last: usize,
+    last: u16,
     lost: bool,
     /// Bytes searched for a header while lost.
-    searched: usize,
+    searched: u32,
 }
 
 /// How far to search for a record header before giving up on steering a connection.
-const SEARCH: usize = 64 * 1024;
+const SEARCH: u32 = 64 * 1024;
 
 /// Whether five bytes look like the header of an encrypted record: after the handshake every
 /// record is application data (TLS 1.3) or an alert, handshake message or application data
@@ -315,34 +321,37 @@ impl Records {
                     return;
                 }
                 // A header split between two passes is missed; the next one will do.
-                match bytes.windows(5).position(plausible_header) {
-                    Some(at) => {
-                        self.searched += at;
-                        bytes = &bytes[at..];
-                        (self.lost, self.seen, self.body) = (false, 0, 0);
-                    }
-                    None => {
-                        self.searched += bytes.len();
-                        return;
-                    }
-                }
+                let found = bytes.windows(5).position(plausible_header);
+                let searched = found.unwrap_or(bytes.len());
+                self.searched =
+                    (self.searched).saturating_add(u32::try_from(searched).unwrap_or(u32::MAX));
+                let Some(at) = found else {
+                    return;
+                };
+                bytes = &bytes[at..];
+                (self.lost, self.seen, self.body) = (false, 0, 0);
             }
             if self.body > 0 {
-                let n = self.body.min(bytes.len());
-                self.body -= n;
+                let n = usize::from(self.body).min(bytes.len());
+                // No more than `body`, so it fits.
+                self.body -= n as u16;
                 bytes = &bytes[n..];
                 continue;
             }
-            let n = (5 - self.seen).min(bytes.len());
-            self.header[self.seen..self.seen + n].copy_from_slice(&bytes[..n]);
-            self.seen += n;
+            let seen = usize::from(self.seen);
+            let n = (5 - seen).min(bytes.len());
+            self.header[seen..seen + n].copy_from_slice(&bytes[..n]);
+            // At most 5.
+            self.seen += n as u8;
             bytes = &bytes[n..];
             if self.seen == 5 {
-                let [_, _, _, high, low] = self.header;
                 self.seen = 0;
-                self.body = usize::from(u16::from_be_bytes([high, low]));
-                self.last = 5 + self.body;
-                if !plausible_header(&self.header) {
+                if plausible_header(&self.header) {
+                    let [_, _, _, high, low] = self.header;
+                    self.body = u16::from_be_bytes([high, low]);
+                    // At most `MAX_RECORD`, as the header is plausible.
+                    self.last = self.body + 5;
+                } else {
                     (self.lost, self.body, self.last) = (true, 0, 0);
                 }
             }
@@ -355,9 +364,10 @@ impl Records {
         if self.lost || self.seen != 0 || self.last == 0 {
             return None;
         }
-        let mut end = self.body + 5;
+        let (body, last) = (usize::from(self.body), usize::from(self.last));
+        let mut end = body + 5;
         if end < offer {
-            end += (offer - end).div_ceil(self.last) * self.last;
+            end += (offer - end).div_ceil(last) * last;
         }
         let behind = end - offer;
         (behind <= BUF_SIZE).then_some(behind)
