@@ -488,9 +488,19 @@ impl Coordinator {
         let fleet = Key::Services {
             place: place.clone(),
         };
-        self.watches.contains_key(&fleet)
-            && self.fleet_namespace.as_ref() == Some(namespace)
-            && matches!(self.answers.get(&fleet), Some(Answer::Names(n)) if n.binary_search(service).is_ok())
+        if !self.watches.contains_key(&fleet) {
+            return false;
+        }
+        let Some(Answer::Names(names)) = self.answers.get(&fleet) else {
+            return false;
+        };
+        // A fleet on an Enterprise agent names each service in its namespace; elsewhere
+        // its names are of its own namespace.
+        names
+            .binary_search(&fleet::qualified(namespace, service))
+            .is_ok()
+            || (self.fleet_namespace.as_ref() == Some(namespace)
+                && names.binary_search(service).is_ok())
     }
 
     /// Starts watches for newly needed keys, stops the ones no longer needed.
@@ -529,6 +539,7 @@ impl Coordinator {
                 fleet::spawn(
                     place.clone(),
                     namespace,
+                    assemble::enterprise(&self.settings, &self.known()),
                     &self.client,
                     self.options.timing,
                     self.tx.clone(),
