@@ -129,11 +129,10 @@ fn enterprise_agent(path: &str, query: &str) -> Option<Value> {
     })
 }
 
-#[test]
-fn a_gateway_routes_the_other_partitions_of_its_datacenter_enterprise_stand_in() {
-    let port = *GATEWAY_PORT.get_or_init(free_port);
-    let agent = stand_in(Arc::new(enterprise_agent), Arc::new(AtomicU64::new(7)));
-    let dir = Scratch::new("consul-enterprise-stand-in");
+/// A sidegate gateway following the stand-in at `agent`, serving on `port` (its
+/// registration's) and on its admin endpoint; the scratch directory lives as long as it.
+fn gateway_following(agent: SocketAddr, port: u16, name: &str) -> (Scratch, Sidegate, SocketAddr) {
+    let dir = Scratch::new(name);
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let toml = format!(
         "[consul]\naddress = \"{agent}\"\ngateway_service_id = \"mesh-gateway\"\nstate_dir = \"{}\"\n\
@@ -142,6 +141,14 @@ fn a_gateway_routes_the_other_partitions_of_its_datacenter_enterprise_stand_in()
     );
     let mut gateway = Sidegate::run("gateway", &dir.0, &toml);
     gateway.serving(&[port, admin.port()]);
+    (dir, gateway, admin)
+}
+
+#[test]
+fn a_gateway_routes_the_other_partitions_of_its_datacenter_enterprise_stand_in() {
+    let port = *GATEWAY_PORT.get_or_init(free_port);
+    let agent = stand_in(Arc::new(enterprise_agent), Arc::new(AtomicU64::new(7)));
+    let (_dir, mut gateway, admin) = gateway_following(agent, port, "consul-enterprise-stand-in");
 
     let td = "a1499528-fbf6-df7b-05e5-ae81e1873fc4.consul";
     let want = vec![
@@ -284,15 +291,7 @@ fn a_gateway_routes_every_namespace_of_its_partition_enterprise_stand_in() {
         Arc::new(move |path: &str, query: &str| namespaced_agent(port, &seen, path, query)),
         index.clone(),
     );
-    let dir = Scratch::new("consul-enterprise-namespaces");
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let toml = format!(
-        "[consul]\naddress = \"{agent}\"\ngateway_service_id = \"mesh-gateway\"\nstate_dir = \"{}\"\n\
-         [gateway]\n[admin]\nlisten = \"{admin}\"\n",
-        dir.path("state").display()
-    );
-    let mut gateway = Sidegate::run("gateway", &dir.0, &toml);
-    gateway.serving(&[port, admin.port()]);
+    let (_dir, mut gateway, admin) = gateway_following(agent, port, "consul-enterprise-namespaces");
 
     let td = "a1499528-fbf6-df7b-05e5-ae81e1873fc4.consul";
     let want = |api: &str| {
