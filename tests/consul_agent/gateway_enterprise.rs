@@ -33,15 +33,26 @@ type Answers = Arc<dyn Fn(&str, &str) -> Option<Value> + Send + Sync>;
 /// `X-Consul-Index` from `index` (7 unless a test moves it); a blocking query at that index
 /// waits a little first, as a real agent holds it until something changes.
 fn stand_in(answers: Answers, index: Arc<AtomicU64>) -> SocketAddr {
+    stand_in_counted(answers, index).0
+}
+
+/// [`stand_in`], with the most connections it held open at once so far.
+fn stand_in_counted(answers: Answers, index: Arc<AtomicU64>) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let (open, peak) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let seen = peak.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
-            let (answers, index) = (answers.clone(), index.clone());
-            std::thread::spawn(move || serve(conn, &*answers, &index));
+            let (answers, index, open) = (answers.clone(), index.clone(), open.clone());
+            seen.fetch_max(open.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                serve(conn, &*answers, &index);
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
         }
     });
-    addr
+    (addr, peak)
 }
 
 fn serve(
@@ -287,7 +298,7 @@ fn a_gateway_routes_every_namespace_of_its_partition_enterprise_stand_in() {
     let port = free_port();
     let index = Arc::new(AtomicU64::new(7));
     let seen = index.clone();
-    let agent = stand_in(
+    let (agent, peak) = stand_in_counted(
         Arc::new(move |path: &str, query: &str| namespaced_agent(port, &seen, path, query)),
         index.clone(),
     );
@@ -322,5 +333,9 @@ fn a_gateway_routes_every_namespace_of_its_partition_enterprise_stand_in() {
     // A change in one namespace: api's instance moves, and the checks' index with it.
     index.store(8, Ordering::SeqCst);
     settle(want("10.1.3.9"), "the namespace's change followed");
+    // However many namespaces: the fleet's two wildcard polls and its two workers, with the
+    // registration's, the roots', the partitions' and the resolvers' queries.
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(peak <= 8, "{peak} agent connections at once");
     assert!(gateway.is_running(), "{}", gateway.output_tail());
 }
