@@ -96,6 +96,17 @@ pub fn namespace(s: &Settings, k: &Known<'_>) -> Option<String> {
     place(s, k).map(|(_, ns)| ns)
 }
 
+/// Whether the agent is Consul Enterprise: its registrations carry their namespace and
+/// partition, which Community Edition leaves out (and it refuses any `ns=` with a 400).
+pub fn enterprise(s: &Settings, k: &Known<'_>) -> bool {
+    let sidecar = k.registration(s.sidecar_service_id.as_ref(), KIND_SIDECAR);
+    let gateway = k.registration(s.gateway_service_id.as_ref(), KIND_MESH_GATEWAY);
+    sidecar
+        .into_iter()
+        .chain(gateway)
+        .any(|r| !r.namespace.is_empty() || !r.partition.is_empty())
+}
+
 fn here_of(place: Place, namespace: String, trust_domain: String) -> Here {
     Here {
         place,
@@ -263,16 +274,17 @@ fn gateway_keys(s: &Settings, k: &Known<'_>, here: &Here, keys: &mut BTreeSet<Ke
         place: here.place.clone(),
     };
     if let Some(Answer::Names(names)) = k.answers.get(&services) {
-        for name in names
+        // Each in its namespace: on Enterprise the fleet follows every namespace of the
+        // partition; Community Edition has one.
+        let routed = names
             .iter()
-            .filter(|n| is_label(n))
-            .take(MAX_ROUTED_SERVICES)
-        {
+            .map(|n| super::fleet::split(n, &here.namespace))
+            .filter(|(ns, name)| is_label(ns) && is_label(name))
+            .take(MAX_ROUTED_SERVICES);
+        for (namespace, name) in routed {
             keys.insert(Key::Connect {
-                service: name.clone(),
-                // Community Edition has one namespace; Enterprise namespaces other than the
-                // gateway's own are not listed by this endpoint.
-                namespace: here.namespace.clone(),
+                service: name.to_owned(),
+                namespace: namespace.to_owned(),
                 place: here.place.clone(),
             });
         }

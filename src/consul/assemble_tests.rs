@@ -1227,3 +1227,77 @@ fn an_upstream_dials_the_chain_consul_compiled() {
         p.warnings
     );
 }
+
+/// On Enterprise the fleet names each service in its namespace (`<ns>/<name>`): each is
+/// followed and routed in that namespace; a part that is no DNS label is dropped, a bare
+/// name is in the gateway's own namespace. The agent is Enterprise when its registrations
+/// carry their namespace or partition, which Community Edition leaves out.
+#[test]
+fn a_gateway_follows_each_service_in_its_namespace() {
+    let s = settings(None, Some("mesh-gateway"));
+    let (gw_key, w) = gateway_world();
+    // As an Enterprise agent answers: the registration in its namespace and partition.
+    let mut reg = registration("agent-service-mesh-gateway.json");
+    if let Answer::Service(Some(svc)) = &mut reg {
+        svc.meta.remove(federation::META_WAN_FEDERATION);
+        svc.namespace = "default".into();
+        svc.partition = "default".into();
+    }
+    let w = w.with(gw_key, reg);
+    let names = [
+        "default/db",
+        "team-a/api",
+        "team-a/bad name",
+        "x.y/web",
+        "cache",
+    ];
+    let w = w
+        .with(
+            Key::Services {
+                place: Place::new("dc1", "default"),
+            },
+            Answer::Names(names.iter().map(|n| (*n).to_owned()).collect()),
+        )
+        .settle(&s, |k| match k {
+            Key::Connect {
+                service, namespace, ..
+            } if service == "api" && namespace == "team-a" => {
+                db_instances("10.0.0.7", "203.0.113.7")
+            }
+            Key::Datacenters | Key::Partitions | Key::GatewayNames { .. } => {
+                Answer::Names(Vec::new())
+            }
+            Key::Resolvers { .. } => Answer::Resolvers(Vec::new()),
+            _ => Answer::Instances(Vec::new()),
+        });
+    let mut followed: Vec<(String, String)> = w
+        .needed(&s)
+        .into_iter()
+        .filter_map(|k| match k {
+            Key::Connect {
+                service, namespace, ..
+            } => Some((namespace, service)),
+            _ => None,
+        })
+        .collect();
+    followed.sort();
+    let want = [("default", "cache"), ("default", "db"), ("team-a", "api")];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(ns, n)| ((*ns).to_owned(), (*n).to_owned()))
+        .collect();
+    assert_eq!(followed, want);
+    assert!(enterprise(&s, &w.known()), "an ENT-style registration");
+    let (snap, _) = snapshot(&s, &base(), &w.known()).unwrap();
+    let api = snap
+        .catalog
+        .services
+        .iter()
+        .find(|c| c.name == "api")
+        .unwrap();
+    assert_eq!(api.namespace, "team-a");
+
+    // Community Edition: the registration says neither namespace nor partition.
+    let (_, ce) = gateway_world();
+    assert!(!enterprise(&s, &ce.known()));
+}

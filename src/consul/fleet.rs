@@ -16,6 +16,15 @@
 //! the service it fronts). A change of the service table that neither diff explains (an
 //! instance without checks, a new port) makes a sweep: every name fetched once, through the
 //! same bounded workers. Connections to the agent: 2 blocking + `WORKERS` short requests.
+//!
+//! On an Enterprise agent (its registrations carry a namespace) the two polls ask every
+//! namespace of the partition at once (`ns=*`), so the connections stay the same however
+//! many namespaces there are. The names list merges namespaces (a name → tags map); the
+//! checks name their service's namespace. A service is followed in each namespace its
+//! checks (or its proxies' checks) name, or in the gateway's own namespace when none does,
+//! and fetched with `?ns=` of that namespace. Inside the fleet and in what it tells the
+//! follower such a service is `<namespace>/<name>` (see [`split`]). Community Edition
+//! answers 400 to any `ns=`, so it is never sent there.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -47,6 +56,19 @@ pub const THREADS: usize = POLLERS + WORKERS + 1;
 const SETTLE: Duration = Duration::from_millis(300);
 /// Thread stacks: these threads wait on sockets and parse JSON of bounded depth.
 const STACK: usize = 256 << 10;
+/// Between a namespace and a service name in an Enterprise fleet's names: neither a
+/// namespace nor a service name Consul routes holds it, and the fleet drops names with it.
+const NS_SEP: char = '/';
+
+/// A name a fleet told: `(namespace, service)`, where a bare name (Community Edition) is in
+/// `own`, the gateway's namespace.
+pub fn split<'a>(entry: &'a str, own: &'a str) -> (&'a str, &'a str) {
+    entry.split_once(NS_SEP).unwrap_or((own, entry))
+}
+
+pub fn qualified(namespace: &str, name: &str) -> String {
+    format!("{namespace}{NS_SEP}{name}")
+}
 
 /// The handle kept by the follower; dropping it ends every thread of the fleet at once,
 /// with their requests in flight: the fleet's client is its own, and is shut down.
@@ -235,11 +257,12 @@ struct CheckSeen {
     critical: bool,
 }
 
-/// Starts following every service of `place` (in `namespace`); answers go to `tx` as
-/// `Key::Services` and `Key::Connect` updates.
+/// Starts following every service of `place` (in `namespace`, or in every namespace of it
+/// on an Enterprise agent); answers go to `tx` as `Key::Services` and `Key::Connect` updates.
 pub fn spawn(
     place: Place,
     namespace: String,
+    enterprise: bool,
     client: &Client,
     timing: Timing,
     tx: SyncSender<Update>,
@@ -262,6 +285,7 @@ pub fn spawn(
     let ctx = Arc::new(Context {
         place,
         namespace,
+        enterprise,
         client,
         timing,
         tx,
@@ -293,7 +317,10 @@ fn thread(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> 
 
 struct Context {
     place: Place,
+    /// The gateway's own namespace.
     namespace: String,
+    /// Every namespace of the place is followed, with `ns=` on each request.
+    enterprise: bool,
     client: Arc<Client>,
     timing: Timing,
     tx: SyncSender<Update>,
@@ -309,12 +336,64 @@ impl Context {
         req
     }
 
-    fn connect_key(&self, service: &str) -> Key {
+    /// `req` in `namespace` (`*`: every one) on an Enterprise agent; unchanged otherwise.
+    fn in_namespace(&self, req: Request, namespace: &str) -> Request {
+        let req = self.enterprise(req);
+        if self.enterprise {
+            req.param("ns", namespace)
+        } else {
+            req
+        }
+    }
+
+    /// A name as the fleet keeps it: in its namespace on an Enterprise agent.
+    fn qualify(&self, namespace: &str, name: String) -> String {
+        if self.enterprise {
+            qualified(namespace, &name)
+        } else {
+            name
+        }
+    }
+
+    fn connect_key(&self, entry: &str) -> Key {
+        let (namespace, service) = split(entry, &self.namespace);
         Key::Connect {
             service: service.to_owned(),
-            namespace: self.namespace.clone(),
+            namespace: namespace.to_owned(),
             place: self.place.clone(),
         }
+    }
+
+    /// An Enterprise agent's merged names, each in every namespace where its checks name it
+    /// or a proxy fronts it (a service registered without checks is known by its sidecar's
+    /// checks, once its proxy is resolved), else in the gateway's own.
+    fn names_in_namespaces(
+        &self,
+        names: &[String],
+        checks: &HashMap<u64, CheckSeen>,
+    ) -> BTreeSet<String> {
+        let proxies = self
+            .shared
+            .proxies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut seen: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+        let fronted = proxies.values().flatten().map(|d| &**d);
+        for entry in checks.values().map(|c| &*c.service).chain(fronted) {
+            if let Some((ns, name)) = entry.split_once(NS_SEP) {
+                seen.entry(name).or_default().insert(ns);
+            }
+        }
+        let mut out = BTreeSet::new();
+        for name in names {
+            match seen.get(name.as_str()) {
+                Some(namespaces) => out.extend(namespaces.iter().map(|ns| qualified(ns, name))),
+                None => {
+                    out.insert(qualified(&self.namespace, name));
+                }
+            }
+        }
+        out
     }
 
     fn services_key(&self) -> Key {
@@ -370,18 +449,20 @@ impl Context {
     }
 
     fn poll_names(&self) {
-        let req = self.enterprise(Request::new("/v1/catalog/services".into()));
+        let req = self.in_namespace(Request::new("/v1/catalog/services".into()), "*");
         self.poll(&req, |index, reply| {
-            let names = catalog::service_names(&reply.body)
+            let mut names = catalog::service_names(&reply.body)
                 .map_err(|e| ApiError::body(req.shown("GET", &Blocking::No), e))?;
+            // Never routed (not a DNS label), and it would read as a namespace.
+            names.retain(|n| !n.contains(NS_SEP));
             Ok(self.shared.inbox.put(|p| p.names = Some((index, names))))
         });
     }
 
     fn poll_checks(&self) {
-        let req = self.enterprise(Request::new("/v1/health/state/any".into()));
+        let req = self.in_namespace(Request::new("/v1/health/state/any".into()), "*");
         self.poll(&req, |index, reply| {
-            let checks = checks(&reply.body)
+            let checks = checks(&reply.body, self.enterprise)
                 .map_err(|e| ApiError::body(req.shown("GET", &Blocking::No), e))?;
             Ok(self.shared.inbox.put(|p| p.checks = Some((index, checks))))
         });
@@ -430,10 +511,11 @@ impl Context {
             }
             return self.tell(&job.name, Vec::new(), &[]);
         }
-        let req = self.enterprise(Request::new(format!(
-            "/v1/health/connect/{}",
-            segment(&job.name)
-        )));
+        let (namespace, name) = split(&job.name, &self.namespace);
+        let req = self.in_namespace(
+            Request::new(format!("/v1/health/connect/{}", segment(name))),
+            namespace,
+        );
         let reply = self.client.get(&req, &Blocking::No)?;
         let shown = || req.shown("GET", &Blocking::No);
         if reply.status == 404 {
@@ -444,6 +526,11 @@ impl Context {
         }
         let (list, proxies) =
             instances_and_proxies(&reply.body).map_err(|e| ApiError::body(shown(), e))?;
+        // A proxy fronts services of its own namespace.
+        let proxies: Vec<String> = proxies
+            .into_iter()
+            .map(|p| self.qualify(namespace, p))
+            .collect();
         if list.is_empty() && job.resolve {
             self.resolve(&job.name)?;
         }
@@ -453,13 +540,17 @@ impl Context {
     /// Asks the catalog what `name` is: when it is a proxy, the services it fronts are
     /// fetched (their instances changed) and the name is remembered as a proxy.
     fn resolve(&self, name: &str) -> Result<(), ApiError> {
-        let req = self.enterprise(Request::new(format!(
-            "/v1/catalog/service/{}",
-            segment(name)
-        )));
+        let (namespace, bare) = split(name, &self.namespace);
+        let req = self.in_namespace(
+            Request::new(format!("/v1/catalog/service/{}", segment(bare))),
+            namespace,
+        );
         let reply = self.client.get(&req, &Blocking::No)?;
-        let dests = proxy_destinations(&reply.body)
-            .map_err(|e| ApiError::body(req.shown("GET", &Blocking::No), e))?;
+        let dests: Vec<String> = proxy_destinations(&reply.body)
+            .map_err(|e| ApiError::body(req.shown("GET", &Blocking::No), e))?
+            .into_iter()
+            .map(|d| self.qualify(namespace, d))
+            .collect();
         if dests.is_empty() {
             return Ok(());
         }
@@ -557,8 +648,12 @@ impl Context {
             let answered = names.is_some() || checks.is_some();
             // The names first: checks taken with them may explain the change they show.
             let mut todo = Todo::default();
+            let names_answered = names.is_some();
             if let Some((index, list)) = names {
-                if !diff.on_names(self, index, list, &mut todo) {
+                if self.enterprise {
+                    // Their namespaces come from the checks, taken below.
+                    diff.merged = Some((index, list));
+                } else if !diff.on_names(self, index, list, &mut todo) {
                     return;
                 }
             }
@@ -568,6 +663,16 @@ impl Context {
                 diff.on_checks(index, answer, &mut touched);
                 todo.names.extend(touched.names);
                 todo.sweep |= touched.sweep;
+            }
+            if let Some((index, merged)) = &diff.merged {
+                // A name moves between namespaces, or gains one, with the checks alone.
+                let index = *index;
+                let now = self.names_in_namespaces(merged, &diff.checks);
+                if (names_answered || now != diff.names)
+                    && !diff.on_names(self, index, now.into_iter().collect(), &mut todo)
+                {
+                    return;
+                }
             }
             for name in diff.due(answered, todo) {
                 if diff.names.contains(&name) || self.shared.destinations(&name).is_some() {
@@ -661,6 +766,8 @@ impl Context {
 /// The fleet thread's memory between events: the pollers' last answers and what is owed.
 struct Diff {
     names: BTreeSet<String>,
+    /// An Enterprise agent's names list (merged across namespaces) and its index.
+    merged: Option<(u64, Vec<String>)>,
     checks: HashMap<u64, CheckSeen>,
     first_names: bool,
     first_checks: bool,
@@ -687,6 +794,7 @@ impl Diff {
     fn new() -> Self {
         Diff {
             names: BTreeSet::new(),
+            merged: None,
             checks: HashMap::new(),
             first_names: true,
             first_checks: true,
@@ -821,8 +929,9 @@ impl Diff {
     }
 }
 
-/// `/v1/health/state/any`: every check, reduced to what the diff compares.
-fn checks(body: &str) -> Result<HashMap<u64, CheckSeen>, serde_json::Error> {
+/// `/v1/health/state/any`: every check, reduced to what the diff compares; `enterprise`:
+/// a service's check names it in its namespace (`<namespace>/<name>`).
+fn checks(body: &str, enterprise: bool) -> Result<HashMap<u64, CheckSeen>, serde_json::Error> {
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Raw<'a> {
@@ -838,6 +947,8 @@ fn checks(body: &str) -> Result<HashMap<u64, CheckSeen>, serde_json::Error> {
         status: std::borrow::Cow<'a, str>,
         #[serde(default)]
         modify_index: u64,
+        #[serde(borrow, default)]
+        namespace: std::borrow::Cow<'a, str>,
     }
     let raw: Vec<Raw<'_>> = nullable(&mut serde_json::Deserializer::from_str(body))?;
     Ok(raw
@@ -847,6 +958,12 @@ fn checks(body: &str) -> Result<HashMap<u64, CheckSeen>, serde_json::Error> {
             (&*r.node, &*r.check_id).hash(&mut h);
             let service: Box<str> = if r.service_id.is_empty() {
                 "".into()
+            } else if enterprise {
+                let ns = match &*r.namespace {
+                    "" => crate::mesh::place::DEFAULT_NAMESPACE,
+                    ns => ns,
+                };
+                qualified(ns, &r.service_name).into()
             } else {
                 r.service_name.into()
             };
@@ -917,7 +1034,7 @@ mod tests {
     fn checks_are_read_compactly_and_null_is_empty() {
         let body = r#"[{"Node":"n1","CheckID":"service:web-sidecar-proxy:1","Name":"x","Status":"critical","Notes":"","Output":"long","ServiceID":"web-sidecar-proxy","ServiceName":"web-sidecar-proxy","ServiceTags":[],"Type":"tcp","CreateIndex":14,"ModifyIndex":15},
                        {"Node":"n1","CheckID":"serfHealth","Status":"passing","ServiceID":"","ServiceName":"","ModifyIndex":3}]"#;
-        let got = checks(body).unwrap();
+        let got = checks(body, false).unwrap();
         assert_eq!(got.len(), 2);
         let proxy = got.values().find(|c| !c.service.is_empty()).unwrap();
         assert_eq!(&*proxy.service, "web-sidecar-proxy");
@@ -925,8 +1042,26 @@ mod tests {
         assert_eq!(proxy.modify_index, 15);
         let node = got.values().find(|c| c.service.is_empty()).unwrap();
         assert!(!node.critical, "a node's own check");
-        assert!(checks("null").unwrap().is_empty());
-        assert!(checks("{}").is_err());
+        assert!(checks("null", false).unwrap().is_empty());
+        assert!(checks("{}", false).is_err());
+    }
+
+    /// On an Enterprise agent a service's check names it in its namespace; a node's own
+    /// check names none, and a check without a namespace is in `default`.
+    #[test]
+    fn enterprise_checks_name_their_namespace() {
+        let body = r#"[{"Node":"n1","CheckID":"service:api-sidecar-proxy:1","Status":"passing","ServiceID":"api-sidecar-proxy","ServiceName":"api-sidecar-proxy","Namespace":"team-a","ModifyIndex":5},
+                       {"Node":"n1","CheckID":"service:db","Status":"passing","ServiceID":"db","ServiceName":"db","ModifyIndex":6},
+                       {"Node":"n1","CheckID":"serfHealth","Status":"passing","ServiceID":"","ServiceName":"","Namespace":"default","ModifyIndex":3}]"#;
+        let mut got: Vec<String> = checks(body, true)
+            .unwrap()
+            .into_values()
+            .map(|c| c.service.to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, ["", "default/db", "team-a/api-sidecar-proxy"]);
+        assert_eq!(split("team-a/api", "default"), ("team-a", "api"));
+        assert_eq!(split("api", "default"), ("default", "api"));
     }
 
     fn check(service: &str, modify_index: u64, critical: bool) -> CheckSeen {
@@ -1006,7 +1141,15 @@ mod tests {
         let (client, accepted) = silent_agent();
         let (tx, _updates) = std::sync::mpsc::sync_channel(4);
         let place = Place::new("dc1", DEFAULT_PARTITION);
-        let fleet = spawn(place, "default".into(), &client, Timing::default(), tx).unwrap();
+        let fleet = spawn(
+            place,
+            "default".into(),
+            false,
+            &client,
+            Timing::default(),
+            tx,
+        )
+        .unwrap();
         let polls: Vec<_> = (0..POLLERS)
             .map(|_| accepted.recv_timeout(Duration::from_secs(10)).unwrap())
             .collect();

@@ -488,9 +488,18 @@ impl Coordinator {
         let fleet = Key::Services {
             place: place.clone(),
         };
-        self.watches.contains_key(&fleet)
-            && self.fleet_namespace.as_ref() == Some(namespace)
-            && matches!(self.answers.get(&fleet), Some(Answer::Names(n)) if n.binary_search(service).is_ok())
+        if !self.watches.contains_key(&fleet) {
+            return false;
+        }
+        let Some(Answer::Names(names)) = self.answers.get(&fleet) else {
+            return false;
+        };
+        // A fleet's names are of its own namespace; on an Enterprise agent each names its
+        // namespace (asked second: Community Edition's lookups cost what they did).
+        (self.fleet_namespace.as_ref() == Some(namespace) && names.binary_search(service).is_ok())
+            || names
+                .binary_search(&fleet::qualified(namespace, service))
+                .is_ok()
     }
 
     /// Starts watches for newly needed keys, stops the ones no longer needed.
@@ -529,6 +538,7 @@ impl Coordinator {
                 fleet::spawn(
                     place.clone(),
                     namespace,
+                    assemble::enterprise(&self.settings, &self.known()),
                     &self.client,
                     self.options.timing,
                     self.tx.clone(),
