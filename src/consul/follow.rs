@@ -234,13 +234,62 @@ fn prepared(
     })
 }
 
+/// A snapshot as the follower remembers it once sent: all but its catalog as it was, the
+/// catalog only as a 128-bit hash. A gateway's catalog is most of its snapshot (every instance
+/// of every service it follows, some 700 bytes a service), and the event loop keeps what it
+/// needs of it in the plan; keeping a second copy here only to compare with cost that much
+/// per service for nothing. Two SipHash passes with different leading salts make a catalog
+/// change that leaves both hashes unchanged vanishingly unlikely.
+#[derive(Debug)]
+struct Sent {
+    rest: Snapshot,
+    catalog: (u64, u64),
+}
+
+impl Sent {
+    /// Remembers `snap` (whose catalog is put back as it was).
+    fn of(snap: &mut Snapshot) -> Sent {
+        let catalog = std::mem::take(&mut snap.catalog);
+        let rest = snap.clone();
+        let hash = catalog_hash(&catalog);
+        snap.catalog = catalog;
+        Sent {
+            rest,
+            catalog: hash,
+        }
+    }
+
+    /// Whether `snap` is the snapshot remembered.
+    fn is(&self, snap: &mut Snapshot) -> bool {
+        if catalog_hash(&snap.catalog) != self.catalog {
+            return false;
+        }
+        let catalog = std::mem::take(&mut snap.catalog);
+        let same = self.rest == *snap;
+        snap.catalog = catalog;
+        same
+    }
+}
+
+fn catalog_hash(c: &crate::mesh::snapshot::Catalog) -> (u64, u64) {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut h);
+        c.hash(&mut h);
+        h.finish()
+    };
+    (half(1), half(2))
+}
+
 /// How a key's watch is doing.
 #[derive(Debug, Default)]
 struct Health {
     /// Settled by the agent in this run — answered, or refused with no answer known — and
     /// not failing otherwise since. A refusal restored from the saved state is not fresh.
     fresh: bool,
-    error: Option<ApiError>,
+    /// Boxed: one is kept per key (per service a gateway follows), and errors are rare.
+    error: Option<Box<ApiError>>,
 }
 
 /// What `STATE_FILE` holds: the agent's answers and refusals, from which the same snapshot
@@ -361,7 +410,8 @@ struct Coordinator {
     health: BTreeMap<Key, Health>,
     /// Something changed since the last look.
     dirty: bool,
-    last_sent: Option<Snapshot>,
+    /// What was sent last, to tell a new snapshot from it.
+    last_sent: Option<Sent>,
     /// `last_sent` is saved (or will be, once in service) as of this run: the agent
     /// confirmed it.
     last_sent_saved: bool,
@@ -592,7 +642,7 @@ impl Coordinator {
                         crate::warn!("consul: {e}; {serving}, retrying with back-off");
                     }
                 } else {
-                    if health.error.as_ref() != Some(&e) {
+                    if health.error.as_deref() != Some(&e) {
                         crate::warn!("consul: {e}");
                     } else {
                         crate::debug!("consul: {e}");
@@ -603,7 +653,7 @@ impl Coordinator {
                         health.fresh = true;
                     }
                 }
-                health.error = Some(e);
+                health.error = Some(Box::new(e));
             }
         }
     }
@@ -642,7 +692,11 @@ impl Coordinator {
         if let Some(sc) = snap.sidecar.as_mut() {
             sc.authority = Some(self.authorizer.for_service(&sc.service));
         }
-        if self.last_sent.as_ref() == Some(&snap) {
+        if self
+            .last_sent
+            .as_ref()
+            .is_some_and(|sent| sent.is(&mut snap))
+        {
             self.unchanged(confirmed, &needed);
             return true;
         }
@@ -701,7 +755,12 @@ impl Coordinator {
 
     /// Hands a new snapshot to the sink, with `save` for once it serves. False: the
     /// receiver is gone.
-    fn send(&mut self, snap: Snapshot, confirmed: bool, save: Option<Box<PendingSave>>) -> bool {
+    fn send(
+        &mut self,
+        mut snap: Snapshot,
+        confirmed: bool,
+        save: Option<Box<PendingSave>>,
+    ) -> bool {
         if !confirmed && self.last_sent.is_none() {
             let when = self.restored_at.map_or("an earlier run".to_owned(), |t| {
                 format!("{} s ago", now_unix().saturating_sub(t))
@@ -716,17 +775,20 @@ impl Coordinator {
             in_service: self.in_service.clone(),
             save,
         };
-        if !(self.sink)(snap.clone(), receipt) {
-            return false;
-        }
-        crate::info!(
-            "consul: new mesh state applied ({} upstreams, {} services, {} gateway places{})",
+        let (upstreams, services, places) = (
             snap.sidecar.as_ref().map_or(0, |s| s.upstreams.len()),
             snap.catalog.services.len(),
             snap.catalog.gateways.len(),
+        );
+        let sent = Sent::of(&mut snap);
+        if !(self.sink)(snap, receipt) {
+            return false;
+        }
+        crate::info!(
+            "consul: new mesh state applied ({upstreams} upstreams, {services} services, {places} gateway places{})",
             if confirmed { "" } else { "; stale" }
         );
-        self.last_sent = Some(snap);
+        self.last_sent = Some(sent);
         true
     }
 
