@@ -282,13 +282,15 @@ fn catalog_hash(c: &crate::mesh::snapshot::Catalog) -> (u64, u64) {
     (half(1), half(2))
 }
 
-/// How a key's watch is doing.
+/// How a key's watch is doing, kept only for keys not simply well (see `Coordinator::fresh`):
+/// a gateway follows hundreds of services that all are, nearly always, and an entry each
+/// cost its key again.
 #[derive(Debug, Default)]
 struct Health {
     /// Settled by the agent in this run — answered, or refused with no answer known — and
     /// not failing otherwise since. A refusal restored from the saved state is not fresh.
     fresh: bool,
-    /// Boxed: one is kept per key (per service a gateway follows), and errors are rare.
+    /// Boxed: errors are rare.
     error: Option<Box<ApiError>>,
 }
 
@@ -407,6 +409,8 @@ struct Coordinator {
     /// Keys the agent answered with an error, with no answer known (this run's, or restored),
     /// and the error as shown.
     refused: BTreeMap<Key, String>,
+    /// The keys whose watch is not simply well: restored and not answered yet in this run,
+    /// failing, or refused. Answered in this run and well since: no entry.
     health: BTreeMap<Key, Health>,
     /// Something changed since the last look.
     dirty: bool,
@@ -498,6 +502,15 @@ impl Coordinator {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+        }
+    }
+
+    /// Whether the agent settled `key` in this run (`Health::fresh`): its entry says, and with
+    /// none, it is well if known at all.
+    fn fresh(&self, key: &Key) -> bool {
+        match self.health.get(key) {
+            Some(h) => h.fresh,
+            None => self.answers.contains_key(key) || self.refused.contains_key(key),
         }
     }
 
@@ -608,15 +621,14 @@ impl Coordinator {
         }
         self.dirty = true;
         let serving = self.serving();
-        let health = self.health.entry(key.clone()).or_default();
         match result {
             Ok(answer) => {
-                if let Some(e) = health.error.take() {
+                // Fresh, and well: no entry.
+                if let Some(e) = self.health.remove(&key).and_then(|h| h.error) {
                     if !e.is_unreachable() {
                         crate::info!("consul: {key:?} answers again");
                     }
                 }
-                health.fresh = true;
                 if matches!(answer, Answer::Service(None))
                     && self.answers.get(&key) != Some(&answer)
                 {
@@ -635,6 +647,7 @@ impl Coordinator {
             }
             Err(e) => {
                 self.status.watch_error(e.to_string());
+                let health = self.health.entry(key.clone()).or_default();
                 health.fresh = false;
                 if e.is_unreachable() {
                     if self.unreachable_since.is_none() {
@@ -672,9 +685,7 @@ impl Coordinator {
     /// Sends the snapshot if it is complete and new. False: the receiver is gone.
     fn maybe_send(&mut self) -> bool {
         let needed = assemble::needed(&self.settings, &self.known());
-        let confirmed = needed
-            .iter()
-            .all(|k| self.health.get(k).is_some_and(|h| h.fresh));
+        let confirmed = needed.iter().all(|k| self.fresh(k));
         self.status
             .set_stale(self.last_sent.is_some() && !confirmed);
         let Some(mut snap) = self.assembled() else {
@@ -819,7 +830,11 @@ impl Coordinator {
                 return;
             }
         };
-        self.answers.extend(saved.answers);
+        // Known, not settled in this run: not fresh until the agent answers.
+        for (key, answer) in saved.answers {
+            self.health.insert(key.clone(), Health::default());
+            self.answers.insert(key, answer);
+        }
         self.restored_at = Some(saved.saved_unix);
         crate::info!(
             "consul: loaded the last-known-good state saved {} s ago",
@@ -827,6 +842,7 @@ impl Coordinator {
         );
         for (key, why) in saved.refused {
             crate::info!("consul: the saved state goes without what the agent refused then: {why}");
+            self.health.insert(key.clone(), Health::default());
             self.refused.insert(key, why);
         }
     }
