@@ -1088,3 +1088,52 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[cfg(test)]
+mod compact_tests {
+    use super::*;
+    use crate::mesh::snapshot::{testing, Health as InstanceHealth};
+
+    /// What a gateway keeps per followed service stays small: a new kind of answer or a
+    /// richer error that is large must be boxed, or every service pays for it.
+    #[test]
+    fn what_is_kept_per_key_is_a_few_words() {
+        assert!(
+            std::mem::size_of::<Answer>() <= 56,
+            "{}",
+            std::mem::size_of::<Answer>()
+        );
+        assert!(
+            std::mem::size_of::<Health>() <= 16,
+            "{}",
+            std::mem::size_of::<Health>()
+        );
+    }
+
+    /// The snapshot remembered without its catalog still tells any change of the catalog,
+    /// down to one instance's health, and takes the same snapshot for the same.
+    #[test]
+    fn a_sent_snapshot_tells_a_catalog_change_from_none() {
+        let names: Vec<String> = (0..50).map(|i| format!("svc-{i}")).collect();
+        let mut snap = testing::gateway("td.consul", &names, 2);
+        let sent = Sent::of(&mut snap);
+        assert_eq!(snap.catalog.services.len(), 50, "the catalog is put back");
+        assert!(sent.rest.catalog.services.is_empty(), "and not kept");
+        assert!(sent.is(&mut snap.clone()));
+
+        let mut warning = snap.clone();
+        warning.catalog.services[49].instances[1].health = InstanceHealth::Warning;
+        assert!(!sent.is(&mut warning));
+
+        let mut fewer = snap.clone();
+        fewer.catalog.services.pop();
+        assert!(!sent.is(&mut fewer));
+
+        let mut other_domain = snap.clone();
+        other_domain.here.trust_domain = "other.consul".into();
+        assert!(
+            !sent.is(&mut other_domain),
+            "beyond the catalog, compared as before"
+        );
+    }
+}
