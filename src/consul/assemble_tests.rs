@@ -52,7 +52,7 @@ fn base() -> Snapshot {
 }
 
 fn roots() -> Answer {
-    Answer::Roots(CaRoots {
+    Answer::Roots(Box::new(CaRoots {
         trust_domain: TD.into(),
         roots: vec![CaRoot {
             root_cert: fixture("ca.pem"),
@@ -60,17 +60,17 @@ fn roots() -> Answer {
             ..CaRoot::default()
         }],
         ..CaRoots::default()
-    })
+    }))
 }
 
 fn leaf() -> Answer {
-    Answer::Leaf(LeafCert {
+    Answer::Leaf(Box::new(LeafCert {
         cert_pem: fixture("web.pem"),
         private_key_pem: fixture("web-key-sec1.pem"),
         service: "web".into(),
         service_uri: format!("spiffe://{TD}/ns/default/dc/dc1/svc/web"),
         ..LeafCert::default()
-    })
+    }))
 }
 
 fn leaf_key_web() -> Key {
@@ -106,16 +106,16 @@ fn proxy_defaults(mode: &str) -> Answer {
     let mut e: ProxyDefaultsEntry =
         serde_json::from_str(&example("config-proxy-defaults.json")).unwrap();
     e.mesh_gateway.mode = mode.into();
-    Answer::ProxyDefaults(Some(e))
+    Answer::ProxyDefaults(Some(Box::new(e)))
 }
 
 fn service_defaults(name: &str, mode: &str) -> Answer {
-    Answer::ServiceDefaults(Some(ServiceDefaultsEntry {
+    Answer::ServiceDefaults(Some(Box::new(ServiceDefaultsEntry {
         kind: "service-defaults".into(),
         name: name.into(),
         mesh_gateway: crate::consul::api::MeshGatewayConfig { mode: mode.into() },
         ..ServiceDefaultsEntry::default()
-    }))
+    })))
 }
 
 fn sd_key(service: &str) -> Key {
@@ -138,7 +138,7 @@ fn gateway_instances(lan: &str, wan: &str) -> Answer {
         r#"[{{"Node":{{"Node":"n","Address":"{lan}"}},"Service":{{"Kind":"mesh-gateway","ID":"mesh-gateway","Address":"{lan}","Port":8443,
         "TaggedAddresses":{{"wan":{{"Address":"{wan}","Port":443}}}}}},"Checks":[]}}]"#
     );
-    Answer::Instances(instances(&body, Some("mesh-gateway")).unwrap())
+    Answer::Instances(instances(&body, Some("mesh-gateway")).unwrap().into())
 }
 
 fn db_instances(lan: &str, wan: &str) -> Answer {
@@ -146,7 +146,7 @@ fn db_instances(lan: &str, wan: &str) -> Answer {
         r#"[{{"Node":{{"Node":"n","Address":"{lan}"}},"Service":{{"Kind":"connect-proxy","ID":"db-sidecar-proxy","Address":"{lan}","Port":21000,
         "TaggedAddresses":{{"wan":{{"Address":"{wan}","Port":21001}}}}}},"Checks":[]}}]"#
     );
-    Answer::Instances(instances(&body, None).unwrap())
+    Answer::Instances(instances(&body, None).unwrap().into())
 }
 
 /// Roots, web's sidecar registration (`registration`) and web's leaf: what any web snapshot
@@ -515,7 +515,7 @@ fn an_override_without_namespace_or_partition_is_the_registrations() {
         namespace: "ns2".into(),
         partition: "part2".into(),
     };
-    let w = World::new().with(key, Answer::ServiceDefaults(Some(entry)));
+    let w = World::new().with(key, Answer::ServiceDefaults(Some(Box::new(entry))));
     let entries = config_entries(&w.known(), &here, &spec);
     let db_default = spec.upstreams[0].clone();
     assert_eq!(db_default.place, Place::new("dc1", "default"));
@@ -662,7 +662,7 @@ fn settle_gateway_world(w: World, s: &Settings) -> World {
         }
         Key::Datacenters => Answer::Names(vec!["dc1".into(), "dc2".into()]),
         Key::Connect { service, .. } if service == "db" => db_instances("10.0.0.5", "203.0.113.5"),
-        Key::Connect { .. } => Answer::Instances(Vec::new()),
+        Key::Connect { .. } => Answer::Instances(Vec::new().into()),
         Key::Gateways { .. } => gateway_instances("10.1.0.9", "203.0.113.9"),
         Key::Resolvers { .. } => Answer::Resolvers(Vec::new()),
         Key::GatewayNames { .. } => Answer::Names(vec!["mesh-gateway".into()]),
@@ -711,7 +711,8 @@ fn gateway_routes_the_other_partitions_of_its_datacenter() {
                     &example("health-service-mesh-gateway.json"),
                     Some("mesh-gateway"),
                 )
-                .unwrap(),
+                .unwrap()
+                .into(),
             ),
         );
     let mut file = base();
@@ -810,7 +811,10 @@ fn gateway_routes_the_subsets_of_its_partitions_resolvers() {
                    "v2-passing":{"Filter":"canary in Service.Tags","OnlyPassing":true}}}]"#;
     let entries = crate::consul::api::resolver::entries(body).unwrap();
     let w = w
-        .with(db.clone(), Answer::Instances(instances(two, None).unwrap()))
+        .with(
+            db.clone(),
+            Answer::Instances(instances(two, None).unwrap().into()),
+        )
         .with(resolvers.clone(), Answer::Resolvers(entries));
     let mut file = base();
     file.gateway = None;
@@ -944,7 +948,7 @@ fn invisible_gateways_of_another_partition_say_export_them() {
     let s = settings(Some("web-sidecar-proxy"), None);
     let w = web_with(registration("agent-service-sidecar.json")).settle(&s, |k| match k {
         Key::Connect { .. } => db_instances("10.1.0.5", "203.0.113.5"),
-        Key::Gateways { .. } => Answer::Instances(Vec::new()),
+        Key::Gateways { .. } => Answer::Instances(Vec::new().into()),
         Key::ProxyDefaults { partition } if partition == "finance" => proxy_defaults("remote"),
         Key::ProxyDefaults { .. } => Answer::ProxyDefaults(None),
         _ => Answer::ServiceDefaults(None),
@@ -961,7 +965,7 @@ fn invisible_gateways_of_another_partition_say_export_them() {
         unreachable!()
     };
     svc.proxy.upstreams[1].mesh_gateway.mode = "remote".into();
-    w = w.settle(&s, |_| Answer::Instances(Vec::new()));
+    w = w.settle(&s, |_| Answer::Instances(Vec::new().into()));
     assert!(w.needed(&s).contains(&finance));
     let (_, warnings) = snapshot(&s, &base(), &w.known()).unwrap();
     assert!(
@@ -994,7 +998,7 @@ fn a_huge_catalog_is_capped_not_followed_thread_by_thread() {
         )
         .settle(&s, |k| match k {
             Key::Datacenters => Answer::Names(vec!["dc1".into()]),
-            _ => Answer::Instances(Vec::new()),
+            _ => Answer::Instances(Vec::new().into()),
         });
     let watched = w
         .needed(&s)
@@ -1039,12 +1043,13 @@ fn a_wan_federation_gateway_routes_servers() {
                         {"Node":{"Node":"srv2","Address":"10.0.0.12"},"Service":{"ID":"consul","Service":"consul","Port":8300}}]"#,
                     None,
                 )
-                .unwrap(),
+                .unwrap()
+                .into(),
             ),
             Key::FederationStates => Answer::Federated(
                 federation::mesh_gateways(&federation_states()).unwrap(),
             ),
-            _ => Answer::Instances(Vec::new()),
+            _ => Answer::Instances(Vec::new().into()),
         });
     for key in [Key::Servers, Key::FederationStates, Key::Domain] {
         assert!(w.needed(&s).contains(&key), "{key:?}");
@@ -1133,7 +1138,7 @@ fn db_versions() -> Answer {
         one("6", "v2", "passing"),
         one("7", "v1", "warning")
     );
-    Answer::Instances(instances(&body, None).unwrap())
+    Answer::Instances(instances(&body, None).unwrap().into())
 }
 
 fn web_with_chain(s: &Settings, chain: Answer) -> World {

@@ -17,6 +17,8 @@ use crate::config::consul::settings::{Scheme, Settings, Token};
 /// The largest body accepted: a gateway's catalog of a few thousand services fits; a runaway
 /// or hostile answer does not take the host's memory.
 pub const MAX_BODY: u64 = 16 << 20;
+/// Each of a connection's two buffers (in and out), in bytes.
+const IO_BUFFER: usize = 16 << 10;
 /// Non-blocking requests and the connection attempt of any request.
 const SHORT_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -140,6 +142,14 @@ impl Maker {
             .timeout_global(Some(SHORT_TIMEOUT))
             .user_agent(concat!("sidegate/", env!("CARGO_PKG_VERSION")))
             .tls_config(self.tls.clone())
+            // ureq fills both buffers of every connection with zeros up front (128 KiB each
+            // by default): 256 KiB of memory per connection to the agent, more than all the
+            // state of 100 followed services. A request (path, query, token) and an answer's
+            // headers are a few hundred bytes; bodies stream through in pieces.
+            .input_buffer_size(IO_BUFFER)
+            .output_buffer_size(IO_BUFFER)
+            // An answer whose headers do not fit is refused as such, not read in pieces.
+            .max_response_header_size(IO_BUFFER)
             .build();
         match &self.route {
             Route::Unix(path) => Agent::with_parts(

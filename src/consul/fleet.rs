@@ -618,7 +618,7 @@ impl Context {
         // A full queue blocks here: back-pressure on the workers, not unbounded memory.
         let _ = self.tx.send(Update {
             key: self.connect_key(name),
-            result: Ok(Answer::Instances(list)),
+            result: Ok(Answer::Instances(list.into())),
         });
         Ok(())
     }

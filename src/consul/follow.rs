@@ -234,13 +234,64 @@ fn prepared(
     })
 }
 
-/// How a key's watch is doing.
+/// A snapshot as the follower remembers it once sent: all but its catalog as it was, the
+/// catalog only as a 128-bit hash. A gateway's catalog is most of its snapshot (every instance
+/// of every service it follows, some 700 bytes a service), and the event loop keeps what it
+/// needs of it in the plan; keeping a second copy here only to compare with cost that much
+/// per service for nothing. Two SipHash passes with different leading salts make a catalog
+/// change that leaves both hashes unchanged vanishingly unlikely.
+#[derive(Debug)]
+struct Sent {
+    rest: Snapshot,
+    catalog: (u64, u64),
+}
+
+impl Sent {
+    /// Remembers `snap` (whose catalog is put back as it was).
+    fn of(snap: &mut Snapshot) -> Sent {
+        let catalog = std::mem::take(&mut snap.catalog);
+        let rest = snap.clone();
+        let hash = catalog_hash(&catalog);
+        snap.catalog = catalog;
+        Sent {
+            rest,
+            catalog: hash,
+        }
+    }
+
+    /// Whether `snap` is the snapshot remembered.
+    fn is(&self, snap: &mut Snapshot) -> bool {
+        if catalog_hash(&snap.catalog) != self.catalog {
+            return false;
+        }
+        let catalog = std::mem::take(&mut snap.catalog);
+        let same = self.rest == *snap;
+        snap.catalog = catalog;
+        same
+    }
+}
+
+fn catalog_hash(c: &crate::mesh::snapshot::Catalog) -> (u64, u64) {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut h);
+        c.hash(&mut h);
+        h.finish()
+    };
+    (half(1), half(2))
+}
+
+/// How a key's watch is doing, kept only for keys not simply well (see `Coordinator::fresh`):
+/// a gateway follows hundreds of services that all are, nearly always, and an entry each
+/// cost its key again.
 #[derive(Debug, Default)]
 struct Health {
     /// Settled by the agent in this run — answered, or refused with no answer known — and
     /// not failing otherwise since. A refusal restored from the saved state is not fresh.
     fresh: bool,
-    error: Option<ApiError>,
+    /// Boxed: errors are rare.
+    error: Option<Box<ApiError>>,
 }
 
 /// What `STATE_FILE` holds: the agent's answers and refusals, from which the same snapshot
@@ -358,10 +409,13 @@ struct Coordinator {
     /// Keys the agent answered with an error, with no answer known (this run's, or restored),
     /// and the error as shown.
     refused: BTreeMap<Key, String>,
+    /// The keys whose watch is not simply well: restored and not answered yet in this run,
+    /// failing, or refused. Answered in this run and well since: no entry.
     health: BTreeMap<Key, Health>,
     /// Something changed since the last look.
     dirty: bool,
-    last_sent: Option<Snapshot>,
+    /// What was sent last, to tell a new snapshot from it.
+    last_sent: Option<Sent>,
     /// `last_sent` is saved (or will be, once in service) as of this run: the agent
     /// confirmed it.
     last_sent_saved: bool,
@@ -448,6 +502,15 @@ impl Coordinator {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+        }
+    }
+
+    /// Whether the agent settled `key` in this run (`Health::fresh`): its entry says, and with
+    /// none, it is well if known at all.
+    fn fresh(&self, key: &Key) -> bool {
+        match self.health.get(key) {
+            Some(h) => h.fresh,
+            None => self.answers.contains_key(key) || self.refused.contains_key(key),
         }
     }
 
@@ -568,15 +631,14 @@ impl Coordinator {
         }
         self.dirty = true;
         let serving = self.serving();
-        let health = self.health.entry(key.clone()).or_default();
         match result {
             Ok(answer) => {
-                if let Some(e) = health.error.take() {
+                // Fresh, and well: no entry.
+                if let Some(e) = self.health.remove(&key).and_then(|h| h.error) {
                     if !e.is_unreachable() {
                         crate::info!("consul: {key:?} answers again");
                     }
                 }
-                health.fresh = true;
                 if matches!(answer, Answer::Service(None))
                     && self.answers.get(&key) != Some(&answer)
                 {
@@ -595,6 +657,7 @@ impl Coordinator {
             }
             Err(e) => {
                 self.status.watch_error(e.to_string());
+                let health = self.health.entry(key.clone()).or_default();
                 health.fresh = false;
                 if e.is_unreachable() {
                     if self.unreachable_since.is_none() {
@@ -602,7 +665,7 @@ impl Coordinator {
                         crate::warn!("consul: {e}; {serving}, retrying with back-off");
                     }
                 } else {
-                    if health.error.as_ref() != Some(&e) {
+                    if health.error.as_deref() != Some(&e) {
                         crate::warn!("consul: {e}");
                     } else {
                         crate::debug!("consul: {e}");
@@ -613,7 +676,7 @@ impl Coordinator {
                         health.fresh = true;
                     }
                 }
-                health.error = Some(e);
+                health.error = Some(Box::new(e));
             }
         }
     }
@@ -632,9 +695,7 @@ impl Coordinator {
     /// Sends the snapshot if it is complete and new. False: the receiver is gone.
     fn maybe_send(&mut self) -> bool {
         let needed = assemble::needed(&self.settings, &self.known());
-        let confirmed = needed
-            .iter()
-            .all(|k| self.health.get(k).is_some_and(|h| h.fresh));
+        let confirmed = needed.iter().all(|k| self.fresh(k));
         self.status
             .set_stale(self.last_sent.is_some() && !confirmed);
         let Some(mut snap) = self.assembled() else {
@@ -652,7 +713,11 @@ impl Coordinator {
         if let Some(sc) = snap.sidecar.as_mut() {
             sc.authority = Some(self.authorizer.for_service(&sc.service));
         }
-        if self.last_sent.as_ref() == Some(&snap) {
+        if self
+            .last_sent
+            .as_ref()
+            .is_some_and(|sent| sent.is(&mut snap))
+        {
             self.unchanged(confirmed, &needed);
             return true;
         }
@@ -711,7 +776,12 @@ impl Coordinator {
 
     /// Hands a new snapshot to the sink, with `save` for once it serves. False: the
     /// receiver is gone.
-    fn send(&mut self, snap: Snapshot, confirmed: bool, save: Option<Box<PendingSave>>) -> bool {
+    fn send(
+        &mut self,
+        mut snap: Snapshot,
+        confirmed: bool,
+        save: Option<Box<PendingSave>>,
+    ) -> bool {
         if !confirmed && self.last_sent.is_none() {
             let when = self.restored_at.map_or("an earlier run".to_owned(), |t| {
                 format!("{} s ago", now_unix().saturating_sub(t))
@@ -726,17 +796,20 @@ impl Coordinator {
             in_service: self.in_service.clone(),
             save,
         };
-        if !(self.sink)(snap.clone(), receipt) {
-            return false;
-        }
-        crate::info!(
-            "consul: new mesh state applied ({} upstreams, {} services, {} gateway places{})",
+        let (upstreams, services, places) = (
             snap.sidecar.as_ref().map_or(0, |s| s.upstreams.len()),
             snap.catalog.services.len(),
             snap.catalog.gateways.len(),
+        );
+        let sent = Sent::of(&mut snap);
+        if !(self.sink)(snap, receipt) {
+            return false;
+        }
+        crate::info!(
+            "consul: new mesh state applied ({upstreams} upstreams, {services} services, {places} gateway places{})",
             if confirmed { "" } else { "; stale" }
         );
-        self.last_sent = Some(snap);
+        self.last_sent = Some(sent);
         true
     }
 
@@ -767,7 +840,11 @@ impl Coordinator {
                 return;
             }
         };
-        self.answers.extend(saved.answers);
+        // Known, not settled in this run: not fresh until the agent answers.
+        for (key, answer) in saved.answers {
+            self.health.insert(key.clone(), Health::default());
+            self.answers.insert(key, answer);
+        }
         self.restored_at = Some(saved.saved_unix);
         crate::info!(
             "consul: loaded the last-known-good state saved {} s ago",
@@ -775,6 +852,7 @@ impl Coordinator {
         );
         for (key, why) in saved.refused {
             crate::info!("consul: the saved state goes without what the agent refused then: {why}");
+            self.health.insert(key.clone(), Health::default());
             self.refused.insert(key, why);
         }
     }
@@ -1018,5 +1096,54 @@ mod tests {
             .to_string();
         assert!(err.contains("incomplete"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod compact_tests {
+    use super::*;
+    use crate::mesh::snapshot::{testing, Health as InstanceHealth};
+
+    /// What a gateway keeps per followed service stays small: a new kind of answer or a
+    /// richer error that is large must be boxed, or every service pays for it.
+    #[test]
+    fn what_is_kept_per_key_is_a_few_words() {
+        assert!(
+            std::mem::size_of::<Answer>() <= 56,
+            "{}",
+            std::mem::size_of::<Answer>()
+        );
+        assert!(
+            std::mem::size_of::<Health>() <= 16,
+            "{}",
+            std::mem::size_of::<Health>()
+        );
+    }
+
+    /// The snapshot remembered without its catalog still tells any change of the catalog,
+    /// down to one instance's health, and takes the same snapshot for the same.
+    #[test]
+    fn a_sent_snapshot_tells_a_catalog_change_from_none() {
+        let names: Vec<String> = (0..50).map(|i| format!("svc-{i}")).collect();
+        let mut snap = testing::gateway("td.consul", &names, 2);
+        let sent = Sent::of(&mut snap);
+        assert_eq!(snap.catalog.services.len(), 50, "the catalog is put back");
+        assert!(sent.rest.catalog.services.is_empty(), "and not kept");
+        assert!(sent.is(&mut snap.clone()));
+
+        let mut warning = snap.clone();
+        warning.catalog.services[49].instances[1].health = InstanceHealth::Warning;
+        assert!(!sent.is(&mut warning));
+
+        let mut fewer = snap.clone();
+        fewer.catalog.services.pop();
+        assert!(!sent.is(&mut fewer));
+
+        let mut other_domain = snap.clone();
+        other_domain.here.trust_domain = "other.consul".into();
+        assert!(
+            !sent.is(&mut other_domain),
+            "beyond the catalog, compared as before"
+        );
     }
 }

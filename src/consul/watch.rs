@@ -89,15 +89,16 @@ pub enum Key {
     Resolvers { partition: String },
 }
 
-/// What the agent said for a key.
+/// What the agent said for a key. One is kept per key (a gateway keeps one per service it
+/// follows, and one more in its saved state), so every kind larger than a few words is boxed:
+/// an answer is as large as its largest kind (unboxed, 296 bytes for a list of instances).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
-    /// `None`: no such registration on this agent (404). Boxed: a registration is large, and
-    /// every answer kept (one per service a gateway follows) is as large as the largest kind.
+    /// `None`: no such registration on this agent (404).
     Service(Option<Box<AgentService>>),
-    Roots(CaRoots),
-    Leaf(LeafCert),
+    Roots(Box<CaRoots>),
+    Leaf(Box<LeafCert>),
     AgentSelf {
         datacenter: String,
         /// The agent's DNS domain as configured (`consul.` by default); empty from older
@@ -105,14 +106,15 @@ pub enum Answer {
         #[serde(default)]
         domain: String,
     },
-    Instances(Vec<Instance>),
+    /// Shared: the saved state waiting for its snapshot to serve holds the same lists (one
+    /// per service a gateway follows) without copying them.
+    Instances(Arc<[Instance]>),
     /// `None`: no such entry (404).
-    ProxyDefaults(Option<ProxyDefaultsEntry>),
-    ServiceDefaults(Option<ServiceDefaultsEntry>),
+    ProxyDefaults(Option<Box<ProxyDefaultsEntry>>),
+    ServiceDefaults(Option<Box<ServiceDefaultsEntry>>),
     Names(Vec<String>),
     /// Datacenter → its mesh gateways.
     Federated(BTreeMap<String, Vec<Instance>>),
-    /// Boxed: a chain is large, and every answer kept is as large as the largest kind.
     Chain(Box<CompiledChain>),
     Resolvers(Vec<ResolverEntry>),
 }
@@ -340,10 +342,12 @@ impl Key {
                     domain: b.debug.domain,
                 }
             }
-            Key::Connect { .. } => Answer::Instances(instances(body, None).map_err(json)?),
-            Key::Gateways { .. } => {
-                Answer::Instances(instances(body, Some(KIND_MESH_GATEWAY)).map_err(json)?)
-            }
+            Key::Connect { .. } => Answer::Instances(instances(body, None).map_err(json)?.into()),
+            Key::Gateways { .. } => Answer::Instances(
+                instances(body, Some(KIND_MESH_GATEWAY))
+                    .map_err(json)?
+                    .into(),
+            ),
             Key::ProxyDefaults { .. } => {
                 Answer::ProxyDefaults(Some(serde_json::from_str(body).map_err(json)?))
             }
@@ -353,7 +357,7 @@ impl Key {
             Key::Services { .. } => Answer::Names(catalog::service_names(body).map_err(json)?),
             Key::Datacenters => Answer::Names(catalog::datacenters(body).map_err(json)?),
             Key::Partitions => Answer::Names(catalog::partitions(body).map_err(json)?),
-            Key::Servers => Answer::Instances(instances(body, None).map_err(json)?),
+            Key::Servers => Answer::Instances(instances(body, None).map_err(json)?.into()),
             Key::FederationStates => {
                 Answer::Federated(federation::mesh_gateways(body).map_err(json)?)
             }

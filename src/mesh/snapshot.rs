@@ -78,7 +78,7 @@ pub(crate) fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::O
 }
 
 /// Where each service's mesh endpoints and each place's gateways are.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Catalog {
     pub services: Vec<CatalogService>,
     pub gateways: Vec<CatalogGateways>,
@@ -92,7 +92,7 @@ pub struct Catalog {
 /// `<node>.server.<dc>.<domain>` and `server.<dc>.<domain>`, in the agents' DNS domain (not the
 /// trust domain). Other datacenters' servers are reached through their gateways
 /// (`Catalog::gateways`); this datacenter's are listed here.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct WanFederation {
     /// The agents' DNS `domain` (Consul's default `consul`).
     pub domain: String,
@@ -102,7 +102,7 @@ pub struct WanFederation {
 }
 
 /// One Consul server: its node name (as the servers name each other) and RPC address.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct CatalogServer {
     pub node: String,
     pub address: Endpoint,
@@ -111,7 +111,7 @@ pub struct CatalogServer {
 /// Consul's default DNS domain, which server names end in unless the agents set `domain`.
 pub const DEFAULT_DOMAIN: &str = "consul";
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct CatalogService {
     pub name: String,
     pub namespace: String,
@@ -121,7 +121,7 @@ pub struct CatalogService {
 }
 
 /// One instance of a service: where it listens and what subset filters select on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Instance {
     pub address: Endpoint,
     /// The registration's service name where it is not the catalog entry's: with Consul the
@@ -175,7 +175,7 @@ impl Instance {
 }
 
 /// An instance's aggregated health, as Consul's health endpoints report it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     Passing,
@@ -184,7 +184,7 @@ pub enum Health {
 }
 
 /// The mesh gateways of one (datacenter, partition).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct CatalogGateways {
     pub place: Place,
     /// Used from the same place (mode `local`).
