@@ -1273,7 +1273,7 @@ fn a_gateway_follows_each_service_in_its_namespace() {
                 Answer::Names(Vec::new())
             }
             Key::Resolvers { .. } => Answer::Resolvers(Vec::new()),
-            _ => Answer::Instances(Vec::new()),
+            _ => Answer::Instances(Vec::new().into()),
         });
     let mut followed: Vec<(String, String)> = w
         .needed(&s)
