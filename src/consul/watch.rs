@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -484,6 +484,13 @@ pub fn spawn(
     })
 }
 
+/// Polls (the datacenters, the partitions, the agent's own settings) ask one at a time: a
+/// poll is a short request minutes apart, and letting them overlap with each other would add
+/// a connection per polled key at the moment the blocking queries and the fleet's workers are
+/// all busy, past the documented bound of 8 (2 fleet long-polls, 2 fleet workers, the
+/// registration, the roots, the resolvers and this one).
+static POLLING: Mutex<()> = Mutex::new(());
+
 fn follow_key(key: &Key, client: &Client, timing: Timing, tx: &SyncSender<Update>, stop: &Stop) {
     let (req, style, body) = key.request();
     let method = if body.is_some() { "POST" } else { "GET" };
@@ -499,9 +506,21 @@ fn follow_key(key: &Key, client: &Client, timing: Timing, tx: &SyncSender<Update
             Style::Index => Blocking::Index(index, timing.wait),
             Style::Poll(_) => Blocking::No,
         };
-        let reply = match &body {
-            Some(b) => client.post_blocking(&req, b, &blocking),
-            None => client.get(&req, &blocking),
+        let reply = {
+            // Held for the request only, never through the pause that follows. A poisoned
+            // lock only says another poll's thread panicked: the lock still orders.
+            let _one_poll = matches!(style, Style::Poll(_)).then(|| {
+                POLLING
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            });
+            if stop.is_stopped() {
+                return;
+            }
+            match &body {
+                Some(b) => client.post_blocking(&req, b, &blocking),
+                None => client.get(&req, &blocking),
+            }
         };
         let result = reply.and_then(|reply| {
             let answer = key
@@ -648,6 +667,26 @@ pub(super) mod tests {
             "the other watch's request was ended too"
         );
         drop(kept);
+    }
+
+    /// Polls take turns: a second poll waits for the first's request to end rather than
+    /// opening a connection of its own next to it.
+    #[test]
+    fn polls_hold_one_agent_connection_between_them() {
+        let (client, accepted) = silent_agent();
+        let (tx, _updates) = mpsc::sync_channel(4);
+        let timing = Timing::default();
+        let first = spawn(Key::Datacenters, &client, timing, tx.clone()).unwrap();
+        let first_conn = accepted.recv_timeout(Duration::from_secs(10)).unwrap();
+        let second = spawn(Key::Partitions, &client, timing, tx).unwrap();
+        assert!(
+            accepted.recv_timeout(Duration::from_millis(500)).is_err(),
+            "a second poll opened a connection while the first's request was in flight"
+        );
+        drop(first);
+        let second_conn = accepted.recv_timeout(Duration::from_secs(10));
+        assert!(second_conn.is_ok(), "the second poll never asked");
+        drop((first_conn, second));
     }
 
     #[test]

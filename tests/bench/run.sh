@@ -21,8 +21,10 @@
 #   connection) → bulk (MB/s, proxy CPU per GB) → new-connection rate (conn/s) → latency
 #   without load (connection setup from one client connecting serially; small-request round
 #   trip on one established connection).
-# Every event-loop proxy gets one loop thread/process (PROXY_THREADS); stunnel has no such
-# setting (a thread per connection).
+# Every event-loop proxy gets PROXY_THREADS loop threads/processes (1 by default), sidegate
+# included (`[runtime] threads`, whose own default would be every CPU); stunnel has no such
+# setting (a thread per connection). Issue 17's table is this run at PROXY_THREADS=1 and 2,
+# each with BULK_CONNS=1 and 4.
 #
 # Environment: ROUNDS (3), BULK_MB (256 MiB per connection and direction), BULK_CONNS (4),
 # RATE_SECONDS (5), RATE_PARALLEL (8), LAT_SECONDS (2), HOLD_COUNT (1000), WARM_COUNT (100),
@@ -217,6 +219,9 @@ declare -A BACKEND_PID
 write_configs() {
     local p=passthrough o=origination re
     cat >"$TMP/$p-sidegate.toml" <<EOF
+[runtime]
+threads = $PROXY_THREADS
+
 [mesh]
 datacenter = "dc1"
 trust_domain = "$TD"
@@ -231,6 +236,9 @@ instances = ["$TLS_BACKEND"]
 EOF
 
     cat >"$TMP/$o-sidegate.toml" <<EOF
+[runtime]
+threads = $PROXY_THREADS
+
 [mesh]
 datacenter = "dc1"
 trust_domain = "$TD"
