@@ -491,6 +491,31 @@ pub fn spawn(
 /// registration, the roots, the resolvers and this one).
 static POLLING: Mutex<()> = Mutex::new(());
 
+/// One request of a watch; `None` when the watch was stopped while its turn came (a poll
+/// waits for the others' requests, never for their pauses).
+fn ask(
+    client: &Client,
+    req: &Request,
+    body: Option<&str>,
+    style: Style,
+    blocking: &Blocking,
+    stop: &Stop,
+) -> Option<Result<Reply, ApiError>> {
+    // A poisoned lock only says another poll's thread panicked: the lock still orders.
+    let _one_poll = matches!(style, Style::Poll(_)).then(|| {
+        POLLING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    });
+    if stop.is_stopped() {
+        return None;
+    }
+    Some(match body {
+        Some(b) => client.post_blocking(req, b, blocking),
+        None => client.get(req, blocking),
+    })
+}
+
 fn follow_key(key: &Key, client: &Client, timing: Timing, tx: &SyncSender<Update>, stop: &Stop) {
     let (req, style, body) = key.request();
     let method = if body.is_some() { "POST" } else { "GET" };
@@ -506,21 +531,8 @@ fn follow_key(key: &Key, client: &Client, timing: Timing, tx: &SyncSender<Update
             Style::Index => Blocking::Index(index, timing.wait),
             Style::Poll(_) => Blocking::No,
         };
-        let reply = {
-            // Held for the request only, never through the pause that follows. A poisoned
-            // lock only says another poll's thread panicked: the lock still orders.
-            let _one_poll = matches!(style, Style::Poll(_)).then(|| {
-                POLLING
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-            });
-            if stop.is_stopped() {
-                return;
-            }
-            match &body {
-                Some(b) => client.post_blocking(&req, b, &blocking),
-                None => client.get(&req, &blocking),
-            }
+        let Some(reply) = ask(client, &req, body.as_deref(), style, &blocking, stop) else {
+            return;
         };
         let result = reply.and_then(|reply| {
             let answer = key
