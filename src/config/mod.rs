@@ -17,6 +17,8 @@ use std::path::Path;
 pub use fields::ConfigError;
 use fields::{Errors, Fields};
 pub use operations::Operations;
+/// Go's duration syntax, as Consul writes and reads `ConnectTimeout` (the file and the agent).
+pub use resolvers::go_duration;
 
 use crate::mesh::config_entries::ConfigEntries;
 use crate::mesh::snapshot::{Catalog, Snapshot};

@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{nullable, MeshGatewayConfig};
+use crate::config::go_duration;
 use crate::mesh::chain::filter::Filter;
 use crate::mesh::chain::{Chain, Compiled, Subset, Target, UnsupportedFilter};
 use crate::mesh::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
@@ -204,44 +204,11 @@ impl ChainSubset {
     }
 }
 
-/// A Go `time.Duration` string as Consul writes it (`5s`, `1m30s`, `1.5s`, `250ms`, `0s`).
-pub fn go_duration(text: &str) -> Option<Duration> {
-    if text == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut rest = text;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let value: f64 = rest.get(..number_len)?.parse().ok()?;
-        rest = rest.get(number_len..)?;
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match rest.get(..unit_len)? {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return None,
-        };
-        rest = rest.get(unit_len..)?;
-        total += value * seconds;
-    }
-    Duration::try_from_secs_f64(total).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mesh::mode::Mode;
+    use std::time::Duration;
 
     #[test]
     fn reads_go_durations() {
