@@ -23,8 +23,8 @@
 #   trip on one established connection).
 # Every event-loop proxy gets PROXY_THREADS loop threads/processes (1 by default), sidegate
 # included (`[runtime] threads`, whose own default would be every CPU); stunnel has no such
-# setting (a thread per connection). Issue 17's table is this run at PROXY_THREADS=1 and 2,
-# each with BULK_CONNS=1 and 4.
+# setting (a thread per connection). tests/bench/cores.sh runs this at PROXY_THREADS=1 and 2,
+# each with BULK_CONNS=1 and 4, and renders the multi-core table.
 #
 # Environment: ROUNDS (3), BULK_MB (256 MiB per connection and direction), BULK_CONNS (4),
 # RATE_SECONDS (5), RATE_PARALLEL (8), LAT_SECONDS (2), HOLD_COUNT (1000), WARM_COUNT (100),
@@ -33,7 +33,8 @@
 # ORIGINATION ("direct sidegate haproxy nginx stunnel"), BASE_PORT (19400),
 # SIDEGATE_TARGET (x86_64-unknown-linux-musl, the shipped static build; a target of
 # cross/targets.sh, which installs its toolchain; "host" for the host toolchain's default),
-# SIDEGATE_BINARY (measure this prebuilt binary instead of building one).
+# SIDEGATE_BINARY (measure this prebuilt binary instead of building one), SIDEGATE_RUNTIME_KEY
+# (1; 0 for a binary that predates `[runtime] threads`).
 # Duration: 8 min 3 s of measuring at the defaults on a quiet 2-core machine (the last run, at
 # d2484ca; tests/bench/RESULTS.md), plus about 2.5 min of release builds when not yet built.
 # Output: Markdown on stdout and in $CARGO_TARGET_DIR/bench/bench.md, raw samples beside it
@@ -218,10 +219,12 @@ declare -A BACKEND_PID
 
 write_configs() {
     local p=passthrough o=origination re
+    # sidegate's loops; SIDEGATE_RUNTIME_KEY=0 leaves the section out for a binary older than
+    # `[runtime]` (one loop, and it refuses unknown keys).
+    local runtime=""
+    [[ ${SIDEGATE_RUNTIME_KEY:-1} == 0 ]] || runtime=$'[runtime]\nthreads = '"$PROXY_THREADS"$'\n'
     cat >"$TMP/$p-sidegate.toml" <<EOF
-[runtime]
-threads = $PROXY_THREADS
-
+$runtime
 [mesh]
 datacenter = "dc1"
 trust_domain = "$TD"
@@ -236,9 +239,7 @@ instances = ["$TLS_BACKEND"]
 EOF
 
     cat >"$TMP/$o-sidegate.toml" <<EOF
-[runtime]
-threads = $PROXY_THREADS
-
+$runtime
 [mesh]
 datacenter = "dc1"
 trust_domain = "$TD"
