@@ -6,7 +6,8 @@
 #      holding one), and a link's #anchor names a heading of the file it points to;
 #   3. no tracked file outside tests/data and tests/fixtures cites the reference documents
 #      that were written for the developers and are not part of the repository: the repo has
-#      to stand on its own.
+#      to stand on its own;
+#   4. no merge conflict markers; 5. every configuration key is in config/README.md.
 # Every problem is listed, then the script fails. Needs git, GNU coreutils, sed and grep.
 #
 #   tests/docs.sh
@@ -125,6 +126,21 @@ if [[ -n $markers ]]; then
     sed 's/^/    /' <<<"$markers" >&2
 else
     echo "docs: no merge conflict markers"
+fi
+
+# 5. Every configuration key the reader asks for by name (a literal passed to one of
+# src/config/fields.rs' readers) appears as code in config/README.md, the key reference: a key
+# added to the reader without a line in the reference fails here.
+keys=$(git grep -h -o -E '\.(str|required_str|int|millis|str_list|has|bool|list|str_map|table|tables)\("[a-z_0-9]+"' \
+    -- src/config | sed -E 's/.*\("//; s/"$//' | sort -u)
+undocumented=()
+for key in $keys; do
+    grep -q -E "\`[^\`]*\b${key}\b[^\`]*\`" config/README.md || undocumented+=("$key")
+done
+if ((${#undocumented[@]})); then
+    fail "config/README.md does not document these keys the configuration reader takes: ${undocumented[*]}"
+else
+    echo "docs: all $(wc -w <<<"$keys") configuration keys read in src/config are in config/README.md"
 fi
 
 if ((failures)); then
