@@ -74,6 +74,19 @@ impl Sidegate {
         });
     }
 
+    /// The plan in service, from `/config` on the admin endpoint at `admin`. The endpoint
+    /// answers 503 until the first plan is recorded, which comes a moment after that plan's
+    /// listeners are bound (under emulation, after `serving` has seen them).
+    pub fn plan(&self, admin: std::net::SocketAddr) -> serde_json::Value {
+        let config = eventually_within(SERVING_WITHIN, "a plan in service on /config", || {
+            match crate::common::http_get(admin, "/config") {
+                (200, body) => Ok(body),
+                (code, body) => Err(Shown(format!("{code} {body}"))),
+            }
+        });
+        serde_json::from_str(&config).unwrap()
+    }
+
     /// A crash (SIGKILL): no drain, no goodbye to the agent.
     pub fn kill(&mut self) {
         if let Some(p) = self.process.as_mut() {

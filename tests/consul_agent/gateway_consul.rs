@@ -44,6 +44,7 @@ fn a_gateway_following_consul_routes_each_resolver_subset_to_its_instances() {
         + &format!("[admin]\nlisten = \"{admin}\"\n");
     let mut gateway = Sidegate::run("gateway", &dir.0, &toml);
     gateway.serving(&[lan.port(), admin.port()]);
+    gateway.plan(admin);
 
     // Two instances of db, each a sidegate sidecar in front of its own app; the version is
     // the service's meta (the sidecar registration inherits it).
@@ -173,6 +174,7 @@ fn a_gateway_finds_another_datacenters_gateways_by_kind() {
         + &format!("[admin]\nlisten = \"{admin}\"\n");
     let mut gateway = Sidegate::run("gateway", &dir.0, &toml);
     gateway.serving(&[lan.port(), admin.port()]);
+    gateway.plan(admin);
 
     let td = dc1.roots().trust_domain;
     let pattern = format!("*.dc2.internal.{td}");

@@ -152,6 +152,7 @@ fn gateway_following(agent: SocketAddr, port: u16, name: &str) -> (Scratch, Side
     );
     let mut gateway = Sidegate::run("gateway", &dir.0, &toml);
     gateway.serving(&[port, admin.port()]);
+    gateway.plan(admin);
     (dir, gateway, admin)
 }
 

@@ -199,10 +199,8 @@ fn the_running_binary_never_shows_its_token() {
     let mut web = Sidegate::run("web", &dir.0, &toml);
     web.serving(&[public, nowhere, admin.port()]);
 
-    let (code, config) = http_get(admin, "/config");
-    assert_eq!(code, 200);
-    let plan: serde_json::Value = serde_json::from_str(&config).unwrap();
-    assert_eq!(plan["upstreams"][0]["datacenter"], "dc9", "{config}");
+    let plan = web.plan(admin);
+    assert_eq!(plan["upstreams"][0]["datacenter"], "dc9", "{plan}");
     for path in ["/config", "/metrics", "/ready"] {
         let (_, body) = http_get(admin, path);
         assert!(!body.contains(MASTER), "{path} shows the token: {body}");

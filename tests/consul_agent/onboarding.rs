@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::apps::app;
-use common::{eventually, free_port, http_get};
+use common::{eventually, free_port};
 use consul::{Agent, Options, Scratch, Sidegate};
 use serde_json::json;
 
@@ -178,9 +178,8 @@ fn the_examples_register_check_and_run() {
         &format!("[consul]\n{sidecar_keys}\ntoken_file = \"web-run.token\"\n[admin]\nlisten = \"{sidecar_admin}\"\n"),
     );
     sidecar.serving(&[public, upstream]);
-    let (_, config) = http_get(sidecar_admin, "/config");
-    let plan: serde_json::Value = serde_json::from_str(&config).unwrap();
-    assert_eq!(plan["upstreams"][0]["destination_name"], "db", "{config}");
+    let plan = sidecar.plan(sidecar_admin);
+    assert_eq!(plan["upstreams"][0]["destination_name"], "db", "{plan}");
 
     std::fs::write(dir.path("gw-run.token"), format!("{gateway_token}\n")).unwrap();
     let mut gateway_run = Sidegate::run(

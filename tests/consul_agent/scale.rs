@@ -350,6 +350,7 @@ impl Setup {
             + extra;
         let mut gateway = Sidegate::run_with(argv, "gateway", &dir.0, &toml);
         gateway.serving(&[lan.port(), admin.port()]);
+        gateway.plan(admin);
         Setup {
             agent,
             gateway,

@@ -248,11 +248,7 @@ fn a_gateways_routes_follow_the_catalog() {
         + &format!("[admin]\nlisten = \"{admin}\"\n");
     let mut gateway = Sidegate::run("gateway", &dir.0, &toml);
     gateway.serving(&[lan.port(), admin.port()]);
-    // The admin endpoint answers from the start (503 until a plan is in service); under
-    // emulation the first plan can come a moment after the listeners.
-    eventually_within(Duration::from_secs(30), "the first plan on /config", || {
-        http_get(admin, "/config").0 == 200
-    });
+    gateway.plan(admin);
 
     let sni = format!("api.default.dc1.internal.{}", agent.roots().trust_domain);
     let route = || {
