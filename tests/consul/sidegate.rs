@@ -76,12 +76,19 @@ impl Sidegate {
 
     /// The plan in service, from `/config` on the admin endpoint at `admin`. The endpoint
     /// answers 503 until the first plan is recorded, which comes a moment after that plan's
-    /// listeners are bound (under emulation, after `serving` has seen them).
-    pub fn plan(&self, admin: std::net::SocketAddr) -> serde_json::Value {
-        let config = eventually_within(SERVING_WITHIN, "a plan in service on /config", || {
+    /// listeners are bound (under emulation, after `serving` has seen them). Panics with the
+    /// process's output when no plan comes, at once when the process has ended.
+    pub fn plan(&mut self, admin: std::net::SocketAddr) -> serde_json::Value {
+        let what = format!("a plan in service on sidegate {}'s /config", self.name);
+        let process = self.process.as_mut().unwrap();
+        let config = eventually_within(SERVING_WITHIN, &what, || {
             match crate::common::http_get(admin, "/config") {
                 (200, body) => Ok(body),
-                (code, body) => Err(Shown(format!("{code} {body}"))),
+                (code, body) => {
+                    let tail = process.tail();
+                    assert!(!process.has_exited(), "{what}: it exited:\n{tail}");
+                    Err(Shown(format!("{code} {body}\n{tail}")))
+                }
             }
         });
         serde_json::from_str(&config).unwrap()
