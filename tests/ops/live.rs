@@ -169,10 +169,12 @@ pub fn scrape_when_idle(admin: SocketAddr, also: impl Fn(&[Sample]) -> bool) -> 
             .iter()
             .map(|r| value(&s, "sidegate_connections_active", &[("role", r)]))
             .sum();
-        if active == 0 && also(&s) {
+        if active != 0 {
+            Err(format!("{active} connections active"))
+        } else if also(&s) {
             Ok(s)
         } else {
-            Err(format!("{active} connections active"))
+            Err("idle, but the test's condition does not hold".to_owned())
         }
     })
 }
