@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use smol::Timer;
+use super::reactor::Timer;
 
 /// How late a deadline may fire; also the shortest gap between two sweeps.
 const GRAIN: Duration = Duration::from_millis(10);
@@ -218,7 +218,7 @@ mod tests {
     #[test]
     fn deadlines_fire_in_order_and_slots_are_reused() {
         let ex = smol::LocalExecutor::new();
-        smol::block_on(ex.run(async {
+        super::super::reactor::run(ex.run(async {
             ex.spawn(sweeper()).detach();
             let start = Instant::now();
             let late = ex.spawn(async move {
@@ -249,6 +249,7 @@ mod tests {
             assert!(gone);
             let used = TABLE.with(|t| t.borrow().slots.iter().flatten().count());
             assert_eq!(used, 0);
-        }));
+        }))
+        .unwrap();
     }
 }

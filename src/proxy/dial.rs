@@ -10,7 +10,9 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use smol::{future, Async};
+use smol::future;
+
+use super::reactor::Async;
 
 use super::deadline::Deadline;
 
@@ -230,11 +232,12 @@ mod tests {
     fn dial(addrs: &[SocketAddr]) -> (io::Result<Async<TcpStream>>, Vec<Option<SocketAddr>>) {
         let mut failed = Vec::new();
         let ex = smol::LocalExecutor::new();
-        let got = smol::block_on(ex.run(async {
+        let got = super::super::reactor::run(ex.run(async {
             ex.spawn(super::super::deadline::sweeper()).detach();
             let due = Instant::now() + TIMEOUT;
             connect_addrs(addrs.iter().copied(), due, TIMEOUT, |a, _| failed.push(a)).await
-        }));
+        }))
+        .unwrap();
         (got, failed)
     }
 

@@ -5,8 +5,10 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use smol::future;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
-use smol::{future, Async};
+
+use super::reactor::Async;
 
 use super::buffers::HelloBuf;
 use super::deadline::Deadline;

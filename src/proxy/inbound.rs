@@ -4,8 +4,8 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use super::reactor::Async;
 use futures_rustls::TlsAcceptor;
-use smol::Async;
 
 use super::deadline;
 use super::tls_relay::relay_tls;

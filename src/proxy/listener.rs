@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use smol::{Async, LocalExecutor, Timer};
+use smol::LocalExecutor;
 
 use super::handover::Socket;
 use super::loops::{Handoff, Role, Spread};
 use super::pending::Pending;
+use super::reactor::{Async, Timer};
 use super::{upstream, Serving};
 use crate::mesh::plan::UpstreamPlan;
 use crate::mesh::sidecar::Bind;
@@ -125,11 +126,13 @@ impl ListenerKey {
 }
 
 /// A bound listening socket, not yet accepting.
+/// Plain sockets, so that one bound elsewhere can be sent to the first loop: its accept loop
+/// registers it there (`Accepting`).
 pub enum Bound {
-    Tcp(Async<TcpListener>),
+    Tcp(TcpListener),
     /// The socket, its path, the file it made there (device, inode), and whether that file
     /// must outlive it (the socket lives on in systemd's fd store).
-    Unix(Async<UnixListener>, PathBuf, (u64, u64), Arc<AtomicBool>),
+    Unix(UnixListener, PathBuf, (u64, u64), Arc<AtomicBool>),
 }
 
 impl Bound {
@@ -148,7 +151,7 @@ impl Bound {
                 // dropped and retried a second later. The kernel caps it at
                 // net.core.somaxconn (4096 by default), as systemd's own `Backlog=` is.
                 rustix::net::listen(&l, BACKLOG)?;
-                Ok(Bound::Tcp(Async::new(l)?))
+                Ok(Bound::Tcp(l))
             }
             // (std's Unix listeners already ask for the kernel's maximum.)
             ListenerKey::Upstream(BindKey::Unix(path)) => {
@@ -156,7 +159,7 @@ impl Bound {
                 let l = UnixListener::bind(path)?;
                 let made = file_id(path)?;
                 set_socket_mode(key, plan)?;
-                Ok(Bound::Unix(Async::new(l)?, path.clone(), made, keep_file))
+                Ok(Bound::Unix(l, path.clone(), made, keep_file))
             }
         }
     }
@@ -174,13 +177,13 @@ impl Bound {
             (ListenerKey::Upstream(BindKey::Unix(path)), Socket::Unix(l)) => {
                 let made = file_id(path)?;
                 set_socket_mode(key, plan)?;
-                Ok(Bound::Unix(Async::new(l)?, path.clone(), made, keep_file))
+                Ok(Bound::Unix(l, path.clone(), made, keep_file))
             }
             (ListenerKey::Upstream(BindKey::Unix(_)), Socket::Tcp(_)) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a TCP socket passed for a Unix socket listener",
             )),
-            (_, Socket::Tcp(l)) => Ok(Bound::Tcp(Async::new(l)?)),
+            (_, Socket::Tcp(l)) => Ok(Bound::Tcp(l)),
             (_, Socket::Unix(_)) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a Unix socket passed for a TCP listener",
@@ -191,8 +194,8 @@ impl Bound {
     /// The listening socket, for systemd's fd store.
     pub fn fd(&self) -> BorrowedFd<'_> {
         match self {
-            Bound::Tcp(l) => l.get_ref().as_fd(),
-            Bound::Unix(l, ..) => l.get_ref().as_fd(),
+            Bound::Tcp(l) => l.as_fd(),
+            Bound::Unix(l, ..) => l.as_fd(),
         }
     }
 
@@ -200,7 +203,6 @@ impl Bound {
     fn label(&self) -> String {
         match self {
             Bound::Tcp(l) => l
-                .get_ref()
                 .local_addr()
                 .map_or_else(|_| "?".into(), |a| a.to_string()),
             Bound::Unix(_, path, ..) => format!("unix:{}", path.display()),
@@ -209,15 +211,31 @@ impl Bound {
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
-            Bound::Tcp(l) => l.get_ref().local_addr().ok(),
+            Bound::Tcp(l) => l.local_addr().ok(),
             Bound::Unix(..) => None,
         }
     }
 
+    /// Registers the socket with this thread's reactor, to accept on it.
+    fn accepting(&self) -> io::Result<Accepting<'_>> {
+        Ok(match self {
+            Bound::Tcp(l) => Accepting::Tcp(Async::new(l)?),
+            Bound::Unix(l, ..) => Accepting::Unix(Async::new(l)?),
+        })
+    }
+}
+
+/// A listener registered with the first loop's reactor, for as long as its accept loop runs.
+enum Accepting<'l> {
+    Tcp(Async<&'l TcpListener>),
+    Unix(Async<&'l UnixListener>),
+}
+
+impl Accepting<'_> {
     async fn accept(&self) -> io::Result<Conn> {
         match self {
-            Bound::Tcp(l) => l.accept().await.map(|(s, peer)| Conn::Tcp(s, peer)),
-            Bound::Unix(l, ..) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+            Accepting::Tcp(l) => l.accept().await.map(|(s, peer)| Conn::Tcp(s, peer)),
+            Accepting::Unix(l) => l.accept().await.map(Conn::Unix),
         }
     }
 }
@@ -286,9 +304,10 @@ pub fn set_socket_mode(key: &ListenerKey, plan: &Plan) -> io::Result<()> {
     }
 }
 
+/// An accepted connection, not yet registered: the loop that serves it does that.
 pub enum Conn {
-    Tcp(Async<TcpStream>, SocketAddr),
-    Unix(Async<UnixStream>),
+    Tcp(TcpStream, SocketAddr),
+    Unix(UnixStream),
 }
 
 /// What every accept loop on the (first) event loop thread shares.
@@ -314,8 +333,16 @@ pub async fn accept_loop(listener: Bound, key: ListenerKey, shared: Rc<Shared>) 
         .metrics
         .listeners
         .get(&[key.role(), &listener.label()]);
+    let accepting = match listener.accepting() {
+        Ok(a) => a,
+        Err(e) => {
+            counters(&shared.metrics).accept_errors.inc();
+            crate::error!("{key}: cannot wait for connections ({e}); not accepting on it");
+            return;
+        }
+    };
     loop {
-        let conn = match listener.accept().await {
+        let conn = match accepting.accept().await {
             Ok(conn) => conn,
             Err(e) => {
                 accept_failed(&e, counters(&shared.metrics).accept_errors, &key).await;
@@ -367,12 +394,24 @@ pub async fn serve_upstream(serving: Arc<Serving>, index: usize, conn: Conn, act
         return;
     };
     let m = &active.metrics.upstream;
+    let unregistered = |e: io::Error| {
+        crate::warn!(
+            "upstream {}: cannot wait on a connection: {e}",
+            up.destination_name
+        );
+    };
     match conn {
         Conn::Tcp(s, _) => {
-            let _ = s.get_ref().set_nodelay(true);
-            upstream::serve(s, up, rt, m).await;
+            let _ = s.set_nodelay(true);
+            match Async::nonblocking(s) {
+                Ok(s) => upstream::serve(s, up, rt, m).await,
+                Err(e) => unregistered(e),
+            }
         }
-        Conn::Unix(s) => upstream::serve(s, up, rt, m).await,
+        Conn::Unix(s) => match Async::nonblocking(s) {
+            Ok(s) => upstream::serve(s, up, rt, m).await,
+            Err(e) => unregistered(e),
+        },
     }
 }
 

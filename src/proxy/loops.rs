@@ -15,13 +15,14 @@
 //! - the connection limits are checked and counted on one thread, so they hold exactly for
 //!   the process, without a check-then-count race between loops.
 //!
-//! The cost is one channel hop for a connection served by another loop; the sockets themselves
-//! are registered with smol's one reactor, so they move between threads as they are.
+//! The cost is one channel hop for a connection served by another loop. A connection is
+//! registered with the reactor of the loop that serves it (`reactor`), once it is there.
 //!
 //! With one loop nothing is handed off: no channel, no extra thread, as before there were
 //! several.
 
 use std::cell::Cell;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
 use smol::channel::{Receiver, Sender};
@@ -29,6 +30,7 @@ use smol::LocalExecutor;
 
 use super::listener::{serve_upstream, Active, Conn};
 use super::pending::Pending;
+use super::reactor::{self, Async};
 use super::{deadline, gateway, inbound, Serving};
 use crate::metrics::{ConnStats, Metrics};
 
@@ -162,11 +164,15 @@ pub fn serve(ex: &LocalExecutor<'static>, handoff: Handoff, pending: &Arc<Pendin
     active.on_loop().opened.inc();
     match (role, conn) {
         (Role::Gateway, Conn::Tcp(s, peer)) => {
-            ex.spawn(gateway::accept(serving, s, peer, active, pending.clone()))
-                .detach();
+            if let Some(s) = register(s, peer) {
+                ex.spawn(gateway::accept(serving, s, peer, active, pending.clone()))
+                    .detach();
+            }
         }
         (Role::Inbound, Conn::Tcp(s, peer)) => {
-            ex.spawn(inbound::accept(serving, s, peer, active)).detach();
+            if let Some(s) = register(s, peer) {
+                ex.spawn(inbound::accept(serving, s, peer, active)).detach();
+            }
         }
         (Role::Upstream(index), conn) => {
             ex.spawn(serve_upstream(serving, index, conn, active))
@@ -176,13 +182,21 @@ pub fn serve(ex: &LocalExecutor<'static>, handoff: Handoff, pending: &Arc<Pendin
     }
 }
 
+/// Registers an accepted connection with this loop's reactor; on failure (out of memory for
+/// the kernel's epoll entry) the connection is closed, and said.
+fn register(s: TcpStream, peer: SocketAddr) -> Option<Async<TcpStream>> {
+    Async::nonblocking(s)
+        .inspect_err(|e| crate::warn!("cannot wait on a connection from {peer}: {e}; closed it"))
+        .ok()
+}
+
 /// A loop other than the first: serves what it is handed until every sender is gone (the
 /// first loop ended); dropping its executor then closes the connections it still holds.
 pub fn other_loop(index: usize, work: Receiver<Work>, pending: Arc<Pending>) {
     let ex = LocalExecutor::new();
     // This loop's own deadline table needs its own sweeper.
     ex.spawn(deadline::sweeper()).detach();
-    smol::block_on(ex.run(async {
+    let ran = reactor::run(ex.run(async {
         while let Ok(w) = work.recv().await {
             match w {
                 Work::Serve(handoff) => serve(&ex, handoff, &pending),
@@ -192,5 +206,9 @@ pub fn other_loop(index: usize, work: Receiver<Work>, pending: Arc<Pending>) {
             }
         }
     }));
-    crate::debug!("event loop {index} stopped");
+    match ran {
+        Ok(()) => crate::debug!("event loop {index} stopped"),
+        // What it was handed closes as the channel drops; the watchdog's pings go unanswered.
+        Err(e) => crate::error!("event loop {index} failed: {e}"),
+    }
 }

@@ -17,6 +17,7 @@ mod inbound;
 mod listener;
 mod loops;
 mod pending;
+mod reactor;
 mod relay;
 mod serving;
 mod tls_relay;
@@ -146,12 +147,24 @@ pub fn start_handing(
     let serving = Arc::new(Serving::new(plan, &metrics));
     let plan = serving.plan.clone();
     let bind_failures = Arc::new(BindFailures::default());
+    // The loops first (each makes its reactor), so that every descriptor the process keeps
+    // is open before it says it listens. A bind that fails below ends them: the control
+    // channel closes, and the first loop closes the others'.
+    let pending = Arc::new(Pending::default());
+    let (others, senders) = start_others(threads, &pending)?;
+    let (control, controlled) = channel::unbounded();
+    let loop_metrics = metrics.clone();
+    let loop_serving = serving.clone();
+    let thread = spawn_loop("sidegate-loop".into(), move || {
+        let spread = Spread::new(&loop_metrics, senders);
+        event_loop(loop_serving, loop_metrics, controlled, (spread, pending));
+    })?;
     // An upstream listener that cannot be bound leaves the rest serving (and is retried);
     // the gateway's and the inbound listeners are what the host is for: those must bind.
-    let (upstreams, others): (Vec<ListenerKey>, Vec<ListenerKey>) = ListenerKey::all(&plan)
+    let (upstreams, required): (Vec<ListenerKey>, Vec<ListenerKey>) = ListenerKey::all(&plan)
         .into_iter()
         .partition(|k| matches!(k, ListenerKey::Upstream(_)));
-    let mut add = bind_all(&others, &plan, &handover)?;
+    let mut add = bind_all(&required, &plan, &handover)?;
     add.extend(bind_or_retry(&upstreams, &plan, &bind_failures, &handover));
     handover.release_unclaimed();
     let listeners: HashMap<_, _> = add
@@ -169,7 +182,6 @@ pub fn start_handing(
     let inbound_addr = addrs_of(|k| matches!(k, ListenerKey::Inbound(_)))
         .first()
         .copied();
-    let (control, controlled) = channel::unbounded();
     let (done, started) = channel::bounded(1);
     control
         .try_send(Control::Apply {
@@ -179,17 +191,6 @@ pub fn start_handing(
             done,
         })
         .map_err(|_| thread_error(io::Error::other("control channel closed")))?;
-    let pending = Arc::new(Pending::default());
-    let (others, senders) = start_others(threads, &pending)?;
-    let loop_metrics = metrics.clone();
-    let loop_serving = serving.clone();
-    let thread = std::thread::Builder::new()
-        .name("sidegate-loop".into())
-        .spawn(move || {
-            let spread = Spread::new(&loop_metrics, senders);
-            event_loop(loop_serving, loop_metrics, controlled, (spread, pending));
-        })
-        .map_err(thread_error)?;
     let _ = smol::block_on(started.recv());
     if threads > 1 {
         crate::info!("serving on {threads} event loops");
@@ -225,14 +226,39 @@ fn start_others(
     for index in 1..threads.max(1) {
         let (to, work) = channel::unbounded();
         let pending = pending.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("sidegate-loop{index}"))
-            .spawn(move || loops::other_loop(index, work, pending))
-            .map_err(thread_error)?;
+        let thread = spawn_loop(format!("sidegate-loop{index}"), move || {
+            loops::other_loop(index, work, pending);
+        })?;
         others.push((thread, to.downgrade()));
         senders.push(to);
     }
     Ok((others, senders))
+}
+
+/// Starts an event loop's thread once its reactor is made: a loop that cannot have one
+/// (out of descriptors) fails the start, and the process holds every descriptor it keeps
+/// before it binds and says that it listens.
+fn spawn_loop(
+    name: String,
+    run: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, BindError> {
+    let (made, reactor) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let ready = reactor::prepare();
+            let ok = ready.is_ok();
+            let _ = made.send(ready);
+            if ok {
+                run();
+            }
+        })
+        .map_err(thread_error)?;
+    let ready = reactor
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("the thread ended at start")));
+    ready.map_err(thread_error)?;
+    Ok(thread)
 }
 
 fn thread_error(error: io::Error) -> BindError {
@@ -366,7 +392,7 @@ fn event_loop(
     let mut listeners: HashMap<ListenerKey, Task<()>> = HashMap::new();
     // Fires every connection's deadlines (handshake, connect, idle) from one timer.
     ex.spawn(deadline::sweeper()).detach();
-    smol::block_on(ex.run(async {
+    let ran = reactor::run(ex.run(async {
         while let Ok(msg) = controlled.recv().await {
             match msg {
                 Control::Apply {
@@ -404,6 +430,10 @@ fn event_loop(
             }
         }
     }));
+    if let Err(e) = ran {
+        // Nothing is served any more: the watchdog's pings go unanswered and systemd restarts.
+        crate::error!("the first event loop failed: {e}");
+    }
     shared.spread.close();
     // The accept loops hold the executor through `shared`; drop them first so it is freed.
     listeners.clear();

@@ -15,10 +15,11 @@ use std::net::{Shutdown, TcpStream};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use smol::{future, Async};
+use smol::future;
 
 use super::buffers::Carrier;
 use super::deadline::Deadline;
+use super::reactor::Async;
 use crate::metrics::Tally;
 
 /// Chunks a direction may move in one turn before yielding to the other connections.
@@ -107,6 +108,10 @@ struct Half {
     carrier: Option<Carrier>,
     /// The last chunk was full-sized: read again before waiting.
     streaming: bool,
+    /// The sender's socket was seen empty (a read would block, or came back short from a
+    /// buffer that had room for more): wait for its next edge before reading. Not after a
+    /// short splice, which a full pipe can cut short (`reactor` says why this matters).
+    empty: bool,
     /// The sender finished and the half-close was passed on.
     done: bool,
     moved: u64,
@@ -127,8 +132,11 @@ impl Half {
         while !self.done {
             if let Some(carrier) = self.carrier.as_mut().filter(|c| !c.is_empty()) {
                 let sent = step(carrier.drain(to.get_ref()))?;
-                if sent == Step::Wait && to.poll_writable(cx)?.is_pending() {
-                    return Ok(moved);
+                if sent == Step::Wait {
+                    to.write_would_block();
+                    if to.poll_writable(cx)?.is_pending() {
+                        return Ok(moved);
+                    }
                 }
                 continue;
             }
@@ -138,7 +146,7 @@ impl Half {
             if !self.streaming {
                 // Nothing is held while waiting: an idle direction costs no pipe or buffer.
                 self.carrier = None;
-                if from.poll_readable(cx)?.is_pending() {
+                if self.empty && from.poll_readable(cx)?.is_pending() {
                     return Ok(moved);
                 }
             }
@@ -157,12 +165,17 @@ impl Half {
                 Step::Moved(n) => {
                     total.add(n as u64);
                     self.moved += n as u64;
+                    self.empty = !self.streaming && n < SHORT;
                     self.streaming = n >= SHORT;
                     *budget -= 1;
                     moved = true;
                 }
                 Step::Again => {}
-                Step::Wait => self.streaming = false,
+                Step::Wait => {
+                    from.read_would_block();
+                    self.streaming = false;
+                    self.empty = true;
+                }
             }
         }
         Ok(moved)

@@ -19,32 +19,16 @@
 use std::cell::RefCell;
 use std::io::{self, BufRead, IoSliceMut, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use rustls::ConnectionCommon;
-use smol::{future, Async};
+use smol::future;
 
 use super::buffers::{Buf, BUF_SIZE};
+use super::reactor::{Async, ShutdownWrite};
 use super::relay::{step, Flow, Pace, Relayed, Step};
 use crate::metrics::Tally;
-
-/// Shutting down the sending half of a connection.
-pub trait ShutdownWrite {
-    fn shutdown_write(&self) -> io::Result<()>;
-}
-
-impl ShutdownWrite for TcpStream {
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-}
-
-impl ShutdownWrite for UnixStream {
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-}
 
 /// rustls' connection state, borrowed by one direction at a time: both directions run in this
 /// one task and no borrow is held across an await.
@@ -82,6 +66,7 @@ async fn local_to_tls<L, D>(
     flow: &Flow,
 ) -> io::Result<()>
 where
+    L: AsFd,
     for<'a> &'a L: Read,
 {
     let mut pace = Pace::default();
@@ -102,6 +87,9 @@ where
             send_pending(remote, tls).await?;
             return remote.get_ref().shutdown(Shutdown::Write);
         }
+        if read == Step::Wait {
+            local.read_would_block();
+        }
         pace.next(read == Step::Wait, local.readable()).await?;
     }
 }
@@ -118,7 +106,10 @@ async fn send_pending<D>(remote: &Async<TcpStream>, tls: &Conn<'_, D>) -> io::Re
         };
         match sent {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => remote.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                remote.write_would_block();
+                remote.writable().await?;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -130,7 +121,11 @@ fn try_send<D>(remote: &Async<TcpStream>, tls: &Conn<'_, D>) -> io::Result<()> {
     let mut tls = tls.borrow_mut();
     while tls.wants_write() {
         match step(tls.write_tls(&mut remote.get_ref()))? {
-            Step::Wait | Step::Eof => break,
+            Step::Wait => {
+                remote.write_would_block();
+                break;
+            }
+            Step::Eof => break,
             Step::Moved(_) | Step::Again => {}
         }
     }
@@ -174,7 +169,8 @@ where
             // here would tie this direction to the other's backlog: a peer that stops reading
             // until it can write would deadlock the pair.
             Step::Moved(_) => try_send(remote, tls)?,
-            Step::Wait | Step::Again => {}
+            Step::Wait => remote.read_would_block(),
+            Step::Again => {}
         }
         // Bytes already read from the socket are fed on without waiting or yielding.
         if !from.holds_bytes() {
@@ -390,6 +386,7 @@ async fn deliver<L, D>(
     flow: &Flow,
 ) -> io::Result<Peer>
 where
+    L: AsFd,
     for<'a> &'a L: Write,
 {
     loop {
@@ -415,7 +412,10 @@ where
         };
         match written {
             Some(n) => flow.moved(total, &flow.b_to_a, n),
-            None => local.writable().await?,
+            None => {
+                local.write_would_block();
+                local.writable().await?;
+            }
         }
     }
 }

@@ -5,8 +5,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
 
+use super::reactor::Async;
 use futures_rustls::TlsConnector;
-use smol::Async;
 
 use super::serving::UpstreamRuntime;
 use super::tls_relay::relay_tls;
@@ -19,7 +19,7 @@ const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub async fn serve<L>(local: Async<L>, up: &UpstreamPlan, rt: &UpstreamRuntime, m: &UpstreamMetrics)
 where
-    L: super::tls_relay::ShutdownWrite,
+    L: super::reactor::ShutdownWrite,
     for<'a> &'a L: Read + Write,
 {
     let started = Instant::now();
