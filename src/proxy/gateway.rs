@@ -63,7 +63,7 @@ pub async fn serve(
     };
     let stats = opened.stats;
     let result = forward(
-        &client,
+        (&client, opened.client_drained),
         &opened.backend,
         opened.hello,
         gw.settings.idle_timeout,
@@ -98,6 +98,8 @@ struct Opened<'a> {
     stats: &'a ConnStats,
     endpoint: &'a Endpoint,
     hello: HelloBuf,
+    /// The ClientHello's last read left the client's socket empty.
+    client_drained: bool,
     /// The client's SNI, kept only when debug logging will print it.
     sni: Option<Box<str>>,
     /// Counts the connection as active on its route while it lives.
@@ -127,8 +129,8 @@ async fn open<'a>(
     )
     .await;
     drop(waiting);
-    let name = match classified {
-        Some(Ok(name)) => name,
+    let (name, client_drained) = match classified {
+        Some(Ok(classified)) => classified,
         None => {
             crate::debug!(
                 "gateway {peer}: closed, shed: the oldest of max_pending_handshakes ({}) connections waiting for their ClientHello",
@@ -179,32 +181,36 @@ async fn open<'a>(
         stats,
         endpoint,
         hello,
+        client_drained,
         sni,
         _held: held,
     })
 }
 
-/// Reads until the ClientHello names a server, or says why it never will.
+/// Reads until the ClientHello names a server, or says why it never will. With the name,
+/// whether the last read left the socket empty (it came back shorter than the room it had).
 async fn classify(
     client: &Async<TcpStream>,
     hello: &mut HelloBuf,
     limit: usize,
     timeout: Duration,
-) -> Result<ServerName, HelloOutcome> {
+) -> Result<(ServerName, bool), HelloOutcome> {
     let reading = async {
         loop {
             let spare = hello.spare(limit);
-            if spare.is_empty() {
+            let room = spare.len();
+            if room == 0 {
                 return Err(HelloOutcome::TooLarge);
             }
             let mut reader = client;
-            match reader.read(spare).await {
+            let n = match reader.read(spare).await {
                 Ok(0) | Err(_) => return Err(HelloOutcome::Closed),
-                Ok(n) => hello.advance(n),
-            }
+                Ok(n) => n,
+            };
+            hello.advance(n);
             match client_hello::inspect(hello.filled(), limit) {
                 Hello::Incomplete => {}
-                Hello::Sni(name) => return Ok(name),
+                Hello::Sni(name) => return Ok((name, n < room)),
                 Hello::NoSni => return Err(HelloOutcome::NoSni),
                 Hello::NotTls => return Err(HelloOutcome::NotTls),
                 Hello::TooLarge => return Err(HelloOutcome::TooLarge),
@@ -220,7 +226,7 @@ async fn classify(
 
 /// Sends the bytes already read, frees them, then relays.
 async fn forward(
-    client: &Async<TcpStream>,
+    (client, client_drained): (&Async<TcpStream>, bool),
     backend: &Async<TcpStream>,
     hello: HelloBuf,
     idle: Duration,
@@ -231,7 +237,14 @@ async fn forward(
     writer.write_all(hello.filled()).await?;
     from_client.add(hello.filled().len() as u64);
     drop(hello);
-    let relayed = relay(client, backend, idle, from_client, to_client).await?;
+    let relayed = relay(
+        (client, client_drained),
+        backend,
+        idle,
+        from_client,
+        to_client,
+    )
+    .await?;
     if relayed.end == RelayEnd::Idle {
         idle_timeouts.inc();
     }

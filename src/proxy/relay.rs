@@ -57,14 +57,17 @@ pub(super) struct Flow {
 ///
 /// One hand-written state machine rather than two async loops raced with a watchdog: it is
 /// what every held connection keeps, and this way it is a few hundred bytes.
+///
+/// `a_drained`: `a` was read until empty (a read came back short). `b` has never been read:
+/// whatever it holds raised an edge since it was registered.
 pub async fn relay(
-    a: &Async<TcpStream>,
+    (a, a_drained): (&Async<TcpStream>, bool),
     b: &Async<TcpStream>,
     idle: Duration,
     a_to_b: Tally<'_>,
     b_to_a: Tally<'_>,
 ) -> io::Result<Relayed> {
-    let (mut up, mut down) = (Half::default(), Half::default());
+    let (mut up, mut down) = (Half::after(a_drained), Half::after(true));
     let mut last = Instant::now();
     let mut watch = Deadline::at(last + idle);
     future::poll_fn(|cx| {
@@ -118,6 +121,14 @@ struct Half {
 }
 
 impl Half {
+    /// A direction whose sender has been seen empty (or never read) waits for its next
+    /// edge before the first read; otherwise it reads first.
+    fn after(empty: bool) -> Half {
+        Half {
+            empty,
+            ..Half::default()
+        }
+    }
     /// Moves what can move now, within `budget` chunks; registers for the readiness it then
     /// waits on. True if any bytes moved.
     fn pump(

@@ -165,35 +165,37 @@ impl Reactor {
                 self.until_next_timer()
             }
         };
-        let waited = self.wait(timeout);
+        let mut events = self.events.borrow_mut();
+        let waited = self.wait(timeout, &mut events);
+        // Awake before the events wake their tasks: those wakes then only set the flag,
+        // not the eventfd too.
         n.sleeping.store(false, SeqCst);
         waited?;
+        for event in events.iter() {
+            let (flags, key) = (event.flags, event.data.u64());
+            if key == NOTIFY {
+                let mut count = [0u8; 8];
+                let _ = rustix::io::read(&n.fd, &mut count);
+            } else if let Some(source) = self.slots.borrow().get(key) {
+                source.raise(flags);
+            }
+        }
+        drop(events);
         self.fire_timers();
         Ok(())
     }
 
-    fn wait(&self, timeout: Option<Duration>) -> io::Result<()> {
+    fn wait(&self, timeout: Option<Duration>, events: &mut Vec<epoll::Event>) -> io::Result<()> {
         let timeout = match timeout.map(rustix::time::Timespec::try_from) {
             Some(Ok(t)) => Some(t),
             // Beyond any representable time: wait for events alone.
             Some(Err(_)) | None => None,
         };
-        let mut events = self.events.borrow_mut();
         events.clear();
-        match epoll::wait(&self.epoll, spare_capacity(&mut events), timeout.as_ref()) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
+        match epoll::wait(&self.epoll, spare_capacity(events), timeout.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        for event in events.iter() {
-            let (flags, key) = (event.flags, event.data.u64());
-            if key == NOTIFY {
-                let mut count = [0u8; 8];
-                let _ = rustix::io::read(&self.notify.fd, &mut count);
-            } else if let Some(source) = self.slots.borrow().get(key) {
-                source.raise(flags);
-            }
-        }
-        Ok(())
     }
 
     fn until_next_timer(&self) -> Option<Duration> {
@@ -230,10 +232,14 @@ impl Reactor {
         Ok(source)
     }
 
-    fn deregister(&self, io: impl AsFd, key: u64) {
-        // Explicitly, not left to close(2): a socket also held elsewhere (systemd's fd store
-        // keeps the listeners) would stay in the set and raise events for a dead key.
-        let _ = epoll::delete(&self.epoll, io);
+    /// `shared`: the socket may be open elsewhere too (systemd's fd store keeps the
+    /// listeners), so it is taken out of the set explicitly: closing our descriptor would not
+    /// remove it, and it would raise events for a dead key. A socket only we hold leaves the
+    /// set as it closes, without the syscall.
+    fn deregister(&self, io: impl AsFd, key: u64, shared: bool) {
+        if shared {
+            let _ = epoll::delete(&self.epoll, io);
+        }
         self.slots.borrow_mut().remove(key);
     }
 }

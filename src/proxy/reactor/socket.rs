@@ -21,23 +21,31 @@ pub struct Async<T: AsFd> {
     io: T,
     source: Rc<Source>,
     reactor: Rc<Reactor>,
+    /// The socket may be open elsewhere too (a listener systemd keeps).
+    shared: bool,
 }
 
 impl<T: AsFd> Async<T> {
     /// Makes `io` non-blocking and registers it with this thread's reactor.
     pub fn new(io: T) -> io::Result<Async<T>> {
         rustix::io::ioctl_fionbio(&io, true)?;
-        Async::nonblocking(io)
+        Async::register(io, true)
     }
 
-    /// Registers `io`, which is already non-blocking (accepted or made so here).
+    /// Registers `io`, which is already non-blocking and open nowhere else (accepted, or
+    /// made here).
     pub fn nonblocking(io: T) -> io::Result<Async<T>> {
+        Async::register(io, false)
+    }
+
+    fn register(io: T, shared: bool) -> io::Result<Async<T>> {
         let reactor = current()?;
         let source = reactor.register(&io)?;
         Ok(Async {
             io,
             source,
             reactor,
+            shared,
         })
     }
 
@@ -79,10 +87,11 @@ impl<T: AsFd> Async<T> {
         mut op: impl FnMut(&T) -> io::Result<R>,
     ) -> Poll<io::Result<R>> {
         loop {
+            // The syscall sees everything that raised an edge so far (no event is taken in
+            // the middle of a poll): those edges are used up, whatever it returns.
+            self.source.clear(way);
             match op(&self.io) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // In the same poll as the syscall: no event can have come in between.
-                    self.source.clear(way);
                     self.source.wait(way, cx.waker());
                     return Poll::Pending;
                 }
@@ -101,13 +110,15 @@ impl<T: AsFd + std::fmt::Debug> std::fmt::Debug for Async<T> {
 
 impl<T: AsFd> Drop for Async<T> {
     fn drop(&mut self) {
-        self.reactor.deregister(&self.io, self.source.key);
+        self.reactor
+            .deregister(&self.io, self.source.key, self.shared);
     }
 }
 
 impl Async<TcpStream> {
-    /// Connects to `addr`: a non-blocking socket, registered once the connect is under way
-    /// (so that the first writable edge is the connect's own outcome).
+    /// Connects to `addr`: a non-blocking socket, registered once the connect is under way,
+    /// so that its first writable edge is the connect's outcome (a socket still connecting
+    /// is never writable): connected, or the error `SO_ERROR` holds.
     pub async fn connect(addr: SocketAddr) -> io::Result<Async<TcpStream>> {
         let family = match addr {
             SocketAddr::V4(_) => AddressFamily::INET,
@@ -120,16 +131,10 @@ impl Async<TcpStream> {
             Err(e) => return Err(e.into()),
         }
         let stream = Async::nonblocking(TcpStream::from(fd))?;
-        loop {
-            stream.writable().await?;
-            if let Some(e) = stream.io.take_error()? {
-                return Err(e);
-            }
-            match stream.io.peer_addr() {
-                Ok(_) => return Ok(stream),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                Err(e) => return Err(e),
-            }
+        stream.writable().await?;
+        match stream.io.take_error()? {
+            Some(e) => Err(e),
+            None => Ok(stream),
         }
     }
 }
