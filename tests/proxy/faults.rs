@@ -455,6 +455,36 @@ fn inbound_whose_local_app_is_down_closes_the_caller_and_counts() {
     assert_eq!(web.metrics.upstream.handshake_failures.get(), 0);
 }
 
+/// A client that sends more than its ClientHello in one write, more than the gateway's first
+/// read takes (2 KiB): the bytes behind the hello reach the backend without the client
+/// sending anything more. (A relay that waited for the client's next readiness here would
+/// hold them until the client spoke again.)
+#[test]
+fn bytes_behind_the_client_hello_are_forwarded_without_waiting_for_more() {
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gw = gateway_with(&[("db", vec![sink.local_addr().unwrap()])], "");
+    let mut sent = captured_hello();
+    sent.extend(noise(7, 3000));
+    let mut client = raw(gw.gateway_addrs[0]);
+    // Once the gateway waits for the hello: all of it then arrives as one edge, the one the
+    // gateway's first read uses up.
+    thread::sleep(Duration::from_millis(200));
+    client.write_all(&sent).unwrap();
+
+    let (mut backend, _) = sink.accept().unwrap();
+    backend
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = vec![0u8; sent.len()];
+    let read = backend.read_exact(&mut got);
+    assert!(
+        read.is_ok(),
+        "{read:?}: the bytes behind the hello were held back"
+    );
+    assert_eq!(got, sent);
+    drop(client);
+}
+
 /// Clients trickling a real ClientHello one byte at a time are closed at
 /// `handshake_timeout_ms` and counted as timeouts, while a normal client is served.
 #[test]
