@@ -394,24 +394,18 @@ pub async fn serve_upstream(serving: Arc<Serving>, index: usize, conn: Conn, act
         return;
     };
     let m = &active.metrics.upstream;
-    let unregistered = |e: io::Error| {
-        crate::warn!(
-            "upstream {}: cannot wait on a connection: {e}",
-            up.destination_name
-        );
-    };
     match conn {
         Conn::Tcp(s, _) => {
             let _ = s.set_nodelay(true);
-            match Async::nonblocking(s) {
-                Ok(s) => upstream::serve(s, up, rt, m).await,
-                Err(e) => unregistered(e),
+            if let Some(s) = active.register(s, "upstream", &up.destination_name) {
+                upstream::serve(s, up, rt, m).await;
             }
         }
-        Conn::Unix(s) => match Async::nonblocking(s) {
-            Ok(s) => upstream::serve(s, up, rt, m).await,
-            Err(e) => unregistered(e),
-        },
+        Conn::Unix(s) => {
+            if let Some(s) = active.register(s, "upstream", &up.destination_name) {
+                upstream::serve(s, up, rt, m).await;
+            }
+        }
     }
 }
 
@@ -457,6 +451,24 @@ impl Active {
 
     pub fn on_loop(&self) -> &ConnStats {
         &self.on_loop
+    }
+
+    /// Registers this accepted connection with the serving loop's reactor. On failure (the
+    /// kernel out of memory for the epoll entry) it is closed, and counted as its listener's
+    /// accept error, as accepting it would have been.
+    /// `role` and `which` name it in the log line, as the role's other lines do.
+    pub fn register<T: AsFd>(
+        &self,
+        s: T,
+        role: &str,
+        which: &dyn std::fmt::Display,
+    ) -> Option<Async<T>> {
+        Async::nonblocking(s)
+            .inspect_err(|e| {
+                (self.counters)(&self.metrics).accept_errors.inc();
+                crate::warn!("{role} {which}: cannot wait on the connection ({e}); closed it");
+            })
+            .ok()
     }
 }
 

@@ -22,7 +22,6 @@
 //! several.
 
 use std::cell::Cell;
-use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
 use smol::channel::{Receiver, Sender};
@@ -30,7 +29,7 @@ use smol::LocalExecutor;
 
 use super::listener::{serve_upstream, Active, Conn};
 use super::pending::Pending;
-use super::reactor::{self, Async};
+use super::reactor;
 use super::{deadline, gateway, inbound, Serving};
 use crate::metrics::{ConnStats, Metrics};
 
@@ -164,13 +163,13 @@ pub fn serve(ex: &LocalExecutor<'static>, handoff: Handoff, pending: &Arc<Pendin
     active.on_loop().opened.inc();
     match (role, conn) {
         (Role::Gateway, Conn::Tcp(s, peer)) => {
-            if let Some(s) = register(s, peer) {
+            if let Some(s) = active.register(s, "gateway", &peer) {
                 ex.spawn(gateway::accept(serving, s, peer, active, pending.clone()))
                     .detach();
             }
         }
         (Role::Inbound, Conn::Tcp(s, peer)) => {
-            if let Some(s) = register(s, peer) {
+            if let Some(s) = active.register(s, "inbound", &peer) {
                 ex.spawn(inbound::accept(serving, s, peer, active)).detach();
             }
         }
@@ -180,14 +179,6 @@ pub fn serve(ex: &LocalExecutor<'static>, handoff: Handoff, pending: &Arc<Pendin
         }
         (_, Conn::Unix(_)) => {}
     }
-}
-
-/// Registers an accepted connection with this loop's reactor; on failure (out of memory for
-/// the kernel's epoll entry) the connection is closed, and said.
-fn register(s: TcpStream, peer: SocketAddr) -> Option<Async<TcpStream>> {
-    Async::nonblocking(s)
-        .inspect_err(|e| crate::warn!("cannot wait on a connection from {peer}: {e}; closed it"))
-        .ok()
 }
 
 /// A loop other than the first: serves what it is handed until every sender is gone (the
