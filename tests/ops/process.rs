@@ -20,9 +20,19 @@ pub struct Notify {
     pub seen: Vec<String>,
 }
 
+impl Drop for Notify {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl Notify {
+    /// Bound in the system's temporary directory, not in `scratch`: a socket's path must fit
+    /// in 108 bytes, and a clone's target directory can be deep (`mktemp -d`, a cross target).
     pub fn bind(scratch: &Scratch) -> Notify {
-        let path = scratch.path("notify.sock");
+        let name = scratch.0.file_name().unwrap_or_default().to_string_lossy();
+        let path = std::env::temp_dir().join(format!("sg-{name}.notify"));
+        let _ = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path).unwrap();
         Notify {
             socket,
