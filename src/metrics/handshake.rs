@@ -53,7 +53,7 @@ impl HandshakeFailure {
         }
     }
 
-    /// Reads the rustls error futures-rustls wraps in its `io::Error`.
+    /// Reads the rustls error the handshake (`proxy::handshake`) wraps in its `io::Error`.
     pub fn of(e: &io::Error) -> HandshakeFailure {
         if e.kind() == io::ErrorKind::TimedOut {
             return HandshakeFailure::Timeout;

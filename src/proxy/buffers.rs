@@ -11,8 +11,9 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 
-/// Big enough for a full TLS record plus headers, so one read moves one record.
-pub const BUF_SIZE: usize = 32 * 1024;
+/// Room for two whole TLS records (16 KiB of plaintext each, plus at most 29 bytes of framing)
+/// and the header of a third: the TLS relay seals and opens two records per buffer.
+pub const BUF_SIZE: usize = 33 * 1024;
 /// Buffers kept for reuse per thread; bursts beyond this allocate and free.
 const KEEP: usize = 64;
 
@@ -33,6 +34,10 @@ impl Buf {
 
     pub fn as_mut(&mut self) -> &mut [u8] {
         self.0.as_deref_mut().unwrap_or_default()
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or_default()
     }
 }
 

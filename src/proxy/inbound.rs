@@ -5,9 +5,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::reactor::Async;
-use futures_rustls::TlsAcceptor;
+use rustls::server::UnbufferedServerConnection;
 
 use super::deadline;
+use super::handshake::handshake;
 use super::tls_relay::relay_tls;
 use std::sync::Arc;
 
@@ -45,8 +46,14 @@ pub async fn serve(
 ) {
     let started = Instant::now();
     let _ = mesh.get_ref().set_nodelay(true);
-    let accept = TlsAcceptor::from(tls.clone()).accept(mesh);
-    let tls = match deadline::timeout(HANDSHAKE_TIMEOUT, "handshake timed out", accept).await {
+    let shaken = match UnbufferedServerConnection::new(tls.clone()) {
+        Ok(conn) => {
+            let shake = handshake(conn, &mesh);
+            deadline::timeout(HANDSHAKE_TIMEOUT, "handshake timed out", shake).await
+        }
+        Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+    };
+    let mut tls = match shaken {
         Ok(tls) => tls,
         Err(e) => {
             let why = m.handshake_failures.record(&e);
@@ -54,20 +61,22 @@ pub async fn serve(
             return;
         }
     };
-    let Some(id) = caller(tls.get_ref().1) else {
+    // The leaf is kept only until the caller is authorized.
+    let leaf = tls.peer_leaf.take();
+    let Some(id) = leaf.as_ref().and_then(caller) else {
         m.denied.inc();
         crate::info!("inbound {peer}: denied, client certificate has no SPIFFE service ID");
         return;
     };
-    let conn = tls.get_ref().1;
     let (action, why) = intentions::authorize(
         &inb.intentions,
         inb.authority.as_ref(),
         &inb.trust_domain,
         &id,
-        || caller_serial(conn),
+        || leaf.as_ref().map(caller_serial).unwrap_or_default(),
     )
     .await;
+    drop(leaf);
     if action == Action::Deny {
         m.denied.inc();
         crate::info!("inbound {peer}: denied {id} ({why})");
@@ -86,8 +95,7 @@ pub async fn serve(
         Tally::role(&m.bytes_to_mesh),
         Tally::role(&m.bytes_from_mesh),
     );
-    let (mesh, mut tls) = tls.into_inner();
-    match relay_tls(&app, &mesh, &mut tls, IDLE, to_mesh, from_mesh).await {
+    match relay_tls(&app, &mesh, tls, IDLE, to_mesh, from_mesh).await {
         Ok(r) => crate::debug!(
             "inbound {peer}: {id} ({why}): {:?} after {:?}, {} bytes in, {} out",
             r.end,

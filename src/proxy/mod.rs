@@ -13,6 +13,7 @@ mod deadline;
 mod dial;
 mod gateway;
 pub mod handover;
+mod handshake;
 mod inbound;
 mod listener;
 mod loops;

@@ -3,43 +3,51 @@
 //! write shutdown, and the peer's close_notify (or bare EOF, as some proxies send) a local
 //! write shutdown.
 //!
-//! The socket I/O is ours, not a stream wrapper's. TLS bytes are read from the socket about
-//! two records at a time, as much as fits straight into rustls' record buffer and the rest
-//! into a pooled buffer (`Incoming`, `Records`); plaintext is written from rustls' own buffer straight to the
-//! local socket; encrypted records leave in one vectored write. Like the plain relay, a
-//! direction holds a pooled buffer only while bytes move, so an idle connection keeps only
-//! rustls' state.
+//! The records are sealed and opened here, in place (`tls::record`), with no copy of ours or
+//! rustls': plaintext is read from the local socket straight into the two record slots of a
+//! pooled buffer, sealed there and sent in one vectored write; ciphertext is read into a
+//! pooled buffer, each record decrypted where it lies and its plaintext written from there.
+//! Reads of ciphertext end just past the header of the record after the last whole one they
+//! hold, so only those five bytes move to the front before the next read. Like the plain
+//! relay, a direction holds a pooled buffer only while bytes move, so an idle connection
+//! keeps only its keys.
 //!
-//! rustls' unbuffered API (`rustls::unbuffered`) would not save copies with rustls 0.23: it
-//! still copies each received record's plaintext out into a buffer it allocates, and encrypts
-//! each record into one it allocates before copying it into the caller's buffer (a copy more
-//! than `write_tls` needs). So this stays with the buffered API and avoids what copying is ours
-//! to avoid: ciphertext staged in a buffer of ours on its way into rustls'.
+//! rustls' own APIs would copy: its buffered one copies each record's plaintext into a buffer
+//! of its own to encrypt it and each received record into its own, and its unbuffered one
+//! copies more (each decrypted record into an allocated buffer, each encrypted one out of one).
 
 use std::cell::RefCell;
-use std::io::{self, BufRead, IoSliceMut, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::ops::Range;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use rustls::ConnectionCommon;
+use rustls::kernel::KernelConnection;
 use smol::future;
+use smol::io::AsyncWriteExt;
 
 use super::buffers::{Buf, BUF_SIZE};
+use super::handshake::Established;
 use super::reactor::{Async, ShutdownWrite};
 use super::relay::{step, Flow, Pace, Relayed, Step};
 use crate::metrics::Tally;
+use crate::tls::record::{body_len, Content, HEADER, MAX_PLAINTEXT};
+use crate::tls::session::{Alert, Session, Tickets};
 
-/// rustls' connection state, borrowed by one direction at a time: both directions run in this
-/// one task and no borrow is held across an await.
-type Conn<'c, D> = RefCell<&'c mut ConnectionCommon<D>>;
+/// The session, borrowed by one direction at a time: both directions run in this one task
+/// and no borrow is held across an await.
+type Shared<'s, D> = RefCell<&'s mut Session<D>>;
+
+/// A pooled buffer holds two record slots of this size, each room for a whole record.
+const SLOT: usize = BUF_SIZE / 2;
 
 /// Relays until both directions end, one fails, or the pair is idle for `idle`. `remote`
-/// carries `tls`, whose handshake is complete.
+/// carries the session `tls` established.
 pub async fn relay_tls<L, D>(
     local: &Async<L>,
     remote: &Async<TcpStream>,
-    tls: &mut ConnectionCommon<D>,
+    tls: Established<D>,
     idle: Duration,
     to_tls: Tally<'_>,
     from_tls: Tally<'_>,
@@ -47,44 +55,72 @@ pub async fn relay_tls<L, D>(
 where
     L: ShutdownWrite,
     for<'a> &'a L: Read + Write,
+    KernelConnection<D>: Tickets,
 {
-    let tls = RefCell::new(tls);
+    let Established {
+        mut session,
+        plaintext,
+        ciphertext,
+        peer_finished,
+        ..
+    } = tls;
+    let session = RefCell::new(&mut session);
     let flow = Flow::new();
-    let up = local_to_tls(local, remote, &tls, to_tls, &flow);
-    let down = tls_to_local(remote, local, &tls, from_tls, &flow);
+    let up = local_to_tls(local, remote, &session, to_tls, &flow);
+    let early = (plaintext, ciphertext, peer_finished);
+    let down = tls_to_local(remote, local, &session, early, from_tls, &flow);
     future::or(future::try_zip(up, down), flow.watchdog(idle)).await?;
     Ok(flow.relayed())
 }
 
-/// Plaintext from the local side, encrypted. Waits for the local socket without holding a
-/// buffer; rustls holds the encrypted records until the socket takes them.
+/// Plaintext from the local side, sealed. Waits for the local socket without holding a
+/// buffer; holds one while the remote socket takes the records.
 async fn local_to_tls<L, D>(
     local: &Async<L>,
     remote: &Async<TcpStream>,
-    tls: &Conn<'_, D>,
+    tls: &Shared<'_, D>,
     total: Tally<'_>,
     flow: &Flow,
 ) -> io::Result<()>
 where
     L: AsFd,
     for<'a> &'a L: Read,
+    KernelConnection<D>: Tickets,
 {
     let mut pace = Pace::default();
+    let mut small = [0u8; 64];
     loop {
-        send_pending(remote, tls).await?;
+        // A key update the peer asked for, or our key's limit, comes before our next record.
+        let update = tls.borrow_mut().key_update_due(&mut small)?;
+        if let Some(len) = update {
+            send(remote, &mut [IoSlice::new(&small[..len])]).await?;
+        }
         let read = {
             let mut buf = Buf::take();
-            let read = step(local.get_ref().read(buf.as_mut()))?;
+            let (first, second) = buf.as_mut().split_at_mut(SLOT);
+            let (prefix, room) = {
+                let tls = tls.borrow();
+                let prefix = tls.tx.prefix();
+                (prefix, (SLOT - prefix - tls.tx.suffix()).min(MAX_PLAINTEXT))
+            };
+            let read = step(local.get_ref().read_vectored(&mut [
+                IoSliceMut::new(&mut first[prefix..prefix + room]),
+                IoSliceMut::new(&mut second[prefix..prefix + room]),
+            ]))?;
             if let Step::Moved(n) = read {
-                // Flushed above, so rustls' output limit (64 KiB) takes a whole buffer.
-                tls.borrow_mut().writer().write_all(&buf.as_mut()[..n])?;
+                let (a, b) = seal_two(&mut tls.borrow_mut(), (first, second), n, room)?;
+                send(
+                    remote,
+                    &mut [IoSlice::new(&first[..a]), IoSlice::new(&second[..b])],
+                )
+                .await?;
                 flow.moved(total, &flow.a_to_b, n);
             }
             read
         };
         if read == Step::Eof {
-            tls.borrow_mut().send_close_notify();
-            send_pending(remote, tls).await?;
+            let len = tls.borrow_mut().close_notify(&mut small)?;
+            send(remote, &mut [IoSlice::new(&small[..len])]).await?;
             return remote.get_ref().shutdown(Shutdown::Write);
         }
         if read == Step::Wait {
@@ -94,18 +130,32 @@ where
     }
 }
 
-/// Writes every TLS byte rustls has queued (records, alerts, close_notify).
-async fn send_pending<D>(remote: &Async<TcpStream>, tls: &Conn<'_, D>) -> io::Result<()> {
-    loop {
-        let sent = {
-            let mut tls = tls.borrow_mut();
-            if !tls.wants_write() {
-                return Ok(());
-            }
-            tls.write_tls(&mut remote.get_ref())
-        };
-        match sent {
-            Ok(_) => {}
+/// Seals `n` bytes of plaintext read into two slots of `room` bytes each: one record, or two
+/// when the first slot is full. Returns each record's length (0 for none).
+fn seal_two<D>(
+    tls: &mut Session<D>,
+    (first, second): (&mut [u8], &mut [u8]),
+    n: usize,
+    room: usize,
+) -> io::Result<(usize, usize)>
+where
+    KernelConnection<D>: Tickets,
+{
+    let a = tls.tx.seal(Content::ApplicationData, first, n.min(room))?;
+    let b = match n.saturating_sub(room) {
+        0 => 0,
+        b => tls.tx.seal(Content::ApplicationData, second, b)?,
+    };
+    Ok((a, b))
+}
+
+/// Writes every byte of `parts` to the remote socket.
+async fn send(remote: &Async<TcpStream>, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        match remote.get_ref().write_vectored(parts) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut parts, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 remote.write_would_block();
                 remote.writable().await?;
@@ -114,309 +164,167 @@ async fn send_pending<D>(remote: &Async<TcpStream>, tls: &Conn<'_, D>) -> io::Re
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Writes what rustls has queued as far as the socket takes it now.
-fn try_send<D>(remote: &Async<TcpStream>, tls: &Conn<'_, D>) -> io::Result<()> {
-    let mut tls = tls.borrow_mut();
-    while tls.wants_write() {
-        match step(tls.write_tls(&mut remote.get_ref()))? {
-            Step::Wait => {
-                remote.write_would_block();
-                break;
-            }
-            Step::Eof => break,
-            Step::Moved(_) | Step::Again => {}
-        }
-    }
     Ok(())
 }
 
-/// TLS from the peer, decrypted to the local side.
+/// TLS from the peer, opened and delivered to the local side.
 async fn tls_to_local<L, D>(
     remote: &Async<TcpStream>,
     local: &Async<L>,
-    tls: &Conn<'_, D>,
+    tls: &Shared<'_, D>,
+    (plaintext, ciphertext, finished): (Vec<u8>, Vec<u8>, bool),
     total: Tally<'_>,
     flow: &Flow,
 ) -> io::Result<()>
 where
     L: ShutdownWrite,
     for<'a> &'a L: Write,
+    KernelConnection<D>: Tickets,
 {
+    // What came with the handshake first.
+    if !plaintext.is_empty() {
+        (&mut &*local).write_all(&plaintext).await?;
+        flow.moved(total, &flow.b_to_a, plaintext.len());
+    }
+    drop(plaintext);
+    if finished {
+        return local.get_ref().shutdown_write();
+    }
+    let mut inbox = Inbox::holding(&ciphertext)?;
+    drop(ciphertext);
     let mut pace = Pace::default();
-    let mut from = Incoming::new(remote.get_ref());
     loop {
-        // Whatever rustls already holds (from the handshake's last read, or below). Records
-        // need delivering before rustls accepts more (it buffers 16 KiB of plaintext).
-        if deliver(tls, local, total, flow).await? == Peer::Finished {
-            return local.get_ref().shutdown_write();
-        }
-        let read = {
-            let mut tls = tls.borrow_mut();
-            let read = step(tls.read_tls(&mut from))?;
-            if let Step::Moved(_) = read {
-                tls.process_new_packets().map_err(io::Error::other)?;
+        while let Some(record) = inbox.next_record()? {
+            let bytes = inbox.bytes();
+            let (kind, text) = tls.borrow_mut().rx.open(&mut bytes[record.clone()])?;
+            let text = &bytes[record.start + text.start..record.start + text.end];
+            match kind {
+                Content::ApplicationData => {
+                    (&mut &*local).write_all(text).await?;
+                    flow.moved(total, &flow.b_to_a, text.len());
+                }
+                Content::Handshake => tls.borrow_mut().handshake(text)?,
+                Content::Alert => {
+                    if tls.borrow().alert(text)? == Alert::Finished {
+                        return local.get_ref().shutdown_write();
+                    }
+                }
             }
-            read
-        };
+        }
+        inbox.compact();
+        let read = inbox.read_from(remote.get_ref())?;
         match read {
             // A peer that closes TCP without close_notify has still finished sending; an
             // incomplete record it left is dropped.
             Step::Eof => return local.get_ref().shutdown_write(),
-            // Alerts or key updates may need an answer: sent if the socket takes it now, else
-            // by the other direction, which flushes before it reads. Waiting for the socket
-            // here would tie this direction to the other's backlog: a peer that stops reading
-            // until it can write would deadlock the pair.
-            Step::Moved(_) => try_send(remote, tls)?,
             Step::Wait => remote.read_would_block(),
-            Step::Again => {}
+            Step::Moved(_) | Step::Again => {}
         }
-        // Bytes already read from the socket are fed on without waiting or yielding.
-        if !from.holds_bytes() {
-            pace.next(read == Step::Wait, remote.readable()).await?;
-        }
+        pace.next(read == Step::Wait, remote.readable()).await?;
     }
 }
 
-/// The socket as rustls' `read_tls` sees it. rustls hands `read_tls` the free end of its
-/// record buffer: 4 KiB at a time while it grows that buffer (after the handshake, and again
-/// whenever it has emptied it), then room for about a whole record. One vectored read fills
-/// that room and a pooled buffer behind it, so that the bytes landing in rustls' room are
-/// copied by the kernel only, not once more by us. How much goes behind is steered by
-/// `Records`; without it, up to 32 KiB in all per syscall (not rustls' 4 KiB). The pooled
-/// buffer is held only while it has bytes rustls has not taken, so an idle connection holds
-/// none.
-struct Incoming<'s> {
-    socket: &'s TcpStream,
-    /// Read from the socket, not yet given to rustls: `spill[start..end]` (32 KiB at most,
-    /// so offsets fit in 16 bits: every held connection keeps these).
-    spill: Option<Buf>,
+/// Ciphertext read from the peer and not yet opened: `buf[start..end]`, the buffer held only
+/// while it holds bytes.
+struct Inbox {
+    buf: Option<Buf>,
     start: u16,
     end: u16,
-    records: Records,
+    /// The length of the last whole record, header included (0 before the first): records
+    /// to come are taken to be as long, to end reads just past a header.
+    last: u16,
 }
 
-impl<'s> Incoming<'s> {
-    fn new(socket: &'s TcpStream) -> Self {
-        Incoming {
-            socket,
-            spill: None,
+impl Inbox {
+    /// An inbox holding `bytes` (what the handshake read past its last message: less than
+    /// a record, as rustls takes every whole record it is given).
+    fn holding(bytes: &[u8]) -> io::Result<Inbox> {
+        let mut inbox = Inbox {
+            buf: None,
             start: 0,
             end: 0,
-            records: Records::default(),
+            last: 0,
+        };
+        if !bytes.is_empty() {
+            let mut buf = Buf::take();
+            buf.as_mut()
+                .get_mut(..bytes.len())
+                .ok_or_else(|| io::Error::other("more left by the handshake than a buffer holds"))?
+                .copy_from_slice(bytes);
+            inbox.buf = Some(buf);
+            // At most a buffer's length, as just checked.
+            inbox.end = bytes.len() as u16;
         }
+        Ok(inbox)
     }
 
-    fn holds_bytes(&self) -> bool {
-        self.spill.is_some()
+    fn bytes(&mut self) -> &mut [u8] {
+        self.buf.as_mut().map(Buf::as_mut).unwrap_or_default()
     }
 
-    /// Gives `out` what it takes of `spill[start..end]`, and the buffer back once empty.
-    fn hand_over(&mut self, mut spill: Buf, out: &mut [u8]) -> usize {
+    /// The next whole record held, if any, taken out of the inbox.
+    fn next_record(&mut self) -> io::Result<Option<Range<usize>>> {
         let (start, end) = (usize::from(self.start), usize::from(self.end));
-        let held = spill.as_mut().get(start..end).unwrap_or_default();
-        let n = held.len().min(out.len());
-        out[..n].copy_from_slice(&held[..n]);
-        self.records.pass(&out[..n]);
-        // No more than was held.
-        self.start += n as u16;
-        if self.start < self.end {
-            self.spill = Some(spill);
-        }
-        n
-    }
-}
-
-impl Read for Incoming<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if let Some(spill) = self.spill.take() {
-            // Bytes already read come first.
-            return Ok(self.hand_over(spill, out));
-        }
-        let behind = match self.records.behind(out.len()) {
-            Some(behind) => behind,
-            None => BUF_SIZE.saturating_sub(out.len()),
+        let Some(header) = self.bytes()[..end].get(start..start + HEADER) else {
+            return Ok(None);
         };
-        if behind == 0 {
-            let n = self.socket.read(out)?;
-            self.records.pass(&out[..n]);
-            return Ok(n);
+        let header = <[u8; HEADER]>::try_from(header).unwrap_or_default();
+        let len = HEADER + body_len(&header)?;
+        if end - start < len {
+            return Ok(None);
         }
-        let mut spill = Buf::take();
-        let into = spill.as_mut();
-        let behind = behind.min(into.len());
-        let into = &mut into[..behind];
-        // An error, the end of the stream or a read that fits in `out` leaves nothing held:
-        // the buffer goes back to the pool.
-        let n = self
-            .socket
-            .read_vectored(&mut [IoSliceMut::new(out), IoSliceMut::new(into)])?;
-        // `spill` holds what did not fit in `out`.
-        let direct = n.min(out.len());
-        self.records.pass(&out[..direct]);
-        // No more than the pooled buffer holds (32 KiB); never dropped if it were more.
-        let held = u16::try_from(n - direct).map_err(|_| io::Error::other("read overran"))?;
-        (self.start, self.end) = (0, held);
-        if self.start < self.end {
-            self.spill = Some(spill);
-        }
-        Ok(direct)
-    }
-}
-
-/// The largest TLS record rustls accepts, header included.
-const MAX_RECORD: usize = 5 + 16 * 1024 + 2048;
-
-/// Where TLS record boundaries fall in the bytes handed to rustls, to end each read just
-/// past a record's header: rustls then completes every record it was given and keeps only
-/// those five bytes, so the next read's room in its buffer is a whole record (and none of it
-/// a partial record rustls must first move down), while a buffer left empty would be shrunk
-/// and grown back 4 KiB a read. It only steers how reads are split: bytes still go to rustls
-/// exactly as they came. The relay joins the stream wherever the handshake left it, often
-/// inside a record (a client's first data arrives with its Finished): until a header that
-/// makes sense is found, or after one that does not, reads are not steered, and the bytes
-/// passing are searched for a header, up to `SEARCH` of them. Every held connection keeps
-/// one, hence the small integers (a record is at most `MAX_RECORD` long).
-#[derive(Default)]
-struct Records {
-    /// The next record's header, `seen` bytes of it so far (while `body` is 0).
-    header: [u8; 5],
-    seen: u8,
-    /// Bytes of the current record's body still to come.
-    body: u16,
-    /// The size of the last record whose header was seen, header included; 0 before any.
-    last: u16,
-    lost: bool,
-    /// Bytes searched for a header while lost.
-    searched: u32,
-}
-
-/// How far to search for a record header before giving up on steering a connection.
-const SEARCH: u32 = 64 * 1024;
-
-/// Whether five bytes look like the header of an encrypted record: after the handshake every
-/// record is application data (TLS 1.3) or an alert, handshake message or application data
-/// (TLS 1.2), all labelled TLS 1.2, and no longer than rustls accepts.
-fn plausible_header(header: &[u8]) -> bool {
-    match *header {
-        [kind, 3, 3, high, low] => {
-            (21..=23).contains(&kind)
-                && 5 + usize::from(u16::from_be_bytes([high, low])) <= MAX_RECORD
-        }
-        _ => false,
-    }
-}
-
-impl Records {
-    /// Follows `bytes`, the next ones handed to rustls.
-    fn pass(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.lost {
-                if self.searched > SEARCH {
-                    return;
-                }
-                // A header split between two passes is missed; the next one will do.
-                let found = bytes.windows(5).position(plausible_header);
-                let searched = found.unwrap_or(bytes.len());
-                self.searched =
-                    (self.searched).saturating_add(u32::try_from(searched).unwrap_or(u32::MAX));
-                let Some(at) = found else {
-                    return;
-                };
-                bytes = &bytes[at..];
-                (self.lost, self.seen, self.body) = (false, 0, 0);
-            }
-            if self.body > 0 {
-                let n = usize::from(self.body).min(bytes.len());
-                // No more than `body`, so it fits.
-                self.body -= n as u16;
-                bytes = &bytes[n..];
-                continue;
-            }
-            let seen = usize::from(self.seen);
-            let n = (5 - seen).min(bytes.len());
-            self.header[seen..seen + n].copy_from_slice(&bytes[..n]);
-            // At most 5.
-            self.seen += n as u8;
-            bytes = &bytes[n..];
-            if self.seen == 5 {
-                self.seen = 0;
-                if plausible_header(&self.header) {
-                    let [_, _, _, high, low] = self.header;
-                    self.body = u16::from_be_bytes([high, low]);
-                    // At most `MAX_RECORD`, as the header is plausible.
-                    self.last = self.body + 5;
-                } else {
-                    (self.lost, self.body, self.last) = (true, 0, 0);
-                }
-            }
-        }
+        // A record is shorter than a buffer (`body_len` checks), so these fit.
+        self.start += len as u16;
+        self.last = len as u16;
+        Ok(Some(start..start + len))
     }
 
-    /// How many bytes to read past an `offer` so that the read ends five bytes into a record,
-    /// taking records still to come to be as long as the last one; `None` when unknown.
-    fn behind(&self, offer: usize) -> Option<usize> {
-        if self.lost || self.seen != 0 || self.last == 0 {
-            return None;
+    /// Moves what is left of a partial record to the front, or lets the buffer go.
+    fn compact(&mut self) {
+        let (start, end) = (usize::from(self.start), usize::from(self.end));
+        if start == end {
+            self.buf = None;
+        } else if start > 0 {
+            self.bytes().copy_within(start..end, 0);
         }
-        let (body, last) = (usize::from(self.body), usize::from(self.last));
-        let mut end = body + 5;
-        if end < offer {
-            end += (offer - end).div_ceil(last) * last;
-        }
-        let behind = end - offer;
-        (behind <= BUF_SIZE).then_some(behind)
+        self.end -= self.start;
+        self.start = 0;
     }
-}
 
-#[derive(PartialEq, Eq)]
-enum Peer {
-    /// Nothing more to deliver now.
-    Drained,
-    /// The peer sent close_notify (or closed TCP) and every byte before it is delivered.
-    Finished,
-}
-
-/// Writes the plaintext rustls holds to the local socket, from rustls' own buffer.
-async fn deliver<L, D>(
-    tls: &Conn<'_, D>,
-    local: &Async<L>,
-    total: Tally<'_>,
-    flow: &Flow,
-) -> io::Result<Peer>
-where
-    L: AsFd,
-    for<'a> &'a L: Write,
-{
-    loop {
-        let written = {
-            let mut tls = tls.borrow_mut();
-            let mut reader = tls.reader();
-            let chunk = match reader.fill_buf() {
-                Ok([]) => return Ok(Peer::Finished),
-                Ok(chunk) => chunk,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Peer::Drained),
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Peer::Finished),
-                Err(e) => return Err(e),
-            };
-            match local.get_ref().write(chunk) {
-                Ok(n) => {
-                    reader.consume(n);
-                    Some(n)
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => Some(0),
-                Err(e) => return Err(e),
-            }
-        };
-        match written {
-            Some(n) => flow.moved(total, &flow.b_to_a, n),
-            None => {
-                local.write_would_block();
-                local.writable().await?;
-            }
+    /// How much to read now (after `compact`): the rest of the partial record held, as many
+    /// more records as fit (each taken to be as long as the last), and the next one's header;
+    /// all the room when nothing is known yet.
+    fn want(&self) -> usize {
+        let (held, last) = (usize::from(self.end), usize::from(self.last));
+        let room = BUF_SIZE - held;
+        // The partial record's length once its header is all there, else the last one's.
+        let current = self
+            .buf
+            .as_ref()
+            .and_then(|b| b.as_slice().get(..held.min(HEADER))?.try_into().ok())
+            .and_then(|header: [u8; HEADER]| body_len(&header).ok())
+            .map_or(last, |body| HEADER + body);
+        let rest = current.saturating_sub(held);
+        if last == 0 || rest + HEADER > room {
+            return room;
         }
+        rest + (room - rest - HEADER) / last * last + HEADER
+    }
+
+    /// One read from the peer into the free end of the buffer (taken for it).
+    fn read_from(&mut self, socket: &TcpStream) -> io::Result<Step> {
+        let want = self.want();
+        let end = usize::from(self.end);
+        let buf = self.buf.get_or_insert_with(Buf::take);
+        let read = step((&*socket).read(&mut buf.as_mut()[end..end + want]));
+        if let Ok(Step::Moved(n)) = read {
+            // No more than the buffer's room (32 KiB + 1 KiB).
+            self.end += n as u16;
+        }
+        if self.end == 0 {
+            self.buf = None;
+        }
+        read
     }
 }
 
@@ -431,36 +339,6 @@ mod tests {
         let writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (reader, _) = listener.accept().unwrap();
         (writer, reader)
-    }
-
-    /// Small offers (rustls growing its buffer), large ones (room for a record) and ones
-    /// larger than the pooled buffer all get the stream's bytes in order, whichever way each
-    /// is served; the pooled buffer is let go once rustls has taken it all; the end of the
-    /// stream reads as 0.
-    #[test]
-    fn incoming_hands_over_the_stream_in_order() {
-        let (mut writer, reader) = pair();
-        let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        writer.write_all(&sent).unwrap();
-        drop(writer);
-        let mut from = Incoming::new(&reader);
-        let mut got = Vec::new();
-        let mut offers = [4096, 4096, 16 * 1024, 20_000, 100, 40_000, 4096]
-            .into_iter()
-            .cycle();
-        let mut out = vec![0u8; 40_000];
-        loop {
-            let offer = offers.next().unwrap();
-            let n = from.read(&mut out[..offer]).unwrap();
-            if n == 0 {
-                break;
-            }
-            assert!(n <= offer);
-            got.extend_from_slice(&out[..n]);
-        }
-        assert!(!from.holds_bytes(), "a buffer is still held at the end");
-        assert_eq!(got.len(), sent.len());
-        assert!(got == sent, "the stream arrived reordered or altered");
     }
 
     /// Waits until `reader` has `n` bytes waiting, so that one read can take them all.
@@ -479,50 +357,6 @@ mod tests {
         }
     }
 
-    /// One read takes what a small offer fits and, up to 32 KiB in all, keeps the rest for
-    /// later offers, which get it without reading the socket again; an offer of 32 KiB or
-    /// more reads the socket straight into it.
-    #[test]
-    fn incoming_reads_32_kib_at_a_time_into_the_offer_first() {
-        let (mut writer, reader) = pair();
-        reader.set_nonblocking(true).unwrap();
-        let mut from = Incoming::new(&reader);
-        let block = |n, b| vec![b; n];
-        writer.write_all(&block(10_000, 7u8)).unwrap();
-        wait_for(&reader, 10_000);
-        let mut small = [0u8; 4096];
-        assert_eq!(from.read(&mut small).unwrap(), 4096);
-        assert!(from.holds_bytes());
-        // The socket is empty now: the rest can only come from the pooled buffer.
-        let mut big = vec![0u8; 16 * 1024];
-        assert_eq!(from.read(&mut big).unwrap(), 10_000 - 4096);
-        assert!(big[..10_000 - 4096].iter().all(|&b| b == 7));
-        assert!(!from.holds_bytes());
-        let err = from.read(&mut big).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
-        assert!(!from.holds_bytes(), "a read that would block held a buffer");
-        // 40,000 waiting, 16 KiB offered: one read takes 32 KiB, the offer first.
-        writer.write_all(&block(40_000, 9u8)).unwrap();
-        wait_for(&reader, 40_000);
-        assert_eq!(from.read(&mut big).unwrap(), big.len());
-        assert!(from.holds_bytes());
-        assert_eq!(from.read(&mut big).unwrap(), BUF_SIZE - big.len());
-        assert!(!from.holds_bytes());
-        // A read that fits in the offer holds nothing.
-        assert_eq!(from.read(&mut big).unwrap(), 40_000 - BUF_SIZE);
-        assert!(
-            !from.holds_bytes(),
-            "a read that fit in the offer held a buffer"
-        );
-        // An offer of 32 KiB or more is read into directly.
-        writer.write_all(&block(50_000, 3u8)).unwrap();
-        wait_for(&reader, 50_000);
-        let mut huge = vec![0u8; 40_000];
-        assert_eq!(from.read(&mut huge).unwrap(), 40_000);
-        assert!(!from.holds_bytes());
-        assert!(huge.iter().all(|&b| b == 3));
-    }
-
     /// `count` application-data records of `body` bytes each, header included.
     fn records(count: usize, body: usize) -> Vec<u8> {
         let mut stream = Vec::new();
@@ -534,62 +368,77 @@ mod tests {
         stream
     }
 
-    /// Once a record header has been handed over, a read ends five bytes into a record,
-    /// taking the records to come to be as long as the last: what does not fit in the offer
-    /// is held for the next offers, and nothing more is read from the socket meanwhile.
-    #[test]
-    fn incoming_ends_reads_just_past_a_record_header() {
-        let (mut writer, reader) = pair();
-        reader.set_nonblocking(true).unwrap();
-        let mut from = Incoming::new(&reader);
-        // Four records of 1005 bytes; a first small offer is not steered yet (32 KiB in all).
-        writer.write_all(&records(4, 1000)).unwrap();
-        wait_for(&reader, 4020);
-        let mut out = vec![0u8; 10_000];
-        assert_eq!(from.read(&mut out[..100]).unwrap(), 100);
-        assert_eq!(from.read(&mut out[..2000]).unwrap(), 2000);
-        assert_eq!(from.read(&mut out[..3000]).unwrap(), 4020 - 2100);
-        assert!(!from.holds_bytes());
-        // At a record boundary now: an offer of 500 reads to five bytes past the next record.
-        writer.write_all(&records(3, 1000)).unwrap();
-        wait_for(&reader, 3015);
-        assert_eq!(from.read(&mut out[..500]).unwrap(), 500);
-        assert!(from.holds_bytes());
-        assert_eq!(
-            from.read(&mut out).unwrap(),
-            1010 - 500,
-            "the read was not split"
-        );
-        assert!(!from.holds_bytes());
-        // The next header is known: an offer larger than what waits takes it all directly.
-        assert_eq!(from.read(&mut out).unwrap(), 3015 - 1010);
-        assert!(!from.holds_bytes());
+    /// Takes every whole record the inbox holds, as (start, length) pairs.
+    fn take_all(inbox: &mut Inbox) -> Vec<(usize, usize)> {
+        let mut got = Vec::new();
+        while let Some(r) = inbox.next_record().unwrap() {
+            got.push((r.start, r.len()));
+        }
+        got
     }
 
-    /// A stream joined inside a record (where the handshake left it) is not steered until a
-    /// header turns up in what passes, and then it is.
+    /// Records come out whole and in order however reads cut the stream; once a record has
+    /// been seen, a read ends just past the next header, so only five bytes move to the front
+    /// and full-sized records arrive two per read; the buffer is let go once empty.
     #[test]
-    fn incoming_finds_the_records_when_joined_inside_one() {
+    fn inbox_reads_two_records_and_the_next_header_at_a_time() {
         let (mut writer, reader) = pair();
         reader.set_nonblocking(true).unwrap();
-        let mut from = Incoming::new(&reader);
-        let stream = records(3, 2000);
-        // 700 bytes into the first record's body.
-        writer.write_all(&stream[705..]).unwrap();
-        wait_for(&reader, stream.len() - 705);
-        let mut out = vec![0u8; 10_000];
-        // Unsteered: one read takes everything waiting (less than 32 KiB).
-        assert_eq!(from.read(&mut out[..1000]).unwrap(), 1000);
-        assert_eq!(from.read(&mut out).unwrap(), stream.len() - 1705);
-        assert!(
-            from.records.behind(100).is_some(),
-            "no header found in the stream"
+        let body = 16 * 1024 + 17;
+        let stream = records(7, body);
+        let record = HEADER + body;
+        // The handshake left the first 100 bytes.
+        let mut inbox = Inbox::holding(&stream[..100]).unwrap();
+        writer.write_all(&stream[100..]).unwrap();
+        wait_for(&reader, stream.len() - 100);
+        assert!(take_all(&mut inbox).is_empty());
+        inbox.compact();
+        // Nothing is known of the records' lengths yet: all the room is read.
+        assert_eq!(inbox.want(), BUF_SIZE - 100);
+        assert!(matches!(inbox.read_from(&reader).unwrap(), Step::Moved(_)));
+        assert_eq!(take_all(&mut inbox), vec![(0, record), (record, record)]);
+        inbox.compact();
+        // The next record is partly there: its rest, one more record and a header are read.
+        let held = usize::from(inbox.end);
+        assert_eq!(held, BUF_SIZE - 2 * record);
+        assert_eq!(inbox.want(), record - held + record + HEADER);
+        assert!(matches!(inbox.read_from(&reader).unwrap(), Step::Moved(_)));
+        assert_eq!(take_all(&mut inbox), vec![(0, record), (record, record)]);
+        inbox.compact();
+        assert_eq!(
+            usize::from(inbox.end),
+            HEADER,
+            "more than a header was moved"
         );
-        // Found: two more records, an offer of 100 reads to five bytes past the first.
-        writer.write_all(&records(2, 2000)).unwrap();
-        wait_for(&reader, 4010);
-        assert_eq!(from.read(&mut out[..100]).unwrap(), 100);
-        assert_eq!(from.read(&mut out).unwrap(), 2010 - 100);
-        assert_eq!(from.read(&mut out).unwrap(), 2000);
+        // Steady state: two records and a header.
+        assert_eq!(inbox.want(), 2 * record);
+        assert!(matches!(inbox.read_from(&reader).unwrap(), Step::Moved(_)));
+        assert_eq!(take_all(&mut inbox), vec![(0, record), (record, record)]);
+        inbox.compact();
+        assert_eq!(usize::from(inbox.end), HEADER);
+        // The last record: read whole, nothing left, the buffer let go.
+        assert!(matches!(inbox.read_from(&reader).unwrap(), Step::Moved(_)));
+        assert_eq!(take_all(&mut inbox), vec![(0, record)]);
+        inbox.compact();
+        assert!(inbox.buf.is_none(), "an empty inbox held a buffer");
+        drop(writer);
+        assert!(inbox.read_from(&reader).unwrap() == Step::Eof);
+        assert!(inbox.buf.is_none());
+    }
+
+    /// A read that would block holds no buffer; a record whose header lies is refused.
+    #[test]
+    fn inbox_holds_nothing_while_waiting_and_refuses_a_bad_header() {
+        let (mut writer, reader) = pair();
+        reader.set_nonblocking(true).unwrap();
+        let mut inbox = Inbox::holding(&[]).unwrap();
+        assert!(inbox.read_from(&reader).unwrap() == Step::Wait);
+        assert!(inbox.buf.is_none());
+        // A header claiming a body longer than TLS allows.
+        writer.write_all(&[23, 3, 3, 0xff, 0xff, 1, 2, 3]).unwrap();
+        wait_for(&reader, 8);
+        assert!(matches!(inbox.read_from(&reader).unwrap(), Step::Moved(8)));
+        let err = inbox.next_record().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }

@@ -5,9 +5,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
 
-use super::reactor::Async;
-use futures_rustls::TlsConnector;
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 
+use super::handshake::{handshake, Established};
+use super::reactor::Async;
 use super::serving::UpstreamRuntime;
 use super::tls_relay::relay_tls;
 use super::{deadline, dial};
@@ -24,14 +25,13 @@ where
 {
     let started = Instant::now();
     let _held = rt.stats.hold();
-    let Some(tls) = Box::pin(open(up, rt, m)).await else {
+    let Some((remote, tls)) = Box::pin(open(up, rt, m)).await else {
         return;
     };
-    let (remote, mut tls) = tls.into_inner();
     match relay_tls(
         &local,
         &remote,
-        &mut tls,
+        tls,
         IDLE,
         Tally::new(&m.bytes_to_upstream, &rt.stats.from_client),
         Tally::new(&m.bytes_from_upstream, &rt.stats.to_client),
@@ -62,7 +62,7 @@ async fn open(
     up: &UpstreamPlan,
     rt: &UpstreamRuntime,
     m: &UpstreamMetrics,
-) -> Option<futures_rustls::client::TlsStream<Async<TcpStream>>> {
+) -> Option<(Async<TcpStream>, Established<ClientConnectionData>)> {
     // `no_endpoint` counts connections for which nothing answered at all; a handshake that
     // failed is counted as such instead.
     let mut connected = false;
@@ -89,12 +89,17 @@ async fn open(
                 continue;
             };
             connected = true;
-            let handshake = TlsConnector::from(cfg.clone()).connect(name.clone(), tcp);
-            match deadline::timeout(up.connect_timeout, "TLS handshake timed out", handshake).await
-            {
+            let shaken = match UnbufferedClientConnection::new(cfg.clone(), name.clone()) {
+                Ok(conn) => {
+                    let shake = handshake(conn, &tcp);
+                    deadline::timeout(up.connect_timeout, "TLS handshake timed out", shake).await
+                }
+                Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            };
+            match shaken {
                 Ok(tls) => {
                     target.dial.mark_ok(index);
-                    opened = Some(tls);
+                    opened = Some((tcp, tls));
                     break;
                 }
                 Err(e) => {

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::version::{TLS12, TLS13};
-use rustls::{ClientConfig, RootCertStore, ServerConfig, ServerConnection};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -40,11 +41,13 @@ pub fn client_config(
         expected.to_string(),
         provider.signature_verification_algorithms,
     );
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&TLS13, &TLS12])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())?;
+    // The relay seals and opens records itself (`record`): rustls hands the keys over.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
@@ -56,24 +59,23 @@ pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, rustls::E
         WebPkiClientVerifier::builder_with_provider(root_store(identity)?, provider.clone())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&TLS13, &TLS12])?
         .with_client_cert_verifier(clients)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
-/// The verified caller's identity after an inbound handshake, for authorization.
-pub fn caller(conn: &ServerConnection) -> Option<SpiffeId> {
-    let leaf = conn.peer_certificates()?.first()?;
+/// The verified caller's identity after an inbound handshake, from its leaf, for
+/// authorization.
+pub fn caller(leaf: &CertificateDer<'_>) -> Option<SpiffeId> {
     SpiffeId::parse(&spiffe_uri(leaf).ok()??).ok()
 }
 
 /// The caller certificate's serial as Consul writes serials (`0a:1b:...`); empty if unknown.
-pub fn caller_serial(conn: &ServerConnection) -> String {
-    conn.peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|leaf| X509Certificate::from_der(leaf).ok())
+pub fn caller_serial(leaf: &CertificateDer<'_>) -> String {
+    X509Certificate::from_der(leaf)
         .map(|(_, cert)| cert.raw_serial_as_string())
         .unwrap_or_default()
 }
@@ -82,20 +84,9 @@ pub fn caller_serial(conn: &ServerConnection) -> String {
 mod tests {
     use super::*;
     use rustls::pki_types::ServerName;
-    use rustls::ClientConnection;
+    use rustls::{ClientConnection, ServerConnection};
 
-    const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
-
-    fn identity(cert: &str, key: &str) -> Identity {
-        let read = |n: &str| {
-            std::fs::read(format!(
-                "{}/tests/fixtures/tls/{n}",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap()
-        };
-        Identity::from_pem(&read(cert), &read(key), &read("ca.pem")).unwrap()
-    }
+    use crate::tls::fixtures::{identity, TD};
 
     /// Runs a full handshake in memory; the error is whichever side failed first.
     fn handshake(
@@ -137,7 +128,8 @@ mod tests {
             ClientConnection::new(client_config(&db, &web.spiffe_id).unwrap(), sni()).unwrap();
         let mut server = ServerConnection::new(server_cfg.clone()).unwrap();
         handshake(&mut client, &mut server).unwrap();
-        assert_eq!(caller(&server), Some(db.spiffe_id.clone()));
+        let leaf = &server.peer_certificates().unwrap()[0];
+        assert_eq!(caller(leaf), Some(db.spiffe_id.clone()));
 
         // A valid certificate of another identity is refused: db expects api, web answers.
         let api = SpiffeId::service(TD, "default", "default", "dc1", "api");

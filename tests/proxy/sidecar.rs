@@ -226,6 +226,46 @@ fn inbound_refuses_tls_1_1_and_serves_tls_1_2() {
     assert_eq!(db.metrics.inbound.handshake_failures.get(), 1);
 }
 
+/// A caller whose request and close_notify leave in the same write as its Finished has its
+/// request delivered and its half-close passed on, and gets the app's whole answer: the
+/// inbound handshake ends with the caller already finished sending.
+#[test]
+fn a_request_sent_with_the_callers_finished_reaches_the_app() {
+    let db = DB.inbound(answer_after_eof("db"), "");
+    let mut sock = TcpStream::connect(db.inbound_addr.unwrap()).unwrap();
+    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(DB.sni()).unwrap();
+    let mut conn =
+        rustls::ClientConnection::new(mesh_client(DB, &[&TLS13], Some(WEB)), name).unwrap();
+    // The handshake up to the client's Finished, which stays queued.
+    while conn.is_handshaking() {
+        if conn.wants_write() {
+            conn.write_tls(&mut sock).unwrap();
+        } else {
+            conn.read_tls(&mut sock).unwrap();
+            conn.process_new_packets().unwrap();
+        }
+    }
+    let request = b"a short request".repeat(40);
+    conn.writer().write_all(&request).unwrap();
+    conn.send_close_notify();
+    let mut flight = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut flight).unwrap();
+    }
+    sock.write_all(&flight).unwrap();
+    let mut answer = Vec::new();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.read_to_end(&mut answer).unwrap();
+    let line = format!("db read {} bytes", request.len());
+    assert!(
+        answer.starts_with(line.as_bytes()),
+        "the app did not get the request and its end: {:?}",
+        String::from_utf8_lossy(&answer[..answer.len().min(60)])
+    );
+    assert_eq!(db.metrics.inbound.handshake_failures.get(), 0);
+}
+
 /// `openssl s_client` with web's certificate and this version flag against `addr`: whether
 /// the handshake succeeded, and what it said.
 fn s_client(addr: SocketAddr, version: &str) -> (bool, String) {

@@ -1,5 +1,5 @@
 //! Sockets registered with the reactor of the loop that uses them, and what the relays and
-//! futures-rustls need of them: readiness, reads and writes, connecting and accepting.
+//! the TLS handshake need of them: readiness, reads and writes, connecting and accepting.
 
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
