@@ -192,7 +192,8 @@ fn whole_message(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let [_, a, b, c, ..] = *bytes else {
         return None;
     };
-    let len = 4 + usize::from_be_bytes([0, 0, 0, 0, 0, a, b, c]);
+    // A 24-bit length, whatever the width of `usize`.
+    let len = 4 + (usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c));
     (bytes.len() >= len).then(|| bytes.split_at(len))
 }
 
