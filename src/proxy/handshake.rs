@@ -6,7 +6,7 @@
 //! its last handshake message; rustls decrypts those it has whole (their plaintext is kept
 //! for the relay to deliver first), and the bytes read past them go to the relay as they are.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::TcpStream;
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, UnbufferedStatus};
 use rustls::ExtractedSecrets;
-use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::io::AsyncReadExt;
 
 use super::reactor::Async;
 use crate::tls::record::broken;
@@ -156,8 +156,7 @@ async fn drive<C: Unbuffered>(
             Err(e) => Err(e),
             Ok(ConnectionState::EncodeTlsData(mut data)) => encode(&mut data, outgoing),
             Ok(ConnectionState::TransmitTlsData(data)) => {
-                let mut s = socket;
-                let sent = s.write_all(outgoing).await;
+                let sent = socket.send_all(&mut [IoSlice::new(outgoing)]).await;
                 outgoing.clear();
                 data.done();
                 sent

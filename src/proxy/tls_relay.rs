@@ -36,7 +36,7 @@ use crate::tls::session::{Alert, Session, Tickets};
 
 /// The session, borrowed by one direction at a time: both directions run in this one task
 /// and no borrow is held across an await.
-type Shared<'s, D> = RefCell<&'s mut Session<D>>;
+type Shared<D> = RefCell<Session<D>>;
 
 /// A pooled buffer holds two record slots of this size, each room for a whole record.
 const SLOT: usize = BUF_SIZE / 2;
@@ -57,13 +57,13 @@ where
     KernelConnection<D>: Tickets,
 {
     let Established {
-        mut session,
+        session,
         plaintext,
         ciphertext,
         peer_finished,
         ..
     } = tls;
-    let session = RefCell::new(&mut session);
+    let session = RefCell::new(session);
     let flow = Flow::new();
     let up = local_to_tls(local, remote, &session, to_tls, &flow);
     let early = (plaintext, ciphertext, peer_finished);
@@ -77,7 +77,7 @@ where
 async fn local_to_tls<L, D>(
     local: &Async<L>,
     remote: &Async<TcpStream>,
-    tls: &Shared<'_, D>,
+    tls: &Shared<D>,
     total: Tally<'_>,
     flow: &Flow,
 ) -> io::Result<()>
@@ -92,7 +92,7 @@ where
         // A key update the peer asked for, or our key's limit, comes before our next record.
         let update = tls.borrow_mut().key_update_due(&mut small)?;
         if let Some(len) = update {
-            send(remote, &mut [IoSlice::new(&small[..len])]).await?;
+            remote.send_all(&mut [IoSlice::new(&small[..len])]).await?;
         }
         let read = {
             let mut buf = Buf::take();
@@ -108,18 +108,16 @@ where
             ]))?;
             if let Step::Moved(n) = read {
                 let (a, b) = seal_two(&mut tls.borrow_mut(), (first, second), n, room)?;
-                send(
-                    remote,
-                    &mut [IoSlice::new(&first[..a]), IoSlice::new(&second[..b])],
-                )
-                .await?;
+                remote
+                    .send_all(&mut [IoSlice::new(&first[..a]), IoSlice::new(&second[..b])])
+                    .await?;
                 flow.moved(total, &flow.a_to_b, n);
             }
             read
         };
         if read == Step::Eof {
             let len = tls.borrow_mut().close_notify(&mut small)?;
-            send(remote, &mut [IoSlice::new(&small[..len])]).await?;
+            remote.send_all(&mut [IoSlice::new(&small[..len])]).await?;
             return remote.get_ref().shutdown(Shutdown::Write);
         }
         if read == Step::Wait {
@@ -148,27 +146,6 @@ where
     Ok((a, b))
 }
 
-/// Writes every byte of `parts` to `socket`.
-async fn send<T: AsFd>(socket: &Async<T>, mut parts: &mut [IoSlice<'_>]) -> io::Result<()>
-where
-    for<'a> &'a T: Write,
-{
-    IoSlice::advance_slices(&mut parts, 0);
-    while !parts.is_empty() {
-        match socket.get_ref().write_vectored(parts) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut parts, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                socket.write_would_block();
-                socket.writable().await?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Records opened per delivery: their plaintexts leave in one vectored write.
 const BATCH: usize = 4;
 
@@ -176,7 +153,7 @@ const BATCH: usize = 4;
 async fn tls_to_local<L, D>(
     remote: &Async<TcpStream>,
     local: &Async<L>,
-    tls: &Shared<'_, D>,
+    tls: &Shared<D>,
     (plaintext, ciphertext, finished): (Vec<u8>, Vec<u8>, bool),
     total: Tally<'_>,
     flow: &Flow,
@@ -188,7 +165,7 @@ where
 {
     // What came with the handshake first.
     if !plaintext.is_empty() {
-        send(local, &mut [IoSlice::new(&plaintext)]).await?;
+        local.send_all(&mut [IoSlice::new(&plaintext)]).await?;
         flow.moved(total, &flow.b_to_a, plaintext.len());
     }
     drop(plaintext);
@@ -207,7 +184,7 @@ where
             if n > 0 {
                 let bytes = inbox.bytes();
                 let mut parts = texts.map(|text| IoSlice::new(&bytes[text]));
-                send(local, &mut parts[..count]).await?;
+                local.send_all(&mut parts[..count]).await?;
                 // Only bytes delivered count as traffic for the idle timeout.
                 flow.moved(total, &flow.b_to_a, n);
             }
@@ -236,7 +213,7 @@ where
 /// and tickets are handled on the way.
 fn open_batch<D>(
     inbox: &mut Inbox,
-    tls: &Shared<'_, D>,
+    tls: &Shared<D>,
 ) -> io::Result<([Range<usize>; BATCH], usize, bool)>
 where
     KernelConnection<D>: Tickets,

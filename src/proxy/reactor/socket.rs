@@ -2,7 +2,7 @@
 //! the TLS handshake need of them: readiness, reads and writes, connecting and accepting.
 
 use std::future::poll_fn;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -77,6 +77,23 @@ impl<T: AsFd> Async<T> {
     /// The caller's own write just returned `WouldBlock`.
     pub fn write_would_block(&self) {
         self.source.clear(WRITE);
+    }
+
+    /// Writes every byte of `parts`, in as few vectored writes as the socket allows.
+    pub async fn send_all(&self, mut parts: &mut [IoSlice<'_>]) -> io::Result<()>
+    where
+        for<'a> &'a T: Write,
+    {
+        IoSlice::advance_slices(&mut parts, 0);
+        while !parts.is_empty() {
+            let n =
+                poll_fn(|cx| self.poll_io(WRITE, cx, |mut io| io.write_vectored(parts))).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut parts, n);
+        }
+        Ok(())
     }
 
     /// Tries `op` on the socket; when it would block, waits for the next edge that way.
@@ -164,7 +181,7 @@ impl Async<&UnixListener> {
     }
 }
 
-/// Reads and writes through `&Async<T>` as through `Async<T>` (a relay holds both sockets by
+/// Reads and writes through `&Async<T>` (the handshake and the tests hold sockets by
 /// reference).
 impl<T: AsFd> AsyncRead for &Async<T>
 where
@@ -176,19 +193,6 @@ where
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         self.poll_io(READ, cx, |mut io| io.read(buf))
-    }
-}
-
-impl<T: AsFd> AsyncRead for Async<T>
-where
-    for<'a> &'a T: Read,
-{
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self).poll_read(cx, buf)
     }
 }
 
@@ -210,27 +214,6 @@ where
 
     fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(self.io.shutdown_write())
-    }
-}
-
-impl<T: AsFd + ShutdownWrite> AsyncWrite for Async<T>
-where
-    for<'a> &'a T: Write,
-{
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self).poll_close(cx)
     }
 }
 
