@@ -7,7 +7,7 @@ use super::fields::Fields;
 use crate::mesh::place::{DEFAULT_NAMESPACE, DEFAULT_PARTITION};
 use crate::mesh::snapshot::{
     CatalogGateways, CatalogServer, CatalogService, GatewaySettings, Health, Here, Instance,
-    WanFederation, DEFAULT_DOMAIN,
+    Splice, WanFederation, DEFAULT_DOMAIN,
 };
 use crate::mesh::{Endpoint, Place};
 
@@ -89,6 +89,15 @@ pub fn gateway(section: &Fields<'_>, listen_required: bool) -> Option<GatewaySet
         .map_or(GatewaySettings::DEFAULT_MAX_CLIENT_HELLO_BYTES, |n| {
             n.unsigned_abs() as usize
         });
+    let splice = section.str("splice").map_or(Splice::default(), |s| {
+        Splice::parse(s).unwrap_or_else(|| {
+            section.error(
+                "splice",
+                format!("{s:?} is not one of \"auto\", \"always\", \"never\""),
+            );
+            Splice::default()
+        })
+    });
     section.finish();
     Some(GatewaySettings {
         listen: listen?,
@@ -98,6 +107,7 @@ pub fn gateway(section: &Fields<'_>, listen_required: bool) -> Option<GatewaySet
         max_connections,
         max_pending_handshakes,
         max_client_hello_bytes,
+        splice,
         connect_timeout_set: section.has("connect_timeout_ms"),
     })
 }

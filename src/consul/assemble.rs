@@ -669,6 +669,7 @@ fn default_gateway() -> GatewaySettings {
             GatewaySettings::DEFAULT_MAX_CONNECTIONS,
         ),
         max_client_hello_bytes: GatewaySettings::DEFAULT_MAX_CLIENT_HELLO_BYTES,
+        splice: Default::default(),
         connect_timeout_set: false,
     }
 }

@@ -22,6 +22,7 @@ use super::Serving;
 use crate::client_hello::{self, Hello, ServerName};
 use crate::mesh::plan::GatewayPlan;
 use crate::mesh::routes::Route;
+use crate::mesh::snapshot::Splice;
 use crate::mesh::Endpoint;
 use crate::metrics::{ConnStats, GatewayMetrics, Held, HelloOutcome, Tally};
 
@@ -66,7 +67,7 @@ pub async fn serve(
         (&client, opened.client_drained),
         &opened.backend,
         opened.hello,
-        gw.settings.idle_timeout,
+        (gw.settings.idle_timeout, gw.settings.splice),
         (
             Tally::new(&m.bytes_from_client, &stats.from_client),
             Tally::new(&m.bytes_to_client, &stats.to_client),
@@ -229,7 +230,7 @@ async fn forward(
     (client, client_drained): (&Async<TcpStream>, bool),
     backend: &Async<TcpStream>,
     hello: HelloBuf,
-    idle: Duration,
+    idle: (Duration, Splice),
     (from_client, to_client): (Tally<'_>, Tally<'_>),
     idle_timeouts: &crate::metrics::Counter,
 ) -> io::Result<Relayed> {

@@ -4,9 +4,10 @@
 //! the opposite direction carries on (a client may send a request, shut its write side and
 //! still read the whole answer). A connection with no traffic either way for `idle` is closed.
 //!
-//! A transfer's bytes go through a pooled pipe with splice(2): socket to pipe to socket inside
-//! the kernel, never copied through user space. Small messages, and the first chunk of each
-//! burst, go through a pooled buffer: the same two syscalls, and no descriptors held.
+//! A transfer's bytes from another host go through a pooled pipe with splice(2): socket to pipe
+//! to socket inside the kernel, never copied through user space (`Splice` says why not from
+//! this host). Small messages, the first chunk of each burst, and bytes not spliced go through
+//! a pooled buffer: the same two syscalls, and no descriptors held.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -20,6 +21,7 @@ use smol::future;
 use super::buffers::Carrier;
 use super::deadline::Deadline;
 use super::reactor::Async;
+use crate::mesh::snapshot::Splice;
 use crate::metrics::Tally;
 
 /// Chunks a direction may move in one turn before yielding to the other connections.
@@ -63,11 +65,11 @@ pub(super) struct Flow {
 pub async fn relay(
     (a, a_drained): (&Async<TcpStream>, bool),
     b: &Async<TcpStream>,
-    idle: Duration,
+    (idle, splice): (Duration, Splice),
     a_to_b: Tally<'_>,
     b_to_a: Tally<'_>,
 ) -> io::Result<Relayed> {
-    let (mut up, mut down) = (Half::after(a_drained), Half::after(true));
+    let (mut up, mut down) = (Half::after(a_drained, splice), Half::after(true, splice));
     let mut last = Instant::now();
     let mut watch = Deadline::at(last + idle);
     future::poll_fn(|cx| {
@@ -117,17 +119,32 @@ struct Half {
     empty: bool,
     /// The sender finished and the half-close was passed on.
     done: bool,
+    /// Whether streaming chunks go through a pipe; `Auto` until the first one settles it.
+    splice: Splice,
     moved: u64,
 }
 
 impl Half {
     /// A direction whose sender has been seen empty (or never read) waits for its next
     /// edge before the first read; otherwise it reads first.
-    fn after(empty: bool) -> Half {
+    fn after(empty: bool, splice: Splice) -> Half {
         Half {
             empty,
+            splice,
             ..Half::default()
         }
+    }
+
+    /// Whether this direction's streaming chunks go through a pipe.
+    fn splices(&mut self, from: &TcpStream) -> bool {
+        if self.splice == Splice::Auto {
+            self.splice = if sender_is_remote(from) {
+                Splice::Always
+            } else {
+                Splice::Never
+            };
+        }
+        self.splice == Splice::Always
     }
     /// Moves what can move now, within `budget` chunks; registers for the readiness it then
     /// waits on. True if any bytes moved.
@@ -161,8 +178,9 @@ impl Half {
                     return Ok(moved);
                 }
             }
+            let splices = self.streaming && self.splices(from.get_ref());
             let carrier = self.carrier.get_or_insert_with(Carrier::buffer);
-            if self.streaming {
+            if splices {
                 carrier.for_streaming();
             }
             match step(carrier.fill(from.get_ref()))? {
@@ -190,6 +208,19 @@ impl Half {
             }
         }
         Ok(moved)
+    }
+}
+
+/// Whether the host sending to `s` is another one: its address is neither loopback nor `s`'s
+/// own. Asked once per direction, when it first streams; unknown counts as this host, whose
+/// copy is always correct.
+fn sender_is_remote(s: &TcpStream) -> bool {
+    match (s.peer_addr(), s.local_addr()) {
+        (Ok(peer), Ok(local)) => {
+            let peer = peer.ip().to_canonical();
+            !peer.is_loopback() && peer != local.ip().to_canonical()
+        }
+        _ => false,
     }
 }
 
@@ -283,5 +314,33 @@ impl Pace {
             future::yield_now().await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+
+    fn pair(listen: Ipv4Addr, dial: Ipv4Addr) -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind((listen, 0)).unwrap();
+        let c = TcpStream::connect((dial, l.local_addr().unwrap().port())).unwrap();
+        (c, l.accept().unwrap().0)
+    }
+
+    #[test]
+    fn senders_on_this_host_are_not_remote() {
+        let (c, s) = pair(Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST);
+        assert!(!sender_is_remote(&c) && !sender_is_remote(&s));
+        // This host's own address on the interface of its default route, when it has one (a
+        // UDP connect only picks the source address; nothing is sent).
+        let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        if udp.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).is_ok() {
+            if let std::net::IpAddr::V4(own) = udp.local_addr().unwrap().ip() {
+                let (c, s) = pair(Ipv4Addr::UNSPECIFIED, own);
+                assert_eq!(c.peer_addr().unwrap().ip(), own);
+                assert!(!sender_is_remote(&c) && !sender_is_remote(&s));
+            }
+        }
     }
 }

@@ -276,6 +276,7 @@ const KEYS: &[&str] = &[
     "idle_timeout_ms",
     "max_connections",
     "max_client_hello_bytes",
+    "splice",
     "catalog",
     "services",
     "gateways",

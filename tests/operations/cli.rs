@@ -1064,23 +1064,26 @@ fn web_sidecar_toml(dir: &Scratch) -> PathBuf {
     path
 }
 
+/// `check --json` of a gateway-only file whose `[gateway]` section adds `extra`.
+fn check_gateway(path: &std::path::Path, extra: &str) -> std::process::Output {
+    std::fs::write(
+        path,
+        format!(
+            "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
+             [gateway]\nlisten = [\"127.0.0.1:0\"]\n{extra}\n"
+        ),
+    )
+    .unwrap();
+    sidegate(&["check", "--json", "--config", path.to_str().unwrap()])
+}
+
 /// `[gateway] max_pending_handshakes`: a quarter of max_connections unless given, and never
 /// more than max_connections (which counts those connections too).
 #[test]
 fn max_pending_handshakes_defaults_to_a_quarter_and_stays_within_max_connections() {
     let dir = Scratch::new("cli-pending");
     let path = dir.path("gw.toml");
-    let gateway = |extra: &str| {
-        std::fs::write(
-            &path,
-            format!(
-                "[mesh]\ndatacenter = \"dc1\"\ntrust_domain = \"{TD}\"\n\
-                 [gateway]\nlisten = [\"127.0.0.1:0\"]\n{extra}\n"
-            ),
-        )
-        .unwrap();
-        sidegate(&["check", "--json", "--config", path.to_str().unwrap()])
-    };
+    let gateway = |extra: &str| check_gateway(&path, extra);
     for (extra, want) in [
         ("", 1024),
         ("max_connections = 100", 25),
@@ -1100,6 +1103,34 @@ fn max_pending_handshakes_defaults_to_a_quarter_and_stays_within_max_connections
     assert!(
         String::from_utf8_lossy(&out.stderr)
             .contains("gateway.max_pending_handshakes: 11 is more than max_connections (10)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `[gateway] splice`: `auto` unless given, any of the three values shown by `check --json`,
+/// anything else a configuration error naming the choices.
+#[test]
+fn splice_defaults_to_auto_and_refuses_other_values() {
+    let dir = Scratch::new("cli-splice");
+    let path = dir.path("gw.toml");
+    let gateway = |extra: &str| check_gateway(&path, extra);
+    for (extra, want) in [
+        ("", "auto"),
+        ("splice = \"always\"", "always"),
+        ("splice = \"never\"", "never"),
+    ] {
+        let out = gateway(extra);
+        assert!(out.status.success(), "{extra}");
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(plan["gateway"]["splice"], want, "{extra}: {plan}");
+    }
+    let out = gateway("splice = \"sometimes\"");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "gateway.splice: \"sometimes\" is not one of \"auto\", \"always\", \"never\""
+        ),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

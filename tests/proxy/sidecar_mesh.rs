@@ -169,7 +169,9 @@ impl Mesh {
                      [[catalog.gateways]]\npartition = \"part2\"\nlan = [\"{0}\"]\nwan = [\"{2}\"]\n",
                     far.nowhere, far.dc2_wan, far.part2_wan
                 ),
-                "",
+                // Every peer here is on loopback, where `auto` copies. This gateway splices,
+                // so mode `local` crosses a splicing gateway and then a copying one.
+                "splice = \"always\"",
             ),
         );
         let catalog = far.catalog(gw_dc1.listening("gateway"));
