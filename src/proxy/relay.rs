@@ -55,7 +55,8 @@ pub(super) struct Flow {
 }
 
 /// Relays until both directions end, one fails, or the pair is idle for `idle`. Bytes are
-/// added to the shared counters as they move, so a failed relay is still counted.
+/// added to the shared counters as they move, so a failed relay is still counted. The caller
+/// closes both sockets when it returns: that close passes the last direction's FIN on.
 ///
 /// One hand-written state machine rather than two async loops raced with a watchdog: it is
 /// what every held connection keeps, and this way it is a few hundred bytes.
@@ -76,8 +77,8 @@ pub async fn relay(
         // Each direction has its own share: one that always has data must not starve the
         // other (an echo would stall until every buffer on the way is full).
         let (mut up_share, mut down_share) = (FAIR_SHARE, FAIR_SHARE);
-        let moved = up.pump(cx, a, b, a_to_b, &mut up_share)?;
-        let moved = down.pump(cx, b, a, b_to_a, &mut down_share)? || moved;
+        let moved = up.pump(cx, (a, b), a_to_b, &mut up_share, down.done)?;
+        let moved = down.pump(cx, (b, a), b_to_a, &mut down_share, up.done)? || moved;
         let relayed = |end| Relayed {
             end,
             a_to_b: up.moved,
@@ -147,14 +148,14 @@ impl Half {
         self.splice == Splice::Always
     }
     /// Moves what can move now, within `budget` chunks; registers for the readiness it then
-    /// waits on. True if any bytes moved.
+    /// waits on. True if any bytes moved. `last`: the other direction has ended.
     fn pump(
         &mut self,
         cx: &mut Context<'_>,
-        from: &Async<TcpStream>,
-        to: &Async<TcpStream>,
+        (from, to): (&Async<TcpStream>, &Async<TcpStream>),
         total: Tally<'_>,
         budget: &mut u8,
+        last: bool,
     ) -> io::Result<bool> {
         let mut moved = false;
         while !self.done {
@@ -186,8 +187,12 @@ impl Half {
             match step(carrier.fill(from.get_ref()))? {
                 Step::Eof => {
                     // The peer has finished sending: pass the half-close on. The other side
-                    // may already be gone; that is not an error for this direction.
-                    let _ = to.get_ref().shutdown(Shutdown::Write);
+                    // may already be gone; that is not an error for this direction. When this
+                    // is the last direction both sockets close next, and the close sends the
+                    // same FIN (`to` has nothing unread: its own sender has finished).
+                    if !last {
+                        let _ = to.get_ref().shutdown(Shutdown::Write);
+                    }
                     self.carrier = None;
                     self.done = true;
                 }
