@@ -208,10 +208,23 @@ impl Carrier {
 /// Bytes a client sent before we knew where to send them (its ClientHello). Starts at 2 KiB
 /// (most hellos, post-quantum ones included, fit) and doubles up to the configured limit, so
 /// a slow client trickling a hello pins little memory.
+///
+/// The first 2 KiB come from a small per-thread pool: every gateway connection takes one for
+/// a round trip, and allocating, zeroing and freeing it each time cost more than the rest of
+/// the connection's allocations together (musl maps and unmaps its group as connections
+/// come and go).
 #[derive(Default)]
 pub struct HelloBuf {
     bytes: Vec<u8>,
     len: usize,
+}
+
+/// First hello buffers kept per thread: more than a loop has hellos in flight at a time when
+/// connections arrive steadily, and at most 32 KiB.
+const KEEP_HELLOS: usize = 16;
+
+thread_local! {
+    static HELLOS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
 impl HelloBuf {
@@ -223,6 +236,12 @@ impl HelloBuf {
 
     /// Free space to read into; empty once `limit` bytes are held.
     pub fn spare(&mut self, limit: usize) -> &mut [u8] {
+        if self.bytes.is_empty() && limit >= Self::FIRST {
+            // A pooled buffer's stale bytes are never read: only `filled` is.
+            self.bytes = HELLOS
+                .with(|p| p.borrow_mut().pop())
+                .unwrap_or_else(|| vec![0; Self::FIRST]);
+        }
         if self.len == self.bytes.len() && self.len < limit {
             let grown = (self.bytes.len() * 2).max(Self::FIRST).min(limit);
             self.bytes.resize(grown, 0);
@@ -235,9 +254,47 @@ impl HelloBuf {
     }
 }
 
+impl Drop for HelloBuf {
+    fn drop(&mut self) {
+        if self.bytes.len() == Self::FIRST {
+            let first = std::mem::take(&mut self.bytes);
+            HELLOS.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < KEEP_HELLOS {
+                    p.push(first);
+                }
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_first_hello_buffer_is_reused_and_a_grown_one_is_not() {
+        std::thread::spawn(|| {
+            let mut h = HelloBuf::default();
+            h.spare(32768)[0] = 7;
+            h.advance(1);
+            let first = h.filled().as_ptr();
+            drop(h);
+            let mut h = HelloBuf::default();
+            assert_eq!(h.spare(32768).as_ptr(), first, "the pooled buffer again");
+            assert!(h.filled().is_empty(), "nothing of the last hello is filled");
+            h.advance(HelloBuf::FIRST);
+            assert_eq!(h.spare(32768).len(), HelloBuf::FIRST, "grown to 4 KiB");
+            drop(h);
+            assert_eq!(
+                HELLOS.with(|p| p.borrow().len()),
+                0,
+                "a grown buffer is freed"
+            );
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn hello_buf_grows_to_limit_and_keeps_bytes() {
