@@ -79,9 +79,10 @@ impl GatewaySettings {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Splice {
-    /// Only bytes whose sender is on another host. A splice keeps the sender's pages until
-    /// the receiver has read them; a sender on this host then writes into ever new, cold
-    /// memory, which cost a local TLS backend a third more CPU per GB than a copy did.
+    /// Only bytes whose sender is on another host, when several event loops run. A splice
+    /// keeps the sender's pages until the receiver has read them; a sender on this host then
+    /// writes into ever new, cold memory, which cost a local TLS backend a third more CPU per
+    /// GB than a copy did. With one loop everything is spliced (`Serving::gateway_splice`).
     #[default]
     Auto,
     Always,

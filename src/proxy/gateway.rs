@@ -39,7 +39,7 @@ pub async fn accept(
         serve(
             client,
             peer,
-            role,
+            (role, serving.gateway_splice),
             serving.routes(),
             (&active.metrics.gateway, &pending),
         )
@@ -47,11 +47,12 @@ pub async fn accept(
     }
 }
 
-/// `stats`: the counters of each of `gw`'s routes, in the same order.
+/// `stats`: the counters of each of `gw`'s routes, in the same order; `splice`: its `splice`
+/// as this process runs it (`Serving::gateway_splice`).
 pub async fn serve(
     client: Async<TcpStream>,
     peer: SocketAddr,
-    gw: &GatewayPlan,
+    (gw, splice): (&GatewayPlan, Splice),
     stats: &[Arc<ConnStats>],
     (m, pending): (&GatewayMetrics, &Pending),
 ) {
@@ -67,7 +68,7 @@ pub async fn serve(
         (&client, opened.client_drained),
         &opened.backend,
         opened.hello,
-        (gw.settings.idle_timeout, gw.settings.splice),
+        (gw.settings.idle_timeout, splice),
         (
             Tally::new(&m.bytes_from_client, &stats.from_client),
             Tally::new(&m.bytes_to_client, &stats.to_client),
@@ -271,7 +272,7 @@ mod tests {
         let metrics = GatewayMetrics::default();
         let pending = Pending::default();
         let peer = "127.0.0.1:1".parse().unwrap();
-        let fut = serve(stream, peer, gw, &[], (&metrics, &pending));
+        let fut = serve(stream, peer, (gw, Splice::Auto), &[], (&metrics, &pending));
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1344, "connection future is {size} bytes");
     }

@@ -145,7 +145,7 @@ pub fn start_handing(
     threads: usize,
 ) -> Result<Running, BindError> {
     raise_fd_limit();
-    let serving = Arc::new(Serving::new(plan, &metrics));
+    let serving = Arc::new(Serving::new(plan, &metrics, threads));
     let plan = serving.plan.clone();
     let bind_failures = Arc::new(BindFailures::default());
     // The loops first (each makes its reactor), so that every descriptor the process keeps
@@ -456,7 +456,7 @@ impl Running {
     /// those it drops, keeps the rest without rebinding. Established connections keep the plan
     /// they were accepted under.
     pub fn apply(&self, plan: Plan) -> Result<Applied, BindError> {
-        let serving = Arc::new(Serving::new(plan, &self.metrics));
+        let serving = Arc::new(Serving::new(plan, &self.metrics, self.threads()));
         let plan = serving.plan.clone();
         let mut state = self.state();
         let keys = ListenerKey::all(&plan);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, ServerConfig};
 
+use crate::mesh::snapshot::Splice;
 use crate::mesh::Plan;
 use crate::metrics::{ConnStats, Metrics};
 use crate::tls::configs::{client_config, server_config};
@@ -25,6 +26,8 @@ pub struct Serving {
     /// `None` without an inbound listener, or when its configuration could not be built
     /// (logged): the listener then closes what it accepts.
     inbound_tls: Option<Arc<ServerConfig>>,
+    /// The gateway's `splice` as this process runs it (`gateway_splice`).
+    pub gateway_splice: Splice,
 }
 
 /// One upstream's share of the runtime.
@@ -44,8 +47,9 @@ impl UpstreamRuntime {
 }
 
 impl Serving {
-    /// Attaches counters and TLS to `plan`. Called off the data path, once per plan.
-    pub fn new(plan: Plan, metrics: &Metrics) -> Serving {
+    /// Attaches counters and TLS to `plan`, run on `loops` event loops. Called off the data
+    /// path, once per plan.
+    pub fn new(plan: Plan, metrics: &Metrics, loops: usize) -> Serving {
         let routes = plan
             .gateway
             .iter()
@@ -90,11 +94,13 @@ impl Serving {
         // The plan being replaced still holds its counters; they go at a later swap if no
         // plan takes them up again.
         metrics.prune();
+        let gateway_splice = gateway_splice(&plan, loops);
         Serving {
             plan: Arc::new(plan),
             routes,
             upstreams,
             inbound_tls,
+            gateway_splice,
         }
     }
 
@@ -112,6 +118,18 @@ impl Serving {
     }
 }
 
+/// `[gateway] splice` as `loops` event loops run it. `auto` copies bytes from this host only
+/// when there are several loops. With one, that loop carries every byte and a copy doubles
+/// its work per byte: 4 streams at one loop moved ×1.12 as much spliced as copied (×1.04 with
+/// everything on one CPU), while at two loops on two CPUs the copy moved ×1.12 of the splice.
+fn gateway_splice(plan: &Plan, loops: usize) -> Splice {
+    match plan.gateway.as_ref().map(|g| g.settings.splice) {
+        Some(Splice::Auto) if loops <= 1 => Splice::Always,
+        Some(chosen) => chosen,
+        None => Splice::Auto,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,14 +143,32 @@ mod tests {
         ))
     }
 
+    /// `auto` splices everything on one loop; several loops, or a setting other than `auto`,
+    /// leave it as configured.
+    #[test]
+    fn auto_splice_resolves_by_the_number_of_loops() {
+        let metrics = Metrics::default();
+        let with = |splice, loops| {
+            let mut snapshot = crate::mesh::snapshot::testing::gateway("td.consul", &[], 1);
+            if let Some(g) = snapshot.gateway.as_mut() {
+                g.splice = splice;
+            }
+            Serving::new(crate::mesh::plan(&snapshot), &metrics, loops).gateway_splice
+        };
+        assert_eq!(with(Splice::Auto, 1), Splice::Always);
+        assert_eq!(with(Splice::Auto, 2), Splice::Auto);
+        assert_eq!(with(Splice::Never, 1), Splice::Never);
+        assert_eq!(with(Splice::Always, 4), Splice::Always);
+    }
+
     /// A reload builds a new plan; the counters of a route it keeps carry on, and those of a
     /// route it drops go once nothing holds them.
     #[test]
     fn route_counters_survive_a_new_plan_and_go_with_their_route() {
         let metrics = Metrics::default();
-        let first = Serving::new(gateway_of(&["api", "db"]), &metrics);
+        let first = Serving::new(gateway_of(&["api", "db"]), &metrics, 1);
         first.routes()[1].opened.add(7);
-        let second = Serving::new(gateway_of(&["db"]), &metrics);
+        let second = Serving::new(gateway_of(&["db"]), &metrics, 1);
         assert_eq!(second.routes().len(), 1);
         assert_eq!(
             second.routes()[0].opened.get(),
@@ -145,7 +181,7 @@ mod tests {
             "api still held by the old plan"
         );
         drop(first);
-        let _third = Serving::new(gateway_of(&["db"]), &metrics);
+        let _third = Serving::new(gateway_of(&["db"]), &metrics, 1);
         let labels: Vec<_> = metrics.routes.entries().into_iter().map(|e| e.0).collect();
         assert_eq!(
             labels.len(),
