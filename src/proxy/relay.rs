@@ -4,10 +4,10 @@
 //! the opposite direction carries on (a client may send a request, shut its write side and
 //! still read the whole answer). A connection with no traffic either way for `idle` is closed.
 //!
-//! A transfer's bytes from another host go through a pooled pipe with splice(2): socket to pipe
-//! to socket inside the kernel, never copied through user space (`Splice` says why not from
-//! this host). Small messages, the first chunk of each burst, and bytes not spliced go through
-//! a pooled buffer: the same two syscalls, and no descriptors held.
+//! A transfer's bytes go through a pooled pipe with splice(2) where `Splice` says so (bytes from
+//! another host; every byte at one loop): socket to pipe to socket inside the kernel, never
+//! copied through user space. Small messages, the first chunk of each burst, and bytes not
+//! spliced go through a pooled buffer: the same two syscalls, and no descriptors held.
 
 use std::cell::Cell;
 use std::future::Future;
