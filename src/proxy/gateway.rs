@@ -231,7 +231,7 @@ async fn forward(
     (client, client_drained): (&Async<TcpStream>, bool),
     backend: &Async<TcpStream>,
     hello: HelloBuf,
-    idle: (Duration, Splice),
+    (idle, splice): (Duration, Splice),
     (from_client, to_client): (Tally<'_>, Tally<'_>),
     idle_timeouts: &crate::metrics::Counter,
 ) -> io::Result<Relayed> {
@@ -242,7 +242,7 @@ async fn forward(
     let relayed = relay(
         (client, client_drained),
         backend,
-        idle,
+        (idle, splice),
         from_client,
         to_client,
     )

@@ -147,6 +147,7 @@ impl Half {
         }
         self.splice == Splice::Always
     }
+
     /// Moves what can move now, within `budget` chunks; registers for the readiness it then
     /// waits on. True if any bytes moved. `last`: the other direction has ended.
     fn pump(
