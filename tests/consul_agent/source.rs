@@ -1029,8 +1029,15 @@ fn an_upstream_whose_port_is_taken_at_start_is_reported_and_retried_while_the_re
         wait_listening(busy, RETRY_WITHIN),
         "bound once the port is free"
     );
-    let (_, ready) = http_get(s.admin, "/ready");
-    assert_eq!(ready, "ready\n");
+    // The socket listens a moment before the retry records it as bound: poll, bounded.
+    eventually_within(common::IO_TIMEOUT, "/ready without the listener", || {
+        let (_, ready) = http_get(s.admin, "/ready");
+        if ready == "ready\n" {
+            Ok(())
+        } else {
+            Err(ready)
+        }
+    });
     assert_eq!(common::metric(s.admin, "sidegate_listeners_unbound"), 0);
     let mut s = s;
     s.stop();
