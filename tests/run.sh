@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# step CMD...: runs CMD and says how long it took. The whole run must stay within CI's 45
+# minutes on 2 cores, on a machine where everything below is still to be installed: the log
+# shows which step to look at.
+step() {
+    local start=$SECONDS
+    "$@"
+    echo "tests/run.sh: $((SECONDS - start)) s: $*"
+}
+
 # Debian packages the tests call: real TLS clients for the end-to-end tests.
 need=()
 for tool in openssl curl; do
@@ -25,11 +34,12 @@ if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}"
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+    # Without recommends: prometheus alone would pull in a web UI's worth of packages.
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
 # Real Consul agents for the Consul tests: Debian's consul 1.8.7 (from bullseye) when missing.
-bash tests/consul/install.sh
+step bash tests/consul/install.sh
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
@@ -37,30 +47,31 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # outside the repository, no conflict markers (under a second).
 bash tests/docs.sh
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+step cargo clippy --all-targets --locked -- -D warnings
 # The fuzz targets (tests/fuzz, a workspace of its own) are otherwise built only by
 # tests/fuzz/run.sh: a check keeps them and their lock file in step with the crate, without
 # cargo-fuzz or nightly. In the main target dir it reuses the crate's dependencies (~25 s;
 # ~75 s cold on 2 cores).
-cargo check --locked --manifest-path tests/fuzz/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}"
-cargo test --locked
+step cargo check --locked --manifest-path tests/fuzz/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}"
+step cargo test --locked
 # The data path again on two event loops ([runtime] threads = 2): gateway, sidecars, faults,
 # listeners, the mesh of processes (~45 s).
-SIDEGATE_TEST_THREADS=2 cargo test --locked --test proxy
+step env SIDEGATE_TEST_THREADS=2 cargo test --locked --test proxy
 bash tests/ops/unit.sh "${CARGO_TARGET_DIR:-target}/debug/sidegate"
-bash tests/ops/syscalls.sh
+step bash tests/ops/syscalls.sh
 bash tests/ops/alerts.sh
 
 # The boards' builds (cross/): static release binaries for aarch64, armv7 and x86_64 musl, each
 # checked static, stripped and within the size budget; the memory budget on the x86_64 one; the
 # whole suite under qemu-user for aarch64 and armv7; the .deb packages, the amd64 one installed
 # into a scratch root.
-cross/build.sh
+step cross/build.sh
 # The unit's system-call filter must also allow every call of the static musl build the
 # packages ship (musl's calls differ from glibc's).
-CARGO_BUILD_TARGET=x86_64-unknown-linux-musl bash tests/ops/syscalls.sh
+step env CARGO_BUILD_TARGET=x86_64-unknown-linux-musl bash tests/ops/syscalls.sh
 SIDEGATE_BUDGET_BINARY="$(source cross/targets.sh && cross_binary x86_64-unknown-linux-musl)" \
     cargo test --locked --test operations -- --ignored --nocapture budgets::
-cross/test.sh aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf
-cross/deb.sh
-tests/deb.sh
+step cross/test.sh aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf
+step cross/deb.sh
+step tests/deb.sh
+echo "tests/run.sh: passed in $SECONDS s"
