@@ -57,7 +57,6 @@ pub async fn serve(
     (m, pending): (&GatewayMetrics, &Pending),
 ) {
     let started = Instant::now();
-    let _ = client.get_ref().set_nodelay(true);
     // Classifying and dialing are brief; boxing them keeps their state out of the future that
     // a held connection keeps for its whole life.
     let Some(opened) = Box::pin(open(&client, peer, gw, stats, (m, pending))).await else {

@@ -45,7 +45,6 @@ pub async fn serve(
     m: &InboundMetrics,
 ) {
     let started = Instant::now();
-    let _ = mesh.get_ref().set_nodelay(true);
     let shaken = match UnbufferedServerConnection::new(tls.clone()) {
         Ok(conn) => {
             let shake = handshake(conn, &mesh);

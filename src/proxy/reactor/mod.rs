@@ -372,7 +372,7 @@ impl Source {
 /// `fut` run on this thread, or `None` if it has not finished within two seconds (a test
 /// fails instead of hanging).
 #[cfg(test)]
-fn within<T>(fut: impl Future<Output = T>) -> Option<T> {
+pub(super) fn within<T>(fut: impl Future<Output = T>) -> Option<T> {
     run(smol::future::or(async { Some(fut.await) }, async {
         Timer::after(Duration::from_secs(2)).await;
         None
