@@ -182,6 +182,12 @@ impl Carrier {
         }
     }
 
+    /// Whether a `fill` that moved `n` bytes emptied its socket: a read into a buffer that
+    /// had room for more. (A splice can stop short at a full pipe.)
+    pub fn emptied_by(&self, n: usize) -> bool {
+        matches!(self, Carrier::Buf { buf, .. } if n < buf.as_slice().len())
+    }
+
     /// Writes as much of the carried bytes to `to` as it takes now.
     pub fn drain(&mut self, mut to: &TcpStream) -> io::Result<usize> {
         match self {

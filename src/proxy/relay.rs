@@ -118,6 +118,9 @@ struct Half {
     /// buffer that had room for more): wait for its next edge before reading. Not after a
     /// short splice, which a full pipe can cut short (`reactor` says why this matters).
     empty: bool,
+    /// The sender's FIN is next: its last read emptied the socket after the FIN had been
+    /// seen, so the read that would return 0 is not made.
+    fin_next: bool,
     /// The sender finished and the half-close was passed on.
     done: bool,
     /// Whether streaming chunks go through a pipe; `Auto` until the first one settles it.
@@ -170,6 +173,10 @@ impl Half {
                 }
                 continue;
             }
+            if self.fin_next {
+                self.finish(to, last);
+                continue;
+            }
             if *budget == 0 {
                 return Ok(moved);
             }
@@ -186,18 +193,9 @@ impl Half {
                 carrier.for_streaming();
             }
             match step(carrier.fill(from.get_ref()))? {
-                Step::Eof => {
-                    // The peer has finished sending: pass the half-close on. The other side
-                    // may already be gone; that is not an error for this direction. When this
-                    // is the last direction both sockets close next, and the close sends the
-                    // same FIN (`to` has nothing unread: its own sender has finished).
-                    if !last {
-                        let _ = to.get_ref().shutdown(Shutdown::Write);
-                    }
-                    self.carrier = None;
-                    self.done = true;
-                }
+                Step::Eof => self.finish(to, last),
                 Step::Moved(n) => {
+                    self.fin_next = carrier.emptied_by(n) && from.peer_finished();
                     total.add(n as u64);
                     self.moved += n as u64;
                     self.empty = !self.streaming && n < SHORT;
@@ -214,6 +212,18 @@ impl Half {
             }
         }
         Ok(moved)
+    }
+
+    /// The sender has finished sending: pass the half-close on. The other side may already be
+    /// gone; that is not an error for this direction. When this is the last direction both
+    /// sockets close next, and the close sends the same FIN (`to` has nothing unread: its own
+    /// sender has finished).
+    fn finish(&mut self, to: &Async<TcpStream>, last: bool) {
+        if !last {
+            let _ = to.get_ref().shutdown(Shutdown::Write);
+        }
+        self.carrier = None;
+        self.done = true;
     }
 }
 

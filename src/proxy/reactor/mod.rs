@@ -291,6 +291,8 @@ struct Source {
     /// A short read that took the last bytes before a FIN has not read the FIN, and the FIN
     /// raises no edge after that read.
     ended: [Cell<bool>; 2],
+    /// The peer's FIN arrived, with no error: every byte it sent is queued before it.
+    fin: Cell<bool>,
     waiting: [Cell<Option<Waker>>; 2],
 }
 
@@ -300,6 +302,7 @@ impl Source {
             key,
             ready: [Cell::new(false), Cell::new(false)],
             ended: [Cell::new(false), Cell::new(false)],
+            fin: Cell::new(false),
             waiting: [Cell::new(None), Cell::new(None)],
         }
     }
@@ -309,6 +312,9 @@ impl Source {
         let (err, hup) = (EventFlags::ERR, EventFlags::HUP);
         if any(EventFlags::RDHUP | err | hup) {
             self.end(READ);
+        }
+        if any(EventFlags::RDHUP) && !any(err) {
+            self.fin.set(true);
         }
         if any(err | hup) {
             self.end(WRITE);

@@ -69,6 +69,13 @@ impl<T: AsFd> Async<T> {
         poll_fn(|cx| self.poll_writable(cx)).await
     }
 
+    /// The peer's FIN has been seen, without an error. It was seen before any read made now,
+    /// so a read that came back shorter than its buffer took every byte before the FIN, and
+    /// the kernel took the FIN with them: the next read would return 0.
+    pub fn peer_finished(&self) -> bool {
+        self.source.fin.get()
+    }
+
     /// The caller's own read just returned `WouldBlock`: any edge seen so far is used up.
     pub fn read_would_block(&self) {
         self.source.clear(READ);
@@ -264,6 +271,39 @@ mod tests {
             (n, ours.get_ref().read(&mut buf).unwrap())
         });
         assert_eq!(got, Some((5, 0)));
+    }
+
+    /// What the relay skips a read on: once the FIN is seen, a read shorter than its buffer
+    /// leaves nothing but the end of stream. A reset is not a FIN.
+    #[test]
+    fn a_fin_seen_means_a_short_read_took_everything() {
+        let (ours, mut peer) = pair();
+        peer.write_all(b"hello").unwrap();
+        let seen = within(async {
+            ours.readable().await.unwrap();
+            ours.peer_finished()
+        });
+        assert_eq!(seen, Some(false), "a FIN seen before the peer sent one");
+        peer.write_all(b" world").unwrap();
+        peer.shutdown(Shutdown::Write).unwrap();
+        let got = within(async {
+            while !ours.peer_finished() {
+                ours.readable().await.unwrap();
+            }
+            let mut buf = [0u8; 64];
+            let n = ours.get_ref().read(&mut buf).unwrap();
+            (n, ours.get_ref().read(&mut buf).unwrap())
+        });
+        assert_eq!(got, Some((11, 0)));
+
+        let (ours, peer) = pair();
+        rustix::net::sockopt::set_socket_linger(&peer, Some(Duration::ZERO)).unwrap();
+        drop(peer);
+        let reset = within(async {
+            ours.readable().await.unwrap();
+            ours.peer_finished()
+        });
+        assert_eq!(reset, Some(false), "a reset taken for a FIN");
     }
 
     /// Readiness is consumed: after a read that would block, waiting lasts until new bytes.
