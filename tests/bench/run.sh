@@ -313,6 +313,9 @@ table gw {
 }
 EOF
 
+    # proxy_half_close: nginx's default closes both connections at the first FIN, dropping what
+    # the other side still sends (here the backend's close_notify, after the client's). sidegate
+    # and HAProxy pass the FIN on and keep relaying the other way: the same job for all three.
     local nginx_head="load_module $NGINX_STREAM_SO;
 worker_processes $PROXY_THREADS;
 worker_rlimit_nofile 20000;
@@ -335,6 +338,7 @@ stream {
         preread_timeout 10s;
         proxy_connect_timeout 5s;
         proxy_timeout 120s;
+        proxy_half_close on;
         proxy_pass \$gw_upstream;
     }
 }
@@ -346,6 +350,7 @@ stream {
         listen 127.0.0.1:${PORT[$o/nginx]};
         proxy_connect_timeout 5s;
         proxy_timeout 120s;
+        proxy_half_close on;
         proxy_pass $MTLS_BACKEND;
         proxy_ssl on;
         proxy_ssl_certificate $CERTS/client.pem;
