@@ -342,10 +342,15 @@ impl Source {
         }
     }
 
+    /// The peer closed that way, or the socket failed.
+    fn has_ended(&self, way: usize) -> bool {
+        self.ended.get(way).is_some_and(Cell::get)
+    }
+
     /// Ready (and consumed) if an edge came since the last time, or ever once the peer
     /// ended that way; otherwise waits for an edge.
     fn poll_ready(&self, way: usize, cx: &Context<'_>) -> Poll<()> {
-        let ended = self.ended.get(way).is_some_and(Cell::get);
+        let ended = self.has_ended(way);
         if self.ready.get(way).is_some_and(|r| r.replace(false)) || ended {
             return Poll::Ready(());
         }

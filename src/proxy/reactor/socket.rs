@@ -142,7 +142,8 @@ impl<T: AsFd> Drop for Async<T> {
 impl Async<TcpStream> {
     /// Connects to `addr`: a non-blocking socket, registered once the connect is under way,
     /// so that its first writable edge is the connect's outcome (a socket still connecting
-    /// is never writable): connected, or the error `SO_ERROR` holds.
+    /// is never writable). An edge with an error or hang-up is a failure, and `SO_ERROR` says
+    /// which; a plain writable one is a connection, known without that system call.
     pub async fn connect(addr: SocketAddr) -> io::Result<Async<TcpStream>> {
         let family = match addr {
             SocketAddr::V4(_) => AddressFamily::INET,
@@ -156,6 +157,9 @@ impl Async<TcpStream> {
         }
         let stream = Async::nonblocking(TcpStream::from(fd))?;
         stream.writable().await?;
+        if !stream.source.has_ended(WRITE) {
+            return Ok(stream);
+        }
         match stream.io.take_error()? {
             Some(e) => Err(e),
             None => Ok(stream),
