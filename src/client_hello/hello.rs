@@ -1,7 +1,7 @@
 //! The ClientHello message itself: parse it with tls-parser and pull out the host name.
 
 use tls_parser::{
-    parse_tls_client_hello_extension, parse_tls_message_handshake, SNIType, TlsClientHelloContents,
+    parse_tls_extension_sni_content, parse_tls_message_handshake, SNIType, TlsClientHelloContents,
     TlsExtension, TlsMessage, TlsMessageHandshake,
 };
 
@@ -33,32 +33,46 @@ fn fills(ch: &TlsClientHelloContents, msg_len: usize) -> bool {
     msg_len.checked_sub(4) == Some(body)
 }
 
-/// Walks every extension (so a malformed one anywhere rejects the hello) and returns the
-/// verdict from the single server_name extension, if any.
+/// Walks every extension's framing (one that overruns the block rejects the hello) and
+/// returns the verdict from the single server_name extension, if any. Only server_name's
+/// contents are parsed: the others are the backend's to judge, and parsing them (tls-parser
+/// collects each list into a `Vec`) cost several allocations per connection.
 fn extensions(mut ext: &[u8]) -> Hello {
     let mut verdict = Hello::NoSni;
     let mut seen_sni = false;
     while !ext.is_empty() {
-        let Ok((rest, parsed)) = parse_tls_client_hello_extension(ext) else {
+        let Some((ty, data, rest)) = next_extension(ext) else {
             return Hello::NotTls;
         };
-        // Raw extension: type (2) + length (2) + data.
-        let data_len = ext.len().saturating_sub(rest.len()).saturating_sub(4);
         ext = rest;
-        if let TlsExtension::SNI(list) = parsed {
+        if ty == SERVER_NAME {
             // Two server_name extensions are illegal (RFC 8446 §4.2), and a backend might
             // honour the other one than we routed on.
             if seen_sni {
                 return Hello::NotTls;
             }
             seen_sni = true;
-            verdict = from_list(&list, data_len);
+            let Ok((_, TlsExtension::SNI(list))) = parse_tls_extension_sni_content(data) else {
+                return Hello::NotTls;
+            };
+            verdict = from_list(&list, data.len());
             if verdict == Hello::NotTls {
                 return verdict;
             }
         }
     }
     verdict
+}
+
+const SERVER_NAME: u16 = 0;
+
+/// The first extension of `block`: its type, its data, and the extensions after it; `None`
+/// when its header or data runs past the end.
+fn next_extension(block: &[u8]) -> Option<(u16, &[u8], &[u8])> {
+    let ([t0, t1, l0, l1], rest) = block.split_first_chunk::<4>().map(|(h, r)| (*h, r))?;
+    let len = usize::from(u16::from_be_bytes([l0, l1]));
+    let data = rest.get(..len)?;
+    Some((u16::from_be_bytes([t0, t1]), data, rest.get(len..)?))
 }
 
 /// `list` is what tls-parser made of a server_name extension with `data_len` bytes of data.

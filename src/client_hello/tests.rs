@@ -477,6 +477,15 @@ fn server_name_extension_shapes() {
     }
 }
 
+/// Only server_name's contents are judged: another extension, framed right but with contents
+/// that do not parse (a signature_algorithms list longer than its data), is the backend's to
+/// refuse.
+#[test]
+fn other_extensions_are_framed_not_judged() {
+    let odd = Parts::openssl().with(13, vec![0, 10, 4, 3]).raw();
+    assert_eq!(inspect(&odd, BIG), sni(DB));
+}
+
 #[test]
 fn grease_ech_and_old_hellos() {
     let ech = (0..200u8).map(|i| i.wrapping_mul(37)).collect::<Vec<_>>();
