@@ -433,7 +433,7 @@ start_proxy() {
 
 # ------------------------------------------------------------------ measurements
 
-kv() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" | head -1; }
+kv() { sed -n "/ $1=/{s/.* $1=\([^ ]*\).*/\1/p;q;}"; }
 client_args() { echo --connect "$ADDR" --sni "$SNI" --cert-dir "$CERTS" --client "$CLIENT"; }
 
 # Holds COUNT connections through the proxy; prints "HELD RSS_KIB" while they are held.
@@ -564,13 +564,15 @@ run_one() {
     sleep 1 # let TIME_WAIT and stray threads settle between paths
 }
 
+# Each reads its input to the end: a reader that quits early (head -1, grep -m1) can kill the
+# writer with SIGPIPE, and under pipefail that ends the whole run.
 version_of() {
     case $1 in
         sidegate) echo "sidegate $(git rev-parse --short HEAD 2>/dev/null || echo '?') ($SIDEGATE_TARGET)" ;;
-        haproxy) haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3 ;;
-        sniproxy) sniproxy -V 2>&1 | head -1 ;;
+        haproxy) haproxy -v 2>/dev/null | awk 'NR == 1 {print $1, $2, $3}' ;;
+        sniproxy) sniproxy -V 2>&1 | sed -n 1p ;;
         nginx) nginx -v 2>&1 | sed 's/.*: //' ;;
-        stunnel) stunnel4 -version 2>&1 | grep -m1 '^stunnel' | cut -d' ' -f1-2 ;;
+        stunnel) stunnel4 -version 2>&1 | awk '/^stunnel/ && !seen++ {print $1, $2}' ;;
     esac
 }
 

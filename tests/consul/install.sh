@@ -33,7 +33,7 @@ mirror() {
             tolower($1) == "uris:" { uri = $2 }
             tolower($1) == "suites:" { for (i = 2; i <= NF; i++) if ($i == code) has = 1 }
             END { if (!found) flush() }
-        ' "${files[@]}" | head -n1
+        ' "${files[@]}"
     fi
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [ -f "$f" ] || continue
@@ -42,7 +42,9 @@ mirror() {
             awk -v code="$codename" '$1 == "deb" && $3 == code { print $2 }'
     done
 }
-uri="$(mirror | head -n1)"
+# sed reads to the end: head would quit after one line, and a later write from `mirror`
+# would then die of SIGPIPE, which pipefail turns into this script failing.
+uri="$(mirror | sed -n 1p)"
 if [ -z "$uri" ]; then
     echo "tests/consul/install.sh: no Debian mirror found in the apt sources" >&2
     exit 1
