@@ -69,10 +69,9 @@ const SERVER_NAME: u16 = 0;
 /// The first extension of `block`: its type, its data, and the extensions after it; `None`
 /// when its header or data runs past the end.
 fn next_extension(block: &[u8]) -> Option<(u16, &[u8], &[u8])> {
-    let ([t0, t1, l0, l1], rest) = block.split_first_chunk::<4>().map(|(h, r)| (*h, r))?;
-    let len = usize::from(u16::from_be_bytes([l0, l1]));
-    let data = rest.get(..len)?;
-    Some((u16::from_be_bytes([t0, t1]), data, rest.get(len..)?))
+    let ([t0, t1, l0, l1], rest) = block.split_first_chunk::<4>()?;
+    let (data, rest) = rest.split_at_checked(usize::from(u16::from_be_bytes([*l0, *l1])))?;
+    Some((u16::from_be_bytes([*t0, *t1]), data, rest))
 }
 
 /// `list` is what tls-parser made of a server_name extension with `data_len` bytes of data.
