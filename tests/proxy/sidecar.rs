@@ -344,8 +344,10 @@ wan = ["{part2_wan}"]
         ),
     ));
 
-    // local mode: 100 MB each way, intact, with half-close at the end.
-    let payload: Vec<u8> = (0..100_000_000u32).map(|i| (i % 241) as u8).collect();
+    // local mode: 100 MB each way (less under emulation), intact, with half-close at the end.
+    let payload: Vec<u8> = (0..bulk_bytes(100_000_000) as u32)
+        .map(|i| (i % 241) as u8)
+        .collect();
     let tcp = TcpStream::connect(("127.0.0.1", local_port)).unwrap();
     tcp.set_read_timeout(Some(IO_TIMEOUT * 6)).unwrap();
     let got = exchange(tcp.try_clone().unwrap(), tcp, &payload, shut_tcp);

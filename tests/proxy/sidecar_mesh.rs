@@ -335,17 +335,22 @@ fn upstream_toml(target: Service, mode: Option<&str>, port: u16) -> String {
 }
 
 /// api in dc2 from web in dc1 in every mode: 100 MiB each way intact through the path the
-/// mode names, and the sign-off of api's own app.
+/// mode names (less under emulation: `bulk_bytes`), and the sign-off of api's own app.
 #[test]
 fn every_mode_carries_100_mb_across_datacenters_on_its_route() {
     let mesh = Mesh::start(app);
+    let bytes = bulk_bytes(100 << 20);
     for mode in MODES {
         let before = mesh.seen();
         let started = Instant::now();
-        let rest = echo_intact(mesh.connect(API, mode), 100 << 20, IO_TIMEOUT);
+        let rest = echo_intact(mesh.connect(API, mode), bytes, IO_TIMEOUT);
         assert_eq!(String::from_utf8_lossy(&rest), "app:api\n", "mode {mode}");
         mesh.assert_route(before, API, mode);
-        eprintln!("mode {mode}: 100 MiB each way in {:?}", started.elapsed());
+        eprintln!(
+            "mode {mode}: {} MiB each way in {:?}",
+            bytes >> 20,
+            started.elapsed()
+        );
     }
 }
 
