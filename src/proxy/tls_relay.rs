@@ -16,7 +16,7 @@
 //! of its own to encrypt it and each received record into its own, and its unbuffered one
 //! copies more (each decrypted record into an allocated buffer, each encrypted one out of one).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
@@ -31,7 +31,7 @@ use super::handshake::Established;
 use super::reactor::{Async, ShutdownWrite};
 use super::relay::{step, Flow, Pace, Relayed, Step};
 use crate::metrics::Tally;
-use crate::tls::record::{body_len, Content, HEADER, MAX_PLAINTEXT};
+use crate::tls::record::{body_len, failed_to_open, Content, HEADER, MAX_PLAINTEXT};
 use crate::tls::session::{Alert, Session, Tickets};
 
 /// The session, borrowed by one direction at a time: both directions run in this one task
@@ -65,18 +65,55 @@ where
     } = tls;
     let session = RefCell::new(session);
     let flow = Flow::new();
-    let up = local_to_tls(local, remote, &session, to_tls, &flow);
+    let to_peer = ToPeer {
+        socket: remote,
+        partial: Cell::new(false),
+    };
+    let up = local_to_tls(local, &to_peer, &session, to_tls, &flow);
     let early = (plaintext, ciphertext, peer_finished);
-    let down = tls_to_local(remote, local, &session, early, from_tls, &flow);
+    let down = tls_to_local(&to_peer, local, &session, early, from_tls, &flow);
     future::or(future::try_zip(up, down), flow.watchdog(idle)).await?;
     Ok(flow.relayed())
+}
+
+/// The peer's socket as both directions write to it: our records, and the alert when one of
+/// the peer's fails to open. `partial`: a write of records is under way, so part of a record
+/// may be out already, and an alert now would land inside it.
+struct ToPeer<'a> {
+    socket: &'a Async<TcpStream>,
+    partial: Cell<bool>,
+}
+
+impl ToPeer<'_> {
+    async fn send(&self, records: &mut [IoSlice<'_>]) -> io::Result<()> {
+        self.partial.set(true);
+        self.socket.send_all(records).await?;
+        self.partial.set(false);
+        Ok(())
+    }
+
+    /// After `error` from opening the peer's records: when a record failed to authenticate,
+    /// sends the fatal alert TLS asks for then (bad_record_mac), as far as the socket takes
+    /// it at once; the connection ends either way. Not while a record of ours is part way out.
+    fn alert_after<D>(&self, error: &io::Error, tls: &Shared<D>)
+    where
+        KernelConnection<D>: Tickets,
+    {
+        if !failed_to_open(error) || self.partial.get() {
+            return;
+        }
+        let mut alert = [0u8; 64];
+        if let Ok(len) = tls.borrow_mut().bad_record_mac(&mut alert) {
+            let _ = self.socket.get_ref().write(&alert[..len]);
+        }
+    }
 }
 
 /// Plaintext from the local side, sealed. Waits for the local socket without holding a
 /// buffer; holds one while the remote socket takes the records.
 async fn local_to_tls<L, D>(
     local: &Async<L>,
-    remote: &Async<TcpStream>,
+    remote: &ToPeer<'_>,
     tls: &Shared<D>,
     total: Tally<'_>,
     flow: &Flow,
@@ -92,7 +129,7 @@ where
         // A key update the peer asked for, or our key's limit, comes before our next record.
         let update = tls.borrow_mut().key_update_due(&mut small)?;
         if let Some(len) = update {
-            remote.send_all(&mut [IoSlice::new(&small[..len])]).await?;
+            remote.send(&mut [IoSlice::new(&small[..len])]).await?;
         }
         let read = {
             let mut buf = Buf::take();
@@ -109,7 +146,7 @@ where
             if let Step::Moved(n) = read {
                 let (a, b) = seal_two(&mut tls.borrow_mut(), (first, second), n, room)?;
                 remote
-                    .send_all(&mut [IoSlice::new(&first[..a]), IoSlice::new(&second[..b])])
+                    .send(&mut [IoSlice::new(&first[..a]), IoSlice::new(&second[..b])])
                     .await?;
                 flow.moved(total, &flow.a_to_b, n);
             }
@@ -117,8 +154,8 @@ where
         };
         if read == Step::Eof {
             let len = tls.borrow_mut().close_notify(&mut small)?;
-            remote.send_all(&mut [IoSlice::new(&small[..len])]).await?;
-            return remote.get_ref().shutdown(Shutdown::Write);
+            remote.send(&mut [IoSlice::new(&small[..len])]).await?;
+            return remote.socket.get_ref().shutdown(Shutdown::Write);
         }
         if read == Step::Wait {
             local.read_would_block();
@@ -151,7 +188,7 @@ const BATCH: usize = 4;
 
 /// TLS from the peer, opened and delivered to the local side.
 async fn tls_to_local<L, D>(
-    remote: &Async<TcpStream>,
+    to_peer: &ToPeer<'_>,
     local: &Async<L>,
     tls: &Shared<D>,
     (plaintext, ciphertext, finished): (Vec<u8>, Vec<u8>, bool),
@@ -163,6 +200,7 @@ where
     for<'a> &'a L: Write,
     KernelConnection<D>: Tickets,
 {
+    let remote = to_peer.socket;
     // What came with the handshake first.
     if !plaintext.is_empty() {
         local.send_all(&mut [IoSlice::new(&plaintext)]).await?;
@@ -179,7 +217,8 @@ where
         // Every whole record held, a batch at a time: opened in place, then the batch's
         // plaintext delivered.
         loop {
-            let (texts, count, finished) = open_batch(&mut inbox, tls)?;
+            let (texts, count, finished) =
+                open_batch(&mut inbox, tls).inspect_err(|e| to_peer.alert_after(e, tls))?;
             let n = texts.iter().map(Range::len).sum();
             if n > 0 {
                 let bytes = inbox.bytes();

@@ -56,6 +56,28 @@ pub fn broken(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
+/// A record failed to authenticate: corrupted on the way, or not sealed with the peer's key.
+/// Its own error, because TLS answers it with an alert of its own (`failed_to_open`).
+#[derive(Debug)]
+struct BadRecordMac;
+
+impl std::fmt::Display for BadRecordMac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a record failed to decrypt")
+    }
+}
+
+impl std::error::Error for BadRecordMac {}
+
+fn bad_record_mac() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, BadRecordMac)
+}
+
+/// `e` says that a record failed to authenticate (`Protection::open`).
+pub fn failed_to_open(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<BadRecordMac>())
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Form {
     Tls13,
@@ -201,7 +223,7 @@ impl Protection {
                 let text = self
                     .key
                     .open_in_place(nonce, aad, body)
-                    .map_err(|_| broken("a record failed to decrypt"))?;
+                    .map_err(|_| bad_record_mac())?;
                 // The content type is the last byte that is not padding.
                 let end = text
                     .iter()
@@ -223,7 +245,7 @@ impl Protection {
                 let nonce = Nonce::assume_unique_for_key(nonce);
                 self.key
                     .open_in_place(nonce, aad, &mut body[explicit..])
-                    .map_err(|_| broken("a record failed to decrypt"))?;
+                    .map_err(|_| bad_record_mac())?;
                 let start = HEADER + explicit;
                 (kind, start..start + len)
             }

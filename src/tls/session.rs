@@ -38,8 +38,10 @@ const HELLO_REQUEST: u8 = 0;
 /// The largest post-handshake message reassembled: a session ticket's largest encoding.
 const MAX_MESSAGE: usize = 4 + 0xffff;
 const CLOSE_NOTIFY: u8 = 0;
+const BAD_RECORD_MAC: u8 = 20;
 const USER_CANCELED: u8 = 90;
 const WARNING: u8 = 1;
+const FATAL: u8 = 2;
 
 pub struct Session<D> {
     kernel: KernelConnection<D>,
@@ -178,10 +180,19 @@ where
 
     /// Seals our close_notify into `out` (at least 32 bytes); returns its length.
     pub fn close_notify(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.seal_alert([WARNING, CLOSE_NOTIFY], out)
+    }
+
+    /// Seals the fatal alert that a record which failed to open calls for (RFC 8446 5.2,
+    /// RFC 5246 7.2.2), into `out` (at least 32 bytes); returns its length.
+    pub fn bad_record_mac(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.seal_alert([FATAL, BAD_RECORD_MAC], out)
+    }
+
+    fn seal_alert(&mut self, alert: [u8; 2], out: &mut [u8]) -> io::Result<usize> {
         let prefix = self.tx.prefix();
-        let alert = [WARNING, CLOSE_NOTIFY];
         out.get_mut(prefix..prefix + alert.len())
-            .ok_or_else(|| io::Error::other("no room for close_notify"))?
+            .ok_or_else(|| io::Error::other("no room for an alert"))?
             .copy_from_slice(&alert);
         self.tx.seal(Content::Alert, out, alert.len())
     }

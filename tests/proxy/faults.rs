@@ -672,6 +672,37 @@ fn garbage_to_the_inbound_listener_fails_handshakes_without_hurting_callers() {
     assert_eq!(db.metrics.inbound.denied.get(), 0);
 }
 
+/// A record that fails to authenticate after the handshake (one bit flipped on the way) ends
+/// its connection with the fatal alert TLS asks for, bad_record_mac, so that the peer's log
+/// names the cause rather than a reset; the local app gets none of it.
+#[test]
+fn a_record_that_fails_to_open_is_answered_with_bad_record_mac() {
+    let db = DB.inbound(app("db"), "");
+    let client = sidegate::tls::configs::client_config(&WEB.identity(), &DB.spiffe_id()).unwrap();
+    let mut tls = tls_connect(db.inbound_addr.unwrap(), &DB.sni(), &client).unwrap();
+    tls.conn.writer().write_all(b"hello db").unwrap();
+    let mut record = Vec::new();
+    tls.conn.write_tls(&mut record).unwrap();
+    // The last byte is the tag's.
+    *record.last_mut().unwrap() ^= 1;
+    tls.sock.write_all(&record).unwrap();
+    let error = loop {
+        match tls.conn.read_tls(&mut tls.sock) {
+            Ok(0) => panic!("closed without an alert"),
+            Ok(_) => {
+                if let Err(e) = tls.conn.process_new_packets() {
+                    break e;
+                }
+            }
+            Err(e) => panic!("no alert before {e}"),
+        }
+    };
+    assert_eq!(
+        error,
+        rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
+    );
+}
+
 /// The soft limit up to the hard one for this test process (as sidegate does for itself);
 /// panics when even the hard limit is below `need`.
 fn raise_own_fd_limit(need: u64) {
