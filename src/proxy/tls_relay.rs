@@ -31,7 +31,7 @@ use super::handshake::Established;
 use super::reactor::{Async, ShutdownWrite};
 use super::relay::{step, Flow, Pace, Relayed, Step};
 use crate::metrics::Tally;
-use crate::tls::record::{body_len, failed_to_open, Content, HEADER, MAX_PLAINTEXT};
+use crate::tls::record::{alert_for, body_len, Content, HEADER, MAX_PLAINTEXT};
 use crate::tls::session::{Alert, Session, Tickets};
 
 /// The session, borrowed by one direction at a time: both directions run in this one task
@@ -76,8 +76,8 @@ where
     Ok(flow.relayed())
 }
 
-/// The peer's socket as both directions write to it: our records, and the alert when one of
-/// the peer's fails to open. `partial`: a write of records is under way, so part of a record
+/// The peer's socket as both directions write to it: our records, and the alert when the
+/// peer's break the protocol. `partial`: a write of records is under way, so part of a record
 /// may be out already, and an alert now would land inside it.
 struct ToPeer<'a> {
     socket: &'a Async<TcpStream>,
@@ -92,18 +92,19 @@ impl ToPeer<'_> {
         Ok(())
     }
 
-    /// After `error` from opening the peer's records: when a record failed to authenticate,
-    /// sends the fatal alert TLS asks for then (bad_record_mac), as far as the socket takes
-    /// it at once; the connection ends either way. Not while a record of ours is part way out.
+    /// After `error` from opening the peer's records: when it is a violation TLS names an
+    /// alert for (a record that fails to authenticate: bad_record_mac), sends that fatal alert,
+    /// as far as the socket takes it at once; the connection ends either way. Not while a
+    /// record of ours is part way out.
     fn alert_after<D>(&self, error: &io::Error, tls: &Shared<D>)
     where
         KernelConnection<D>: Tickets,
     {
-        if !failed_to_open(error) || self.partial.get() {
+        let Some(description) = alert_for(error).filter(|_| !self.partial.get()) else {
             return;
-        }
+        };
         let mut alert = [0u8; 64];
-        if let Ok(len) = tls.borrow_mut().bad_record_mac(&mut alert) {
+        if let Ok(len) = tls.borrow_mut().fatal_alert(description, &mut alert) {
             let _ = self.socket.get_ref().write(&alert[..len]);
         }
     }

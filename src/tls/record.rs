@@ -46,7 +46,10 @@ impl Content {
             21 => Ok(Content::Alert),
             22 => Ok(Content::Handshake),
             23 => Ok(Content::ApplicationData),
-            _ => Err(broken("a record of an unexpected content type")),
+            _ => Err(violation(
+                "a record of an unexpected content type",
+                UNEXPECTED_MESSAGE,
+            )),
         }
     }
 }
@@ -56,26 +59,37 @@ pub fn broken(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// A record failed to authenticate: corrupted on the way, or not sealed with the peer's key.
-/// Its own error, because TLS answers it with an alert of its own (`failed_to_open`).
-#[derive(Debug)]
-struct BadRecordMac;
+/// Fatal alerts sent on a violation (RFC 8446 §6.2): what the peer did wrong.
+pub const UNEXPECTED_MESSAGE: u8 = 10;
+pub const BAD_RECORD_MAC: u8 = 20;
+pub const RECORD_OVERFLOW: u8 = 22;
+pub const ILLEGAL_PARAMETER: u8 = 47;
+pub const DECODE_ERROR: u8 = 50;
 
-impl std::fmt::Display for BadRecordMac {
+/// The peer broke the protocol after the handshake where TLS says which fatal alert ends the
+/// connection: the error carries that alert (`alert_for`), so the peer learns the cause.
+#[derive(Debug)]
+struct Violation {
+    what: &'static str,
+    alert: u8,
+}
+
+impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a record failed to decrypt")
+        f.write_str(self.what)
     }
 }
 
-impl std::error::Error for BadRecordMac {}
+impl std::error::Error for Violation {}
 
-fn bad_record_mac() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, BadRecordMac)
+/// `broken`, answered with the fatal alert `alert`.
+pub fn violation(what: &'static str, alert: u8) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, Violation { what, alert })
 }
 
-/// `e` says that a record failed to authenticate (`Protection::open`).
-pub fn failed_to_open(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<BadRecordMac>())
+/// The fatal alert `e` calls for, when it is a `violation`.
+pub fn alert_for(e: &io::Error) -> Option<u8> {
+    e.get_ref()?.downcast_ref::<Violation>().map(|v| v.alert)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -216,42 +230,46 @@ impl Protection {
         let opened = match self.form {
             Form::Tls13 => {
                 if outer != Content::ApplicationData as u8 {
-                    return Err(broken("an unprotected record after the handshake"));
+                    return Err(violation(
+                        "an unprotected record after the handshake",
+                        UNEXPECTED_MESSAGE,
+                    ));
                 }
                 let aad = Aad::from(<[u8; HEADER]>::try_from(&*header).unwrap_or_default());
                 let nonce = Nonce::assume_unique_for_key(self.nonce());
                 let text = self
                     .key
                     .open_in_place(nonce, aad, body)
-                    .map_err(|_| bad_record_mac())?;
+                    .map_err(|_| violation("a record failed to decrypt", BAD_RECORD_MAC))?;
                 // The content type is the last byte that is not padding.
-                let end = text
-                    .iter()
-                    .rposition(|&b| b != 0)
-                    .ok_or_else(|| broken("a record with no content type"))?;
+                let end = text.iter().rposition(|&b| b != 0).ok_or_else(|| {
+                    violation("a record with no content type", UNEXPECTED_MESSAGE)
+                })?;
                 let kind = Content::of(text[end])?;
                 (kind, HEADER..HEADER + end)
             }
             Form::Tls12Gcm | Form::Tls12Chacha => {
                 let kind = Content::of(outer)?;
                 let explicit = self.prefix() - HEADER;
-                let len = body
-                    .len()
-                    .checked_sub(explicit + TAG)
-                    .ok_or_else(|| broken("a record too short to hold its tag"))?;
+                let len = body.len().checked_sub(explicit + TAG).ok_or_else(|| {
+                    violation("a record too short to hold its tag", BAD_RECORD_MAC)
+                })?;
                 let mut nonce = self.nonce();
                 nonce[4..4 + explicit].copy_from_slice(&body[..explicit]);
                 let aad = Aad::from(self.aad12(outer, len));
                 let nonce = Nonce::assume_unique_for_key(nonce);
                 self.key
                     .open_in_place(nonce, aad, &mut body[explicit..])
-                    .map_err(|_| bad_record_mac())?;
+                    .map_err(|_| violation("a record failed to decrypt", BAD_RECORD_MAC))?;
                 let start = HEADER + explicit;
                 (kind, start..start + len)
             }
         };
         if opened.1.len() > MAX_PLAINTEXT {
-            return Err(broken("a record longer than TLS allows"));
+            return Err(violation(
+                "a record longer than TLS allows",
+                RECORD_OVERFLOW,
+            ));
         }
         self.next_seq()?;
         Ok(opened)
@@ -287,7 +305,10 @@ pub fn body_len(header: &[u8; HEADER]) -> io::Result<usize> {
     }
     let len = usize::from(u16::from_be_bytes([high, low]));
     if len > MAX_BODY {
-        return Err(broken("a record longer than TLS allows"));
+        return Err(violation(
+            "a record longer than TLS allows",
+            RECORD_OVERFLOW,
+        ));
     }
     Ok(len)
 }

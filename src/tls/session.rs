@@ -12,7 +12,9 @@ use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
 
-use super::record::{broken, Content, Protection};
+use super::record::{
+    broken, violation, Content, Protection, DECODE_ERROR, ILLEGAL_PARAMETER, UNEXPECTED_MESSAGE,
+};
 
 /// What a side does with a session ticket sent after the handshake.
 pub trait Tickets {
@@ -28,7 +30,10 @@ impl Tickets for KernelConnection<ClientConnectionData> {
 
 impl Tickets for KernelConnection<ServerConnectionData> {
     fn new_session_ticket(&mut self, _: &[u8]) -> io::Result<()> {
-        Err(broken("a client sent a session ticket"))
+        Err(violation(
+            "a client sent a session ticket",
+            UNEXPECTED_MESSAGE,
+        ))
     }
 }
 
@@ -38,7 +43,6 @@ const HELLO_REQUEST: u8 = 0;
 /// The largest post-handshake message reassembled: a session ticket's largest encoding.
 const MAX_MESSAGE: usize = 4 + 0xffff;
 const CLOSE_NOTIFY: u8 = 0;
-const BAD_RECORD_MAC: u8 = 20;
 const USER_CANCELED: u8 = 90;
 const WARNING: u8 = 1;
 const FATAL: u8 = 2;
@@ -116,7 +120,7 @@ where
     /// Handles the plaintext of a handshake record from the peer.
     pub fn handshake(&mut self, bytes: &[u8]) -> io::Result<()> {
         if bytes.is_empty() {
-            return Err(broken("an empty handshake record"));
+            return Err(violation("an empty handshake record", UNEXPECTED_MESSAGE));
         }
         // A message may span records: what came before is joined with this record.
         let joined;
@@ -132,7 +136,10 @@ where
             rest = after;
         }
         if rest.len() > MAX_MESSAGE {
-            return Err(broken("a handshake message longer than TLS allows"));
+            return Err(violation(
+                "a handshake message longer than TLS allows",
+                DECODE_ERROR,
+            ));
         }
         self.partial = rest.to_vec();
         Ok(())
@@ -145,12 +152,21 @@ where
             (KEY_UPDATE, true) => {
                 // A key change may not fall inside a record (RFC 8446 §5.1).
                 if !last {
-                    return Err(broken("data behind a key update in its record"));
+                    return Err(violation(
+                        "data behind a key update in its record",
+                        UNEXPECTED_MESSAGE,
+                    ));
                 }
                 match body {
                     [0] => {}
                     [1] => self.owe_update = true,
-                    _ => return Err(broken("a malformed key update")),
+                    [_] => {
+                        return Err(violation(
+                            "a key update with an unknown request_update",
+                            ILLEGAL_PARAMETER,
+                        ))
+                    }
+                    _ => return Err(violation("a malformed key update", DECODE_ERROR)),
                 }
                 let (_, secrets) = self
                     .kernel
@@ -161,8 +177,9 @@ where
             }
             (NEW_SESSION_TICKET, true) => self.kernel.new_session_ticket(body),
             (HELLO_REQUEST, false) if body.is_empty() => Ok(()),
-            _ => Err(broken(
+            _ => Err(violation(
                 "an unexpected handshake message after the handshake",
+                UNEXPECTED_MESSAGE,
             )),
         }
     }
@@ -174,7 +191,7 @@ where
             [_, USER_CANCELED] => Ok(Alert::Ignored),
             [WARNING, _] if !self.tls13 => Ok(Alert::Ignored),
             [_, _] => Err(broken("the peer sent a fatal alert")),
-            _ => Err(broken("a malformed alert")),
+            _ => Err(violation("a malformed alert", DECODE_ERROR)),
         }
     }
 
@@ -183,10 +200,10 @@ where
         self.seal_alert([WARNING, CLOSE_NOTIFY], out)
     }
 
-    /// Seals the fatal alert that a record which failed to open calls for (RFC 8446 5.2,
-    /// RFC 5246 7.2.2), into `out` (at least 32 bytes); returns its length.
-    pub fn bad_record_mac(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        self.seal_alert([FATAL, BAD_RECORD_MAC], out)
+    /// Seals the fatal alert `description` (a violation's, `record::alert_for`) into `out`
+    /// (at least 32 bytes); returns its length.
+    pub fn fatal_alert(&mut self, description: u8, out: &mut [u8]) -> io::Result<usize> {
+        self.seal_alert([FATAL, description], out)
     }
 
     fn seal_alert(&mut self, alert: [u8; 2], out: &mut [u8]) -> io::Result<usize> {

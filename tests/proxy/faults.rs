@@ -672,35 +672,47 @@ fn garbage_to_the_inbound_listener_fails_handshakes_without_hurting_callers() {
     assert_eq!(db.metrics.inbound.denied.get(), 0);
 }
 
-/// A record that fails to authenticate after the handshake (one bit flipped on the way) ends
-/// its connection with the fatal alert TLS asks for, bad_record_mac, so that the peer's log
-/// names the cause rather than a reset; the local app gets none of it.
+/// The peer breaking TLS after the handshake ends its connection with the fatal alert TLS
+/// names for it, so that the peer's log says why rather than showing a reset; the local app
+/// gets none of it. A record that fails to authenticate (one bit of its tag flipped on the
+/// way) is answered with bad_record_mac, an unprotected handshake record with
+/// unexpected_message.
 #[test]
-fn a_record_that_fails_to_open_is_answered_with_bad_record_mac() {
+fn a_peer_breaking_tls_after_the_handshake_gets_the_alert_that_says_why() {
+    use rustls::AlertDescription::{BadRecordMac, UnexpectedMessage};
     let db = DB.inbound(app("db"), "");
     let client = sidegate::tls::configs::client_config(&WEB.identity(), &DB.spiffe_id()).unwrap();
-    let mut tls = tls_connect(db.inbound_addr.unwrap(), &DB.sni(), &client).unwrap();
-    tls.conn.writer().write_all(b"hello db").unwrap();
-    let mut record = Vec::new();
-    tls.conn.write_tls(&mut record).unwrap();
-    // The last byte is the tag's.
-    *record.last_mut().unwrap() ^= 1;
-    tls.sock.write_all(&record).unwrap();
-    let error = loop {
-        match tls.conn.read_tls(&mut tls.sock) {
-            Ok(0) => panic!("closed without an alert"),
-            Ok(_) => {
-                if let Err(e) = tls.conn.process_new_packets() {
-                    break e;
-                }
-            }
-            Err(e) => panic!("no alert before {e}"),
-        }
+    let flip_tag = |tls: &mut Client| {
+        tls.conn.writer().write_all(b"hello db").unwrap();
+        let mut record = Vec::new();
+        tls.conn.write_tls(&mut record).unwrap();
+        // The last byte is the tag's.
+        *record.last_mut().unwrap() ^= 1;
+        record
     };
-    assert_eq!(
-        error,
-        rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
-    );
+    // A key update in a plain handshake record: after the handshake, TLS 1.3 takes only
+    // protected ones.
+    let unprotected = |_: &mut Client| vec![0x16, 3, 3, 0, 5, 24, 0, 0, 1, 0];
+    // What the client sends after the handshake, and the alert that must answer it.
+    type Sends = fn(&mut Client) -> Vec<u8>;
+    let cases: [(Sends, _); 2] = [(flip_tag, BadRecordMac), (unprotected, UnexpectedMessage)];
+    for (bytes, alert) in cases {
+        let mut tls = tls_connect(db.inbound_addr.unwrap(), &DB.sni(), &client).unwrap();
+        let bytes = bytes(&mut tls);
+        tls.sock.write_all(&bytes).unwrap();
+        let error = loop {
+            match tls.conn.read_tls(&mut tls.sock) {
+                Ok(0) => panic!("closed without an alert ({alert:?} expected)"),
+                Ok(_) => {
+                    if let Err(e) = tls.conn.process_new_packets() {
+                        break e;
+                    }
+                }
+                Err(e) => panic!("no alert before {e} ({alert:?} expected)"),
+            }
+        };
+        assert_eq!(error, rustls::Error::AlertReceived(alert));
+    }
 }
 
 /// The soft limit up to the hard one for this test process (as sidegate does for itself);
