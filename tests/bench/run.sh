@@ -16,7 +16,9 @@
 #   REPORT_FROM=target/bench/bench-raw.tsv tests/bench/run.sh     # re-render a saved run
 #
 # Rounds are interleaved (every path once per round, each proxy freshly started) and the
-# tables report medians over rounds. Per round and path:
+# tables report medians over rounds. Each round starts one path further down the list, so no
+# path always follows the same one (the one before leaves its TIME_WAIT sockets and its cache
+# footprint behind). Per round and path:
 #   idle RSS → WARM_COUNT connections held and closed, then HOLD_COUNT held (RSS per held
 #   connection) → bulk (MB/s, proxy CPU per GB) → new-connection rate (conn/s) → latency
 #   without load (connection setup from one client connecting serially; small-request round
@@ -74,6 +76,13 @@ log() { echo "[bench] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 paths_of() { case $1 in passthrough) echo "$PASSTHROUGH" ;; origination) echo "$ORIGINATION" ;; *) die "unknown scenario $1" ;; esac; }
+# rotated N WORD...: the words from the Nth on, then the rest (round N's order of paths).
+rotated() {
+    local k=$(($1 - 1))
+    shift
+    k=$((k % $#))
+    printf '%s\n' "${@:k+1}" "${@:1:k}"
+}
 
 TMP=$(mktemp -d /tmp/sidegate-bench.XXXXXX)
 chmod 755 "$TMP" # sniproxy drops to nobody after start
@@ -611,7 +620,8 @@ measure_all() {
     local round sc
     for round in $(seq "$ROUNDS"); do
         for sc in $SCENARIOS; do
-            for name in $(paths_of "$sc"); do
+            # shellcheck disable=SC2046
+            for name in $(rotated "$round" $(paths_of "$sc")); do
                 log "round $round/$ROUNDS: $sc $name"
                 run_one "$sc" "$name" "$round"
             done
