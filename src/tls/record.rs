@@ -24,7 +24,7 @@ use std::ops::Range;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
 
-/// A record's header: content type, version (always 3.3 here), length.
+/// A record's header: content type, version (3.3 in every record we send), length.
 pub const HEADER: usize = 5;
 const TAG: usize = 16;
 /// The most plaintext one record may carry (RFC 8446 §5.1, RFC 5246 §6.2.1).
@@ -65,6 +65,7 @@ pub const BAD_RECORD_MAC: u8 = 20;
 pub const RECORD_OVERFLOW: u8 = 22;
 pub const ILLEGAL_PARAMETER: u8 = 47;
 pub const DECODE_ERROR: u8 = 50;
+pub const PROTOCOL_VERSION: u8 = 70;
 
 /// The peer broke the protocol after the handshake where TLS says which fatal alert ends the
 /// connection: the error carries that alert (`alert_for`), so the peer learns the cause.
@@ -249,6 +250,12 @@ impl Protection {
                 (kind, HEADER..HEADER + end)
             }
             Form::Tls12Gcm | Form::Tls12Chacha => {
+                if header[1..3] != [3, 3] {
+                    return Err(violation(
+                        "a record of another TLS version",
+                        PROTOCOL_VERSION,
+                    ));
+                }
                 let kind = Content::of(outer)?;
                 let explicit = self.prefix() - HEADER;
                 let len = body.len().checked_sub(explicit + TAG).ok_or_else(|| {
@@ -295,14 +302,12 @@ fn seal_into(
 }
 
 /// The length of the record body a header announces, checked: after the handshake only
-/// alerts, handshake messages and application data arrive, labelled TLS 1.2, and no longer
-/// than TLS allows.
+/// alerts, handshake messages and application data arrive, no longer than TLS allows. The
+/// version is not looked at here: TLS 1.3 must ignore it (RFC 8446 §5.1), and `open` checks
+/// TLS 1.2's.
 pub fn body_len(header: &[u8; HEADER]) -> io::Result<usize> {
-    let [kind, major, minor, high, low] = *header;
+    let [kind, _, _, high, low] = *header;
     Content::of(kind)?;
-    if (major, minor) != (3, 3) {
-        return Err(broken("a record of another TLS version"));
-    }
     let len = usize::from(u16::from_be_bytes([high, low]));
     if len > MAX_BODY {
         return Err(violation(
@@ -311,4 +316,76 @@ pub fn body_len(header: &[u8; HEADER]) -> io::Result<usize> {
         ));
     }
     Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::crypto::cipher::{AeadKey, Iv};
+
+    /// The two ends of one direction: the same key, both at sequence number 0.
+    fn ends(version: ProtocolVersion) -> (Protection, Protection) {
+        let end = || {
+            let secrets = ConnectionTrafficSecrets::Aes256Gcm {
+                key: AeadKey::from([7; 32]),
+                iv: Iv::new([9; NONCE_LEN]),
+            };
+            Protection::new(version, (0, secrets)).unwrap()
+        };
+        (end(), end())
+    }
+
+    /// A TLS 1.3 record of application data whose header says TLS `major.minor`, sealed with
+    /// that header as its additional data, as its sender would.
+    fn labelled(tx: &mut Protection, [major, minor]: [u8; 2], text: &[u8]) -> Vec<u8> {
+        let body = text.len() + 1 + TAG;
+        let mut record = [&[23, major, minor][..], &(body as u16).to_be_bytes(), text].concat();
+        record.resize(HEADER + body, 0);
+        record[HEADER + text.len()] = Content::ApplicationData as u8;
+        let aad = Aad::from(<[u8; HEADER]>::try_from(&record[..HEADER]).unwrap());
+        let (text, tag) = record[HEADER..].split_at_mut(text.len() + 1);
+        seal_into(&tx.key, tx.nonce(), aad, text, tag).unwrap();
+        tx.next_seq().unwrap();
+        record
+    }
+
+    /// TLS 1.3 says a record's version must be ignored for all purposes: a record labelled
+    /// TLS 1.0 opens like any other.
+    #[test]
+    fn a_tls13_record_opens_whatever_version_its_header_names() {
+        let (mut tx, mut rx) = ends(ProtocolVersion::TLSv1_3);
+        for version in [[3, 3], [3, 1], [2, 0]] {
+            let mut record = labelled(&mut tx, version, b"to db");
+            let header = <[u8; HEADER]>::try_from(&record[..HEADER]).unwrap();
+            assert_eq!(body_len(&header).unwrap(), record.len() - HEADER);
+            let (kind, text) = rx.open(&mut record).unwrap();
+            assert_eq!(
+                (kind, &record[text]),
+                (Content::ApplicationData, &b"to db"[..])
+            );
+        }
+    }
+
+    /// TLS 1.2 names the version in every record: another one ends the connection with
+    /// protocol_version, before anything is decrypted.
+    #[test]
+    fn a_tls12_record_of_another_version_gets_protocol_version() {
+        let (mut tx, mut rx) = ends(ProtocolVersion::TLSv1_2);
+        let text = b"to db";
+        let mut record = vec![0; tx.prefix() + text.len() + tx.suffix()];
+        record[tx.prefix()..][..text.len()].copy_from_slice(text);
+        let len = tx
+            .seal(Content::ApplicationData, &mut record, text.len())
+            .unwrap();
+        record.truncate(len);
+        let mut other = record.clone();
+        other[2] = 1;
+        let error = rx.open(&mut other).unwrap_err();
+        assert_eq!(alert_for(&error), Some(PROTOCOL_VERSION), "{error}");
+        let (kind, text) = rx.open(&mut record).unwrap();
+        assert_eq!(
+            (kind, &record[text]),
+            (Content::ApplicationData, &b"to db"[..])
+        );
+    }
 }
