@@ -158,8 +158,11 @@ if "rate" in runs:
     rbest = max(peers_p, key=lambda p: med(R, "passthrough", p, "cps") or 0)
     by_round = lambda p: {row[2]: float(row[4]) for row in runs["rate"]
                           if row[0] == "passthrough" and row[1] == p and row[3] == "cps" and row[4]}
-    s_, b_ = by_round("sidegate"), by_round(rbest)
-    ratios = sorted(s_[r] / b_[r] for r in s_ if r in b_ and b_[r] > 0)
+    s_ = by_round("sidegate")
+    def round_ratios(p):  # sidegate's rate over p's, round by round, sorted
+        mine = by_round(p)
+        return sorted(s_[r] / mine[r] for r in s_ if r in mine and mine[r] > 0)
+    ratios = round_ratios(rbest)
     rr = statistics.median(ratios)
     print(f"\n**Rate series** (2 loops, passthrough, {len(ratios)} interleaved rounds; "
           f"measured {meta('rate', 'date')}, "
@@ -168,8 +171,7 @@ if "rate" in runs:
     print("| path | new conn/s | proxy CPU µs per conn | whole path CPU µs per conn | per-round ×sidegate / this |")
     print("|---|---|---|---|---|")
     for p in [q for q in ("direct", "sidegate", *peers_p) if med(R, "passthrough", q, "cps")]:
-        mine = by_round(p)
-        rs = sorted(s_[r] / mine[r] for r in s_ if r in mine and mine[r] > 0)
+        rs = round_ratios(p)
         span = "—" if p == "sidegate" or not rs else f"×{statistics.median(rs):.2f} (×{rs[0]:.2f} – ×{rs[-1]:.2f})"
         print(f"| {LABEL.get(p, p)} | {f(med(R, 'passthrough', p, 'cps'))} | "
               f"{f(med(R, 'passthrough', p, 'cpu_us_per_conn'))} | "

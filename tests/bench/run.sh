@@ -80,6 +80,7 @@ paths_of() { case $1 in passthrough) echo "$PASSTHROUGH" ;; origination) echo "$
 rotated() {
     local k=$(($1 - 1))
     shift
+    (($#)) || return 0
     k=$((k % $#))
     printf '%s\n' "${@:k+1}" "${@:1:k}"
 }
